@@ -1,0 +1,537 @@
+//! Layered configuration: built-in defaults, then a TOML file, then `BOOTPLANE_*` environment
+//! variables, then command-line flags. Flags and environment are parsed by clap (`cli`); this
+//! module merges them with the file and validates the result into `Config`.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::model::{EfiBinary, Ipv4Cidr};
+use crate::net::{self, InterfaceInfo};
+
+pub const DEFAULT_DATA_DIR: &str = "./data";
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+pub const DEFAULT_TFTP_PORT: u16 = 69;
+pub const DEFAULT_DHCP_PORT: u16 = 67;
+pub const DEFAULT_PXE_PORT: u16 = 4011;
+pub const DEFAULT_IPXE_DIR: &str = "/usr/lib/ipxe";
+pub const DEFAULT_IMAGES_DIR: &str = "./images";
+pub const DEFAULT_TALOS_VERSION: &str = "v1.11.6";
+pub const DEFAULT_LEASE_SECS: u32 = 3600;
+pub const DEFAULT_ARM64_BINARY: &str = "ipxe-arm64.efi";
+pub const DEFAULT_RETRY_SECS: u32 = 10;
+pub const DEFAULT_TFTP_BLOCK_LIMIT: u16 = 1468;
+pub const DEFAULT_TFTP_WINDOW_LIMIT: u16 = 16;
+/// The config file read from the data directory when `--config` is not given.
+pub const DATA_DIR_CONFIG: &str = "bootplane.toml";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    /// Answer only netboot clients, beside the site's DHCP server (no addresses handed out).
+    Proxy,
+    /// Be the segment's DHCP server: static addresses for known machines, an optional pool.
+    Full,
+    /// No DHCP at all (the site's DHCP server points machines at bootplane).
+    Off,
+}
+
+impl fmt::Display for DhcpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DhcpMode::Proxy => "proxy",
+            DhcpMode::Full => "full",
+            DhcpMode::Off => "off",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A `START-END` range of IPv4 addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+}
+
+impl Pool {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(self.start)..=u32::from(self.end)).contains(&u32::from(ip))
+    }
+
+    pub fn len(&self) -> u32 {
+        u32::from(self.end) - u32::from(self.start) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl FromStr for Pool {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("'{s}' is not a range like 192.168.1.100-192.168.1.199"))?;
+        let start: Ipv4Addr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{a}' is not an IPv4 address"))?;
+        let end: Ipv4Addr = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{b}' is not an IPv4 address"))?;
+        if u32::from(end) < u32::from(start) {
+            return Err(format!("pool '{s}' ends before it starts"));
+        }
+        Ok(Pool { start, end })
+    }
+}
+
+impl<'de> Deserialize<'de> for Pool {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Everything `serve` accepts, each optional so layers can be merged. The TOML file uses the
+/// same names with underscores (`http_port = 8080`).
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOptions {
+    /// Where the SQLite database (and the config file bootplane.toml, if any) live [default: ./data]
+    #[arg(long, env = "BOOTPLANE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// LAN interface to serve on [default: the interface holding the default route]
+    #[arg(long, env = "BOOTPLANE_INTERFACE")]
+    pub interface: Option<String>,
+    /// Address machines use to reach bootplane [default: the interface's first IPv4 address]
+    #[arg(long, env = "BOOTPLANE_ADVERTISE_IP")]
+    pub advertise_ip: Option<Ipv4Addr>,
+    /// Address the HTTP server binds [default: 0.0.0.0]
+    #[arg(long, env = "BOOTPLANE_HTTP_BIND")]
+    pub http_bind: Option<IpAddr>,
+    /// HTTP port for iPXE scripts, boot assets, configs, metrics [default: 8080]
+    #[arg(long, env = "BOOTPLANE_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// TFTP port [default: 69]
+    #[arg(long, env = "BOOTPLANE_TFTP_PORT")]
+    pub tftp_port: Option<u16>,
+    /// Largest TFTP block size granted [default: 1468]
+    #[arg(long, env = "BOOTPLANE_TFTP_BLOCK_LIMIT")]
+    pub tftp_block_limit: Option<u16>,
+    /// Largest TFTP window size granted (RFC 7440) [default: 16]
+    #[arg(long, env = "BOOTPLANE_TFTP_WINDOW_LIMIT")]
+    pub tftp_window_limit: Option<u16>,
+    /// proxy: answer PXE clients beside the site DHCP server; full: be the DHCP server; off [default: proxy]
+    #[arg(long, env = "BOOTPLANE_DHCP_MODE", value_enum)]
+    pub dhcp_mode: Option<DhcpMode>,
+    /// DHCP server port [default: 67]
+    #[arg(long, env = "BOOTPLANE_DHCP_PORT")]
+    pub dhcp_port: Option<u16>,
+    /// PXE boot-server (proxyDHCP request) port [default: 4011]
+    #[arg(long, env = "BOOTPLANE_PXE_PORT")]
+    pub pxe_port: Option<u16>,
+    /// Full mode: the subnet served, as ADDR/PREFIX [default: the interface's subnet]
+    #[arg(long, env = "BOOTPLANE_DHCP_SUBNET")]
+    pub dhcp_subnet: Option<Ipv4Cidr>,
+    /// Full mode: dynamic pool START-END for machines not in the inventory [default: none]
+    #[arg(long, env = "BOOTPLANE_DHCP_POOL")]
+    pub dhcp_pool: Option<Pool>,
+    /// Full mode: default router handed out [default: the host's default gateway on the interface]
+    #[arg(long, env = "BOOTPLANE_DHCP_ROUTER")]
+    pub dhcp_router: Option<Ipv4Addr>,
+    /// Full mode: DNS servers handed out (repeat or comma-separate) [default: none]
+    #[arg(long, env = "BOOTPLANE_DHCP_DNS", value_delimiter = ',')]
+    pub dhcp_dns: Option<Vec<Ipv4Addr>>,
+    /// Full mode: lease time in seconds [default: 3600]
+    #[arg(long, env = "BOOTPLANE_DHCP_LEASE_TIME")]
+    pub dhcp_lease_time: Option<u32>,
+    /// Directory holding the iPXE binaries served over TFTP [default: /usr/lib/ipxe]
+    #[arg(long, env = "BOOTPLANE_IPXE_DIR")]
+    pub ipxe_dir: Option<PathBuf>,
+    /// iPXE build for x86-64 UEFI: ipxe.efi or snponly.efi (per machine override exists) [default: ipxe.efi]
+    #[arg(long, env = "BOOTPLANE_EFI_BINARY")]
+    pub efi_binary: Option<EfiBinaryArg>,
+    /// File name of the arm64 UEFI iPXE build in the iPXE directory [default: ipxe-arm64.efi]
+    #[arg(long, env = "BOOTPLANE_ARM64_BINARY")]
+    pub arm64_binary: Option<String>,
+    /// Directory of boot assets: <images-dir>/<talos-version>/vmlinuz-<arch> and initramfs-<arch>.xz [default: ./images]
+    #[arg(long, env = "BOOTPLANE_IMAGES_DIR")]
+    pub images_dir: Option<PathBuf>,
+    /// Talos version booted (selects assets and kernel arguments) [default: v1.11.6]
+    #[arg(long, env = "BOOTPLANE_TALOS_VERSION")]
+    pub talos_version: Option<String>,
+    /// Extra kernel arguments appended for every machine (space-separated)
+    #[arg(long, env = "BOOTPLANE_KERNEL_ARGS")]
+    pub kernel_args: Option<String>,
+    /// Seconds an unassigned machine waits before asking again [default: 10]
+    #[arg(long, env = "BOOTPLANE_RETRY_SECS")]
+    pub retry_secs: Option<u32>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "BOOTPLANE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// `EfiBinary` as a clap/serde value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EfiBinaryArg(pub EfiBinary);
+
+impl FromStr for EfiBinaryArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(EfiBinaryArg)
+    }
+}
+
+impl<'de> Deserialize<'de> for EfiBinaryArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        EfiBinary::deserialize(d).map(EfiBinaryArg)
+    }
+}
+
+impl ServeOptions {
+    /// `self` wins over `lower` field by field.
+    pub fn over(self, lower: ServeOptions) -> ServeOptions {
+        macro_rules! pick {
+            ($($f:ident),+) => { ServeOptions { $($f: self.$f.or(lower.$f)),+ } };
+        }
+        pick!(
+            data_dir,
+            interface,
+            advertise_ip,
+            http_bind,
+            http_port,
+            tftp_port,
+            tftp_block_limit,
+            tftp_window_limit,
+            dhcp_mode,
+            dhcp_port,
+            pxe_port,
+            dhcp_subnet,
+            dhcp_pool,
+            dhcp_router,
+            dhcp_dns,
+            dhcp_lease_time,
+            ipxe_dir,
+            efi_binary,
+            arm64_binary,
+            images_dir,
+            talos_version,
+            kernel_args,
+            retry_secs,
+            log_format
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub fn read_file(path: &Path) -> Result<ServeOptions, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DhcpConfig {
+    pub mode: DhcpMode,
+    pub port: u16,
+    pub pxe_port: u16,
+    /// Full mode: the subnet served.
+    pub subnet: Ipv4Cidr,
+    pub pool: Option<Pool>,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub lease_secs: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BootConfig {
+    pub advertise_ip: Ipv4Addr,
+    pub http_port: u16,
+    pub ipxe_dir: PathBuf,
+    pub efi_binary: EfiBinary,
+    pub arm64_binary: String,
+    pub images_dir: PathBuf,
+    pub talos_version: String,
+    pub extra_kernel_args: Vec<String>,
+    pub retry_secs: u32,
+    pub tftp_block_limit: u16,
+    pub tftp_window_limit: u16,
+}
+
+impl BootConfig {
+    /// `http://<advertise-ip>:<port>`, the prefix of every URL handed to machines.
+    pub fn http_base(&self) -> String {
+        if self.http_port == 80 {
+            format!("http://{}", self.advertise_ip)
+        } else {
+            format!("http://{}:{}", self.advertise_ip, self.http_port)
+        }
+    }
+
+    /// The URL iPXE is sent to first.
+    pub fn script_url(&self) -> String {
+        format!("{}/boot.ipxe", self.http_base())
+    }
+}
+
+/// The validated configuration `serve` runs with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub interface: InterfaceInfo,
+    pub http_bind: SocketAddr,
+    pub tftp_port: u16,
+    pub dhcp: DhcpConfig,
+    pub boot: BootConfig,
+    pub log_format: LogFormat,
+}
+
+/// A Talos version as `vX.Y.Z`; rejects anything that could escape a directory.
+pub fn validate_talos_version(v: &str) -> Result<(), String> {
+    let rest = v
+        .strip_prefix('v')
+        .ok_or_else(|| format!("Talos version '{v}' must look like v1.11.6"))?;
+    let (core, pre) = match rest.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (rest, None),
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    let numeric = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+    let pre_ok = pre.is_none_or(|p| {
+        !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+    });
+    if numeric && pre_ok {
+        Ok(())
+    } else {
+        Err(format!("Talos version '{v}' must look like v1.11.6"))
+    }
+}
+
+impl Config {
+    /// Merges the layers (flags/env in `cli`, the file named by `config_file` or found in the
+    /// data directory) and resolves the interface.
+    pub fn load(cli: ServeOptions, config_file: Option<&Path>) -> Result<Config, ConfigError> {
+        let data_dir_hint = cli
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let file = match config_file {
+            Some(path) => read_file(path)?,
+            None => {
+                let path = data_dir_hint.join(DATA_DIR_CONFIG);
+                if path.exists() {
+                    read_file(&path)?
+                } else {
+                    ServeOptions::default()
+                }
+            }
+        };
+        let merged = cli.over(file);
+        let interface = net::interface(merged.interface.as_deref())?;
+        Config::resolve(merged, interface)
+    }
+
+    /// Applies defaults and validation, given the already-looked-up interface.
+    pub fn resolve(o: ServeOptions, interface: InterfaceInfo) -> Result<Config, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let advertise_ip = o.advertise_ip.unwrap_or(interface.cidr.addr);
+        let mode = o.dhcp_mode.unwrap_or(DhcpMode::Proxy);
+        let subnet = o.dhcp_subnet.unwrap_or(interface.cidr);
+        let subnet = Ipv4Cidr::new(subnet.network(), subnet.prefix).map_err(invalid)?;
+        if let Some(pool) = o.dhcp_pool {
+            if !subnet.contains(pool.start) || !subnet.contains(pool.end) {
+                return Err(invalid(format!(
+                    "--dhcp-pool {}-{} is not inside --dhcp-subnet {subnet}",
+                    pool.start, pool.end
+                )));
+            }
+            if pool.contains(advertise_ip) {
+                return Err(invalid(format!(
+                    "--dhcp-pool {}-{} contains bootplane's own address {advertise_ip}",
+                    pool.start, pool.end
+                )));
+            }
+        }
+        if mode == DhcpMode::Full && !subnet.contains(advertise_ip) {
+            return Err(invalid(format!(
+                "full DHCP mode serves {subnet}, but the advertised address {advertise_ip} is outside it: \
+                 pass --dhcp-subnet or --interface"
+            )));
+        }
+        let talos_version = o
+            .talos_version
+            .unwrap_or_else(|| DEFAULT_TALOS_VERSION.to_string());
+        validate_talos_version(&talos_version).map_err(invalid)?;
+        let arm64_binary = o
+            .arm64_binary
+            .unwrap_or_else(|| DEFAULT_ARM64_BINARY.to_string());
+        if arm64_binary.contains('/') || arm64_binary.starts_with('.') {
+            return Err(invalid(format!(
+                "--arm64-binary '{arm64_binary}' must be a plain file name"
+            )));
+        }
+        let lease_secs = o.dhcp_lease_time.unwrap_or(DEFAULT_LEASE_SECS);
+        if lease_secs < 60 {
+            return Err(invalid("--dhcp-lease-time must be at least 60 seconds".into()));
+        }
+        let block = o.tftp_block_limit.unwrap_or(DEFAULT_TFTP_BLOCK_LIMIT);
+        if !(512..=65464).contains(&block) {
+            return Err(invalid("--tftp-block-limit must be 512 to 65464".into()));
+        }
+        let window = o.tftp_window_limit.unwrap_or(DEFAULT_TFTP_WINDOW_LIMIT);
+        if window == 0 {
+            return Err(invalid("--tftp-window-limit must be at least 1".into()));
+        }
+        let http_port = o.http_port.unwrap_or(DEFAULT_HTTP_PORT);
+        Ok(Config {
+            data_dir: o
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            http_bind: SocketAddr::new(
+                o.http_bind.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                http_port,
+            ),
+            tftp_port: o.tftp_port.unwrap_or(DEFAULT_TFTP_PORT),
+            dhcp: DhcpConfig {
+                mode,
+                port: o.dhcp_port.unwrap_or(DEFAULT_DHCP_PORT),
+                pxe_port: o.pxe_port.unwrap_or(DEFAULT_PXE_PORT),
+                subnet,
+                pool: o.dhcp_pool,
+                router: o.dhcp_router.or(interface.gateway),
+                dns: o.dhcp_dns.unwrap_or_default(),
+                lease_secs,
+            },
+            boot: BootConfig {
+                advertise_ip,
+                http_port,
+                ipxe_dir: o
+                    .ipxe_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_IPXE_DIR)),
+                efi_binary: o.efi_binary.map(|e| e.0).unwrap_or(EfiBinary::IpxeEfi),
+                arm64_binary,
+                images_dir: o
+                    .images_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGES_DIR)),
+                talos_version,
+                extra_kernel_args: o
+                    .kernel_args
+                    .map(|a| a.split_whitespace().map(str::to_string).collect())
+                    .unwrap_or_default(),
+                retry_secs: o.retry_secs.unwrap_or(DEFAULT_RETRY_SECS),
+                tftp_block_limit: block,
+                tftp_window_limit: window,
+            },
+            interface,
+            log_format: o.log_format.unwrap_or(LogFormat::Text),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface() -> InterfaceInfo {
+        InterfaceInfo {
+            name: "br0".into(),
+            index: 3,
+            cidr: "10.77.0.1/24".parse().unwrap(),
+            gateway: None,
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_interface() {
+        let c = Config::resolve(ServeOptions::default(), iface()).unwrap();
+        assert_eq!(c.boot.advertise_ip, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(c.dhcp.mode, DhcpMode::Proxy);
+        assert_eq!(c.dhcp.subnet.to_string(), "10.77.0.0/24");
+        assert_eq!(c.http_bind.port(), 8080);
+        assert_eq!(c.boot.script_url(), "http://10.77.0.1:8080/boot.ipxe");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let file: ServeOptions =
+            toml::from_str("http_port = 9000\ndhcp_mode = \"full\"\ntalos_version = \"v1.10.9\"")
+                .unwrap();
+        let flags = ServeOptions {
+            http_port: Some(9100),
+            ..Default::default()
+        };
+        let c = Config::resolve(flags.over(file), iface()).unwrap();
+        assert_eq!(c.http_bind.port(), 9100);
+        assert_eq!(c.dhcp.mode, DhcpMode::Full);
+        assert_eq!(c.boot.talos_version, "v1.10.9");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let err = toml::from_str::<ServeOptions>("http_prot = 1").unwrap_err();
+        assert!(err.to_string().contains("http_prot"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let bad_pool = ServeOptions {
+            dhcp_pool: Some("10.77.1.10-10.77.1.20".parse().unwrap()),
+            ..Default::default()
+        };
+        let err = Config::resolve(bad_pool, iface()).unwrap_err().to_string();
+        assert!(err.contains("not inside"), "{err}");
+        let bad_version = ServeOptions {
+            talos_version: Some("../etc".into()),
+            ..Default::default()
+        };
+        assert!(Config::resolve(bad_version, iface()).is_err());
+        assert!("10.0.0.9-10.0.0.1".parse::<Pool>().is_err());
+    }
+
+    #[test]
+    fn talos_versions() {
+        for ok in ["v1.11.6", "v1.12.0-beta.1", "v10.0.0"] {
+            assert!(validate_talos_version(ok).is_ok(), "{ok}");
+        }
+        for bad in ["1.11.6", "v1.11", "v1.11.6/..", "v1..6", "v1.11.6-", ""] {
+            assert!(validate_talos_version(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,626 @@
+//! The only module that speaks SQL. Rows become domain types at this edge.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::model::{DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, Machine, Mac};
+
+pub const DB_FILE: &str = "bootplane.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("machine {0} is not in the inventory")]
+    NotFound(Mac),
+    #[error("machine {0} is already in the inventory (use `machines set` to change it)")]
+    Exists(Mac),
+    #[error("hostname {hostname} is already used by {mac}")]
+    HostnameTaken { hostname: String, mac: Mac },
+    #[error("address {ip} is already used by {mac}")]
+    IpTaken { ip: Ipv4Addr, mac: Mac },
+    #[error("cluster '{0}' does not exist")]
+    NoCluster(String),
+    #[error("stored row for {what} is corrupt: {why}")]
+    Corrupt { what: String, why: String },
+}
+
+/// A lease handed out in full-DHCP mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    pub expires_at: i64,
+    pub hostname: Option<String>,
+}
+
+/// What a protocol handler saw of a machine; applied in batches by the event writer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    pub mac: Mac,
+    pub at: i64,
+    pub kind: EventKind,
+    pub detail: String,
+    pub arch: Option<u16>,
+    pub smbios_uuid: Option<String>,
+    pub serial: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: SqlitePool,
+}
+
+impl Db {
+    /// Opens (creating if needed) `<data_dir>/bootplane.db` and applies pending migrations.
+    pub async fn open(data_dir: &Path) -> Result<Db, DbError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| DbError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join(DB_FILE))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Db { pool })
+    }
+
+    /// SQLite's `data_version`: changes when another connection commits.
+    /// A fresh connection per call would always read the same value, so this uses one held
+    /// connection per poller (see `Inventory::watch`).
+    pub async fn data_version(conn: &mut sqlx::SqliteConnection) -> Result<i64, DbError> {
+        let row = sqlx::query("PRAGMA data_version").fetch_one(conn).await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, DbError> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    pub async fn list_machines(&self) -> Result<Vec<Machine>, DbError> {
+        let rows = sqlx::query(MACHINE_SELECT_ORDERED)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(machine_from_row).collect()
+    }
+
+    pub async fn get_machine(&self, mac: Mac) -> Result<Option<Machine>, DbError> {
+        let row = sqlx::query(&format!("{MACHINE_SELECT} WHERE m.mac = ?"))
+            .bind(mac.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(machine_from_row).transpose()
+    }
+
+    /// Adds a machine the operator describes; fails if the MAC is already known.
+    pub async fn add_machine(&self, machine: &Machine, now: i64) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM machines WHERE mac = ?")
+            .bind(machine.mac.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(DbError::Exists(machine.mac));
+        }
+        let cluster_id = cluster_id(&mut tx, &machine.cluster).await?;
+        check_unique(&mut tx, machine).await?;
+        sqlx::query(
+            "INSERT INTO machines (mac, cluster_id, role, hostname, ip, prefix, gateway, dns,
+                install_disk, disk_handoff, efi_binary, installed)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(machine.mac.to_string())
+        .bind(cluster_id)
+        .bind(machine.role.as_str())
+        .bind(&machine.hostname)
+        .bind(machine.ip.map(|c| c.addr.to_string()))
+        .bind(machine.ip.map(|c| i64::from(c.prefix)))
+        .bind(machine.gateway.map(|g| g.to_string()))
+        .bind(join_ips(&machine.dns))
+        .bind(&machine.install_disk)
+        .bind(machine.disk_handoff.as_str())
+        .bind(machine.efi_binary.map(|e| e.as_str()))
+        .bind(machine.installed)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            machine.mac,
+            now,
+            EventKind::Changed,
+            &format!("added as {}", machine.role),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces the operator-owned fields of a known machine.
+    pub async fn update_machine(&self, machine: &Machine, now: i64) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let cluster_id = cluster_id(&mut tx, &machine.cluster).await?;
+        check_unique(&mut tx, machine).await?;
+        let done = sqlx::query(
+            "UPDATE machines SET cluster_id = ?, role = ?, hostname = ?, ip = ?, prefix = ?,
+                gateway = ?, dns = ?, install_disk = ?, disk_handoff = ?, efi_binary = ?,
+                installed = ?
+             WHERE mac = ?",
+        )
+        .bind(cluster_id)
+        .bind(machine.role.as_str())
+        .bind(&machine.hostname)
+        .bind(machine.ip.map(|c| c.addr.to_string()))
+        .bind(machine.ip.map(|c| i64::from(c.prefix)))
+        .bind(machine.gateway.map(|g| g.to_string()))
+        .bind(join_ips(&machine.dns))
+        .bind(&machine.install_disk)
+        .bind(machine.disk_handoff.as_str())
+        .bind(machine.efi_binary.map(|e| e.as_str()))
+        .bind(machine.installed)
+        .bind(machine.mac.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(DbError::NotFound(machine.mac));
+        }
+        insert_event(
+            &mut tx,
+            machine.mac,
+            now,
+            EventKind::Changed,
+            &format!("set: role {}", machine.role),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a machine; its event history stays (the log is append-only).
+    pub async fn remove_machine(&self, mac: Mac, now: i64) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM machines WHERE mac = ?")
+            .bind(mac.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(DbError::NotFound(mac));
+        }
+        sqlx::query("DELETE FROM leases WHERE mac = ?")
+            .bind(mac.to_string())
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, mac, now, EventKind::Changed, "removed").await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies a batch of observations in one transaction: unknown MACs become discovered
+    /// machines, known ones get their last-seen facts refreshed, every observation is logged.
+    pub async fn record(&self, batch: &[Observation]) -> Result<(), DbError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let default_cluster = cluster_id(&mut tx, crate::model::DEFAULT_CLUSTER).await?;
+        for obs in batch {
+            let mac = obs.mac.to_string();
+            let inserted = sqlx::query(
+                "INSERT INTO machines (mac, cluster_id, first_seen, last_seen)
+                 VALUES (?, ?, ?, ?) ON CONFLICT (mac) DO NOTHING",
+            )
+            .bind(&mac)
+            .bind(default_cluster)
+            .bind(obs.at)
+            .bind(obs.at)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                insert_event(&mut tx, obs.mac, obs.at, EventKind::Discovered, "").await?;
+            }
+            sqlx::query(
+                "UPDATE machines SET
+                    first_seen = COALESCE(first_seen, ?),
+                    last_seen = MAX(COALESCE(last_seen, 0), ?),
+                    last_arch = COALESCE(?, last_arch),
+                    smbios_uuid = COALESCE(?, smbios_uuid),
+                    serial = COALESCE(?, serial)
+                 WHERE mac = ?",
+            )
+            .bind(obs.at)
+            .bind(obs.at)
+            .bind(obs.arch.map(i64::from))
+            .bind(&obs.smbios_uuid)
+            .bind(&obs.serial)
+            .bind(&mac)
+            .execute(&mut *tx)
+            .await?;
+            insert_event(&mut tx, obs.mac, obs.at, obs.kind, &obs.detail).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn events(&self, mac: Mac, limit: i64) -> Result<Vec<Event>, DbError> {
+        let rows = sqlx::query(
+            "SELECT mac, at, kind, detail FROM
+                (SELECT id, mac, at, kind, detail FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?)
+             ORDER BY id",
+        )
+        .bind(mac.to_string())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(Event {
+                    mac,
+                    at: row.try_get("at")?,
+                    kind: parse_col(&kind, "event kind")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn load_leases(&self) -> Result<Vec<LeaseRow>, DbError> {
+        let rows = sqlx::query("SELECT mac, ip, expires_at, hostname FROM leases ORDER BY mac")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let mac: String = row.try_get("mac")?;
+                let ip: String = row.try_get("ip")?;
+                Ok(LeaseRow {
+                    mac: parse_col(&mac, "lease mac")?,
+                    ip: parse_col(&ip, "lease ip")?,
+                    expires_at: row.try_get("expires_at")?,
+                    hostname: row.try_get("hostname")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Writes lease changes in one transaction; `None` for a MAC deletes its lease.
+    pub async fn save_leases(&self, changes: &[(Mac, Option<LeaseRow>)]) -> Result<(), DbError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (mac, lease) in changes {
+            sqlx::query("DELETE FROM leases WHERE mac = ?")
+                .bind(mac.to_string())
+                .execute(&mut *tx)
+                .await?;
+            if let Some(lease) = lease {
+                // A stale row may still hold the address under another MAC.
+                sqlx::query("DELETE FROM leases WHERE ip = ?")
+                    .bind(lease.ip.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO leases (mac, ip, expires_at, hostname) VALUES (?, ?, ?, ?)",
+                )
+                .bind(lease.mac.to_string())
+                .bind(lease.ip.to_string())
+                .bind(lease.expires_at)
+                .bind(&lease.hostname)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+const MACHINE_SELECT: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip, m.prefix,
+    m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed, m.first_seen,
+    m.last_seen, m.last_arch, m.smbios_uuid, m.serial
+    FROM machines m JOIN clusters c ON c.id = m.cluster_id";
+
+const MACHINE_SELECT_ORDERED: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
+    m.prefix, m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed,
+    m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial
+    FROM machines m JOIN clusters c ON c.id = m.cluster_id
+    ORDER BY m.role = 'unassigned', m.hostname, m.mac";
+
+fn parse_col<T: FromStr>(text: &str, what: &str) -> Result<T, DbError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| DbError::Corrupt {
+        what: what.to_string(),
+        why: e.to_string(),
+    })
+}
+
+fn machine_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Machine, DbError> {
+    let mac: String = row.try_get("mac")?;
+    let mac: Mac = parse_col(&mac, "machine mac")?;
+    let what = format!("machine {mac}");
+    let corrupt = |why: String| DbError::Corrupt {
+        what: what.clone(),
+        why,
+    };
+    let role: String = row.try_get("role")?;
+    let ip: Option<String> = row.try_get("ip")?;
+    let prefix: Option<i64> = row.try_get("prefix")?;
+    let ip = match (ip, prefix) {
+        (Some(ip), Some(prefix)) => {
+            let addr: Ipv4Addr = ip.parse().map_err(|_| corrupt(format!("bad ip {ip}")))?;
+            let prefix = u8::try_from(prefix).map_err(|_| corrupt("bad prefix".into()))?;
+            Some(Ipv4Cidr::new(addr, prefix).map_err(corrupt)?)
+        }
+        _ => None,
+    };
+    let gateway: Option<String> = row.try_get("gateway")?;
+    let gateway = gateway
+        .map(|g| g.parse::<Ipv4Addr>())
+        .transpose()
+        .map_err(|_| corrupt("bad gateway".into()))?;
+    let dns: String = row.try_get("dns")?;
+    let dns = split_ips(&dns).map_err(corrupt)?;
+    let handoff: String = row.try_get("disk_handoff")?;
+    let efi: Option<String> = row.try_get("efi_binary")?;
+    let arch: Option<i64> = row.try_get("last_arch")?;
+    Ok(Machine {
+        mac,
+        cluster: row.try_get("cluster")?,
+        role: role.parse().map_err(corrupt)?,
+        hostname: row.try_get("hostname")?,
+        ip,
+        gateway,
+        dns,
+        install_disk: row.try_get("install_disk")?,
+        disk_handoff: handoff.parse::<DiskHandoff>().map_err(corrupt)?,
+        efi_binary: efi
+            .map(|e| e.parse::<EfiBinary>())
+            .transpose()
+            .map_err(corrupt)?,
+        installed: row.try_get::<bool, _>("installed")?,
+        first_seen: row.try_get("first_seen")?,
+        last_seen: row.try_get("last_seen")?,
+        last_arch: arch.and_then(|a| u16::try_from(a).ok()),
+        smbios_uuid: row.try_get("smbios_uuid")?,
+        serial: row.try_get("serial")?,
+    })
+}
+
+fn join_ips(ips: &[Ipv4Addr]) -> String {
+    ips.iter()
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn split_ips(text: &str) -> Result<Vec<Ipv4Addr>, String> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| format!("bad dns entry {s}")))
+        .collect()
+}
+
+async fn cluster_id(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    name: &str,
+) -> Result<i64, DbError> {
+    let row = sqlx::query("SELECT id FROM clusters WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match row {
+        Some(row) => Ok(row.try_get(0)?),
+        None => Err(DbError::NoCluster(name.to_string())),
+    }
+}
+
+async fn check_unique(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    machine: &Machine,
+) -> Result<(), DbError> {
+    if let Some(hostname) = &machine.hostname {
+        let row = sqlx::query("SELECT mac FROM machines WHERE hostname = ? AND mac != ?")
+            .bind(hostname)
+            .bind(machine.mac.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(row) = row {
+            let other: String = row.try_get(0)?;
+            return Err(DbError::HostnameTaken {
+                hostname: hostname.clone(),
+                mac: parse_col(&other, "machine mac")?,
+            });
+        }
+    }
+    if let Some(ip) = machine.ip {
+        let row = sqlx::query("SELECT mac FROM machines WHERE ip = ? AND mac != ?")
+            .bind(ip.addr.to_string())
+            .bind(machine.mac.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(row) = row {
+            let other: String = row.try_get(0)?;
+            return Err(DbError::IpTaken {
+                ip: ip.addr,
+                mac: parse_col(&other, "machine mac")?,
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    mac: Mac,
+    at: i64,
+    kind: EventKind,
+    detail: &str,
+) -> Result<(), DbError> {
+    sqlx::query("INSERT INTO events (mac, at, kind, detail) VALUES (?, ?, ?, ?)")
+        .bind(mac.to_string())
+        .bind(at)
+        .bind(kind.as_str())
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Role;
+
+    fn mac(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
+
+    async fn fresh() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        (dir, db)
+    }
+
+    fn assigned(m: &str, host: &str, ip: &str) -> Machine {
+        let mut machine = Machine::discovered(mac(m));
+        machine.role = Role::Controlplane;
+        machine.hostname = Some(host.into());
+        machine.ip = Some(ip.parse().unwrap());
+        machine.dns = vec![Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(9, 9, 9, 9)];
+        machine
+    }
+
+    #[tokio::test]
+    async fn machine_round_trips_through_sqlite() {
+        let (_dir, db) = fresh().await;
+        let m = assigned("52:54:00:00:00:01", "cp-1", "10.0.0.11/24");
+        db.add_machine(&m, 5).await.unwrap();
+        let got = db.get_machine(m.mac).await.unwrap().unwrap();
+        assert_eq!(got, m);
+        assert!(matches!(
+            db.add_machine(&m, 6).await,
+            Err(DbError::Exists(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn duplicate_hostname_and_ip_are_refused_with_the_owner() {
+        let (_dir, db) = fresh().await;
+        db.add_machine(&assigned("52:54:00:00:00:01", "cp-1", "10.0.0.11/24"), 1)
+            .await
+            .unwrap();
+        let err = db
+            .add_machine(&assigned("52:54:00:00:00:02", "cp-1", "10.0.0.12/24"), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "hostname cp-1 is already used by 52:54:00:00:00:01"
+        );
+        let err = db
+            .add_machine(&assigned("52:54:00:00:00:02", "cp-2", "10.0.0.11/24"), 1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DbError::IpTaken { .. }), "{err}");
+        assert_eq!(db.list_machines().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn observations_discover_unknown_machines_and_log_events() {
+        let (_dir, db) = fresh().await;
+        let m = mac("52:54:00:00:00:09");
+        let obs = Observation {
+            mac: m,
+            at: 100,
+            kind: EventKind::ProxyOffer,
+            detail: "file undionly.kpxe".into(),
+            arch: Some(7),
+            smbios_uuid: Some("7e57ab1e-0000-4000-8000-000000000001".into()),
+            serial: None,
+        };
+        db.record(&[obs.clone(), Observation { at: 200, ..obs }])
+            .await
+            .unwrap();
+        let machine = db.get_machine(m).await.unwrap().unwrap();
+        assert_eq!(machine.role, Role::Unassigned);
+        assert_eq!(machine.first_seen, Some(100));
+        assert_eq!(machine.last_seen, Some(200));
+        assert_eq!(machine.last_arch, Some(7));
+        let kinds: Vec<_> = db
+            .events(m, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                EventKind::Discovered,
+                EventKind::ProxyOffer,
+                EventKind::ProxyOffer
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn leases_persist_and_steal_stale_addresses() {
+        let (dir, db) = fresh().await;
+        let a = LeaseRow {
+            mac: mac("52:54:00:00:00:01"),
+            ip: Ipv4Addr::new(10, 0, 0, 100),
+            expires_at: 10,
+            hostname: None,
+        };
+        let b = LeaseRow {
+            mac: mac("52:54:00:00:00:02"),
+            ..a.clone()
+        };
+        db.save_leases(&[(a.mac, Some(a.clone()))]).await.unwrap();
+        db.save_leases(&[(b.mac, Some(b.clone()))]).await.unwrap();
+        db.close().await;
+        let db = Db::open(dir.path()).await.unwrap();
+        assert_eq!(db.load_leases().await.unwrap(), vec![b.clone()]);
+        db.save_leases(&[(b.mac, None)]).await.unwrap();
+        assert!(db.load_leases().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn remove_keeps_history() {
+        let (_dir, db) = fresh().await;
+        let m = assigned("52:54:00:00:00:01", "cp-1", "10.0.0.11/24");
+        db.add_machine(&m, 1).await.unwrap();
+        db.remove_machine(m.mac, 2).await.unwrap();
+        assert!(db.get_machine(m.mac).await.unwrap().is_none());
+        assert_eq!(db.events(m.mac, 10).await.unwrap().len(), 2);
+        assert!(matches!(
+            db.remove_machine(m.mac, 3).await,
+            Err(DbError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,16 @@
+//! bootplane: network boot and provisioning for Talos Linux clusters.
+//!
+//! See ARCHITECTURE.md for the map of modules and the invariants they keep.
+
+pub mod app;
+pub mod boot;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod dhcp;
+pub mod inventory;
+pub mod metrics;
+pub mod model;
+pub mod net;
+pub mod tftp;

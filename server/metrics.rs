@@ -1,0 +1,103 @@
+//! Prometheus metrics, one registry per running appliance.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AssetLabel {
+    pub asset: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// Every counter the appliance exports. Cheap to clone (counters are `Arc`s inside).
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub dhcp_replies: Family<KindLabel, Counter>,
+    pub dhcp_dropped: Family<ReasonLabel, Counter>,
+    pub dhcp_leases: Gauge,
+    pub tftp_transfers: Family<ResultLabel, Counter>,
+    pub tftp_bytes: Counter,
+    pub http_bytes: Family<AssetLabel, Counter>,
+    pub events_dropped: Counter,
+}
+
+impl Metrics {
+    pub fn dhcp_reply(&self, kind: &'static str) {
+        self.dhcp_replies.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn dhcp_drop(&self, reason: &'static str) {
+        self.dhcp_dropped.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn http_sent(&self, asset: &'static str, bytes: u64) {
+        self.http_bytes.get_or_create(&AssetLabel { asset }).inc_by(bytes);
+    }
+
+    pub fn tftp_done(&self, result: &'static str) {
+        self.tftp_transfers
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Renders the OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::with_prefix("bootplane");
+        registry.register(
+            "dhcp_replies",
+            "DHCP replies sent, by message type",
+            self.dhcp_replies.clone(),
+        );
+        registry.register(
+            "dhcp_dropped",
+            "DHCP packets dropped without a reply, by reason",
+            self.dhcp_dropped.clone(),
+        );
+        registry.register(
+            "dhcp_leases",
+            "Addresses currently leased in full-DHCP mode",
+            self.dhcp_leases.clone(),
+        );
+        registry.register(
+            "tftp_transfers",
+            "TFTP read requests, by result",
+            self.tftp_transfers.clone(),
+        );
+        registry.register(
+            "tftp_bytes",
+            "Bytes read from files served over TFTP",
+            self.tftp_bytes.clone(),
+        );
+        registry.register(
+            "http_bytes",
+            "Bytes sent over HTTP, by asset kind",
+            self.http_bytes.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Machine events dropped because the database writer fell behind",
+            self.events_dropped.clone(),
+        );
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}

@@ -1,0 +1,420 @@
+//! Domain types shared by every subsystem: MAC addresses, roles, machines, events.
+//!
+//! These types carry no SQL and no wire format; `db` converts rows to them and the protocol
+//! modules read them.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A unicast Ethernet MAC address, always shown lowercase with colons.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MacError {
+    #[error("'{0}' is not a MAC address (expected six hex pairs such as 52:54:00:12:34:56)")]
+    Syntax(String),
+    #[error("'{0}' is a multicast address, not a network card's address")]
+    Multicast(String),
+    #[error("'{0}' is the all-zero address")]
+    Zero(String),
+}
+
+impl Mac {
+    /// Hyphenated lowercase form, as iPXE's `${mac:hexhyp}` prints it.
+    pub fn hyphenated(&self) -> String {
+        self.to_string().replace(':', "-")
+    }
+
+    /// The IEEE OUI (first three octets).
+    pub fn oui(&self) -> [u8; 3] {
+        [self.0[0], self.0[1], self.0[2]]
+    }
+}
+
+impl FromStr for Mac {
+    type Err = MacError;
+
+    /// Accepts `52:54:00:aa:bb:cc`, `52-54-00-AA-BB-CC`, `5254.00aa.bbcc` and `525400aabbcc`.
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let trimmed = input.trim();
+        let hex: String = trimmed
+            .chars()
+            .filter(|c| !matches!(c, ':' | '-' | '.'))
+            .collect();
+        let separators = trimmed.len() - hex.len();
+        let shape_ok = hex.len() == 12
+            && hex.chars().all(|c| c.is_ascii_hexdigit())
+            && matches!(separators, 0 | 2 | 5);
+        if !shape_ok {
+            return Err(MacError::Syntax(input.to_string()));
+        }
+        let mut bytes = [0u8; 6];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16)
+                .map_err(|_| MacError::Syntax(input.to_string()))?;
+        }
+        if bytes == [0; 6] {
+            return Err(MacError::Zero(input.to_string()));
+        }
+        if bytes[0] & 1 == 1 {
+            return Err(MacError::Multicast(input.to_string()));
+        }
+        Ok(Mac(bytes))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Defines a string-backed enum with parsing, display and serde in one place.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "'{}' is not one of: {}",
+                        other,
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// What a machine becomes in its cluster.
+    Role {
+        Unassigned => "unassigned",
+        Controlplane => "controlplane",
+        Worker => "worker",
+    }
+);
+
+text_enum!(
+    /// How an installed machine that network-boots is sent to its disk.
+    DiskHandoff {
+        Exit => "exit",
+        Http404 => "http-404",
+        Sanboot => "sanboot",
+    }
+);
+
+text_enum!(
+    /// Which iPXE build x86-64 UEFI firmware is given over TFTP.
+    EfiBinary {
+        IpxeEfi => "ipxe.efi",
+        SnponlyEfi => "snponly.efi",
+    }
+);
+
+text_enum!(
+    /// What happened to a machine; the event log's vocabulary.
+    EventKind {
+        Discovered => "discovered",
+        DhcpOffer => "dhcp-offer",
+        DhcpAck => "dhcp-ack",
+        DhcpNak => "dhcp-nak",
+        DhcpRelease => "dhcp-release",
+        DhcpDecline => "dhcp-decline",
+        ProxyOffer => "proxy-offer",
+        ProxyAck => "proxy-ack",
+        TftpServed => "tftp-served",
+        ScriptServed => "script-served",
+        KernelFetched => "kernel-fetched",
+        InitramfsFetched => "initramfs-fetched",
+        ConfigFetched => "config-fetched",
+        Changed => "changed",
+    }
+);
+
+/// An IPv4 address with its prefix length, as in `192.168.1.10/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, String> {
+        if prefix > 32 {
+            return Err(format!("prefix /{prefix} is longer than 32"));
+        }
+        Ok(Ipv4Cidr { addr, prefix })
+    }
+
+    pub fn netmask(&self) -> Ipv4Addr {
+        let bits = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        };
+        Ipv4Addr::from(bits)
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & u32::from(self.netmask()))
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()) | !u32::from(self.netmask()))
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & u32::from(self.netmask()) == u32::from(self.network())
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("'{s}' needs a prefix length, as in 192.168.1.10/24"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("'{addr}' is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| format!("'{prefix}' is not a prefix length"))?;
+        Ipv4Cidr::new(addr, prefix)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for Ipv4Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv4Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A machine in the inventory.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Machine {
+    pub mac: Mac,
+    pub cluster: String,
+    pub role: Role,
+    pub hostname: Option<String>,
+    pub ip: Option<Ipv4Cidr>,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub install_disk: Option<String>,
+    pub disk_handoff: DiskHandoff,
+    pub efi_binary: Option<EfiBinary>,
+    pub installed: bool,
+    /// Milliseconds since the Unix epoch.
+    pub first_seen: Option<i64>,
+    pub last_seen: Option<i64>,
+    /// Raw DHCP option 93 value last seen from this machine.
+    pub last_arch: Option<u16>,
+    pub smbios_uuid: Option<String>,
+    pub serial: Option<String>,
+}
+
+impl Machine {
+    /// A freshly discovered machine with nothing assigned.
+    pub fn discovered(mac: Mac) -> Self {
+        Machine {
+            mac,
+            cluster: DEFAULT_CLUSTER.to_string(),
+            role: Role::Unassigned,
+            hostname: None,
+            ip: None,
+            gateway: None,
+            dns: Vec::new(),
+            install_disk: None,
+            disk_handoff: DiskHandoff::Exit,
+            efi_binary: None,
+            installed: false,
+            first_seen: None,
+            last_seen: None,
+            last_arch: None,
+            smbios_uuid: None,
+            serial: None,
+        }
+    }
+
+    pub fn is_assigned(&self) -> bool {
+        self.role != Role::Unassigned
+    }
+}
+
+/// The cluster every machine belongs to until a second cluster exists.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// One entry in a machine's append-only event log.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Event {
+    pub mac: Mac,
+    pub at: i64,
+    pub kind: EventKind,
+    pub detail: String,
+}
+
+/// Checks a hostname against RFC 1123 label rules (one label, as Talos's static hostname).
+pub fn validate_hostname(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not a valid hostname (lowercase letters, digits and '-', at most 63, not starting or ending with '-')"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_accepts_common_spellings_and_normalises() {
+        for s in [
+            "52:54:00:AA:bb:01",
+            "52-54-00-aa-bb-01",
+            "5254.00aa.bb01",
+            "525400aabb01",
+            " 52:54:00:aa:bb:01 ",
+        ] {
+            let mac: Mac = s.parse().unwrap();
+            assert_eq!(mac.to_string(), "52:54:00:aa:bb:01", "{s}");
+        }
+    }
+
+    #[test]
+    fn mac_rejects_odd_input() {
+        for s in [
+            "",
+            "52:54:00:aa:bb",
+            "52:54:00:aa:bb:01:02",
+            "zz:54:00:aa:bb:01",
+            "52:54:00:aa:bb:0",
+            "52::54:00:aa:bb:01",
+            "52:54:00:aa:bb:01:",
+            "5254:00aa:bb01:",
+        ] {
+            assert!(s.parse::<Mac>().is_err(), "{s:?} should be rejected");
+        }
+        assert!(matches!(
+            "01:00:5e:00:00:01".parse::<Mac>(),
+            Err(MacError::Multicast(_))
+        ));
+        assert!(matches!(
+            "00:00:00:00:00:00".parse::<Mac>(),
+            Err(MacError::Zero(_))
+        ));
+    }
+
+    #[test]
+    fn cidr_math() {
+        let c: Ipv4Cidr = "192.168.7.130/25".parse().unwrap();
+        assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 255, 128));
+        assert_eq!(c.network(), Ipv4Addr::new(192, 168, 7, 128));
+        assert_eq!(c.broadcast(), Ipv4Addr::new(192, 168, 7, 255));
+        assert!(c.contains(Ipv4Addr::new(192, 168, 7, 200)));
+        assert!(!c.contains(Ipv4Addr::new(192, 168, 7, 100)));
+        assert!("10.0.0.1/33".parse::<Ipv4Cidr>().is_err());
+        assert!("10.0.0.1".parse::<Ipv4Cidr>().is_err());
+    }
+
+    #[test]
+    fn roles_round_trip_and_reject_unknown() {
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>().unwrap(), *r);
+        }
+        assert!("master".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(validate_hostname("cp-1").is_ok());
+        assert!(validate_hostname("CP1").is_err());
+        assert!(validate_hostname("-a").is_err());
+        assert!(validate_hostname("a.b").is_err());
+        assert!(validate_hostname("").is_err());
+    }
+}
