@@ -1,1 +1,213 @@
-pub fn x(){}
+//! Wiring and lifecycle: binds the sockets, starts every service, shuts them down in order.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use crate::clock::SharedClock;
+use crate::config::{Config, DhcpMode};
+use crate::db::Db;
+use crate::dhcp::{self, DhcpDeps, DhcpSockets};
+use crate::inventory::{Inventory, Neighbours, Recorder};
+use crate::metrics::Metrics;
+use crate::tftp::{self, IpxeFiles, TftpHandler};
+
+/// Shared by every HTTP handler; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub inventory: Inventory,
+    pub recorder: Recorder,
+    pub neighbours: Neighbours,
+    pub metrics: Metrics,
+}
+
+/// The sockets `run` serves on, bound before it starts (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub http: TcpListener,
+    pub tftp: UdpSocket,
+    pub dhcp: Option<DhcpSockets>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot bind HTTP {addr}: {source}{hint}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("cannot bind TFTP UDP port {port}: {source}{hint}")]
+    Tftp {
+        port: u16,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error(transparent)]
+    Dhcp(#[from] dhcp::DhcpError),
+}
+
+const PRIVILEGE_HINT: &str =
+    " — ports below 1024 need root or CAP_NET_BIND_SERVICE: run with sudo, \
+    or `sudo setcap 'cap_net_bind_service,cap_net_raw=+ep' $(command -v bootplane)`, \
+    or choose other ports (--tftp-port, --http-port)";
+const IN_USE_HINT: &str =
+    " — another program already uses this port (stop it or choose another port)";
+
+fn hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => PRIVILEGE_HINT,
+        std::io::ErrorKind::AddrInUse => IN_USE_HINT,
+        _ => "",
+    }
+}
+
+/// Binds every socket the configuration asks for.
+pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
+    let http = TcpListener::bind(config.http_bind)
+        .await
+        .map_err(|source| BindError::Http {
+            addr: config.http_bind,
+            hint: hint(&source),
+            source,
+        })?;
+    let tftp_addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.tftp_port));
+    let tftp = UdpSocket::bind(tftp_addr).map_err(|source| BindError::Tftp {
+        port: config.tftp_port,
+        hint: hint(&source),
+        source,
+    })?;
+    let dhcp = match config.dhcp.mode {
+        DhcpMode::Off => None,
+        _ => Some(dhcp::bind(&config.dhcp, &config.interface)?),
+    };
+    Ok(Listeners { http, tftp, dhcp })
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::boot::router())
+        .route("/healthz", get(health_get))
+        .route("/metrics", get(metrics_get))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn health_get() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics_get(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+}
+
+/// Serves until `shutdown` completes, then stops every service and flushes state.
+pub async fn run(
+    config: Config,
+    db: Db,
+    clock: SharedClock,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let metrics = Metrics::default();
+    let inventory = Inventory::default();
+    inventory.reload(&db).await?;
+    let neighbours = Neighbours::default();
+    let (recorder, writer) = Recorder::new(db.clone(), inventory.clone(), clock, metrics.clone());
+    let writer = tokio::spawn(writer);
+    let cancel = CancellationToken::new();
+
+    let watcher = tokio::spawn(inventory.clone().watch(
+        db.clone(),
+        Duration::from_millis(500),
+        cancel.clone(),
+    ));
+
+    let tftp_task = {
+        let handler = TftpHandler::new(
+            IpxeFiles::new(config.boot.ipxe_dir.clone()),
+            recorder.clone(),
+            neighbours.clone(),
+            metrics.clone(),
+        );
+        let cancel = cancel.clone();
+        let (block, window) = (config.boot.tftp_block_limit, config.boot.tftp_window_limit);
+        let socket = listeners.tftp;
+        tokio::spawn(async move {
+            if let Err(e) = tftp::run(handler, socket, block, window, cancel).await {
+                tracing::error!(error = %e, "tftp server stopped");
+            }
+        })
+    };
+
+    let dhcp_task = listeners.dhcp.map(|sockets| {
+        let deps = DhcpDeps {
+            config: config.dhcp.clone(),
+            boot: config.boot.clone(),
+            interface: config.interface.clone(),
+            inventory: inventory.clone(),
+            recorder: recorder.clone(),
+            neighbours: neighbours.clone(),
+            metrics: metrics.clone(),
+            db: db.clone(),
+        };
+        tokio::spawn(dhcp::run(deps, sockets, cancel.clone()))
+    });
+
+    let state = AppState {
+        config: Arc::clone(&config),
+        db: db.clone(),
+        inventory: inventory.clone(),
+        recorder: recorder.clone(),
+        neighbours,
+        metrics,
+    };
+    drop(recorder);
+    tracing::info!(
+        interface = %config.interface.name,
+        advertise = %config.boot.advertise_ip,
+        http = %listeners.http.local_addr()?,
+        dhcp_mode = %config.dhcp.mode,
+        "bootplane serving"
+    );
+    let http_cancel = cancel.clone();
+    let http = axum::serve(listeners.http, router(state)).with_graceful_shutdown(async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = http_cancel.cancelled() => {}
+        }
+    });
+    let result = http.await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    if let Some(task) = dhcp_task {
+        let _ = task.await;
+    }
+    let _ = tftp_task.await;
+    let _ = watcher.await;
+    // Every recorder clone is gone now; the writer flushes what is queued and ends.
+    let _ = writer.await;
+    db.close().await;
+    tracing::info!("stopped");
+    result.map_err(Into::into)
+}

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::db::{Db, DbError, Observation};
 use crate::metrics::Metrics;
-use crate::model::{EventKind, Machine, Mac};
+use crate::model::{EventKind, Mac, Machine};
 
 /// An immutable snapshot of the inventory.
 #[derive(Debug, Default)]

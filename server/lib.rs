@@ -13,4 +13,5 @@ pub mod inventory;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod talos;
 pub mod tftp;

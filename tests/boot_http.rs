@@ -1,0 +1,250 @@
+//! HTTP boot surface against a running appliance, with curl as the client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use bootplane::model::{DiskHandoff, EventKind, Mac, Machine, Role};
+use common::{run_client, s, Appliance, VERSION};
+
+fn mac() -> Mac {
+    "52:54:00:12:34:56".parse().unwrap()
+}
+
+fn controlplane() -> Machine {
+    let mut m = Machine::discovered(mac());
+    m.role = Role::Controlplane;
+    m.hostname = Some("cp-1".into());
+    m.ip = Some("10.77.0.11/24".parse().unwrap());
+    m
+}
+
+async fn curl(args: &[&str]) -> (bool, Vec<u8>, String) {
+    run_client("curl", s(args), None).await
+}
+
+async fn get_text(app: &Appliance, path: &str) -> (u16, String) {
+    let (ok, out, err) = curl(&["-sS", "-w", "\n%{http_code}", &app.url(path)]).await;
+    assert!(ok, "curl failed: {err}");
+    let text = String::from_utf8(out).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_script_points_at_the_machine_script_by_booting_nic() {
+    let app = Appliance::start().await;
+    let (code, body) = get_text(&app, "/boot.ipxe").await;
+    assert_eq!(code, 200);
+    assert!(body.starts_with("#!ipxe\n"), "{body}");
+    let expected = format!(
+        "chain --replace --autofree {}/machine.ipxe?mac=${{mac:hexhyp}}",
+        app.url("")
+    );
+    assert!(body.contains(&expected), "{body}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_machine_is_discovered_and_told_to_wait_then_boots_once_assigned() {
+    let app = Appliance::start().await;
+    app.add_assets(1000, 2000);
+    let path = "/machine.ipxe?mac=52-54-00-12-34-56&uuid=7e57ab1e-0000-4000-8000-000000000001&serial=&arch=x86_64&platform=pcbios";
+    let (code, body) = get_text(&app, path).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("not assigned"), "{body}");
+    assert!(body.contains("sleep 3"), "{body}");
+    assert!(body.contains("chain --replace --autofree"), "{body}");
+    let events = app.wait_event(mac(), EventKind::ScriptServed).await;
+    assert_eq!(events[0].kind, EventKind::Discovered);
+    let m = app.db.get_machine(mac()).await.unwrap().unwrap();
+    assert_eq!(m.role, Role::Unassigned);
+    assert_eq!(
+        m.smbios_uuid.as_deref(),
+        Some("7e57ab1e-0000-4000-8000-000000000001")
+    );
+
+    app.db.update_machine(&controlplane(), 1).await.unwrap();
+    let (code, body) = get_text(&app, path).await;
+    assert_eq!(code, 200);
+    let base = app.url("");
+    let kernel = format!("kernel --name vmlinuz-amd64 {base}/assets/{VERSION}/vmlinuz-amd64?mac=52:54:00:12:34:56 talos.platform=metal console=tty0 console=ttyS0 ");
+    assert!(body.contains(&kernel), "{body}");
+    assert!(body.contains("initrd=initramfs-amd64.xz"), "{body}");
+    assert!(
+        body.contains(&format!("talos.config={base}/config?mac=52:54:00:12:34:56")),
+        "{body}"
+    );
+    assert!(body.contains(&format!("initrd --name initramfs-amd64.xz {base}/assets/{VERSION}/initramfs-amd64.xz?mac=52:54:00:12:34:56")), "{body}");
+    assert!(body.contains("\nboot || goto failed"), "{body}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_machines_get_their_disk_handoff() {
+    let app = Appliance::start().await;
+    app.add_assets(10, 10);
+    let mut m = controlplane();
+    m.installed = true;
+    app.db.add_machine(&m, 1).await.unwrap();
+    let path = "/machine.ipxe?mac=52:54:00:12:34:56";
+    let (code, body) = get_text(&app, path).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("\nexit\n"), "{body}");
+    assert!(!body.contains("kernel"), "{body}");
+
+    m.disk_handoff = DiskHandoff::Sanboot;
+    app.db.update_machine(&m, 2).await.unwrap();
+    let (_, body) = get_text(&app, path).await;
+    assert!(
+        body.contains("sanboot --no-describe --drive 0x80"),
+        "{body}"
+    );
+
+    m.disk_handoff = DiskHandoff::Http404;
+    app.db.update_machine(&m, 3).await.unwrap();
+    let (code, _) = get_text(&app, path).await;
+    assert_eq!(code, 404);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_assets_are_said_on_the_console_and_retried() {
+    let app = Appliance::start().await;
+    app.db.add_machine(&controlplane(), 1).await.unwrap();
+    let (code, body) = get_text(&app, "/machine.ipxe?mac=52:54:00:12:34:56").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("boot assets are missing"), "{body}");
+    assert!(body.contains("vmlinuz-amd64"), "{body}");
+    assert!(!body.contains("\nkernel "), "{body}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_supports_head_range_and_content_length() {
+    let app = Appliance::start().await;
+    let (kernel, initrd) = app.add_assets(3_000_000, 5_000_000);
+    let url = app.url(&format!(
+        "/assets/{VERSION}/vmlinuz-amd64?mac=52:54:00:12:34:56"
+    ));
+
+    let (ok, head, err) = curl(&["-sS", "-I", &url]).await;
+    assert!(ok, "{err}");
+    let head = String::from_utf8(head).unwrap().to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 3000000"), "{head}");
+    assert!(head.contains("accept-ranges: bytes"), "{head}");
+
+    let (ok, part, err) = curl(&["-sS", "-r", "1000-1999", "-w", "%{http_code}", &url]).await;
+    assert!(ok, "{err}");
+    assert_eq!(&part[..1000], &kernel[1000..2000]);
+    assert_eq!(&part[1000..], b"206");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("initrd");
+    let initrd_url = app.url(&format!(
+        "/assets/{VERSION}/initramfs-amd64.xz?mac=52:54:00:12:34:56"
+    ));
+    let (ok, _, err) = curl(&["-sS", "-f", "-o", out.to_str().unwrap(), &initrd_url]).await;
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), initrd);
+    let (ok, _, err) = curl(&["-sS", "-f", "-o", out.to_str().unwrap(), &url]).await;
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), kernel);
+
+    let events = app
+        .wait_events(mac(), |e| {
+            e.kind == EventKind::KernelFetched && e.detail.contains("3000000 bytes")
+        })
+        .await;
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::InitramfsFetched),
+        "{events:#?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.detail.contains("range") && e.detail.contains("3000000")),
+        "{events:#?}"
+    );
+
+    let (_, metrics) = get_text(&app, "/metrics").await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("bootplane_http_bytes_total{asset=\"initramfs\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let sent: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(sent, 5_000_000);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asset_paths_outside_the_images_dir_are_not_found() {
+    let app = Appliance::start().await;
+    app.add_assets(10, 10);
+    std::fs::write(app.images.path().join("secret"), b"x").unwrap();
+    for path in [
+        "/assets/v1.11.6/secret".to_string(),
+        "/assets/..%2F/vmlinuz-amd64".into(),
+        format!("/assets/{VERSION}/..%2Fsecret"),
+        "/assets/v1.11.6/%2E%2E/secret".into(),
+        "/ipxe/..%2Fsecret".into(),
+        "/ipxe/.hidden".into(),
+        "/assets/v9.9.9/vmlinuz-amd64".into(),
+    ] {
+        let (code, body) = get_text(&app, &path).await;
+        assert_eq!(code, 404, "{path}: {body}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipxe_binaries_are_served_over_http_for_uefi_http_boot() {
+    let app = Appliance::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ipxe.efi");
+    let (ok, _, err) = curl(&[
+        "-sS",
+        "-f",
+        "-o",
+        out.to_str().unwrap(),
+        &app.url("/ipxe/ipxe.efi"),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(out).unwrap(),
+        std::fs::read(app.ipxe.path().join("ipxe.efi")).unwrap()
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_is_404_for_unknown_and_logged_for_assigned() {
+    let app = Appliance::start().await;
+    let (code, _) = get_text(&app, "/config?mac=52:54:00:99:99:99").await;
+    assert_eq!(code, 404);
+    let (code, _) = get_text(&app, "/config?mac=garbage").await;
+    assert_eq!(code, 404);
+    app.db.add_machine(&controlplane(), 1).await.unwrap();
+    let (code, _) = get_text(&app, "/config?mac=52:54:00:12:34:56").await;
+    assert_eq!(code, 404);
+    app.wait_event(mac(), EventKind::ConfigFetched).await;
+    assert!(app
+        .db
+        .get_machine("52:54:00:99:99:99".parse().unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_mac_in_script_request_is_a_clear_400() {
+    let app = Appliance::start().await;
+    let (code, body) = get_text(&app, "/machine.ipxe?mac=01:00:5e:00:00:01").await;
+    assert_eq!(code, 400);
+    assert!(body.contains("multicast"), "{body}");
+    let (code, _) = get_text(&app, "/healthz").await;
+    assert_eq!(code, 200);
+    app.stop().await;
+}

@@ -1,0 +1,190 @@
+//! A running appliance on loopback ephemeral ports, for black-box tests with real clients.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bootplane::app::{self, Listeners};
+use bootplane::config::{Config, DhcpMode, ServeOptions};
+use bootplane::db::Db;
+use bootplane::model::{Event, EventKind, Mac};
+use bootplane::net::InterfaceInfo;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const VERSION: &str = "v1.11.6";
+
+pub struct Appliance {
+    pub http: SocketAddr,
+    pub tftp: SocketAddr,
+    pub data: tempfile::TempDir,
+    pub images: tempfile::TempDir,
+    pub ipxe: tempfile::TempDir,
+    pub db: Db,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Deterministic pseudo-random bytes, so a corrupted byte anywhere is noticed.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+impl Appliance {
+    pub async fn start() -> Appliance {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(customise: impl FnOnce(&mut ServeOptions)) -> Appliance {
+        let data = tempfile::tempdir().unwrap();
+        let images = tempfile::tempdir().unwrap();
+        let ipxe = tempfile::tempdir().unwrap();
+        std::fs::write(ipxe.path().join("undionly.kpxe"), pattern(70_000, 1)).unwrap();
+        std::fs::write(ipxe.path().join("ipxe.efi"), pattern(1_000_000, 2)).unwrap();
+        std::fs::write(ipxe.path().join("snponly.efi"), pattern(200_000, 3)).unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tftp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let tftp_addr = tftp.local_addr().unwrap();
+        let mut options = ServeOptions {
+            data_dir: Some(data.path().to_path_buf()),
+            advertise_ip: Some(Ipv4Addr::LOCALHOST),
+            http_port: Some(http_addr.port()),
+            tftp_port: Some(tftp_addr.port()),
+            dhcp_mode: Some(DhcpMode::Off),
+            ipxe_dir: Some(ipxe.path().to_path_buf()),
+            images_dir: Some(images.path().to_path_buf()),
+            talos_version: Some(VERSION.into()),
+            retry_secs: Some(3),
+            ..Default::default()
+        };
+        customise(&mut options);
+        let iface = InterfaceInfo {
+            name: "lo".into(),
+            index: 1,
+            cidr: "127.0.0.1/8".parse().unwrap(),
+            gateway: None,
+        };
+        let config = Config::resolve(options, iface).unwrap();
+        let db = Db::open(data.path()).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = Listeners {
+            http,
+            tftp,
+            dhcp: None,
+        };
+        let task = tokio::spawn(app::run(
+            config,
+            db.clone(),
+            bootplane::clock::system(),
+            listeners,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Appliance {
+            http: http_addr,
+            tftp: tftp_addr,
+            data,
+            images,
+            ipxe,
+            db,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// Writes stand-in boot assets for `VERSION` and returns the kernel and initramfs bytes.
+    pub fn add_assets(&self, kernel_len: usize, initrd_len: usize) -> (Vec<u8>, Vec<u8>) {
+        let dir = self.images.path().join(VERSION);
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = pattern(kernel_len, 11);
+        let initrd = pattern(initrd_len, 12);
+        std::fs::write(dir.join("vmlinuz-amd64"), &kernel).unwrap();
+        std::fs::write(dir.join("initramfs-amd64.xz"), &initrd).unwrap();
+        (kernel, initrd)
+    }
+
+    /// Waits until `mac` has an event of `kind`, returning all its events.
+    pub async fn wait_event(&self, mac: Mac, kind: EventKind) -> Vec<Event> {
+        self.wait_events(mac, |e| e.kind == kind).await
+    }
+
+    /// Waits until one of `mac`'s events satisfies `pred`, returning all its events.
+    pub async fn wait_events(&self, mac: Mac, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let events = self.db.events(mac, 1000).await.unwrap();
+            if events.iter().any(&pred) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "awaited event for {mac} never came; events: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Runs a real client program and returns (success, stdout, stderr).
+pub fn run(program: &str, args: &[&str], cwd: Option<&Path>) -> (bool, Vec<u8>, String) {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {program}: {e} (is it installed? .ci/run installs it)")
+    });
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn tmp_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+/// `run` on a blocking thread, so the appliance keeps serving meanwhile.
+pub async fn run_client(
+    program: &'static str,
+    args: Vec<String>,
+    cwd: Option<PathBuf>,
+) -> (bool, Vec<u8>, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(program, &args, cwd.as_deref())
+    })
+    .await
+    .unwrap()
+}
+
+pub fn s(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
