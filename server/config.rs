@@ -333,9 +333,8 @@ pub fn validate_talos_version(v: &str) -> Result<(), String> {
         && parts
             .iter()
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
-    let pre_ok = pre.is_none_or(|p| {
-        !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
-    });
+    let pre_ok = pre
+        .is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'));
     if numeric && pre_ok {
         Ok(())
     } else {
@@ -408,7 +407,9 @@ impl Config {
         }
         let lease_secs = o.dhcp_lease_time.unwrap_or(DEFAULT_LEASE_SECS);
         if lease_secs < 60 {
-            return Err(invalid("--dhcp-lease-time must be at least 60 seconds".into()));
+            return Err(invalid(
+                "--dhcp-lease-time must be at least 60 seconds".into(),
+            ));
         }
         let block = o.tftp_block_limit.unwrap_or(DEFAULT_TFTP_BLOCK_LIMIT);
         if !(512..=65464).contains(&block) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use crate::model::{DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, Machine, Mac};
+use crate::model::{DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, Mac, Machine};
 
 pub const DB_FILE: &str = "bootplane.db";
 

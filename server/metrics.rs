@@ -44,11 +44,15 @@ impl Metrics {
     }
 
     pub fn dhcp_drop(&self, reason: &'static str) {
-        self.dhcp_dropped.get_or_create(&ReasonLabel { reason }).inc();
+        self.dhcp_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn http_sent(&self, asset: &'static str, bytes: u64) {
-        self.http_bytes.get_or_create(&AssetLabel { asset }).inc_by(bytes);
+        self.http_bytes
+            .get_or_create(&AssetLabel { asset })
+            .inc_by(bytes);
     }
 
     pub fn tftp_done(&self, result: &'static str) {

@@ -52,7 +52,11 @@ pub fn interface(name: Option<&str>) -> Result<InterfaceInfo, NetError> {
     let route = default_route();
     let name = match name {
         Some(n) => n.to_string(),
-        None => route.as_ref().map_err(|_| NetError::NoDefaultRoute)?.0.clone(),
+        None => route
+            .as_ref()
+            .map_err(|_| NetError::NoDefaultRoute)?
+            .0
+            .clone(),
     };
     let gateway = match &route {
         Ok((iface, gw)) if *iface == name => Some(*gw),
@@ -89,7 +93,8 @@ mod tests {
 
     #[test]
     fn default_route_is_read_from_proc_format() {
-        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
             eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
             eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
         assert_eq!(
