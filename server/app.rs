@@ -20,6 +20,7 @@ use crate::db::Db;
 use crate::dhcp::{self, DhcpDeps, DhcpSockets};
 use crate::inventory::{Inventory, Neighbours, Recorder};
 use crate::metrics::Metrics;
+use crate::ra;
 use crate::tftp::{self, IpxeFiles, TftpHandler};
 
 /// Shared by every HTTP handler; cheap to clone.
@@ -39,6 +40,8 @@ pub struct Listeners {
     pub http: TcpListener,
     pub tftp: UdpSocket,
     pub dhcp: Option<DhcpSockets>,
+    /// Raw ICMPv6 socket for router advertisements, when enabled and permitted.
+    pub ra: Option<socket2::Socket>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,11 @@ pub enum BindError {
     },
     #[error(transparent)]
     Dhcp(#[from] dhcp::DhcpError),
+    #[error("cannot open an ICMPv6 socket for router advertisements on {iface}: {source} (needs CAP_NET_RAW; or pass --ipv6-ra off)")]
+    RouterAdvertisements {
+        iface: String,
+        source: std::io::Error,
+    },
 }
 
 const PRIVILEGE_HINT: &str =
@@ -93,7 +101,29 @@ pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
         DhcpMode::Off => None,
         _ => Some(dhcp::bind(&config.dhcp, &config.interface)?),
     };
-    Ok(Listeners { http, tftp, dhcp })
+    let ra = if config.dhcp.router_advertisements {
+        match ra::bind(&config.interface) {
+            Ok(socket) => Some(socket),
+            Err(source) if config.dhcp.router_advertisements_required => {
+                return Err(BindError::RouterAdvertisements {
+                    iface: config.interface.name.clone(),
+                    source,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "not answering IPv6 router solicitations; iPXE will wait ~16 s for IPv6 on each boot");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Listeners {
+        http,
+        tftp,
+        dhcp,
+        ra,
+    })
 }
 
 /// The whole HTTP surface.
@@ -160,6 +190,10 @@ pub async fn run(
         })
     };
 
+    let ra_task = listeners
+        .ra
+        .map(|socket| tokio::spawn(ra::run(socket, config.interface.clone(), cancel.clone())));
+
     let dhcp_task = listeners.dhcp.map(|sockets| {
         let deps = DhcpDeps {
             config: config.dhcp.clone(),
@@ -204,6 +238,9 @@ pub async fn run(
         let _ = task.await;
     }
     let _ = tftp_task.await;
+    if let Some(task) = ra_task {
+        let _ = task.await;
+    }
     let _ = watcher.await;
     // Every recorder clone is gone now; the writer flushes what is queued and ends.
     let _ = writer.await;

@@ -49,6 +49,16 @@ impl fmt::Display for DhcpMode {
     }
 }
 
+/// Whether to answer IPv6 router solicitations (see `ra`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RaMode {
+    /// On in full DHCP mode, off otherwise.
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -159,6 +169,9 @@ pub struct ServeOptions {
     /// Full mode: lease time in seconds [default: 3600]
     #[arg(long, env = "BOOTPLANE_DHCP_LEASE_TIME")]
     pub dhcp_lease_time: Option<u32>,
+    /// Answer IPv6 router solicitations with an empty advertisement so iPXE does not wait 16 s for IPv6: auto (on in full mode), on, off [default: auto]
+    #[arg(long, env = "BOOTPLANE_IPV6_RA", value_enum)]
+    pub ipv6_ra: Option<RaMode>,
     /// Directory holding the iPXE binaries served over TFTP [default: /usr/lib/ipxe]
     #[arg(long, env = "BOOTPLANE_IPXE_DIR")]
     pub ipxe_dir: Option<PathBuf>,
@@ -225,6 +238,7 @@ impl ServeOptions {
             dhcp_router,
             dhcp_dns,
             dhcp_lease_time,
+            ipv6_ra,
             ipxe_dir,
             efi_binary,
             arm64_binary,
@@ -274,6 +288,10 @@ pub struct DhcpConfig {
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub lease_secs: u32,
+    /// Answer IPv6 router solicitations (resolved from `RaMode`).
+    pub router_advertisements: bool,
+    /// The operator asked for router advertisements explicitly: failing to open them is fatal.
+    pub router_advertisements_required: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -438,6 +456,12 @@ impl Config {
                 router: o.dhcp_router.or(interface.gateway),
                 dns: o.dhcp_dns.unwrap_or_default(),
                 lease_secs,
+                router_advertisements: match o.ipv6_ra.unwrap_or(RaMode::Auto) {
+                    RaMode::Auto => mode == DhcpMode::Full,
+                    RaMode::On => true,
+                    RaMode::Off => false,
+                },
+                router_advertisements_required: o.ipv6_ra == Some(RaMode::On),
             },
             boot: BootConfig {
                 advertise_ip,

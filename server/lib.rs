@@ -13,5 +13,6 @@ pub mod inventory;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod ra;
 pub mod talos;
 pub mod tftp;

@@ -82,6 +82,7 @@ impl Appliance {
             http,
             tftp,
             dhcp: None,
+            ra: None,
         };
         let task = tokio::spawn(app::run(
             config,
