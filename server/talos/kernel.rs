@@ -1,4 +1,4 @@
-//! Talos facts bootplane acts on: kernel arguments per version and architecture.
+//! Kernel arguments per Talos version and architecture, and boot asset names.
 
 /// CPU architecture of boot assets, as Talos names them in release file names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

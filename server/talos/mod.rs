@@ -1,0 +1,6 @@
+//! Talos: the facts bootplane acts on (kernel arguments, asset names) and, later, secrets,
+//! machine configs and the Talos API client.
+
+pub mod kernel;
+
+pub use kernel::{kernel_args, minor_version, Arch};
