@@ -1,0 +1,1429 @@
+//! End-to-end network boot with real firmware.
+//!
+//! Each test builds an isolated LAN (a network namespace with a bridge, tap devices for the
+//! VMs), runs the real `bootplane` binary on it, registers the VMs with the CLI, boots QEMU
+//! VMs with SeaBIOS + QEMU's iPXE ROM or OVMF with its own PXE, and waits for the stand-in
+//! "Talos" (tests/lab/build-standin.sh) to print its marker on the serial console. A VM passes
+//! when its marker shows its own MAC (and, in full DHCP mode, its registered IP) and bootplane's
+//! event log shows the whole boot chain for that MAC.
+//!
+//! Privileged (root, `ip netns`, QEMU), so gated: run with
+//! `BOOTPLANE_E2E=1 cargo test --test firmware_e2e -- --nocapture --test-threads 1`.
+//! Serial logs, bootplane's log and the data dir are kept under `tests/artifacts/<test>/`.
+//! Facts behind the QEMU command lines: ../shared/research/firmware-lab.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// The scenarios share the machine's CPU and QEMU is slow under TCG: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const TALOS_VERSION: &str = "v1.9.0";
+const HTTP_PORT: u16 = 8080;
+const IPXE_DIR: &str = "/usr/lib/ipxe";
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Prefix of every namespace these tests create: `bpe2e-<test pid>-<scenario>`.
+const NS_PREFIX: &str = "bpe2e-";
+/// From power-on to marker; measured single boots take 8 s (BIOS) to 25 s (3 × OVMF PXE).
+const BOOT_DEADLINE: Duration = Duration::from_secs(100);
+
+/// Serial-console text that means a boot has failed for good (firmware-lab.md, "Pitfalls").
+const FAILURE_TEXTS: &[&str] = &[
+    "MARKER-FAILED",
+    "No bootable device",
+    "Kernel panic",
+    "Shell>",
+];
+
+fn e2e_enabled() -> Option<MutexGuard<'static, ()>> {
+    if std::env::var("BOOTPLANE_E2E").as_deref() != Ok("1") {
+        println!("skipped: set BOOTPLANE_E2E=1");
+        return None;
+    }
+    Some(
+        SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
+#[test]
+fn full_dhcp_bios_and_uefi_ovmf_pxe() {
+    let Some(_serial) = e2e_enabled() else { return };
+    let mut lab = Lab::new("full_dhcp_bios_and_uefi_ovmf_pxe");
+    let ns = lab.namespace("full");
+    lab.bridge(&ns, "10.77.0.1/24");
+
+    #[rustfmt::skip]
+    let vms = [
+        Vm { name: "bios-a", firmware: Firmware::SeaBios, mac: "52:54:00:e2:01:01",
+             hostname: "cp-1", role: Role::Controlplane, ip: "10.77.0.11" },
+        Vm { name: "uefi-pxe", firmware: Firmware::OvmfPxe, mac: "52:54:00:e2:01:02",
+             hostname: "worker-1", role: Role::Worker, ip: "10.77.0.12" },
+        Vm { name: "bios-c", firmware: Firmware::SeaBios, mac: "52:54:00:e2:01:03",
+             hostname: "worker-2", role: Role::Worker, ip: "10.77.0.13" },
+    ];
+    for vm in &vms {
+        lab.register(vm, "10.77.0.1");
+    }
+    lab.serve(
+        &ns,
+        "10.77.0.1",
+        &[
+            "--dhcp-mode",
+            "full",
+            "--dhcp-subnet",
+            "10.77.0.0/24",
+            "--dhcp-pool",
+            "10.77.0.100-10.77.0.199",
+            "--dhcp-router",
+            "10.77.0.1",
+            "--dhcp-dns",
+            "10.77.0.1",
+        ],
+    );
+
+    let outcomes = lab.boot_all(&ns, &vms);
+    let mut problems = Vec::new();
+    for (vm, outcome) in vms.iter().zip(&outcomes) {
+        problems.extend(lab.check_vm(vm, outcome, DhcpMode::Full));
+    }
+    lab.finish(problems);
+}
+
+#[test]
+fn proxy_dhcp_beside_site_router() {
+    let Some(_serial) = e2e_enabled() else { return };
+    let mut lab = Lab::new("proxy_dhcp_beside_site_router");
+    let ns = lab.namespace("proxy");
+    let router = lab.namespace("proxy-r");
+    lab.bridge(&ns, "10.78.0.2/24");
+    lab.site_router(&ns, &router);
+
+    // The CLI takes a static address; in proxy mode the site router leases one instead.
+    #[rustfmt::skip]
+    let vms = [
+        Vm { name: "bios", firmware: Firmware::SeaBios, mac: "52:54:00:e2:02:01",
+             hostname: "cp-1", role: Role::Controlplane, ip: "10.78.0.21" },
+        Vm { name: "uefi-pxe", firmware: Firmware::OvmfPxe, mac: "52:54:00:e2:02:02",
+             hostname: "worker-1", role: Role::Worker, ip: "10.78.0.22" },
+    ];
+    for vm in &vms {
+        lab.register(vm, "10.78.0.1");
+    }
+    lab.serve(&ns, "10.78.0.2", &["--dhcp-mode", "proxy"]);
+
+    let outcomes = lab.boot_all(&ns, &vms);
+    let mut problems = Vec::new();
+    for (vm, outcome) in vms.iter().zip(&outcomes) {
+        problems.extend(lab.check_vm(vm, outcome, DhcpMode::Proxy));
+        if let Outcome::Marker(marker) = outcome {
+            if !in_router_range(&marker.ip) {
+                problems.push(format!(
+                    "{}: ip={} is not from the site router's range 10.78.0.100-150",
+                    vm.name, marker.ip
+                ));
+            }
+        }
+    }
+    lab.finish(problems);
+}
+
+fn in_router_range(ip: &str) -> bool {
+    ip.strip_prefix("10.78.0.")
+        .and_then(|host| host.parse::<u8>().ok())
+        .is_some_and(|host| (100..=150).contains(&host))
+}
+
+// ---------------------------------------------------------------------------------------------
+// VMs
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Firmware {
+    /// SeaBIOS with QEMU's default iPXE ROM on virtio-net-pci.
+    SeaBios,
+    /// OVMF UEFI with its own PXE (no option ROM), loading ipxe.efi over TFTP.
+    OvmfPxe,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Controlplane,
+    Worker,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DhcpMode {
+    Full,
+    Proxy,
+}
+
+#[derive(Debug)]
+struct Vm {
+    name: &'static str,
+    firmware: Firmware,
+    mac: &'static str,
+    hostname: &'static str,
+    role: Role,
+    /// Static IPv4 registered with the CLI (without prefix; the LAN is a /24).
+    ip: &'static str,
+}
+
+#[derive(Debug)]
+struct Marker {
+    line: String,
+    mac: String,
+    ip: String,
+    config_status: Option<String>,
+    hostname_line: Option<String>,
+    seconds: f64,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Marker(Marker),
+    Failed(String),
+}
+
+/// Parses `BOOTPLANE-MARKER mac=.. ip=.. config_status=.. config_bytes=..` and the optional
+/// `hostname:` line the stand-in prints after it.
+fn parse_marker(serial: &str, seconds: f64) -> Option<Marker> {
+    let mut lines = serial.lines().map(|l| l.trim_end_matches('\r'));
+    let line = lines.by_ref().find_map(|l| {
+        l.find("BOOTPLANE-MARKER ")
+            .map(|at| l[at..].trim().to_owned())
+    })?;
+    let fields: BTreeMap<&str, &str> = line
+        .split_whitespace()
+        .filter_map(|word| word.split_once('='))
+        .collect();
+    let hostname_line = lines
+        .map(str::trim)
+        .find(|l| l.starts_with("hostname:"))
+        .map(str::to_owned);
+    Some(Marker {
+        mac: fields.get("mac").copied().unwrap_or_default().to_owned(),
+        ip: fields.get("ip").copied().unwrap_or_default().to_owned(),
+        config_status: fields.get("config_status").map(|s| (*s).to_owned()),
+        hostname_line,
+        line,
+        seconds,
+    })
+}
+
+fn failure_in(serial: &str) -> Option<String> {
+    let plain = strip_escapes(serial);
+    for line in plain.lines() {
+        if line.contains("failed to load Boot") && line.contains("UEFI PXEv4") {
+            return Some(line.trim().to_owned());
+        }
+        if let Some(text) = FAILURE_TEXTS.iter().find(|t| line.contains(*t)) {
+            let line = line.trim();
+            return Some(if line.is_empty() {
+                (*text).to_owned()
+            } else {
+                line.to_owned()
+            });
+        }
+    }
+    None
+}
+
+/// Drops terminal escape sequences (OVMF draws its screen with them).
+fn strip_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if c != '\0' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lab: namespaces, processes, artifacts; torn down in Drop even when the test panics.
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+struct Lab {
+    test: &'static str,
+    artifacts: PathBuf,
+    data_dir: PathBuf,
+    scratch: tempfile::TempDir,
+    namespaces: Vec<String>,
+    procs: Vec<Proc>,
+    bootplane: Option<usize>,
+    images_dir: PathBuf,
+    http_base: String,
+    taps: usize,
+}
+
+impl Lab {
+    fn new(test: &'static str) -> Self {
+        preflight();
+        remove_stale_namespaces();
+        let artifacts = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/artifacts")
+            .join(test);
+        if artifacts.exists() {
+            fs::remove_dir_all(&artifacts).unwrap();
+        }
+        fs::create_dir_all(&artifacts).unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("bootplane-e2e-")
+            .tempdir()
+            .unwrap();
+        let images_dir = scratch.path().join("images");
+        install_standin(&images_dir.join(TALOS_VERSION));
+        Lab {
+            test,
+            data_dir: artifacts.join("data"),
+            artifacts,
+            scratch,
+            namespaces: Vec::new(),
+            procs: Vec::new(),
+            bootplane: None,
+            images_dir,
+            http_base: String::new(),
+            taps: 0,
+        }
+    }
+
+    /// Creates `bpe2e-<pid>-<tag>` with loopback up and IPv6 DAD off.
+    fn namespace(&mut self, tag: &str) -> String {
+        let ns = format!("{NS_PREFIX}{}-{tag}", std::process::id());
+        run(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        // A tentative (DAD) IPv6 address holds back router advertisements.
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ]);
+        ns
+    }
+
+    /// `br0` with STP off and no forward delay, so a new tap forwards at once.
+    fn bridge(&mut self, ns: &str, cidr: &str) {
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.br0.accept_dad=0",
+        ]);
+        run(&["ip", "-n", ns, "addr", "add", cidr, "dev", "br0"]);
+        run(&["ip", "-n", ns, "link", "set", "br0", "up"]);
+    }
+
+    fn tap(&mut self, ns: &str) -> String {
+        let tap = format!("tap{}", self.taps);
+        self.taps += 1;
+        run(&["ip", "-n", ns, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+        run(&["ip", "-n", ns, "link", "set", &tap, "master", "br0", "up"]);
+        tap
+    }
+
+    /// The site's own router in namespace `router`, joined to `ns`'s bridge by a veth: a plain
+    /// DHCP server (dnsmasq, dynamic range, no PXE options) that also sends IPv6 router
+    /// advertisements on a ULA prefix, as an ordinary router would (without an RA iPXE waits
+    /// ~16 s for IPv6).
+    fn site_router(&mut self, ns: &str, router: &str) {
+        run(&[
+            "ip", "-n", ns, "link", "add", "vrouter", "type", "veth", "peer", "name", "eth0",
+            "netns", router,
+        ]);
+        run(&[
+            "ip", "-n", ns, "link", "set", "vrouter", "master", "br0", "up",
+        ]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            router,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.eth0.accept_dad=0",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            router,
+            "addr",
+            "add",
+            "10.78.0.1/24",
+            "dev",
+            "eth0",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            router,
+            "addr",
+            "add",
+            "fd78::1/64",
+            "dev",
+            "eth0",
+        ]);
+        run(&["ip", "-n", router, "link", "set", "eth0", "up"]);
+        let leases = self.scratch.path().join("router.leases");
+        let args = [
+            "--keep-in-foreground".to_owned(),
+            "--conf-file=/dev/null".to_owned(),
+            "--port=0".to_owned(),
+            "--user=root".to_owned(),
+            "--pid-file".to_owned(),
+            "--interface=eth0".to_owned(),
+            "--bind-interfaces".to_owned(),
+            "--dhcp-range=10.78.0.100,10.78.0.150,255.255.255.0,1h".to_owned(),
+            "--dhcp-option=option:router,10.78.0.1".to_owned(),
+            "--dhcp-range=fd78::,ra-only".to_owned(),
+            "--enable-ra".to_owned(),
+            "--ra-param=eth0,10,0".to_owned(),
+            format!("--dhcp-leasefile={}", leases.display()),
+            "--log-dhcp".to_owned(),
+            "--log-facility=-".to_owned(),
+        ];
+        let mut argv = vec!["dnsmasq"];
+        argv.extend(args.iter().map(String::as_str));
+        self.spawn_in(router, "router-dnsmasq", &argv);
+    }
+
+    fn register(&mut self, vm: &Vm, gateway: &str) {
+        let ip = format!("{}/24", vm.ip);
+        let role = match vm.role {
+            Role::Controlplane => "controlplane",
+            Role::Worker => "worker",
+        };
+        let data_dir = self.data_dir.display().to_string();
+        let args = [
+            "machines",
+            "add",
+            "--data-dir",
+            &data_dir,
+            "--mac",
+            vm.mac,
+            "--role",
+            role,
+            "--hostname",
+            vm.hostname,
+            "--ip",
+            &ip,
+            "--gateway",
+            gateway,
+        ];
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "bootplane {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts `bootplane serve` inside `ns` on br0 and waits for /healthz.
+    fn serve(&mut self, ns: &str, advertise_ip: &str, dhcp_args: &[&str]) {
+        let data_dir = self.data_dir.display().to_string();
+        let images_dir = self.images_dir.display().to_string();
+        let port = HTTP_PORT.to_string();
+        let mut argv = vec![
+            env!("CARGO_BIN_EXE_bootplane"),
+            "serve",
+            "--data-dir",
+            &data_dir,
+            "--interface",
+            "br0",
+            "--advertise-ip",
+            advertise_ip,
+            "--http-port",
+            &port,
+            "--ipxe-dir",
+            IPXE_DIR,
+            "--images-dir",
+            &images_dir,
+            "--talos-version",
+            TALOS_VERSION,
+        ];
+        argv.extend_from_slice(dhcp_args);
+        let index = self.spawn_in(ns, "bootplane", &argv);
+        self.bootplane = Some(index);
+        self.http_base = format!("http://{advertise_ip}:{HTTP_PORT}");
+
+        let healthz = format!("{}/healthz", self.http_base);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.procs[index].child.try_wait().unwrap() {
+                panic!(
+                    "bootplane serve exited ({status}) before /healthz answered; log:\n{}",
+                    tail(&self.artifacts.join("bootplane.log"), 40)
+                );
+            }
+            // The server lives in the namespace, so probe from inside it.
+            let probe = run_timeout(
+                &[
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "busybox",
+                    "wget",
+                    "-q",
+                    "-O",
+                    "/dev/null",
+                    &healthz,
+                ],
+                Duration::from_secs(5),
+            );
+            if probe.is_some_and(|out| out.status.success()) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "GET {healthz} did not answer 200 within 30 s; bootplane log:\n{}",
+                tail(&self.artifacts.join("bootplane.log"), 40)
+            );
+            sleep(Duration::from_millis(200));
+        }
+        println!(
+            "[{}] bootplane up after {:.1} s",
+            self.test,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Boots all VMs at once and waits for each one's marker or failure.
+    fn boot_all(&mut self, ns: &str, vms: &[Vm]) -> Vec<Outcome> {
+        let accel = accelerator();
+        let mut running = Vec::new();
+        let started = Instant::now();
+        for (i, vm) in vms.iter().enumerate() {
+            let tap = self.tap(ns);
+            let serial = self.artifacts.join(format!("{}.serial", vm.name));
+            let argv = self.qemu_argv(i, vm, &tap, &serial, accel);
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let index = self.spawn_in(ns, &format!("qemu-{}", vm.name), &argv);
+            running.push((index, serial));
+        }
+
+        let mut outcomes: Vec<Option<Outcome>> = vms.iter().map(|_| None).collect();
+        let mut marker_seen: Vec<Option<Instant>> = vms.iter().map(|_| None).collect();
+        while outcomes.iter().any(Option::is_none) {
+            let bootplane_exit = self
+                .bootplane
+                .and_then(|i| self.procs[i].child.try_wait().unwrap());
+            for i in 0..vms.len() {
+                if outcomes[i].is_some() {
+                    continue;
+                }
+                let (index, serial_path) = &running[i];
+                let exited = self.procs[*index].child.try_wait().unwrap();
+                let serial = fs::read(serial_path)
+                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                    .unwrap_or_default();
+                let elapsed = started.elapsed();
+                if let Some(marker) = parse_marker(&serial, elapsed.as_secs_f64()) {
+                    let seen = *marker_seen[i].get_or_insert_with(Instant::now);
+                    // Give the stand-in a moment to print its hostname line and power off.
+                    if exited.is_some() || seen.elapsed() > Duration::from_secs(3) {
+                        let mut marker = marker;
+                        marker.seconds = (seen - started).as_secs_f64();
+                        outcomes[i] = Some(Outcome::Marker(marker));
+                    }
+                    continue;
+                }
+                let failure = if let Some(reason) = failure_in(&serial) {
+                    Some(format!(
+                        "failure on serial console after {:.1} s: {reason}",
+                        elapsed.as_secs_f64()
+                    ))
+                } else if let Some(status) = exited {
+                    Some(format!(
+                        "qemu exited ({status}) after {:.1} s without a marker",
+                        elapsed.as_secs_f64()
+                    ))
+                } else if let Some(status) = bootplane_exit {
+                    Some(format!(
+                        "bootplane exited ({status}) while the VM was booting"
+                    ))
+                } else if elapsed > BOOT_DEADLINE {
+                    Some(format!("no marker within {} s", BOOT_DEADLINE.as_secs()))
+                } else {
+                    None
+                };
+                if let Some(reason) = failure {
+                    let _ = self.procs[*index].child.kill();
+                    let _ = self.procs[*index].child.wait();
+                    outcomes[i] = Some(Outcome::Failed(format!(
+                        "{reason}\n--- last lines of {}:\n{}",
+                        serial_path.display(),
+                        tail(serial_path, 25)
+                    )));
+                }
+            }
+            sleep(Duration::from_millis(250));
+        }
+        let outcomes: Vec<Outcome> = outcomes.into_iter().map(Option::unwrap).collect();
+        for (vm, outcome) in vms.iter().zip(&outcomes) {
+            match outcome {
+                Outcome::Marker(m) => {
+                    println!(
+                        "[{}] {} ({:?}): marker at {:.1} s: {}",
+                        self.test, vm.name, vm.firmware, m.seconds, m.line
+                    );
+                }
+                Outcome::Failed(reason) => {
+                    println!(
+                        "[{}] {} ({:?}): FAILED: {}",
+                        self.test,
+                        vm.name,
+                        vm.firmware,
+                        first_line(reason)
+                    );
+                }
+            }
+        }
+        println!(
+            "[{}] all VMs done after {:.1} s",
+            self.test,
+            started.elapsed().as_secs_f64()
+        );
+        outcomes
+    }
+
+    fn qemu_argv(&self, i: usize, vm: &Vm, tap: &str, serial: &Path, accel: &str) -> Vec<String> {
+        let machine = match vm.firmware {
+            Firmware::SeaBios => "pc",
+            Firmware::OvmfPxe => "q35",
+        };
+        let mut argv: Vec<String> = [
+            "qemu-system-x86_64",
+            "-name",
+            &format!("bpe2e-{}", vm.name),
+            "-machine",
+            &format!("{machine},accel={accel},graphics=off"),
+            "-m",
+            "512",
+            "-smp",
+            "1",
+            "-uuid",
+            &format!("7e57ab1e-0000-4000-8000-{:012x}", i + 1),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-no-reboot",
+            "-serial",
+            &format!("file:{}", serial.display()),
+            "-netdev",
+            &format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match vm.firmware {
+            Firmware::SeaBios => {
+                argv.push("-device".into());
+                argv.push(format!(
+                    "virtio-net-pci,netdev=net0,mac={},bootindex=1",
+                    vm.mac
+                ));
+            }
+            Firmware::OvmfPxe => {
+                let vars = self.scratch.path().join(format!("{}.vars.fd", vm.name));
+                fs::copy(OVMF_VARS, &vars).unwrap();
+                argv.extend([
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                    "-device".into(),
+                    // `romfile=` empty: no iPXE ROM, OVMF's own PXE boots.
+                    format!(
+                        "virtio-net-pci,netdev=net0,mac={},bootindex=1,romfile=",
+                        vm.mac
+                    ),
+                ]);
+            }
+        }
+        argv
+    }
+
+    /// Everything one VM must show; returns the problems found.
+    fn check_vm(&mut self, vm: &Vm, outcome: &Outcome, mode: DhcpMode) -> Vec<String> {
+        let mut problems = Vec::new();
+        let marker = match outcome {
+            Outcome::Marker(marker) => Some(marker),
+            Outcome::Failed(reason) => {
+                problems.push(format!(
+                    "{} ({:?}, {}): {reason}",
+                    vm.name, vm.firmware, vm.mac
+                ));
+                None
+            }
+        };
+        if let Some(m) = marker {
+            if m.mac != vm.mac {
+                problems.push(format!(
+                    "{}: marker mac={} but the VM's MAC is {}",
+                    vm.name, m.mac, vm.mac
+                ));
+            }
+            match m.config_status.as_deref() {
+                Some(status) if status.len() == 3 && status.bytes().all(|b| b.is_ascii_digit()) => {}
+                other => problems.push(format!(
+                    "{}: config_status={other:?}: GET talos.config= got no HTTP answer (marker: {})",
+                    vm.name, m.line
+                )),
+            }
+            if mode == DhcpMode::Full && m.ip != vm.ip {
+                problems.push(format!(
+                    "{}: booted OS leased ip={} but the machine is registered with {}",
+                    vm.name, m.ip, vm.ip
+                ));
+            }
+            if let Some(line) = &m.hostname_line {
+                if !line.contains(vm.hostname) {
+                    problems.push(format!(
+                        "{}: config served to {} says `{line}`, registered hostname is {}",
+                        vm.name, vm.mac, vm.hostname
+                    ));
+                }
+            }
+        }
+        // A VM that failed to boot gets no grace period for late events.
+        problems.extend(self.check_events(vm, mode, marker.is_some()));
+        problems
+    }
+
+    /// `bootplane machines events --mac MAC --json` must show the boot chain in order.
+    fn check_events(&mut self, vm: &Vm, mode: DhcpMode, booted: bool) -> Vec<String> {
+        let dhcp: &[&str] = match mode {
+            DhcpMode::Full => &["dhcp-ack"],
+            DhcpMode::Proxy => &["proxy-offer", "proxy-ack"],
+        };
+        let mut chain: Vec<&[&str]> = vec![dhcp];
+        if vm.firmware == Firmware::OvmfPxe {
+            chain.push(&["tftp-served"]);
+        }
+        chain.extend([
+            &["script-served"][..],
+            &["kernel-fetched"][..],
+            &["initramfs-fetched"][..],
+            &["config-fetched"][..],
+        ]);
+
+        let data_dir = self.data_dir.display().to_string();
+        let args = [
+            "machines",
+            "events",
+            "--data-dir",
+            &data_dir,
+            "--mac",
+            vm.mac,
+            "--json",
+        ];
+        let artifact = self.artifacts.join(format!("{}.events.json", vm.name));
+        // Events may be written just after the response that caused them.
+        let grace = if booted {
+            Duration::from_secs(5)
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + grace;
+        loop {
+            let out = self.cli(&args);
+            let _ = fs::write(&artifact, &out.stdout);
+            let verdict = if out.status.success() {
+                let text = String::from_utf8_lossy(&out.stdout);
+                match json::parse(&text) {
+                    Ok(value) => judge_events(vm, &value, &chain),
+                    Err(e) => vec![format!(
+                        "{}: `bootplane {}` printed invalid JSON ({e}): {text}",
+                        vm.name,
+                        args.join(" ")
+                    )],
+                }
+            } else {
+                vec![format!(
+                    "{}: `bootplane {}` failed ({}): {}",
+                    vm.name,
+                    args.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )]
+            };
+            if verdict.is_empty() || Instant::now() > deadline {
+                return verdict;
+            }
+            sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Fails the test with every problem found, after saving `machines list --json`.
+    fn finish(&mut self, problems: Vec<String>) {
+        let data_dir = self.data_dir.display().to_string();
+        let list = self.cli(&["machines", "list", "--data-dir", &data_dir, "--json"]);
+        let _ = fs::write(self.artifacts.join("machines.json"), &list.stdout);
+        if problems.is_empty() {
+            println!(
+                "[{}] passed; artifacts in {}",
+                self.test,
+                self.artifacts.display()
+            );
+            return;
+        }
+        let mut report = format!("{} problem(s):\n", problems.len());
+        for p in &problems {
+            let _ = writeln!(report, "- {p}");
+        }
+        let _ = writeln!(
+            report,
+            "--- last lines of bootplane.log:\n{}\n(artifacts: {})",
+            tail(&self.artifacts.join("bootplane.log"), 40),
+            self.artifacts.display()
+        );
+        panic!("{report}");
+    }
+
+    /// Runs the CLI (outside the namespace: it only needs the data dir).
+    fn cli(&self, args: &[&str]) -> Output {
+        let mut argv = vec![env!("CARGO_BIN_EXE_bootplane")];
+        argv.extend_from_slice(args);
+        run_timeout(&argv, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("`bootplane {}` did not finish within 30 s", args.join(" ")))
+    }
+
+    /// Starts a long-running process inside `ns`, output to `<artifacts>/<name>.log`.
+    /// `ip netns exec` execs the program, so the child's pid is the program's pid.
+    fn spawn_in(&mut self, ns: &str, name: &str, argv: &[&str]) -> usize {
+        let log = fs::File::create(self.artifacts.join(format!("{name}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name} ({}): {e}", argv.join(" ")));
+        let _ = fs::write(
+            self.artifacts.join(format!("{name}.cmdline")),
+            argv.join(" ") + "\n",
+        );
+        self.procs.push(Proc {
+            name: name.to_owned(),
+            child,
+        });
+        self.procs.len() - 1
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // VMs first (SIGKILL), then the servers (SIGTERM, then SIGKILL), all by pid.
+        for proc in self.procs.iter_mut().rev() {
+            if matches!(proc.child.try_wait(), Ok(Some(_))) {
+                continue;
+            }
+            if proc.name.starts_with("qemu-") {
+                let _ = proc.child.kill();
+                let _ = proc.child.wait();
+                continue;
+            }
+            let pid = proc.child.id().to_string();
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(proc.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                sleep(Duration::from_millis(50));
+            }
+            if matches!(proc.child.try_wait(), Ok(None)) {
+                eprintln!(
+                    "[{}] {} (pid {pid}) ignored SIGTERM for 5 s; killing",
+                    self.test, proc.name
+                );
+                let _ = proc.child.kill();
+                let _ = proc.child.wait();
+            }
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Judges one machine's event log (a JSON array of {mac, at, kind, detail}, oldest first).
+fn judge_events(vm: &Vm, value: &json::Value, chain: &[&[&str]]) -> Vec<String> {
+    let Some(events) = value.as_array() else {
+        return vec![format!("{}: events output is not a JSON array", vm.name)];
+    };
+    let mut problems = Vec::new();
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.get("kind")?.as_str())
+        .collect();
+    for event in events {
+        let mac = event
+            .get("mac")
+            .and_then(json::Value::as_str)
+            .unwrap_or("<none>");
+        if mac != vm.mac {
+            problems.push(format!(
+                "{}: events for {} include one with mac {mac}",
+                vm.name, vm.mac
+            ));
+            break;
+        }
+    }
+    let missing: Vec<String> = chain
+        .iter()
+        .filter(|step| !kinds.iter().any(|k| step.contains(k)))
+        .map(|step| step.join("|"))
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{}: event log for {} lacks {}; it has [{}]",
+            vm.name,
+            vm.mac,
+            missing.join(", "),
+            kinds.join(", ")
+        ));
+        return problems;
+    }
+    // In order: each step after the previous one.
+    let mut from = 0;
+    for step in chain {
+        match kinds[from..].iter().position(|k| step.contains(k)) {
+            Some(at) => from += at + 1,
+            None => {
+                problems.push(format!(
+                    "{}: event log for {} is out of order: no {} after the earlier steps; it has [{}]",
+                    vm.name,
+                    vm.mac,
+                    step.join("|"),
+                    kinds.join(", ")
+                ));
+                break;
+            }
+        }
+    }
+    problems
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host helpers
+
+fn preflight() {
+    let uid = fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Uid:")
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "BOOTPLANE_E2E=1 needs root (network namespaces, tap devices)"
+    );
+    for tool in ["ip", "qemu-system-x86_64", "dnsmasq", "busybox", "kill"] {
+        let found = std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+            .unwrap_or(false);
+        assert!(found, "`{tool}` not found on PATH (apt-get install iproute2 qemu-system-x86 dnsmasq-base busybox-static)");
+    }
+    for file in [
+        OVMF_CODE,
+        OVMF_VARS,
+        "/usr/lib/ipxe/ipxe.efi",
+        "/usr/lib/ipxe/qemu/efi-virtio.rom",
+    ] {
+        assert!(
+            Path::new(file).is_file(),
+            "{file} missing (apt-get install ovmf ipxe ipxe-qemu)"
+        );
+    }
+}
+
+/// TCG unless the CPU offers real hardware virtualisation (this lab's PVM-flavoured KVM is
+/// slower than TCG for firmware; see firmware-lab.md).
+fn accelerator() -> &'static str {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw_virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if hw_virt && Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists() {
+        "kvm:tcg"
+    } else {
+        "tcg"
+    }
+}
+
+/// Builds (or reuses) the stand-in kernel + initramfs and copies them into `dir`.
+fn install_standin(dir: &Path) {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("standin");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/build-standin.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{}{}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::create_dir_all(dir).unwrap();
+    for file in ["vmlinuz-amd64", "initramfs-amd64.xz"] {
+        fs::copy(cache.join(file), dir.join(file)).unwrap();
+    }
+}
+
+/// Deletes namespaces left by earlier runs whose test process is gone (killed before its
+/// Drop ran), after killing the processes still inside them by pid.
+fn remove_stale_namespaces() {
+    let Ok(entries) = fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        let Some(owner) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        if let Some(out) = run_timeout(&["ip", "netns", "pids", &name], Duration::from_secs(5)) {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        eprintln!("removing stale namespace {name}");
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    }
+}
+
+/// Runs a short command, panicking with its output if it fails.
+fn run(argv: &[&str]) {
+    let out = run_timeout(argv, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("`{}` did not finish within 30 s", argv.join(" ")));
+    assert!(
+        out.status.success(),
+        "`{}` failed ({}): {}",
+        argv.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Runs a command to completion, or kills it (by pid) after `limit` and returns None.
+fn run_timeout(argv: &[&str], limit: Duration) -> Option<Output> {
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", argv[0]));
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut buf);
+        buf
+    });
+    let deadline = Instant::now() + limit;
+    let status: ExitStatus = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        sleep(Duration::from_millis(20));
+    };
+    Some(Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    })
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read(path)
+        .map(|b| strip_escapes(&String::from_utf8_lossy(&b)))
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
+    let all: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Just enough JSON to read the CLI's output (the test uses std only).
+
+mod json {
+    #[derive(Debug, PartialEq)]
+    pub enum Value {
+        Null,
+        Bool(bool),
+        Number(f64),
+        String(String),
+        Array(Vec<Value>),
+        Object(Vec<(String, Value)>),
+    }
+
+    impl Value {
+        pub fn as_array(&self) -> Option<&[Value]> {
+            match self {
+                Value::Array(items) => Some(items),
+                _ => None,
+            }
+        }
+
+        pub fn as_str(&self) -> Option<&str> {
+            match self {
+                Value::String(s) => Some(s),
+                _ => None,
+            }
+        }
+
+        pub fn get(&self, key: &str) -> Option<&Value> {
+            match self {
+                Value::Object(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+                _ => None,
+            }
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Value, String> {
+        let mut p = Parser {
+            bytes: text.as_bytes(),
+            at: 0,
+        };
+        let value = p.value()?;
+        p.space();
+        if p.at != p.bytes.len() {
+            return Err(format!("trailing characters at byte {}", p.at));
+        }
+        Ok(value)
+    }
+
+    struct Parser<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    impl Parser<'_> {
+        fn space(&mut self) {
+            while self
+                .bytes
+                .get(self.at)
+                .is_some_and(|b| b.is_ascii_whitespace())
+            {
+                self.at += 1;
+            }
+        }
+
+        fn eat(&mut self, byte: u8) -> Result<(), String> {
+            self.space();
+            if self.bytes.get(self.at) == Some(&byte) {
+                self.at += 1;
+                Ok(())
+            } else {
+                Err(format!("expected '{}' at byte {}", byte as char, self.at))
+            }
+        }
+
+        fn literal(&mut self, word: &str, value: Value) -> Result<Value, String> {
+            if self.bytes[self.at..].starts_with(word.as_bytes()) {
+                self.at += word.len();
+                Ok(value)
+            } else {
+                Err(format!("unexpected input at byte {}", self.at))
+            }
+        }
+
+        fn value(&mut self) -> Result<Value, String> {
+            self.space();
+            match self.bytes.get(self.at) {
+                None => Err("unexpected end of input".into()),
+                Some(b'{') => {
+                    self.at += 1;
+                    let mut fields = Vec::new();
+                    self.space();
+                    if self.bytes.get(self.at) == Some(&b'}') {
+                        self.at += 1;
+                        return Ok(Value::Object(fields));
+                    }
+                    loop {
+                        self.space();
+                        let key = self.string()?;
+                        self.eat(b':')?;
+                        fields.push((key, self.value()?));
+                        self.space();
+                        match self.bytes.get(self.at) {
+                            Some(b',') => self.at += 1,
+                            Some(b'}') => {
+                                self.at += 1;
+                                return Ok(Value::Object(fields));
+                            }
+                            _ => return Err(format!("expected ',' or '}}' at byte {}", self.at)),
+                        }
+                    }
+                }
+                Some(b'[') => {
+                    self.at += 1;
+                    let mut items = Vec::new();
+                    self.space();
+                    if self.bytes.get(self.at) == Some(&b']') {
+                        self.at += 1;
+                        return Ok(Value::Array(items));
+                    }
+                    loop {
+                        items.push(self.value()?);
+                        self.space();
+                        match self.bytes.get(self.at) {
+                            Some(b',') => self.at += 1,
+                            Some(b']') => {
+                                self.at += 1;
+                                return Ok(Value::Array(items));
+                            }
+                            _ => return Err(format!("expected ',' or ']' at byte {}", self.at)),
+                        }
+                    }
+                }
+                Some(b'"') => Ok(Value::String(self.string()?)),
+                Some(b't') => self.literal("true", Value::Bool(true)),
+                Some(b'f') => self.literal("false", Value::Bool(false)),
+                Some(b'n') => self.literal("null", Value::Null),
+                Some(_) => {
+                    let start = self.at;
+                    while self
+                        .bytes
+                        .get(self.at)
+                        .is_some_and(|b| b.is_ascii_digit() || b"+-.eE".contains(b))
+                    {
+                        self.at += 1;
+                    }
+                    let text = std::str::from_utf8(&self.bytes[start..self.at]).unwrap_or("");
+                    text.parse()
+                        .map(Value::Number)
+                        .map_err(|_| format!("bad value at byte {start}"))
+                }
+            }
+        }
+
+        fn string(&mut self) -> Result<String, String> {
+            if self.bytes.get(self.at) != Some(&b'"') {
+                return Err(format!("expected a string at byte {}", self.at));
+            }
+            self.at += 1;
+            let mut out: Vec<u8> = Vec::new();
+            loop {
+                let Some(&b) = self.bytes.get(self.at) else {
+                    return Err("unterminated string".into());
+                };
+                self.at += 1;
+                match b {
+                    b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
+                    b'\\' => {
+                        let Some(&esc) = self.bytes.get(self.at) else {
+                            return Err("unterminated escape".into());
+                        };
+                        self.at += 1;
+                        let c = match esc {
+                            b'"' => '"',
+                            b'\\' => '\\',
+                            b'/' => '/',
+                            b'b' => '\u{8}',
+                            b'f' => '\u{c}',
+                            b'n' => '\n',
+                            b'r' => '\r',
+                            b't' => '\t',
+                            b'u' => {
+                                let mut code = self.hex4()?;
+                                if (0xd800..0xdc00).contains(&code)
+                                    && self.bytes[self.at..].starts_with(b"\\u")
+                                {
+                                    self.at += 2;
+                                    let low = self.hex4()?;
+                                    code = 0x10000
+                                        + ((code - 0xd800) << 10)
+                                        + (low.wrapping_sub(0xdc00) & 0x3ff);
+                                }
+                                char::from_u32(code).unwrap_or('\u{fffd}')
+                            }
+                            _ => return Err(format!("bad escape at byte {}", self.at)),
+                        };
+                        let mut buf = [0; 4];
+                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    }
+                    _ => out.push(b),
+                }
+            }
+        }
+
+        fn hex4(&mut self) -> Result<u32, String> {
+            let digits = self
+                .bytes
+                .get(self.at..self.at + 4)
+                .ok_or("short \\u escape")?;
+            self.at += 4;
+            u32::from_str_radix(std::str::from_utf8(digits).unwrap_or("x"), 16)
+                .map_err(|_| "bad \\u escape".into())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness's own parsing, checked without privileges.
+
+#[test]
+fn marker_line_is_parsed_with_its_hostname_line() {
+    let serial = "iPXE 1.0\r\n[ 3.1] e1000: Intel\r\nBOOTPLANE-MARKER mac=52:54:00:e2:01:01 ip=10.77.0.11 \
+                  config_status=404 config_bytes=0\r\nhostname: cp-1\r\n[ 3.5] reboot: Power down\r\n";
+    let m = parse_marker(serial, 1.0).unwrap();
+    assert_eq!(m.mac, "52:54:00:e2:01:01");
+    assert_eq!(m.ip, "10.77.0.11");
+    assert_eq!(m.config_status.as_deref(), Some("404"));
+    assert_eq!(m.hostname_line.as_deref(), Some("hostname: cp-1"));
+    assert!(parse_marker("MARKER-FAILED udhcpc got no lease\r\n", 1.0).is_none());
+}
+
+#[test]
+fn failure_texts_are_found_through_escape_codes() {
+    let ovmf = "\u{1b}[2J\u{1b}[01;01HBdsDxe: failed to load Boot0001 \"UEFI PXEv4 (MAC:525400E20102)\" from PciRoot(0x0): Not Found\r\n";
+    assert!(failure_in(ovmf).unwrap().contains("UEFI PXEv4"));
+    assert!(failure_in("Booting from ROM...\r\nNo bootable device.\r\n").is_some());
+    assert!(failure_in("MARKER-FAILED no eth0\r\n").is_some());
+    assert!(failure_in("iPXE 1.0 -- Open Source Network Boot Firmware\r\n").is_none());
+}
+
+#[test]
+fn event_chain_must_be_complete_and_in_order() {
+    let vm = Vm {
+        name: "uefi",
+        firmware: Firmware::OvmfPxe,
+        mac: "52:54:00:e2:01:02",
+        hostname: "w",
+        role: Role::Worker,
+        ip: "10.77.0.12",
+    };
+    let chain: Vec<&[&str]> = vec![
+        &["dhcp-ack"],
+        &["tftp-served"],
+        &["script-served"],
+        &["kernel-fetched"],
+        &["initramfs-fetched"],
+        &["config-fetched"],
+    ];
+    let event = |kind: &str| {
+        format!(
+            r#"{{"mac":"52:54:00:e2:01:02","at":"2025-01-01T00:00:00Z","kind":"{kind}","detail":{{"file":"a\"b\u00e9"}}}}"#
+        )
+    };
+    let log = |kinds: &[&str]| {
+        let items: Vec<String> = kinds.iter().map(|k| event(k)).collect();
+        json::parse(&format!("[{}]", items.join(","))).unwrap()
+    };
+    let full = [
+        "dhcp-offer",
+        "dhcp-ack",
+        "tftp-served",
+        "dhcp-ack",
+        "script-served",
+        "script-served",
+        "kernel-fetched",
+        "initramfs-fetched",
+        "config-fetched",
+    ];
+    assert_eq!(judge_events(&vm, &log(&full), &chain), Vec::<String>::new());
+    let missing = judge_events(&vm, &log(&full[..8]), &chain);
+    assert!(missing[0].contains("lacks config-fetched"), "{missing:?}");
+    let swapped = [
+        "dhcp-ack",
+        "tftp-served",
+        "script-served",
+        "initramfs-fetched",
+        "kernel-fetched",
+        "config-fetched",
+    ];
+    assert!(judge_events(&vm, &log(&swapped), &chain)[0].contains("out of order"));
+    assert_eq!(
+        json::parse(r#"{"a":[1,-2.5e3,true,null,"\ud83d\ude00"]}"#)
+            .unwrap()
+            .get("a")
+            .unwrap()
+            .as_array()
+            .unwrap()[4],
+        json::Value::String("😀".into())
+    );
+}
