@@ -8,7 +8,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use crate::model::{DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, Mac, Machine};
+use crate::model::{
+    Cluster, DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, Mac, Machine, PatchRecord,
+    PatchScope,
+};
 
 pub const DB_FILE: &str = "bootplane.db";
 
@@ -33,6 +36,12 @@ pub enum DbError {
     IpTaken { ip: Ipv4Addr, mac: Mac },
     #[error("cluster '{0}' does not exist")]
     NoCluster(String),
+    #[error("cluster '{0}' is already initialised (it has a secrets bundle)")]
+    ClusterInitialised(String),
+    #[error("a cluster named '{0}' already exists")]
+    ClusterNameTaken(String),
+    #[error("no patch named '{0}' at that scope")]
+    NoPatch(String),
     #[error("stored row for {what} is corrupt: {why}")]
     Corrupt { what: String, why: String },
 }
@@ -70,8 +79,13 @@ impl Db {
             path: data_dir.to_path_buf(),
             source,
         })?;
+        let file = data_dir.join(DB_FILE);
+        restrict_permissions(&file).map_err(|source| DbError::DataDir {
+            path: file.clone(),
+            source,
+        })?;
         let options = SqliteConnectOptions::new()
-            .filename(data_dir.join(DB_FILE))
+            .filename(&file)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -126,8 +140,8 @@ impl Db {
         check_unique(&mut tx, machine).await?;
         sqlx::query(
             "INSERT INTO machines (mac, cluster_id, role, hostname, ip, prefix, gateway, dns,
-                install_disk, disk_handoff, efi_binary, installed)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                install_disk, disk_handoff, efi_binary, installed, wipe)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(machine.mac.to_string())
         .bind(cluster_id)
@@ -141,6 +155,7 @@ impl Db {
         .bind(machine.disk_handoff.as_str())
         .bind(machine.efi_binary.map(|e| e.as_str()))
         .bind(machine.installed)
+        .bind(machine.wipe)
         .execute(&mut *tx)
         .await?;
         insert_event(
@@ -163,7 +178,7 @@ impl Db {
         let done = sqlx::query(
             "UPDATE machines SET cluster_id = ?, role = ?, hostname = ?, ip = ?, prefix = ?,
                 gateway = ?, dns = ?, install_disk = ?, disk_handoff = ?, efi_binary = ?,
-                installed = ?
+                installed = ?, wipe = ?
              WHERE mac = ?",
         )
         .bind(cluster_id)
@@ -177,6 +192,7 @@ impl Db {
         .bind(machine.disk_handoff.as_str())
         .bind(machine.efi_binary.map(|e| e.as_str()))
         .bind(machine.installed)
+        .bind(machine.wipe)
         .bind(machine.mac.to_string())
         .execute(&mut *tx)
         .await?;
@@ -333,19 +349,231 @@ impl Db {
         Ok(())
     }
 
+    /// The cluster named `name`, or the only cluster when `name` is `None`.
+    pub async fn get_cluster(&self, name: Option<&str>) -> Result<Option<Cluster>, DbError> {
+        let row = match name {
+            Some(name) => {
+                sqlx::query(&format!("{CLUSTER_SELECT} WHERE name = ?"))
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(&format!("{CLUSTER_SELECT} ORDER BY id LIMIT 1"))
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
+        row.as_ref().map(cluster_from_row).transpose()
+    }
+
+    /// Initialises the cluster `current` (renaming it to `cluster.name`) with its settings
+    /// and secrets bundle. Refuses a cluster that already has secrets.
+    pub async fn init_cluster(
+        &self,
+        current: &str,
+        cluster: &Cluster,
+        secrets_yaml: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT id, secrets IS NOT NULL AS has FROM clusters WHERE name = ?")
+            .bind(current)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| DbError::NoCluster(current.to_string()))?;
+        if row.try_get::<bool, _>("has")? {
+            return Err(DbError::ClusterInitialised(current.to_string()));
+        }
+        let id: i64 = row.try_get("id")?;
+        if cluster.name != current {
+            let taken = sqlx::query("SELECT 1 FROM clusters WHERE name = ?")
+                .bind(&cluster.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if taken.is_some() {
+                return Err(DbError::ClusterNameTaken(cluster.name.clone()));
+            }
+        }
+        sqlx::query("UPDATE clusters SET name = ?, secrets = ?, initialised_at = ? WHERE id = ?")
+            .bind(&cluster.name)
+            .bind(secrets_yaml)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        write_cluster_settings(&mut tx, id, cluster).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces the settings of cluster `current` (its name may change too).
+    pub async fn update_cluster(&self, current: &str, cluster: &Cluster) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let id = cluster_id(&mut tx, current).await?;
+        if cluster.name != current {
+            let taken = sqlx::query("SELECT 1 FROM clusters WHERE name = ?")
+                .bind(&cluster.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if taken.is_some() {
+                return Err(DbError::ClusterNameTaken(cluster.name.clone()));
+            }
+            sqlx::query("UPDATE clusters SET name = ? WHERE id = ?")
+                .bind(&cluster.name)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        write_cluster_settings(&mut tx, id, cluster).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The cluster's secrets bundle (talosctl's secrets.yaml), if it has one.
+    pub async fn cluster_secrets(&self, name: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query("SELECT secrets FROM clusters WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| DbError::NoCluster(name.to_string()))?;
+        Ok(row.try_get("secrets")?)
+    }
+
+    /// The cluster's patches in application order: cluster, controlplane, worker, machine.
+    pub async fn list_patches(&self, cluster: &str) -> Result<Vec<PatchRecord>, DbError> {
+        let rows = sqlx::query(
+            "SELECT p.scope, p.mac, p.position, p.name, p.body FROM patches p
+             JOIN clusters c ON c.id = p.cluster_id WHERE c.name = ?
+             ORDER BY CASE p.scope WHEN 'cluster' THEN 0 WHEN 'controlplane' THEN 1
+                      WHEN 'worker' THEN 2 ELSE 3 END, p.mac, p.position, p.id",
+        )
+        .bind(cluster)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let scope: String = row.try_get("scope")?;
+                let mac: Option<String> = row.try_get("mac")?;
+                Ok(PatchRecord {
+                    scope: parse_col(&scope, "patch scope")?,
+                    mac: mac.map(|m| parse_col(&m, "patch mac")).transpose()?,
+                    position: row.try_get("position")?,
+                    name: row.try_get("name")?,
+                    body: row.try_get("body")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a patch at the end of its scope, or replaces the body of the one with that name.
+    pub async fn put_patch(
+        &self,
+        cluster: &str,
+        patch: &PatchRecord,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let id = cluster_id(&mut tx, cluster).await?;
+        let mac = patch.mac.map(|m| m.to_string());
+        let existing = sqlx::query(
+            "SELECT id FROM patches WHERE cluster_id = ? AND scope = ? AND mac IS ? AND name = ?",
+        )
+        .bind(id)
+        .bind(patch.scope.as_str())
+        .bind(&mac)
+        .bind(&patch.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match existing {
+            Some(row) => {
+                let patch_id: i64 = row.try_get(0)?;
+                sqlx::query("UPDATE patches SET body = ? WHERE id = ?")
+                    .bind(&patch.body)
+                    .bind(patch_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            None => {
+                let next: i64 = sqlx::query(
+                    "SELECT COALESCE(MAX(position), 0) + 1 FROM patches
+                     WHERE cluster_id = ? AND scope = ? AND mac IS ?",
+                )
+                .bind(id)
+                .bind(patch.scope.as_str())
+                .bind(&mac)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+                sqlx::query(
+                    "INSERT INTO patches (cluster_id, scope, mac, position, name, body, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(id)
+                .bind(patch.scope.as_str())
+                .bind(&mac)
+                .bind(next)
+                .bind(&patch.name)
+                .bind(&patch.body)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn remove_patch(
+        &self,
+        cluster: &str,
+        scope: PatchScope,
+        mac: Option<Mac>,
+        name: &str,
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let id = cluster_id(&mut tx, cluster).await?;
+        let done = sqlx::query(
+            "DELETE FROM patches WHERE cluster_id = ? AND scope = ? AND mac IS ? AND name = ?",
+        )
+        .bind(id)
+        .bind(scope.as_str())
+        .bind(mac.map(|m| m.to_string()))
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(DbError::NoPatch(name.to_string()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
 }
 
+/// The database holds every cluster secret: create it readable by its owner only (0600), and
+/// tighten an existing file. SQLite gives its -wal and -shm files the database file's mode.
+fn restrict_permissions(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(file)?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+}
+
 const MACHINE_SELECT: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip, m.prefix,
     m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed, m.first_seen,
-    m.last_seen, m.last_arch, m.smbios_uuid, m.serial
+    m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe
     FROM machines m JOIN clusters c ON c.id = m.cluster_id";
 
 const MACHINE_SELECT_ORDERED: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
     m.prefix, m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed,
-    m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial
+    m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe
     FROM machines m JOIN clusters c ON c.id = m.cluster_id
     ORDER BY m.role = 'unassigned', m.hostname, m.mac";
 
@@ -397,6 +625,7 @@ fn machine_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Machine, DbError> {
         gateway,
         dns,
         install_disk: row.try_get("install_disk")?,
+        wipe: row.try_get::<bool, _>("wipe")?,
         disk_handoff: handoff.parse::<DiskHandoff>().map_err(corrupt)?,
         efi_binary: efi
             .map(|e| e.parse::<EfiBinary>())
@@ -409,6 +638,63 @@ fn machine_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Machine, DbError> {
         smbios_uuid: row.try_get("smbios_uuid")?,
         serial: row.try_get("serial")?,
     })
+}
+
+const CLUSTER_SELECT: &str = "SELECT name, endpoint, vip, talos_version, kubernetes_version,
+    install_image, pod_subnets, service_subnets, dns_domain, initialised_at FROM clusters";
+
+fn cluster_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Cluster, DbError> {
+    let name: String = row.try_get("name")?;
+    let vip: Option<String> = row.try_get("vip")?;
+    let vip = vip
+        .map(|v| v.parse::<Ipv4Addr>())
+        .transpose()
+        .map_err(|_| DbError::Corrupt {
+            what: format!("cluster {name}"),
+            why: "bad vip".into(),
+        })?;
+    let split = |text: String| -> Vec<String> {
+        text.split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    Ok(Cluster {
+        endpoint: row.try_get("endpoint")?,
+        vip,
+        talos_version: row.try_get("talos_version")?,
+        kubernetes_version: row.try_get("kubernetes_version")?,
+        install_image: row.try_get("install_image")?,
+        pod_subnets: split(row.try_get("pod_subnets")?),
+        service_subnets: split(row.try_get("service_subnets")?),
+        dns_domain: row.try_get("dns_domain")?,
+        initialised_at: row.try_get("initialised_at")?,
+        name,
+    })
+}
+
+async fn write_cluster_settings(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: i64,
+    c: &Cluster,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE clusters SET endpoint = ?, vip = ?, talos_version = ?, kubernetes_version = ?,
+            install_image = ?, pod_subnets = ?, service_subnets = ?, dns_domain = ?
+         WHERE id = ?",
+    )
+    .bind(&c.endpoint)
+    .bind(c.vip.map(|v| v.to_string()))
+    .bind(&c.talos_version)
+    .bind(&c.kubernetes_version)
+    .bind(&c.install_image)
+    .bind(c.pod_subnets.join(","))
+    .bind(c.service_subnets.join(","))
+    .bind(&c.dns_domain)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn join_ips(ips: &[Ipv4Addr]) -> String {
@@ -622,5 +908,110 @@ mod tests {
             db.remove_machine(m.mac, 3).await,
             Err(DbError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, _db) = fresh().await;
+        let mode = std::fs::metadata(dir.path().join(DB_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    fn cluster(name: &str) -> Cluster {
+        Cluster {
+            name: name.into(),
+            endpoint: Some("https://10.0.0.5:6443".into()),
+            vip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            talos_version: Some("v1.11.6".into()),
+            kubernetes_version: None,
+            install_image: None,
+            pod_subnets: vec!["10.244.0.0/16".into()],
+            service_subnets: vec!["10.96.0.0/12".into()],
+            dns_domain: "cluster.local".into(),
+            initialised_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn cluster_init_renames_once_and_keeps_secrets_apart() {
+        let (_dir, db) = fresh().await;
+        let before = db.get_cluster(None).await.unwrap().unwrap();
+        assert_eq!(before.name, "default");
+        assert!(before.initialised_at.is_none());
+        db.init_cluster("default", &cluster("homelab"), "secrets: x", 7)
+            .await
+            .unwrap();
+        let after = db.get_cluster(Some("homelab")).await.unwrap().unwrap();
+        assert_eq!(after.initialised_at, Some(7));
+        assert_eq!(after.vip, Some(Ipv4Addr::new(10, 0, 0, 5)));
+        assert_eq!(
+            db.cluster_secrets("homelab").await.unwrap().as_deref(),
+            Some("secrets: x")
+        );
+        let again = db
+            .init_cluster("homelab", &cluster("homelab"), "other", 8)
+            .await
+            .unwrap_err();
+        assert!(matches!(again, DbError::ClusterInitialised(_)), "{again}");
+        assert_eq!(
+            db.cluster_secrets("homelab").await.unwrap().as_deref(),
+            Some("secrets: x")
+        );
+        // Machines follow the rename: they reference the cluster by id.
+        let mut m = Machine::discovered(mac("52:54:00:00:00:01"));
+        m.cluster = "homelab".into();
+        db.add_machine(&m, 9).await.unwrap();
+        assert_eq!(db.get_machine(m.mac).await.unwrap().unwrap().cluster, "homelab");
+    }
+
+    #[tokio::test]
+    async fn patches_keep_scope_order_and_replace_by_name() {
+        let (_dir, db) = fresh().await;
+        let p = |scope: PatchScope, mac: Option<Mac>, name: &str, body: &str| PatchRecord {
+            scope,
+            mac,
+            position: 0,
+            name: name.into(),
+            body: body.into(),
+        };
+        let m = mac("52:54:00:00:00:01");
+        db.put_patch("default", &p(PatchScope::Machine, Some(m), "disk", "a"), 1)
+            .await
+            .unwrap();
+        db.put_patch("default", &p(PatchScope::Worker, None, "w", "b"), 1)
+            .await
+            .unwrap();
+        db.put_patch("default", &p(PatchScope::Cluster, None, "c2", "c"), 1)
+            .await
+            .unwrap();
+        db.put_patch("default", &p(PatchScope::Cluster, None, "c1", "d"), 1)
+            .await
+            .unwrap();
+        db.put_patch("default", &p(PatchScope::Cluster, None, "c2", "e"), 2)
+            .await
+            .unwrap();
+        let got: Vec<(String, String)> = db
+            .list_patches("default")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name, p.body))
+            .collect();
+        let want = [("c2", "e"), ("c1", "d"), ("w", "b"), ("disk", "a")];
+        assert_eq!(
+            got,
+            want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec()
+        );
+        db.remove_patch("default", PatchScope::Cluster, None, "c1")
+            .await
+            .unwrap();
+        assert!(db
+            .remove_patch("default", PatchScope::Cluster, None, "c1")
+            .await
+            .is_err());
     }
 }

@@ -277,6 +277,8 @@ pub struct Machine {
     pub gateway: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub install_disk: Option<String>,
+    /// Wipe the install disk when Talos installs.
+    pub wipe: bool,
     pub disk_handoff: DiskHandoff,
     pub efi_binary: Option<EfiBinary>,
     pub installed: bool,
@@ -301,6 +303,7 @@ impl Machine {
             gateway: None,
             dns: Vec::new(),
             install_disk: None,
+            wipe: false,
             disk_handoff: DiskHandoff::Exit,
             efi_binary: None,
             installed: false,
@@ -315,6 +318,44 @@ impl Machine {
     pub fn is_assigned(&self) -> bool {
         self.role != Role::Unassigned
     }
+}
+
+text_enum!(
+    /// The level a config patch applies at, in this order.
+    PatchScope {
+        Cluster => "cluster",
+        Controlplane => "controlplane",
+        Worker => "worker",
+        Machine => "machine",
+    }
+);
+
+/// A cluster's settings (its secrets are kept apart and never in this struct).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    /// `https://<vip-or-lb>:6443`; `None` until `cluster init`.
+    pub endpoint: Option<String>,
+    /// Layer-2 VIP Talos configures on the control planes.
+    pub vip: Option<Ipv4Addr>,
+    pub talos_version: Option<String>,
+    pub kubernetes_version: Option<String>,
+    pub install_image: Option<String>,
+    pub pod_subnets: Vec<String>,
+    pub service_subnets: Vec<String>,
+    pub dns_domain: String,
+    /// When the secrets bundle was made or imported; `None` until then.
+    pub initialised_at: Option<i64>,
+}
+
+/// A stored config patch.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PatchRecord {
+    pub scope: PatchScope,
+    pub mac: Option<Mac>,
+    pub position: i64,
+    pub name: String,
+    pub body: String,
 }
 
 /// The cluster every machine belongs to until a second cluster exists.
