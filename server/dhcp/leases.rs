@@ -1,0 +1,280 @@
+//! The full-mode lease table: authoritative in memory, persisted in batches by `server`.
+//!
+//! Offers are held briefly and never persisted; bound leases are marked dirty when they change
+//! so the flusher writes them (or deletes their row) without the hot path touching SQLite.
+//! Expired leases stay in the table so a returning client gets its old address back, but any
+//! other client may reclaim the address.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use crate::config::Pool;
+use crate::db::LeaseRow;
+use crate::model::Mac;
+
+/// How long an offered address is held for the client it was offered to.
+pub const OFFER_HOLD_MS: i64 = 60_000;
+/// How long a DECLINEd address stays out of the pool (dnsmasq uses the same 10 minutes).
+pub const DECLINE_QUARANTINE_MS: i64 = 600_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at: i64,
+    pub hostname: Option<String>,
+    /// `false` while only offered.
+    pub bound: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct LeaseTable {
+    by_mac: HashMap<Mac, Lease>,
+    by_ip: HashMap<Ipv4Addr, Mac>,
+    declined: HashMap<Ipv4Addr, i64>,
+    dirty: HashSet<Mac>,
+    /// Where the next pool scan starts, so allocation is O(1) while the pool has room.
+    cursor: u32,
+}
+
+impl LeaseTable {
+    pub fn from_rows(rows: Vec<LeaseRow>) -> Self {
+        let mut table = LeaseTable::default();
+        for row in rows {
+            table.insert(
+                row.mac,
+                Lease {
+                    ip: row.ip,
+                    expires_at: row.expires_at,
+                    hostname: row.hostname,
+                    bound: true,
+                },
+            );
+        }
+        table
+    }
+
+    pub fn get(&self, mac: &Mac) -> Option<&Lease> {
+        self.by_mac.get(mac)
+    }
+
+    /// The client holding `ip`, if any (offered or bound, expired or not).
+    pub fn holder(&self, ip: Ipv4Addr) -> Option<(Mac, &Lease)> {
+        let mac = self.by_ip.get(&ip)?;
+        self.by_mac.get(mac).map(|l| (*mac, l))
+    }
+
+    /// Whether `ip` may go to `mac` as far as leases and quarantine are concerned: nobody else
+    /// holds it unexpired, and it was not declined recently.
+    pub fn free_for(&self, ip: Ipv4Addr, mac: Mac, now: i64) -> bool {
+        let taken = match self.holder(ip) {
+            Some((holder, lease)) => holder != mac && lease.expires_at > now,
+            None => false,
+        };
+        !taken && !self.is_declined(ip, now)
+    }
+
+    pub fn is_declined(&self, ip: Ipv4Addr, now: i64) -> bool {
+        self.declined.get(&ip).is_some_and(|until| *until > now)
+    }
+
+    /// Finds a pool address for `mac`: never-used addresses first, then expired ones.
+    /// `usable` applies the caller's other exclusions (inventory, our own address, ...).
+    pub fn allocate(
+        &mut self,
+        pool: Pool,
+        mac: Mac,
+        now: i64,
+        usable: impl Fn(Ipv4Addr) -> bool,
+    ) -> Option<Ipv4Addr> {
+        let start = u32::from(pool.start);
+        let len = pool.len();
+        let mut reclaimable = None;
+        for step in 0..len {
+            let offset = (self.cursor.wrapping_add(step)) % len;
+            let ip = Ipv4Addr::from(start.wrapping_add(offset));
+            if !usable(ip) || !self.free_for(ip, mac, now) {
+                continue;
+            }
+            if self.by_ip.contains_key(&ip) {
+                reclaimable.get_or_insert((ip, offset));
+                continue;
+            }
+            self.cursor = offset.wrapping_add(1) % len;
+            return Some(ip);
+        }
+        let (ip, offset) = reclaimable?;
+        self.cursor = offset.wrapping_add(1) % len;
+        Some(ip)
+    }
+
+    /// Holds `ip` for `mac` until `until`. A binding to the same address is left as it is.
+    pub fn offer(&mut self, mac: Mac, ip: Ipv4Addr, until: i64) {
+        if let Some(lease) = self.by_mac.get(&mac) {
+            if lease.ip == ip && lease.bound {
+                return;
+            }
+        }
+        self.insert(
+            mac,
+            Lease {
+                ip,
+                expires_at: until,
+                hostname: None,
+                bound: false,
+            },
+        );
+    }
+
+    /// Binds `ip` to `mac` and marks it for persisting.
+    pub fn bind(&mut self, mac: Mac, ip: Ipv4Addr, expires_at: i64, hostname: Option<String>) {
+        self.insert(
+            mac,
+            Lease {
+                ip,
+                expires_at,
+                hostname,
+                bound: true,
+            },
+        );
+        self.dirty.insert(mac);
+    }
+
+    /// Drops an offer `mac` did not take (it chose another server). Bindings stay.
+    pub fn forget_offer(&mut self, mac: Mac) {
+        if self.by_mac.get(&mac).is_some_and(|l| !l.bound) {
+            self.remove(mac);
+        }
+    }
+
+    /// Frees `mac`'s lease if it is for `ip`; returns whether anything was freed.
+    pub fn release(&mut self, mac: Mac, ip: Ipv4Addr) -> bool {
+        if self.by_mac.get(&mac).is_some_and(|l| l.ip == ip) {
+            self.remove(mac);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Keeps `ip` out of the pool until `until` (a client found it in use).
+    pub fn quarantine(&mut self, ip: Ipv4Addr, until: i64) {
+        self.declined.insert(ip, until);
+    }
+
+    /// Lease changes not yet written: `Some` to upsert, `None` to delete.
+    pub fn take_dirty(&mut self) -> Vec<(Mac, Option<LeaseRow>)> {
+        let macs: Vec<Mac> = self.dirty.drain().collect();
+        macs.into_iter()
+            .map(|mac| {
+                let row = self.by_mac.get(&mac).filter(|l| l.bound).map(|l| LeaseRow {
+                    mac,
+                    ip: l.ip,
+                    expires_at: l.expires_at,
+                    hostname: l.hostname.clone(),
+                });
+                (mac, row)
+            })
+            .collect()
+    }
+
+    /// Puts back changes whose write failed, so the next flush retries them.
+    pub fn mark_dirty(&mut self, macs: impl IntoIterator<Item = Mac>) {
+        self.dirty.extend(macs);
+    }
+
+    /// Bound, unexpired leases (the `dhcp_leases` gauge).
+    pub fn active(&self, now: i64) -> usize {
+        self.by_mac
+            .values()
+            .filter(|l| l.bound && l.expires_at > now)
+            .count()
+    }
+
+    /// Drops quarantine entries that have run out.
+    pub fn sweep(&mut self, now: i64) {
+        self.declined.retain(|_, until| *until > now);
+    }
+
+    fn insert(&mut self, mac: Mac, lease: Lease) {
+        // Whoever held this address before loses it (inventory or expiry decided).
+        if let Some(other) = self.by_ip.get(&lease.ip).copied() {
+            if other != mac {
+                self.remove(other);
+            }
+        }
+        if let Some(old) = self.by_mac.get(&mac) {
+            if old.ip != lease.ip {
+                self.by_ip.remove(&old.ip);
+                if old.bound {
+                    self.dirty.insert(mac);
+                }
+            }
+        }
+        self.by_ip.insert(lease.ip, mac);
+        self.by_mac.insert(mac, lease);
+    }
+
+    fn remove(&mut self, mac: Mac) {
+        if let Some(old) = self.by_mac.remove(&mac) {
+            self.by_ip.remove(&old.ip);
+            if old.bound {
+                self.dirty.insert(mac);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u8) -> Mac {
+        Mac([0x52, 0x54, 0, 0, 0, n])
+    }
+
+    fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, n)
+    }
+
+    #[test]
+    fn allocation_prefers_unused_addresses_then_reclaims_expired_ones() {
+        let pool: Pool = "10.0.0.10-10.0.0.11".parse().unwrap();
+        let mut t = LeaseTable::default();
+        let a = t.allocate(pool, mac(1), 0, |_| true).unwrap();
+        t.bind(mac(1), a, 100, None);
+        let b = t.allocate(pool, mac(2), 0, |_| true).unwrap();
+        assert_ne!(a, b);
+        t.bind(mac(2), b, 1_000, None);
+        assert_eq!(t.allocate(pool, mac(3), 50, |_| true), None);
+        // mac(1)'s lease expired at 100: its address can be reclaimed.
+        assert_eq!(t.allocate(pool, mac(3), 150, |_| true), Some(a));
+        t.bind(mac(3), a, 2_000, None);
+        assert!(t.get(&mac(1)).is_none());
+        let dirty: HashMap<_, _> = t.take_dirty().into_iter().collect();
+        assert_eq!(dirty[&mac(1)], None);
+        assert_eq!(dirty[&mac(3)].as_ref().unwrap().ip, a);
+    }
+
+    #[test]
+    fn offers_do_not_downgrade_bindings_and_are_not_persisted() {
+        let mut t = LeaseTable::default();
+        t.offer(mac(1), ip(5), 10);
+        assert!(t.take_dirty().is_empty());
+        t.bind(mac(1), ip(5), 100, None);
+        t.offer(mac(1), ip(5), 10);
+        assert!(t.get(&mac(1)).unwrap().bound);
+        t.forget_offer(mac(1));
+        assert!(t.get(&mac(1)).is_some());
+    }
+
+    #[test]
+    fn quarantine_expires() {
+        let mut t = LeaseTable::default();
+        t.quarantine(ip(5), 100);
+        assert!(!t.free_for(ip(5), mac(1), 50));
+        assert!(t.free_for(ip(5), mac(1), 150));
+        t.sweep(150);
+        assert!(!t.is_declined(ip(5), 0));
+    }
+}

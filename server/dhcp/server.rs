@@ -1,0 +1,264 @@
+//! The receive loops (one per socket) and the lease flusher.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket as TokioUdpSocket;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::decide::{self, Ctx, Dest, Outgoing, ReplyKind, Via};
+use super::leases::LeaseTable;
+use super::{socket, wire, DhcpDeps, DhcpSockets};
+use crate::config::DhcpMode;
+use crate::db::Observation;
+
+/// How often dirty leases are written to SQLite.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// Packets handled before a receive loop yields to the runtime.
+const BURST: usize = 256;
+
+struct Shared {
+    deps: DhcpDeps,
+    leases: Mutex<LeaseTable>,
+}
+
+impl Shared {
+    fn leases(&self) -> MutexGuard<'_, LeaseTable> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+pub async fn run(deps: DhcpDeps, sockets: DhcpSockets, cancel: CancellationToken) {
+    if deps.config.mode == DhcpMode::Off {
+        cancel.cancelled().await;
+        return;
+    }
+    let leases = if deps.config.mode == DhcpMode::Full {
+        match deps.db.load_leases().await {
+            Ok(rows) => LeaseTable::from_rows(rows),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load DHCP leases; starting with none");
+                LeaseTable::default()
+            }
+        }
+    } else {
+        LeaseTable::default()
+    };
+    let shared = Arc::new(Shared {
+        deps,
+        leases: Mutex::new(leases),
+    });
+    let mut loops = JoinSet::new();
+    let listeners = [
+        Some((sockets.dhcp, Via::Dhcp)),
+        sockets.pxe.map(|s| (s, Via::Pxe)),
+    ];
+    for (sock, via) in listeners.into_iter().flatten() {
+        let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+        let span = tracing::info_span!("dhcp_listener", port, via = ?via);
+        loops.spawn(serve(Arc::clone(&shared), sock, via, cancel.clone()).instrument(span));
+    }
+    tracing::info!(mode = %shared.deps.config.mode, "dhcp serving");
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => flush(&shared).await,
+        }
+    }
+    while loops.join_next().await.is_some() {}
+    flush(&shared).await;
+    tracing::info!("dhcp stopped; leases flushed");
+}
+
+/// Writes dirty leases in one transaction; on failure they stay dirty for the next round.
+async fn flush(shared: &Shared) {
+    let now = shared.deps.recorder.now_ms();
+    let (changes, active) = {
+        let mut leases = shared.leases();
+        leases.sweep(now);
+        (leases.take_dirty(), leases.active(now))
+    };
+    shared
+        .deps
+        .metrics
+        .dhcp_leases
+        .set(i64::try_from(active).unwrap_or(i64::MAX));
+    if changes.is_empty() {
+        return;
+    }
+    if let Err(e) = shared.deps.db.save_leases(&changes).await {
+        tracing::error!(error = %e, leases = changes.len(), "cannot store DHCP leases; will retry");
+        shared
+            .leases()
+            .mark_dirty(changes.into_iter().map(|(mac, _)| mac));
+    }
+}
+
+async fn serve(shared: Arc<Shared>, sock: UdpSocket, via: Via, cancel: CancellationToken) {
+    // Sockets bound by the caller (tests) may lack these; both calls are idempotent.
+    if let Err(e) = socket::enable_pktinfo(&sock) {
+        tracing::warn!(error = %e, "no IP_PKTINFO: replies use the interface address");
+    }
+    let sock = match sock
+        .set_nonblocking(true)
+        .and_then(|()| TokioUdpSocket::from_std(sock))
+    {
+        Ok(sock) => sock,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the DHCP socket with the runtime");
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 4096];
+    let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            ready = sock.readable() => if let Err(e) = ready {
+                tracing::error!(error = %e, "dhcp socket failed");
+                return;
+            },
+        }
+        for _ in 0..BURST {
+            let received = sock.try_io(Interest::READABLE, || {
+                socket::recv(&sock, &mut buf, &mut cmsg)
+            });
+            let rx = match received {
+                Ok(rx) => rx,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP errors from earlier sends surface here; nothing to do about them.
+                Err(e) => {
+                    tracing::debug!(error = %e, "dhcp receive error");
+                    continue;
+                }
+            };
+            let packet = &buf[..rx.len.min(buf.len())];
+            if let Some((out, source, ifindex)) = shared.handle(via, packet, &rx) {
+                if let Err(e) = send(&sock, &out, source, ifindex).await {
+                    shared.deps.metrics.dhcp_drop("send-error");
+                    tracing::warn!(error = %e, dest = ?out.dest, "cannot send DHCP reply");
+                }
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn send(
+    sock: &TokioUdpSocket,
+    out: &Outgoing,
+    source: Option<Ipv4Addr>,
+    ifindex: u32,
+) -> io::Result<()> {
+    let (dest, ifindex) = match out.dest {
+        Dest::Unicast(addr) => (addr, 0),
+        Dest::Broadcast(port) => (SocketAddrV4::new(Ipv4Addr::BROADCAST, port), ifindex),
+    };
+    loop {
+        sock.writable().await?;
+        let sent = sock.try_io(Interest::WRITABLE, || {
+            socket::send(sock, &out.bytes, dest, source, ifindex)
+        });
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result.map(|_| ()),
+        }
+    }
+}
+
+impl Shared {
+    /// Parses, decides and records one packet; returns the reply to send, its source address
+    /// and interface. Never waits: the lease lock is held for microseconds.
+    fn handle(
+        &self,
+        via: Via,
+        packet: &[u8],
+        rx: &socket::Received,
+    ) -> Option<(Outgoing, Option<Ipv4Addr>, u32)> {
+        let deps = &self.deps;
+        let iface = deps.interface.index;
+        if rx.ifindex != 0 && iface != 0 && rx.ifindex != iface {
+            deps.metrics.dhcp_drop("other-interface");
+            return None;
+        }
+        let req = match wire::parse(packet) {
+            Ok(req) => req,
+            Err(reason) => {
+                deps.metrics.dhcp_drop(reason);
+                tracing::debug!(src = %rx.src, reason, len = packet.len(), "dhcp packet dropped");
+                return None;
+            }
+        };
+        let span =
+            tracing::info_span!("dhcp", mac = %req.mac, xid = %format_args!("{:#010x}", req.xid));
+        let _entered = span.enter();
+        let snapshot = deps.inventory.snapshot();
+        let server_ip = rx.local.unwrap_or(deps.interface.cidr.addr);
+        let now = deps.recorder.now_ms();
+        let ctx = Ctx {
+            config: &deps.config,
+            boot: &deps.boot,
+            snapshot: &snapshot,
+            server_ip,
+            now_ms: now,
+            via,
+        };
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            decide::respond(&ctx, &req, rx.src, &mut self.leases())
+        }));
+        let Ok((outcome, outgoing)) = decided else {
+            deps.metrics.dhcp_drop("internal-error");
+            tracing::error!(kind = ?req.kind, "dhcp decision panicked; packet dropped");
+            return None;
+        };
+        if let Some(ip) = outcome.learned {
+            deps.neighbours.learn(ip, req.mac);
+        }
+        if let Some((kind, detail)) = &outcome.event {
+            deps.recorder.observe(Observation {
+                mac: req.mac,
+                at: now,
+                kind: *kind,
+                detail: detail.clone(),
+                arch: req.arch,
+                smbios_uuid: req.smbios_uuid(),
+                serial: None,
+            });
+        }
+        if let Some(warning) = &outcome.warn {
+            tracing::warn!(kind = ?req.kind, arch = ?req.arch, "{warning}");
+        }
+        if let Some(reason) = outcome.drop {
+            deps.metrics.dhcp_drop(reason);
+            tracing::debug!(kind = ?req.kind, arch = ?req.arch, reason, "no reply");
+        }
+        let detail = outcome
+            .event
+            .as_ref()
+            .map(|(_, d)| d.as_str())
+            .unwrap_or("");
+        let Some(out) = outgoing else {
+            if outcome.drop.is_none() {
+                tracing::info!(kind = ?req.kind, detail, "handled");
+            }
+            return None;
+        };
+        deps.metrics.dhcp_reply(out.kind.label());
+        match out.kind {
+            ReplyKind::Ack | ReplyKind::Nak => {
+                tracing::info!(reply = out.kind.label(), dest = ?out.dest, detail, "reply")
+            }
+            _ => tracing::debug!(reply = out.kind.label(), dest = ?out.dest, detail, "reply"),
+        }
+        let ifindex = if rx.ifindex != 0 { rx.ifindex } else { iface };
+        Some((out, Some(server_ip), ifindex))
+    }
+}
