@@ -941,16 +941,31 @@ fn judge_events(vm: &Vm, value: &json::Value, chain: &[&[&str]]) -> Vec<String> 
         return problems;
     }
     // In order: each step after the previous one.
+    let expected: Vec<String> = chain.iter().map(|step| step.join("|")).collect();
     let mut from = 0;
-    for step in chain {
+    let mut previous: Option<(usize, &str)> = None;
+    for (n, step) in chain.iter().enumerate() {
         match kinds[from..].iter().position(|k| step.contains(k)) {
-            Some(at) => from += at + 1,
+            Some(at) => {
+                previous = Some((from + at, kinds[from + at]));
+                from += at + 1;
+            }
             None => {
+                let after = match previous {
+                    Some((index, kind)) => format!("after {kind} (event #{})", index + 1),
+                    None => "at all".to_owned(),
+                };
+                let before = match n {
+                    0 => String::new(),
+                    _ => format!(", or no {} before it", expected[n - 1]),
+                };
                 problems.push(format!(
-                    "{}: event log for {} is out of order: no {} after the earlier steps; it has [{}]",
+                    "{}: event log for {} is out of order: no {} {after}{before}; \
+                     expected {}; it has [{}]",
                     vm.name,
                     vm.mac,
-                    step.join("|"),
+                    expected[n],
+                    expected.join(" -> "),
                     kinds.join(", ")
                 ));
                 break;
@@ -1417,6 +1432,22 @@ fn event_chain_must_be_complete_and_in_order() {
         "config-fetched",
     ];
     assert!(judge_events(&vm, &log(&swapped), &chain)[0].contains("out of order"));
+    // The firmware's dhcp-ack was lost; only the booted OS's lease is logged.
+    let lost_ack = [
+        "dhcp-offer",
+        "tftp-served",
+        "script-served",
+        "kernel-fetched",
+        "initramfs-fetched",
+        "dhcp-offer",
+        "dhcp-ack",
+        "config-fetched",
+    ];
+    let problems = judge_events(&vm, &log(&lost_ack), &chain);
+    assert!(
+        problems[0].contains("no tftp-served after dhcp-ack (event #7)"),
+        "{problems:?}"
+    );
     assert_eq!(
         json::parse(r#"{"a":[1,-2.5e3,true,null,"\ud83d\ude00"]}"#)
             .unwrap()
