@@ -225,7 +225,8 @@ pub async fn run(
         "bootplane serving"
     );
     let http_cancel = cancel.clone();
-    let http = axum::serve(listeners.http, router(state)).with_graceful_shutdown(async move {
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let http = axum::serve(listeners.http, service).with_graceful_shutdown(async move {
         tokio::select! {
             _ = shutdown => {}
             _ = http_cancel.cancelled() => {}

@@ -3,23 +3,30 @@
 //! Everything here is reachable without authentication, because booting machines must
 //! reach it; nothing here reveals more than what a booting machine needs.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use askama::Template;
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
+use sha2::{Digest, Sha256};
+
 use crate::app::AppState;
+use crate::config::ConfigAccess;
 use crate::db::Observation;
+use crate::materials::{self, MaterialsError};
 use crate::model::{DiskHandoff, EventKind, Mac, Machine, Role};
+use crate::net;
 use crate::talos::{self, Arch};
 
 pub fn router() -> Router<AppState> {
@@ -84,6 +91,10 @@ pub enum BootError {
     BadRequest(String),
     #[error("not found")]
     NotFound,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not available yet")]
+    Unavailable,
     #[error("internal error")]
     Internal(String),
 }
@@ -93,6 +104,8 @@ impl IntoResponse for BootError {
         let status = match &self {
             BootError::BadRequest(_) => StatusCode::BAD_REQUEST,
             BootError::NotFound => StatusCode::NOT_FOUND,
+            BootError::Forbidden => StatusCode::FORBIDDEN,
+            BootError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             BootError::Internal(detail) => {
                 tracing::error!(error = %detail, "boot request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -361,10 +374,42 @@ struct ConfigQuery {
     mac: String,
 }
 
-/// The `talos.config=` URL. Rendering machine configs comes with the cluster materials; until
-/// then assigned machines are told to retry (Talos retries any non-200 answer).
+/// Whether `from` may fetch `mac`'s config under the configured policy.
+fn config_allowed(state: &AppState, mac: Mac, from: Option<SocketAddr>) -> Result<(), String> {
+    if state.config.boot.config_access == ConfigAccess::Any {
+        return Ok(());
+    }
+    let Some(from) = from else {
+        return Err("the requester's address is unknown".into());
+    };
+    let ip = match from.ip() {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(ip) => ip,
+            None => {
+                return Err(format!(
+                    "request from {} (IPv6) cannot be matched to a MAC",
+                    from.ip()
+                ))
+            }
+        },
+    };
+    if state.neighbours.lookup(ip) == Some(mac) {
+        return Ok(());
+    }
+    match net::neighbour_mac(ip) {
+        Some(seen) if seen == mac => Ok(()),
+        Some(seen) => Err(format!("request from {ip}, which is {seen}, not {mac}")),
+        None => Err(format!(
+            "request from {ip}, which is neither leased to {mac} nor in this host's neighbour table"
+        )),
+    }
+}
+
+/// The `talos.config=` URL: the machine's rendered config, for assigned machines only.
 async fn boot_config_get(
     State(state): State<AppState>,
+    from: Option<Extension<ConnectInfo<SocketAddr>>>,
     Query(q): Query<ConfigQuery>,
 ) -> Result<Response, BootError> {
     let mac = parse_mac(&q.mac).map_err(|_| BootError::NotFound)?;
@@ -373,16 +418,59 @@ async fn boot_config_get(
         .get_machine(mac)
         .await
         .map_err(|e| BootError::Internal(e.to_string()))?;
-    match machine {
-        Some(m) if m.is_assigned() => {
-            tracing::info!(mac = %mac, "config requested; no rendered config yet");
+    let Some(m) = machine.filter(|m| m.is_assigned()) else {
+        return Err(BootError::NotFound);
+    };
+    let from = from.map(|Extension(ConnectInfo(addr))| addr);
+    if let Err(why) = config_allowed(&state, mac, from) {
+        tracing::warn!(mac = %mac, reason = %why, "config request refused");
+        state.recorder.event(
+            mac,
+            EventKind::ConfigFetched,
+            format!("refused (403): {why}"),
+        );
+        return Err(BootError::Forbidden);
+    }
+    let loaded = match materials::load_cluster(&state.db, Some(&m.cluster)).await {
+        Ok(loaded) => loaded,
+        Err(MaterialsError::NotInitialised(name)) => {
             state.recorder.event(
                 mac,
                 EventKind::ConfigFetched,
-                "404: no rendered config yet (no cluster configured)",
+                format!("not served (404): cluster {name} is not initialised"),
             );
-            Err(BootError::NotFound)
+            return Err(BootError::NotFound);
         }
-        _ => Err(BootError::NotFound),
-    }
+        Err(e) => return Err(BootError::Internal(e.to_string())),
+    };
+    let config = match materials::render_machine(&loaded, &m) {
+        Ok(text) => text,
+        Err(e) => {
+            // Settings and patches are checked when saved; this only happens if the stored
+            // data changed underneath. Talos retries any non-200 answer.
+            tracing::error!(mac = %mac, error = %e, "config does not render");
+            state.recorder.event(
+                mac,
+                EventKind::ConfigFetched,
+                format!("not served (503): {e}"),
+            );
+            return Err(BootError::Unavailable);
+        }
+    };
+    let digest = hex::encode(Sha256::digest(config.as_bytes()));
+    tracing::info!(mac = %mac, bytes = config.len(), sha256 = %digest, "config served");
+    state.metrics.http_sent("config", config.len() as u64);
+    state.recorder.event(
+        mac,
+        EventKind::ConfigFetched,
+        format!("served {} bytes sha256:{digest}", config.len()),
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/yaml"),
+        )],
+        config,
+    )
+        .into_response())
 }

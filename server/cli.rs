@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, and `machines` commands on the same database.
+//! Command-line interface: `serve`, and `machines` and `cluster` commands on the same database.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::clock::Clock;
 use crate::config::{ServeOptions, DEFAULT_DATA_DIR};
 use crate::db::{Db, DbError};
-use crate::model::{validate_hostname, DiskHandoff, EfiBinary, Ipv4Cidr, Mac, Machine, Role};
+use crate::materials::{self, MaterialsError};
+use crate::model::{
+    validate_hostname, Cluster, DiskHandoff, EfiBinary, Ipv4Cidr, Mac, Machine, PatchRecord,
+    PatchScope, Role,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +32,138 @@ pub enum Command {
     /// Manage the machine inventory
     #[command(subcommand)]
     Machines(MachinesCommand),
+    /// Manage the cluster: settings, secrets, patches, operator credentials
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterFields {
+    /// Kubernetes API endpoint, https://<vip-or-load-balancer>:6443 [default with --vip: https://<vip>:6443]
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Layer-2 VIP Talos keeps on one healthy control plane; "none" clears it
+    #[arg(long)]
+    pub vip: Option<String>,
+    /// Talos version of the cluster's machines (sets the config contract and kernel arguments)
+    #[arg(long)]
+    pub talos_version: Option<String>,
+    /// Kubernetes version [default: the Talos version's default]; "default" clears it
+    #[arg(long)]
+    pub kubernetes_version: Option<String>,
+    /// Installer image [default: ghcr.io/siderolabs/installer:<talos-version>]; "default" clears it
+    #[arg(long)]
+    pub install_image: Option<String>,
+    /// Pod subnets, comma-separated [default: 10.244.0.0/16]
+    #[arg(long)]
+    pub pod_subnets: Option<String>,
+    /// Service subnets, comma-separated [default: 10.96.0.0/12]
+    #[arg(long)]
+    pub service_subnets: Option<String>,
+    /// Kubernetes DNS domain [default: cluster.local]
+    #[arg(long)]
+    pub dns_domain: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Create the cluster's secrets bundle (or adopt one from talosctl) and its settings
+    Init {
+        #[command(flatten)]
+        data: DataDir,
+        /// Cluster name
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        fields: ClusterFields,
+        /// Adopt an existing cluster: talosctl's secrets.yaml instead of new secrets
+        #[arg(long)]
+        import_secrets: Option<PathBuf>,
+    },
+    /// Show the cluster's settings and patches
+    Show {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the cluster's settings (refused if any machine's config would become invalid)
+    Set {
+        #[command(flatten)]
+        data: DataDir,
+        /// Rename the cluster
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        fields: ClusterFields,
+    },
+    /// Write the secrets bundle in talosctl's secrets.yaml format (file mode 0600)
+    ExportSecrets {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print (or write, mode 0600) a talosconfig for the cluster's control planes
+    Talosconfig {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print (or write, mode 0600) an admin kubeconfig
+    Kubeconfig {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the config a machine is served (it holds cluster secrets)
+    Config {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long)]
+        mac: String,
+    },
+    /// Manage config patches (strategic merge YAML, or an RFC 6902 JSON patch list)
+    #[command(subcommand)]
+    Patch(PatchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PatchCommand {
+    /// Add a patch, or replace the one with the same name; refused if any config would break
+    Add {
+        #[command(flatten)]
+        data: DataDir,
+        /// cluster, controlplane, worker or machine
+        #[arg(long)]
+        scope: String,
+        /// The machine, for --scope machine
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        name: String,
+        /// File holding the patch (YAML or JSON); - for standard input
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List patches in the order they apply
+    List {
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Remove a patch
+    Remove {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long)]
+        scope: String,
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +270,9 @@ pub struct MachineSet {
     /// Mark the machine installed (true) or to be installed again (false)
     #[arg(long)]
     pub installed: Option<bool>,
+    /// Wipe the install disk when Talos installs (true/false)
+    #[arg(long)]
+    pub wipe: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -325,7 +464,11 @@ pub async fn machines(
         MachinesCommand::Add(add) => {
             let db = Db::open(&add.data.data_dir).await?;
             let mut m = Machine::discovered(parse_mac(&add.mac)?);
+            if let Some(first) = db.get_cluster(None).await? {
+                m.cluster = first.name;
+            }
             apply_fields(&mut m, &add.fields)?;
+            check_machine_config(&db, &m).await?;
             db.add_machine(&m, clock.now_ms()).await?;
             w(out, format!("added {} as {}\n", m.mac, m.role))?;
         }
@@ -337,6 +480,10 @@ pub async fn machines(
             if let Some(installed) = set.installed {
                 m.installed = installed;
             }
+            if let Some(wipe) = set.wipe {
+                m.wipe = wipe;
+            }
+            check_machine_config(&db, &m).await?;
             db.update_machine(&m, clock.now_ms()).await?;
             w(out, format!("updated {}\n", m.mac))?;
         }
@@ -514,4 +661,458 @@ mod tests {
         assert_eq!(format_time(Some(1_763_731_200_000)), "2025-11-21 13:20:00");
         assert_eq!(format_time(None), "-");
     }
+}
+
+/// Writes a file readable by its owner only: everything written here holds secrets.
+pub fn write_private(path: &std::path::Path, contents: &str) -> Result<(), CliError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| CliError::Output(format!("{}: {e}", path.display())))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|_| file.write_all(contents.as_bytes()))
+        .map_err(|e| CliError::Output(format!("{}: {e}", path.display())))
+}
+
+fn parse_cidr_list(flag: &str, text: &str) -> Result<Vec<String>, CliError> {
+    let items: Vec<String> = text
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if items.is_empty() {
+        return Err(invalid(format!("{flag} needs at least one subnet")));
+    }
+    for item in &items {
+        let ok = item.split_once('/').is_some_and(|(ip, prefix)| {
+            let ip = ip.parse::<std::net::IpAddr>();
+            let max = if matches!(ip, Ok(std::net::IpAddr::V6(_))) {
+                128
+            } else {
+                32
+            };
+            ip.is_ok() && prefix.parse::<u8>().is_ok_and(|p| p <= max)
+        });
+        if !ok {
+            return Err(invalid(format!(
+                "{flag} '{item}' is not a subnet like 10.244.0.0/16"
+            )));
+        }
+    }
+    Ok(items)
+}
+
+/// Applies cluster flags to `c`.
+pub fn apply_cluster_fields(c: &mut Cluster, f: &ClusterFields) -> Result<(), CliError> {
+    if let Some(vip) = &f.vip {
+        c.vip = if cleared(vip) {
+            None
+        } else {
+            Some(
+                vip.parse::<Ipv4Addr>()
+                    .map_err(|_| invalid(format!("--vip '{vip}' is not an IPv4 address")))?,
+            )
+        };
+    }
+    if let Some(endpoint) = &f.endpoint {
+        crate::talos::config::endpoint_host(endpoint)
+            .map_err(|e| invalid(format!("--endpoint: {e}")))?;
+        c.endpoint = Some(endpoint.clone());
+    } else if c.endpoint.is_none() {
+        c.endpoint = c.vip.map(|vip| format!("https://{vip}:6443"));
+    }
+    if let Some(v) = &f.talos_version {
+        crate::config::validate_talos_version(v).map_err(invalid)?;
+        let supported = crate::talos::minor_version(v)
+            .is_some_and(|mm| crate::talos::config::SUPPORTED.contains(&mm));
+        if !supported {
+            return Err(invalid(format!(
+                "--talos-version {v}: bootplane renders configs for Talos 1.8 to 1.11"
+            )));
+        }
+        c.talos_version = Some(v.clone());
+    }
+    if let Some(v) = &f.kubernetes_version {
+        c.kubernetes_version = if v == "default" {
+            None
+        } else {
+            let bare = v.trim_start_matches('v');
+            let parts: Vec<&str> = bare.split('.').collect();
+            if parts.len() != 3
+                || !parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+            {
+                return Err(invalid(format!(
+                    "--kubernetes-version '{v}' must look like 1.34.1"
+                )));
+            }
+            Some(bare.to_string())
+        };
+    }
+    if let Some(image) = &f.install_image {
+        c.install_image = if image == "default" {
+            None
+        } else {
+            if image.is_empty() || image.contains(char::is_whitespace) {
+                return Err(invalid(format!(
+                    "--install-image '{image}' is not an image reference"
+                )));
+            }
+            Some(image.clone())
+        };
+    }
+    if let Some(p) = &f.pod_subnets {
+        c.pod_subnets = parse_cidr_list("--pod-subnets", p)?;
+    }
+    if let Some(p) = &f.service_subnets {
+        c.service_subnets = parse_cidr_list("--service-subnets", p)?;
+    }
+    if let Some(d) = &f.dns_domain {
+        let ok = !d.is_empty() && d.split('.').all(|label| validate_hostname(label).is_ok());
+        if !ok {
+            return Err(invalid(format!("--dns-domain '{d}' is not a DNS name")));
+        }
+        c.dns_domain = d.clone();
+    }
+    if c.endpoint.is_none() {
+        return Err(invalid(
+            "the cluster needs --endpoint https://<vip-or-lb>:6443 (or --vip)",
+        ));
+    }
+    Ok(())
+}
+
+fn control_plane_ips(machines: &[Machine], cluster: &str) -> Vec<String> {
+    machines
+        .iter()
+        .filter(|m| m.role == Role::Controlplane && m.cluster == cluster)
+        .filter_map(|m| m.ip.map(|ip| ip.addr.to_string()))
+        .collect()
+}
+
+/// Refuses a machine whose config would not render, when its cluster is initialised.
+async fn check_machine_config(db: &Db, m: &Machine) -> Result<(), CliError> {
+    if !m.is_assigned() {
+        return Ok(());
+    }
+    let loaded = match materials::load_cluster(db, Some(&m.cluster)).await {
+        Ok(l) => l,
+        Err(MaterialsError::NotInitialised(_)) => return Ok(()),
+        Err(e) => return Err(invalid(e.to_string())),
+    };
+    if loaded.cluster.vip.is_some() && m.ip.map(|i| i.addr) == loaded.cluster.vip {
+        return Err(invalid(format!(
+            "--ip {} is the cluster's VIP",
+            m.ip.map(|i| i.to_string()).unwrap_or_default()
+        )));
+    }
+    materials::check_cluster(
+        &loaded.spec,
+        &loaded.secrets,
+        &loaded.patches,
+        std::slice::from_ref(m),
+    )
+    .map_err(|e| invalid(e.to_string()))
+}
+
+fn read_input(path: &std::path::Path) -> Result<String, CliError> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| invalid(format!("cannot read standard input: {e}")))?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))
+    }
+}
+
+fn patch_target(scope: &str, mac: Option<&str>) -> Result<(PatchScope, Option<Mac>), CliError> {
+    let scope: PatchScope = scope.parse().map_err(|e| invalid(format!("--scope {e}")))?;
+    let mac = mac.map(parse_mac).transpose()?;
+    match (scope, mac) {
+        (PatchScope::Machine, None) => Err(invalid("--scope machine needs --mac")),
+        (PatchScope::Machine, Some(m)) => Ok((scope, Some(m))),
+        (_, Some(_)) => Err(invalid("--mac goes only with --scope machine")),
+        (_, None) => Ok((scope, None)),
+    }
+}
+
+fn system_time(clock: &dyn Clock) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH
+        + std::time::Duration::from_millis(u64::try_from(clock.now_ms()).unwrap_or(0))
+}
+
+/// Runs a `cluster` command, writing its output to `out`.
+pub async fn cluster(
+    cmd: ClusterCommand,
+    clock: &dyn Clock,
+    out: &mut dyn std::io::Write,
+) -> Result<(), CliError> {
+    let w = |out: &mut dyn std::io::Write, text: String| {
+        out.write_all(text.as_bytes())
+            .map_err(|e| CliError::Output(e.to_string()))
+    };
+    let emit = |out: &mut dyn std::io::Write, path: Option<PathBuf>, text: String, what: &str| {
+        match path {
+            Some(path) => {
+                write_private(&path, &text)?;
+                w(
+                    out,
+                    format!("wrote {what} to {} (mode 0600)\n", path.display()),
+                )
+            }
+            None => w(out, text),
+        }
+    };
+    match cmd {
+        ClusterCommand::Init {
+            data,
+            name,
+            fields,
+            import_secrets,
+        } => {
+            let db = Db::open(&data.data_dir).await?;
+            let current = db
+                .get_cluster(None)
+                .await?
+                .ok_or_else(|| DbError::NoCluster("default".into()))?;
+            if current.initialised_at.is_some() {
+                return Err(DbError::ClusterInitialised(current.name).into());
+            }
+            let mut c = current.clone();
+            c.name = name.clone();
+            validate_hostname(&name).map_err(|e| invalid(format!("--name: {e}")))?;
+            if c.talos_version.is_none() && fields.talos_version.is_none() {
+                c.talos_version = Some(crate::config::DEFAULT_TALOS_VERSION.to_string());
+            }
+            apply_cluster_fields(&mut c, &fields)?;
+            let spec = materials::cluster_spec(&c).map_err(|e| invalid(e.to_string()))?;
+            let import = import_secrets.as_deref().map(read_input).transpose()?;
+            let bundle =
+                materials::new_bundle(&spec.talos_version, import.as_deref(), system_time(clock))
+                    .map_err(|e| invalid(e.to_string()))?;
+            let mut machines = db.list_machines().await?;
+            for m in machines.iter_mut().filter(|m| m.cluster == current.name) {
+                m.cluster = name.clone();
+            }
+            materials::check_cluster(&spec, &materials::config_secrets(&bundle), &[], &machines)
+                .map_err(|e| invalid(e.to_string()))?;
+            db.init_cluster(&current.name, &c, &bundle.to_yaml(), clock.now_ms())
+                .await?;
+            w(
+                out,
+                format!(
+                    "cluster {name} initialised: Talos {}, Kubernetes {}, endpoint {}{}\n",
+                    spec.talos_version,
+                    spec.kubernetes_version,
+                    spec.endpoint,
+                    if import.is_some() {
+                        " (secrets imported)"
+                    } else {
+                        ""
+                    }
+                ),
+            )?;
+        }
+        ClusterCommand::Show { data, json } => {
+            let db = Db::open(&data.data_dir).await?;
+            let c = db
+                .get_cluster(None)
+                .await?
+                .ok_or_else(|| DbError::NoCluster("default".into()))?;
+            let patches = db.list_patches(&c.name).await?;
+            if json {
+                let text = serde_json::to_string_pretty(&serde_json::json!({
+                    "cluster": c, "patches": patches,
+                }))
+                .map_err(|e| CliError::Output(e.to_string()))?;
+                w(out, text + "\n")?;
+            } else {
+                let spec = materials::cluster_spec(&c).ok();
+                let line = |k: &str, v: String| format!("{k:<20} {v}\n");
+                let mut text = line("name", c.name.clone());
+                text += &line("initialised", format_time(c.initialised_at));
+                text += &line("endpoint", c.endpoint.clone().unwrap_or_else(|| "-".into()));
+                text += &line(
+                    "vip",
+                    c.vip.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                );
+                if let Some(spec) = spec {
+                    text += &line("talos version", spec.talos_version);
+                    text += &line("kubernetes version", spec.kubernetes_version);
+                    text += &line("installer image", spec.install_image);
+                }
+                text += &line("pod subnets", c.pod_subnets.join(", "));
+                text += &line("service subnets", c.service_subnets.join(", "));
+                text += &line("dns domain", c.dns_domain.clone());
+                for p in patches {
+                    let target = p.mac.map(|m| format!(" {m}")).unwrap_or_default();
+                    text += &line("patch", format!("{}{} {}", p.scope, target, p.name));
+                }
+                w(out, text)?;
+            }
+        }
+        ClusterCommand::Set { data, name, fields } => {
+            let db = Db::open(&data.data_dir).await?;
+            let loaded = materials::load_cluster(&db, None)
+                .await
+                .map_err(|e| invalid(e.to_string()))?;
+            let current = loaded.cluster.name.clone();
+            let mut c = loaded.cluster.clone();
+            if let Some(n) = &name {
+                validate_hostname(n).map_err(|e| invalid(format!("--name: {e}")))?;
+                c.name = n.clone();
+            }
+            apply_cluster_fields(&mut c, &fields)?;
+            let spec = materials::cluster_spec(&c).map_err(|e| invalid(e.to_string()))?;
+            let mut machines = db.list_machines().await?;
+            for m in machines.iter_mut().filter(|m| m.cluster == current) {
+                m.cluster = c.name.clone();
+                if c.vip.is_some() && m.ip.map(|i| i.addr) == c.vip {
+                    return Err(invalid(format!("--vip is {}'s address", m.mac)));
+                }
+            }
+            materials::check_cluster(&spec, &loaded.secrets, &loaded.patches, &machines)
+                .map_err(|e| invalid(e.to_string()))?;
+            db.update_cluster(&current, &c).await?;
+            w(out, format!("cluster {} updated\n", c.name))?;
+        }
+        ClusterCommand::ExportSecrets { data, out: path } => {
+            let db = Db::open(&data.data_dir).await?;
+            let loaded = materials::load_cluster(&db, None)
+                .await
+                .map_err(|e| invalid(e.to_string()))?;
+            emit(
+                out,
+                Some(path),
+                loaded.bundle.to_yaml(),
+                "the secrets bundle",
+            )?;
+        }
+        ClusterCommand::Talosconfig { data, out: path } => {
+            let db = Db::open(&data.data_dir).await?;
+            let loaded = materials::load_cluster(&db, None)
+                .await
+                .map_err(|e| invalid(e.to_string()))?;
+            let machines = db.list_machines().await?;
+            let endpoints = control_plane_ips(&machines, &loaded.cluster.name);
+            let text = loaded
+                .bundle
+                .talosconfig(&loaded.cluster.name, &endpoints, system_time(clock))
+                .map_err(|e| invalid(e.to_string()))?;
+            emit(out, path, text, "talosconfig")?;
+        }
+        ClusterCommand::Kubeconfig { data, out: path } => {
+            let db = Db::open(&data.data_dir).await?;
+            let loaded = materials::load_cluster(&db, None)
+                .await
+                .map_err(|e| invalid(e.to_string()))?;
+            let text = loaded
+                .bundle
+                .kubeconfig(
+                    &loaded.cluster.name,
+                    &loaded.spec.endpoint,
+                    system_time(clock),
+                )
+                .map_err(|e| invalid(e.to_string()))?;
+            emit(out, path, text, "kubeconfig")?;
+        }
+        ClusterCommand::Config { data, mac } => {
+            let db = Db::open(&data.data_dir).await?;
+            let mac = parse_mac(&mac)?;
+            let m = db.get_machine(mac).await?.ok_or(DbError::NotFound(mac))?;
+            let loaded = materials::load_cluster(&db, Some(&m.cluster))
+                .await
+                .map_err(|e| invalid(e.to_string()))?;
+            let text =
+                materials::render_machine(&loaded, &m).map_err(|e| invalid(e.to_string()))?;
+            w(out, text)?;
+        }
+        ClusterCommand::Patch(PatchCommand::Add {
+            data,
+            scope,
+            mac,
+            name,
+            file,
+        }) => {
+            let db = Db::open(&data.data_dir).await?;
+            let (scope, mac) = patch_target(&scope, mac.as_deref())?;
+            let body = read_input(&file)?;
+            let loaded = materials::load_cluster(&db, None)
+                .await
+                .map_err(|e| invalid(e.to_string()))?;
+            let record = PatchRecord {
+                scope,
+                mac,
+                position: i64::MAX,
+                name: name.clone(),
+                body,
+            };
+            let mut records: Vec<PatchRecord> = loaded
+                .patches
+                .iter()
+                .filter(|p| !(p.scope == scope && p.mac == mac && p.name == name))
+                .cloned()
+                .collect();
+            let at = records
+                .iter()
+                .rposition(|p| p.scope == scope && p.mac == mac)
+                .map(|i| i + 1)
+                .unwrap_or_else(|| records.iter().filter(|p| p.scope <= scope).count());
+            let replacing = loaded
+                .patches
+                .iter()
+                .position(|p| p.scope == scope && p.mac == mac && p.name == name);
+            records.insert(replacing.unwrap_or(at).min(records.len()), record.clone());
+            let machines = db.list_machines().await?;
+            materials::check_cluster(&loaded.spec, &loaded.secrets, &records, &machines)
+                .map_err(|e| invalid(format!("patch refused: {e}")))?;
+            db.put_patch(&loaded.cluster.name, &record, clock.now_ms())
+                .await?;
+            w(out, format!("patch {name} saved ({scope})\n"))?;
+        }
+        ClusterCommand::Patch(PatchCommand::List { data }) => {
+            let db = Db::open(&data.data_dir).await?;
+            let c = db
+                .get_cluster(None)
+                .await?
+                .ok_or_else(|| DbError::NoCluster("default".into()))?;
+            for p in db.list_patches(&c.name).await? {
+                let target = p.mac.map(|m| format!(" {m}")).unwrap_or_default();
+                w(
+                    out,
+                    format!(
+                        "# {}{} {}\n{}\n",
+                        p.scope,
+                        target,
+                        p.name,
+                        p.body.trim_end()
+                    ),
+                )?;
+            }
+        }
+        ClusterCommand::Patch(PatchCommand::Remove {
+            data,
+            scope,
+            mac,
+            name,
+        }) => {
+            let db = Db::open(&data.data_dir).await?;
+            let (scope, mac) = patch_target(&scope, mac.as_deref())?;
+            let c = db
+                .get_cluster(None)
+                .await?
+                .ok_or_else(|| DbError::NoCluster("default".into()))?;
+            db.remove_patch(&c.name, scope, mac, &name).await?;
+            w(out, format!("patch {name} removed\n"))?;
+        }
+    }
+    Ok(())
 }

@@ -49,6 +49,17 @@ impl fmt::Display for DhcpMode {
     }
 }
 
+/// Who may fetch a machine's config (it carries every cluster secret).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigAccess {
+    /// Only a requester whose address bootplane leased to that MAC, or whose entry in the
+    /// host's neighbour (ARP) table is that MAC.
+    Mac,
+    /// Anyone who can reach the HTTP port and knows the MAC.
+    Any,
+}
+
 /// Whether to answer IPv6 router solicitations (see `ra`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -193,6 +204,9 @@ pub struct ServeOptions {
     /// Seconds an unassigned machine waits before asking again [default: 10]
     #[arg(long, env = "BOOTPLANE_RETRY_SECS")]
     pub retry_secs: Option<u32>,
+    /// Who may fetch /config: mac (the requester must be that machine, by DHCP lease or ARP entry) or any [default: mac]
+    #[arg(long, env = "BOOTPLANE_CONFIG_ACCESS", value_enum)]
+    pub config_access: Option<ConfigAccess>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "BOOTPLANE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -246,6 +260,7 @@ impl ServeOptions {
             talos_version,
             kernel_args,
             retry_secs,
+            config_access,
             log_format
         )
     }
@@ -307,6 +322,7 @@ pub struct BootConfig {
     pub retry_secs: u32,
     pub tftp_block_limit: u16,
     pub tftp_window_limit: u16,
+    pub config_access: ConfigAccess,
 }
 
 impl BootConfig {
@@ -482,6 +498,7 @@ impl Config {
                 retry_secs: o.retry_secs.unwrap_or(DEFAULT_RETRY_SECS),
                 tftp_block_limit: block,
                 tftp_window_limit: window,
+                config_access: o.config_access.unwrap_or(ConfigAccess::Mac),
             },
             interface,
             log_format: o.log_format.unwrap_or(LogFormat::Text),

@@ -237,7 +237,11 @@ impl Db {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        let default_cluster = cluster_id(&mut tx, crate::model::DEFAULT_CLUSTER).await?;
+        // Discovered machines join the first cluster (the only one, in the common case).
+        let default_cluster: i64 = sqlx::query("SELECT id FROM clusters ORDER BY id LIMIT 1")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
         for obs in batch {
             let mac = obs.mac.to_string();
             let inserted = sqlx::query(
@@ -965,7 +969,10 @@ mod tests {
         let mut m = Machine::discovered(mac("52:54:00:00:00:01"));
         m.cluster = "homelab".into();
         db.add_machine(&m, 9).await.unwrap();
-        assert_eq!(db.get_machine(m.mac).await.unwrap().unwrap().cluster, "homelab");
+        assert_eq!(
+            db.get_machine(m.mac).await.unwrap().unwrap().cluster,
+            "homelab"
+        );
     }
 
     #[tokio::test]

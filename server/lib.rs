@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod dhcp;
 pub mod inventory;
+pub mod materials;
 pub mod metrics;
 pub mod model;
 pub mod net;

@@ -69,6 +69,12 @@ async fn main() -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }
+        Command::Cluster(cmd) => {
+            let clock = clock::SystemClock;
+            bootplane::cli::cluster(cmd, &clock, &mut std::io::stdout().lock())
+                .await
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

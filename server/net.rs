@@ -87,8 +87,51 @@ pub fn interface(name: Option<&str>) -> Result<InterfaceInfo, NetError> {
     })
 }
 
+/// Parses `/proc/net/arp` text: complete IPv4 neighbour entries as (ip, mac).
+pub fn parse_arp_table(table: &str) -> Vec<(Ipv4Addr, crate::model::Mac)> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let [ip, _hw_type, flags, mac, ..] = cols.as_slice() else {
+                return None;
+            };
+            // ATF_COM (0x2): the entry is complete.
+            let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).ok()?;
+            if flags & 0x2 == 0 {
+                return None;
+            }
+            Some((ip.parse().ok()?, mac.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The MAC address the kernel's neighbour table holds for `ip`, if it is on a local link.
+pub fn neighbour_mac(ip: Ipv4Addr) -> Option<crate::model::Mac> {
+    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+    parse_arp_table(&table)
+        .into_iter()
+        .find(|(addr, _)| *addr == ip)
+        .map(|(_, mac)| mac)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn arp_table_keeps_complete_entries() {
+        let table =
+            "IP address       HW type     Flags       HW address            Mask     Device\n\
+            10.77.0.11       0x1         0x2         52:54:00:77:00:01     *        br0\n\
+            10.77.0.12       0x1         0x0         00:00:00:00:00:00     *        br0\n\
+            10.77.0.13       0x1         0x6         52:54:00:77:00:03     *        br0\n";
+        let got = parse_arp_table(table);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, Ipv4Addr::new(10, 77, 0, 11));
+        assert_eq!(got[0].1.to_string(), "52:54:00:77:00:01");
+        assert_eq!(got[1].0, Ipv4Addr::new(10, 77, 0, 13));
+    }
+
     use super::*;
 
     #[test]

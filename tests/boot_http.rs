@@ -248,3 +248,91 @@ async fn bad_mac_in_script_request_is_a_clear_400() {
     assert_eq!(code, 200);
     app.stop().await;
 }
+
+async fn init_cluster(app: &Appliance) -> bootplane::talos::secrets::SecretsBundle {
+    let bundle =
+        bootplane::talos::secrets::SecretsBundle::generate(VERSION, std::time::SystemTime::now())
+            .unwrap();
+    let mut c = app.db.get_cluster(None).await.unwrap().unwrap();
+    c.name = "lab".into();
+    c.endpoint = Some("https://10.77.0.10:6443".into());
+    c.vip = Some("10.77.0.10".parse().unwrap());
+    c.talos_version = Some(VERSION.into());
+    app.db
+        .init_cluster("default", &c, &bundle.to_yaml(), 1)
+        .await
+        .unwrap();
+    bundle
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assigned_machine_gets_its_own_rendered_config_with_a_hash_event() {
+    let app = Appliance::start().await;
+    let bundle = init_cluster(&app).await;
+    let mut m = controlplane();
+    m.cluster = "lab".into();
+    m.gateway = Some("10.77.0.1".parse().unwrap());
+    app.db.add_machine(&m, 1).await.unwrap();
+    let (code, body) = get_text(&app, "/config?mac=52-54-00-12-34-56").await;
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&body).unwrap();
+    assert_eq!(doc["machine"]["network"]["hostname"], "cp-1");
+    assert_eq!(
+        doc["machine"]["network"]["interfaces"][0]["addresses"][0],
+        "10.77.0.11/24"
+    );
+    assert_eq!(
+        doc["machine"]["network"]["interfaces"][0]["deviceSelector"]["hardwareAddr"],
+        "52:54:00:12:34:56"
+    );
+    assert_eq!(
+        doc["machine"]["network"]["interfaces"][0]["vip"]["ip"],
+        "10.77.0.10"
+    );
+    assert_eq!(
+        doc["cluster"]["controlPlane"]["endpoint"],
+        "https://10.77.0.10:6443"
+    );
+    assert_eq!(
+        doc["machine"]["ca"]["crt"],
+        bundle.os_ca().crt_b64().as_str()
+    );
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(body.as_bytes()))
+    };
+    let events = app
+        .wait_events(mac(), |e| {
+            e.kind == EventKind::ConfigFetched && e.detail.contains(&digest)
+        })
+        .await;
+    assert!(
+        events.iter().any(|e| e.detail.starts_with("served")),
+        "{events:#?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_is_refused_to_a_requester_that_is_not_the_machine() {
+    let app = Appliance::start_with(|o| {
+        o.config_access = Some(bootplane::config::ConfigAccess::Mac);
+    })
+    .await;
+    init_cluster(&app).await;
+    let mut m = controlplane();
+    m.cluster = "lab".into();
+    app.db.add_machine(&m, 1).await.unwrap();
+    // 127.0.0.1 is neither leased to the machine nor in the neighbour table with its MAC.
+    let (code, body) = get_text(&app, "/config?mac=52:54:00:12:34:56").await;
+    assert_eq!(code, 403);
+    assert!(!body.contains("ca:"), "{body}");
+    let events = app
+        .wait_events(mac(), |e| e.kind == EventKind::ConfigFetched)
+        .await;
+    assert!(
+        events.iter().any(|e| e.detail.contains("refused (403)")),
+        "{events:#?}"
+    );
+    app.stop().await;
+}

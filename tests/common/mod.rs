@@ -66,6 +66,7 @@ impl Appliance {
             images_dir: Some(images.path().to_path_buf()),
             talos_version: Some(VERSION.into()),
             retry_secs: Some(3),
+            config_access: Some(bootplane::config::ConfigAccess::Any),
             ..Default::default()
         };
         customise(&mut options);

@@ -1,0 +1,248 @@
+//! Cluster materials: turns what the database holds (cluster settings, secrets bundle,
+//! patches, machines) into machine configs and operator credentials.
+
+use std::net::Ipv4Addr;
+use std::time::SystemTime;
+
+use crate::db::{Db, DbError};
+use crate::model::{Cluster, Mac, Machine, PatchRecord, PatchScope, Role};
+use crate::talos::config::{
+    self, default_install_image, default_kubernetes_version, CertKey, ClusterSpec, ConfigSecrets,
+    NodeSpec, Patches, RenderError,
+};
+use crate::talos::patch::Patch;
+use crate::talos::secrets::{SecretsBundle, SecretsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaterialsError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cluster '{0}' is not initialised: run `bootplane cluster init` first")]
+    NotInitialised(String),
+    #[error("the stored secrets bundle is unreadable: {0}")]
+    Secrets(#[from] SecretsError),
+    #[error("{0}")]
+    Render(#[from] RenderError),
+    #[error("patch '{name}' ({scope}): {message}")]
+    BadPatch {
+        name: String,
+        scope: PatchScope,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything needed to render any node of one cluster.
+#[derive(Debug)]
+pub struct LoadedCluster {
+    pub cluster: Cluster,
+    pub spec: ClusterSpec,
+    pub bundle: SecretsBundle,
+    pub secrets: ConfigSecrets,
+    pub patches: Vec<PatchRecord>,
+}
+
+/// The bundle's values as machine configs carry them.
+pub fn config_secrets(bundle: &SecretsBundle) -> ConfigSecrets {
+    let pair = |ca: &crate::talos::secrets::CertAndKey| CertKey {
+        crt: ca.crt_b64(),
+        key: ca.key_b64(),
+    };
+    ConfigSecrets {
+        cluster_id: bundle.cluster_id().to_string(),
+        cluster_secret: bundle.cluster_secret().to_string(),
+        bootstrap_token: bundle.bootstrap_token().to_string(),
+        trustd_token: bundle.trustd_token().to_string(),
+        secretbox_secret: bundle.secretbox_secret().map(str::to_string),
+        aescbc_secret: bundle.aescbc_secret().map(str::to_string),
+        os_ca: pair(bundle.os_ca()),
+        k8s_ca: pair(bundle.k8s_ca()),
+        aggregator_ca: pair(bundle.k8s_aggregator_ca()),
+        etcd_ca: pair(bundle.etcd_ca()),
+        service_account_key: bundle.k8s_service_account_key_b64(),
+    }
+}
+
+/// Settings with Talos's defaults filled in, as a render input.
+pub fn cluster_spec(c: &Cluster) -> Result<ClusterSpec, MaterialsError> {
+    let talos_version = c
+        .talos_version
+        .clone()
+        .ok_or_else(|| MaterialsError::NotInitialised(c.name.clone()))?;
+    let endpoint = c
+        .endpoint
+        .clone()
+        .ok_or_else(|| MaterialsError::NotInitialised(c.name.clone()))?;
+    let kubernetes_version = match &c.kubernetes_version {
+        Some(v) => v.trim_start_matches('v').to_string(),
+        None => default_kubernetes_version(&talos_version)
+            .ok_or_else(|| RenderError::UnsupportedVersion(talos_version.clone()))?
+            .to_string(),
+    };
+    Ok(ClusterSpec {
+        name: c.name.clone(),
+        endpoint,
+        vip: c.vip,
+        install_image: c
+            .install_image
+            .clone()
+            .unwrap_or_else(|| default_install_image(&talos_version)),
+        talos_version,
+        kubernetes_version,
+        pod_subnets: c.pod_subnets.clone(),
+        service_subnets: c.service_subnets.clone(),
+        dns_domain: c.dns_domain.clone(),
+    })
+}
+
+pub async fn load_cluster(db: &Db, name: Option<&str>) -> Result<LoadedCluster, MaterialsError> {
+    let cluster = db
+        .get_cluster(name)
+        .await?
+        .ok_or_else(|| DbError::NoCluster(name.unwrap_or("default").to_string()))?;
+    let yaml = db
+        .cluster_secrets(&cluster.name)
+        .await?
+        .ok_or_else(|| MaterialsError::NotInitialised(cluster.name.clone()))?;
+    let bundle = SecretsBundle::from_yaml(&yaml)?;
+    let secrets = config_secrets(&bundle);
+    let spec = cluster_spec(&cluster)?;
+    let patches = db.list_patches(&cluster.name).await?;
+    Ok(LoadedCluster {
+        cluster,
+        spec,
+        bundle,
+        secrets,
+        patches,
+    })
+}
+
+fn parse_patches(records: &[PatchRecord]) -> Result<Vec<(PatchRecord, Patch)>, MaterialsError> {
+    records
+        .iter()
+        .map(|r| {
+            Patch::parse(&r.body)
+                .map(|p| (r.clone(), p))
+                .map_err(|e| MaterialsError::BadPatch {
+                    name: r.name.clone(),
+                    scope: r.scope,
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// The patches that apply to `mac` with role `role`, by level.
+fn patches_for(parsed: &[(PatchRecord, Patch)], mac: Mac) -> Patches {
+    let mut out = Patches::default();
+    for (record, patch) in parsed {
+        let entry = (record.name.clone(), patch.clone());
+        match record.scope {
+            PatchScope::Cluster => out.cluster.push(entry),
+            PatchScope::Controlplane => out.controlplane.push(entry),
+            PatchScope::Worker => out.worker.push(entry),
+            PatchScope::Machine if record.mac == Some(mac) => out.machine.push(entry),
+            PatchScope::Machine => {}
+        }
+    }
+    out
+}
+
+pub fn node_spec(m: &Machine) -> Result<NodeSpec, MaterialsError> {
+    let (hostname, ip) = match (&m.hostname, m.ip) {
+        (Some(h), Some(ip)) if m.is_assigned() => (h.clone(), ip),
+        _ => {
+            return Err(MaterialsError::Invalid(format!(
+                "{} needs a role, a hostname and a static IP to have a config",
+                m.mac
+            )))
+        }
+    };
+    Ok(NodeSpec {
+        mac: m.mac,
+        role: m.role,
+        hostname,
+        ip,
+        gateway: m.gateway,
+        dns: m.dns.clone(),
+        install_disk: m.install_disk.clone(),
+        wipe: m.wipe,
+    })
+}
+
+/// Renders the config of one machine of a loaded cluster.
+pub fn render_machine(loaded: &LoadedCluster, m: &Machine) -> Result<String, MaterialsError> {
+    let parsed = parse_patches(&loaded.patches)?;
+    let node = node_spec(m)?;
+    Ok(config::render(
+        &loaded.spec,
+        &loaded.secrets,
+        &node,
+        &patches_for(&parsed, m.mac),
+    )?)
+}
+
+/// A stand-in node used to check cluster- and role-level settings when no real machine of
+/// that role exists yet.
+fn sample_node(role: Role) -> NodeSpec {
+    let last = if role == Role::Controlplane { 10 } else { 20 };
+    NodeSpec {
+        mac: Mac([0x02, 0, 0, 0, 0, last]),
+        role,
+        hostname: format!("sample-{role}"),
+        ip: crate::model::Ipv4Cidr {
+            addr: Ipv4Addr::new(192, 0, 2, last),
+            prefix: 24,
+        },
+        gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        dns: vec![],
+        install_disk: None,
+        wipe: false,
+    }
+}
+
+/// Checks that every assigned machine of the cluster (and a sample node of each role) still
+/// renders a valid config with `spec` and `records`. Returns the first problem, naming the
+/// machine, so a bad setting or patch is refused before it is stored.
+pub fn check_cluster(
+    spec: &ClusterSpec,
+    secrets: &ConfigSecrets,
+    records: &[PatchRecord],
+    machines: &[Machine],
+) -> Result<(), MaterialsError> {
+    let parsed = parse_patches(records)?;
+    for role in [Role::Controlplane, Role::Worker] {
+        let node = sample_node(role);
+        config::render_documents(spec, secrets, &node, &patches_for(&parsed, node.mac))
+            .map_err(|e| MaterialsError::Invalid(format!("a {role}'s config: {e}")))?;
+    }
+    for m in machines
+        .iter()
+        .filter(|m| m.is_assigned() && m.cluster == spec.name)
+    {
+        let node = node_spec(m)?;
+        config::render_documents(spec, secrets, &node, &patches_for(&parsed, m.mac)).map_err(
+            |e| {
+                MaterialsError::Invalid(format!(
+                    "{} ({})'s config: {e}",
+                    m.hostname.as_deref().unwrap_or("?"),
+                    m.mac
+                ))
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Generates a bundle for `talos_version`, or adopts `import` (talosctl's secrets.yaml).
+pub fn new_bundle(
+    talos_version: &str,
+    import: Option<&str>,
+    now: SystemTime,
+) -> Result<SecretsBundle, MaterialsError> {
+    Ok(match import {
+        Some(text) => SecretsBundle::from_yaml(text)?,
+        None => SecretsBundle::generate(talos_version, now)?,
+    })
+}

@@ -1,0 +1,299 @@
+//! Rendered machine configs validate against Talos's own JSON schema (v1.11, from shared/),
+//! document by document with `persist` removed as Talos's schema test does, and carry each
+//! node's own values.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use bootplane::materials::config_secrets;
+use bootplane::model::{Mac, Role};
+use bootplane::talos::config::{
+    render, render_documents, ClusterSpec, ConfigSecrets, NodeSpec, Patches, RenderError,
+};
+use bootplane::talos::patch::Patch;
+use bootplane::talos::secrets::SecretsBundle;
+use serde_json::Value;
+
+fn bundle() -> &'static SecretsBundle {
+    static B: OnceLock<SecretsBundle> = OnceLock::new();
+    B.get_or_init(|| SecretsBundle::generate("v1.11.6", SystemTime::now()).unwrap())
+}
+
+fn secrets() -> ConfigSecrets {
+    config_secrets(bundle())
+}
+
+/// Talos's published schema, read from the reference material beside the project.
+fn schema() -> &'static jsonschema::Validator {
+    static S: OnceLock<jsonschema::Validator> = OnceLock::new();
+    S.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/talos/config.schema.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (shared/ must sit beside the project)",
+                path.display()
+            )
+        });
+        let schema: Value = serde_json::from_str(&text).unwrap();
+        jsonschema::validator_for(&schema).unwrap()
+    })
+}
+
+fn assert_schema_valid(docs: &[Value]) {
+    for doc in docs {
+        let mut doc = doc.clone();
+        if let Some(obj) = doc.as_object_mut() {
+            obj.remove("persist");
+        }
+        let errors: Vec<String> = schema()
+            .iter_errors(&doc)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "schema errors: {errors:#?}\n{doc:#}");
+    }
+}
+
+fn cluster(version: &str) -> ClusterSpec {
+    ClusterSpec {
+        name: "homelab".into(),
+        endpoint: "https://192.168.50.10:6443".into(),
+        vip: Some(Ipv4Addr::new(192, 168, 50, 10)),
+        talos_version: version.into(),
+        kubernetes_version: "1.34.1".into(),
+        install_image: format!("ghcr.io/siderolabs/installer:{version}"),
+        pod_subnets: vec!["10.244.0.0/16".into()],
+        service_subnets: vec!["10.96.0.0/12".into()],
+        dns_domain: "cluster.local".into(),
+    }
+}
+
+fn node(role: Role, n: u8) -> NodeSpec {
+    NodeSpec {
+        mac: Mac([0x52, 0x54, 0, 0x77, 0, n]),
+        role,
+        hostname: format!(
+            "{}-{n}",
+            if role == Role::Controlplane {
+                "cp"
+            } else {
+                "w"
+            }
+        ),
+        ip: format!("192.168.50.{}/24", 10 + n).parse().unwrap(),
+        gateway: Some(Ipv4Addr::new(192, 168, 50, 1)),
+        dns: vec![Ipv4Addr::new(192, 168, 50, 1), Ipv4Addr::new(9, 9, 9, 9)],
+        install_disk: Some("/dev/nvme0n1".into()),
+        wipe: n % 2 == 0,
+    }
+}
+
+fn patches(cluster: &[&str], cp: &[&str], worker: &[&str], machine: &[&str]) -> Patches {
+    let parse = |list: &[&str]| {
+        list.iter()
+            .enumerate()
+            .map(|(i, text)| (format!("p{i}"), Patch::parse(text).unwrap()))
+            .collect()
+    };
+    Patches {
+        cluster: parse(cluster),
+        controlplane: parse(cp),
+        worker: parse(worker),
+        machine: parse(machine),
+    }
+}
+
+fn at<'a>(doc: &'a Value, pointer: &str) -> &'a Value {
+    doc.pointer(pointer)
+        .unwrap_or_else(|| panic!("{pointer} missing in {doc:#}"))
+}
+
+fn assert_node_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
+    let s = secrets();
+    assert_eq!(
+        at(doc, "/machine/type"),
+        if n.role == Role::Controlplane {
+            "controlplane"
+        } else {
+            "worker"
+        }
+    );
+    assert_eq!(at(doc, "/machine/network/hostname"), n.hostname.as_str());
+    let iface = at(doc, "/machine/network/interfaces/0");
+    assert_eq!(
+        at(iface, "/deviceSelector/hardwareAddr"),
+        n.mac.to_string().as_str()
+    );
+    assert_eq!(at(iface, "/addresses/0"), n.ip.to_string().as_str());
+    assert_eq!(at(iface, "/routes/0/network"), "0.0.0.0/0");
+    assert_eq!(at(iface, "/routes/0/gateway"), "192.168.50.1");
+    assert_eq!(at(doc, "/machine/network/nameservers/1"), "9.9.9.9");
+    match n.role {
+        Role::Controlplane => {
+            assert_eq!(at(iface, "/vip/ip"), "192.168.50.10");
+            assert_eq!(at(doc, "/machine/ca/key"), s.os_ca.key.as_str());
+            assert_eq!(at(doc, "/cluster/etcd/ca/crt"), s.etcd_ca.crt.as_str());
+            assert_eq!(
+                at(doc, "/cluster/aggregatorCA/crt"),
+                s.aggregator_ca.crt.as_str()
+            );
+            assert_eq!(
+                at(doc, "/cluster/serviceAccount/key"),
+                s.service_account_key.as_str()
+            );
+            assert_eq!(
+                at(doc, "/cluster/secretboxEncryptionSecret"),
+                s.secretbox_secret.as_deref().unwrap()
+            );
+            assert_eq!(at(doc, "/cluster/apiServer/certSANs/0"), "192.168.50.10");
+        }
+        _ => {
+            assert!(iface.get("vip").is_none(), "worker must not get the VIP");
+            assert_eq!(at(doc, "/machine/ca/key"), "");
+            assert_eq!(at(doc, "/cluster/ca/key"), "");
+            for absent in [
+                "/cluster/etcd",
+                "/cluster/aggregatorCA",
+                "/cluster/serviceAccount",
+                "/cluster/apiServer",
+                "/cluster/secretboxEncryptionSecret",
+            ] {
+                assert!(
+                    doc.pointer(absent).is_none(),
+                    "{absent} must not be in a worker config"
+                );
+            }
+        }
+    }
+    assert_eq!(at(doc, "/machine/ca/crt"), s.os_ca.crt.as_str());
+    assert_eq!(at(doc, "/machine/token"), s.trustd_token.as_str());
+    assert_eq!(at(doc, "/cluster/ca/crt"), s.k8s_ca.crt.as_str());
+    assert_eq!(at(doc, "/cluster/token"), s.bootstrap_token.as_str());
+    assert_eq!(at(doc, "/cluster/id"), s.cluster_id.as_str());
+    assert_eq!(
+        at(doc, "/cluster/controlPlane/endpoint"),
+        cluster.endpoint.as_str()
+    );
+    assert_eq!(at(doc, "/cluster/clusterName"), "homelab");
+    assert_eq!(at(doc, "/machine/install/disk"), "/dev/nvme0n1");
+    assert_eq!(
+        at(doc, "/machine/install/image"),
+        cluster.install_image.as_str()
+    );
+    assert_eq!(at(doc, "/machine/install/wipe"), &Value::Bool(n.wipe));
+    assert_eq!(
+        at(doc, "/machine/kubelet/image"),
+        "ghcr.io/siderolabs/kubelet:v1.34.1"
+    );
+}
+
+#[test]
+fn every_supported_version_and_role_validates_against_talos_schema() {
+    for version in ["v1.8.4", "v1.9.6", "v1.10.9", "v1.11.6"] {
+        let c = cluster(version);
+        for (role, n) in [(Role::Controlplane, 1), (Role::Worker, 4)] {
+            let node = node(role, n);
+            let docs = render_documents(&c, &secrets(), &node, &Patches::default()).unwrap();
+            assert_eq!(docs.len(), 1);
+            assert_eq!(docs[0]["persist"], Value::Bool(true));
+            assert_schema_valid(&docs);
+            assert_node_values(&docs[0], &c, &node);
+        }
+    }
+}
+
+#[test]
+fn patched_configs_validate_and_apply_in_order_cluster_role_machine() {
+    let c = cluster("v1.11.6");
+    let p = patches(
+        &["machine:\n  time:\n    servers: [time.cloudflare.com]\ncluster:\n  allowSchedulingOnControlPlanes: true\n"],
+        &["machine:\n  install:\n    disk: /dev/sdb\n"],
+        &["- op: add\n  path: /machine/nodeLabels\n  value: {role: worker}\n"],
+        &["machine:\n  install:\n    disk: /dev/sdc\n  certSANs: [cp-1.lab]\n"],
+    );
+    let cp = render_documents(&c, &secrets(), &node(Role::Controlplane, 1), &p).unwrap();
+    assert_schema_valid(&cp);
+    assert_eq!(
+        at(&cp[0], "/machine/install/disk"),
+        "/dev/sdc",
+        "machine patch comes last"
+    );
+    assert_eq!(at(&cp[0], "/machine/certSANs/0"), "cp-1.lab");
+    assert_eq!(at(&cp[0], "/machine/time/servers/0"), "time.cloudflare.com");
+    assert!(
+        cp[0].pointer("/machine/nodeLabels/role").is_none(),
+        "worker patch must not reach control planes"
+    );
+    let w = render_documents(&c, &secrets(), &node(Role::Worker, 4), &p).unwrap();
+    assert_schema_valid(&w);
+    assert_eq!(at(&w[0], "/machine/install/disk"), "/dev/sdc");
+    assert_eq!(at(&w[0], "/machine/nodeLabels/role"), "worker");
+}
+
+#[test]
+fn patches_that_break_the_config_are_refused_with_the_reason() {
+    let c = cluster("v1.11.6");
+    let n = node(Role::Worker, 4);
+    let cases = [
+        ("machine:\n  instal:\n    disk: /dev/sda\n", "instal"),
+        ("machine:\n  network:\n    interfaces:\n      - interface: eth0\n        vip:\n          ip: 192.168.50.99\n", "VIP"),
+        ("- op: remove\n  path: /machine/install\n", "install"),
+        ("cluster:\n  network:\n    dnsDomain: 'bad domain'\n", "dnsDomain"),
+        ("machine:\n  type: controlplane\n", "machine.type"),
+        ("machine:\n  kubelet:\n    defaultRuntimeSeccompProfileEnabled: maybe\n", "defaultRuntimeSeccompProfileEnabled"),
+        ("cluster:\n  network:\n    podSubnets: 10.0.0.0/8\n", "podSubnets"),
+    ];
+    for (text, expected) in cases {
+        let p = patches(&[text], &[], &[], &[]);
+        let err = render(&c, &secrets(), &n, &p).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(expected),
+            "{text:?}: error '{msg}' should mention {expected}"
+        );
+        assert!(
+            matches!(err, RenderError::Invalid(_) | RenderError::Patch(_)),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn unsupported_versions_and_bad_endpoints_are_refused() {
+    let mut c = cluster("v1.13.9");
+    assert!(matches!(
+        render(&c, &secrets(), &node(Role::Worker, 4), &Patches::default()),
+        Err(RenderError::UnsupportedVersion(_))
+    ));
+    c.talos_version = "v1.11.6".into();
+    for bad in ["http://10.0.0.1:6443", "https://10.0.0.1", "https://:6443"] {
+        c.endpoint = bad.into();
+        assert!(
+            render(&c, &secrets(), &node(Role::Worker, 4), &Patches::default()).is_err(),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn rendered_yaml_parses_back_to_the_same_documents() {
+    let c = cluster("v1.11.6");
+    let n = node(Role::Controlplane, 2);
+    let p = patches(
+        &["apiVersion: v1alpha1\nkind: EventSinkConfig\nendpoint: '[192.168.50.2]:12345'\n"],
+        &[],
+        &[],
+        &[],
+    );
+    let yaml = render(&c, &secrets(), &n, &p).unwrap();
+    let docs = render_documents(&c, &secrets(), &n, &p).unwrap();
+    assert_eq!(docs.len(), 2, "the patch adds a second document");
+    let parsed: Vec<Value> = yaml
+        .split("\n---\n")
+        .map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap())
+        .collect();
+    assert_eq!(parsed, docs);
+    assert_schema_valid(&parsed);
+}
