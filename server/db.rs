@@ -107,6 +107,13 @@ impl Db {
         Ok(row.try_get::<i64, _>(0)?)
     }
 
+    /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`), so a
+    /// concurrent writer makes it wait out the busy timeout instead of failing with
+    /// "database is locked" when a deferred transaction tries to upgrade its read lock.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, DbError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, DbError> {
         Ok(self.pool.acquire().await?)
     }
@@ -128,7 +135,7 @@ impl Db {
 
     /// Adds a machine the operator describes; fails if the MAC is already known.
     pub async fn add_machine(&self, machine: &Machine, now: i64) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let exists = sqlx::query("SELECT 1 FROM machines WHERE mac = ?")
             .bind(machine.mac.to_string())
             .fetch_optional(&mut *tx)
@@ -172,7 +179,7 @@ impl Db {
 
     /// Replaces the operator-owned fields of a known machine.
     pub async fn update_machine(&self, machine: &Machine, now: i64) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let cluster_id = cluster_id(&mut tx, &machine.cluster).await?;
         check_unique(&mut tx, machine).await?;
         let done = sqlx::query(
@@ -213,7 +220,7 @@ impl Db {
 
     /// Removes a machine; its event history stays (the log is append-only).
     pub async fn remove_machine(&self, mac: Mac, now: i64) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query("DELETE FROM machines WHERE mac = ?")
             .bind(mac.to_string())
             .execute(&mut *tx)
@@ -236,7 +243,7 @@ impl Db {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         // Discovered machines join the first cluster (the only one, in the common case).
         let default_cluster: i64 = sqlx::query("SELECT id FROM clusters ORDER BY id LIMIT 1")
             .fetch_one(&mut *tx)
@@ -326,7 +333,7 @@ impl Db {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (mac, lease) in changes {
             sqlx::query("DELETE FROM leases WHERE mac = ?")
                 .bind(mac.to_string())
@@ -380,7 +387,7 @@ impl Db {
         secrets_yaml: &str,
         now: i64,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query("SELECT id, secrets IS NOT NULL AS has FROM clusters WHERE name = ?")
             .bind(current)
             .fetch_optional(&mut *tx)
@@ -413,7 +420,7 @@ impl Db {
 
     /// Replaces the settings of cluster `current` (its name may change too).
     pub async fn update_cluster(&self, current: &str, cluster: &Cluster) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let id = cluster_id(&mut tx, current).await?;
         if cluster.name != current {
             let taken = sqlx::query("SELECT 1 FROM clusters WHERE name = ?")
@@ -477,7 +484,7 @@ impl Db {
         patch: &PatchRecord,
         now: i64,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let id = cluster_id(&mut tx, cluster).await?;
         let mac = patch.mac.map(|m| m.to_string());
         let existing = sqlx::query(
@@ -535,7 +542,7 @@ impl Db {
         mac: Option<Mac>,
         name: &str,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let id = cluster_id(&mut tx, cluster).await?;
         let done = sqlx::query(
             "DELETE FROM patches WHERE cluster_id = ? AND scope = ? AND mac IS ? AND name = ?",

@@ -180,8 +180,17 @@ async fn write_loop(db: Db, inventory: Inventory, mut rx: mpsc::Receiver<Observa
             }
         }
         let discovered_new = batch.iter().any(|o| inventory.get(&o.mac).is_none());
-        if let Err(e) = db.record(&batch).await {
-            tracing::error!(error = %e, events = batch.len(), "could not store machine events");
+        // A write can fail while the disk or another process holds SQLite up; keep the batch
+        // and try again a few times before giving it up.
+        let mut attempt = 0u32;
+        while let Err(e) = db.record(&batch).await {
+            attempt += 1;
+            if attempt >= 5 {
+                tracing::error!(error = %e, events = batch.len(), "could not store machine events; dropping them");
+                break;
+            }
+            tracing::warn!(error = %e, attempt, "storing machine events failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
         }
         if discovered_new {
             inventory.mark_changed();

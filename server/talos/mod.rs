@@ -2,5 +2,6 @@
 //! machine configs and the Talos API client.
 
 pub mod kernel;
+pub mod secrets;
 
 pub use kernel::{kernel_args, minor_version, Arch};
