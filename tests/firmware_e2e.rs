@@ -75,6 +75,7 @@ fn full_dhcp_bios_and_uefi_ovmf_pxe() {
     for vm in &vms {
         lab.register(vm, "10.77.0.1");
     }
+    lab.init_cluster("10.77.0.10");
     lab.serve(
         &ns,
         "10.77.0.1",
@@ -120,6 +121,7 @@ fn proxy_dhcp_beside_site_router() {
     for vm in &vms {
         lab.register(vm, "10.78.0.1");
     }
+    lab.init_cluster("10.78.0.10");
     lab.serve(&ns, "10.78.0.2", &["--dhcp-mode", "proxy"]);
 
     let outcomes = lab.boot_all(&ns, &vms);
@@ -185,6 +187,7 @@ struct Marker {
     ip: String,
     config_status: Option<String>,
     hostname_line: Option<String>,
+    address_line: Option<String>,
     seconds: f64,
 }
 
@@ -194,8 +197,8 @@ enum Outcome {
     Failed(String),
 }
 
-/// Parses `BOOTPLANE-MARKER mac=.. ip=.. config_status=.. config_bytes=..` and the optional
-/// `hostname:` line the stand-in prints after it.
+/// Parses `BOOTPLANE-MARKER mac=.. ip=.. config_status=.. config_bytes=..` and the
+/// `hostname:` and `config-address:` lines the stand-in prints from the config it fetched.
 fn parse_marker(serial: &str, seconds: f64) -> Option<Marker> {
     let mut lines = serial.lines().map(|l| l.trim_end_matches('\r'));
     let line = lines.by_ref().find_map(|l| {
@@ -206,15 +209,21 @@ fn parse_marker(serial: &str, seconds: f64) -> Option<Marker> {
         .split_whitespace()
         .filter_map(|word| word.split_once('='))
         .collect();
-    let hostname_line = lines
-        .map(str::trim)
+    let rest: Vec<&str> = lines.map(str::trim).collect();
+    let hostname_line = rest
+        .iter()
         .find(|l| l.starts_with("hostname:"))
-        .map(str::to_owned);
+        .map(|l| (*l).to_owned());
+    let address_line = rest
+        .iter()
+        .find(|l| l.starts_with("config-address:"))
+        .map(|l| l.trim_start_matches("config-address:").trim().to_owned());
     Some(Marker {
         mac: fields.get("mac").copied().unwrap_or_default().to_owned(),
         ip: fields.get("ip").copied().unwrap_or_default().to_owned(),
         config_status: fields.get("config_status").map(|s| (*s).to_owned()),
         hostname_line,
+        address_line,
         line,
         seconds,
     })
@@ -457,6 +466,32 @@ impl Lab {
             &ip,
             "--gateway",
             gateway,
+        ];
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "bootplane {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `bootplane cluster init` with `vip` as the API endpoint, so machines get real configs.
+    fn init_cluster(&mut self, vip: &str) {
+        let data_dir = self.data_dir.display().to_string();
+        let args = [
+            "cluster",
+            "init",
+            "--data-dir",
+            &data_dir,
+            "--name",
+            "lab",
+            "--vip",
+            vip,
+            "--talos-version",
+            TALOS_VERSION,
         ];
         let out = self.cli(&args);
         assert!(
@@ -718,11 +753,24 @@ impl Lab {
                 ));
             }
             match m.config_status.as_deref() {
-                Some(status) if status.len() == 3 && status.bytes().all(|b| b.is_ascii_digit()) => {}
+                Some("200") => {}
                 other => problems.push(format!(
-                    "{}: config_status={other:?}: GET talos.config= got no HTTP answer (marker: {})",
+                    "{}: config_status={other:?}: GET talos.config= did not return the machine's config (marker: {})",
                     vm.name, m.line
                 )),
+            }
+            let want = format!("{}/24", vm.ip);
+            if m.address_line.as_deref() != Some(want.as_str()) {
+                problems.push(format!(
+                    "{}: config served to {} has address {:?}, registered address is {want}",
+                    vm.name, vm.mac, m.address_line
+                ));
+            }
+            if m.hostname_line.is_none() {
+                problems.push(format!(
+                    "{}: the config served to {} has no hostname",
+                    vm.name, vm.mac
+                ));
             }
             if mode == DhcpMode::Full && m.ip != vm.ip {
                 problems.push(format!(

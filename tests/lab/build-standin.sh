@@ -171,6 +171,9 @@ fi
 if [ -s /tmp/config ]; then
     line=$(grep -m 1 -E '^[[:space:]]*hostname:' /tmp/config | sed -e 's/^[[:space:]]*//')
     [ -n "$line" ] && say "$line"
+    # The first static address in the config (machine.network.interfaces[].addresses).
+    addr=$(grep -A 1 -E '^[[:space:]]*addresses:' /tmp/config | grep -m 1 -o -E '[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+')
+    [ -n "$addr" ] && say "config-address: $addr"
 fi
 finish
 INIT
