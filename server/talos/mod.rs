@@ -2,6 +2,7 @@
 //! machine configs and the Talos API client.
 
 pub mod kernel;
+pub mod patch;
 pub mod secrets;
 
 pub use kernel::{kernel_args, minor_version, Arch};
