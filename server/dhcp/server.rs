@@ -252,8 +252,9 @@ impl Shared {
             return None;
         };
         deps.metrics.dhcp_reply(out.kind.label());
+        // One info line per finished exchange; offers (and their retransmissions) at debug.
         match out.kind {
-            ReplyKind::Ack | ReplyKind::Nak => {
+            ReplyKind::Ack | ReplyKind::Nak | ReplyKind::ProxyAck => {
                 tracing::info!(reply = out.kind.label(), dest = ?out.dest, detail, "reply")
             }
             _ => tracing::debug!(reply = out.kind.label(), dest = ?out.dest, detail, "reply"),

@@ -26,8 +26,12 @@ pub fn bind(port: u16, interface: &InterfaceInfo) -> Result<UdpSocket, DhcpError
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(setup)?;
     sock.set_reuse_address(true).map_err(setup)?;
     sock.set_broadcast(true).map_err(setup)?;
-    if let Err(e) = sock.set_recv_buffer_size(RECV_BUFFER) {
-        tracing::warn!(port, error = %e, "cannot enlarge the DHCP receive buffer");
+    // SO_RCVBUFFORCE passes net.core.rmem_max (often only 208 KiB) when we have
+    // CAP_NET_ADMIN; otherwise take what the kernel allows.
+    if setsockopt(&sock, sockopt::RcvBufForce, &RECV_BUFFER).is_err() {
+        if let Err(e) = sock.set_recv_buffer_size(RECV_BUFFER) {
+            tracing::warn!(port, error = %e, "cannot enlarge the DHCP receive buffer");
+        }
     }
     if let Err(e) = sock.bind_device(Some(interface.name.as_bytes())) {
         if e.kind() == io::ErrorKind::PermissionDenied {

@@ -56,6 +56,7 @@ fn boot_config(ipxe_dir: PathBuf) -> BootConfig {
         retry_secs: 10,
         tftp_block_limit: 1468,
         tftp_window_limit: 16,
+        config_access: crate::config::ConfigAccess::Mac,
     }
 }
 
@@ -1151,6 +1152,36 @@ async fn leases_survive_a_restart() {
     assert_eq!(offer.yiaddr(), addr);
 }
 
+/// CPU cost of the hot path without syscalls: decode → decide → encode.
+/// `cargo test --release --lib dhcp::tests::bench_decide -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark; run by hand in release mode"]
+fn bench_decide_proxy_and_full() {
+    for (mode, pool) in [
+        (DhcpMode::Proxy, None),
+        (DhcpMode::Full, Some("10.77.0.2-10.77.255.254")),
+    ] {
+        let mut world = World::new(mode, pool, vec![]);
+        world.config.subnet = "10.77.0.0/16".parse().unwrap();
+        let packets: Vec<Vec<u8>> = (0..10_000u32)
+            .map(|i| {
+                let b = i.to_be_bytes();
+                fixtures::ovmf_pxe(DISCOVER, [0x52, 0x54, 0x01, b[1], b[2], b[3]]).bytes()
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        for p in &packets {
+            assert!(world.handle(Via::Dhcp, p, CLIENT).out.is_some());
+        }
+        let took = started.elapsed();
+        println!(
+            "{mode}: {} DISCOVERs decoded, decided and encoded in {took:?} ({:?} each)",
+            packets.len(),
+            took / packets.len() as u32
+        );
+    }
+}
+
 // ---- run() over real UDP sockets on loopback ---------------------------------------------
 
 mod udp {
@@ -1403,6 +1434,107 @@ mod udp {
         assert_eq!(events[1].kind, EventKind::ProxyOffer);
         assert_eq!(events[1].detail, "file=ipxe.efi arch=7");
         assert_eq!(events[2].kind, EventKind::ProxyAck);
+    }
+
+    /// Proxy-offer latency and throughput for 10,000 distinct MACs over loopback UDP.
+    /// `cargo test --release --lib dhcp::tests::udp::bench -- --ignored --nocapture`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark; run by hand in release mode"]
+    async fn bench_proxy_offers_for_10k_macs() {
+        const N: u32 = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let app = start(&db, DhcpMode::Proxy, crate::clock::system()).await;
+        // A receive buffer large enough for a window of replies.
+        let client = {
+            let sock = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )
+            .unwrap();
+            sock.set_recv_buffer_size(4 << 20).unwrap();
+            sock.bind(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into())
+                .unwrap();
+            sock.set_nonblocking(true).unwrap();
+            UdpSocket::from_std(sock.into()).unwrap()
+        };
+        let packet = |i: u32| {
+            let b = i.to_be_bytes();
+            fixtures::ovmf_pxe(DISCOVER, [0x52, 0x54, 0x01, b[1], b[2], b[3]])
+                .xid(i)
+                .bytes()
+        };
+        let mut buf = [0u8; 1500];
+        // Latency: one request at a time.
+        let mut latencies = Vec::with_capacity(N as usize);
+        let started = std::time::Instant::now();
+        for i in 0..N {
+            let bytes = packet(i);
+            let t = std::time::Instant::now();
+            client
+                .send_to(&bytes, (Ipv4Addr::LOCALHOST, app.dhcp_port))
+                .await
+                .unwrap();
+            let (len, _) = client.recv_from(&mut buf).await.unwrap();
+            latencies.push(t.elapsed());
+            assert_eq!(
+                u32::from_be_bytes(buf[4..8].try_into().unwrap()),
+                i,
+                "{len}"
+            );
+        }
+        let serial = started.elapsed();
+        let mut slowest: Vec<(Duration, usize)> = latencies.iter().copied().zip(0..).collect();
+        slowest.sort();
+        println!(
+            "slowest (latency, request #): {:?}",
+            &slowest[slowest.len() - 3..]
+        );
+        latencies.sort();
+        let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+        println!(
+            "sequential: {N} proxy offers in {serial:?}: p50 {:?} p99 {:?} max {:?}",
+            pct(0.50),
+            pct(0.99),
+            pct(1.0)
+        );
+        // Throughput: a window of 256 requests in flight.
+        let sent_at = std::sync::Arc::new(std::sync::Mutex::new(vec![None; N as usize]));
+        let started = std::time::Instant::now();
+        let mut latencies = Vec::with_capacity(N as usize);
+        let mut next = 0u32;
+        let mut received = 0u32;
+        while received < N {
+            while next < N && next - received < 256 {
+                let bytes = packet(N + next);
+                sent_at.lock().unwrap()[next as usize] = Some(std::time::Instant::now());
+                client
+                    .send_to(&bytes, (Ipv4Addr::LOCALHOST, app.dhcp_port))
+                    .await
+                    .unwrap();
+                next += 1;
+            }
+            let (_, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+                .await
+                .expect("no reply lost")
+                .unwrap();
+            let xid = u32::from_be_bytes(buf[4..8].try_into().unwrap()) - N;
+            let t = sent_at.lock().unwrap()[xid as usize].unwrap();
+            latencies.push(t.elapsed());
+            received += 1;
+        }
+        let burst = started.elapsed();
+        latencies.sort();
+        let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+        println!(
+            "windowed (256 in flight): {N} proxy offers in {burst:?} = {:.0} replies/s; p50 {:?} p99 {:?}",
+            f64::from(N) / burst.as_secs_f64(),
+            pct(0.50),
+            pct(0.99)
+        );
+        let (metrics, _) = app.stop().await;
+        assert!(metrics.render().contains(r#"kind="proxy-offer"} 20000"#));
     }
 
     #[test]
