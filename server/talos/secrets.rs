@@ -218,7 +218,7 @@ impl SecretsBundle {
     /// P-256 etcd/Kubernetes/aggregator CAs and an Ed25519 OS CA. Other versions are refused.
     pub fn generate(talos_version: &str, now: SystemTime) -> Result<SecretsBundle, SecretsError> {
         check_version(talos_version)?;
-        let now = to_datetime(now);
+        let now = to_datetime(now)?;
         let etcd = new_ca(KeyAlg::EcdsaP256, Some("etcd"), now)?;
         let k8s = new_ca(KeyAlg::EcdsaP256, Some("kubernetes"), now)?;
         let k8s_aggregator = new_ca(KeyAlg::EcdsaP256, None, now)?;
@@ -486,7 +486,7 @@ impl SecretsBundle {
     /// bundles bootplane generates), KeyUsage digitalSignature, EKU clientAuth only, valid one
     /// year from `now`.
     pub fn talos_client_cert(&self, now: SystemTime) -> Result<(String, String), SecretsError> {
-        let now = to_datetime(now);
+        let now = to_datetime(now)?;
         let mut subject = DistinguishedName::new();
         subject.push(DnType::OrganizationName, printable("os:admin")?);
         issue_client_cert(
@@ -507,7 +507,7 @@ impl SecretsBundle {
     /// bundles), KeyUsage digitalSignature + keyEncipherment, EKU clientAuth, valid from
     /// `now - 10s` for one year.
     pub fn admin_kubeconfig_cert(&self, now: SystemTime) -> Result<(String, String), SecretsError> {
-        let now = to_datetime(now);
+        let now = to_datetime(now)?;
         let mut subject = DistinguishedName::new();
         subject.push(DnType::OrganizationName, printable("system:masters")?);
         subject.push(DnType::CommonName, printable("admin")?);
@@ -628,10 +628,22 @@ fn check_version(version: &str) -> Result<(), SecretsError> {
     }
 }
 
-/// Certificates carry whole seconds; Go's encoder truncates the same way.
-fn to_datetime(now: SystemTime) -> OffsetDateTime {
-    let t = OffsetDateTime::from(now);
-    t.replace_nanosecond(0).unwrap_or(t)
+/// `now` in whole seconds (certificates carry whole seconds; Go's encoder truncates the same
+/// way), refused before 1970 or when `now + 10 years` cannot be written in a certificate.
+fn to_datetime(now: SystemTime) -> Result<OffsetDateTime, SecretsError> {
+    let out_of_range =
+        || SecretsError::Crypto("the clock is outside what certificates can carry".into());
+    let t = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .ok_or_else(out_of_range)?;
+    // GeneralizedTime ends at year 9999; leave room for the longest validity.
+    match t.checked_add(CA_VALIDITY) {
+        Some(end) if end.year() <= 9999 => Ok(t),
+        _ => Err(out_of_range()),
+    }
 }
 
 fn random_bytes(n: usize) -> Zeroizing<Vec<u8>> {
@@ -1665,6 +1677,21 @@ mod tests {
             assert!(!debug.contains(&ca.key_b64()[40..80]));
         }
         assert!(debug.contains("<redacted>"));
+    }
+
+    #[test]
+    fn clocks_certificates_cannot_carry_are_refused_not_panicked_on() {
+        let before_epoch = UNIX_EPOCH - StdDuration::from_secs(1);
+        let year_9995 = UNIX_EPOCH + StdDuration::from_secs(253_250_000_000);
+        for t in [before_epoch, year_9995] {
+            assert!(matches!(to_datetime(t), Err(SecretsError::Crypto(_))));
+            assert!(bundle().talos_client_cert(t).is_err());
+        }
+        assert_eq!(
+            to_datetime(t0() + StdDuration::from_millis(999)).unwrap(),
+            to_datetime(t0()).unwrap(),
+            "sub-second part dropped"
+        );
     }
 
     #[test]
