@@ -9,8 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::model::{
-    Cluster, DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, Mac, Machine, PatchRecord,
-    PatchScope,
+    BootstrapRecord, Cluster, DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, Lifecycle, Mac,
+    Machine, PatchRecord, PatchScope,
 };
 
 pub const DB_FILE: &str = "bootplane.db";
@@ -173,6 +173,7 @@ impl Db {
             &format!("added as {}", machine.role),
         )
         .await?;
+        apply_edit_state(&mut tx, machine, Lifecycle::Discovered, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -180,6 +181,16 @@ impl Db {
     /// Replaces the operator-owned fields of a known machine.
     pub async fn update_machine(&self, machine: &Machine, now: i64) -> Result<(), DbError> {
         let mut tx = self.write_tx().await?;
+        let old: Option<String> = sqlx::query("SELECT state FROM machines WHERE mac = ?")
+            .bind(machine.mac.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        let old: Lifecycle = match old {
+            Some(text) => parse_col(&text, "machine state")?,
+            None => return Err(DbError::NotFound(machine.mac)),
+        };
         let cluster_id = cluster_id(&mut tx, &machine.cluster).await?;
         check_unique(&mut tx, machine).await?;
         let done = sqlx::query(
@@ -214,6 +225,7 @@ impl Db {
             &format!("set: role {}", machine.role),
         )
         .await?;
+        apply_edit_state(&mut tx, machine, old, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -560,6 +572,228 @@ impl Db {
         Ok(())
     }
 
+    /// Moves a machine to `state`, logging the transition with its cause. No-op (and no
+    /// event) when it is already there. Returns whether it changed.
+    pub async fn set_state(
+        &self,
+        mac: Mac,
+        state: Lifecycle,
+        cause: &str,
+        now: i64,
+    ) -> Result<bool, DbError> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("SELECT state FROM machines WHERE mac = ?")
+            .bind(mac.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(DbError::NotFound(mac))?;
+        let from: String = row.try_get(0)?;
+        if from == state.as_str() {
+            return Ok(false);
+        }
+        let installed = match state {
+            Lifecycle::Installed | Lifecycle::Ready => Some(true),
+            Lifecycle::Booting => None,
+            _ => None,
+        };
+        sqlx::query(
+            "UPDATE machines SET state = ?, state_since = ?, installed = COALESCE(?, installed)
+             WHERE mac = ?",
+        )
+        .bind(state.as_str())
+        .bind(now)
+        .bind(installed)
+        .bind(mac.to_string())
+        .execute(&mut *tx)
+        .await?;
+        insert_event(
+            &mut tx,
+            mac,
+            now,
+            EventKind::State,
+            &format!("{from} -> {state}: {cause}"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records that an installed machine was sent to its disk now.
+    pub async fn set_handoff(&self, mac: Mac, at: Option<i64>) -> Result<(), DbError> {
+        sqlx::query("UPDATE machines SET handoff_at = ? WHERE mac = ?")
+            .bind(at)
+            .bind(mac.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A wiped machine: no longer installed, back to booting, with the reason logged.
+    pub async fn mark_reinstall(&self, mac: Mac, cause: &str, now: i64) -> Result<(), DbError> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE machines SET installed = 0, handoff_at = NULL, state = 'booting', state_since = ?
+             WHERE mac = ?",
+        )
+        .bind(now)
+        .bind(mac.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(DbError::NotFound(mac));
+        }
+        insert_event(&mut tx, mac, now, EventKind::Reinstall, cause).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Appends an event directly (for the orchestrator's own, rare events).
+    pub async fn log_event(
+        &self,
+        mac: Mac,
+        kind: EventKind,
+        detail: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.write_tx().await?;
+        insert_event(&mut tx, mac, now, kind, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_bootstrap(
+        &self,
+        cluster: &str,
+        generation: i64,
+    ) -> Result<Option<BootstrapRecord>, DbError> {
+        let row = sqlx::query(
+            "SELECT b.* FROM bootstraps b JOIN clusters c ON c.id = b.cluster_id
+             WHERE c.name = ? AND b.generation = ?",
+        )
+        .bind(cluster)
+        .bind(generation)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(bootstrap_from_row).transpose()
+    }
+
+    pub async fn bootstrap_history(&self, cluster: &str) -> Result<Vec<BootstrapRecord>, DbError> {
+        let rows = sqlx::query(
+            "SELECT b.* FROM bootstraps b JOIN clusters c ON c.id = b.cluster_id
+             WHERE c.name = ? ORDER BY b.generation",
+        )
+        .bind(cluster)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(bootstrap_from_row).collect()
+    }
+
+    /// Persists the bootstrap target of a generation, unless one is already chosen: the
+    /// stored choice always wins and is returned.
+    pub async fn decide_bootstrap(
+        &self,
+        cluster: &str,
+        generation: i64,
+        target: Mac,
+        target_ip: Ipv4Addr,
+        now: i64,
+    ) -> Result<BootstrapRecord, DbError> {
+        let mut tx = self.write_tx().await?;
+        let id = cluster_id(&mut tx, cluster).await?;
+        sqlx::query(
+            "INSERT INTO bootstraps (cluster_id, generation, target_mac, target_ip, decided_at)
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (cluster_id, generation) DO NOTHING",
+        )
+        .bind(id)
+        .bind(generation)
+        .bind(target.to_string())
+        .bind(target_ip.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT * FROM bootstraps WHERE cluster_id = ? AND generation = ?")
+            .bind(id)
+            .bind(generation)
+            .fetch_one(&mut *tx)
+            .await?;
+        let record = bootstrap_from_row(&row)?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Written and committed before a Bootstrap call goes out.
+    pub async fn bootstrap_calling(
+        &self,
+        cluster: &str,
+        generation: i64,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.write_tx().await?;
+        let id = cluster_id(&mut tx, cluster).await?;
+        sqlx::query(
+            "UPDATE bootstraps SET called_at = ?, calls = calls + 1
+             WHERE cluster_id = ? AND generation = ? AND outcome IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(generation)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn finish_bootstrap(
+        &self,
+        cluster: &str,
+        generation: i64,
+        outcome: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.write_tx().await?;
+        let id = cluster_id(&mut tx, cluster).await?;
+        sqlx::query(
+            "UPDATE bootstraps SET outcome = ?, detail = ?, finished_at = ?
+             WHERE cluster_id = ? AND generation = ?",
+        )
+        .bind(outcome)
+        .bind(detail)
+        .bind(now)
+        .bind(id)
+        .bind(generation)
+        .execute(&mut *tx)
+        .await?;
+        if outcome != "failed" {
+            sqlx::query(
+                "UPDATE clusters SET bootstrapped_at = COALESCE(bootstrapped_at, ?) WHERE id = ?",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Starts a new cluster generation (every control plane was wiped): the next bootstrap
+    /// is a new decision. Refused while the current generation is not finished.
+    pub async fn new_generation(&self, cluster: &str, expected: i64) -> Result<bool, DbError> {
+        let mut tx = self.write_tx().await?;
+        let id = cluster_id(&mut tx, cluster).await?;
+        let done = sqlx::query(
+            "UPDATE clusters SET generation = generation + 1, bootstrapped_at = NULL
+             WHERE id = ? AND generation = ?",
+        )
+        .bind(id)
+        .bind(expected)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -579,12 +813,13 @@ fn restrict_permissions(file: &Path) -> std::io::Result<()> {
 
 const MACHINE_SELECT: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip, m.prefix,
     m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed, m.first_seen,
-    m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe
+    m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state, m.state_since, m.handoff_at
     FROM machines m JOIN clusters c ON c.id = m.cluster_id";
 
 const MACHINE_SELECT_ORDERED: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
     m.prefix, m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed,
-    m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe
+    m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state,
+    m.state_since, m.handoff_at
     FROM machines m JOIN clusters c ON c.id = m.cluster_id
     ORDER BY m.role = 'unassigned', m.hostname, m.mac";
 
@@ -643,6 +878,12 @@ fn machine_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Machine, DbError> {
             .transpose()
             .map_err(corrupt)?,
         installed: row.try_get::<bool, _>("installed")?,
+        state: {
+            let state: String = row.try_get("state")?;
+            state.parse::<Lifecycle>().map_err(corrupt)?
+        },
+        state_since: row.try_get("state_since")?,
+        handoff_at: row.try_get("handoff_at")?,
         first_seen: row.try_get("first_seen")?,
         last_seen: row.try_get("last_seen")?,
         last_arch: arch.and_then(|a| u16::try_from(a).ok()),
@@ -651,8 +892,64 @@ fn machine_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Machine, DbError> {
     })
 }
 
+/// The lifecycle state that follows an operator's edit of a machine.
+pub fn state_after_edit(old: Lifecycle, m: &Machine) -> Lifecycle {
+    match (m.role, m.installed, old) {
+        (crate::model::Role::Unassigned, _, _) => Lifecycle::Discovered,
+        (_, true, Lifecycle::Installed | Lifecycle::Ready) => old,
+        (_, true, _) => Lifecycle::Installed,
+        (_, false, Lifecycle::Installed | Lifecycle::Ready | Lifecycle::Discovered) => {
+            Lifecycle::Assigned
+        }
+        (_, false, other) => other,
+    }
+}
+
+async fn apply_edit_state(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    m: &Machine,
+    old: Lifecycle,
+    now: i64,
+) -> Result<(), DbError> {
+    let new = state_after_edit(old, m);
+    if new != old {
+        sqlx::query("UPDATE machines SET state = ?, state_since = ? WHERE mac = ?")
+            .bind(new.as_str())
+            .bind(now)
+            .bind(m.mac.to_string())
+            .execute(&mut **tx)
+            .await?;
+        insert_event(
+            tx,
+            m.mac,
+            now,
+            EventKind::State,
+            &format!("{old} -> {new}: operator edit"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn bootstrap_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BootstrapRecord, DbError> {
+    let mac: String = row.try_get("target_mac")?;
+    let ip: String = row.try_get("target_ip")?;
+    Ok(BootstrapRecord {
+        generation: row.try_get("generation")?,
+        target_mac: parse_col(&mac, "bootstrap target")?,
+        target_ip: parse_col(&ip, "bootstrap target ip")?,
+        decided_at: row.try_get("decided_at")?,
+        called_at: row.try_get("called_at")?,
+        calls: row.try_get("calls")?,
+        outcome: row.try_get("outcome")?,
+        detail: row.try_get("detail")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
 const CLUSTER_SELECT: &str = "SELECT name, endpoint, vip, talos_version, kubernetes_version,
-    install_image, pod_subnets, service_subnets, dns_domain, initialised_at FROM clusters";
+    install_image, pod_subnets, service_subnets, dns_domain, initialised_at, generation,
+    single_controlplane, bootstrapped_at FROM clusters";
 
 fn cluster_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Cluster, DbError> {
     let name: String = row.try_get("name")?;
@@ -680,6 +977,9 @@ fn cluster_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Cluster, DbError> {
         service_subnets: split(row.try_get("service_subnets")?),
         dns_domain: row.try_get("dns_domain")?,
         initialised_at: row.try_get("initialised_at")?,
+        generation: row.try_get("generation")?,
+        single_controlplane: row.try_get::<bool, _>("single_controlplane")?,
+        bootstrapped_at: row.try_get("bootstrapped_at")?,
         name,
     })
 }
@@ -691,7 +991,8 @@ async fn write_cluster_settings(
 ) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE clusters SET endpoint = ?, vip = ?, talos_version = ?, kubernetes_version = ?,
-            install_image = ?, pod_subnets = ?, service_subnets = ?, dns_domain = ?
+            install_image = ?, pod_subnets = ?, service_subnets = ?, dns_domain = ?,
+            single_controlplane = ?
          WHERE id = ?",
     )
     .bind(&c.endpoint)
@@ -702,6 +1003,7 @@ async fn write_cluster_settings(
     .bind(c.pod_subnets.join(","))
     .bind(c.service_subnets.join(","))
     .bind(&c.dns_domain)
+    .bind(c.single_controlplane)
     .bind(id)
     .execute(&mut **tx)
     .await?;
@@ -818,7 +1120,12 @@ mod tests {
         let m = assigned("52:54:00:00:00:01", "cp-1", "10.0.0.11/24");
         db.add_machine(&m, 5).await.unwrap();
         let got = db.get_machine(m.mac).await.unwrap().unwrap();
-        assert_eq!(got, m);
+        let expected = Machine {
+            state: Lifecycle::Assigned,
+            state_since: Some(5),
+            ..m.clone()
+        };
+        assert_eq!(got, expected);
         assert!(matches!(
             db.add_machine(&m, 6).await,
             Err(DbError::Exists(_))
@@ -914,7 +1221,8 @@ mod tests {
         db.add_machine(&m, 1).await.unwrap();
         db.remove_machine(m.mac, 2).await.unwrap();
         assert!(db.get_machine(m.mac).await.unwrap().is_none());
-        assert_eq!(db.events(m.mac, 10).await.unwrap().len(), 2);
+        // added, state discovered -> assigned, removed
+        assert_eq!(db.events(m.mac, 10).await.unwrap().len(), 3);
         assert!(matches!(
             db.remove_machine(m.mac, 3).await,
             Err(DbError::NotFound(_))
@@ -944,6 +1252,9 @@ mod tests {
             service_subnets: vec!["10.96.0.0/12".into()],
             dns_domain: "cluster.local".into(),
             initialised_at: None,
+            generation: 1,
+            single_controlplane: false,
+            bootstrapped_at: None,
         }
     }
 

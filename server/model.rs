@@ -166,6 +166,19 @@ text_enum!(
 );
 
 text_enum!(
+    /// Where a machine is on its way into the cluster. Only evidence from the node (its Talos
+    /// API answering with the cluster's certificates) moves it to `installed` and `ready`.
+    Lifecycle {
+        Discovered => "discovered",
+        Assigned => "assigned",
+        Booting => "booting",
+        ConfigServed => "config-served",
+        Installed => "installed",
+        Ready => "ready",
+    }
+);
+
+text_enum!(
     /// Which iPXE build x86-64 UEFI firmware is given over TFTP.
     EfiBinary {
         IpxeEfi => "ipxe.efi",
@@ -190,6 +203,11 @@ text_enum!(
         InitramfsFetched => "initramfs-fetched",
         ConfigFetched => "config-fetched",
         Changed => "changed",
+        State => "state",
+        ReportedIn => "reported-in",
+        Bootstrap => "bootstrap",
+        EtcdMemberRemoved => "etcd-member-removed",
+        Reinstall => "reinstall",
     }
 );
 
@@ -282,6 +300,10 @@ pub struct Machine {
     pub disk_handoff: DiskHandoff,
     pub efi_binary: Option<EfiBinary>,
     pub installed: bool,
+    pub state: Lifecycle,
+    pub state_since: Option<i64>,
+    /// When the machine was last sent to its disk by a network boot.
+    pub handoff_at: Option<i64>,
     /// Milliseconds since the Unix epoch.
     pub first_seen: Option<i64>,
     pub last_seen: Option<i64>,
@@ -307,6 +329,9 @@ impl Machine {
             disk_handoff: DiskHandoff::Exit,
             efi_binary: None,
             installed: false,
+            state: Lifecycle::Discovered,
+            state_since: None,
+            handoff_at: None,
             first_seen: None,
             last_seen: None,
             last_arch: None,
@@ -346,6 +371,25 @@ pub struct Cluster {
     pub dns_domain: String,
     /// When the secrets bundle was made or imported; `None` until then.
     pub initialised_at: Option<i64>,
+    /// Bumped when every control plane was wiped: each generation is bootstrapped once.
+    pub generation: i64,
+    /// The operator chose a single control plane: bootstrap without waiting for three.
+    pub single_controlplane: bool,
+    pub bootstrapped_at: Option<i64>,
+}
+
+/// The bootstrap decision of one cluster generation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BootstrapRecord {
+    pub generation: i64,
+    pub target_mac: Mac,
+    pub target_ip: Ipv4Addr,
+    pub decided_at: i64,
+    pub called_at: Option<i64>,
+    pub calls: i64,
+    pub outcome: Option<String>,
+    pub detail: String,
+    pub finished_at: Option<i64>,
 }
 
 /// A stored config patch.
