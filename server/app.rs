@@ -32,6 +32,7 @@ pub struct AppState {
     pub recorder: Recorder,
     pub neighbours: Neighbours,
     pub metrics: Metrics,
+    pub orchestrator: crate::orchestrator::Handle,
 }
 
 /// The sockets `run` serves on, bound before it starts (tests bind port 0).
@@ -208,6 +209,12 @@ pub async fn run(
         tokio::spawn(dhcp::run(deps, sockets, cancel.clone()))
     });
 
+    let (orchestrator, orchestrator_task) = crate::orchestrator::spawn(
+        db.clone(),
+        Arc::clone(recorder.clock()),
+        config.orchestrator.clone(),
+        cancel.clone(),
+    );
     let state = AppState {
         config: Arc::clone(&config),
         db: db.clone(),
@@ -215,6 +222,7 @@ pub async fn run(
         recorder: recorder.clone(),
         neighbours,
         metrics,
+        orchestrator,
     };
     drop(recorder);
     tracing::info!(
@@ -243,6 +251,7 @@ pub async fn run(
         let _ = task.await;
     }
     let _ = watcher.await;
+    let _ = orchestrator_task.await;
     // Every recorder clone is gone now; the writer flushes what is queued and ends.
     let _ = writer.await;
     db.close().await;

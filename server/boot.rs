@@ -25,8 +25,9 @@ use crate::app::AppState;
 use crate::config::ConfigAccess;
 use crate::db::Observation;
 use crate::materials::{self, MaterialsError};
-use crate::model::{DiskHandoff, EventKind, Mac, Machine, Role};
+use crate::model::{DiskHandoff, EventKind, Lifecycle, Mac, Machine, Role};
 use crate::net;
+use crate::orchestrator::Signal;
 use crate::talos::{self, Arch};
 
 pub fn router() -> Router<AppState> {
@@ -174,7 +175,9 @@ async fn boot_machine_get(
     );
     let mac_text = mac.to_string();
     let (detail, response) = match machine {
-        Some(m) if m.role != Role::Unassigned && m.installed => {
+        Some(m)
+            if m.role != Role::Unassigned && m.installed && !reinstall_now(&state, &m).await? =>
+        {
             let detail = format!("installed: disk hand-off {}", m.disk_handoff);
             let response = match m.disk_handoff {
                 DiskHandoff::Http404 => Err(BootError::NotFound),
@@ -196,7 +199,20 @@ async fn boot_machine_get(
             (detail, response)
         }
         Some(m) if m.role != Role::Unassigned => {
-            install_script(&state, &m, arch, &retry_url, &mac_text)
+            let (detail, response) = install_script(&state, &m, arch, &retry_url, &mac_text);
+            if response.is_ok() && detail.starts_with("install") {
+                state
+                    .db
+                    .set_state(
+                        mac,
+                        Lifecycle::Booting,
+                        "install script served",
+                        state.recorder.now_ms(),
+                    )
+                    .await
+                    .map_err(|e| BootError::Internal(e.to_string()))?;
+            }
+            (detail, response)
         }
         _ => (
             "waiting for assignment".to_string(),
@@ -221,6 +237,19 @@ async fn boot_machine_get(
         serial: clean_ident(q.serial),
     });
     response
+}
+
+/// An installed machine is network-booting: hand it to its disk, unless this boot shows
+/// its disk does not boot (then it is reinstalled, and gets the install script).
+async fn reinstall_now(state: &AppState, m: &Machine) -> Result<bool, BootError> {
+    crate::orchestrator::installed_machine_netbooted(
+        &state.db,
+        &state.orchestrator,
+        m,
+        state.recorder.now_ms(),
+    )
+    .await
+    .map_err(|e| BootError::Internal(e.to_string()))
 }
 
 fn install_script(
@@ -465,6 +494,19 @@ async fn boot_config_get(
         EventKind::ConfigFetched,
         format!("served {} bytes sha256:{digest}", config.len()),
     );
+    if !m.installed {
+        state
+            .db
+            .set_state(
+                mac,
+                Lifecycle::ConfigServed,
+                "config fetched by the node",
+                state.recorder.now_ms(),
+            )
+            .await
+            .map_err(|e| BootError::Internal(e.to_string()))?;
+    }
+    state.orchestrator.signal(Signal::ConfigServed(mac));
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -63,6 +63,9 @@ pub struct ClusterFields {
     /// Kubernetes DNS domain [default: cluster.local]
     #[arg(long)]
     pub dns_domain: Option<String>,
+    /// Bootstrap with a single control plane instead of waiting for three (true/false)
+    #[arg(long)]
+    pub single_controlplane: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +127,22 @@ pub enum ClusterCommand {
         data: DataDir,
         #[arg(long)]
         mac: String,
+    },
+    /// Show the bootstrap decision and outcome of every cluster generation
+    Bootstrap {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the whole cluster: every machine reinstalls at its next network boot, and etcd
+    /// is bootstrapped again (once) when the control planes are back. Destroys the cluster's data.
+    Rebuild {
+        #[command(flatten)]
+        data: DataDir,
+        /// Required: confirms that the cluster's etcd data and workloads are to be discarded
+        #[arg(long)]
+        yes_destroy_everything: bool,
     },
     /// Manage config patches (strategic merge YAML, or an RFC 6902 JSON patch list)
     #[command(subcommand)]
@@ -198,6 +217,14 @@ pub enum MachinesCommand {
     },
     /// Remove a machine (its event history is kept)
     Remove {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long)]
+        mac: String,
+    },
+    /// Reinstall a machine at its next network boot (a control plane's stale etcd member is
+    /// removed through a healthy control plane)
+    Reinstall {
         #[command(flatten)]
         data: DataDir,
         #[arg(long)]
@@ -527,6 +554,20 @@ pub async fn machines(
             db.remove_machine(mac, clock.now_ms()).await?;
             w(out, format!("removed {mac}\n"))?;
         }
+        MachinesCommand::Reinstall { data, mac } => {
+            let db = Db::open(&data.data_dir).await?;
+            let mac = parse_mac(&mac)?;
+            let m = db.get_machine(mac).await?.ok_or(DbError::NotFound(mac))?;
+            if !m.is_assigned() {
+                return Err(invalid(format!("{mac} has no role; assign it first")));
+            }
+            db.mark_reinstall(mac, "operator asked for a reinstall", clock.now_ms())
+                .await?;
+            w(
+                out,
+                format!("{mac} reinstalls at its next network boot (make it network-boot: the installed disk boots first)\n"),
+            )?;
+        }
         MachinesCommand::Events {
             data,
             mac,
@@ -779,6 +820,9 @@ pub fn apply_cluster_fields(c: &mut Cluster, f: &ClusterFields) -> Result<(), Cl
             return Err(invalid(format!("--dns-domain '{d}' is not a DNS name")));
         }
         c.dns_domain = d.clone();
+    }
+    if let Some(single) = f.single_controlplane {
+        c.single_controlplane = single;
     }
     if c.endpoint.is_none() {
         return Err(invalid(
@@ -1077,6 +1121,77 @@ pub async fn cluster(
             db.put_patch(&loaded.cluster.name, &record, clock.now_ms())
                 .await?;
             w(out, format!("patch {name} saved ({scope})\n"))?;
+        }
+        ClusterCommand::Bootstrap { data, json } => {
+            let db = Db::open(&data.data_dir).await?;
+            let c = db
+                .get_cluster(None)
+                .await?
+                .ok_or_else(|| DbError::NoCluster("default".into()))?;
+            let history = db.bootstrap_history(&c.name).await?;
+            if json {
+                let text = serde_json::to_string_pretty(&serde_json::json!({
+                    "cluster": c.name, "generation": c.generation,
+                    "bootstrapped_at": c.bootstrapped_at, "history": history,
+                }))
+                .map_err(|e| CliError::Output(e.to_string()))?;
+                w(out, text + "\n")?;
+            } else {
+                w(
+                    out,
+                    format!("cluster {} generation {}\n", c.name, c.generation),
+                )?;
+                if history.is_empty() {
+                    w(
+                        out,
+                        "no bootstrap decided yet (waiting for the control planes to report in)\n"
+                            .into(),
+                    )?;
+                }
+                for b in history {
+                    w(
+                        out,
+                        format!(
+                            "generation {}: target {} ({}) decided {}, calls {}, outcome {}: {}\n",
+                            b.generation,
+                            b.target_mac,
+                            b.target_ip,
+                            format_time(Some(b.decided_at)),
+                            b.calls,
+                            b.outcome.as_deref().unwrap_or("pending"),
+                            b.detail
+                        ),
+                    )?;
+                }
+            }
+        }
+        ClusterCommand::Rebuild {
+            data,
+            yes_destroy_everything,
+        } => {
+            if !yes_destroy_everything {
+                return Err(invalid(
+                    "rebuild reinstalls every machine and bootstraps a new etcd: all cluster data is lost; \
+                     repeat with --yes-destroy-everything to go ahead",
+                ));
+            }
+            let db = Db::open(&data.data_dir).await?;
+            let c = db
+                .get_cluster(None)
+                .await?
+                .ok_or_else(|| DbError::NoCluster("default".into()))?;
+            let mut count = 0;
+            for m in db.list_machines().await? {
+                if m.cluster == c.name && m.is_assigned() {
+                    db.mark_reinstall(m.mac, "operator rebuilds the cluster", clock.now_ms())
+                        .await?;
+                    count += 1;
+                }
+            }
+            w(
+                out,
+                format!("{count} machines of {} reinstall at their next network boot; etcd is bootstrapped again once the control planes report in\n", c.name),
+            )?;
         }
         ClusterCommand::Patch(PatchCommand::List { data }) => {
             let db = Db::open(&data.data_dir).await?;

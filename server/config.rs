@@ -207,6 +207,15 @@ pub struct ServeOptions {
     /// Who may fetch /config: mac (the requester must be that machine, by DHCP lease or ARP entry) or any [default: mac]
     #[arg(long, env = "BOOTPLANE_CONFIG_ACCESS", value_enum)]
     pub config_access: Option<ConfigAccess>,
+    /// Port of the Talos API on the nodes, probed for report-in [default: 50000]
+    #[arg(long, env = "BOOTPLANE_TALOS_API_PORT")]
+    pub talos_api_port: Option<u16>,
+    /// Seconds after a Bootstrap call with an unknown outcome before it may be repeated (same node only) [default: 300]
+    #[arg(long, env = "BOOTPLANE_BOOTSTRAP_HOLDOFF")]
+    pub bootstrap_holdoff: Option<u64>,
+    /// Seconds: an installed machine that network-boots again this soon after being sent to its disk is reinstalled [default: 600]
+    #[arg(long, env = "BOOTPLANE_WIPE_WINDOW")]
+    pub wipe_window: Option<u64>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "BOOTPLANE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -261,6 +270,9 @@ impl ServeOptions {
             kernel_args,
             retry_secs,
             config_access,
+            talos_api_port,
+            bootstrap_holdoff,
+            wipe_window,
             log_format
         )
     }
@@ -342,7 +354,7 @@ impl BootConfig {
 }
 
 /// The validated configuration `serve` runs with.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub interface: InterfaceInfo,
@@ -350,6 +362,7 @@ pub struct Config {
     pub tftp_port: u16,
     pub dhcp: DhcpConfig,
     pub boot: BootConfig,
+    pub orchestrator: crate::orchestrator::Settings,
     pub log_format: LogFormat,
 }
 
@@ -501,6 +514,26 @@ impl Config {
                 config_access: o.config_access.unwrap_or(ConfigAccess::Mac),
             },
             interface,
+            orchestrator: {
+                let defaults = crate::orchestrator::Settings::default();
+                crate::orchestrator::Settings {
+                    api_port: o.talos_api_port.unwrap_or(defaults.api_port),
+                    bootstrap_holdoff: o
+                        .bootstrap_holdoff
+                        .map(std::time::Duration::from_secs)
+                        .unwrap_or(defaults.bootstrap_holdoff),
+                    wipe_window: o
+                        .wipe_window
+                        .map(std::time::Duration::from_secs)
+                        .unwrap_or(defaults.wipe_window),
+                    // Test hook for the crash-safety test; never set by configuration.
+                    crash_before_bootstrap_call: std::env::var_os(
+                        "BOOTPLANE_TEST_CRASH_BEFORE_BOOTSTRAP_CALL",
+                    )
+                    .is_some(),
+                    ..defaults
+                }
+            },
             log_format: o.log_format.unwrap_or(LogFormat::Text),
         })
     }

@@ -743,6 +743,27 @@ impl Db {
         Ok(())
     }
 
+    /// The node answered that it did not start bootstrapping (or the call never reached it):
+    /// the mark is cleared so the same target can be asked again without the hold-off.
+    pub async fn bootstrap_not_started(
+        &self,
+        cluster: &str,
+        generation: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.write_tx().await?;
+        let id = cluster_id(&mut tx, cluster).await?;
+        sqlx::query(
+            "UPDATE bootstraps SET called_at = NULL
+             WHERE cluster_id = ? AND generation = ? AND outcome IS NULL",
+        )
+        .bind(id)
+        .bind(generation)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn finish_bootstrap(
         &self,
         cluster: &str,

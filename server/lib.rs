@@ -12,6 +12,7 @@ pub mod dhcp;
 pub mod inventory;
 pub mod materials;
 pub mod metrics;
+pub mod orchestrator;
 pub mod model;
 pub mod net;
 pub mod ra;

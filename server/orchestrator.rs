@@ -1,0 +1,538 @@
+//! The orchestrator: sees nodes report in, bootstraps etcd exactly once per cluster
+//! generation, and brings wiped machines back.
+//!
+//! Only this module decides a bootstrap. The decision (target and generation) is persisted
+//! before any call, the call itself is marked in the database before it goes out, and a marked
+//! call is never followed by another within the hold-off, nor ever by a call to another node.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::db::Db;
+use crate::materials;
+use crate::model::{EventKind, Lifecycle, Machine, Mac, Role};
+use crate::talos::api::{ApiError, BootstrapOutcome, TalosApi};
+
+/// Timings and limits; defaults suit real clusters, tests shorten them.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Port of the Talos API on every node.
+    pub api_port: u16,
+    /// How long after a Bootstrap call whose outcome is unknown no other call is made.
+    pub bootstrap_holdoff: Duration,
+    /// Longest wait between two report-in probes of one machine.
+    pub probe_max_backoff: Duration,
+    /// A machine sent to its disk that network-boots again within this window, without its
+    /// Talos API answering in between, has a disk that does not boot: it is reinstalled.
+    pub wipe_window: Duration,
+    /// How often clusters are re-evaluated without any signal.
+    pub tick: Duration,
+    /// Probes in flight at most.
+    pub max_probes: usize,
+    /// Test hook: exit the process right after the Bootstrap call is marked, before it is sent.
+    pub crash_before_bootstrap_call: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            api_port: 50000,
+            bootstrap_holdoff: Duration::from_secs(300),
+            probe_max_backoff: Duration::from_secs(30),
+            wipe_window: Duration::from_secs(600),
+            tick: Duration::from_secs(5),
+            max_probes: 32,
+            crash_before_bootstrap_call: false,
+        }
+    }
+}
+
+/// What other subsystems tell the orchestrator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// A machine fetched its config: start probing its Talos API.
+    ConfigServed(Mac),
+    /// An installed machine was sent to its disk: probe it to see it come back.
+    HandedOff(Mac),
+    /// A machine is being reinstalled (wiped, or by the operator).
+    Reinstalled(Mac),
+    /// Something changed: evaluate the clusters now.
+    Kick,
+}
+
+/// Cheap handle other subsystems use to signal the orchestrator; never blocks.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Signal>,
+    settings: Arc<Settings>,
+}
+
+impl Handle {
+    pub fn signal(&self, signal: Signal) {
+        if self.tx.try_send(signal).is_err() {
+            tracing::warn!(?signal, "orchestrator queue full; the next tick will catch up");
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// A handle whose signals go nowhere (for tools and tests that run no orchestrator).
+    pub fn detached() -> Handle {
+        let (tx, _rx) = mpsc::channel(1);
+        Handle {
+            tx,
+            settings: Arc::new(Settings::default()),
+        }
+    }
+}
+
+struct Inner {
+    db: Db,
+    clock: SharedClock,
+    settings: Arc<Settings>,
+    probing: Mutex<HashSet<Mac>>,
+    evaluating: Mutex<HashSet<String>>,
+    /// Reinstalls whose stale etcd member was already dealt with, by (machine, state since).
+    forgotten: Mutex<HashSet<(Mac, Option<i64>)>>,
+    probes: Semaphore,
+    tx: mpsc::Sender<Signal>,
+}
+
+/// Starts the orchestrator; it runs until `cancel` fires.
+pub fn spawn(
+    db: Db,
+    clock: SharedClock,
+    settings: Settings,
+    cancel: CancellationToken,
+) -> (Handle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let settings = Arc::new(settings);
+    let inner = Arc::new(Inner {
+        db,
+        clock,
+        probes: Semaphore::new(settings.max_probes),
+        settings: Arc::clone(&settings),
+        probing: Mutex::default(),
+        evaluating: Mutex::default(),
+        forgotten: Mutex::default(),
+        tx: tx.clone(),
+    });
+    let task = tokio::spawn(run(inner, rx, cancel));
+    (Handle { tx, settings }, task)
+}
+
+async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Signal>, cancel: CancellationToken) {
+    // After a restart: machines waiting to report in are probed again.
+    resume_probes(&inner, &cancel).await;
+    loop {
+        let signal = tokio::select! {
+            _ = cancel.cancelled() => return,
+            s = rx.recv() => s,
+            _ = tokio::time::sleep(inner.settings.tick) => Some(Signal::Kick),
+        };
+        match signal {
+            None => return,
+            Some(Signal::ConfigServed(mac)) | Some(Signal::HandedOff(mac)) => {
+                start_probe(&inner, mac, &cancel);
+            }
+            Some(Signal::Reinstalled(_)) => {
+                // Handled by the evaluation below, which removes a control plane's stale
+                // etcd member through a healthy control plane (or starts a new generation
+                // when none is left).
+            }
+            Some(Signal::Kick) => {}
+        }
+        evaluate_all(&inner, &cancel).await;
+    }
+}
+
+async fn resume_probes(inner: &Arc<Inner>, cancel: &CancellationToken) {
+    match inner.db.list_machines().await {
+        Ok(machines) => {
+            for m in machines {
+                if m.state == Lifecycle::ConfigServed || m.handoff_at.is_some() {
+                    start_probe(inner, m.mac, cancel);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list machines to resume probes"),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn system_time(ms: i64) -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+async fn api_for(inner: &Inner, cluster: &str) -> Result<TalosApi, String> {
+    let loaded = materials::load_cluster(&inner.db, Some(cluster))
+        .await
+        .map_err(|e| e.to_string())?;
+    TalosApi::new(&loaded.bundle, system_time(inner.clock.now_ms())).map_err(|e| e.to_string())
+}
+
+fn node_addr(inner: &Inner, ip: Ipv4Addr) -> SocketAddr {
+    SocketAddr::from((ip, inner.settings.api_port))
+}
+
+/// Probes `mac`'s Talos API with backoff until it answers with the cluster's certificates,
+/// or the machine no longer waits for it.
+fn start_probe(inner: &Arc<Inner>, mac: Mac, cancel: &CancellationToken) {
+    if !lock(&inner.probing).insert(mac) {
+        return;
+    }
+    let inner = Arc::clone(inner);
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        probe(&inner, mac, &cancel).await;
+        lock(&inner.probing).remove(&mac);
+    });
+}
+
+async fn probe(inner: &Arc<Inner>, mac: Mac, cancel: &CancellationToken) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let machine = match inner.db.get_machine(mac).await {
+            Ok(Some(m)) => m,
+            _ => return,
+        };
+        let waiting = machine.state == Lifecycle::ConfigServed || machine.handoff_at.is_some();
+        let (Some(ip), true) = (machine.ip, waiting && machine.is_assigned()) else {
+            return;
+        };
+        let answer = match api_for(inner, &machine.cluster).await {
+            Ok(api) => {
+                let _permit = inner.probes.acquire().await;
+                api.version(node_addr(inner, ip.addr)).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(version) => {
+                let now = inner.clock.now_ms();
+                let cause = format!(
+                    "Talos API at {} answered with the cluster's certificates (Talos {})",
+                    ip.addr, version.tag
+                );
+                tracing::info!(mac = %mac, %cause, "node reported in");
+                let _ = inner
+                    .db
+                    .log_event(mac, EventKind::ReportedIn, &cause, now)
+                    .await;
+                let _ = inner.db.set_handoff(mac, None).await;
+                if let Err(e) = inner.db.set_state(mac, Lifecycle::Ready, &cause, now).await {
+                    tracing::warn!(mac = %mac, error = %e, "cannot mark machine ready");
+                }
+                let _ = inner.tx.try_send(Signal::Kick);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(mac = %mac, error = %e, "Talos API not answering yet");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(inner.settings.probe_max_backoff);
+    }
+}
+
+async fn evaluate_all(inner: &Arc<Inner>, cancel: &CancellationToken) {
+    let clusters = match inner.db.list_machines().await {
+        Ok(machines) => machines
+            .into_iter()
+            .map(|m| m.cluster)
+            .collect::<HashSet<_>>(),
+        Err(_) => return,
+    };
+    for cluster in clusters {
+        if !lock(&inner.evaluating).insert(cluster.clone()) {
+            continue;
+        }
+        let inner = Arc::clone(inner);
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if !cancel.is_cancelled() {
+                if let Err(e) = evaluate(&inner, &cluster).await {
+                    tracing::warn!(cluster = %cluster, error = %e, "cluster evaluation failed");
+                }
+            }
+            lock(&inner.evaluating).remove(&cluster);
+        });
+    }
+}
+
+fn control_planes(machines: &[Machine], cluster: &str) -> Vec<(Machine, Ipv4Addr)> {
+    let mut cps: Vec<(Machine, Ipv4Addr)> = machines
+        .iter()
+        .filter(|m| m.cluster == cluster && m.role == Role::Controlplane)
+        .filter_map(|m| m.ip.map(|ip| (m.clone(), ip.addr)))
+        .collect();
+    // The fixed rule: the control plane with the lowest address is the bootstrap target.
+    cps.sort_by_key(|(_, ip)| u32::from(*ip));
+    cps
+}
+
+/// One pass over a cluster: new generation after a full wipe, then the bootstrap decision.
+async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> {
+    let db = &inner.db;
+    let Some(cluster) = db
+        .get_cluster(Some(cluster_name))
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    if cluster.initialised_at.is_none() {
+        return Ok(());
+    }
+    let machines = db.list_machines().await.map_err(|e| e.to_string())?;
+    let cps = control_planes(&machines, &cluster.name);
+    let need = if cluster.single_controlplane { 1 } else { 3 };
+    let generation = cluster.generation;
+    let record = db
+        .get_bootstrap(&cluster.name, generation)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    if let Some(done) = record.as_ref().and_then(|r| r.outcome.as_deref()) {
+        // Finished generation. If every control plane has since been wiped, etcd is gone with
+        // them: the next bootstrap belongs to a new generation.
+        let all_wiped = cps.len() >= need && cps.iter().all(|(m, _)| !m.installed);
+        if done != "failed" && !all_wiped {
+            // Some control planes are being reinstalled while others run etcd: their old
+            // members must go before they join again.
+            for (m, _) in cps.iter().filter(|(m, _)| !m.installed) {
+                if lock(&inner.forgotten).insert((m.mac, m.state_since)) {
+                    if let Err(e) = forget_stale_member(inner, m.mac).await {
+                        lock(&inner.forgotten).remove(&(m.mac, m.state_since));
+                        tracing::warn!(mac = %m.mac, error = %e, "stale etcd member not removed yet");
+                    }
+                }
+            }
+        }
+        if done != "failed" && all_wiped {
+            if db
+                .new_generation(&cluster.name, generation)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                tracing::warn!(cluster = %cluster.name, generation = generation + 1,
+                    "every control plane was wiped: the cluster will be bootstrapped again");
+                for (m, _) in &cps {
+                    let _ = db
+                        .log_event(
+                            m.mac,
+                            EventKind::Bootstrap,
+                            &format!("all control planes wiped: cluster generation {}", generation + 1),
+                            inner.clock.now_ms(),
+                        )
+                        .await;
+                }
+            }
+        }
+        return Ok(());
+    }
+
+    if cps.len() < need {
+        return Ok(());
+    }
+    if cps.len() > need && !cluster.single_controlplane {
+        // More than three control planes is allowed; all of them must be up before bootstrap.
+    }
+    if cps.iter().any(|(m, _)| m.state != Lifecycle::Ready) {
+        return Ok(());
+    }
+    let api = api_for(inner, &cluster.name).await?;
+
+    let record = match record {
+        Some(r) => r,
+        None => {
+            // Before choosing: does any control plane already run etcd with members?
+            for (m, ip) in &cps {
+                if let Ok(members) = api.etcd_members(node_addr(inner, *ip)).await {
+                    if !members.is_empty() {
+                        let now = inner.clock.now_ms();
+                        let detail = format!(
+                            "etcd already runs with {} member(s) on {}; no bootstrap needed",
+                            members.len(),
+                            ip
+                        );
+                        db.decide_bootstrap(&cluster.name, generation, m.mac, *ip, now)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        db.finish_bootstrap(&cluster.name, generation, "adopted", &detail, now)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let _ = db.log_event(m.mac, EventKind::Bootstrap, &detail, now).await;
+                        return Ok(());
+                    }
+                }
+            }
+            let (target, ip) = &cps[0];
+            let now = inner.clock.now_ms();
+            let record = db
+                .decide_bootstrap(&cluster.name, generation, target.mac, *ip, now)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = db
+                .log_event(
+                    record.target_mac,
+                    EventKind::Bootstrap,
+                    &format!(
+                        "chosen to bootstrap etcd for cluster {} generation {generation}",
+                        cluster.name
+                    ),
+                    now,
+                )
+                .await;
+            record
+        }
+    };
+
+    let target = node_addr(inner, record.target_ip);
+    let now = inner.clock.now_ms();
+    if let Some(called_at) = record.called_at {
+        // A call went out (or may have, if we crashed): see whether it took effect.
+        if let Ok(members) = api.etcd_members(target).await {
+            if !members.is_empty() {
+                let detail = format!("etcd runs on {} with {} member(s)", record.target_ip, members.len());
+                db.finish_bootstrap(&cluster.name, generation, "bootstrapped", &detail, now)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = db.log_event(record.target_mac, EventKind::Bootstrap, &detail, now).await;
+                return Ok(());
+            }
+        }
+        let holdoff = i64::try_from(inner.settings.bootstrap_holdoff.as_millis()).unwrap_or(i64::MAX);
+        if now - called_at < holdoff {
+            return Ok(());
+        }
+    }
+
+    db.bootstrap_calling(&cluster.name, generation, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    if inner.settings.crash_before_bootstrap_call {
+        tracing::error!("test hook: exiting after marking the Bootstrap call, before sending it");
+        std::process::exit(86);
+    }
+    tracing::info!(cluster = %cluster.name, generation, target = %target, "calling Bootstrap");
+    let result = api.bootstrap(target).await;
+    let now = inner.clock.now_ms();
+    let (outcome, detail) = match result {
+        Ok(BootstrapOutcome::Bootstrapped) => (Some("bootstrapped"), format!("Bootstrap on {target}: etcd started")),
+        Ok(BootstrapOutcome::AlreadyBootstrapped) => (
+            Some("already-bootstrapped"),
+            format!("Bootstrap on {target}: AlreadyExists (etcd data directory is not empty)"),
+        ),
+        Err(ApiError::NotReady(why)) | Err(ApiError::Unreachable(why)) => {
+            // The node says it did not start (or the request never reached it).
+            db.bootstrap_not_started(&cluster.name, generation)
+                .await
+                .map_err(|e| e.to_string())?;
+            (None, format!("Bootstrap on {target} not started yet: {why}"))
+        }
+        Err(e) => (Some("failed"), format!("Bootstrap on {target} failed: {e}")),
+    };
+    tracing::info!(cluster = %cluster.name, %detail, "bootstrap");
+    let _ = db.log_event(record.target_mac, EventKind::Bootstrap, &detail, now).await;
+    if let Some(outcome) = outcome {
+        db.finish_bootstrap(&cluster.name, generation, outcome, &detail, now)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A control plane is being reinstalled: remove its old etcd member through a healthy
+/// control plane, so the reinstalled node can join again.
+async fn forget_stale_member(inner: &Arc<Inner>, mac: Mac) -> Result<(), String> {
+    let db = &inner.db;
+    let Some(machine) = db.get_machine(mac).await.map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    if machine.role != Role::Controlplane {
+        return Ok(());
+    }
+    let Some(hostname) = machine.hostname.clone() else {
+        return Ok(());
+    };
+    let machines = db.list_machines().await.map_err(|e| e.to_string())?;
+    let api = api_for(inner, &machine.cluster).await?;
+    let healthy = control_planes(&machines, &machine.cluster)
+        .into_iter()
+        .filter(|(m, _)| m.mac != mac && m.state == Lifecycle::Ready);
+    for (peer, ip) in healthy {
+        let addr = node_addr(inner, ip);
+        let Ok(members) = api.etcd_members(addr).await else {
+            continue;
+        };
+        let now = inner.clock.now_ms();
+        match members.iter().find(|m| m.hostname == hostname) {
+            Some(member) => {
+                api.etcd_remove_member(addr, member.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let detail = format!(
+                    "removed stale etcd member {:x} ({hostname}) through {} ({ip})",
+                    member.id,
+                    peer.hostname.as_deref().unwrap_or("?")
+                );
+                tracing::info!(mac = %mac, %detail, "etcd member removed");
+                let _ = db.log_event(mac, EventKind::EtcdMemberRemoved, &detail, now).await;
+            }
+            None => {
+                let _ = db
+                    .log_event(
+                        mac,
+                        EventKind::EtcdMemberRemoved,
+                        &format!("no etcd member named {hostname} on {ip}; nothing to remove"),
+                        now,
+                    )
+                    .await;
+            }
+        }
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// Decides what a network boot of an installed machine means: a disk hand-off, or (when it
+/// was handed off moments ago and never came back) a reinstall. Returns true to reinstall.
+pub async fn installed_machine_netbooted(
+    db: &Db,
+    handle: &Handle,
+    machine: &Machine,
+    now: i64,
+) -> Result<bool, crate::db::DbError> {
+    let window = i64::try_from(handle.settings().wipe_window.as_millis()).unwrap_or(i64::MAX);
+    match machine.handoff_at {
+        Some(at) if now - at < window => {
+            let cause = format!(
+                "network-booted again {} s after being sent to its disk, and its Talos API never answered: the disk does not boot (wiped)",
+                (now - at) / 1000
+            );
+            db.mark_reinstall(machine.mac, &cause, now).await?;
+            handle.signal(Signal::Reinstalled(machine.mac));
+            Ok(true)
+        }
+        _ => {
+            db.set_handoff(machine.mac, Some(now)).await?;
+            handle.signal(Signal::HandedOff(machine.mac));
+            Ok(false)
+        }
+    }
+}
