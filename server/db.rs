@@ -1360,4 +1360,52 @@ mod tests {
             .await
             .is_err());
     }
+
+    #[tokio::test]
+    async fn the_first_bootstrap_decision_of_a_generation_sticks() {
+        let (_dir, db) = fresh().await;
+        let a = mac("52:54:00:00:00:01");
+        let b = mac("52:54:00:00:00:02");
+        let first = db
+            .decide_bootstrap("default", 1, a, Ipv4Addr::new(10, 0, 0, 11), 5)
+            .await
+            .unwrap();
+        let second = db
+            .decide_bootstrap("default", 1, b, Ipv4Addr::new(10, 0, 0, 12), 6)
+            .await
+            .unwrap();
+        assert_eq!(first, second);
+        assert_eq!(second.target_mac, a);
+        db.bootstrap_calling("default", 1, 7).await.unwrap();
+        let marked = db.get_bootstrap("default", 1).await.unwrap().unwrap();
+        assert_eq!((marked.called_at, marked.calls), (Some(7), 1));
+        db.finish_bootstrap("default", 1, "bootstrapped", "ok", 8)
+            .await
+            .unwrap();
+        // A finished generation is not marked again.
+        db.bootstrap_calling("default", 1, 9).await.unwrap();
+        let done = db.get_bootstrap("default", 1).await.unwrap().unwrap();
+        assert_eq!((done.calls, done.outcome.as_deref()), (1, Some("bootstrapped")));
+        assert!(db.new_generation("default", 1).await.unwrap());
+        assert!(!db.new_generation("default", 1).await.unwrap(), "stale generation");
+        let c = db.get_cluster(None).await.unwrap().unwrap();
+        assert_eq!((c.generation, c.bootstrapped_at), (2, None));
+        assert!(db.get_bootstrap("default", 2).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn operator_edits_move_the_lifecycle() {
+        let mut m = Machine::discovered(mac("52:54:00:00:00:01"));
+        assert_eq!(state_after_edit(Lifecycle::Discovered, &m), Lifecycle::Discovered);
+        m.role = Role::Worker;
+        assert_eq!(state_after_edit(Lifecycle::Discovered, &m), Lifecycle::Assigned);
+        assert_eq!(state_after_edit(Lifecycle::Booting, &m), Lifecycle::Booting);
+        assert_eq!(state_after_edit(Lifecycle::Ready, &m), Lifecycle::Assigned);
+        m.installed = true;
+        assert_eq!(state_after_edit(Lifecycle::Ready, &m), Lifecycle::Ready);
+        assert_eq!(state_after_edit(Lifecycle::Booting, &m), Lifecycle::Installed);
+        m.role = Role::Unassigned;
+        assert_eq!(state_after_edit(Lifecycle::Ready, &m), Lifecycle::Discovered);
+    }
 }
+
