@@ -1385,9 +1385,15 @@ mod tests {
         // A finished generation is not marked again.
         db.bootstrap_calling("default", 1, 9).await.unwrap();
         let done = db.get_bootstrap("default", 1).await.unwrap().unwrap();
-        assert_eq!((done.calls, done.outcome.as_deref()), (1, Some("bootstrapped")));
+        assert_eq!(
+            (done.calls, done.outcome.as_deref()),
+            (1, Some("bootstrapped"))
+        );
         assert!(db.new_generation("default", 1).await.unwrap());
-        assert!(!db.new_generation("default", 1).await.unwrap(), "stale generation");
+        assert!(
+            !db.new_generation("default", 1).await.unwrap(),
+            "stale generation"
+        );
         let c = db.get_cluster(None).await.unwrap().unwrap();
         assert_eq!((c.generation, c.bootstrapped_at), (2, None));
         assert!(db.get_bootstrap("default", 2).await.unwrap().is_none());
@@ -1396,16 +1402,27 @@ mod tests {
     #[test]
     fn operator_edits_move_the_lifecycle() {
         let mut m = Machine::discovered(mac("52:54:00:00:00:01"));
-        assert_eq!(state_after_edit(Lifecycle::Discovered, &m), Lifecycle::Discovered);
+        assert_eq!(
+            state_after_edit(Lifecycle::Discovered, &m),
+            Lifecycle::Discovered
+        );
         m.role = Role::Worker;
-        assert_eq!(state_after_edit(Lifecycle::Discovered, &m), Lifecycle::Assigned);
+        assert_eq!(
+            state_after_edit(Lifecycle::Discovered, &m),
+            Lifecycle::Assigned
+        );
         assert_eq!(state_after_edit(Lifecycle::Booting, &m), Lifecycle::Booting);
         assert_eq!(state_after_edit(Lifecycle::Ready, &m), Lifecycle::Assigned);
         m.installed = true;
         assert_eq!(state_after_edit(Lifecycle::Ready, &m), Lifecycle::Ready);
-        assert_eq!(state_after_edit(Lifecycle::Booting, &m), Lifecycle::Installed);
+        assert_eq!(
+            state_after_edit(Lifecycle::Booting, &m),
+            Lifecycle::Installed
+        );
         m.role = Role::Unassigned;
-        assert_eq!(state_after_edit(Lifecycle::Ready, &m), Lifecycle::Discovered);
+        assert_eq!(
+            state_after_edit(Lifecycle::Ready, &m),
+            Lifecycle::Discovered
+        );
     }
 }
-

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::db::Db;
 use crate::materials;
-use crate::model::{EventKind, Lifecycle, Machine, Mac, Role};
+use crate::model::{EventKind, Lifecycle, Mac, Machine, Role};
 use crate::talos::api::{ApiError, BootstrapOutcome, TalosApi};
 
 /// Timings and limits; defaults suit real clusters, tests shorten them.
@@ -76,7 +76,10 @@ pub struct Handle {
 impl Handle {
     pub fn signal(&self, signal: Signal) {
         if self.tx.try_send(signal).is_err() {
-            tracing::warn!(?signal, "orchestrator queue full; the next tick will catch up");
+            tracing::warn!(
+                ?signal,
+                "orchestrator queue full; the next tick will catch up"
+            );
         }
     }
 
@@ -214,7 +217,9 @@ async fn probe(inner: &Arc<Inner>, mac: Mac, cancel: &CancellationToken) {
         let answer = match api_for(inner, &machine.cluster).await {
             Ok(api) => {
                 let _permit = inner.probes.acquire().await;
-                api.version(node_addr(inner, ip.addr)).await.map_err(|e| e.to_string())
+                api.version(node_addr(inner, ip.addr))
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Err(e) => Err(e),
         };
@@ -336,7 +341,10 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
                         .log_event(
                             m.mac,
                             EventKind::Bootstrap,
-                            &format!("all control planes wiped: cluster generation {}", generation + 1),
+                            &format!(
+                                "all control planes wiped: cluster generation {}",
+                                generation + 1
+                            ),
                             inner.clock.now_ms(),
                         )
                         .await;
@@ -376,7 +384,9 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
                         db.finish_bootstrap(&cluster.name, generation, "adopted", &detail, now)
                             .await
                             .map_err(|e| e.to_string())?;
-                        let _ = db.log_event(m.mac, EventKind::Bootstrap, &detail, now).await;
+                        let _ = db
+                            .log_event(m.mac, EventKind::Bootstrap, &detail, now)
+                            .await;
                         return Ok(());
                     }
                 }
@@ -408,15 +418,22 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
         // A call went out (or may have, if we crashed): see whether it took effect.
         if let Ok(members) = api.etcd_members(target).await {
             if !members.is_empty() {
-                let detail = format!("etcd runs on {} with {} member(s)", record.target_ip, members.len());
+                let detail = format!(
+                    "etcd runs on {} with {} member(s)",
+                    record.target_ip,
+                    members.len()
+                );
                 db.finish_bootstrap(&cluster.name, generation, "bootstrapped", &detail, now)
                     .await
                     .map_err(|e| e.to_string())?;
-                let _ = db.log_event(record.target_mac, EventKind::Bootstrap, &detail, now).await;
+                let _ = db
+                    .log_event(record.target_mac, EventKind::Bootstrap, &detail, now)
+                    .await;
                 return Ok(());
             }
         }
-        let holdoff = i64::try_from(inner.settings.bootstrap_holdoff.as_millis()).unwrap_or(i64::MAX);
+        let holdoff =
+            i64::try_from(inner.settings.bootstrap_holdoff.as_millis()).unwrap_or(i64::MAX);
         if now - called_at < holdoff {
             return Ok(());
         }
@@ -433,7 +450,10 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
     let result = api.bootstrap(target).await;
     let now = inner.clock.now_ms();
     let (outcome, detail) = match result {
-        Ok(BootstrapOutcome::Bootstrapped) => (Some("bootstrapped"), format!("Bootstrap on {target}: etcd started")),
+        Ok(BootstrapOutcome::Bootstrapped) => (
+            Some("bootstrapped"),
+            format!("Bootstrap on {target}: etcd started"),
+        ),
         Ok(BootstrapOutcome::AlreadyBootstrapped) => (
             Some("already-bootstrapped"),
             format!("Bootstrap on {target}: AlreadyExists (etcd data directory is not empty)"),
@@ -443,12 +463,17 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
             db.bootstrap_not_started(&cluster.name, generation)
                 .await
                 .map_err(|e| e.to_string())?;
-            (None, format!("Bootstrap on {target} not started yet: {why}"))
+            (
+                None,
+                format!("Bootstrap on {target} not started yet: {why}"),
+            )
         }
         Err(e) => (Some("failed"), format!("Bootstrap on {target} failed: {e}")),
     };
     tracing::info!(cluster = %cluster.name, %detail, "bootstrap");
-    let _ = db.log_event(record.target_mac, EventKind::Bootstrap, &detail, now).await;
+    let _ = db
+        .log_event(record.target_mac, EventKind::Bootstrap, &detail, now)
+        .await;
     if let Some(outcome) = outcome {
         db.finish_bootstrap(&cluster.name, generation, outcome, &detail, now)
             .await
@@ -492,7 +517,9 @@ async fn forget_stale_member(inner: &Arc<Inner>, mac: Mac) -> Result<(), String>
                     peer.hostname.as_deref().unwrap_or("?")
                 );
                 tracing::info!(mac = %mac, %detail, "etcd member removed");
-                let _ = db.log_event(mac, EventKind::EtcdMemberRemoved, &detail, now).await;
+                let _ = db
+                    .log_event(mac, EventKind::EtcdMemberRemoved, &detail, now)
+                    .await;
             }
             None => {
                 let _ = db
