@@ -1,6 +1,8 @@
 //! Talos: the facts bootplane acts on (kernel arguments, asset names) and, later, secrets,
 //! machine configs and the Talos API client.
 
+pub mod api;
+pub mod double;
 pub mod kernel;
 pub mod patch;
 pub mod secrets;
