@@ -599,111 +599,6 @@ pub async fn machines(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fields() -> MachineFields {
-        MachineFields {
-            role: Some("controlplane".into()),
-            hostname: Some("cp-1".into()),
-            ip: Some("10.0.0.11/24".into()),
-            gateway: Some("10.0.0.1".into()),
-            dns: None,
-            install_disk: None,
-            disk_handoff: None,
-            efi_binary: None,
-            cluster: None,
-        }
-    }
-
-    fn mac() -> Mac {
-        "52:54:00:00:00:01".parse().unwrap()
-    }
-
-    #[test]
-    fn a_complete_controlplane_is_accepted() {
-        let mut m = Machine::discovered(mac());
-        apply_fields(&mut m, &fields()).unwrap();
-        assert_eq!(m.role, Role::Controlplane);
-        assert_eq!(m.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
-    }
-
-    #[test]
-    fn bad_forms_are_explained() {
-        let cases: Vec<(MachineFields, &str)> = vec![
-            (
-                MachineFields {
-                    role: Some("master".into()),
-                    ..fields()
-                },
-                "--role",
-            ),
-            (
-                MachineFields {
-                    hostname: None,
-                    ..fields()
-                },
-                "needs --hostname",
-            ),
-            (
-                MachineFields {
-                    ip: Some("10.0.0.11".into()),
-                    ..fields()
-                },
-                "prefix",
-            ),
-            (
-                MachineFields {
-                    ip: Some("10.0.0.0/24".into()),
-                    ..fields()
-                },
-                "network or broadcast",
-            ),
-            (
-                MachineFields {
-                    gateway: Some("10.0.1.1".into()),
-                    ..fields()
-                },
-                "outside",
-            ),
-            (
-                MachineFields {
-                    dns: Some("1.1.1.1,x".into()),
-                    ..fields()
-                },
-                "--dns",
-            ),
-            (
-                MachineFields {
-                    install_disk: Some("sda".into()),
-                    ..fields()
-                },
-                "device path",
-            ),
-            (
-                MachineFields {
-                    disk_handoff: Some("reboot".into()),
-                    ..fields()
-                },
-                "--disk-handoff",
-            ),
-        ];
-        for (f, expected) in cases {
-            let mut m = Machine::discovered(mac());
-            let err = apply_fields(&mut m, &f).unwrap_err().to_string();
-            assert!(err.contains(expected), "{err} should mention {expected}");
-        }
-    }
-
-    #[test]
-    fn times_print_as_utc() {
-        assert_eq!(format_time(Some(0)), "1970-01-01 00:00:00");
-        assert_eq!(format_time(Some(1_763_731_200_000)), "2025-11-21 13:20:00");
-        assert_eq!(format_time(None), "-");
-    }
-}
-
 /// Writes a file readable by its owner only: everything written here holds secrets.
 pub fn write_private(path: &std::path::Path, contents: &str) -> Result<(), CliError> {
     use std::io::Write as _;
@@ -1230,4 +1125,109 @@ pub async fn cluster(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> MachineFields {
+        MachineFields {
+            role: Some("controlplane".into()),
+            hostname: Some("cp-1".into()),
+            ip: Some("10.0.0.11/24".into()),
+            gateway: Some("10.0.0.1".into()),
+            dns: None,
+            install_disk: None,
+            disk_handoff: None,
+            efi_binary: None,
+            cluster: None,
+        }
+    }
+
+    fn mac() -> Mac {
+        "52:54:00:00:00:01".parse().unwrap()
+    }
+
+    #[test]
+    fn a_complete_controlplane_is_accepted() {
+        let mut m = Machine::discovered(mac());
+        apply_fields(&mut m, &fields()).unwrap();
+        assert_eq!(m.role, Role::Controlplane);
+        assert_eq!(m.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
+    }
+
+    #[test]
+    fn bad_forms_are_explained() {
+        let cases: Vec<(MachineFields, &str)> = vec![
+            (
+                MachineFields {
+                    role: Some("master".into()),
+                    ..fields()
+                },
+                "--role",
+            ),
+            (
+                MachineFields {
+                    hostname: None,
+                    ..fields()
+                },
+                "needs --hostname",
+            ),
+            (
+                MachineFields {
+                    ip: Some("10.0.0.11".into()),
+                    ..fields()
+                },
+                "prefix",
+            ),
+            (
+                MachineFields {
+                    ip: Some("10.0.0.0/24".into()),
+                    ..fields()
+                },
+                "network or broadcast",
+            ),
+            (
+                MachineFields {
+                    gateway: Some("10.0.1.1".into()),
+                    ..fields()
+                },
+                "outside",
+            ),
+            (
+                MachineFields {
+                    dns: Some("1.1.1.1,x".into()),
+                    ..fields()
+                },
+                "--dns",
+            ),
+            (
+                MachineFields {
+                    install_disk: Some("sda".into()),
+                    ..fields()
+                },
+                "device path",
+            ),
+            (
+                MachineFields {
+                    disk_handoff: Some("reboot".into()),
+                    ..fields()
+                },
+                "--disk-handoff",
+            ),
+        ];
+        for (f, expected) in cases {
+            let mut m = Machine::discovered(mac());
+            let err = apply_fields(&mut m, &f).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} should mention {expected}");
+        }
+    }
+
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(format_time(Some(0)), "1970-01-01 00:00:00");
+        assert_eq!(format_time(Some(1_763_731_200_000)), "2025-11-21 13:20:00");
+        assert_eq!(format_time(None), "-");
+    }
 }

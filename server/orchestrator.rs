@@ -328,11 +328,13 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
                 }
             }
         }
-        if done != "failed" && all_wiped {
-            if db
+        if done != "failed"
+            && all_wiped
+            && db
                 .new_generation(&cluster.name, generation)
                 .await
                 .map_err(|e| e.to_string())?
+        {
             {
                 tracing::warn!(cluster = %cluster.name, generation = generation + 1,
                     "every control plane was wiped: the cluster will be bootstrapped again");
