@@ -86,7 +86,7 @@ fn node(role: Role, n: u8) -> NodeSpec {
         gateway: Some(Ipv4Addr::new(192, 168, 50, 1)),
         dns: vec![Ipv4Addr::new(192, 168, 50, 1), Ipv4Addr::new(9, 9, 9, 9)],
         install_disk: Some("/dev/nvme0n1".into()),
-        wipe: n % 2 == 0,
+        wipe: n.is_multiple_of(2),
     }
 }
 

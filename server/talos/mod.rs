@@ -2,6 +2,7 @@
 //! machine configs and the Talos API client.
 
 pub mod api;
+pub mod config;
 pub mod double;
 pub mod kernel;
 pub mod patch;
