@@ -47,13 +47,13 @@ pub struct Listeners {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("cannot bind HTTP {addr}: {source}{hint}")]
+    #[error("cannot bind HTTP {addr}{hint}")]
     Http {
         addr: SocketAddr,
         source: std::io::Error,
         hint: &'static str,
     },
-    #[error("cannot bind TFTP UDP port {port}: {source}{hint}")]
+    #[error("cannot bind TFTP UDP port {port}{hint}")]
     Tftp {
         port: u16,
         source: std::io::Error,
@@ -61,7 +61,7 @@ pub enum BindError {
     },
     #[error(transparent)]
     Dhcp(#[from] dhcp::DhcpError),
-    #[error("cannot open an ICMPv6 socket for router advertisements on {iface}: {source} (needs CAP_NET_RAW; or pass --ipv6-ra off)")]
+    #[error("cannot open an ICMPv6 socket for router advertisements on {iface} (needs CAP_NET_RAW; or pass --ipv6-ra off)")]
     RouterAdvertisements {
         iface: String,
         source: std::io::Error,
@@ -151,6 +151,29 @@ async fn metrics_get(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Says at start-up which boot files are missing, per architecture they would serve.
+fn check_boot_files(config: &Config) {
+    let boot = &config.boot;
+    let ipxe = [
+        ("BIOS", "undionly.kpxe".to_string()),
+        ("x86-64 UEFI", boot.efi_binary.as_str().to_string()),
+        ("arm64 UEFI", boot.arm64_binary.clone()),
+    ];
+    for (arch, file) in ipxe {
+        if !boot.ipxe_dir.join(&file).is_file() {
+            tracing::warn!(dir = %boot.ipxe_dir.display(), file = %file,
+                "iPXE binary missing: {arch} machines cannot network-boot (Debian: apt-get install ipxe)");
+        }
+    }
+    let version_dir = boot.images_dir.join(&boot.talos_version);
+    for file in ["vmlinuz-amd64", "initramfs-amd64.xz"] {
+        if !version_dir.join(file).is_file() {
+            tracing::warn!(path = %version_dir.join(file).display(),
+                "Talos boot asset missing: assigned machines will wait and retry until it is there");
+        }
+    }
+}
+
 /// Serves until `shutdown` completes, then stops every service and flushes state.
 pub async fn run(
     config: Config,
@@ -225,6 +248,7 @@ pub async fn run(
         orchestrator,
     };
     drop(recorder);
+    check_boot_files(&config);
     tracing::info!(
         interface = %config.interface.name,
         advertise = %config.boot.advertise_ip,
