@@ -16,6 +16,8 @@ use crate::model::Mac;
 pub const OFFER_HOLD_MS: i64 = 60_000;
 /// How long a DECLINEd address stays out of the pool (dnsmasq uses the same 10 minutes).
 pub const DECLINE_QUARANTINE_MS: i64 = 600_000;
+/// Most addresses one allocation looks at.
+const MAX_SCAN: u64 = 1 << 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -34,7 +36,7 @@ pub struct LeaseTable {
     declined: HashMap<Ipv4Addr, i64>,
     dirty: HashSet<Mac>,
     /// Where the next pool scan starts, so allocation is O(1) while the pool has room.
-    cursor: u32,
+    cursor: u64,
 }
 
 impl LeaseTable {
@@ -80,6 +82,7 @@ impl LeaseTable {
 
     /// Finds a pool address for `mac`: never-used addresses first, then expired ones.
     /// `usable` applies the caller's other exclusions (inventory, our own address, ...).
+    /// At most `MAX_SCAN` addresses are looked at, so a huge, nearly full pool costs bounded time.
     pub fn allocate(
         &mut self,
         pool: Pool,
@@ -87,25 +90,26 @@ impl LeaseTable {
         now: i64,
         usable: impl Fn(Ipv4Addr) -> bool,
     ) -> Option<Ipv4Addr> {
-        let start = u32::from(pool.start);
-        let len = pool.len();
+        let start = u64::from(u32::from(pool.start));
+        let len = u64::from(u32::from(pool.end)).saturating_sub(start) + 1;
+        let at = |offset: u64| Ipv4Addr::from(u32::try_from(start + offset).unwrap_or(u32::MAX));
         let mut reclaimable = None;
-        for step in 0..len {
-            let offset = (self.cursor.wrapping_add(step)) % len;
-            let ip = Ipv4Addr::from(start.wrapping_add(offset));
+        for step in 0..len.min(MAX_SCAN) {
+            let offset = (self.cursor + step) % len;
+            let ip = at(offset);
             if !usable(ip) || !self.free_for(ip, mac, now) {
                 continue;
             }
             if self.by_ip.contains_key(&ip) {
-                reclaimable.get_or_insert((ip, offset));
+                reclaimable.get_or_insert(offset);
                 continue;
             }
-            self.cursor = offset.wrapping_add(1) % len;
+            self.cursor = (offset + 1) % len;
             return Some(ip);
         }
-        let (ip, offset) = reclaimable?;
-        self.cursor = offset.wrapping_add(1) % len;
-        Some(ip)
+        let offset = reclaimable?;
+        self.cursor = (offset + 1) % len;
+        Some(at(offset))
     }
 
     /// Holds `ip` for `mac` until `until`. A binding to the same address is left as it is.
@@ -254,6 +258,17 @@ mod tests {
         let dirty: HashMap<_, _> = t.take_dirty().into_iter().collect();
         assert_eq!(dirty[&mac(1)], None);
         assert_eq!(dirty[&mac(3)].as_ref().unwrap().ip, a);
+    }
+
+    #[test]
+    fn huge_pools_neither_overflow_nor_scan_forever() {
+        let everything: Pool = "0.0.0.0-255.255.255.255".parse().unwrap();
+        let mut t = LeaseTable::default();
+        assert_eq!(
+            t.allocate(everything, mac(1), 0, |_| true),
+            Some(Ipv4Addr::UNSPECIFIED)
+        );
+        assert_eq!(t.allocate(everything, mac(1), 0, |_| false), None);
     }
 
     #[test]
