@@ -788,6 +788,20 @@ fn system_time(clock: &dyn Clock) -> std::time::SystemTime {
         + std::time::Duration::from_millis(u64::try_from(clock.now_ms()).unwrap_or(0))
 }
 
+/// The cluster (the first one: one cluster is the common case).
+async fn first_cluster(db: &Db) -> Result<Cluster, CliError> {
+    Ok(db
+        .get_cluster(None)
+        .await?
+        .ok_or_else(|| DbError::NoCluster("default".into()))?)
+}
+
+async fn load_first_cluster(db: &Db) -> Result<materials::LoadedCluster, CliError> {
+    materials::load_cluster(db, None)
+        .await
+        .map_err(|e| invalid(e.to_string()))
+}
+
 /// Runs a `cluster` command, writing its output to `out`.
 pub async fn cluster(
     cmd: ClusterCommand,
@@ -862,10 +876,7 @@ pub async fn cluster(
         }
         ClusterCommand::Show { data, json } => {
             let db = Db::open(&data.data_dir).await?;
-            let c = db
-                .get_cluster(None)
-                .await?
-                .ok_or_else(|| DbError::NoCluster("default".into()))?;
+            let c = first_cluster(&db).await?;
             let patches = db.list_patches(&c.name).await?;
             if json {
                 let text = serde_json::to_string_pretty(&serde_json::json!({
@@ -900,9 +911,7 @@ pub async fn cluster(
         }
         ClusterCommand::Set { data, name, fields } => {
             let db = Db::open(&data.data_dir).await?;
-            let loaded = materials::load_cluster(&db, None)
-                .await
-                .map_err(|e| invalid(e.to_string()))?;
+            let loaded = load_first_cluster(&db).await?;
             let current = loaded.cluster.name.clone();
             let mut c = loaded.cluster.clone();
             if let Some(n) = &name {
@@ -925,9 +934,7 @@ pub async fn cluster(
         }
         ClusterCommand::ExportSecrets { data, out: path } => {
             let db = Db::open(&data.data_dir).await?;
-            let loaded = materials::load_cluster(&db, None)
-                .await
-                .map_err(|e| invalid(e.to_string()))?;
+            let loaded = load_first_cluster(&db).await?;
             emit(
                 out,
                 Some(path),
@@ -937,9 +944,7 @@ pub async fn cluster(
         }
         ClusterCommand::Talosconfig { data, out: path } => {
             let db = Db::open(&data.data_dir).await?;
-            let loaded = materials::load_cluster(&db, None)
-                .await
-                .map_err(|e| invalid(e.to_string()))?;
+            let loaded = load_first_cluster(&db).await?;
             let machines = db.list_machines().await?;
             let endpoints = control_plane_ips(&machines, &loaded.cluster.name);
             let text = loaded
@@ -950,9 +955,7 @@ pub async fn cluster(
         }
         ClusterCommand::Kubeconfig { data, out: path } => {
             let db = Db::open(&data.data_dir).await?;
-            let loaded = materials::load_cluster(&db, None)
-                .await
-                .map_err(|e| invalid(e.to_string()))?;
+            let loaded = load_first_cluster(&db).await?;
             let text = loaded
                 .bundle
                 .kubeconfig(
@@ -984,9 +987,7 @@ pub async fn cluster(
             let db = Db::open(&data.data_dir).await?;
             let (scope, mac) = patch_target(&scope, mac.as_deref())?;
             let body = read_input(&file)?;
-            let loaded = materials::load_cluster(&db, None)
-                .await
-                .map_err(|e| invalid(e.to_string()))?;
+            let loaded = load_first_cluster(&db).await?;
             let record = PatchRecord {
                 scope,
                 mac,
@@ -1019,10 +1020,7 @@ pub async fn cluster(
         }
         ClusterCommand::Bootstrap { data, json } => {
             let db = Db::open(&data.data_dir).await?;
-            let c = db
-                .get_cluster(None)
-                .await?
-                .ok_or_else(|| DbError::NoCluster("default".into()))?;
+            let c = first_cluster(&db).await?;
             let history = db.bootstrap_history(&c.name).await?;
             if json {
                 let text = serde_json::to_string_pretty(&serde_json::json!({
@@ -1071,10 +1069,7 @@ pub async fn cluster(
                 ));
             }
             let db = Db::open(&data.data_dir).await?;
-            let c = db
-                .get_cluster(None)
-                .await?
-                .ok_or_else(|| DbError::NoCluster("default".into()))?;
+            let c = first_cluster(&db).await?;
             let mut count = 0;
             for m in db.list_machines().await? {
                 if m.cluster == c.name && m.is_assigned() {
@@ -1090,10 +1085,7 @@ pub async fn cluster(
         }
         ClusterCommand::Patch(PatchCommand::List { data }) => {
             let db = Db::open(&data.data_dir).await?;
-            let c = db
-                .get_cluster(None)
-                .await?
-                .ok_or_else(|| DbError::NoCluster("default".into()))?;
+            let c = first_cluster(&db).await?;
             for p in db.list_patches(&c.name).await? {
                 let target = p.mac.map(|m| format!(" {m}")).unwrap_or_default();
                 w(
@@ -1116,10 +1108,7 @@ pub async fn cluster(
         }) => {
             let db = Db::open(&data.data_dir).await?;
             let (scope, mac) = patch_target(&scope, mac.as_deref())?;
-            let c = db
-                .get_cluster(None)
-                .await?
-                .ok_or_else(|| DbError::NoCluster("default".into()))?;
+            let c = first_cluster(&db).await?;
             db.remove_patch(&c.name, scope, mac, &name).await?;
             w(out, format!("patch {name} removed\n"))?;
         }
