@@ -204,7 +204,7 @@ async fn run(cli: &Cli) -> Result<Report> {
     let facts = MachineFacts::gather();
     let mut scratch = TempDir::new("bootplane-bench")?;
     scratch.keep(cli.keep_temp);
-    let dirs = ApplianceDirs::create(scratch.path())?;
+    let dirs = ApplianceDirs::create(scratch.path(), TALOS_VERSION)?;
     let mut report = Report {
         title: "bootplane benchmark".into(),
         parameters: params.describe(),
@@ -253,27 +253,10 @@ async fn run(cli: &Cli) -> Result<Report> {
     let last = ProcSample::read(bootplane.pid())?;
     memory_rows(&mut report, &sampler, idle, &last, &phases, nginx_memory);
     if cli.keep_temp {
-        let csv = scratch.path().join("rss.csv");
-        std::fs::write(&csv, sampler.csv(started))
-            .with_context(|| format!("writing {}", csv.display()))?;
-        let marks: Vec<String> = phases
-            .iter()
-            .map(|p| {
-                let ms = |t: Instant| t.saturating_duration_since(started).as_millis();
-                format!("{} {}–{} ms", p.name, ms(p.start), ms(p.end))
-            })
-            .collect();
-        eprintln!(
-            "RSS timeline in {}; phases: {}",
-            csv.display(),
-            marks.join(", ")
-        );
+        write_timeline(scratch.path(), &sampler, started, &phases)?;
     }
     drop(sampler);
-
-    if let Err(e) = bootplane.stop() {
-        report.problem(format!("appliance shutdown: {e:#}"));
-    }
+    stop_appliance(&mut bootplane, &mut report).await;
     busy_machine_note(&mut report, &facts, load_before);
 
     let text = report.render(&facts);
@@ -281,6 +264,59 @@ async fn run(cli: &Cli) -> Result<Report> {
     write_report(&cli.out, &text)?;
     eprintln!("wrote {}", cli.out.display());
     Ok(report)
+}
+
+/// Writes the RSS samples to `rss.csv` in the kept temporary directory.
+fn write_timeline(
+    dir: &Path,
+    sampler: &RssSampler,
+    started: Instant,
+    phases: &[Phase],
+) -> Result<()> {
+    let csv = dir.join("rss.csv");
+    std::fs::write(&csv, sampler.csv(started))
+        .with_context(|| format!("writing {}", csv.display()))?;
+    let ms = |t: Instant| t.saturating_duration_since(started).as_millis();
+    let marks: Vec<String> = phases
+        .iter()
+        .map(|p| format!("{} {}–{} ms", p.name, ms(p.start), ms(p.end)))
+        .collect();
+    eprintln!(
+        "RSS timeline in {}; phases: {}",
+        csv.display(),
+        marks.join(", ")
+    );
+    Ok(())
+}
+
+/// Reads the appliance's counters, stops it (timing the graceful shutdown) and collects the
+/// warnings it logged.
+async fn stop_appliance(bootplane: &mut Appliance, report: &mut Report) {
+    match bootplane
+        .metrics(&["dhcp_replies", "dropped", "http_bytes"])
+        .await
+    {
+        Ok(lines) if !lines.is_empty() => report.finding(format!(
+            "appliance /metrics at the end: {}",
+            lines.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => report.finding(format!("could not read the appliance's /metrics: {e:#}")),
+    }
+    let stopping = Instant::now();
+    match bootplane.stop() {
+        Ok(()) => report.row(
+            Row::new(
+                "appliance shutdown after SIGTERM",
+                format!("{:.2} s", stopping.elapsed().as_secs_f64()),
+            )
+            .notes("graceful: HTTP drained, queued events and leases flushed"),
+        ),
+        Err(e) => report.problem(format!("appliance shutdown: {e:#}")),
+    }
+    for (message, count) in bootplane.log_warnings() {
+        report.finding(format!("appliance log, {count}×: `{message}`"));
+    }
 }
 
 /// Memory rows: idle, the sampled peak of each phase, the whole run's VmHWM; CPU total.

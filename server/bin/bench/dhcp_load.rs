@@ -137,6 +137,8 @@ pub struct PhaseResult {
     /// Replies for no outstanding xid (after the timeout, or duplicates).
     pub unmatched: usize,
     pub send_errors: usize,
+    /// Requests never sent because the target answered nothing at all.
+    pub skipped: usize,
     pub latencies: Latencies,
     /// From the first send to the last matched reply.
     pub elapsed: Duration,
@@ -151,12 +153,13 @@ impl PhaseResult {
         (self.replies > 0 && secs > 0.0).then(|| self.replies as f64 / secs)
     }
 
-    /// Fraction of requests answered correctly, 0..=1.
+    /// Fraction of all requests (sent or skipped) answered correctly, 0..=1.
     pub fn answered(&self) -> f64 {
-        if self.sent == 0 {
+        let total = self.sent + self.skipped;
+        if total == 0 {
             0.0
         } else {
-            self.replies as f64 / self.sent as f64
+            self.replies as f64 / total as f64
         }
     }
 
@@ -167,6 +170,7 @@ impl PhaseResult {
         self.bad += other.bad;
         self.unmatched += other.unmatched;
         self.send_errors += other.send_errors;
+        self.skipped += other.skipped;
         self.latencies.extend(other.latencies);
         self.elapsed = self.elapsed.max(other.elapsed);
     }
@@ -206,6 +210,24 @@ pub fn run_phase(
         .map_err(|_| anyhow!("the DHCP load thread panicked"))?
 }
 
+/// What every client socket of one phase shares.
+struct Load {
+    target: SocketAddr,
+    exchange: Exchange,
+    packets: Arc<Vec<Packet>>,
+    /// Index of the next packet to send.
+    next: AtomicUsize,
+    /// Set when the target answers nothing at all: the phase stops sending instead of waiting
+    /// out a timeout for every remaining request.
+    give_up: AtomicBool,
+    timeout: Duration,
+    start: Instant,
+}
+
+/// With no reply at all after this many requests (or a whole window) timed out on one socket,
+/// the phase gives up.
+const GIVE_UP_AFTER_LOST: usize = 4;
+
 async fn drive_all(
     target: SocketAddr,
     exchange: Exchange,
@@ -213,8 +235,16 @@ async fn drive_all(
     shape: LoadShape,
 ) -> Result<PhaseResult> {
     let sockets = shape.sockets.clamp(1, shape.in_flight.max(1));
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
+    let total_packets = packets.len();
+    let load = Arc::new(Load {
+        target,
+        exchange,
+        packets,
+        next: AtomicUsize::new(0),
+        give_up: AtomicBool::new(false),
+        timeout: shape.timeout,
+        start: Instant::now(),
+    });
     let mut tasks = Vec::with_capacity(sockets);
     for s in 0..sockets {
         // Spread the window evenly: 32 over 4 sockets is 8 each.
@@ -222,42 +252,23 @@ async fn drive_all(
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .context("binding a client socket")?;
-        let (packets, next) = (packets.clone(), next.clone());
-        tasks.push(tokio::spawn(drive_socket(
-            socket,
-            target,
-            exchange,
-            packets,
-            next,
-            window,
-            shape.timeout,
-            start,
-        )));
+        tasks.push(tokio::spawn(drive_socket(socket, load.clone(), window)));
     }
     let mut total = PhaseResult {
         in_flight: shape.in_flight,
-        latencies: Latencies::with_capacity(packets.len()),
+        latencies: Latencies::with_capacity(total_packets),
         ..PhaseResult::default()
     };
     for task in tasks {
         total.merge(task.await.context("a client socket task failed")??);
     }
+    total.skipped = total_packets.saturating_sub(total.sent);
     Ok(total)
 }
 
 /// One socket's share of the load: keeps `window` requests outstanding, taking the next packet
-/// index from `next`, until every packet is sent and answered or timed out.
-#[allow(clippy::too_many_arguments)]
-async fn drive_socket(
-    socket: UdpSocket,
-    target: SocketAddr,
-    exchange: Exchange,
-    packets: Arc<Vec<Packet>>,
-    next: Arc<AtomicUsize>,
-    window: usize,
-    timeout: Duration,
-    start: Instant,
-) -> Result<PhaseResult> {
+/// from the shared index, until every packet is sent and answered or timed out.
+async fn drive_socket(socket: UdpSocket, load: Arc<Load>, window: usize) -> Result<PhaseResult> {
     let mut result = PhaseResult::default();
     // Outstanding requests: (xid, packet index, sent at). Small (the window), so a Vec.
     let mut outstanding: Vec<(u32, usize, Instant)> = Vec::with_capacity(window);
@@ -265,14 +276,18 @@ async fn drive_socket(
     let mut exhausted = false;
     loop {
         while !exhausted && outstanding.len() < window {
-            let index = next.fetch_add(1, Ordering::Relaxed);
-            let Some(packet) = packets.get(index) else {
+            if load.give_up.load(Ordering::Relaxed) {
+                exhausted = true;
+                break;
+            }
+            let index = load.next.fetch_add(1, Ordering::Relaxed);
+            let Some(packet) = load.packets.get(index) else {
                 exhausted = true;
                 break;
             };
             let sent_at = Instant::now();
             result.sent += 1;
-            match socket.send_to(&packet.bytes, target).await {
+            match socket.send_to(&packet.bytes, load.target).await {
                 Ok(_) => outstanding.push((packet.xid, index, sent_at)),
                 Err(_) => {
                     result.send_errors += 1;
@@ -283,31 +298,14 @@ async fn drive_socket(
         let Some(oldest) = outstanding.iter().map(|o| o.2).min() else {
             break;
         };
-        let deadline = tokio::time::Instant::from_std(oldest + timeout);
+        let deadline = tokio::time::Instant::from_std(oldest + load.timeout);
         if let Ok(ready) = tokio::time::timeout_at(deadline, socket.readable()).await {
             ready.context("waiting for replies")?;
             loop {
                 match socket.try_recv_from(&mut buf) {
                     Ok((n, _)) => {
                         let now = Instant::now();
-                        let reply = &buf[..n];
-                        let found = reply
-                            .get(XID_RANGE)
-                            .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
-                            .and_then(|xid| outstanding.iter().position(|o| o.0 == xid));
-                        let Some(pos) = found else {
-                            result.unmatched += 1;
-                            continue;
-                        };
-                        let (_, index, sent_at) = outstanding.swap_remove(pos);
-                        let expected = packets.get(index).map(|p| p.mac);
-                        if expected.is_some_and(|mac| is_expected_reply(reply, exchange, &mac)) {
-                            result.replies += 1;
-                            result.latencies.push(now - sent_at);
-                            result.elapsed = now - start;
-                        } else {
-                            result.bad += 1;
-                        }
+                        take_reply(&load, &buf[..n], now, &mut outstanding, &mut result);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e).context("receiving replies"),
@@ -316,10 +314,40 @@ async fn drive_socket(
         }
         let now = Instant::now();
         let before = outstanding.len();
-        outstanding.retain(|o| now < o.2 + timeout);
+        outstanding.retain(|o| now < o.2 + load.timeout);
         result.lost += before - outstanding.len();
+        if result.replies == 0 && result.lost >= window.max(GIVE_UP_AFTER_LOST) {
+            load.give_up.store(true, Ordering::Relaxed);
+        }
     }
     Ok(result)
+}
+
+/// Matches one datagram to an outstanding request by xid and checks it.
+fn take_reply(
+    load: &Load,
+    reply: &[u8],
+    now: Instant,
+    outstanding: &mut Vec<(u32, usize, Instant)>,
+    result: &mut PhaseResult,
+) {
+    let found = reply
+        .get(XID_RANGE)
+        .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+        .and_then(|xid| outstanding.iter().position(|o| o.0 == xid));
+    let Some(pos) = found else {
+        result.unmatched += 1;
+        return;
+    };
+    let (_, index, sent_at) = outstanding.swap_remove(pos);
+    let mac = load.packets.get(index).map(|p| p.mac);
+    if mac.is_some_and(|mac| is_expected_reply(reply, load.exchange, &mac)) {
+        result.replies += 1;
+        result.latencies.push(now - sent_at);
+        result.elapsed = now - load.start;
+    } else {
+        result.bad += 1;
+    }
 }
 
 /// A BOOTREPLY of the expected type, for this client's MAC.
@@ -484,5 +512,29 @@ mod tests {
         assert_eq!(result.sent, 300);
         assert_eq!(result.replies, 300);
         assert_eq!(result.lost + result.bad + result.unmatched, 0);
+    }
+
+    #[test]
+    fn a_silent_target_ends_the_phase_early() {
+        // Bound but never read: requests vanish.
+        let silent = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let packets = Arc::new(build_packets(Exchange::Discover, 0..1000).unwrap());
+        let shape = LoadShape {
+            in_flight: 8,
+            sockets: 2,
+            timeout: Duration::from_millis(100),
+        };
+        let started = Instant::now();
+        let result = run_phase(
+            silent.local_addr().unwrap(),
+            Exchange::Discover,
+            packets,
+            shape,
+        )
+        .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(result.replies, 0);
+        assert!(result.skipped > 900);
+        assert_eq!(result.answered(), 0.0);
     }
 }

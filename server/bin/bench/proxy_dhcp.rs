@@ -119,13 +119,14 @@ fn outcome(r: &PhaseResult) -> String {
     let mut parts = vec![format!(
         "{}/{} answered",
         fmt_count(r.replies as f64),
-        fmt_count(r.sent as f64)
+        fmt_count((r.sent + r.skipped) as f64)
     )];
     for (name, n) in [
         ("lost", r.lost),
         ("wrong reply", r.bad),
         ("unmatched", r.unmatched),
         ("send errors", r.send_errors),
+        ("not sent (no replies at all)", r.skipped),
     ] {
         if n > 0 {
             parts.push(format!("{name} {n}"));

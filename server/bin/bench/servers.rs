@@ -132,26 +132,33 @@ pub struct ApplianceDirs {
 }
 
 impl ApplianceDirs {
-    /// Creates data, iPXE and images directories under `root`; the iPXE directory gets
-    /// Debian's binaries when installed, otherwise synthetic stand-ins.
-    pub fn create(root: &Path) -> Result<Self> {
+    /// Creates data, iPXE and images directories under `root`. The iPXE directory gets
+    /// Debian's binaries when installed, otherwise stand-ins; the images directory gets small
+    /// stand-ins for the Talos kernel and initramfs (a scenario may replace them), so the
+    /// appliance starts without warnings about missing files.
+    pub fn create(root: &Path, talos_version: &str) -> Result<Self> {
         let dirs = Self {
             data: root.join("data"),
             ipxe: root.join("ipxe"),
             images: root.join("images"),
             log: root.join("bootplane.log"),
         };
-        for dir in [&dirs.data, &dirs.ipxe, &dirs.images] {
+        let version_dir = dirs.images.join(talos_version);
+        for dir in [&dirs.data, &dirs.ipxe, &version_dir] {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        for name in ["undionly.kpxe", "ipxe.efi", "snponly.efi"] {
-            let system = Path::new("/usr/lib/ipxe").join(name);
+        let stand_in: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 251) as u8).collect();
+        for name in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "ipxe-arm64.efi"] {
             let target = dirs.ipxe.join(name);
-            if fs::copy(&system, &target).is_err() {
-                let stand_in: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 251) as u8).collect();
-                fs::write(&target, stand_in)
+            if fs::copy(Path::new("/usr/lib/ipxe").join(name), &target).is_err() {
+                fs::write(&target, &stand_in)
                     .with_context(|| format!("writing {}", target.display()))?;
             }
+        }
+        for name in ["vmlinuz-amd64", "initramfs-amd64.xz"] {
+            let target = version_dir.join(name);
+            fs::write(&target, &stand_in)
+                .with_context(|| format!("writing {}", target.display()))?;
         }
         Ok(dirs)
     }
@@ -228,8 +235,40 @@ impl Appliance {
         }
     }
 
+    /// The Prometheus counters whose name contains one of `names`, as "name{labels} value".
+    pub async fn metrics(&self, names: &[&str]) -> Result<Vec<String>> {
+        let (status, body) = http::get_small(self.ports.http, "/metrics").await?;
+        if status != 200 {
+            bail!("GET /metrics answered {status}");
+        }
+        Ok(String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| !l.starts_with('#') && names.iter().any(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// The appliance's WARN and ERROR log lines (escape codes removed), counted by message,
+    /// in order of first appearance.
+    pub fn log_warnings(&self) -> Vec<(String, usize)> {
+        let text = fs::read_to_string(&self.guard.log).unwrap_or_default();
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for line in text.lines().map(strip_ansi) {
+            let Some(pos) = line.find(" WARN ").or_else(|| line.find(" ERROR ")) else {
+                continue;
+            };
+            // Group by level, target and the start of the message; drop the timestamp.
+            let key: String = line[pos..].trim().chars().take(110).collect();
+            match seen.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => seen.push((key, 1)),
+            }
+        }
+        seen
+    }
+
     /// Stops it gracefully; an error when it had to be killed or exited unsuccessfully.
-    pub fn stop(mut self) -> Result<()> {
+    pub fn stop(&mut self) -> Result<()> {
         match self.guard.stop() {
             Some(status) if status.success() => Ok(()),
             Some(status) => bail!("bootplane exited with {status}\n{}", self.guard.log_tail()),
@@ -239,6 +278,25 @@ impl Appliance {
             ),
         }
     }
+}
+
+/// `text` without ANSI colour escapes (CSI sequences).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip "[" and parameters up to the final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A running nginx serving `root` with sendfile, as the HTTP reference.
@@ -306,5 +364,18 @@ impl Nginx {
 
     pub fn stop(mut self) {
         self.guard.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_escapes_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m sqlx::query: slow"),
+            "2026  WARN sqlx::query: slow"
+        );
     }
 }
