@@ -44,12 +44,16 @@ use crate::memory::{Phase, RssSampler};
 use crate::report::{Report, Row, Verdict};
 use crate::servers::{Appliance, ApplianceDirs};
 use crate::stats::{fmt_count, fmt_kib, fmt_ratio};
-use crate::sys::{load_average, MachineFacts, ProcSample, TempDir};
+use crate::sys::{
+    load_average, machine_busy_secs, own_cpu_secs, MachineFacts, ProcSample, TempDir,
+};
 
 pub const TALOS_VERSION: &str = "v1.11.6";
 pub const ASSET: &str = "initramfs-amd64.xz";
 /// How long the appliance sits idle before its idle memory is read, and after the load.
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
+/// Above this share of the machine's CPU used by other processes, the report calls the run noisy.
+const OTHER_WORK_NOISY: f64 = 0.10;
 /// Idle RSS target from issue 7.
 const RSS_IDLE_TARGET_KIB: u64 = 30 * 1024;
 
@@ -211,6 +215,7 @@ async fn run(cli: &Cli) -> Result<Report> {
         ..Report::default()
     };
     let load_before = load_average();
+    let mut machine = CpuAccount::start();
     let file = if params.http {
         Some(write_asset(&dirs.images, params.file_bytes)?)
     } else {
@@ -242,6 +247,7 @@ async fn run(cli: &Cli) -> Result<Report> {
         .await?;
         phases.push(outcome.phase);
         nginx_memory = outcome.nginx_memory;
+        machine.add_reference(outcome.nginx_cpu_secs);
     }
     let settle_start = Instant::now();
     tokio::time::sleep(IDLE_SETTLE).await;
@@ -257,7 +263,7 @@ async fn run(cli: &Cli) -> Result<Report> {
     }
     drop(sampler);
     stop_appliance(&mut bootplane, &mut report).await;
-    busy_machine_note(&mut report, &facts, load_before);
+    machine.note(&mut report, &facts, load_before, last.cpu_secs);
 
     let text = report.render(&facts);
     println!("{text}");
@@ -375,24 +381,66 @@ fn memory_rows(
     );
 }
 
-/// Says so when other work was running: two cores shared with a compiler move every number.
-fn busy_machine_note(report: &mut Report, facts: &MachineFacts, before: Option<f64>) {
-    let after = load_average();
-    let fmt = |l: Option<f64>| l.map_or("?".into(), |l| format!("{l:.2}"));
-    let busy = [before, after]
-        .iter()
-        .flatten()
-        .any(|&l| l > 0.5 * facts.cpus as f64);
-    let text = format!(
-        "1-minute load average {} before the run, {} after",
-        fmt(before),
-        fmt(after)
-    );
-    report.finding(if busy {
-        format!("{text}: other work shared this machine, so treat the numbers as noisy and rerun on a quiet machine")
-    } else {
-        text
-    });
+/// Who used the machine's CPU during the run, so the reader knows whether other work (on two
+/// cores, a compiler) moved the numbers.
+struct CpuAccount {
+    start: Instant,
+    machine_busy: Option<f64>,
+    bench: f64,
+    /// CPU seconds of reference servers (nginx), added as they stop.
+    reference: f64,
+}
+
+impl CpuAccount {
+    fn start() -> Self {
+        Self {
+            start: Instant::now(),
+            machine_busy: machine_busy_secs(),
+            bench: own_cpu_secs(),
+            reference: 0.0,
+        }
+    }
+
+    fn add_reference(&mut self, cpu_secs: f64) {
+        self.reference += cpu_secs;
+    }
+
+    /// A note with the CPU seconds that neither the bench, the appliance nor nginx used.
+    fn note(
+        &self,
+        report: &mut Report,
+        facts: &MachineFacts,
+        load_before: Option<f64>,
+        appliance: f64,
+    ) {
+        let wall = self.start.elapsed().as_secs_f64();
+        let available = wall * facts.cpus as f64;
+        let load = load_before.map_or("?".into(), |l| format!("{l:.2}"));
+        let Some(busy) = machine_busy_secs()
+            .zip(self.machine_busy)
+            .map(|(b, a)| b - a)
+        else {
+            report.finding(format!("1-minute load average before the run: {load}"));
+            return;
+        };
+        let bench = own_cpu_secs() - self.bench;
+        let other = (busy - bench - appliance - self.reference).max(0.0);
+        let share = if available > 0.0 {
+            other / available
+        } else {
+            0.0
+        };
+        let text = format!(
+            "CPU during the {wall:.0} s run: the bench (load generators) {bench:.1} s, the appliance {appliance:.1} s, nginx {:.1} s, other processes {other:.1} s ({:.0}% of the machine); 1-minute load average before the run {load}",
+            self.reference,
+            share * 100.0
+        );
+        report.finding(if share > OTHER_WORK_NOISY {
+            format!("{text}. Other work shared this machine: treat the numbers as noisy and rerun on a quiet machine")
+        } else {
+            text
+        });
+    }
 }
 
 /// The appliance binary: `--bootplane`, else `bootplane` beside this executable. Under

@@ -98,6 +98,8 @@ pub struct Outcome {
     pub phase: Phase,
     /// nginx (master and workers): idle RSS and peak RSS, KiB.
     pub nginx_memory: Option<(u64, u64)>,
+    /// CPU seconds nginx used over all rounds.
+    pub nginx_cpu_secs: f64,
 }
 
 pub async fn run(
@@ -202,6 +204,7 @@ pub async fn run(
             end,
         },
         nginx_memory,
+        nginx_cpu_secs: theirs.cpu.iter().sum(),
     })
 }
 

@@ -154,6 +154,31 @@ pub fn thread_cpu_secs() -> f64 {
         .map_or(0.0, |ns| ns as f64 / 1e9)
 }
 
+/// CPU seconds the whole machine has spent busy (all CPUs; idle and iowait excluded).
+pub fn machine_busy_secs() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_busy(stat.lines().next()?)
+}
+
+/// The aggregate `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal ...
+fn parse_machine_busy(line: &str) -> Option<f64> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let ticks: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    Some(busy as f64 / CLOCK_TICKS_PER_SEC)
+}
+
 /// The 1-minute load average, to tell the reader whether other work shared the machine.
 pub fn load_average() -> Option<f64> {
     fs::read_to_string("/proc/loadavg")
@@ -263,6 +288,13 @@ mod tests {
     fn cpu_time_is_read_after_the_command_name() {
         let stat = "42 (we ird) name)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
         assert_eq!(parse_cpu_secs(stat), Some(3.0));
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_and_iowait() {
+        let line = "cpu  100 20 30 5000 700 1 2 3 0 0";
+        assert_eq!(parse_machine_busy(line), Some(1.56));
+        assert_eq!(parse_machine_busy("cpu0 1 2 3 4 5 6 7 8"), None);
     }
 
     #[test]
