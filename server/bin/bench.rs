@@ -70,7 +70,8 @@ struct Cli {
     /// Where to write the Markdown table
     #[arg(long, default_value = "target/bench.md")]
     out: PathBuf,
-    /// The appliance binary [default: `bootplane` beside this executable]
+    /// The appliance binary [default: `bootplane` beside this executable, built first when the
+    /// bench runs through `cargo run`]
     #[arg(long)]
     bootplane: Option<PathBuf>,
     /// Scenarios to run, comma-separated
