@@ -489,11 +489,19 @@ async fn boot_config_get(
     let digest = hex::encode(Sha256::digest(config.as_bytes()));
     tracing::info!(mac = %mac, bytes = config.len(), sha256 = %digest, "config served");
     state.metrics.http_sent("config", config.len() as u64);
-    state.recorder.event(
-        mac,
-        EventKind::ConfigFetched,
-        format!("served {} bytes sha256:{digest}", config.len()),
-    );
+    // Written directly (not through the recorder queue) so the log shows the fetch before
+    // the state change it causes.
+    let now = state.recorder.now_ms();
+    state
+        .db
+        .log_event(
+            mac,
+            EventKind::ConfigFetched,
+            &format!("served {} bytes sha256:{digest}", config.len()),
+            now,
+        )
+        .await
+        .map_err(|e| BootError::Internal(e.to_string()))?;
     if !m.installed {
         state
             .db

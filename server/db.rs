@@ -303,7 +303,7 @@ impl Db {
         let rows = sqlx::query(
             "SELECT mac, at, kind, detail FROM
                 (SELECT id, mac, at, kind, detail FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?)
-             ORDER BY id",
+             ORDER BY at, id",
         )
         .bind(mac.to_string())
         .bind(limit)

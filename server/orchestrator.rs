@@ -53,6 +53,9 @@ impl Default for Settings {
     }
 }
 
+/// Longest gap between probes of a machine handed to its disk.
+const HANDOFF_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What other subsystems tell the orchestrator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -250,7 +253,14 @@ async fn probe(inner: &Arc<Inner>, mac: Mac, cancel: &CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(inner.settings.probe_max_backoff);
+        // A machine just sent to its disk is watched closely: if its Talos API comes back
+        // between two sparse probes, its next network boot would be taken for a wipe.
+        let cap = if machine.handoff_at.is_some() {
+            HANDOFF_PROBE_INTERVAL
+        } else {
+            inner.settings.probe_max_backoff
+        };
+        backoff = (backoff * 2).min(cap);
     }
 }
 
@@ -460,14 +470,29 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
             Some("already-bootstrapped"),
             format!("Bootstrap on {target}: AlreadyExists (etcd data directory is not empty)"),
         ),
-        Err(ApiError::NotReady(why)) | Err(ApiError::Unreachable(why)) => {
-            // The node says it did not start (or the request never reached it).
+        Err(ApiError::Unreachable(why)) => {
+            // No connection: the request never reached the node.
+            db.bootstrap_not_started(&cluster.name, generation)
+                .await
+                .map_err(|e| e.to_string())?;
+            (None, format!("Bootstrap on {target} not sent: {why}"))
+        }
+        Err(ApiError::NotReady(why)) if refused_before_starting(&why) => {
+            // Talos answered that it did not start (still booting, clock not in sync).
             db.bootstrap_not_started(&cluster.name, generation)
                 .await
                 .map_err(|e| e.to_string())?;
             (
                 None,
                 format!("Bootstrap on {target} not started yet: {why}"),
+            )
+        }
+        Err(ApiError::NotReady(why)) => {
+            // No answer in time, or a transport error: the node may have started etcd.
+            // The call stays marked, so the hold-off applies and etcd is checked first.
+            (
+                None,
+                format!("Bootstrap on {target}: outcome unknown ({why}); waiting out the hold-off"),
             )
         }
         Err(e) => (Some("failed"), format!("Bootstrap on {target} failed: {e}")),
@@ -482,6 +507,11 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Talos's refusals that guarantee the node did not start bootstrapping.
+fn refused_before_starting(why: &str) -> bool {
+    why.contains("bootstrap is not available yet") || why.contains("time is not in sync yet")
 }
 
 /// A control plane is being reinstalled: remove its old etcd member through a healthy
