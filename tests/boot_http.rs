@@ -81,7 +81,9 @@ async fn unknown_machine_is_discovered_and_told_to_wait_then_boots_once_assigned
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn installed_machines_get_their_disk_handoff() {
-    let app = Appliance::start().await;
+    // Window 0: repeated network boots are never taken for a wiped disk here (the wipe
+    // detection has its own tests in tests/orchestrator.rs).
+    let app = Appliance::start_with(|o| o.wipe_window = Some(0)).await;
     app.add_assets(10, 10);
     let mut m = controlplane();
     m.installed = true;
