@@ -728,19 +728,8 @@ impl Db {
         generation: i64,
         now: i64,
     ) -> Result<(), DbError> {
-        let mut tx = self.write_tx().await?;
-        let id = cluster_id(&mut tx, cluster).await?;
-        sqlx::query(
-            "UPDATE bootstraps SET called_at = ?, calls = calls + 1
-             WHERE cluster_id = ? AND generation = ? AND outcome IS NULL",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(generation)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.mark_bootstrap_call(cluster, generation, Some(now))
+            .await
     }
 
     /// The node answered that it did not start bootstrapping (or the call never reached it):
@@ -750,12 +739,24 @@ impl Db {
         cluster: &str,
         generation: i64,
     ) -> Result<(), DbError> {
+        self.mark_bootstrap_call(cluster, generation, None).await
+    }
+
+    /// Sets (counting a call) or clears the call mark of an unfinished generation.
+    async fn mark_bootstrap_call(
+        &self,
+        cluster: &str,
+        generation: i64,
+        called_at: Option<i64>,
+    ) -> Result<(), DbError> {
         let mut tx = self.write_tx().await?;
         let id = cluster_id(&mut tx, cluster).await?;
         sqlx::query(
-            "UPDATE bootstraps SET called_at = NULL
-             WHERE cluster_id = ? AND generation = ? AND outcome IS NULL",
+            "UPDATE bootstraps SET called_at = ?1,
+                calls = calls + (CASE WHEN ?1 IS NULL THEN 0 ELSE 1 END)
+             WHERE cluster_id = ?2 AND generation = ?3 AND outcome IS NULL",
         )
+        .bind(called_at)
         .bind(id)
         .bind(generation)
         .execute(&mut *tx)
