@@ -106,8 +106,9 @@ struct Inner {
     settings: Arc<Settings>,
     probing: Mutex<HashSet<Mac>>,
     evaluating: Mutex<HashSet<String>>,
-    /// Reinstalls whose stale etcd member was already dealt with, by (machine, state since).
-    forgotten: Mutex<HashSet<(Mac, Option<i64>)>>,
+    /// Control planes being reinstalled whose stale etcd member was already dealt with; a
+    /// machine leaves the set when it is installed again, so one reinstall means one removal.
+    forgotten: Mutex<HashSet<Mac>>,
     probes: Semaphore,
     tx: mpsc::Sender<Signal>,
 }
@@ -329,10 +330,12 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
         if done != "failed" && !all_wiped {
             // Some control planes are being reinstalled while others run etcd: their old
             // members must go before they join again.
-            for (m, _) in cps.iter().filter(|(m, _)| !m.installed) {
-                if lock(&inner.forgotten).insert((m.mac, m.state_since)) {
+            for (m, _) in &cps {
+                if m.installed {
+                    lock(&inner.forgotten).remove(&m.mac);
+                } else if lock(&inner.forgotten).insert(m.mac) {
                     if let Err(e) = forget_stale_member(inner, m.mac).await {
-                        lock(&inner.forgotten).remove(&(m.mac, m.state_since));
+                        lock(&inner.forgotten).remove(&m.mac);
                         tracing::warn!(mac = %m.mac, error = %e, "stale etcd member not removed yet");
                     }
                 }
