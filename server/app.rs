@@ -33,6 +33,15 @@ pub struct AppState {
     pub neighbours: Neighbours,
     pub metrics: Metrics,
     pub orchestrator: crate::orchestrator::Handle,
+    pub login_limiter: crate::auth::LoginLimiter,
+}
+
+impl AppState {
+    /// After an operator's write: refresh the snapshot and let the orchestrator look again.
+    pub fn changed(&self) {
+        self.inventory.mark_changed();
+        self.orchestrator.signal(crate::orchestrator::Signal::Kick);
+    }
 }
 
 /// The sockets `run` serves on, bound before it starts (tests bind port 0).
@@ -127,12 +136,26 @@ pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
     })
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface. What booting machines reach (boot scripts, assets, their own
+/// config), `/healthz` and `/metrics` are public; every UI page and API route needs an operator.
 pub fn router(state: AppState) -> Router {
+    use crate::auth::{require_operator, Surface};
+    let ui = crate::ui::router().route_layer(axum::middleware::from_fn_with_state(
+        (state.clone(), Surface::Ui),
+        require_operator,
+    ));
+    let api = crate::api::router().route_layer(axum::middleware::from_fn_with_state(
+        (state.clone(), Surface::Api),
+        require_operator,
+    ));
     Router::new()
         .merge(crate::boot::router())
         .route("/healthz", get(health_get))
         .route("/metrics", get(metrics_get))
+        .merge(crate::ui::public_router())
+        .merge(ui)
+        .nest("/api/v1", api)
+        .merge(crate::api::public_router())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -183,6 +206,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    crate::auth::ensure_admin(
+        &db,
+        config.ui.admin_password.as_ref().map(|p| p.0.as_str()),
+        clock.now_ms(),
+    )
+    .await?;
     let metrics = Metrics::default();
     let inventory = Inventory::default();
     inventory.reload(&db).await?;
@@ -246,6 +275,7 @@ pub async fn run(
         neighbours,
         metrics,
         orchestrator,
+        login_limiter: crate::auth::LoginLimiter::default(),
     };
     drop(recorder);
     check_boot_files(&config);

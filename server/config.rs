@@ -219,6 +219,35 @@ pub struct ServeOptions {
     /// Log format: text or json [default: text]
     #[arg(long, env = "BOOTPLANE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Password of the web UI's admin account: set on first start, and reset to this when it differs [default: generated on first start and printed once in the log]
+    #[arg(long, env = "BOOTPLANE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+    /// Mark session cookies Secure (set this when the UI is reached through an HTTPS reverse proxy) [default: false]
+    #[arg(long, env = "BOOTPLANE_SECURE_COOKIES")]
+    pub secure_cookies: Option<bool>,
+}
+
+/// A secret setting: kept out of `Debug` output and logs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
 }
 
 /// `EfiBinary` as a clap/serde value.
@@ -273,7 +302,9 @@ impl ServeOptions {
             talos_api_port,
             bootstrap_holdoff,
             wipe_window,
-            log_format
+            log_format,
+            admin_password,
+            secure_cookies
         )
     }
 }
@@ -353,10 +384,18 @@ impl BootConfig {
     }
 }
 
+/// Web UI and API settings.
+#[derive(Clone, Debug, Default)]
+pub struct UiConfig {
+    pub admin_password: Option<Secret>,
+    pub secure_cookies: bool,
+}
+
 /// The validated configuration `serve` runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
+    pub ui: UiConfig,
     pub interface: InterfaceInfo,
     pub http_bind: SocketAddr,
     pub tftp_port: u16,
@@ -467,7 +506,19 @@ impl Config {
             return Err(invalid("--tftp-window-limit must be at least 1".into()));
         }
         let http_port = o.http_port.unwrap_or(DEFAULT_HTTP_PORT);
+        if let Some(p) = &o.admin_password {
+            if p.0.chars().count() < crate::auth::MIN_PASSWORD_LEN {
+                return Err(invalid(format!(
+                    "--admin-password must have at least {} characters",
+                    crate::auth::MIN_PASSWORD_LEN
+                )));
+            }
+        }
         Ok(Config {
+            ui: UiConfig {
+                admin_password: o.admin_password.clone(),
+                secure_cookies: o.secure_cookies.unwrap_or(false),
+            },
             data_dir: o
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

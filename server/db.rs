@@ -13,6 +13,9 @@ use crate::model::{
     Machine, PatchRecord, PatchScope,
 };
 
+mod auth;
+pub use auth::{SessionRow, TokenRow, UserRow};
+
 pub const DB_FILE: &str = "bootplane.db";
 
 #[derive(Debug, thiserror::Error)]

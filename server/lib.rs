@@ -2,7 +2,9 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 
+pub mod api;
 pub mod app;
+pub mod auth;
 pub mod boot;
 pub mod cli;
 pub mod clock;
@@ -14,7 +16,9 @@ pub mod materials;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod ops;
 pub mod orchestrator;
 pub mod ra;
 pub mod talos;
 pub mod tftp;
+pub mod ui;

@@ -1,0 +1,493 @@
+//! Operator authentication for the web UI and the JSON API: Argon2id passwords, browser
+//! sessions in HttpOnly SameSite cookies with a CSRF token each, API bearer tokens, and a login
+//! rate limit. Booting machines never pass through here (their routes are public).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine as _;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::app::AppState;
+use crate::db::{Db, DbError};
+
+pub const SESSION_COOKIE: &str = "bootplane_session";
+/// Header carrying the CSRF token for requests made by the UI's own scripts.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Form field carrying the CSRF token.
+pub const CSRF_FIELD: &str = "csrf";
+/// Prefix of API tokens, so they are recognisable in secret scanners.
+pub const TOKEN_PREFIX: &str = "bpt_";
+/// Sessions last this long from login.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Largest form body accepted on a session-authenticated route (patches fit comfortably).
+const MAX_FORM: usize = 1024 * 1024;
+
+/// Who is making a request.
+#[derive(Clone, Debug)]
+pub enum Operator {
+    Session {
+        user_id: i64,
+        username: String,
+        csrf: String,
+    },
+    Token {
+        id: i64,
+        name: String,
+    },
+}
+
+impl Operator {
+    pub fn name(&self) -> String {
+        match self {
+            Operator::Session { username, .. } => username.clone(),
+            Operator::Token { name, .. } => format!("token {name}"),
+        }
+    }
+
+    /// The CSRF token to embed in forms (empty for API tokens, which need none).
+    pub fn csrf(&self) -> &str {
+        match self {
+            Operator::Session { csrf, .. } => csrf,
+            Operator::Token { .. } => "",
+        }
+    }
+
+    pub fn user_id(&self) -> Option<i64> {
+        match self {
+            Operator::Session { user_id, .. } => Some(*user_id),
+            Operator::Token { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// A random secret, URL-safe base64 of `bytes` random bytes.
+pub fn random_secret(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Argon2id with the crate's defaults (19 MiB, 2 passes), run off the async workers.
+pub async fn hash_password(password: &str) -> Result<String, AuthError> {
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AuthError::Hash(e.to_string()))
+    })
+    .await
+    .map_err(|e| AuthError::Hash(e.to_string()))?
+}
+
+pub async fn verify_password(hash: &str, password: &str) -> bool {
+    let (hash, password) = (hash.to_string(), password.to_string());
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A dummy hash verified for unknown usernames, so their timing matches a wrong password.
+static DUMMY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+async fn dummy_verify(password: &str) {
+    let hash = match DUMMY_HASH.get() {
+        Some(h) => h.clone(),
+        None => match hash_password("bootplane-dummy-password").await {
+            Ok(h) => DUMMY_HASH.get_or_init(|| h).clone(),
+            Err(_) => return,
+        },
+    };
+    let _ = verify_password(&hash, password).await;
+}
+
+pub const ADMIN_USER: &str = "admin";
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// Makes sure an admin account exists. With no account yet: the configured password, or a
+/// generated one printed once in the log. With a configured password that differs from the
+/// stored one: the stored one is replaced (how an operator resets a forgotten password).
+pub async fn ensure_admin(db: &Db, configured: Option<&str>, now: i64) -> Result<(), AuthError> {
+    let existing = db.user_by_name(ADMIN_USER).await?;
+    match (existing, configured) {
+        (None, Some(password)) => {
+            db.put_user(ADMIN_USER, &hash_password(password).await?, now)
+                .await?;
+            tracing::info!(
+                user = ADMIN_USER,
+                "admin account created with the configured password"
+            );
+        }
+        (None, None) => {
+            let password = random_secret(18);
+            db.put_user(ADMIN_USER, &hash_password(&password).await?, now)
+                .await?;
+            tracing::warn!(
+                user = ADMIN_USER,
+                password = %password,
+                "admin account created; this generated password is shown once: log in and keep it \
+                 (set BOOTPLANE_ADMIN_PASSWORD to choose or reset it)"
+            );
+        }
+        (Some(user), Some(password)) => {
+            if !verify_password(&user.password_hash, password).await {
+                db.set_password(user.id, &hash_password(password).await?, now)
+                    .await?;
+                tracing::warn!(
+                    user = ADMIN_USER,
+                    "admin password reset from the configuration; its sessions ended"
+                );
+            }
+        }
+        (Some(_), None) => {}
+    }
+    Ok(())
+}
+
+/// Checks a username and password; `None` when they do not match.
+pub async fn check_login(
+    db: &Db,
+    username: &str,
+    password: &str,
+) -> Result<Option<i64>, AuthError> {
+    match db.user_by_name(username).await? {
+        Some(user) if verify_password(&user.password_hash, password).await => Ok(Some(user.id)),
+        Some(_) => Ok(None),
+        None => {
+            dummy_verify(password).await;
+            Ok(None)
+        }
+    }
+}
+
+/// Starts a session; returns the cookie value (the only place the session id exists in clear).
+pub async fn start_session(db: &Db, user_id: i64, now: i64) -> Result<String, AuthError> {
+    let id = random_secret(32);
+    let csrf = random_secret(32);
+    let ttl = i64::try_from(SESSION_TTL.as_millis()).unwrap_or(i64::MAX);
+    db.create_session(
+        &sha256_hex(&id),
+        user_id,
+        &csrf,
+        now,
+        now.saturating_add(ttl),
+    )
+    .await?;
+    Ok(id)
+}
+
+/// The Set-Cookie value for a new session.
+pub fn session_cookie(id: &str, secure: bool) -> String {
+    format!(
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The Set-Cookie value that removes the session cookie.
+pub fn clear_cookie() -> String {
+    format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+}
+
+/// The session id from the request's cookies.
+pub fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+}
+
+/// Makes a new API token; returns (id, the token in clear: shown once).
+pub async fn create_token(
+    db: &Db,
+    name: &str,
+    created_by: Option<i64>,
+    now: i64,
+) -> Result<(i64, String), AuthError> {
+    let token = format!("{TOKEN_PREFIX}{}", random_secret(32));
+    let id = db
+        .create_token(name, &sha256_hex(&token), created_by, now)
+        .await?;
+    Ok((id, token))
+}
+
+/// Who the request comes from, by bearer token or session cookie.
+pub async fn identify(db: &Db, headers: &HeaderMap, now: i64) -> Result<Option<Operator>, DbError> {
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        let token = auth
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| t.starts_with(TOKEN_PREFIX) && t.len() <= 128);
+        return Ok(match token {
+            Some(t) => db
+                .use_token(&sha256_hex(t), now)
+                .await?
+                .map(|(id, name)| Operator::Token { id, name }),
+            None => None,
+        });
+    }
+    let Some(id) = session_id(headers) else {
+        return Ok(None);
+    };
+    Ok(db
+        .session(&sha256_hex(&id), now)
+        .await?
+        .map(|s| Operator::Session {
+            user_id: s.user_id,
+            username: s.username,
+            csrf: s.csrf,
+        }))
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// How a refused request is answered: JSON for the API, a redirect to the login page for the UI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    Api,
+    Ui,
+}
+
+fn refuse(surface: Surface, status: StatusCode, message: &str, uri: &axum::http::Uri) -> Response {
+    match (surface, status) {
+        (Surface::Ui, StatusCode::UNAUTHORIZED) => {
+            let next = uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/ui".into());
+            let target = format!("/login?next={}", urlencode(&next));
+            Redirect::to(&target).into_response()
+        }
+        (Surface::Ui, _) => crate::ui::error_page(status, message),
+        (Surface::Api, _) => crate::api::error_response(status, message),
+    }
+}
+
+pub fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// Middleware: every request needs an operator; requests that change something and come with
+/// a session cookie also need the session's CSRF token (header or form field).
+pub async fn require_operator(
+    State((state, surface)): State<(AppState, Surface)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let now = state.recorder.now_ms();
+    let uri = request.uri().clone();
+    let operator = match identify(&state.db, request.headers(), now).await {
+        Ok(Some(op)) => op,
+        Ok(None) => return refuse(surface, StatusCode::UNAUTHORIZED, "log in first", &uri),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check the session");
+            return refuse(
+                surface,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is not answering; try again",
+                &uri,
+            );
+        }
+    };
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let mut request = request;
+    if let (false, Operator::Session { csrf, .. }) = (safe, &operator) {
+        let header_ok = request
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| constant_time_eq(v, csrf));
+        if !header_ok {
+            let is_form = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+            if !is_form {
+                return refuse(surface, StatusCode::FORBIDDEN, "missing CSRF token", &uri);
+            }
+            let (parts, body) = request.into_parts();
+            let bytes: Bytes = match axum::body::to_bytes(body, MAX_FORM).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return refuse(
+                        surface,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the form is too large",
+                        &uri,
+                    )
+                }
+            };
+            let ok = form_field(&bytes, CSRF_FIELD).is_some_and(|v| constant_time_eq(&v, csrf));
+            if !ok {
+                return refuse(
+                    surface,
+                    StatusCode::FORBIDDEN,
+                    "the form's CSRF token does not match your session (reload the page and try again)",
+                    &uri,
+                );
+            }
+            request = Request::from_parts(parts, Body::from(bytes));
+        }
+    }
+    request.extensions_mut().insert(operator);
+    next.run(request).await
+}
+
+/// Failed logins allowed per client address and per username before waiting.
+const LOGIN_BURST: f64 = 5.0;
+/// One more attempt is allowed every this many seconds.
+const LOGIN_REFILL_SECS: f64 = 30.0;
+/// Buckets kept at most; full buckets are forgotten first.
+const LOGIN_MAX_BUCKETS: usize = 10_000;
+
+/// Token buckets of failed logins, by client address and by username.
+#[derive(Clone, Debug, Default)]
+pub struct LoginLimiter {
+    buckets: Arc<Mutex<HashMap<String, (f64, i64)>>>,
+}
+
+impl LoginLimiter {
+    fn level(&self, key: &str, now: i64) -> f64 {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        buckets.get(key).map_or(LOGIN_BURST, |(tokens, at)| {
+            (tokens + (now - at) as f64 / 1000.0 / LOGIN_REFILL_SECS).min(LOGIN_BURST)
+        })
+    }
+
+    /// Seconds to wait before another attempt from `ip` for `username`, or `None` if allowed.
+    pub fn wait(&self, ip: IpAddr, username: &str, now: i64) -> Option<u64> {
+        let keys = [format!("ip:{ip}"), format!("user:{username}")];
+        let lowest = keys
+            .iter()
+            .map(|k| self.level(k, now))
+            .fold(LOGIN_BURST, f64::min);
+        (lowest < 1.0).then(|| ((1.0 - lowest) * LOGIN_REFILL_SECS).ceil().max(1.0) as u64)
+    }
+
+    /// Counts a failed attempt.
+    pub fn failed(&self, ip: IpAddr, username: &str, now: i64) {
+        let keys = [format!("ip:{ip}"), format!("user:{username}")];
+        let levels: Vec<f64> = keys.iter().map(|k| self.level(k, now)).collect();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= LOGIN_MAX_BUCKETS {
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + (now - *at) as f64 / 1000.0 / LOGIN_REFILL_SECS < LOGIN_BURST
+            });
+        }
+        for (key, level) in keys.into_iter().zip(levels) {
+            buckets.insert(key, ((level - 1.0).max(0.0), now));
+        }
+    }
+}
+
+/// The client address of a request.
+pub fn client_ip(connect: Option<&ConnectInfo<SocketAddr>>) -> IpAddr {
+    connect
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_failures_then_wait_and_refill() {
+        let limiter = LoginLimiter::default();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let now = 1_000_000;
+        for _ in 0..5 {
+            assert_eq!(limiter.wait(ip, "admin", now), None);
+            limiter.failed(ip, "admin", now);
+        }
+        let wait = limiter.wait(ip, "admin", now).unwrap();
+        assert!((29..=30).contains(&wait), "{wait}");
+        // Another address guessing the same account is limited too.
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        assert!(limiter.wait(other, "admin", now).is_some());
+        // One attempt comes back after the refill interval.
+        assert_eq!(limiter.wait(ip, "admin", now + 30_000), None);
+    }
+
+    #[test]
+    fn form_fields_are_decoded() {
+        let body = b"a=1&csrf=x%2By%3D&name=two+words";
+        assert_eq!(form_field(body, "csrf").as_deref(), Some("x+y="));
+        assert_eq!(form_field(body, "name").as_deref(), Some("two words"));
+        assert_eq!(form_field(b"csrf=", "csrf").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn session_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            "theme=dark; bootplane_session=abc123; x=y".parse().unwrap(),
+        );
+        assert_eq!(session_id(&headers).as_deref(), Some("abc123"));
+    }
+
+    #[tokio::test]
+    async fn argon2_hashes_verify_only_the_right_password() {
+        let hash = hash_password("correct horse battery").await.unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password(&hash, "correct horse battery").await);
+        assert!(!verify_password(&hash, "wrong").await);
+        assert!(!verify_password("not a hash", "x").await);
+    }
+}

@@ -1,0 +1,652 @@
+//! Operator actions shared by the web UI, the JSON API and the CLI: validation with errors
+//! per field, and the writes behind them. Handlers stay thin; rules live here once.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Pool;
+use crate::db::{Db, DbError};
+use crate::materials::{self, MaterialsError};
+use crate::model::{
+    validate_hostname, DiskHandoff, EfiBinary, Ipv4Cidr, Lifecycle, Mac, Machine, Role,
+};
+
+/// A problem with one input field (`field` is the form/JSON name, e.g. `ip`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("{}", summary(.0))]
+    Invalid(Vec<FieldError>),
+    /// The change is allowed but has consequences the operator must confirm.
+    #[error("{0}")]
+    NeedsConfirmation(String),
+    #[error("machine {0} is not in the inventory")]
+    NotFound(Mac),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+fn summary(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl OpsError {
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        OpsError::Invalid(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
+    /// The errors of one field, for showing beside it.
+    pub fn for_field(&self, field: &str) -> Option<String> {
+        match self {
+            OpsError::Invalid(errors) => {
+                let msgs: Vec<&str> = errors
+                    .iter()
+                    .filter(|e| e.field == field)
+                    .map(|e| e.message.as_str())
+                    .collect();
+                (!msgs.is_empty()).then(|| msgs.join("; "))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Collects field errors.
+#[derive(Debug, Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn has(&self, field: &str) -> bool {
+        self.0.iter().any(|e| e.field == field)
+    }
+
+    fn into_result(self) -> Result<(), OpsError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(OpsError::Invalid(self.0))
+        }
+    }
+}
+
+/// The LAN rules a static address must follow.
+#[derive(Clone, Debug)]
+pub struct Lan {
+    /// The subnet bootplane serves (full mode) or sits on (proxy mode).
+    pub subnet: Ipv4Cidr,
+    /// Full mode's dynamic pool: static addresses must stay out of it.
+    pub pool: Option<Pool>,
+}
+
+impl Lan {
+    pub fn from_config(config: &crate::config::Config) -> Lan {
+        let pool = match config.dhcp.mode {
+            crate::config::DhcpMode::Full => config.dhcp.pool,
+            _ => None,
+        };
+        Lan {
+            subnet: config.dhcp.subnet,
+            pool,
+        }
+    }
+}
+
+/// Machine fields as an operator types them. `None` leaves a field as it is; an empty string
+/// (or "none") clears it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MachineInput {
+    /// controlplane, worker or unassigned
+    pub role: Option<String>,
+    /// One DNS label, e.g. cp-1
+    pub hostname: Option<String>,
+    /// Static address with prefix, e.g. 192.168.1.21/24
+    pub ip: Option<String>,
+    /// Default gateway, inside the machine's subnet
+    pub gateway: Option<String>,
+    /// DNS servers, comma-separated
+    pub dns: Option<String>,
+    /// Disk Talos installs to, e.g. /dev/sda
+    pub install_disk: Option<String>,
+    /// exit, http-404 or sanboot
+    pub disk_handoff: Option<String>,
+    /// ipxe.efi or snponly.efi; empty for the default
+    pub efi_binary: Option<String>,
+    /// Wipe the install disk when Talos installs
+    pub wipe: Option<bool>,
+    /// Cluster name (one cluster is the common case)
+    pub cluster: Option<String>,
+}
+
+fn cleared(value: &str) -> bool {
+    let v = value.trim();
+    v.is_empty() || v == "none"
+}
+
+/// Parses every given field into `m`, collecting one error per bad field, then checks the rules
+/// every stored machine keeps.
+pub fn apply_machine_input(m: &mut Machine, f: &MachineInput) -> Result<(), OpsError> {
+    let mut errors = Errors::default();
+    if let Some(role) = &f.role {
+        match role.trim().parse::<Role>() {
+            Ok(r) => m.role = r,
+            Err(e) => errors.add("role", e.to_string()),
+        }
+    }
+    if let Some(hostname) = &f.hostname {
+        let hostname = hostname.trim();
+        if cleared(hostname) {
+            m.hostname = None;
+        } else {
+            match validate_hostname(hostname) {
+                Ok(()) => m.hostname = Some(hostname.to_string()),
+                Err(e) => errors.add("hostname", e),
+            }
+        }
+    }
+    if let Some(ip) = &f.ip {
+        if cleared(ip) {
+            m.ip = None;
+        } else {
+            match ip.trim().parse::<Ipv4Cidr>() {
+                Ok(c) => m.ip = Some(c),
+                Err(e) => errors.add("ip", e.to_string()),
+            }
+        }
+    }
+    if let Some(gw) = &f.gateway {
+        if cleared(gw) {
+            m.gateway = None;
+        } else {
+            match gw.trim().parse::<Ipv4Addr>() {
+                Ok(g) => m.gateway = Some(g),
+                Err(_) => errors.add("gateway", format!("'{gw}' is not an IPv4 address")),
+            }
+        }
+    }
+    if let Some(dns) = &f.dns {
+        if cleared(dns) {
+            m.dns = Vec::new();
+        } else {
+            let parsed: Result<Vec<Ipv4Addr>, String> = dns
+                .split([',', ' '])
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| {
+                    s.trim()
+                        .parse::<Ipv4Addr>()
+                        .map_err(|_| format!("'{}' is not an IPv4 address", s.trim()))
+                })
+                .collect();
+            match parsed {
+                Ok(list) => m.dns = list,
+                Err(e) => errors.add("dns", e),
+            }
+        }
+    }
+    if let Some(disk) = &f.install_disk {
+        let disk = disk.trim();
+        if cleared(disk) {
+            m.install_disk = None;
+        } else if !disk.starts_with("/dev/") || disk.contains(char::is_whitespace) {
+            errors.add(
+                "install_disk",
+                format!("'{disk}' must be a device path such as /dev/sda"),
+            );
+        } else {
+            m.install_disk = Some(disk.to_string());
+        }
+    }
+    if let Some(handoff) = &f.disk_handoff {
+        match handoff.trim().parse::<DiskHandoff>() {
+            Ok(h) => m.disk_handoff = h,
+            Err(e) => errors.add("disk_handoff", e.to_string()),
+        }
+    }
+    if let Some(efi) = &f.efi_binary {
+        if cleared(efi) || efi == "default" {
+            m.efi_binary = None;
+        } else {
+            match efi.trim().parse::<EfiBinary>() {
+                Ok(e) => m.efi_binary = Some(e),
+                Err(e) => errors.add("efi_binary", e.to_string()),
+            }
+        }
+    }
+    if let Some(wipe) = f.wipe {
+        m.wipe = wipe;
+    }
+    if let Some(cluster) = &f.cluster {
+        if !cleared(cluster) {
+            m.cluster = cluster.trim().to_string();
+        }
+    }
+    check_machine_rules(m, &mut errors);
+    errors.into_result()
+}
+
+/// Rules every stored machine keeps (fields already parsed).
+fn check_machine_rules(m: &Machine, errors: &mut Errors) {
+    if m.role != Role::Unassigned {
+        if m.hostname.is_none() && !errors.has("hostname") {
+            errors.add("hostname", format!("a {} needs a hostname", m.role));
+        }
+        if m.ip.is_none() && !errors.has("ip") {
+            errors.add(
+                "ip",
+                format!("a {} needs a static address ADDR/PREFIX", m.role),
+            );
+        }
+    }
+    if let Some(ip) = m.ip {
+        if ip.prefix == 0 || ip.prefix > 30 {
+            errors.add("ip", format!("{ip}: the prefix must be /1 to /30"));
+        } else if ip.addr == ip.network() || ip.addr == ip.broadcast() {
+            errors.add(
+                "ip",
+                format!("{ip} is the network or broadcast address of its subnet"),
+            );
+        }
+        if let Some(gw) = m.gateway {
+            if !ip.contains(gw) {
+                errors.add(
+                    "gateway",
+                    format!(
+                        "{gw} is outside the machine's subnet {}/{}",
+                        ip.network(),
+                        ip.prefix
+                    ),
+                );
+            } else if gw == ip.addr {
+                errors.add("gateway", "the gateway cannot be the machine's own address");
+            }
+        }
+    } else if m.gateway.is_some() && !errors.has("ip") {
+        errors.add("gateway", "a gateway needs a static address");
+    }
+}
+
+/// Checks only the stored-machine rules; the CLI uses this after its own parsing.
+pub fn check_machine(m: &Machine) -> Result<(), OpsError> {
+    let mut errors = Errors::default();
+    check_machine_rules(m, &mut errors);
+    errors.into_result()
+}
+
+/// Rules that need the rest of the inventory and the LAN: unique names and addresses, the
+/// subnet and pool, three control planes at most, the VIP, and a config that renders.
+pub async fn check_against_inventory(
+    db: &Db,
+    lan: Option<&Lan>,
+    m: &Machine,
+    others: &[Machine],
+) -> Result<(), OpsError> {
+    let mut errors = Errors::default();
+    for other in others.iter().filter(|o| o.mac != m.mac) {
+        if m.hostname.is_some() && other.hostname == m.hostname {
+            errors.add(
+                "hostname",
+                format!(
+                    "{} is already used by {}",
+                    other.hostname.as_deref().unwrap_or_default(),
+                    other.mac
+                ),
+            );
+        }
+        if let (Some(a), Some(b)) = (m.ip, other.ip) {
+            if a.addr == b.addr {
+                errors.add("ip", format!("{} is already used by {}", a.addr, other.mac));
+            }
+        }
+    }
+    if let (Some(lan), Some(ip)) = (lan, m.ip) {
+        if !lan.subnet.contains(ip.addr) {
+            errors.add(
+                "ip",
+                format!(
+                    "{} is outside the LAN subnet {} that bootplane serves",
+                    ip.addr, lan.subnet
+                ),
+            );
+        } else if lan.pool.is_some_and(|p| p.contains(ip.addr)) {
+            let pool = lan.pool.unwrap_or(Pool {
+                start: ip.addr,
+                end: ip.addr,
+            });
+            errors.add(
+                "ip",
+                format!(
+                    "{} is inside the dynamic pool {}-{}: pick an address outside it",
+                    ip.addr, pool.start, pool.end
+                ),
+            );
+        }
+    }
+    if m.role == Role::Controlplane {
+        let cps: Vec<&Machine> = others
+            .iter()
+            .filter(|o| o.mac != m.mac && o.cluster == m.cluster && o.role == Role::Controlplane)
+            .collect();
+        if cps.len() >= 3 {
+            let names: Vec<String> = cps
+                .iter()
+                .map(|o| o.hostname.clone().unwrap_or_else(|| o.mac.to_string()))
+                .collect();
+            errors.add(
+                "role",
+                format!(
+                    "the cluster already has three control planes ({}); make this machine a worker",
+                    names.join(", ")
+                ),
+            );
+        }
+    }
+    if !errors.0.is_empty() {
+        return errors.into_result();
+    }
+    check_renders(db, m).await
+}
+
+/// Refuses a machine whose config would not render, once its cluster is initialised.
+async fn check_renders(db: &Db, m: &Machine) -> Result<(), OpsError> {
+    if !m.is_assigned() {
+        return Ok(());
+    }
+    let loaded = match materials::load_cluster(db, Some(&m.cluster)).await {
+        Ok(l) => l,
+        Err(MaterialsError::NotInitialised(_)) => return Ok(()),
+        Err(e) => return Err(OpsError::field("cluster", e.to_string())),
+    };
+    if loaded.cluster.vip.is_some() && m.ip.map(|i| i.addr) == loaded.cluster.vip {
+        return Err(OpsError::field("ip", "this is the cluster's VIP address"));
+    }
+    materials::check_cluster(
+        &loaded.spec,
+        &loaded.secrets,
+        &loaded.patches,
+        std::slice::from_ref(m),
+    )
+    .map_err(|e| OpsError::field("config", e.to_string()))
+}
+
+/// What a save did.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    pub machine: Machine,
+    /// The machine reinstalls at its next network boot.
+    pub reinstall: bool,
+}
+
+/// Adds (when `create`) or changes a machine. A role change on a control plane of a
+/// bootstrapped cluster needs `confirm`: it takes an etcd member away and reinstalls.
+pub async fn save_machine(
+    db: &Db,
+    lan: Option<&Lan>,
+    mac: Mac,
+    input: &MachineInput,
+    create: bool,
+    confirm: bool,
+    now: i64,
+) -> Result<Saved, OpsError> {
+    let existing = db.get_machine(mac).await?;
+    let old = match (&existing, create) {
+        (Some(_), true) => {
+            return Err(OpsError::field(
+                "mac",
+                format!("{mac} is already in the inventory"),
+            ))
+        }
+        (None, false) => return Err(OpsError::NotFound(mac)),
+        (Some(m), false) => m.clone(),
+        (None, true) => {
+            let mut m = Machine::discovered(mac);
+            if let Some(first) = db.get_cluster(None).await? {
+                m.cluster = first.name;
+            }
+            m
+        }
+    };
+    let mut m = old.clone();
+    apply_machine_input(&mut m, input)?;
+    let others = db.list_machines().await?;
+    check_against_inventory(db, lan, &m, &others).await?;
+
+    let mut reinstall = false;
+    let was_serving_cp = old.role == Role::Controlplane
+        && matches!(old.state, Lifecycle::Installed | Lifecycle::Ready)
+        || old.role == Role::Controlplane && old.installed;
+    if !create && was_serving_cp && m.role != old.role {
+        let bootstrapped = db
+            .get_cluster(Some(&old.cluster))
+            .await?
+            .is_some_and(|c| c.bootstrapped_at.is_some());
+        if bootstrapped {
+            if !confirm {
+                return Err(OpsError::NeedsConfirmation(format!(
+                    "{} is a control plane of a bootstrapped cluster and holds an etcd member. \
+                     Making it {} removes that member (bootplane removes it through a healthy \
+                     control plane) and reinstalls the machine at its next network boot: its \
+                     disk is wiped. Until a third control plane is back, etcd runs on the \
+                     remaining members and cannot lose another.",
+                    old.hostname.as_deref().unwrap_or(&mac.to_string()),
+                    if m.role == Role::Unassigned {
+                        "unassigned".to_string()
+                    } else {
+                        format!("a {}", m.role)
+                    },
+                )));
+            }
+            if m.role != Role::Unassigned {
+                reinstall = true;
+            }
+        }
+    }
+    if create {
+        db.add_machine(&m, now).await?;
+    } else {
+        db.update_machine(&m, now).await?;
+    }
+    if reinstall {
+        db.mark_reinstall(mac, "operator changed the role of a control plane", now)
+            .await?;
+    }
+    let machine = db.get_machine(mac).await?.ok_or(OpsError::NotFound(mac))?;
+    Ok(Saved { machine, reinstall })
+}
+
+/// Marks an assigned machine for reinstall at its next network boot.
+pub async fn reinstall_machine(db: &Db, mac: Mac, now: i64) -> Result<Machine, OpsError> {
+    let m = db.get_machine(mac).await?.ok_or(OpsError::NotFound(mac))?;
+    if !m.is_assigned() {
+        return Err(OpsError::Refused(format!(
+            "{mac} has no role; assign it first"
+        )));
+    }
+    db.mark_reinstall(mac, "operator asked for a reinstall", now)
+        .await?;
+    db.get_machine(mac).await?.ok_or(OpsError::NotFound(mac))
+}
+
+/// Marks every assigned machine of the cluster for reinstall; etcd is bootstrapped again.
+/// `confirm` must be the cluster's name.
+pub async fn rebuild_cluster(db: &Db, confirm: &str, now: i64) -> Result<usize, OpsError> {
+    let c = db
+        .get_cluster(None)
+        .await?
+        .ok_or_else(|| DbError::NoCluster("default".into()))?;
+    if confirm.trim() != c.name {
+        return Err(OpsError::field(
+            "confirm",
+            format!(
+                "type the cluster's name ({}) to confirm the rebuild",
+                c.name
+            ),
+        ));
+    }
+    let mut count = 0;
+    for m in db.list_machines().await? {
+        if m.cluster == c.name && m.is_assigned() {
+            db.mark_reinstall(m.mac, "operator rebuilds the cluster", now)
+                .await?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Keys whose values are secret in a rendered Talos machine config.
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k == "key"
+        || k == "token"
+        || k == "secret"
+        || k.ends_with("secret")
+        || k.ends_with("token")
+        || k.ends_with("privatekey")
+        || k.contains("password")
+}
+
+/// A rendered config (one or more YAML documents) with every secret value replaced, for
+/// display. Works on the parsed documents, so block scalars and flow styles cannot leak.
+pub fn redact_config(yaml: &str) -> Result<String, String> {
+    use serde::Deserialize as _;
+    let mut out = String::with_capacity(yaml.len());
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
+        let mut value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| e.to_string())?;
+        redact_value(&mut value);
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml_ng::to_string(&value).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+fn redact_value(value: &mut serde_yaml_ng::Value) {
+    use serde_yaml_ng::Value;
+    match value {
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let secret = k.as_str().is_some_and(is_secret_key);
+                if secret && !matches!(v, Value::Mapping(_) | Value::Sequence(_) | Value::Null) {
+                    *v = Value::String("[hidden]".into());
+                } else {
+                    redact_value(v);
+                }
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(redact_value),
+        Value::Tagged(t) => redact_value(&mut t.value),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac() -> Mac {
+        "52:54:00:00:00:01".parse().unwrap()
+    }
+
+    fn cp() -> MachineInput {
+        MachineInput {
+            role: Some("controlplane".into()),
+            hostname: Some("cp-1".into()),
+            ip: Some("10.0.0.11/24".into()),
+            gateway: Some("10.0.0.1".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_beside_its_name() {
+        let mut m = Machine::discovered(mac());
+        let input = MachineInput {
+            role: Some("master".into()),
+            hostname: Some("Bad_Name".into()),
+            ip: Some("10.0.0.300/24".into()),
+            dns: Some("1.1.1.1, x".into()),
+            install_disk: Some("sda".into()),
+            disk_handoff: Some("reboot".into()),
+            ..cp()
+        };
+        let err = apply_machine_input(&mut m, &input).unwrap_err();
+        for field in [
+            "role",
+            "hostname",
+            "ip",
+            "dns",
+            "install_disk",
+            "disk_handoff",
+        ] {
+            assert!(err.for_field(field).is_some(), "{field} missing in {err}");
+        }
+        assert!(err.for_field("gateway").is_none(), "{err}");
+    }
+
+    #[test]
+    fn a_complete_controlplane_is_accepted_and_empty_clears() {
+        let mut m = Machine::discovered(mac());
+        apply_machine_input(&mut m, &cp()).unwrap();
+        assert_eq!(m.role, Role::Controlplane);
+        let clear = MachineInput {
+            role: Some("unassigned".into()),
+            hostname: Some(String::new()),
+            ip: Some(String::new()),
+            gateway: Some(String::new()),
+            ..Default::default()
+        };
+        apply_machine_input(&mut m, &clear).unwrap();
+        assert_eq!((m.hostname, m.ip, m.gateway), (None, None, None));
+    }
+
+    #[test]
+    fn gateway_outside_the_subnet_is_refused() {
+        let mut m = Machine::discovered(mac());
+        let err = apply_machine_input(
+            &mut m,
+            &MachineInput {
+                gateway: Some("10.0.1.1".into()),
+                ..cp()
+            },
+        )
+        .unwrap_err();
+        assert!(err.for_field("gateway").unwrap().contains("outside"));
+    }
+
+    #[test]
+    fn secrets_are_hidden_in_displayed_configs() {
+        let yaml = "machine:\n  token: abc.def\n  ca:\n    crt: PUBLIC\n    key: PRIVATE\ncluster:\n  secret: s3cr3t\n  secretboxEncryptionSecret: B0XVAL\n  token: t0k\n  serviceAccount:\n    key: |\n      SA-LINE-1\n      SA-LINE-2\n  id: clusterid\n---\nkind: Other\ntoken: doc2\n";
+        let shown = redact_config(yaml).unwrap();
+        for secret in [
+            "abc.def", "PRIVATE", "s3cr3t", "B0XVAL", "t0k", "SA-LINE", "doc2",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
+        }
+        assert!(shown.contains("crt: PUBLIC"));
+        assert!(shown.contains("id: clusterid"));
+        assert_eq!(shown.matches("[hidden]").count(), 7);
+    }
+}
