@@ -1,6 +1,8 @@
 //! Operator actions shared by the web UI, the JSON API and the CLI: validation with errors
 //! per field, and the writes behind them. Handlers stay thin; rules live here once.
 
+pub mod cluster;
+
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -513,6 +515,26 @@ pub async fn rebuild_cluster(db: &Db, confirm: &str, now: i64) -> Result<usize, 
         }
     }
     Ok(count)
+}
+
+/// A machine's rendered config: secrets hidden unless `reveal`.
+pub async fn rendered_config(db: &Db, mac: Mac, reveal: bool) -> Result<String, OpsError> {
+    let m = db.get_machine(mac).await?.ok_or(OpsError::NotFound(mac))?;
+    if !m.is_assigned() {
+        return Err(OpsError::Refused(format!(
+            "{mac} has no role yet: assign it to render its config"
+        )));
+    }
+    let loaded = materials::load_cluster(db, Some(&m.cluster))
+        .await
+        .map_err(|e| OpsError::Refused(e.to_string()))?;
+    let text =
+        materials::render_machine(&loaded, &m).map_err(|e| OpsError::Refused(e.to_string()))?;
+    if reveal {
+        Ok(text)
+    } else {
+        redact_config(&text).map_err(OpsError::Refused)
+    }
 }
 
 /// Keys whose values are secret in a rendered Talos machine config.

@@ -1,0 +1,1 @@
+//! Cluster operations (settings, patches with a preview, downloads, bootstrap status).
