@@ -144,7 +144,8 @@ pub fn router(state: AppState) -> Router {
         (state.clone(), Surface::Ui),
         require_operator,
     ));
-    let api = crate::api::router().route_layer(axum::middleware::from_fn_with_state(
+    // `layer`, not `route_layer`: unknown paths under /api/v1 need an operator too.
+    let api = crate::api::router().layer(axum::middleware::from_fn_with_state(
         (state.clone(), Surface::Api),
         require_operator,
     ));

@@ -446,7 +446,7 @@ fn parse_mac(text: &str) -> Result<Mac, CliError> {
         .map_err(|e| invalid(format!("--mac {e}")))
 }
 
-fn format_time(ms: Option<i64>) -> String {
+pub fn format_time(ms: Option<i64>) -> String {
     match ms {
         None => "-".into(),
         Some(ms) => {

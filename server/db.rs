@@ -14,6 +14,8 @@ use crate::model::{
 };
 
 mod auth;
+mod boot_log;
+mod views;
 pub use auth::{SessionRow, TokenRow, UserRow};
 
 pub const DB_FILE: &str = "bootplane.db";

@@ -18,6 +18,7 @@ pub mod model;
 pub mod net;
 pub mod ops;
 pub mod orchestrator;
+pub mod oui;
 pub mod ra;
 pub mod talos;
 pub mod tftp;

@@ -1,37 +1,385 @@
-//! The operators' web UI: server-rendered askama pages (templates/ui/), plain forms first, a
-//! little JavaScript (web/app.js) for live updates.
+//! The operators' web UI: server-rendered askama pages (`templates/ui/`), plain HTML forms that
+//! work without JavaScript, and a small script (`web/app.js`) for live updates.
+//!
+//! Every route here except `/login` and `/static/*` sits behind `auth::require_operator`, which
+//! also checks the CSRF token of every form post.
 
-use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+mod cluster;
+mod machines;
+mod tokens;
 
-pub fn error_page(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        Html(format!(
-            "<!doctype html><title>{status}</title><p>{}</p>",
-            askama_escape(message)
-        )),
-    )
-        .into_response()
-}
+use std::collections::HashMap;
+use std::net::SocketAddr;
 
-fn askama_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-use axum::Router;
+use askama::Template;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Form, Router};
+use serde::Deserialize;
 
 use crate::app::AppState;
+use crate::auth::{self, Operator};
+use crate::ops::OpsError;
 
 /// Pages behind the login.
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/ui", get(machines::ui_machines_get))
+        .route("/ui/machines", post(machines::ui_machines_post))
+        .route("/ui/machines/rows", get(machines::ui_machine_rows_get))
+        .route(
+            "/ui/machines/{mac}",
+            get(machines::ui_machine_get).post(machines::ui_machine_post),
+        )
+        .route(
+            "/ui/machines/{mac}/reinstall",
+            post(machines::ui_machine_reinstall_post),
+        )
+        .route(
+            "/ui/machines/{mac}/remove",
+            post(machines::ui_machine_remove_post),
+        )
+        .route(
+            "/ui/machines/{mac}/config/reveal",
+            post(machines::ui_machine_config_reveal_post),
+        )
+        .route("/ui/cluster", get(cluster::ui_cluster_get))
+        .route(
+            "/ui/tokens",
+            get(tokens::ui_tokens_get).post(tokens::ui_tokens_post),
+        )
+        .route("/ui/tokens/{id}/revoke", post(tokens::ui_token_revoke_post))
+        .route("/logout", post(ui_logout_post))
 }
 
-/// The login page and static assets.
+/// The login page, static assets and the root redirect.
 pub fn public_router() -> Router<AppState> {
     Router::new()
+        .route("/", get(|| async { Redirect::to("/ui") }))
+        .route("/login", get(ui_login_get).post(ui_login_post))
+        .route("/static/app.css", get(static_css_get))
+        .route("/static/app.js", get(static_js_get))
+}
+
+const APP_CSS: &str = include_str!("../../web/app.css");
+const APP_JS: &str = include_str!("../../web/app.js");
+
+async fn static_css_get() -> Response {
+    static_asset(APP_CSS, "text/css; charset=utf-8")
+}
+
+async fn static_js_get() -> Response {
+    static_asset(APP_JS, "text/javascript; charset=utf-8")
+}
+
+fn static_asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Template)]
+#[template(path = "ui/error.html")]
+struct ErrorPage<'a> {
+    title: String,
+    message: &'a str,
+}
+
+/// The HTML error page: a status and a sentence for people, never internals.
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    let title = status
+        .canonical_reason()
+        .unwrap_or("Something went wrong")
+        .to_string();
+    let page = ErrorPage { title, message };
+    match page.render() {
+        Ok(html) => (status, no_store(), Html(html)).into_response(),
+        Err(_) => (status, message.to_string()).into_response(),
+    }
+}
+
+fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
+    [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))]
+}
+
+/// Renders a page; a template failure becomes a plain 500 page.
+fn render(page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => (no_store(), Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "template failed");
+            error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "this page could not be drawn; the log says why",
+            )
+        }
+    }
+}
+
+/// Maps an operation's failure that is not about a field to a page.
+fn ops_error_page(e: &OpsError) -> Response {
+    match e {
+        OpsError::NotFound(_) => error_page(StatusCode::NOT_FOUND, &e.to_string()),
+        OpsError::Db(inner) => {
+            tracing::error!(error = %inner, "database error behind a page");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database did not answer; try again",
+            )
+        }
+        _ => error_page(StatusCode::CONFLICT, &e.to_string()),
+    }
+}
+
+/// Field errors keyed by field name, for showing beside each field.
+#[derive(Debug, Default)]
+pub struct FieldErrors(HashMap<String, String>);
+
+impl FieldErrors {
+    pub fn from_ops(e: &OpsError) -> FieldErrors {
+        let mut map = HashMap::new();
+        if let OpsError::Invalid(errors) = e {
+            for fe in errors {
+                map.entry(fe.field.clone())
+                    .and_modify(|m: &mut String| {
+                        m.push_str("; ");
+                        m.push_str(&fe.message);
+                    })
+                    .or_insert_with(|| fe.message.clone());
+            }
+        }
+        FieldErrors(map)
+    }
+
+    pub fn one(field: &str, message: impl Into<String>) -> FieldErrors {
+        FieldErrors(HashMap::from([(field.to_string(), message.into())]))
+    }
+
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.0.get(field).map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// "3 min ago", for live lists.
+pub fn ago(now: i64, at: Option<i64>) -> String {
+    let Some(at) = at else {
+        return "never".into();
+    };
+    let secs = (now - at).max(0) / 1000;
+    match secs {
+        0..=4 => "just now".into(),
+        5..=59 => format!("{secs} s ago"),
+        60..=3599 => format!("{} min ago", secs / 60),
+        3600..=86_399 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
+/// An absolute UTC time for detail pages.
+pub fn when(at: Option<i64>) -> String {
+    match at {
+        Some(_) => format!("{} UTC", crate::cli::format_time(at)),
+        None => "never".into(),
+    }
+}
+
+/// Where the login page may send an operator back to: only this appliance's own pages.
+fn safe_next(next: &str) -> String {
+    let ok = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && !next.starts_with("/login")
+        && next.len() < 512;
+    if ok {
+        next.to_string()
+    } else {
+        "/ui".to_string()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "ui/login.html")]
+struct LoginPage {
+    next: String,
+    username: String,
+    error: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LoginQuery {
+    #[serde(default)]
+    next: String,
+}
+
+async fn ui_login_get(Query(q): Query<LoginQuery>) -> Response {
+    render(&LoginPage {
+        next: safe_next(&q.next),
+        username: String::new(),
+        error: None,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn ui_login_post(
+    State(state): State<AppState>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let now = state.recorder.now_ms();
+    let ip = auth::client_ip(connect.as_ref().map(|Extension(c)| c));
+    let username = form.username.trim().to_string();
+    let page = |status: StatusCode, error: String| {
+        let mut r = render(&LoginPage {
+            next: safe_next(&form.next),
+            username: username.clone(),
+            error: Some(error),
+        });
+        *r.status_mut() = status;
+        r
+    };
+    if let Some(wait) = state.login_limiter.wait(ip, &username, now) {
+        tracing::warn!(%ip, user = %username, "login refused: too many failed attempts");
+        let mut r = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Too many failed attempts. Try again in {wait} s."),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    match auth::check_login(&state.db, &username, &form.password).await {
+        Ok(Some(user_id)) => match auth::start_session(&state.db, user_id, now).await {
+            Ok(id) => {
+                tracing::info!(%ip, user = %username, "operator logged in");
+                let cookie = auth::session_cookie(&id, state.config.ui.secure_cookies);
+                let mut r = Redirect::to(&safe_next(&form.next)).into_response();
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    r.headers_mut().insert(header::SET_COOKIE, v);
+                }
+                r
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a session");
+                page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Cannot log in right now: the database did not answer.".into(),
+                )
+            }
+        },
+        Ok(None) => {
+            state.login_limiter.failed(ip, &username, now);
+            tracing::warn!(%ip, user = %username, "failed login");
+            page(
+                StatusCode::UNAUTHORIZED,
+                "Wrong username or password.".into(),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check a login");
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Cannot log in right now: the database did not answer.".into(),
+            )
+        }
+    }
+}
+
+async fn ui_logout_post(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(id) = auth::session_id(&headers) {
+        if let Err(e) = state.db.delete_session(&auth::sha256_hex(&id)).await {
+            tracing::error!(error = %e, "cannot end a session");
+        }
+    }
+    let mut r = Redirect::to("/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&auth::clear_cookie()) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// What every page's layout needs.
+pub struct Chrome {
+    pub user: String,
+    pub csrf: String,
+}
+
+impl Chrome {
+    pub fn of(op: &Operator) -> Chrome {
+        Chrome {
+            user: op.name(),
+            csrf: op.csrf().to_string(),
+        }
+    }
+}
+
+pub(crate) type Op = Extension<Operator>;
+
+/// Messages shown after a redirect, chosen by code so a link cannot put words on the page.
+pub fn flash_message(code: Option<&str>) -> Option<String> {
+    let text = match code? {
+        "added" => "Machine added.",
+        "saved" => "Saved.",
+        "reinstall" => "Saved. The machine reinstalls at its next network boot (its installed disk boots first: make it network-boot).",
+        "reinstalling" => "The machine reinstalls at its next network boot (its installed disk boots first: make it network-boot).",
+        "removed" => "Machine removed. Its history is kept; if it boots again it shows up as discovered.",
+        "revoked" => "Token revoked.",
+        "cluster-saved" => "Cluster settings saved.",
+        "patch-saved" => "Patch saved.",
+        "patch-removed" => "Patch removed.",
+        "rebuild" => "Rebuild started: every machine reinstalls at its next network boot, and etcd is bootstrapped again once the control planes are back.",
+        "initialised" => "Cluster initialised: its secrets bundle is made and stored.",
+        _ => return None,
+    };
+    Some(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_redirects_stay_on_this_appliance() {
+        assert_eq!(
+            safe_next("/ui/machines/52:54:00:00:00:01"),
+            "/ui/machines/52:54:00:00:00:01"
+        );
+        for evil in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil",
+            "",
+            "/login?next=/x",
+        ] {
+            assert_eq!(safe_next(evil), "/ui", "{evil}");
+        }
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(ago(100_000, Some(99_000)), "just now");
+        assert_eq!(ago(100_000, Some(70_000)), "30 s ago");
+        assert_eq!(ago(1_000_000, Some(0)), "16 min ago");
+        assert_eq!(ago(1, None), "never");
+    }
 }

@@ -1,0 +1,670 @@
+//! Machines: the live list with filters, adding by MAC, the detail page with assignment,
+//! timeline, boot log, rendered config and the reinstall action.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+
+use super::{
+    ago, error_page, flash_message, ops_error_page, render, when, Chrome, FieldErrors, Op,
+};
+use crate::app::AppState;
+use crate::model::{DiskHandoff, Event, Lifecycle, Mac, Machine, Role};
+use crate::ops::{self, Lan, MachineInput, OpsError};
+use axum::Extension;
+
+/// Firmware named from DHCP option 93.
+pub fn arch_name(arch: Option<u16>) -> String {
+    match arch {
+        None => "not seen yet".into(),
+        Some(0) => "BIOS".into(),
+        Some(6) => "UEFI x86".into(),
+        Some(7) | Some(9) => "UEFI x86-64".into(),
+        Some(10) => "UEFI ARM32".into(),
+        Some(11) => "UEFI ARM64".into(),
+        Some(16) => "UEFI x86-64 HTTP".into(),
+        Some(19) => "UEFI ARM64 HTTP".into(),
+        Some(other) => format!("arch {other}"),
+    }
+}
+
+/// The state in words an operator reads at a glance.
+pub fn state_words(m: &Machine) -> &'static str {
+    match m.state {
+        Lifecycle::Discovered => "discovered: waiting for a role",
+        Lifecycle::Assigned => "assigned: boots Talos next",
+        Lifecycle::Booting => "booting Talos",
+        Lifecycle::ConfigServed => "config served: installing",
+        Lifecycle::Installed => "installed",
+        Lifecycle::Ready => "ready",
+    }
+}
+
+pub struct Row {
+    pub mac: String,
+    pub vendor: String,
+    pub arch: String,
+    pub role: &'static str,
+    pub hostname: String,
+    pub ip: String,
+    pub state: &'static str,
+    pub state_words: &'static str,
+    pub state_since: String,
+    pub last_event: String,
+    pub last_event_ago: String,
+}
+
+fn row(m: &Machine, last: Option<&Event>, now: i64) -> Row {
+    Row {
+        mac: m.mac.to_string(),
+        vendor: crate::oui::vendor(m.mac).unwrap_or_else(|| "unknown vendor".into()),
+        arch: arch_name(m.last_arch),
+        role: m.role.as_str(),
+        hostname: m.hostname.clone().unwrap_or_else(|| "—".into()),
+        ip: m.ip.map(|i| i.to_string()).unwrap_or_else(|| "—".into()),
+        state: m.state.as_str(),
+        state_words: state_words(m),
+        state_since: when(m.state_since),
+        last_event: last
+            .map(|e| {
+                if e.detail.is_empty() {
+                    e.kind.to_string()
+                } else {
+                    format!("{}: {}", e.kind, e.detail)
+                }
+            })
+            .unwrap_or_else(|| "—".into()),
+        last_event_ago: ago(now, last.map(|e| e.at)),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Filters {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    flash: Option<String>,
+}
+
+impl Filters {
+    fn query(&self) -> String {
+        let mut q = Vec::new();
+        if !self.state.is_empty() {
+            q.push(format!("state={}", crate::auth::urlencode(&self.state)));
+        }
+        if !self.role.is_empty() {
+            q.push(format!("role={}", crate::auth::urlencode(&self.role)));
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        }
+    }
+
+    fn keeps(&self, m: &Machine) -> bool {
+        (self.state.is_empty() || m.state.as_str() == self.state)
+            && (self.role.is_empty() || m.role.as_str() == self.role)
+    }
+}
+
+async fn rows(state: &AppState, filters: &Filters) -> Result<(Vec<Row>, String), OpsError> {
+    let machines = state.db.list_machines().await?;
+    let latest = state.db.latest_events().await?;
+    let now = state.recorder.now_ms();
+    let count = |s: Lifecycle| machines.iter().filter(|m| m.state == s).count();
+    let summary = format!(
+        "{} machines: {} ready, {} installing, {} waiting for a role",
+        machines.len(),
+        count(Lifecycle::Ready),
+        count(Lifecycle::Booting) + count(Lifecycle::ConfigServed) + count(Lifecycle::Assigned),
+        count(Lifecycle::Discovered),
+    );
+    let mut list: Vec<&Machine> = machines.iter().filter(|m| filters.keeps(m)).collect();
+    // Machines waiting for the operator first, then by role and name.
+    list.sort_by_key(|m| {
+        (
+            m.state != Lifecycle::Discovered,
+            m.role,
+            m.hostname.clone().unwrap_or_default(),
+            m.mac.to_string(),
+        )
+    });
+    Ok((
+        list.into_iter()
+            .map(|m| row(m, latest.get(&m.mac), now))
+            .collect(),
+        summary,
+    ))
+}
+
+/// The form's view of machine fields (strings as typed).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct MachineForm {
+    #[serde(default)]
+    pub mac: String,
+    #[serde(default)]
+    pub role: String,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub gateway: String,
+    #[serde(default)]
+    pub dns: String,
+    #[serde(default)]
+    pub install_disk: String,
+    #[serde(default)]
+    pub disk_handoff: String,
+    #[serde(default)]
+    pub wipe: Option<String>,
+    #[serde(default)]
+    pub confirm: Option<String>,
+}
+
+impl MachineForm {
+    fn of(m: &Machine) -> MachineForm {
+        MachineForm {
+            mac: m.mac.to_string(),
+            role: m.role.to_string(),
+            hostname: m.hostname.clone().unwrap_or_default(),
+            ip: m.ip.map(|i| i.to_string()).unwrap_or_default(),
+            gateway: m.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            dns: m
+                .dns
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            install_disk: m.install_disk.clone().unwrap_or_default(),
+            disk_handoff: m.disk_handoff.to_string(),
+            wipe: m.wipe.then(|| "true".into()),
+            confirm: None,
+        }
+    }
+
+    fn input(&self) -> MachineInput {
+        MachineInput {
+            role: Some(self.role.clone()),
+            hostname: Some(self.hostname.clone()),
+            ip: Some(self.ip.clone()),
+            gateway: Some(self.gateway.clone()),
+            dns: Some(self.dns.clone()),
+            install_disk: Some(self.install_disk.clone()),
+            disk_handoff: Some(if self.disk_handoff.is_empty() {
+                DiskHandoff::Exit.to_string()
+            } else {
+                self.disk_handoff.clone()
+            }),
+            efi_binary: None,
+            wipe: Some(self.wipe.is_some()),
+            cluster: None,
+        }
+    }
+}
+
+/// What the machine fields partial needs.
+pub struct FieldsView {
+    pub form: MachineForm,
+    pub role_options: Vec<(&'static str, bool)>,
+    pub handoff_options: Vec<(&'static str, bool)>,
+    pub ip_hint: String,
+}
+
+impl FieldsView {
+    fn new(form: MachineForm, lan: &Lan) -> FieldsView {
+        let role = if form.role.is_empty() {
+            "unassigned".to_string()
+        } else {
+            form.role.clone()
+        };
+        let handoff = if form.disk_handoff.is_empty() {
+            "exit".to_string()
+        } else {
+            form.disk_handoff.clone()
+        };
+        FieldsView {
+            role_options: Role::ALL
+                .iter()
+                .map(|r| (r.as_str(), r.as_str() == role))
+                .collect(),
+            handoff_options: DiskHandoff::ALL
+                .iter()
+                .map(|h| (h.as_str(), h.as_str() == handoff))
+                .collect(),
+            ip_hint: format!("ADDR/PREFIX in {}", lan.subnet),
+            form,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "ui/machines.html")]
+struct MachinesPage {
+    nav: &'static str,
+    user: String,
+    csrf: String,
+    flash: Option<String>,
+    summary: String,
+    states: Vec<(&'static str, bool)>,
+    roles: Vec<(&'static str, bool)>,
+    query: String,
+    rows: Vec<Row>,
+    filtered: bool,
+    add: MachineForm,
+    form: MachineForm,
+    role_options: Vec<(&'static str, bool)>,
+    handoff_options: Vec<(&'static str, bool)>,
+    ip_hint: String,
+    errors: FieldErrors,
+}
+
+async fn machines_page(
+    state: &AppState,
+    op: &crate::auth::Operator,
+    filters: Filters,
+    add: MachineForm,
+    errors: FieldErrors,
+) -> Response {
+    let (list, summary) = match rows(state, &filters).await {
+        Ok(r) => r,
+        Err(e) => return ops_error_page(&e),
+    };
+    let chrome = Chrome::of(op);
+    let fields = FieldsView::new(
+        MachineForm {
+            mac: String::new(),
+            ..add.clone()
+        },
+        &Lan::from_config(&state.config),
+    );
+    let page = MachinesPage {
+        nav: "machines",
+        user: chrome.user,
+        csrf: chrome.csrf,
+        flash: flash_message(filters.flash.as_deref()),
+        summary,
+        states: Lifecycle::ALL
+            .iter()
+            .map(|s| (s.as_str(), s.as_str() == filters.state))
+            .collect(),
+        roles: Role::ALL
+            .iter()
+            .map(|r| (r.as_str(), r.as_str() == filters.role))
+            .collect(),
+        query: filters.query(),
+        filtered: !filters.state.is_empty() || !filters.role.is_empty(),
+        rows: list,
+        add,
+        form: fields.form,
+        role_options: fields.role_options,
+        handoff_options: fields.handoff_options,
+        ip_hint: fields.ip_hint,
+        errors,
+    };
+    let mut r = render(&page);
+    if !page.errors.is_empty() {
+        *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    r
+}
+
+pub async fn ui_machines_get(
+    State(state): State<AppState>,
+    Extension(op): Op,
+    Query(filters): Query<Filters>,
+) -> Response {
+    machines_page(
+        &state,
+        &op,
+        filters,
+        MachineForm::default(),
+        FieldErrors::default(),
+    )
+    .await
+}
+
+#[derive(Template)]
+#[template(path = "ui/_machine_rows.html")]
+struct RowsPartial {
+    rows: Vec<Row>,
+    filtered: bool,
+}
+
+/// The table body alone, polled by the page's script for live updates.
+pub async fn ui_machine_rows_get(
+    State(state): State<AppState>,
+    Query(filters): Query<Filters>,
+) -> Response {
+    match rows(&state, &filters).await {
+        Ok((rows, summary)) => {
+            let partial = RowsPartial {
+                rows,
+                filtered: !filters.state.is_empty() || !filters.role.is_empty(),
+            };
+            match partial.render() {
+                Ok(html) => (
+                    [(
+                        axum::http::header::HeaderName::from_static("x-summary"),
+                        axum::http::HeaderValue::from_str(&summary)
+                            .unwrap_or(axum::http::HeaderValue::from_static("")),
+                    )],
+                    Html(html),
+                )
+                    .into_response(),
+                Err(e) => {
+                    tracing::error!(error = %e, "template failed");
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                }
+            }
+        }
+        Err(e) => ops_error_page(&e),
+    }
+}
+
+pub async fn ui_machines_post(
+    State(state): State<AppState>,
+    Extension(op): Op,
+    Form(form): Form<MachineForm>,
+) -> Response {
+    let mac = match form.mac.parse::<Mac>() {
+        Ok(mac) => mac,
+        Err(e) => {
+            return machines_page(
+                &state,
+                &op,
+                Filters::default(),
+                form,
+                FieldErrors::one("mac", e.to_string()),
+            )
+            .await
+        }
+    };
+    let lan = Lan::from_config(&state.config);
+    let now = state.recorder.now_ms();
+    match ops::save_machine(&state.db, Some(&lan), mac, &form.input(), true, false, now).await {
+        Ok(_) => {
+            state.changed();
+            tracing::info!(%mac, by = %op.name(), "machine added");
+            Redirect::to(&format!("/ui/machines/{mac}?flash=added")).into_response()
+        }
+        Err(e @ OpsError::Invalid(_)) => {
+            let errors = FieldErrors::from_ops(&e);
+            machines_page(&state, &op, Filters::default(), form, errors).await
+        }
+        Err(e) => ops_error_page(&e),
+    }
+}
+
+pub struct EventView {
+    pub at: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/machine.html")]
+struct MachinePage {
+    nav: &'static str,
+    user: String,
+    csrf: String,
+    flash: Option<String>,
+    title: String,
+    m: Row,
+    installed: bool,
+    assigned: bool,
+    first_seen: String,
+    last_seen: String,
+    uuid: String,
+    serial: String,
+    cluster: String,
+    form: MachineForm,
+    role_options: Vec<(&'static str, bool)>,
+    handoff_options: Vec<(&'static str, bool)>,
+    ip_hint: String,
+    errors: FieldErrors,
+    confirm: Option<String>,
+    events: Vec<EventView>,
+    boot_log: Vec<String>,
+    config: Result<String, String>,
+    revealed: bool,
+}
+
+fn parse_mac(text: &str) -> Result<Mac, Response> {
+    text.parse::<Mac>()
+        .map_err(|e| error_page(StatusCode::NOT_FOUND, &format!("no such machine: {e}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DetailQuery {
+    #[serde(default)]
+    flash: Option<String>,
+}
+
+struct DetailExtras {
+    form: Option<MachineForm>,
+    errors: FieldErrors,
+    confirm: Option<String>,
+    reveal: bool,
+    flash: Option<String>,
+}
+
+async fn machine_page(
+    state: &AppState,
+    op: &crate::auth::Operator,
+    mac: Mac,
+    extras: DetailExtras,
+) -> Response {
+    let m = match state.db.get_machine(mac).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return ops_error_page(&OpsError::NotFound(mac)),
+        Err(e) => return ops_error_page(&OpsError::Db(e)),
+    };
+    let events = match state.db.events(mac, 500).await {
+        Ok(e) => e,
+        Err(e) => return ops_error_page(&OpsError::Db(e)),
+    };
+    let now = state.recorder.now_ms();
+    let config = match ops::rendered_config(&state.db, mac, extras.reveal).await {
+        Ok(text) => Ok(text),
+        Err(OpsError::Db(e)) => return ops_error_page(&OpsError::Db(e)),
+        Err(e) => Err(e.to_string()),
+    };
+    let chrome = Chrome::of(op);
+    let fields = FieldsView::new(
+        extras.form.unwrap_or_else(|| MachineForm::of(&m)),
+        &Lan::from_config(&state.config),
+    );
+    let status = if !extras.errors.is_empty() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else if extras.confirm.is_some() {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::OK
+    };
+    let page = MachinePage {
+        nav: "machines",
+        user: chrome.user,
+        csrf: chrome.csrf,
+        flash: extras.flash,
+        title: m.hostname.clone().unwrap_or_else(|| m.mac.to_string()),
+        m: row(&m, events.last(), now),
+        installed: m.installed,
+        assigned: m.is_assigned(),
+        first_seen: when(m.first_seen),
+        last_seen: match m.last_seen {
+            Some(_) => format!("{} ({})", when(m.last_seen), ago(now, m.last_seen)),
+            None => "never".into(),
+        },
+        uuid: m.smbios_uuid.clone().unwrap_or_else(|| "—".into()),
+        serial: m.serial.clone().unwrap_or_else(|| "—".into()),
+        cluster: m.cluster.clone(),
+        form: fields.form,
+        role_options: fields.role_options,
+        handoff_options: fields.handoff_options,
+        ip_hint: fields.ip_hint,
+        errors: extras.errors,
+        confirm: extras.confirm,
+        events: events
+            .iter()
+            .rev()
+            .map(|e| EventView {
+                at: when(Some(e.at)),
+                kind: e.kind.to_string(),
+                detail: e.detail.clone(),
+            })
+            .collect(),
+        boot_log: Vec::new(),
+        config,
+        revealed: extras.reveal,
+    };
+    let mut r = render(&page);
+    *r.status_mut() = status;
+    r
+}
+
+pub async fn ui_machine_get(
+    State(state): State<AppState>,
+    Extension(op): Op,
+    Path(mac): Path<String>,
+    Query(q): Query<DetailQuery>,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let extras = DetailExtras {
+        form: None,
+        errors: FieldErrors::default(),
+        confirm: None,
+        reveal: false,
+        flash: flash_message(q.flash.as_deref()),
+    };
+    machine_page(&state, &op, mac, extras).await
+}
+
+pub async fn ui_machine_post(
+    State(state): State<AppState>,
+    Extension(op): Op,
+    Path(mac): Path<String>,
+    Form(form): Form<MachineForm>,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let lan = Lan::from_config(&state.config);
+    let now = state.recorder.now_ms();
+    let confirm = form.confirm.is_some();
+    match ops::save_machine(
+        &state.db,
+        Some(&lan),
+        mac,
+        &form.input(),
+        false,
+        confirm,
+        now,
+    )
+    .await
+    {
+        Ok(saved) => {
+            state.changed();
+            tracing::info!(%mac, role = %saved.machine.role, by = %op.name(), "machine saved");
+            let flash = if saved.reinstall {
+                "reinstall"
+            } else {
+                "saved"
+            };
+            Redirect::to(&format!("/ui/machines/{mac}?flash={flash}")).into_response()
+        }
+        Err(e @ OpsError::Invalid(_)) => {
+            let extras = DetailExtras {
+                errors: FieldErrors::from_ops(&e),
+                form: Some(form),
+                confirm: None,
+                reveal: false,
+                flash: None,
+            };
+            machine_page(&state, &op, mac, extras).await
+        }
+        Err(OpsError::NeedsConfirmation(question)) => {
+            let extras = DetailExtras {
+                errors: FieldErrors::default(),
+                form: Some(form),
+                confirm: Some(question),
+                reveal: false,
+                flash: None,
+            };
+            machine_page(&state, &op, mac, extras).await
+        }
+        Err(e) => ops_error_page(&e),
+    }
+}
+
+pub async fn ui_machine_reinstall_post(
+    State(state): State<AppState>,
+    Extension(op): Op,
+    Path(mac): Path<String>,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match ops::reinstall_machine(&state.db, mac, state.recorder.now_ms()).await {
+        Ok(_) => {
+            state.changed();
+            state
+                .orchestrator
+                .signal(crate::orchestrator::Signal::Reinstalled(mac));
+            tracing::info!(%mac, by = %op.name(), "reinstall requested");
+            Redirect::to(&format!("/ui/machines/{mac}?flash=reinstalling")).into_response()
+        }
+        Err(e) => ops_error_page(&e),
+    }
+}
+
+pub async fn ui_machine_remove_post(
+    State(state): State<AppState>,
+    Extension(op): Op,
+    Path(mac): Path<String>,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match state.db.remove_machine(mac, state.recorder.now_ms()).await {
+        Ok(()) => {
+            state.changed();
+            tracing::info!(%mac, by = %op.name(), "machine removed");
+            Redirect::to("/ui?flash=removed").into_response()
+        }
+        Err(crate::db::DbError::NotFound(mac)) => ops_error_page(&OpsError::NotFound(mac)),
+        Err(e) => ops_error_page(&OpsError::Db(e)),
+    }
+}
+
+pub async fn ui_machine_config_reveal_post(
+    State(state): State<AppState>,
+    Extension(op): Op,
+    Path(mac): Path<String>,
+) -> Response {
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    tracing::info!(%mac, by = %op.name(), "machine config revealed with secrets");
+    let extras = DetailExtras {
+        form: None,
+        errors: FieldErrors::default(),
+        confirm: None,
+        reveal: true,
+        flash: None,
+    };
+    machine_page(&state, &op, mac, extras).await
+}

@@ -1,0 +1,54 @@
+// bootplane operator UI: small progressive enhancements. Every page works without this file.
+(function () {
+  "use strict";
+
+  // Filters apply as soon as they change.
+  document.querySelectorAll("form[data-autosubmit] select").forEach(function (select) {
+    select.addEventListener("change", function () { select.form.submit(); });
+  });
+
+  // Destructive buttons ask first.
+  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      if (!window.confirm(form.getAttribute("data-confirm"))) { event.preventDefault(); }
+    });
+  });
+
+  // The machine list refreshes itself: new machines appear without a reload.
+  var body = document.querySelector("tbody[data-live]");
+  if (!body) { return; }
+  var url = body.getAttribute("data-live");
+  var live = document.getElementById("live");
+  var summary = document.querySelector(".summary");
+  var last = body.innerHTML;
+  function known() {
+    var macs = {};
+    body.querySelectorAll("tr[data-mac]").forEach(function (tr) { macs[tr.getAttribute("data-mac")] = true; });
+    return macs;
+  }
+  function refresh() {
+    fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (response) {
+        if (response.redirected || response.status === 401) { window.location.reload(); return null; }
+        if (!response.ok) { throw new Error(String(response.status)); }
+        var text = response.headers.get("x-summary");
+        if (text && summary) { summary.textContent = text; }
+        return response.text();
+      })
+      .then(function (html) {
+        if (html === null) { return; }
+        if (live) { live.classList.remove("stale"); live.textContent = "live"; }
+        if (html === last) { return; }
+        var before = known();
+        body.innerHTML = html;
+        last = html;
+        body.querySelectorAll("tr[data-mac]").forEach(function (tr) {
+          if (!before[tr.getAttribute("data-mac")]) { tr.classList.add("fresh"); }
+        });
+      })
+      .catch(function () {
+        if (live) { live.classList.add("stale"); live.textContent = "reconnecting"; }
+      });
+  }
+  setInterval(refresh, 2000);
+})();
