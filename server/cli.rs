@@ -8,11 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::clock::Clock;
 use crate::config::{ServeOptions, DEFAULT_DATA_DIR};
 use crate::db::{Db, DbError};
-use crate::materials::{self, MaterialsError};
-use crate::model::{
-    validate_hostname, Cluster, DiskHandoff, EfiBinary, Ipv4Cidr, Mac, Machine, PatchRecord,
-    PatchScope, Role,
-};
+use crate::materials;
+use crate::model::{validate_hostname, Cluster, Mac, Machine, PatchRecord, PatchScope, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -320,125 +317,36 @@ fn cleared(value: &str) -> bool {
     matches!(value, "none" | "")
 }
 
-/// Applies the given fields to `m`, then checks the whole machine.
-pub fn apply_fields(m: &mut Machine, f: &MachineFields) -> Result<(), CliError> {
-    if let Some(role) = &f.role {
-        m.role = role
-            .parse::<Role>()
-            .map_err(|e| invalid(format!("--role {e}")))?;
+/// The flag an ops field error belongs to.
+fn flag_error(e: crate::ops::OpsError) -> CliError {
+    match e {
+        crate::ops::OpsError::Invalid(errors) => invalid(
+            errors
+                .iter()
+                .map(|fe| format!("--{}: {}", fe.field.replace('_', "-"), fe.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        crate::ops::OpsError::Db(e) => CliError::Db(e),
+        other => invalid(other.to_string()),
     }
-    if let Some(hostname) = &f.hostname {
-        m.hostname = if cleared(hostname) {
-            None
-        } else {
-            validate_hostname(hostname).map_err(invalid)?;
-            Some(hostname.clone())
-        };
-    }
-    if let Some(ip) = &f.ip {
-        m.ip = if cleared(ip) {
-            None
-        } else {
-            Some(
-                ip.parse::<Ipv4Cidr>()
-                    .map_err(|e| invalid(format!("--ip {e}")))?,
-            )
-        };
-    }
-    if let Some(gw) = &f.gateway {
-        m.gateway = if cleared(gw) {
-            None
-        } else {
-            Some(
-                gw.parse::<Ipv4Addr>()
-                    .map_err(|_| invalid(format!("--gateway '{gw}' is not an IPv4 address")))?,
-            )
-        };
-    }
-    if let Some(dns) = &f.dns {
-        m.dns = if cleared(dns) {
-            Vec::new()
-        } else {
-            dns.split(',')
-                .map(|s| {
-                    s.trim()
-                        .parse::<Ipv4Addr>()
-                        .map_err(|_| invalid(format!("--dns '{s}' is not an IPv4 address")))
-                })
-                .collect::<Result<_, _>>()?
-        };
-    }
-    if let Some(disk) = &f.install_disk {
-        m.install_disk = if cleared(disk) {
-            None
-        } else {
-            if !disk.starts_with("/dev/") || disk.contains(char::is_whitespace) {
-                return Err(invalid(format!(
-                    "--install-disk '{disk}' must be a device path such as /dev/sda"
-                )));
-            }
-            Some(disk.clone())
-        };
-    }
-    if let Some(handoff) = &f.disk_handoff {
-        m.disk_handoff = handoff
-            .parse::<DiskHandoff>()
-            .map_err(|e| invalid(format!("--disk-handoff {e}")))?;
-    }
-    if let Some(efi) = &f.efi_binary {
-        m.efi_binary = if efi == "default" {
-            None
-        } else {
-            Some(
-                efi.parse::<EfiBinary>()
-                    .map_err(|e| invalid(format!("--efi-binary {e}")))?,
-            )
-        };
-    }
-    if let Some(cluster) = &f.cluster {
-        m.cluster = cluster.clone();
-    }
-    check_machine(m)
 }
 
-/// Rules every stored machine keeps.
-pub fn check_machine(m: &Machine) -> Result<(), CliError> {
-    if m.role != Role::Unassigned {
-        if m.hostname.is_none() {
-            return Err(invalid(format!("a {} needs --hostname", m.role)));
-        }
-        if m.ip.is_none() {
-            return Err(invalid(format!(
-                "a {} needs a static --ip ADDR/PREFIX",
-                m.role
-            )));
-        }
-    }
-    if let Some(ip) = m.ip {
-        if ip.prefix == 0 || ip.prefix > 30 {
-            return Err(invalid(format!("--ip {ip}: prefix must be /1 to /30")));
-        }
-        if ip.addr == ip.network() || ip.addr == ip.broadcast() {
-            return Err(invalid(format!(
-                "--ip {ip} is the network or broadcast address of its subnet"
-            )));
-        }
-        if let Some(gw) = m.gateway {
-            if !ip.contains(gw) {
-                return Err(invalid(format!(
-                    "--gateway {gw} is outside the machine's subnet {}/{}",
-                    ip.network(),
-                    ip.prefix
-                )));
-            }
-            if gw == ip.addr {
-                return Err(invalid("--gateway cannot be the machine's own address"));
-            }
-        }
-    } else if m.gateway.is_some() {
-        return Err(invalid("--gateway needs --ip"));
-    }
-    Ok(())
+/// Applies the given fields to `m`, then checks the whole machine (the rules live in `ops`).
+pub fn apply_fields(m: &mut Machine, f: &MachineFields) -> Result<(), CliError> {
+    let input = crate::ops::MachineInput {
+        role: f.role.clone(),
+        hostname: f.hostname.clone(),
+        ip: f.ip.clone(),
+        gateway: f.gateway.clone(),
+        dns: f.dns.clone(),
+        install_disk: f.install_disk.clone(),
+        disk_handoff: f.disk_handoff.clone(),
+        efi_binary: f.efi_binary.clone(),
+        wipe: None,
+        cluster: f.cluster.clone(),
+    };
+    crate::ops::apply_machine_input(m, &input).map_err(flag_error)
 }
 
 fn parse_mac(text: &str) -> Result<Mac, CliError> {
@@ -735,29 +643,13 @@ fn control_plane_ips(machines: &[Machine], cluster: &str) -> Vec<String> {
         .collect()
 }
 
-/// Refuses a machine whose config would not render, when its cluster is initialised.
+/// Inventory-wide rules (unique names and addresses, three control planes, VIP, the config
+/// renders). The LAN subnet and pool rules need the serve configuration: the UI and API apply them.
 async fn check_machine_config(db: &Db, m: &Machine) -> Result<(), CliError> {
-    if !m.is_assigned() {
-        return Ok(());
-    }
-    let loaded = match materials::load_cluster(db, Some(&m.cluster)).await {
-        Ok(l) => l,
-        Err(MaterialsError::NotInitialised(_)) => return Ok(()),
-        Err(e) => return Err(invalid(e.to_string())),
-    };
-    if loaded.cluster.vip.is_some() && m.ip.map(|i| i.addr) == loaded.cluster.vip {
-        return Err(invalid(format!(
-            "--ip {} is the cluster's VIP",
-            m.ip.map(|i| i.to_string()).unwrap_or_default()
-        )));
-    }
-    materials::check_cluster(
-        &loaded.spec,
-        &loaded.secrets,
-        &loaded.patches,
-        std::slice::from_ref(m),
-    )
-    .map_err(|e| invalid(e.to_string()))
+    let others = db.list_machines().await?;
+    crate::ops::check_against_inventory(db, None, m, &others)
+        .await
+        .map_err(flag_error)
 }
 
 fn read_input(path: &std::path::Path) -> Result<String, CliError> {
@@ -1161,7 +1053,7 @@ mod tests {
                     hostname: None,
                     ..fields()
                 },
-                "needs --hostname",
+                "--hostname: a controlplane needs a hostname",
             ),
             (
                 MachineFields {
