@@ -52,6 +52,10 @@ pub struct Listeners {
     pub dhcp: Option<DhcpSockets>,
     /// Raw ICMPv6 socket for router advertisements, when enabled and permitted.
     pub ra: Option<socket2::Socket>,
+    /// Talos's event sink (`talos.events.sink=`), unless turned off.
+    pub talos_events: Option<TcpListener>,
+    /// Kernel log receiver (`talos.logging.kernel=`), unless turned off.
+    pub kernel_logs: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,13 @@ pub enum BindError {
     #[error("cannot bind TFTP UDP port {port}{hint}")]
     Tftp {
         port: u16,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("cannot bind the {what} on TCP {addr}{hint}")]
+    Receiver {
+        what: &'static str,
+        addr: SocketAddr,
         source: std::io::Error,
         hint: &'static str,
     },
@@ -128,11 +139,35 @@ pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
     } else {
         None
     };
+    let receiver = |what: &'static str, port: Option<u16>| async move {
+        let Some(port) = port else {
+            return Ok(None);
+        };
+        let addr = SocketAddr::new(config.http_bind.ip(), port);
+        TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| BindError::Receiver {
+                what,
+                addr,
+                hint: hint(&source),
+                source,
+            })
+    };
+    let talos_events =
+        receiver("Talos event sink (--events-port)", config.boot.events_port).await?;
+    let kernel_logs = receiver(
+        "kernel log receiver (--kernel-log-port)",
+        config.boot.kernel_log_port,
+    )
+    .await?;
     Ok(Listeners {
         http,
         tftp,
         dhcp,
         ra,
+        talos_events,
+        kernel_logs,
     })
 }
 
@@ -196,6 +231,55 @@ fn check_boot_files(config: &Config) {
                 "Talos boot asset missing: assigned machines will wait and retry until it is there");
         }
     }
+}
+
+/// What the push receivers borrow from `run` while they are spawned.
+struct ReceiverDeps<'a> {
+    inventory: &'a Inventory,
+    neighbours: &'a Neighbours,
+    recorder: &'a Recorder,
+    orchestrator: &'a crate::orchestrator::Handle,
+    metrics: &'a Metrics,
+}
+
+type Task = Option<tokio::task::JoinHandle<()>>;
+
+/// Starts Talos's event sink and the kernel log receiver (with its boot log writer) on the
+/// listeners that were bound.
+fn spawn_receivers(
+    config: &Config,
+    db: &Db,
+    events: Option<TcpListener>,
+    kernel_logs: Option<TcpListener>,
+    deps: ReceiverDeps<'_>,
+    cancel: &CancellationToken,
+) -> (Task, Task, Task) {
+    use crate::talos::{kmsg, sink};
+    let sink_task = events.map(|listener| {
+        let deps = sink::SinkDeps {
+            inventory: deps.inventory.clone(),
+            neighbours: deps.neighbours.clone(),
+            recorder: deps.recorder.clone(),
+            orchestrator: deps.orchestrator.clone(),
+            metrics: deps.metrics.clone(),
+        };
+        tokio::spawn(sink::serve(listener, deps, cancel.clone()))
+    });
+    let mut writer = None;
+    let kmsg_task = kernel_logs.map(|listener| {
+        let (queue, write) =
+            kmsg::BootLogQueue::new(db.clone(), config.boot.boot_log_lines, deps.metrics.clone());
+        writer = Some(tokio::spawn(write));
+        let deps = kmsg::KmsgDeps {
+            inventory: deps.inventory.clone(),
+            neighbours: deps.neighbours.clone(),
+            queue,
+            metrics: deps.metrics.clone(),
+            clock: Arc::clone(deps.recorder.clock()),
+        };
+        tokio::spawn(kmsg::serve(listener, deps, cancel.clone()))
+    });
+    (sink_task, kmsg_task, writer)
 }
 
 /// Serves until `shutdown` completes, then stops every service and flushes state.
@@ -268,6 +352,20 @@ pub async fn run(
         config.orchestrator.clone(),
         cancel.clone(),
     );
+    let (sink_task, kmsg_task, boot_log_writer) = spawn_receivers(
+        &config,
+        &db,
+        listeners.talos_events,
+        listeners.kernel_logs,
+        ReceiverDeps {
+            inventory: &inventory,
+            neighbours: &neighbours,
+            recorder: &recorder,
+            orchestrator: &orchestrator,
+            metrics: &metrics,
+        },
+        &cancel,
+    );
     let state = AppState {
         config: Arc::clone(&config),
         db: db.clone(),
@@ -307,6 +405,20 @@ pub async fn run(
     }
     let _ = watcher.await;
     let _ = orchestrator_task.await;
+    for task in [sink_task, kmsg_task].into_iter().flatten() {
+        // A peer that holds its connection open must not hold up the shutdown.
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    // The receivers are gone, and with them every boot log queue: the writer flushes and ends.
+    if let Some(writer) = boot_log_writer {
+        let _ = writer.await;
+    }
     // Every recorder clone is gone now; the writer flushes what is queued and ends.
     let _ = writer.await;
     db.close().await;

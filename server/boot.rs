@@ -287,7 +287,14 @@ fn install_script(
     let base = boot.http_base();
     let asset = |file: String| format!("{base}/assets/{version}/{file}?mac={}", m.mac);
     let config_url = format!("{base}/config?mac={}", m.mac);
-    let args = talos::kernel_args(version, arch, &config_url, &boot.extra_kernel_args).join(" ");
+    let mut extra = talos::kernel::report_args(
+        boot.advertise_ip,
+        boot.events_port,
+        boot.kernel_log_port,
+        &boot.extra_kernel_args,
+    );
+    extra.extend(boot.extra_kernel_args.iter().cloned());
+    let args = talos::kernel_args(version, arch, &config_url, &extra).join(" ");
     let hostname = m.hostname.clone().unwrap_or_default();
     (
         format!("install Talos {version} {} as {}", arch.as_str(), m.role),

@@ -240,6 +240,19 @@ pub enum MachinesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show a machine's boot log (kernel messages it streamed), oldest first
+    Log {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long)]
+        mac: String,
+        /// How many of the newest lines to show
+        #[arg(long, default_value_t = 500)]
+        limit: i64,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -352,6 +365,27 @@ pub fn apply_fields(m: &mut Machine, f: &MachineFields) -> Result<(), CliError> 
 fn parse_mac(text: &str) -> Result<Mac, CliError> {
     text.parse::<Mac>()
         .map_err(|e| invalid(format!("--mac {e}")))
+}
+
+/// One boot log line for a terminal: the node's time when it sent one, else when it arrived;
+/// control characters the kernel message may carry are shown escaped, never sent raw.
+fn boot_log_text(line: &crate::model::BootLogLine) -> String {
+    let time = line
+        .talos_time
+        .clone()
+        .unwrap_or_else(|| format_time(Some(line.at)));
+    let mut msg = String::with_capacity(line.msg.len());
+    for c in line.msg.chars() {
+        if c.is_control() {
+            msg.extend(c.escape_default());
+        } else {
+            msg.push(c);
+        }
+    }
+    format!(
+        "{time}  {:<7}  {msg}\n",
+        line.priority.as_deref().unwrap_or("-")
+    )
 }
 
 pub fn format_time(ms: Option<i64>) -> String {
@@ -500,6 +534,25 @@ pub async fn machines(
                             e.detail
                         ),
                     )?;
+                }
+            }
+        }
+        MachinesCommand::Log {
+            data,
+            mac,
+            limit,
+            json,
+        } => {
+            let db = Db::open(&data.data_dir).await?;
+            let mac = parse_mac(&mac)?;
+            let lines = db.boot_log(mac, limit.max(0)).await?;
+            if json {
+                let text = serde_json::to_string_pretty(&lines)
+                    .map_err(|e| CliError::Output(e.to_string()))?;
+                w(out, text + "\n")?;
+            } else {
+                for line in lines {
+                    w(out, boot_log_text(&line))?;
                 }
             }
         }

@@ -25,6 +25,13 @@ pub const DEFAULT_ARM64_BINARY: &str = "ipxe-arm64.efi";
 pub const DEFAULT_RETRY_SECS: u32 = 10;
 pub const DEFAULT_TFTP_BLOCK_LIMIT: u16 = 1468;
 pub const DEFAULT_TFTP_WINDOW_LIMIT: u16 = 16;
+/// Talos's event sink (`talos.events.sink=`), next to the kernel log port Talos's own
+/// documentation uses.
+pub const DEFAULT_EVENTS_PORT: u16 = 4002;
+/// Kernel log receiver (`talos.logging.kernel=tcp://…`), the port Talos's docs use.
+pub const DEFAULT_KERNEL_LOG_PORT: u16 = 4001;
+/// Kernel log lines kept per machine; older lines are trimmed.
+pub const DEFAULT_BOOT_LOG_LINES: u32 = 5000;
 /// The config file read from the data directory when `--config` is not given.
 pub const DATA_DIR_CONFIG: &str = "bootplane.toml";
 
@@ -75,6 +82,51 @@ pub enum RaMode {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A TCP port, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortSetting {
+    Off,
+    Port(u16),
+}
+
+impl PortSetting {
+    pub fn port(self) -> Option<u16> {
+        match self {
+            PortSetting::Off => None,
+            PortSetting::Port(p) => Some(p),
+        }
+    }
+}
+
+impl FromStr for PortSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "off" => Ok(PortSetting::Off),
+            text => match text.parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!("'{s}' is neither a port (1-65535) nor 'off'")),
+                Ok(p) => Ok(PortSetting::Port(p)),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Number(n) => n.to_string(),
+            Raw::Text(t) => t,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// A `START-END` range of IPv4 addresses.
@@ -216,6 +268,15 @@ pub struct ServeOptions {
     /// Seconds: an installed machine that network-boots again this soon after being sent to its disk is reinstalled [default: 600]
     #[arg(long, env = "BOOTPLANE_WIPE_WINDOW")]
     pub wipe_window: Option<u64>,
+    /// Port receiving Talos's events (talos.events.sink= on the kernel command line; each one triggers a report-in probe), or off [default: 4002]
+    #[arg(long, env = "BOOTPLANE_EVENTS_PORT")]
+    pub events_port: Option<PortSetting>,
+    /// Port receiving Talos's kernel logs as JSON lines over TCP (talos.logging.kernel=), or off [default: 4001]
+    #[arg(long, env = "BOOTPLANE_KERNEL_LOG_PORT")]
+    pub kernel_log_port: Option<PortSetting>,
+    /// Kernel log lines kept per machine (older ones are trimmed) [default: 5000]
+    #[arg(long, env = "BOOTPLANE_BOOT_LOG_LINES")]
+    pub boot_log_lines: Option<u32>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "BOOTPLANE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -302,6 +363,9 @@ impl ServeOptions {
             talos_api_port,
             bootstrap_holdoff,
             wipe_window,
+            events_port,
+            kernel_log_port,
+            boot_log_lines,
             log_format,
             admin_password,
             secure_cookies
@@ -366,6 +430,12 @@ pub struct BootConfig {
     pub tftp_block_limit: u16,
     pub tftp_window_limit: u16,
     pub config_access: ConfigAccess,
+    /// Talos's event sink port, told to nodes on the kernel command line; `None` when off.
+    pub events_port: Option<u16>,
+    /// Kernel log receiver port, told to nodes on the kernel command line; `None` when off.
+    pub kernel_log_port: Option<u16>,
+    /// Kernel log lines kept per machine.
+    pub boot_log_lines: u32,
 }
 
 impl BootConfig {
@@ -506,6 +576,10 @@ impl Config {
             return Err(invalid("--tftp-window-limit must be at least 1".into()));
         }
         let http_port = o.http_port.unwrap_or(DEFAULT_HTTP_PORT);
+        let boot_log_lines = o.boot_log_lines.unwrap_or(DEFAULT_BOOT_LOG_LINES);
+        if boot_log_lines == 0 {
+            return Err(invalid("--boot-log-lines must be at least 1".into()));
+        }
         if let Some(p) = &o.admin_password {
             if p.0.chars().count() < crate::auth::MIN_PASSWORD_LEN {
                 return Err(invalid(format!(
@@ -563,6 +637,15 @@ impl Config {
                 tftp_block_limit: block,
                 tftp_window_limit: window,
                 config_access: o.config_access.unwrap_or(ConfigAccess::Mac),
+                events_port: o
+                    .events_port
+                    .unwrap_or(PortSetting::Port(DEFAULT_EVENTS_PORT))
+                    .port(),
+                kernel_log_port: o
+                    .kernel_log_port
+                    .unwrap_or(PortSetting::Port(DEFAULT_KERNEL_LOG_PORT))
+                    .port(),
+                boot_log_lines,
             },
             interface,
             orchestrator: {
@@ -649,6 +732,28 @@ mod tests {
         };
         assert!(Config::resolve(bad_version, iface()).is_err());
         assert!("10.0.0.9-10.0.0.1".parse::<Pool>().is_err());
+    }
+
+    #[test]
+    fn receiver_ports_default_on_and_turn_off() {
+        let c = Config::resolve(ServeOptions::default(), iface()).unwrap();
+        assert_eq!(c.boot.events_port, Some(DEFAULT_EVENTS_PORT));
+        assert_eq!(c.boot.kernel_log_port, Some(DEFAULT_KERNEL_LOG_PORT));
+        assert_eq!(c.boot.boot_log_lines, DEFAULT_BOOT_LOG_LINES);
+        let file: ServeOptions =
+            toml::from_str("events_port = \"off\"\nkernel_log_port = 5001").unwrap();
+        let c = Config::resolve(file, iface()).unwrap();
+        assert_eq!(c.boot.events_port, None);
+        assert_eq!(c.boot.kernel_log_port, Some(5001));
+        assert_eq!("off".parse::<PortSetting>(), Ok(PortSetting::Off));
+        assert!("0".parse::<PortSetting>().is_err());
+        assert!("70000".parse::<PortSetting>().is_err());
+        assert!(toml::from_str::<ServeOptions>("events_port = 0").is_err());
+        let zero = ServeOptions {
+            boot_log_lines: Some(0),
+            ..Default::default()
+        };
+        assert!(Config::resolve(zero, iface()).is_err());
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    pub receiver: &'static str,
+    pub reason: &'static str,
+}
+
 /// Every counter the appliance exports. Cheap to clone (counters are `Arc`s inside).
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -36,6 +42,13 @@ pub struct Metrics {
     pub tftp_bytes: Counter,
     pub http_bytes: Family<AssetLabel, Counter>,
     pub events_dropped: Counter,
+    /// Kernel log lines received from nodes and queued for the boot log.
+    pub kernel_log_lines: Counter,
+    pub kernel_log_dropped: Family<ReasonLabel, Counter>,
+    /// Events received on Talos's event sink, by type.
+    pub talos_events: Family<KindLabel, Counter>,
+    pub talos_events_dropped: Family<ReasonLabel, Counter>,
+    pub push_connections_refused: Family<RefusedLabel, Counter>,
 }
 
 impl Metrics {
@@ -58,6 +71,28 @@ impl Metrics {
     pub fn tftp_done(&self, result: &'static str) {
         self.tftp_transfers
             .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    pub fn kernel_log_drop(&self, reason: &'static str) {
+        self.kernel_log_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn talos_event(&self, kind: &'static str) {
+        self.talos_events.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn talos_event_drop(&self, reason: &'static str) {
+        self.talos_events_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn push_refused(&self, receiver: &'static str, reason: &'static str) {
+        self.push_connections_refused
+            .get_or_create(&RefusedLabel { receiver, reason })
             .inc();
     }
 
@@ -98,6 +133,31 @@ impl Metrics {
             "events_dropped",
             "Machine events dropped because the database writer fell behind",
             self.events_dropped.clone(),
+        );
+        registry.register(
+            "kernel_log_lines",
+            "Kernel log lines received from nodes and queued for their boot log",
+            self.kernel_log_lines.clone(),
+        );
+        registry.register(
+            "kernel_log_dropped",
+            "Kernel log lines dropped, by reason",
+            self.kernel_log_dropped.clone(),
+        );
+        registry.register(
+            "talos_events",
+            "Events received on Talos's event sink, by type",
+            self.talos_events.clone(),
+        );
+        registry.register(
+            "talos_events_dropped",
+            "Events on Talos's event sink that were ignored, by reason",
+            self.talos_events_dropped.clone(),
+        );
+        registry.register(
+            "push_connections_refused",
+            "Connections to the event sink or kernel log receiver closed at once, by reason",
+            self.push_connections_refused.clone(),
         );
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -208,6 +208,7 @@ text_enum!(
         Bootstrap => "bootstrap",
         EtcdMemberRemoved => "etcd-member-removed",
         Reinstall => "reinstall",
+        TalosEvent => "talos-event",
     }
 );
 
@@ -412,6 +413,26 @@ pub struct Event {
     pub at: i64,
     pub kind: EventKind,
     pub detail: String,
+}
+
+/// One kernel message a node streamed to bootplane (`talos.logging.kernel=`), as stored in
+/// its bounded boot log. Fields other than `msg` are as Talos sent them, when it did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BootLogLine {
+    pub mac: Mac,
+    /// When bootplane received it, milliseconds since the Unix epoch.
+    pub at: i64,
+    /// The node's own timestamp (`talos-time`, RFC 3339).
+    pub talos_time: Option<String>,
+    /// Kernel facility, e.g. `kern`, `daemon`.
+    pub facility: Option<String>,
+    /// Kernel priority, e.g. `info`, `err`.
+    pub priority: Option<String>,
+    /// The kernel's sequence number of the message.
+    pub seq: Option<i64>,
+    /// Microseconds since the node booted.
+    pub clock: Option<i64>,
+    pub msg: String,
 }
 
 /// Checks a hostname against RFC 1123 label rules (one label, as Talos's static hostname).

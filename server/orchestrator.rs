@@ -5,12 +5,12 @@
 //! before any call, the call itself is marked in the database before it goes out, and a marked
 //! call is never followed by another within the hold-off, nor ever by a call to another node.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
@@ -65,6 +65,10 @@ pub enum Signal {
     HandedOff(Mac),
     /// A machine is being reinstalled (wiped, or by the operator).
     Reinstalled(Mac),
+    /// A node pushed news about itself (Talos's event sink): probe its Talos API now instead
+    /// of at the end of the backoff. The push is unauthenticated, so it is never evidence by
+    /// itself; only the probe's answer can mark the machine ready.
+    SignOfLife(Mac),
     /// Something changed: evaluate the clusters now.
     Kick,
 }
@@ -104,7 +108,8 @@ struct Inner {
     db: Db,
     clock: SharedClock,
     settings: Arc<Settings>,
-    probing: Mutex<HashSet<Mac>>,
+    /// Machines being probed, each with the bell that cuts its backoff short.
+    probing: Mutex<HashMap<Mac, Arc<Notify>>>,
     evaluating: Mutex<HashSet<String>>,
     /// Control planes being reinstalled whose stale etcd member was already dealt with; a
     /// machine leaves the set when it is installed again, so one reinstall means one removal.
@@ -149,6 +154,15 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Signal>, cancel: Cancella
             None => return,
             Some(Signal::ConfigServed(mac)) | Some(Signal::HandedOff(mac)) => {
                 start_probe(&inner, mac, &cancel);
+            }
+            Some(Signal::SignOfLife(mac)) => {
+                let bell = lock(&inner.probing).get(&mac).cloned();
+                match bell {
+                    Some(bell) => bell.notify_one(),
+                    None => start_probe(&inner, mac, &cancel),
+                }
+                // A probe that succeeds kicks the evaluation itself.
+                continue;
             }
             Some(Signal::Reinstalled(_)) => {
                 // Handled by the evaluation below, which removes a control plane's stale
@@ -196,18 +210,24 @@ fn node_addr(inner: &Inner, ip: Ipv4Addr) -> SocketAddr {
 /// Probes `mac`'s Talos API with backoff until it answers with the cluster's certificates,
 /// or the machine no longer waits for it.
 fn start_probe(inner: &Arc<Inner>, mac: Mac, cancel: &CancellationToken) {
-    if !lock(&inner.probing).insert(mac) {
-        return;
-    }
+    let bell = {
+        let mut probing = lock(&inner.probing);
+        if probing.contains_key(&mac) {
+            return;
+        }
+        let bell = Arc::new(Notify::new());
+        probing.insert(mac, Arc::clone(&bell));
+        bell
+    };
     let inner = Arc::clone(inner);
     let cancel = cancel.clone();
     tokio::spawn(async move {
-        probe(&inner, mac, &cancel).await;
+        probe(&inner, mac, &bell, &cancel).await;
         lock(&inner.probing).remove(&mac);
     });
 }
 
-async fn probe(inner: &Arc<Inner>, mac: Mac, cancel: &CancellationToken) {
+async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &CancellationToken) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let machine = match inner.db.get_machine(mac).await {
@@ -253,6 +273,10 @@ async fn probe(inner: &Arc<Inner>, mac: Mac, cancel: &CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
+            _ = bell.notified() => {
+                // The node is up and talking: probe now, and densely again.
+                backoff = Duration::from_millis(125);
+            }
         }
         // A machine just sent to its disk is watched closely: if its Talos API comes back
         // between two sparse probes, its next network boot would be taken for a wipe.

@@ -57,6 +57,9 @@ fn boot_config(ipxe_dir: PathBuf) -> BootConfig {
         tftp_block_limit: 1468,
         tftp_window_limit: 16,
         config_access: crate::config::ConfigAccess::Mac,
+        events_port: None,
+        kernel_log_port: None,
+        boot_log_lines: 5000,
     }
 }
 

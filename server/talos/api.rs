@@ -43,6 +43,10 @@ pub mod pb {
     pub mod common {
         tonic::include_proto!("common");
     }
+    /// Talos's event sink (`talos.events.sink=`), served by `talos::sink`.
+    pub mod events {
+        tonic::include_proto!("events");
+    }
     pub mod google {
         pub mod rpc {
             tonic::include_proto!("google.rpc");

@@ -1,5 +1,7 @@
 //! Kernel arguments per Talos version and architecture, and boot asset names.
 
+use std::net::Ipv4Addr;
+
 /// CPU architecture of boot assets, as Talos names them in release file names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -80,6 +82,34 @@ pub fn kernel_args(version: &str, arch: Arch, config_url: &str, extra: &[String]
     args
 }
 
+/// Kernel arguments that make a node push its events and kernel log to bootplane:
+/// `talos.events.sink=<ip>:<port>` (a gRPC endpoint, host:port) and
+/// `talos.logging.kernel=tcp://<ip>:<port>` (a URL; JSON lines over TCP). Every supported
+/// Talos version (1.8 and later) reads both, and its installer keeps them on the installed
+/// system's command line. An argument the operator already passes in `extra` wins: Talos
+/// reads the first occurrence, so bootplane's is left out rather than shadowing it.
+pub fn report_args(
+    advertise: Ipv4Addr,
+    events_port: Option<u16>,
+    kernel_log_port: Option<u16>,
+    extra: &[String],
+) -> Vec<String> {
+    let given = |key: &str| extra.iter().any(|a| a.starts_with(&format!("{key}=")));
+    let mut args = Vec::new();
+    if let Some(port) = events_port.filter(|_| !given(EVENTS_SINK_ARG)) {
+        args.push(format!("{EVENTS_SINK_ARG}={advertise}:{port}"));
+    }
+    if let Some(port) = kernel_log_port.filter(|_| !given(KERNEL_LOG_ARG)) {
+        args.push(format!("{KERNEL_LOG_ARG}=tcp://{advertise}:{port}"));
+    }
+    args
+}
+
+/// Talos's kernel parameter for its event sink endpoint.
+pub const EVENTS_SINK_ARG: &str = "talos.events.sink";
+/// Talos's kernel parameter for a kernel log destination.
+pub const KERNEL_LOG_ARG: &str = "talos.logging.kernel";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +147,28 @@ mod tests {
         assert!(v113.contains("console=ttyAMA0") && !v113.contains("ttyS0"));
         assert!(v113.ends_with("talos.dashboard.disabled=1"));
         assert!(v113.contains("initrd=initramfs-arm64.xz"));
+    }
+
+    #[test]
+    fn report_args_point_at_bootplane_unless_the_operator_set_them() {
+        let ip = Ipv4Addr::new(10, 0, 0, 1);
+        assert_eq!(
+            report_args(ip, Some(4002), Some(4001), &[]),
+            vec![
+                "talos.events.sink=10.0.0.1:4002",
+                "talos.logging.kernel=tcp://10.0.0.1:4001"
+            ]
+        );
+        assert_eq!(
+            report_args(ip, None, Some(4001), &[]),
+            vec!["talos.logging.kernel=tcp://10.0.0.1:4001"]
+        );
+        assert!(report_args(ip, None, None, &[]).is_empty());
+        let own = ["talos.events.sink=192.0.2.9:9000".to_string()];
+        assert_eq!(
+            report_args(ip, Some(4002), Some(4001), &own),
+            vec!["talos.logging.kernel=tcp://10.0.0.1:4001"]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bootplane::app::{self, Listeners};
-use bootplane::config::{Config, DhcpMode, ServeOptions};
+use bootplane::config::{Config, DhcpMode, PortSetting, ServeOptions};
 use bootplane::db::Db;
 use bootplane::model::{Event, EventKind, Mac};
 use bootplane::net::InterfaceInfo;
@@ -19,6 +19,10 @@ pub const VERSION: &str = "v1.11.6";
 pub struct Appliance {
     pub http: SocketAddr,
     pub tftp: SocketAddr,
+    /// Talos's event sink and the kernel log receiver, on ephemeral ports unless a test
+    /// turned them off.
+    pub events: Option<SocketAddr>,
+    pub kmsg: Option<SocketAddr>,
     pub data: tempfile::TempDir,
     pub images: tempfile::TempDir,
     pub ipxe: tempfile::TempDir,
@@ -54,6 +58,8 @@ impl Appliance {
         std::fs::write(ipxe.path().join("snponly.efi"), pattern(200_000, 3)).unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tftp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let events = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let kmsg = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_addr = http.local_addr().unwrap();
         let tftp_addr = tftp.local_addr().unwrap();
         let mut options = ServeOptions {
@@ -67,9 +73,19 @@ impl Appliance {
             talos_version: Some(VERSION.into()),
             retry_secs: Some(3),
             config_access: Some(bootplane::config::ConfigAccess::Any),
+            events_port: Some(PortSetting::Port(events.local_addr().unwrap().port())),
+            kernel_log_port: Some(PortSetting::Port(kmsg.local_addr().unwrap().port())),
             ..Default::default()
         };
         customise(&mut options);
+        // A test that turns a receiver off (or moves it) gets no listener for it.
+        let keep = |listener: TcpListener, setting: Option<PortSetting>| {
+            let addr = listener.local_addr().unwrap();
+            (setting == Some(PortSetting::Port(addr.port()))).then_some((listener, addr))
+        };
+        let events = keep(events, options.events_port);
+        let kmsg = keep(kmsg, options.kernel_log_port);
+        let (events_addr, kmsg_addr) = (events.as_ref().map(|e| e.1), kmsg.as_ref().map(|k| k.1));
         let iface = InterfaceInfo {
             name: "lo".into(),
             index: 1,
@@ -84,6 +100,8 @@ impl Appliance {
             tftp,
             dhcp: None,
             ra: None,
+            talos_events: events.map(|e| e.0),
+            kernel_logs: kmsg.map(|k| k.0),
         };
         let task = tokio::spawn(app::run(
             config,
@@ -97,6 +115,8 @@ impl Appliance {
         Appliance {
             http: http_addr,
             tftp: tftp_addr,
+            events: events_addr,
+            kmsg: kmsg_addr,
             data,
             images,
             ipxe,
