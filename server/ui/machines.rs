@@ -402,6 +402,20 @@ pub async fn ui_machines_post(
     }
 }
 
+/// A kernel log line as `dmesg` prints it, with a class by priority.
+fn log_line(l: &crate::model::BootLogLine) -> (&'static str, String) {
+    let class = match l.priority.as_deref() {
+        Some("emerg" | "alert" | "crit" | "err") => "err",
+        Some("warning") => "warn",
+        _ => "",
+    };
+    let text = match l.clock {
+        Some(us) => format!("[{:>5}.{:06}] {}", us / 1_000_000, us % 1_000_000, l.msg),
+        None => l.msg.clone(),
+    };
+    (class, text)
+}
+
 pub struct EventView {
     pub at: String,
     pub kind: String,
@@ -431,7 +445,7 @@ struct MachinePage {
     errors: FieldErrors,
     confirm: Option<String>,
     events: Vec<EventView>,
-    boot_log: Vec<String>,
+    boot_log: Vec<(&'static str, String)>,
     config: Result<String, String>,
     revealed: bool,
 }
@@ -468,6 +482,10 @@ async fn machine_page(
     };
     let events = match state.db.events(mac, 500).await {
         Ok(e) => e,
+        Err(e) => return ops_error_page(&OpsError::Db(e)),
+    };
+    let boot_log = match state.db.boot_log(mac, 2000).await {
+        Ok(lines) => lines.iter().map(log_line).collect(),
         Err(e) => return ops_error_page(&OpsError::Db(e)),
     };
     let now = state.recorder.now_ms();
@@ -520,7 +538,7 @@ async fn machine_page(
                 detail: e.detail.clone(),
             })
             .collect(),
-        boot_log: Vec::new(),
+        boot_log,
         config,
         revealed: extras.reveal,
     };
