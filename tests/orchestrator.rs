@@ -755,6 +755,8 @@ impl Serve {
             .args(["--tftp-port", &tftp_port.to_string()])
             .args(["--talos-api-port", &w.lab.port.to_string()])
             .args(["--config-access", "any", "--talos-version", VERSION])
+            // Fixed default ports would collide with other appliances on this host.
+            .args(["--events-port", "off", "--kernel-log-port", "off"])
             .arg("--ipxe-dir")
             .arg(dirs.join("ipxe"))
             .arg("--images-dir")

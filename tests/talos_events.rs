@@ -356,6 +356,33 @@ async fn sink_events_alone_never_mark_a_machine_ready() {
         .wait_events(cp.mac, |e| e.detail == "talos: stage running, ready")
         .await;
     assert!(!events.iter().any(|e| e.kind == EventKind::ReportedIn));
+    // Told again (as after a reconnect): sequences are logged again, an unchanged status or
+    // service state is not.
+    publish(ip, app.events.unwrap(), boot_events()).await;
+    wait_for(
+        "the second sequence event",
+        Duration::from_secs(5),
+        || async {
+            let events = app.db.events(cp.mac, 1000).await.unwrap();
+            let sequences = talos_events(&events)
+                .iter()
+                .filter(|d| **d == "talos: sequence boot started")
+                .count();
+            (sequences == 2).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events = app.db.events(cp.mac, 1000).await.unwrap();
+    assert_eq!(
+        talos_events(&events),
+        vec![
+            "talos: sequence boot started",
+            "talos: service apid running: Health check successful",
+            "talos: stage running, ready",
+            "talos: sequence boot started",
+        ]
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let m = app.db.get_machine(cp.mac).await.unwrap().unwrap();
     assert_eq!(

@@ -46,6 +46,8 @@ const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_MESSAGE: usize = 64 * 1024;
 /// Longest text kept from a node-supplied string in an event's detail.
 const MAX_TEXT: usize = 300;
+/// Machines × (status + services) remembered for de-duplication at most.
+const MAX_TOPICS: usize = 16_384;
 
 /// What the sink needs from the rest of the appliance.
 #[derive(Clone, Debug)]
@@ -292,8 +294,9 @@ pub struct SinkPeer {
 
 struct Sink {
     deps: SinkDeps,
-    /// The last status line logged per machine: a status repeated is not logged again.
-    last_status: Mutex<HashMap<Mac, String>>,
+    /// The last line logged per machine for its status and for each of its services: news
+    /// repeated (a health check flapping back to the same state) is not logged again.
+    last: Mutex<HashMap<(Mac, String), String>>,
 }
 
 impl Sink {
@@ -323,12 +326,22 @@ impl Sink {
         let Some(detail) = news.summary() else {
             return;
         };
-        if matches!(news, NodeNews::Status { .. }) {
-            let mut last = self.last_status.lock().unwrap_or_else(|p| p.into_inner());
-            if last.get(&mac) == Some(&detail) {
+        let topic = match &news {
+            NodeNews::Status { .. } => Some("status".to_string()),
+            NodeNews::Service { service, .. } => Some(format!("service {service}")),
+            _ => None,
+        };
+        if let Some(topic) = topic {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (mac, topic);
+            if last.get(&key) == Some(&detail) {
                 return;
             }
-            last.insert(mac, detail.clone());
+            // Service names come from the node: keep the map from growing without bound.
+            if last.len() >= MAX_TOPICS {
+                last.clear();
+            }
+            last.insert(key, detail.clone());
         }
         deps.recorder.event(mac, EventKind::TalosEvent, detail);
         deps.orchestrator.signal(Signal::SignOfLife(mac));
@@ -349,7 +362,7 @@ pub async fn serve(listener: TcpListener, deps: SinkDeps, cancel: CancellationTo
     let accept = tokio::spawn(accept_loop(listener, deps.clone(), tx, cancel.clone()));
     let sink = Arc::new(Sink {
         deps,
-        last_status: Mutex::default(),
+        last: Mutex::default(),
     });
     let service = EventSinkServiceServer::new(sink).max_decoding_message_size(MAX_MESSAGE);
     let incoming = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));

@@ -203,6 +203,8 @@ impl Appliance {
             .args(["--http-bind", "127.0.0.1"])
             .args(["--http-port", &ports.http.port().to_string()])
             .args(["--tftp-port", &ports.tftp.to_string()])
+            // Not measured here; their fixed default ports could be taken on this host.
+            .args(["--events-port", "off", "--kernel-log-port", "off"])
             .args(["--dhcp-mode", if dhcp { "proxy" } else { "off" }])
             .args(["--dhcp-port", &ports.dhcp.port().to_string()])
             .args(["--pxe-port", &ports.pxe.port().to_string()])
