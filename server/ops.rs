@@ -436,8 +436,7 @@ pub async fn save_machine(
 
     let mut reinstall = false;
     let was_serving_cp = old.role == Role::Controlplane
-        && matches!(old.state, Lifecycle::Installed | Lifecycle::Ready)
-        || old.role == Role::Controlplane && old.installed;
+        && (old.installed || matches!(old.state, Lifecycle::Installed | Lifecycle::Ready));
     if !create && was_serving_cp && m.role != old.role {
         let bootstrapped = db
             .get_cluster(Some(&old.cluster))

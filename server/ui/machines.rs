@@ -450,9 +450,13 @@ struct MachinePage {
     revealed: bool,
 }
 
-fn parse_mac(text: &str) -> Result<Mac, Response> {
-    text.parse::<Mac>()
-        .map_err(|e| error_page(StatusCode::NOT_FOUND, &format!("no such machine: {e}")))
+fn parse_mac(text: &str) -> Result<Mac, Box<Response>> {
+    text.parse::<Mac>().map_err(|e| {
+        Box::new(error_page(
+            StatusCode::NOT_FOUND,
+            &format!("no such machine: {e}"),
+        ))
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -555,7 +559,7 @@ pub async fn ui_machine_get(
 ) -> Response {
     let mac = match parse_mac(&mac) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let extras = DetailExtras {
         form: None,
@@ -575,7 +579,7 @@ pub async fn ui_machine_post(
 ) -> Response {
     let mac = match parse_mac(&mac) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let lan = Lan::from_config(&state.config);
     let now = state.recorder.now_ms();
@@ -632,7 +636,7 @@ pub async fn ui_machine_reinstall_post(
 ) -> Response {
     let mac = match parse_mac(&mac) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match ops::reinstall_machine(&state.db, mac, state.recorder.now_ms()).await {
         Ok(_) => {
@@ -654,7 +658,7 @@ pub async fn ui_machine_remove_post(
 ) -> Response {
     let mac = match parse_mac(&mac) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.db.remove_machine(mac, state.recorder.now_ms()).await {
         Ok(()) => {
@@ -674,7 +678,7 @@ pub async fn ui_machine_config_reveal_post(
 ) -> Response {
     let mac = match parse_mac(&mac) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     tracing::info!(%mac, by = %op.name(), "machine config revealed with secrets");
     let extras = DetailExtras {
