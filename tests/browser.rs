@@ -1,0 +1,257 @@
+//! The web UI in a real browser: the real `bootplane` binary serving on free loopback ports,
+//! driven by Debian's chromium through playwright-core (`tests/browser/ui.spec.mjs`).
+//!
+//! The appliance runs in proxyDHCP mode on `lo`. The script sends a real PXE DHCPDISCOVER from an
+//! ephemeral UDP port to the DHCP port: proxy mode answers requests from a port other than 68 by
+//! unicast to where they came from, so the script gets the offer and the machine is recorded as
+//! discovered, exactly as a machine booting on the LAN would be. The LAN subnet that static
+//! addresses must fall in is then lo's, 127.0.0.0/8.
+//!
+//! Gated by `BOOTPLANE_E2E=1` (set by `.ci/run`, which installs chromium); needs node and npm
+//! (`npm ci` runs in `tests/browser` when its `node_modules` is missing). Screenshots land in
+//! `tests/artifacts/screenshots/`, the appliance's log in `tests/artifacts/browser/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bootplane");
+const CHROMIUM: &str = "/usr/bin/chromium";
+const ENDPOINT: &str = "https://192.0.2.5:6443";
+/// The subnet of `lo`, which the appliance sits on.
+const LAN: &str = "127.0.0.0/8";
+/// The whole browser run normally takes well under a minute.
+const NODE_LIMIT: Duration = Duration::from_secs(300);
+/// Whether the script fails when the cluster page has no kubeconfig download yet ("required") or
+/// only skips that step ("optional").
+const CLUSTER_PAGE: &str = "optional";
+
+/// The appliance process; killed when dropped, so a failing test leaves nothing running.
+struct Appliance {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Appliance {
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A UDP port free on every address (the DHCP sockets bind 0.0.0.0).
+fn free_udp_port(taken: &[u16]) -> u16 {
+    loop {
+        let port = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !taken.contains(&port) {
+            return port;
+        }
+    }
+}
+
+fn run_ok(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `/healthz` until the appliance answers; the server binds every socket before serving
+/// HTTP, so an answer means DHCP listens too.
+fn wait_healthy(app: &mut Appliance, http: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = app.child.try_wait().unwrap() {
+            panic!(
+                "bootplane serve exited ({status}) before serving:\n{}",
+                app.log_text()
+            );
+        }
+        if let Ok(mut stream) = TcpStream::connect_timeout(&http, Duration::from_millis(200)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+            let mut answer = String::new();
+            if stream.write_all(request.as_bytes()).is_ok()
+                && stream.read_to_string(&mut answer).is_ok()
+                && answer.starts_with("HTTP/1.1 200")
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bootplane did not answer /healthz within 60 s:\n{}",
+            app.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tool_works(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_downloads() {
+    if std::env::var("BOOTPLANE_E2E").as_deref() != Ok("1") {
+        eprintln!(
+            "skipped: the browser test runs with BOOTPLANE_E2E=1 (needs chromium, node and npm; .ci/run installs them)"
+        );
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let browser_dir = root.join("tests/browser");
+    assert!(
+        Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing: apt-get install chromium"
+    );
+    assert!(
+        tool_works("node") && tool_works("npm"),
+        "node and npm are needed: apt-get install nodejs npm"
+    );
+    if !browser_dir.join("node_modules/playwright-core").is_dir() {
+        run_ok(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&browser_dir),
+            "npm ci in tests/browser",
+        );
+    }
+
+    let artifacts = root.join("tests/artifacts");
+    let screenshots = artifacts.join("screenshots");
+    let _ = fs::remove_dir_all(&screenshots);
+    fs::create_dir_all(&screenshots).unwrap();
+    fs::create_dir_all(artifacts.join("browser")).unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    run_ok(
+        Command::new(BIN).args([
+            "cluster",
+            "init",
+            "--data-dir",
+            data_dir,
+            "--name",
+            "e2e",
+            "--endpoint",
+            ENDPOINT,
+        ]),
+        "bootplane cluster init",
+    );
+
+    let http_port = free_tcp_port();
+    let dhcp_port = free_udp_port(&[]);
+    let pxe_port = free_udp_port(&[dhcp_port]);
+    let tftp_port = free_udp_port(&[dhcp_port, pxe_port]);
+    let password = format!(
+        "e2e-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let log = artifacts.join("browser/bootplane.log");
+    let log_file = fs::File::create(&log).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--data-dir", data_dir])
+        .args(["--dhcp-mode", "proxy", "--interface", "lo"])
+        .args(["--advertise-ip", "127.0.0.1", "--http-bind", "127.0.0.1"])
+        .args(["--http-port", &http_port.to_string()])
+        .args(["--dhcp-port", &dhcp_port.to_string()])
+        .args(["--pxe-port", &pxe_port.to_string()])
+        .args(["--tftp-port", &tftp_port.to_string()])
+        .args([
+            "--ipv6-ra",
+            "off",
+            "--events-port",
+            "off",
+            "--kernel-log-port",
+            "off",
+        ])
+        .args(["--images-dir", data.path().join("images").to_str().unwrap()])
+        .env("BOOTPLANE_ADMIN_PASSWORD", &password)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .expect("cannot start bootplane serve");
+    let mut app = Appliance { child, log };
+    let http = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
+    wait_healthy(&mut app, http);
+
+    let started = Instant::now();
+    let mut node = Command::new("node")
+        .arg("ui.spec.mjs")
+        .current_dir(&browser_dir)
+        .env("BOOTPLANE_URL", format!("http://{http}"))
+        .env("BOOTPLANE_DHCP", format!("127.0.0.1:{dhcp_port}"))
+        .env("BOOTPLANE_ADMIN_PASSWORD", &password)
+        .env("BOOTPLANE_LAN", LAN)
+        .env("BOOTPLANE_ENDPOINT", ENDPOINT)
+        .env("BOOTPLANE_SCREENSHOTS", &screenshots)
+        .env("BOOTPLANE_CLUSTER_PAGE", CLUSTER_PAGE)
+        .env("CHROMIUM", CHROMIUM)
+        .spawn()
+        .expect("cannot start node");
+    let status = loop {
+        if let Some(status) = node.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > NODE_LIMIT {
+            let _ = node.kill();
+            let _ = node.wait();
+            panic!(
+                "the browser test ran longer than {NODE_LIMIT:?}; appliance log:\n{}",
+                app.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "browser test: {:.1} s, screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        screenshots.display()
+    );
+    assert!(
+        status.success(),
+        "the browser test failed ({status}); screenshots in {}; appliance log:\n{}",
+        screenshots.display(),
+        app.log_text()
+    );
+}

@@ -1,0 +1,464 @@
+// Browser test of bootplane's web UI: Debian's chromium driven by playwright-core against a
+// REAL running appliance. Started by tests/browser.rs (which runs `bootplane serve` on free
+// ports); it can also be run by hand against any appliance:
+//
+//   BOOTPLANE_URL=http://127.0.0.1:8080 BOOTPLANE_DHCP=127.0.0.1:67 \
+//   BOOTPLANE_ADMIN_PASSWORD=... BOOTPLANE_LAN=10.77.0.0/24 node tests/browser/ui.spec.mjs
+//
+// Environment:
+//   BOOTPLANE_URL             base URL of the appliance's HTTP port (required)
+//   BOOTPLANE_DHCP            host:port of its DHCP server, which gets a real DHCPDISCOVER (required)
+//   BOOTPLANE_ADMIN_PASSWORD  the admin account's password (required)
+//   BOOTPLANE_LAN             the LAN subnet bootplane serves or sits on, ADDR/PREFIX (required)
+//   BOOTPLANE_ENDPOINT        the cluster's Kubernetes endpoint, expected in the kubeconfig
+//   BOOTPLANE_SCREENSHOTS     where screenshots go [default: tests/artifacts/screenshots]
+//   BOOTPLANE_CLUSTER_PAGE    "required" (default) or "optional": whether a missing cluster page
+//                             fails the run or only skips the kubeconfig download
+//   CHROMIUM                  the browser [default: /usr/bin/chromium]
+//
+// The steps run in order, in one browser session; each depends on the ones before, so the first
+// failure stops the run (with a screenshot of the page as it was) and the process exits 1.
+
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+function need(name) {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`${name} is not set (see the top of ${path.basename(fileURLToPath(import.meta.url))})`);
+    process.exit(2);
+  }
+  return value;
+}
+
+const BASE = need('BOOTPLANE_URL').replace(/\/$/, '');
+const [DHCP_HOST, DHCP_PORT] = need('BOOTPLANE_DHCP').split(':');
+const PASSWORD = need('BOOTPLANE_ADMIN_PASSWORD');
+const LAN = parseCidr(need('BOOTPLANE_LAN'));
+const ENDPOINT = process.env.BOOTPLANE_ENDPOINT || '';
+const SHOTS = path.resolve(process.env.BOOTPLANE_SCREENSHOTS || path.join(here, '..', 'artifacts', 'screenshots'));
+const CLUSTER_PAGE_REQUIRED = (process.env.BOOTPLANE_CLUSTER_PAGE || 'required') !== 'optional';
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+// ---------------------------------------------------------------------------------------------
+// Addresses and MACs
+
+function parseCidr(text) {
+  const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)\/(\d+)$/.exec(text.trim());
+  assert.ok(m, `BOOTPLANE_LAN must be ADDR/PREFIX, got ${text}`);
+  const prefix = Number(m[5]);
+  const addr = m.slice(1, 5).reduce((a, o) => a * 256 + Number(o), 0);
+  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+  return { network: (addr & mask) >>> 0, prefix, mask };
+}
+
+function ipText(n) {
+  return [24, 16, 8, 0].map((s) => (n >>> s) & 255).join('.');
+}
+
+/** The `n`th host address of the LAN, with its prefix, as the assignment form takes it. */
+function lanHost(n) {
+  return `${ipText(LAN.network + n)}/${LAN.prefix}`;
+}
+
+/** A documentation address that is not inside the LAN. */
+function outsideHost() {
+  for (const candidate of ['198.51.100.10', '203.0.113.10', '192.0.2.10']) {
+    const n = candidate.split('.').reduce((a, o) => a * 256 + Number(o), 0);
+    if (((n & LAN.mask) >>> 0) !== LAN.network) { return `${candidate}/24`; }
+  }
+  throw new Error('every documentation range is inside the LAN');
+}
+
+/** A fresh QEMU-style MAC (52:54:00 is a locally administered prefix QEMU uses). */
+function freshMac() {
+  const tail = [...crypto.randomBytes(3)].map((b) => b.toString(16).padStart(2, '0'));
+  return ['52', '54', '00', ...tail].join(':');
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real PXE DHCPDISCOVER over UDP
+
+const OPT = { msgType: 53, vendorClass: 60, clientArch: 93, nicVersion: 94, guid: 97, end: 255 };
+
+/** A DHCPDISCOVER as BIOS PXE firmware sends it (RFC 2131 header, RFC 4578 options). */
+function pxeDiscover(mac, xid, guid) {
+  const header = Buffer.alloc(240);
+  header[0] = 1; // BOOTREQUEST
+  header[1] = 1; // Ethernet
+  header[2] = 6; // hardware address length
+  header.writeUInt32BE(xid, 4);
+  header.writeUInt16BE(0x8000, 10); // broadcast flag, as firmware without an address sets it
+  Buffer.from(mac.split(':').map((h) => parseInt(h, 16))).copy(header, 28);
+  Buffer.from([99, 130, 83, 99]).copy(header, 236); // magic cookie
+  const vendorClass = Buffer.from('PXEClient:Arch:00000:UNDI:002001');
+  const option = (code, bytes) => Buffer.concat([Buffer.from([code, bytes.length]), Buffer.from(bytes)]);
+  return Buffer.concat([
+    header,
+    option(OPT.msgType, [1]), // DHCPDISCOVER
+    option(OPT.vendorClass, vendorClass),
+    option(OPT.clientArch, [0, 0]), // x86 BIOS
+    option(OPT.nicVersion, [1, 2, 1]), // UNDI 2.1
+    option(OPT.guid, Buffer.concat([Buffer.from([0]), guid])), // type 0 + 16-byte UUID
+    Buffer.from([OPT.end]),
+  ]);
+}
+
+/** Options of a DHCP message, by code (first occurrence). */
+function options(packet) {
+  const found = new Map();
+  let i = 240;
+  while (i < packet.length) {
+    const code = packet[i];
+    if (code === 255) { break; }
+    if (code === 0) { i += 1; continue; }
+    const len = packet[i + 1];
+    if (!found.has(code)) { found.set(code, packet.subarray(i + 2, i + 2 + len)); }
+    i += 2 + len;
+  }
+  return found;
+}
+
+/** Sends the DISCOVER from an ephemeral port and returns bootplane's reply (proxy offer). */
+async function sendDiscover(mac) {
+  const xid = crypto.randomBytes(4).readUInt32BE(0);
+  const guid = crypto.randomBytes(16);
+  const socket = dgram.createSocket('udp4');
+  try {
+    await new Promise((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(0, DHCP_HOST, resolve);
+    });
+    const reply = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no DHCP reply from ${DHCP_HOST}:${DHCP_PORT} within 5 s`)), 5000);
+      socket.on('message', (msg) => {
+        if (msg.length >= 240 && msg.readUInt32BE(4) === xid) { clearTimeout(timer); resolve(msg); }
+      });
+    });
+    socket.send(pxeDiscover(mac, xid, guid), Number(DHCP_PORT), DHCP_HOST);
+    const msg = await reply;
+    return { msg, xid };
+  } finally {
+    socket.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny sequential runner
+
+const steps = [];
+function step(name, fn) { steps.push({ name, fn }); }
+
+let page;
+let context;
+const shots = [];
+
+async function shot(name) {
+  const file = path.join(SHOTS, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  shots.push(file);
+}
+
+/** The `.field-error` beside the field named `name` (inside its label), in the form `form`. */
+function fieldError(form, name) {
+  return form.locator('label', { has: page.locator(`[name="${name}"]`) }).locator('.field-error');
+}
+
+async function mainNavigations(fn) {
+  let count = 0;
+  const onNav = (frame) => { if (frame === page.mainFrame()) { count += 1; } };
+  page.on('framenavigated', onNav);
+  try { await fn(); } finally { page.off('framenavigated', onNav); }
+  return count;
+}
+
+async function sessionCookie() {
+  return (await context.cookies(BASE)).find((c) => c.name === 'bootplane_session');
+}
+
+// ---------------------------------------------------------------------------------------------
+// The steps
+
+const booted = freshMac();
+let added = freshMac();
+while (added === booted) { added = freshMac(); }
+const cpName = `cp-e2e-${booted.slice(-2)}`;
+const workerName = `wk-e2e-${added.slice(-2)}`;
+// Host numbers inside the LAN, random so that the script can run again against the same appliance.
+const cpHost = 16 + crypto.randomInt(200);
+const workerHost = cpHost + 1;
+let tokenText = '';
+
+step('a wrong password shows an error and starts no session', async () => {
+  await page.goto(`${BASE}/login`);
+  await shot('login');
+  await page.fill('input[name="username"]', 'admin');
+  await page.fill('input[name="password"]', `${PASSWORD}-wrong`);
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => r.url() === `${BASE}/login` && r.request().method() === 'POST'),
+    page.click('button[type="submit"]'),
+  ]);
+  assert.equal(response.status(), 401);
+  const error = page.locator('.error[role="alert"]');
+  await error.waitFor();
+  assert.match(await error.innerText(), /wrong username or password/i);
+  await shot('login-wrong-password');
+  assert.equal(await sessionCookie(), undefined, 'a failed login set a session cookie');
+  await page.goto(`${BASE}/ui`);
+  assert.equal(new URL(page.url()).pathname, '/login', 'the machines page opened without a session');
+});
+
+step('the right password logs in with an HttpOnly SameSite session cookie', async () => {
+  await page.fill('input[name="username"]', 'admin');
+  await page.fill('input[name="password"]', PASSWORD);
+  await Promise.all([page.waitForURL(`${BASE}/ui`), page.click('button[type="submit"]')]);
+  assert.equal(await page.locator('main h1').innerText(), 'Machines');
+  assert.match(await page.locator('header .who').innerText(), /admin/);
+  const cookie = await sessionCookie();
+  assert.ok(cookie, 'no session cookie after logging in');
+  assert.equal(cookie.httpOnly, true);
+  assert.equal(cookie.sameSite, 'Strict');
+});
+
+step('a machine that network-boots appears in the open list without a reload', async () => {
+  const marker = crypto.randomUUID();
+  await page.evaluate((m) => { window.__bootplaneMarker = m; }, marker);
+  const row = page.locator(`tr[data-mac="${booted}"]`);
+  assert.equal(await row.count(), 0, `${booted} is listed before it booted`);
+  const navigations = await mainNavigations(async () => {
+    const { msg, xid } = await sendDiscover(booted);
+    // bootplane answered as a proxyDHCP server: a BOOTREPLY OFFER to this MAC, saying PXEClient.
+    assert.equal(msg[0], 2, 'the reply is not a BOOTREPLY');
+    assert.equal(msg.readUInt32BE(4), xid);
+    const chaddr = [...msg.subarray(28, 34)].map((b) => b.toString(16).padStart(2, '0')).join(':');
+    assert.equal(chaddr, booted);
+    const opts = options(msg);
+    assert.deepEqual([...(opts.get(OPT.msgType) || [])], [2], 'the reply is not a DHCPOFFER');
+    assert.equal(String(opts.get(OPT.vendorClass) || ''), 'PXEClient');
+    await row.waitFor({ timeout: 15000 });
+  });
+  assert.equal(navigations, 0, 'the page navigated while waiting for the new machine');
+  assert.equal(await page.evaluate(() => window.__bootplaneMarker), marker, 'the page was reloaded');
+  const text = await row.innerText();
+  assert.match(text, new RegExp(booted));
+  assert.match(text, /QEMU/, 'vendor from the OUI');
+  assert.match(text, /BIOS/i, 'firmware from option 93');
+  assert.match(await row.locator('.state').innerText(), /^discovered/);
+  assert.match(await row.locator('.role').innerText(), /unassigned/);
+  assert.ok(await row.evaluate((tr) => tr.classList.contains('fresh')), 'the new row is not highlighted');
+  await shot('machines-live');
+});
+
+step('assigning the machine changes its state on the detail page and in the list', async () => {
+  await Promise.all([page.waitForURL(`${BASE}/ui/machines/${booted}`), page.click(`tr[data-mac="${booted}"] a`)]);
+  assert.match(await page.locator('main h1 .state').innerText(), /^discovered/);
+  assert.match(await page.locator('.timeline').innerText(), /proxy-offer|discovered/i, 'the DHCP exchange is in the timeline');
+  const form = page.locator(`form[action="/ui/machines/${booted}"]`);
+  await form.locator('select[name="role"]').selectOption('controlplane');
+  await form.locator('input[name="hostname"]').fill(cpName);
+  await form.locator('input[name="ip"]').fill(lanHost(cpHost));
+  await Promise.all([page.waitForURL(/flash=saved/), form.locator('button[type="submit"]').click()]);
+  assert.equal(await page.locator('main h1').evaluate((h) => h.firstChild.textContent.trim()), cpName);
+  assert.match(await page.locator('main h1 .state').innerText(), /^assigned/);
+  assert.equal(await page.locator('.flash').count(), 1, 'no confirmation after saving');
+  assert.equal(await form.locator('input[name="ip"]').inputValue(), lanHost(cpHost));
+  await shot('machine-detail');
+
+  await page.goto(`${BASE}/ui`);
+  const row = page.locator(`tr[data-mac="${booted}"]`);
+  assert.match(await row.locator('.state').innerText(), /^assigned/);
+  assert.equal(await row.locator('.role').innerText(), 'controlplane');
+  assert.match(await row.innerText(), new RegExp(`${cpName}[\\s\\S]*${lanHost(cpHost).split("/")[0].replaceAll(".", "\\.")}`));
+});
+
+step('bad values are refused with errors beside their fields', async () => {
+  // On the machine's own form: an address that is no address, then one outside the LAN.
+  await page.goto(`${BASE}/ui/machines/${booted}`);
+  let form = page.locator(`form[action="/ui/machines/${booted}"]`);
+  await form.locator('input[name="ip"]').fill('10.0.0.300/24');
+  let [response] = await Promise.all([
+    page.waitForResponse((r) => r.request().method() === 'POST'),
+    form.locator('button[type="submit"]').click(),
+  ]);
+  assert.equal(response.status(), 422);
+  form = page.locator(`form[action="/ui/machines/${booted}"]`);
+  assert.match(await fieldError(form, 'ip').innerText(), /10\.0\.0\.300|address/i);
+  assert.equal(await fieldError(form, 'hostname').count(), 0, 'an error beside a good field');
+
+  const outside = outsideHost();
+  await form.locator('input[name="ip"]').fill(outside);
+  [response] = await Promise.all([
+    page.waitForResponse((r) => r.request().method() === 'POST'),
+    form.locator('button[type="submit"]').click(),
+  ]);
+  assert.equal(response.status(), 422);
+  form = page.locator(`form[action="/ui/machines/${booted}"]`);
+  const outsideError = await fieldError(form, 'ip').innerText();
+  assert.match(outsideError, /outside/i);
+  assert.ok(outsideError.includes(outside.split('/')[0]), outsideError);
+  await shot('machine-field-errors');
+
+  // Nothing was stored: the machine keeps its address.
+  await page.goto(`${BASE}/ui/machines/${booted}`);
+  assert.equal(await page.locator('input[name="ip"]').inputValue(), lanHost(cpHost));
+
+  // "Add a machine": a bad MAC, then a hostname already in use.
+  await page.goto(`${BASE}/ui`);
+  form = page.locator('#add form');
+  await form.locator('input[name="mac"]').fill('52:54:00:zz:00:01');
+  await form.locator('input[name="hostname"]').fill(workerName);
+  await Promise.all([page.waitForResponse((r) => r.request().method() === 'POST'), form.locator('button[type="submit"]').click()]);
+  form = page.locator('#add form');
+  assert.match(await fieldError(form, 'mac').innerText(), /mac|52:54:00:zz:00:01/i);
+  assert.equal(await form.locator('input[name="mac"]').inputValue(), '52:54:00:zz:00:01', 'the form forgot what was typed');
+
+  await form.locator('input[name="mac"]').fill(added);
+  await form.locator('select[name="role"]').selectOption('worker');
+  await form.locator('input[name="hostname"]').fill(cpName);
+  await form.locator('input[name="ip"]').fill(lanHost(workerHost));
+  await Promise.all([page.waitForResponse((r) => r.request().method() === 'POST'), form.locator('button[type="submit"]').click()]);
+  form = page.locator('#add form');
+  const duplicate = await fieldError(form, 'hostname').innerText();
+  assert.ok(duplicate.includes(cpName), duplicate);
+  assert.match(duplicate, /already|in use|taken|used/i);
+  await form.scrollIntoViewIfNeeded();
+  await shot('add-machine-field-errors');
+  assert.equal(await page.locator(`tr[data-mac="${added}"]`).count(), 0, 'a refused machine was added');
+});
+
+step('a worker added by MAC is assigned at once', async () => {
+  const form = page.locator('#add form');
+  await form.locator('input[name="mac"]').fill(added);
+  await form.locator('select[name="role"]').selectOption('worker');
+  await form.locator('input[name="hostname"]').fill(workerName);
+  await form.locator('input[name="ip"]').fill(lanHost(workerHost));
+  await Promise.all([page.waitForURL(/flash=added/), form.locator('button[type="submit"]').click()]);
+  assert.equal(new URL(page.url()).pathname, `/ui/machines/${added}`);
+  assert.match(await page.locator('main h1 .state').innerText(), /^assigned/);
+  await page.goto(`${BASE}/ui`);
+  const row = page.locator(`tr[data-mac="${added}"]`);
+  assert.equal(await row.locator('.role').innerText(), 'worker');
+  assert.match(await row.locator('.state').innerText(), /^assigned/);
+  await shot('machines');
+});
+
+step('an API token is shown once, works, and stops working when revoked', async () => {
+  await page.goto(`${BASE}/ui/tokens`);
+  const name = `ci-e2e-${crypto.randomBytes(2).toString('hex')}`;
+  await page.fill('input[name="name"]', name);
+  await Promise.all([page.waitForResponse((r) => r.request().method() === 'POST'), page.click('form[action="/ui/tokens"] button[type="submit"]')]);
+  tokenText = (await page.locator('#new-token').innerText()).trim();
+  assert.match(tokenText, /^bpt_\S{20,}$/);
+  await shot('tokens-created');
+
+  const rows = (token) => fetch(`${BASE}/ui/machines/rows`, { headers: { Authorization: `Bearer ${token}` }, redirect: 'manual' });
+  let response = await rows(tokenText);
+  assert.equal(response.status, 200, 'the new token is refused');
+  assert.ok((await response.text()).includes(booted), 'the token sees a different inventory');
+
+  await page.goto(`${BASE}/ui/tokens`);
+  assert.equal(await page.locator('#new-token').count(), 0, 'the token is shown a second time');
+  assert.ok(!(await page.content()).includes(tokenText), 'the token is in the page after the first view');
+
+  const row = page.locator('tbody tr', { hasText: name });
+  assert.match(await row.locator('.state').innerText(), /active/);
+  page.once('dialog', (dialog) => dialog.accept());
+  await Promise.all([page.waitForResponse((r) => r.request().method() === 'POST'), row.locator('button', { hasText: 'Revoke' }).click()]);
+  await page.waitForLoadState();
+  const revoked = page.locator('tbody tr', { hasText: name });
+  assert.match(await revoked.locator('.state').innerText(), /revoked/);
+  assert.equal(await revoked.locator('button', { hasText: 'Revoke' }).count(), 0);
+  await shot('tokens');
+
+  response = await rows(tokenText);
+  assert.notEqual(response.status, 200, 'a revoked token still works');
+});
+
+step('the kubeconfig downloads from the cluster page', async () => {
+  const response = await page.goto(`${BASE}/ui/cluster`);
+  const link = page.locator('a[href="/ui/cluster/kubeconfig"]');
+  if (response.status() === 404 || (await link.count()) === 0) {
+    await shot('cluster-missing');
+    if (CLUSTER_PAGE_REQUIRED) {
+      assert.fail(`the cluster page has no kubeconfig download (HTTP ${response.status()})`);
+    }
+    console.log('  SKIP: the cluster page is not there yet (BOOTPLANE_CLUSTER_PAGE=optional)');
+    return;
+  }
+  await shot('cluster');
+  const [download] = await Promise.all([page.waitForEvent('download'), link.click()]);
+  const file = await download.path();
+  const text = fs.readFileSync(file, 'utf8');
+  assert.match(download.suggestedFilename(), /kubeconfig/);
+  assert.match(text, /^apiVersion: v1$/m);
+  assert.match(text, /^kind: Config$/m);
+  assert.match(text, /client-certificate-data: \S{100,}/);
+  assert.match(text, /client-key-data: \S{100,}/);
+  if (ENDPOINT) { assert.ok(text.includes(`server: ${ENDPOINT}`), `the kubeconfig does not point at ${ENDPOINT}`); }
+  fs.copyFileSync(file, path.join(SHOTS, '..', 'kubeconfig'));
+});
+
+step('logging out ends the session', async () => {
+  await page.goto(`${BASE}/ui`);
+  await Promise.all([page.waitForURL(/\/login/), page.click('header .who button')]);
+  assert.equal(await sessionCookie(), undefined, 'the session cookie is still set');
+  await page.goto(`${BASE}/ui/tokens`);
+  assert.equal(new URL(page.url()).pathname, '/login');
+});
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'bootplane-chromium-'));
+  const started = Date.now();
+  // A persistent context on a fresh, empty profile: Playwright refuses --user-data-dir in args.
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+    viewport: { width: 1280, height: 800 },
+    acceptDownloads: true,
+  });
+  let failed = 0;
+  try {
+    context.setDefaultTimeout(10000);
+    page = context.pages()[0] || (await context.newPage());
+    const consoleErrors = [];
+    page.on('pageerror', (e) => consoleErrors.push(String(e)));
+    for (const [i, { name, fn }] of steps.entries()) {
+      if (failed) { console.log(`- skipped: ${name}`); continue; }
+      const t0 = Date.now();
+      try {
+        await fn();
+        assert.deepEqual(consoleErrors, [], 'script errors on the page');
+        console.log(`ok ${i + 1} ${name} (${Date.now() - t0} ms)`);
+      } catch (e) {
+        failed += 1;
+        console.log(`FAILED ${i + 1} ${name} (${Date.now() - t0} ms)\n  at ${page.url()}\n${e.stack || e}`);
+        const said = await page.locator('.field-error, .error, .confirm').allInnerTexts().catch(() => []);
+        if (said.length) { console.log(`  the page says: ${said.join(' | ')}`); }
+        await shot(`failure-${i + 1}`).catch(() => {});
+      }
+    }
+  } finally {
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+  console.log(`screenshots: ${shots.map((f) => path.relative(process.cwd(), f)).join(', ')}`);
+  console.log(`${failed ? 'FAILED' : 'passed'}: ${steps.length} steps in ${Date.now() - started} ms`);
+  process.exit(failed ? 1 : 0);
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });
