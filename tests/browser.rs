@@ -27,7 +27,7 @@ const LAN: &str = "127.0.0.0/8";
 /// The whole browser run normally takes well under a minute.
 const NODE_LIMIT: Duration = Duration::from_secs(300);
 /// Whether the script fails when the cluster page has no kubeconfig download yet ("required") or
-/// only skips that step ("optional").
+/// only skips that step ("optional"); `BOOTPLANE_CLUSTER_PAGE` in the environment overrides it.
 const CLUSTER_PAGE: &str = "optional";
 
 /// The appliance process; killed when dropped, so a failing test leaves nothing running.
@@ -225,7 +225,10 @@ fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_do
         .env("BOOTPLANE_LAN", LAN)
         .env("BOOTPLANE_ENDPOINT", ENDPOINT)
         .env("BOOTPLANE_SCREENSHOTS", &screenshots)
-        .env("BOOTPLANE_CLUSTER_PAGE", CLUSTER_PAGE)
+        .env(
+            "BOOTPLANE_CLUSTER_PAGE",
+            std::env::var("BOOTPLANE_CLUSTER_PAGE").unwrap_or_else(|_| CLUSTER_PAGE.into()),
+        )
         .env("CHROMIUM", CHROMIUM)
         .spawn()
         .expect("cannot start node");
