@@ -268,6 +268,9 @@ pub struct ServeOptions {
     /// Seconds: an installed machine that network-boots again this soon after being sent to its disk is reinstalled [default: 600]
     #[arg(long, env = "BOOTPLANE_WIPE_WINDOW")]
     pub wipe_window: Option<u64>,
+    /// Seconds every control plane of a bootstrapped cluster must be seen reinstalled and without a running etcd before its etcd counts as lost and is bootstrapped again [default: 30]
+    #[arg(long, env = "BOOTPLANE_ETCD_LOST_CONFIRM")]
+    pub etcd_lost_confirm: Option<u64>,
     /// Port receiving Talos's events (talos.events.sink= on the kernel command line; each one triggers a report-in probe), or off [default: 4002]
     #[arg(long, env = "BOOTPLANE_EVENTS_PORT")]
     pub events_port: Option<PortSetting>,
@@ -363,6 +366,7 @@ impl ServeOptions {
             talos_api_port,
             bootstrap_holdoff,
             wipe_window,
+            etcd_lost_confirm,
             events_port,
             kernel_log_port,
             boot_log_lines,
@@ -660,6 +664,10 @@ impl Config {
                         .wipe_window
                         .map(std::time::Duration::from_secs)
                         .unwrap_or(defaults.wipe_window),
+                    etcd_lost_confirm: o
+                        .etcd_lost_confirm
+                        .map(std::time::Duration::from_secs)
+                        .unwrap_or(defaults.etcd_lost_confirm),
                     // Test hook for the crash-safety test; never set by configuration.
                     crash_before_bootstrap_call: std::env::var_os(
                         "BOOTPLANE_TEST_CRASH_BEFORE_BOOTSTRAP_CALL",

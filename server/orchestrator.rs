@@ -31,6 +31,9 @@ pub struct Settings {
     /// A machine sent to its disk that network-boots again within this window, without its
     /// Talos API answering in between, has a disk that does not boot: it is reinstalled.
     pub wipe_window: Duration,
+    /// How long every control plane must be seen reinstalled since the bootstrap and without a
+    /// running etcd before the cluster's etcd counts as lost (and a new generation starts).
+    pub etcd_lost_confirm: Duration,
     /// How often clusters are re-evaluated without any signal.
     pub tick: Duration,
     /// Probes in flight at most.
@@ -46,6 +49,7 @@ impl Default for Settings {
             bootstrap_holdoff: Duration::from_secs(300),
             probe_max_backoff: Duration::from_secs(30),
             wipe_window: Duration::from_secs(600),
+            etcd_lost_confirm: Duration::from_secs(30),
             tick: Duration::from_secs(5),
             max_probes: 32,
             crash_before_bootstrap_call: false,
@@ -114,6 +118,8 @@ struct Inner {
     /// Control planes being reinstalled whose stale etcd member was already dealt with; a
     /// machine leaves the set when it is installed again, so one reinstall means one removal.
     forgotten: Mutex<HashSet<Mac>>,
+    /// Clusters whose etcd looks lost, with when that was first seen.
+    etcd_lost_since: Mutex<HashMap<String, i64>>,
     probes: Semaphore,
     tx: mpsc::Sender<Signal>,
 }
@@ -135,6 +141,7 @@ pub fn spawn(
         probing: Mutex::default(),
         evaluating: Mutex::default(),
         forgotten: Mutex::default(),
+        etcd_lost_since: Mutex::default(),
         tx: tx.clone(),
     });
     let task = tokio::spawn(run(inner, rx, cancel));
@@ -349,8 +356,16 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
 
     if let Some(done) = record.as_ref().and_then(|r| r.outcome.as_deref()) {
         // Finished generation. If every control plane has since been wiped, etcd is gone with
-        // them: the next bootstrap belongs to a new generation.
-        let all_wiped = cps.len() >= need && cps.iter().all(|(m, _)| !m.installed);
+        // them: the next bootstrap belongs to a new generation. Seen either at once (all of
+        // them uninstalled together) or, when they came back one after another, as every one
+        // reinstalled since the bootstrap and none running etcd.
+        let since = cluster
+            .bootstrapped_at
+            .or(record.as_ref().map(|r| r.decided_at))
+            .unwrap_or(0);
+        let all_wiped = cps.len() >= need
+            && (cps.iter().all(|(m, _)| !m.installed)
+                || (done != "failed" && etcd_lost(inner, &cluster.name, &cps, since).await));
         if done != "failed" && !all_wiped {
             // Some control planes are being reinstalled while others run etcd: their old
             // members must go before they join again.
@@ -375,6 +390,8 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
             {
                 tracing::warn!(cluster = %cluster.name, generation = generation + 1,
                     "every control plane was wiped: the cluster will be bootstrapped again");
+                // Evaluate the new generation now rather than at the next tick.
+                let _ = inner.tx.try_send(Signal::Kick);
                 for (m, _) in &cps {
                     let _ = db
                         .log_event(
@@ -534,6 +551,73 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Whether the cluster's etcd is gone although its control planes are back: every control
+/// plane was reinstalled after `since` (the bootstrap), answers its Talos API, and reports its
+/// etcd service not running (Talos keeps a control plane without etcd data waiting to join),
+/// continuously for `etcd_lost_confirm`. A control plane that kept its etcd data runs etcd, and
+/// one that does not answer proves nothing, so neither ever counts as lost.
+async fn etcd_lost(
+    inner: &Arc<Inner>,
+    cluster: &str,
+    cps: &[(Machine, Ipv4Addr)],
+    since: i64,
+) -> bool {
+    let lost = etcd_lost_now(inner, cluster, cps, since).await;
+    let now = inner.clock.now_ms();
+    let mut seen = lock(&inner.etcd_lost_since);
+    if !lost {
+        seen.remove(cluster);
+        return false;
+    }
+    let first = *seen.entry(cluster.to_string()).or_insert(now);
+    let confirm = i64::try_from(inner.settings.etcd_lost_confirm.as_millis()).unwrap_or(i64::MAX);
+    if now - first < confirm {
+        if now == first {
+            tracing::info!(cluster, "every control plane was reinstalled and none runs etcd; confirming before a new bootstrap");
+            // Look again as soon as the confirmation time is over.
+            let tx = inner.tx.clone();
+            let wait = inner.settings.etcd_lost_confirm + Duration::from_millis(50);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = tx.try_send(Signal::Kick);
+            });
+        }
+        return false;
+    }
+    seen.remove(cluster);
+    true
+}
+
+async fn etcd_lost_now(
+    inner: &Arc<Inner>,
+    cluster: &str,
+    cps: &[(Machine, Ipv4Addr)],
+    since: i64,
+) -> bool {
+    if cps.is_empty() || cps.iter().any(|(m, _)| m.state != Lifecycle::Ready) {
+        return false;
+    }
+    for (m, _) in cps {
+        match inner.db.last_event_at(m.mac, EventKind::Reinstall).await {
+            Ok(Some(at)) if at > since => {}
+            _ => return false,
+        }
+    }
+    let Ok(api) = api_for(inner, cluster).await else {
+        return false;
+    };
+    for (_, ip) in cps {
+        let Ok(services) = api.services(node_addr(inner, *ip)).await else {
+            return false;
+        };
+        match services.iter().find(|s| s.id == "etcd") {
+            Some(etcd) if etcd.state != "Running" => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Talos's refusals that guarantee the node did not start bootstrapping.

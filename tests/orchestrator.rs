@@ -1309,10 +1309,8 @@ async fn bootstrap_refused_while_the_target_boots_is_retried_on_the_same_node() 
 /// different times: two are reinstalled and report in before the third is seen wiped. etcd
 /// is gone all the same, so the next generation must be bootstrapped, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: a full wipe is only seen when every control plane is uninstalled at once; \
-            telling a lost etcd from an unreachable one safely needs more evidence (see ARCHITECTURE.md)"]
 async fn control_planes_wiped_together_but_back_one_after_another_bootstrap_the_next_generation() {
-    let mut w = World::start(52, |_| {}).await;
+    let mut w = World::start(52, |o| o.etcd_lost_confirm = Some(2)).await;
     w.bootstrap_cluster().await;
     let port = w.lab.port;
     for i in [CP1, CP2, CP3] {
@@ -1338,6 +1336,32 @@ async fn control_planes_wiped_together_but_back_one_after_another_bootstrap_the_
     );
     let calls = w.lab.calls_of("Bootstrap");
     assert_eq!(calls.len(), 2, "{calls:#?}\n{}", w.dump().await);
+    w.stop().await;
+}
+
+/// Two control planes are wiped and come back without etcd while the third is only down (its
+/// disk, and etcd's data, intact): etcd is not lost, and no second Bootstrap may happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_wiped_and_the_third_unreachable_is_not_a_lost_etcd() {
+    let mut w = World::start(55, |o| o.etcd_lost_confirm = Some(1)).await;
+    w.bootstrap_cluster().await;
+    let port = w.lab.port;
+    for i in [CP1, CP2, CP3] {
+        w.lab.nodes[i].stop().await;
+    }
+    for i in [CP1, CP2] {
+        w.node(i).double.set_etcd(EtcdChange::Empty).unwrap();
+        assert!(is_disk_handoff(&w.netboot(i).await));
+        assert!(is_install_script(&w.netboot(i).await));
+        w.fetch_config(i).await;
+        w.lab.nodes[i].restart(port).await;
+        w.wait_state(i, Lifecycle::Ready).await;
+    }
+    tokio::time::sleep(tick_and_a_bit() * 2).await;
+    let calls = w.lab.calls_of("Bootstrap");
+    assert_eq!(calls.len(), 1, "{calls:#?}\n{}", w.dump().await);
+    let cluster = w.db.get_cluster(Some(CLUSTER)).await.unwrap().unwrap();
+    assert_eq!(cluster.generation, 1, "{}", w.dump().await);
     w.stop().await;
 }
 

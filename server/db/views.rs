@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use sqlx::Row;
 
 use super::{parse_col, Db, DbError};
-use crate::model::{Event, Mac};
+use crate::model::{Event, EventKind, Mac};
 
 impl Db {
     /// The newest event of every machine that has one.
@@ -35,5 +35,15 @@ impl Db {
             );
         }
         Ok(out)
+    }
+
+    /// When the machine last had an event of this kind.
+    pub async fn last_event_at(&self, mac: Mac, kind: EventKind) -> Result<Option<i64>, DbError> {
+        let row = sqlx::query("SELECT max(at) FROM events WHERE mac = ? AND kind = ?")
+            .bind(mac.to_string())
+            .bind(kind.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
     }
 }
