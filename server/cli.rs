@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::config::{ServeOptions, DEFAULT_DATA_DIR};
 use crate::db::{Db, DbError};
 use crate::materials;
-use crate::model::{validate_hostname, Cluster, Mac, Machine, PatchRecord, PatchScope, Role};
+use crate::model::{validate_hostname, Cluster, Mac, Machine, PatchScope, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -930,37 +930,27 @@ pub async fn cluster(
             file,
         }) => {
             let db = Db::open(&data.data_dir).await?;
-            let (scope, mac) = patch_target(&scope, mac.as_deref())?;
+            let (scope, _) = patch_target(&scope, mac.as_deref())?;
             let body = read_input(&file)?;
-            let loaded = load_first_cluster(&db).await?;
-            let record = PatchRecord {
-                scope,
+            let input = crate::ops::cluster::PatchInput {
+                scope: scope.to_string(),
                 mac,
-                position: i64::MAX,
                 name: name.clone(),
                 body,
             };
-            let mut records: Vec<PatchRecord> = loaded
-                .patches
-                .iter()
-                .filter(|p| !(p.scope == scope && p.mac == mac && p.name == name))
-                .cloned()
-                .collect();
-            let at = records
-                .iter()
-                .rposition(|p| p.scope == scope && p.mac == mac)
-                .map(|i| i + 1)
-                .unwrap_or_else(|| records.iter().filter(|p| p.scope <= scope).count());
-            let replacing = loaded
-                .patches
-                .iter()
-                .position(|p| p.scope == scope && p.mac == mac && p.name == name);
-            records.insert(replacing.unwrap_or(at).min(records.len()), record.clone());
-            let machines = db.list_machines().await?;
-            materials::check_cluster(&loaded.spec, &loaded.secrets, &records, &machines)
-                .map_err(|e| invalid(format!("patch refused: {e}")))?;
-            db.put_patch(&loaded.cluster.name, &record, clock.now_ms())
-                .await?;
+            crate::ops::cluster::save_patch(&db, &input, clock.now_ms())
+                .await
+                .map_err(|e| match e {
+                    crate::ops::OpsError::Invalid(errors) => invalid(
+                        errors
+                            .into_iter()
+                            .map(|fe| fe.message)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ),
+                    crate::ops::OpsError::Db(e) => CliError::Db(e),
+                    other => invalid(other.to_string()),
+                })?;
             w(out, format!("patch {name} saved ({scope})\n"))?;
         }
         ClusterCommand::Bootstrap { data, json } => {

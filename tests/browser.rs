@@ -28,7 +28,7 @@ const LAN: &str = "127.0.0.0/8";
 const NODE_LIMIT: Duration = Duration::from_secs(300);
 /// Whether the script fails when the cluster page has no kubeconfig download yet ("required") or
 /// only skips that step ("optional"); `BOOTPLANE_CLUSTER_PAGE` in the environment overrides it.
-const CLUSTER_PAGE: &str = "optional";
+const CLUSTER_PAGE: &str = "required";
 
 /// The appliance process; killed when dropped, so a failing test leaves nothing running.
 struct Appliance {

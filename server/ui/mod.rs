@@ -45,7 +45,31 @@ pub fn router() -> Router<AppState> {
             "/ui/machines/{mac}/config/reveal",
             post(machines::ui_machine_config_reveal_post),
         )
-        .route("/ui/cluster", get(cluster::ui_cluster_get))
+        .route(
+            "/ui/cluster",
+            get(cluster::ui_cluster_get).post(cluster::ui_cluster_post),
+        )
+        .route("/ui/cluster/init", post(cluster::ui_cluster_init_post))
+        .route(
+            "/ui/cluster/patches",
+            post(cluster::ui_cluster_patches_post),
+        )
+        .route(
+            "/ui/cluster/patches/remove",
+            post(cluster::ui_cluster_patch_remove_post),
+        )
+        .route(
+            "/ui/cluster/rebuild",
+            post(cluster::ui_cluster_rebuild_post),
+        )
+        .route(
+            "/ui/cluster/talosconfig",
+            get(cluster::ui_cluster_talosconfig_get),
+        )
+        .route(
+            "/ui/cluster/kubeconfig",
+            get(cluster::ui_cluster_kubeconfig_get),
+        )
         .route(
             "/ui/tokens",
             get(tokens::ui_tokens_get).post(tokens::ui_tokens_post),
