@@ -119,10 +119,12 @@ async fn rows(state: &AppState, filters: &Filters) -> Result<(Vec<Row>, String),
     let now = state.recorder.now_ms();
     let count = |s: Lifecycle| machines.iter().filter(|m| m.state == s).count();
     let summary = format!(
-        "{} machines: {} ready, {} installing, {} waiting for a role",
+        "{} machines: {} ready, {} installed, {} installing, {} assigned and waiting to boot, {} waiting for a role",
         machines.len(),
         count(Lifecycle::Ready),
-        count(Lifecycle::Booting) + count(Lifecycle::ConfigServed) + count(Lifecycle::Assigned),
+        count(Lifecycle::Installed),
+        count(Lifecycle::Booting) + count(Lifecycle::ConfigServed),
+        count(Lifecycle::Assigned),
         count(Lifecycle::Discovered),
     );
     let mut list: Vec<&Machine> = machines.iter().filter(|m| filters.keeps(m)).collect();
