@@ -1,6 +1,5 @@
 //! Command-line interface: `serve`, and `machines` and `cluster` commands on the same database.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -9,7 +8,7 @@ use crate::clock::Clock;
 use crate::config::{ServeOptions, DEFAULT_DATA_DIR};
 use crate::db::{Db, DbError};
 use crate::materials;
-use crate::model::{validate_hostname, Cluster, Mac, Machine, PatchScope, Role};
+use crate::model::{Mac, Machine};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -326,17 +325,19 @@ fn invalid(msg: impl Into<String>) -> CliError {
     CliError::Invalid(msg.into())
 }
 
-fn cleared(value: &str) -> bool {
-    matches!(value, "none" | "")
-}
-
 /// The flag an ops field error belongs to.
 fn flag_error(e: crate::ops::OpsError) -> CliError {
     match e {
         crate::ops::OpsError::Invalid(errors) => invalid(
             errors
                 .iter()
-                .map(|fe| format!("--{}: {}", fe.field.replace('_', "-"), fe.message))
+                .map(|fe| match fe.field.as_str() {
+                    // Fields that are no flag of their own: the whole config, the patch file.
+                    "config" | "cluster" => fe.message.clone(),
+                    "body" => format!("--file: {}", fe.message),
+                    "secrets" => format!("--import-secrets: {}", fe.message),
+                    field => format!("--{}: {}", field.replace('_', "-"), fe.message),
+                })
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
@@ -576,126 +577,6 @@ pub fn write_private(path: &std::path::Path, contents: &str) -> Result<(), CliEr
         .map_err(|e| CliError::Output(format!("{}: {e}", path.display())))
 }
 
-fn parse_cidr_list(flag: &str, text: &str) -> Result<Vec<String>, CliError> {
-    let items: Vec<String> = text
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    if items.is_empty() {
-        return Err(invalid(format!("{flag} needs at least one subnet")));
-    }
-    for item in &items {
-        let ok = item.split_once('/').is_some_and(|(ip, prefix)| {
-            let ip = ip.parse::<std::net::IpAddr>();
-            let max = if matches!(ip, Ok(std::net::IpAddr::V6(_))) {
-                128
-            } else {
-                32
-            };
-            ip.is_ok() && prefix.parse::<u8>().is_ok_and(|p| p <= max)
-        });
-        if !ok {
-            return Err(invalid(format!(
-                "{flag} '{item}' is not a subnet like 10.244.0.0/16"
-            )));
-        }
-    }
-    Ok(items)
-}
-
-/// Applies cluster flags to `c`.
-pub fn apply_cluster_fields(c: &mut Cluster, f: &ClusterFields) -> Result<(), CliError> {
-    if let Some(vip) = &f.vip {
-        c.vip = if cleared(vip) {
-            None
-        } else {
-            Some(
-                vip.parse::<Ipv4Addr>()
-                    .map_err(|_| invalid(format!("--vip '{vip}' is not an IPv4 address")))?,
-            )
-        };
-    }
-    if let Some(endpoint) = &f.endpoint {
-        crate::talos::config::endpoint_host(endpoint)
-            .map_err(|e| invalid(format!("--endpoint: {e}")))?;
-        c.endpoint = Some(endpoint.clone());
-    } else if c.endpoint.is_none() {
-        c.endpoint = c.vip.map(|vip| format!("https://{vip}:6443"));
-    }
-    if let Some(v) = &f.talos_version {
-        crate::config::validate_talos_version(v).map_err(invalid)?;
-        let supported = crate::talos::minor_version(v)
-            .is_some_and(|mm| crate::talos::config::SUPPORTED.contains(&mm));
-        if !supported {
-            return Err(invalid(format!(
-                "--talos-version {v}: bootplane renders configs for Talos 1.8 to 1.11"
-            )));
-        }
-        c.talos_version = Some(v.clone());
-    }
-    if let Some(v) = &f.kubernetes_version {
-        c.kubernetes_version = if v == "default" {
-            None
-        } else {
-            let bare = v.trim_start_matches('v');
-            let parts: Vec<&str> = bare.split('.').collect();
-            if parts.len() != 3
-                || !parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
-            {
-                return Err(invalid(format!(
-                    "--kubernetes-version '{v}' must look like 1.34.1"
-                )));
-            }
-            Some(bare.to_string())
-        };
-    }
-    if let Some(image) = &f.install_image {
-        c.install_image = if image == "default" {
-            None
-        } else {
-            if image.is_empty() || image.contains(char::is_whitespace) {
-                return Err(invalid(format!(
-                    "--install-image '{image}' is not an image reference"
-                )));
-            }
-            Some(image.clone())
-        };
-    }
-    if let Some(p) = &f.pod_subnets {
-        c.pod_subnets = parse_cidr_list("--pod-subnets", p)?;
-    }
-    if let Some(p) = &f.service_subnets {
-        c.service_subnets = parse_cidr_list("--service-subnets", p)?;
-    }
-    if let Some(d) = &f.dns_domain {
-        let ok = !d.is_empty() && d.split('.').all(|label| validate_hostname(label).is_ok());
-        if !ok {
-            return Err(invalid(format!("--dns-domain '{d}' is not a DNS name")));
-        }
-        c.dns_domain = d.clone();
-    }
-    if let Some(single) = f.single_controlplane {
-        c.single_controlplane = single;
-    }
-    if c.endpoint.is_none() {
-        return Err(invalid(
-            "the cluster needs --endpoint https://<vip-or-lb>:6443 (or --vip)",
-        ));
-    }
-    Ok(())
-}
-
-fn control_plane_ips(machines: &[Machine], cluster: &str) -> Vec<String> {
-    machines
-        .iter()
-        .filter(|m| m.role == Role::Controlplane && m.cluster == cluster)
-        .filter_map(|m| m.ip.map(|ip| ip.addr.to_string()))
-        .collect()
-}
-
 /// Inventory-wide rules (unique names and addresses, three control planes, VIP, the config
 /// renders). The LAN subnet and pool rules need the serve configuration: the UI and API apply them.
 async fn check_machine_config(db: &Db, m: &Machine) -> Result<(), CliError> {
@@ -717,30 +598,25 @@ fn read_input(path: &std::path::Path) -> Result<String, CliError> {
     }
 }
 
-fn patch_target(scope: &str, mac: Option<&str>) -> Result<(PatchScope, Option<Mac>), CliError> {
-    let scope: PatchScope = scope.parse().map_err(|e| invalid(format!("--scope {e}")))?;
-    let mac = mac.map(parse_mac).transpose()?;
-    match (scope, mac) {
-        (PatchScope::Machine, None) => Err(invalid("--scope machine needs --mac")),
-        (PatchScope::Machine, Some(m)) => Ok((scope, Some(m))),
-        (_, Some(_)) => Err(invalid("--mac goes only with --scope machine")),
-        (_, None) => Ok((scope, None)),
+impl ClusterFields {
+    /// The flags as the ops layer takes them (`none` clears the VIP there too).
+    fn input(&self, name: Option<String>) -> crate::ops::cluster::ClusterInput {
+        crate::ops::cluster::ClusterInput {
+            name,
+            endpoint: self.endpoint.clone(),
+            vip: self.vip.clone(),
+            talos_version: self.talos_version.clone(),
+            kubernetes_version: self.kubernetes_version.clone(),
+            install_image: self.install_image.clone(),
+            pod_subnets: self.pod_subnets.clone(),
+            service_subnets: self.service_subnets.clone(),
+            dns_domain: self.dns_domain.clone(),
+            single_controlplane: self.single_controlplane,
+        }
     }
 }
 
-fn system_time(clock: &dyn Clock) -> std::time::SystemTime {
-    std::time::UNIX_EPOCH
-        + std::time::Duration::from_millis(u64::try_from(clock.now_ms()).unwrap_or(0))
-}
-
-/// The cluster (the first one: one cluster is the common case).
-async fn first_cluster(db: &Db) -> Result<Cluster, CliError> {
-    Ok(db
-        .get_cluster(None)
-        .await?
-        .ok_or_else(|| DbError::NoCluster("default".into()))?)
-}
-
+/// The cluster's secrets bundle, for `export-secrets` and `config`.
 async fn load_first_cluster(db: &Db) -> Result<materials::LoadedCluster, CliError> {
     materials::load_cluster(db, None)
         .await
@@ -777,37 +653,21 @@ pub async fn cluster(
             import_secrets,
         } => {
             let db = Db::open(&data.data_dir).await?;
-            let current = db
-                .get_cluster(None)
-                .await?
-                .ok_or_else(|| DbError::NoCluster("default".into()))?;
-            if current.initialised_at.is_some() {
-                return Err(DbError::ClusterInitialised(current.name).into());
-            }
-            let mut c = current.clone();
-            c.name = name.clone();
-            validate_hostname(&name).map_err(|e| invalid(format!("--name: {e}")))?;
-            if c.talos_version.is_none() && fields.talos_version.is_none() {
-                c.talos_version = Some(crate::config::DEFAULT_TALOS_VERSION.to_string());
-            }
-            apply_cluster_fields(&mut c, &fields)?;
-            let spec = materials::cluster_spec(&c).map_err(|e| invalid(e.to_string()))?;
             let import = import_secrets.as_deref().map(read_input).transpose()?;
-            let bundle =
-                materials::new_bundle(&spec.talos_version, import.as_deref(), system_time(clock))
-                    .map_err(|e| invalid(e.to_string()))?;
-            let mut machines = db.list_machines().await?;
-            for m in machines.iter_mut().filter(|m| m.cluster == current.name) {
-                m.cluster = name.clone();
-            }
-            materials::check_cluster(&spec, &materials::config_secrets(&bundle), &[], &machines)
-                .map_err(|e| invalid(e.to_string()))?;
-            db.init_cluster(&current.name, &c, &bundle.to_yaml(), clock.now_ms())
-                .await?;
+            let c = crate::ops::cluster::init_cluster(
+                &db,
+                &fields.input(Some(name)),
+                import.as_deref(),
+                clock.now_ms(),
+            )
+            .await
+            .map_err(flag_error)?;
+            let spec = materials::cluster_spec(&c).map_err(|e| invalid(e.to_string()))?;
             w(
                 out,
                 format!(
-                    "cluster {name} initialised: Talos {}, Kubernetes {}, endpoint {}{}\n",
+                    "cluster {} initialised: Talos {}, Kubernetes {}, endpoint {}{}\n",
+                    c.name,
                     spec.talos_version,
                     spec.kubernetes_version,
                     spec.endpoint,
@@ -821,7 +681,9 @@ pub async fn cluster(
         }
         ClusterCommand::Show { data, json } => {
             let db = Db::open(&data.data_dir).await?;
-            let c = first_cluster(&db).await?;
+            let c = crate::ops::cluster::first_cluster(&db)
+                .await
+                .map_err(flag_error)?;
             let patches = db.list_patches(&c.name).await?;
             if json {
                 let text = serde_json::to_string_pretty(&serde_json::json!({
@@ -856,25 +718,9 @@ pub async fn cluster(
         }
         ClusterCommand::Set { data, name, fields } => {
             let db = Db::open(&data.data_dir).await?;
-            let loaded = load_first_cluster(&db).await?;
-            let current = loaded.cluster.name.clone();
-            let mut c = loaded.cluster.clone();
-            if let Some(n) = &name {
-                validate_hostname(n).map_err(|e| invalid(format!("--name: {e}")))?;
-                c.name = n.clone();
-            }
-            apply_cluster_fields(&mut c, &fields)?;
-            let spec = materials::cluster_spec(&c).map_err(|e| invalid(e.to_string()))?;
-            let mut machines = db.list_machines().await?;
-            for m in machines.iter_mut().filter(|m| m.cluster == current) {
-                m.cluster = c.name.clone();
-                if c.vip.is_some() && m.ip.map(|i| i.addr) == c.vip {
-                    return Err(invalid(format!("--vip is {}'s address", m.mac)));
-                }
-            }
-            materials::check_cluster(&spec, &loaded.secrets, &loaded.patches, &machines)
-                .map_err(|e| invalid(e.to_string()))?;
-            db.update_cluster(&current, &c).await?;
+            let c = crate::ops::cluster::update_cluster(&db, &fields.input(name), clock.now_ms())
+                .await
+                .map_err(flag_error)?;
             w(out, format!("cluster {} updated\n", c.name))?;
         }
         ClusterCommand::ExportSecrets { data, out: path } => {
@@ -889,26 +735,16 @@ pub async fn cluster(
         }
         ClusterCommand::Talosconfig { data, out: path } => {
             let db = Db::open(&data.data_dir).await?;
-            let loaded = load_first_cluster(&db).await?;
-            let machines = db.list_machines().await?;
-            let endpoints = control_plane_ips(&machines, &loaded.cluster.name);
-            let text = loaded
-                .bundle
-                .talosconfig(&loaded.cluster.name, &endpoints, system_time(clock))
-                .map_err(|e| invalid(e.to_string()))?;
+            let text = crate::ops::cluster::talosconfig(&db, clock.now_ms())
+                .await
+                .map_err(flag_error)?;
             emit(out, path, text, "talosconfig")?;
         }
         ClusterCommand::Kubeconfig { data, out: path } => {
             let db = Db::open(&data.data_dir).await?;
-            let loaded = load_first_cluster(&db).await?;
-            let text = loaded
-                .bundle
-                .kubeconfig(
-                    &loaded.cluster.name,
-                    &loaded.spec.endpoint,
-                    system_time(clock),
-                )
-                .map_err(|e| invalid(e.to_string()))?;
+            let text = crate::ops::cluster::kubeconfig(&db, clock.now_ms())
+                .await
+                .map_err(flag_error)?;
             emit(out, path, text, "kubeconfig")?;
         }
         ClusterCommand::Config { data, mac } => {
@@ -930,53 +766,45 @@ pub async fn cluster(
             file,
         }) => {
             let db = Db::open(&data.data_dir).await?;
-            let (scope, _) = patch_target(&scope, mac.as_deref())?;
-            let body = read_input(&file)?;
             let input = crate::ops::cluster::PatchInput {
-                scope: scope.to_string(),
+                scope,
                 mac,
-                name: name.clone(),
-                body,
+                name,
+                body: read_input(&file)?,
             };
-            crate::ops::cluster::save_patch(&db, &input, clock.now_ms())
+            let saved = crate::ops::cluster::save_patch(&db, &input, clock.now_ms())
                 .await
-                .map_err(|e| match e {
-                    crate::ops::OpsError::Invalid(errors) => invalid(
-                        errors
-                            .into_iter()
-                            .map(|fe| fe.message)
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    ),
-                    crate::ops::OpsError::Db(e) => CliError::Db(e),
-                    other => invalid(other.to_string()),
-                })?;
-            w(out, format!("patch {name} saved ({scope})\n"))?;
+                .map_err(flag_error)?;
+            w(
+                out,
+                format!("patch {} saved ({})\n", saved.name, saved.scope),
+            )?;
         }
         ClusterCommand::Bootstrap { data, json } => {
             let db = Db::open(&data.data_dir).await?;
-            let c = first_cluster(&db).await?;
-            let history = db.bootstrap_history(&c.name).await?;
+            let status = crate::ops::cluster::bootstrap_status(&db)
+                .await
+                .map_err(flag_error)?;
             if json {
-                let text = serde_json::to_string_pretty(&serde_json::json!({
-                    "cluster": c.name, "generation": c.generation,
-                    "bootstrapped_at": c.bootstrapped_at, "history": history,
-                }))
-                .map_err(|e| CliError::Output(e.to_string()))?;
+                let text = serde_json::to_string_pretty(&status)
+                    .map_err(|e| CliError::Output(e.to_string()))?;
                 w(out, text + "\n")?;
             } else {
                 w(
                     out,
-                    format!("cluster {} generation {}\n", c.name, c.generation),
+                    format!(
+                        "cluster {} generation {}\n",
+                        status.cluster, status.generation
+                    ),
                 )?;
-                if history.is_empty() {
+                if status.history.is_empty() {
                     w(
                         out,
                         "no bootstrap decided yet (waiting for the control planes to report in)\n"
                             .into(),
                     )?;
                 }
-                for b in history {
+                for b in status.history {
                     w(
                         out,
                         format!(
@@ -1004,15 +832,12 @@ pub async fn cluster(
                 ));
             }
             let db = Db::open(&data.data_dir).await?;
-            let c = first_cluster(&db).await?;
-            let mut count = 0;
-            for m in db.list_machines().await? {
-                if m.cluster == c.name && m.is_assigned() {
-                    db.mark_reinstall(m.mac, "operator rebuilds the cluster", clock.now_ms())
-                        .await?;
-                    count += 1;
-                }
-            }
+            let c = crate::ops::cluster::first_cluster(&db)
+                .await
+                .map_err(flag_error)?;
+            let count = crate::ops::rebuild_cluster(&db, &c.name, clock.now_ms())
+                .await
+                .map_err(flag_error)?;
             w(
                 out,
                 format!("{count} machines of {} reinstall at their next network boot; etcd is bootstrapped again once the control planes report in\n", c.name),
@@ -1020,8 +845,10 @@ pub async fn cluster(
         }
         ClusterCommand::Patch(PatchCommand::List { data }) => {
             let db = Db::open(&data.data_dir).await?;
-            let c = first_cluster(&db).await?;
-            for p in db.list_patches(&c.name).await? {
+            for p in crate::ops::cluster::list_patches(&db)
+                .await
+                .map_err(flag_error)?
+            {
                 let target = p.mac.map(|m| format!(" {m}")).unwrap_or_default();
                 w(
                     out,
@@ -1042,9 +869,15 @@ pub async fn cluster(
             name,
         }) => {
             let db = Db::open(&data.data_dir).await?;
-            let (scope, mac) = patch_target(&scope, mac.as_deref())?;
-            let c = first_cluster(&db).await?;
-            db.remove_patch(&c.name, scope, mac, &name).await?;
+            let input = crate::ops::cluster::PatchInput {
+                scope,
+                mac,
+                name: name.clone(),
+                body: String::new(),
+            };
+            crate::ops::cluster::remove_patch(&db, &input, clock.now_ms())
+                .await
+                .map_err(flag_error)?;
             w(out, format!("patch {name} removed\n"))?;
         }
     }
@@ -1054,6 +887,8 @@ pub async fn cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Role;
+    use std::net::Ipv4Addr;
 
     fn fields() -> MachineFields {
         MachineFields {

@@ -144,8 +144,44 @@ macro_rules! text_enum {
                 s.parse().map_err(serde::de::Error::custom)
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                string_schema(None, None).enum_values(Some([$($text),+])).into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
+
+/// An OpenAPI string schema (for types with hand-written serde).
+fn string_schema(pattern: Option<&str>, example: Option<&str>) -> utoipa::openapi::ObjectBuilder {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(pattern)
+        .examples(example.map(|e| serde_json::Value::String(e.into())))
+}
+
+impl utoipa::PartialSchema for Mac {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(None, Some("52:54:00:12:34:56"))
+            .description(Some("MAC address, lowercase and colon-separated"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Mac {}
+
+impl utoipa::PartialSchema for Ipv4Cidr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(None, Some("192.168.1.21/24"))
+            .description(Some("IPv4 address with prefix length"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Ipv4Cidr {}
 
 text_enum!(
     /// What a machine becomes in its cluster.
@@ -286,14 +322,16 @@ impl<'de> Deserialize<'de> for Ipv4Cidr {
 }
 
 /// A machine in the inventory.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Machine {
     pub mac: Mac,
     pub cluster: String,
     pub role: Role,
     pub hostname: Option<String>,
     pub ip: Option<Ipv4Cidr>,
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub gateway: Option<Ipv4Addr>,
+    #[schema(value_type = Vec<String>)]
     pub dns: Vec<Ipv4Addr>,
     pub install_disk: Option<String>,
     /// Wipe the install disk when Talos installs.
@@ -357,12 +395,13 @@ text_enum!(
 );
 
 /// A cluster's settings (its secrets are kept apart and never in this struct).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Cluster {
     pub name: String,
     /// `https://<vip-or-lb>:6443`; `None` until `cluster init`.
     pub endpoint: Option<String>,
     /// Layer-2 VIP Talos configures on the control planes.
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub vip: Option<Ipv4Addr>,
     pub talos_version: Option<String>,
     pub kubernetes_version: Option<String>,
@@ -380,10 +419,11 @@ pub struct Cluster {
 }
 
 /// The bootstrap decision of one cluster generation.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BootstrapRecord {
     pub generation: i64,
     pub target_mac: Mac,
+    #[schema(value_type = String, format = Ipv4)]
     pub target_ip: Ipv4Addr,
     pub decided_at: i64,
     pub called_at: Option<i64>,
@@ -394,7 +434,7 @@ pub struct BootstrapRecord {
 }
 
 /// A stored config patch.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PatchRecord {
     pub scope: PatchScope,
     pub mac: Option<Mac>,
@@ -407,7 +447,7 @@ pub struct PatchRecord {
 pub const DEFAULT_CLUSTER: &str = "default";
 
 /// One entry in a machine's append-only event log.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Event {
     pub mac: Mac,
     pub at: i64,
@@ -417,7 +457,7 @@ pub struct Event {
 
 /// One kernel message a node streamed to bootplane (`talos.logging.kernel=`), as stored in
 /// its bounded boot log. Fields other than `msg` are as Talos sent them, when it did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct BootLogLine {
     pub mac: Mac,
     /// When bootplane received it, milliseconds since the Unix epoch.

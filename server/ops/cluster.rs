@@ -1,14 +1,17 @@
 //! Cluster operations shared by the UI, the API and the CLI: initialisation and settings,
 //! patches with a preview of their effect on every affected machine, downloads of client
-//! credentials. Field rules are the CLI's (`cli::apply_cluster_fields`), reported per field.
+//! credentials, bootstrap status. Errors name the input field they belong to.
+
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{FieldError, OpsError};
-use crate::cli::{self, ClusterFields};
+use super::{cleared, Errors, OpsError};
 use crate::db::{Db, DbError};
 use crate::materials;
-use crate::model::{validate_hostname, Cluster, Mac, Machine, PatchRecord, PatchScope, Role};
+use crate::model::{
+    validate_hostname, BootstrapRecord, Cluster, Mac, Machine, PatchRecord, PatchScope, Role,
+};
 
 /// Cluster settings as an operator types them; `None` leaves a setting as it is.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
@@ -18,7 +21,7 @@ pub struct ClusterInput {
     pub name: Option<String>,
     /// Kubernetes API endpoint, https://<vip-or-load-balancer>:6443
     pub endpoint: Option<String>,
-    /// Layer-2 VIP Talos keeps on one healthy control plane; empty clears it
+    /// Layer-2 VIP Talos keeps on one healthy control plane; empty (or "none") clears it
     pub vip: Option<String>,
     /// Talos version, e.g. v1.11.6
     pub talos_version: Option<String>,
@@ -36,51 +39,159 @@ pub struct ClusterInput {
     pub single_controlplane: Option<bool>,
 }
 
-impl ClusterInput {
-    fn fields(&self) -> ClusterFields {
-        ClusterFields {
-            endpoint: self.endpoint.clone(),
-            vip: self.vip.clone(),
-            talos_version: self.talos_version.clone(),
-            kubernetes_version: self.kubernetes_version.clone(),
-            install_image: self.install_image.clone(),
-            pod_subnets: self.pod_subnets.clone(),
-            service_subnets: self.service_subnets.clone(),
-            dns_domain: self.dns_domain.clone(),
-            single_controlplane: self.single_controlplane,
+/// A comma-separated list of IPv4 or IPv6 subnets.
+pub fn parse_cidr_list(text: &str) -> Result<Vec<String>, String> {
+    let items: Vec<String> = text
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if items.is_empty() {
+        return Err("at least one subnet is needed".into());
+    }
+    for item in &items {
+        let ok = item.split_once('/').is_some_and(|(ip, prefix)| {
+            let ip = ip.parse::<std::net::IpAddr>();
+            let max = if matches!(ip, Ok(std::net::IpAddr::V6(_))) {
+                128
+            } else {
+                32
+            };
+            ip.is_ok() && prefix.parse::<u8>().is_ok_and(|p| p <= max)
+        });
+        if !ok {
+            return Err(format!("'{item}' is not a subnet like 10.244.0.0/16"));
         }
     }
+    Ok(items)
 }
 
-/// The CLI's messages name their flag first (`--vip '…' is not…`): that flag is the field.
-fn field_error(message: String) -> OpsError {
-    let field = message
-        .strip_prefix("--")
-        .and_then(|rest| rest.split([' ', ':']).next())
-        .map(|flag| flag.replace('-', "_"))
-        .unwrap_or_else(|| {
-            if message.contains("--endpoint") {
-                "endpoint".into()
-            } else {
-                "cluster".into()
-            }
-        });
-    OpsError::Invalid(vec![FieldError { field, message }])
-}
-
-fn cli_error(e: cli::CliError) -> OpsError {
-    match e {
-        cli::CliError::Invalid(msg) => field_error(msg),
-        cli::CliError::Db(e) => OpsError::Db(e),
-        other => OpsError::Refused(other.to_string()),
+fn parse_kubernetes_version(v: &str) -> Result<String, String> {
+    let bare = v.trim_start_matches('v');
+    let parts: Vec<&str> = bare.split('.').collect();
+    let ok = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+    if ok {
+        Ok(bare.to_string())
+    } else {
+        Err(format!("'{v}' must look like 1.34.1"))
     }
+}
+
+fn check_talos_version(v: &str) -> Result<(), String> {
+    crate::config::validate_talos_version(v)?;
+    let supported = crate::talos::minor_version(v)
+        .is_some_and(|mm| crate::talos::config::SUPPORTED.contains(&mm));
+    if supported {
+        Ok(())
+    } else {
+        Err(format!(
+            "Talos {v}: bootplane renders configs for Talos 1.8 to 1.11"
+        ))
+    }
+}
+
+/// Applies the given settings to `c`, collecting one error per bad field. Without an endpoint
+/// one is made from the VIP; a cluster needs one or the other.
+pub fn apply_cluster_input(c: &mut Cluster, f: &ClusterInput) -> Result<(), OpsError> {
+    let mut errors = Errors::default();
+    if let Some(name) = &f.name {
+        match validate_hostname(name.trim()) {
+            Ok(()) => c.name = name.trim().to_string(),
+            Err(e) => errors.add("name", e),
+        }
+    }
+    if let Some(vip) = &f.vip {
+        if cleared(vip) {
+            c.vip = None;
+        } else {
+            match vip.trim().parse::<Ipv4Addr>() {
+                Ok(v) => c.vip = Some(v),
+                Err(_) => errors.add("vip", format!("'{}' is not an IPv4 address", vip.trim())),
+            }
+        }
+    }
+    if let Some(endpoint) = &f.endpoint {
+        let endpoint = endpoint.trim();
+        match crate::talos::config::endpoint_host(endpoint) {
+            Ok(_) => c.endpoint = Some(endpoint.to_string()),
+            Err(e) => errors.add("endpoint", e.to_string()),
+        }
+    } else if c.endpoint.is_none() {
+        c.endpoint = c.vip.map(|vip| format!("https://{vip}:6443"));
+    }
+    if let Some(v) = &f.talos_version {
+        let v = v.trim();
+        match check_talos_version(v) {
+            Ok(()) => c.talos_version = Some(v.to_string()),
+            Err(e) => errors.add("talos_version", e),
+        }
+    }
+    if let Some(v) = &f.kubernetes_version {
+        let v = v.trim();
+        if v == "default" || v.is_empty() {
+            c.kubernetes_version = None;
+        } else {
+            match parse_kubernetes_version(v) {
+                Ok(v) => c.kubernetes_version = Some(v),
+                Err(e) => errors.add("kubernetes_version", e),
+            }
+        }
+    }
+    if let Some(image) = &f.install_image {
+        let image = image.trim();
+        if image == "default" || image.is_empty() {
+            c.install_image = None;
+        } else if image.contains(char::is_whitespace) {
+            errors.add(
+                "install_image",
+                format!("'{image}' is not an image reference"),
+            );
+        } else {
+            c.install_image = Some(image.to_string());
+        }
+    }
+    if let Some(p) = &f.pod_subnets {
+        match parse_cidr_list(p) {
+            Ok(list) => c.pod_subnets = list,
+            Err(e) => errors.add("pod_subnets", e),
+        }
+    }
+    if let Some(p) = &f.service_subnets {
+        match parse_cidr_list(p) {
+            Ok(list) => c.service_subnets = list,
+            Err(e) => errors.add("service_subnets", e),
+        }
+    }
+    if let Some(d) = &f.dns_domain {
+        let d = d.trim();
+        let ok = !d.is_empty() && d.split('.').all(|label| validate_hostname(label).is_ok());
+        if ok {
+            c.dns_domain = d.to_string();
+        } else {
+            errors.add("dns_domain", format!("'{d}' is not a DNS name"));
+        }
+    }
+    if let Some(single) = f.single_controlplane {
+        c.single_controlplane = single;
+    }
+    if c.endpoint.is_none() && !errors.has("endpoint") && !errors.has("vip") {
+        errors.add(
+            "endpoint",
+            "the cluster needs an endpoint https://<vip-or-lb>:6443 (or a VIP)",
+        );
+    }
+    errors.into_result()
 }
 
 fn system_time(now: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(now).unwrap_or(0))
 }
 
-async fn first_cluster(db: &Db) -> Result<Cluster, OpsError> {
+/// The cluster (the first one: one cluster is the common case).
+pub async fn first_cluster(db: &Db) -> Result<Cluster, OpsError> {
     Ok(db
         .get_cluster(None)
         .await?
@@ -90,11 +201,10 @@ async fn first_cluster(db: &Db) -> Result<Cluster, OpsError> {
 async fn loaded(db: &Db) -> Result<materials::LoadedCluster, OpsError> {
     materials::load_cluster(db, None)
         .await
-        .map_err(|e| OpsError::Refused(e.to_string()))
-}
-
-fn check_name(name: &str) -> Result<(), OpsError> {
-    validate_hostname(name).map_err(|e| OpsError::field("name", e))
+        .map_err(|e| match e {
+            materials::MaterialsError::Db(e) => OpsError::Db(e),
+            other => OpsError::Refused(other.to_string()),
+        })
 }
 
 /// Makes the cluster's secrets bundle (or adopts `import_secrets`, talosctl's secrets.yaml)
@@ -113,14 +223,10 @@ pub async fn init_cluster(
         )));
     }
     let mut c = current.clone();
-    if let Some(name) = &input.name {
-        check_name(name)?;
-        c.name = name.clone();
-    }
     if c.talos_version.is_none() && input.talos_version.is_none() {
         c.talos_version = Some(crate::config::DEFAULT_TALOS_VERSION.to_string());
     }
-    cli::apply_cluster_fields(&mut c, &input.fields()).map_err(cli_error)?;
+    apply_cluster_input(&mut c, input)?;
     let spec =
         materials::cluster_spec(&c).map_err(|e| OpsError::field("cluster", e.to_string()))?;
     let bundle = materials::new_bundle(&spec.talos_version, import_secrets, system_time(now))
@@ -141,31 +247,50 @@ pub async fn update_cluster(db: &Db, input: &ClusterInput, _now: i64) -> Result<
     let loaded = loaded(db).await?;
     let current = loaded.cluster.name.clone();
     let mut c = loaded.cluster.clone();
-    if let Some(name) = &input.name {
-        check_name(name)?;
-        c.name = name.clone();
-    }
-    cli::apply_cluster_fields(&mut c, &input.fields()).map_err(cli_error)?;
+    apply_cluster_input(&mut c, input)?;
     let spec =
         materials::cluster_spec(&c).map_err(|e| OpsError::field("cluster", e.to_string()))?;
     let mut machines = db.list_machines().await?;
     for m in machines.iter_mut().filter(|m| m.cluster == current) {
         m.cluster = c.name.clone();
-        if c.vip.is_some() && m.ip.map(|i| i.addr) == c.vip {
-            return Err(OpsError::field(
-                "vip",
-                format!(
-                    "{} is the address of {}",
-                    m.ip.map(|i| i.addr.to_string()).unwrap_or_default(),
-                    m.mac
-                ),
-            ));
+        if let (Some(vip), Some(ip)) = (c.vip, m.ip) {
+            if ip.addr == vip {
+                let who = m.hostname.clone().unwrap_or_else(|| m.mac.to_string());
+                return Err(OpsError::field(
+                    "vip",
+                    format!("{vip} is the address of {who}"),
+                ));
+            }
         }
     }
     materials::check_cluster(&spec, &loaded.secrets, &loaded.patches, &machines)
         .map_err(|e| OpsError::field("config", e.to_string()))?;
     db.update_cluster(&current, &c).await?;
     first_cluster(db).await
+}
+
+/// The bootstrap state of the cluster: its generation, when it was bootstrapped, and the
+/// decision and outcome of every generation.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct BootstrapStatus {
+    pub cluster: String,
+    /// Bumped when every control plane was wiped: each generation is bootstrapped once
+    pub generation: i64,
+    /// Milliseconds since the Unix epoch; null until etcd is bootstrapped
+    pub bootstrapped_at: Option<i64>,
+    /// Oldest generation first
+    pub history: Vec<BootstrapRecord>,
+}
+
+pub async fn bootstrap_status(db: &Db) -> Result<BootstrapStatus, OpsError> {
+    let c = first_cluster(db).await?;
+    let history = db.bootstrap_history(&c.name).await?;
+    Ok(BootstrapStatus {
+        cluster: c.name,
+        generation: c.generation,
+        bootstrapped_at: c.bootstrapped_at,
+        history,
+    })
 }
 
 /// A patch as an operator gives it.
@@ -249,7 +374,7 @@ fn affects(scope: PatchScope, mac: Option<Mac>, m: &Machine) -> bool {
 /// What a patch changes in one machine's (redacted) config.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct PatchPreview {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, example = "52:54:00:12:34:56")]
     pub mac: Mac,
     pub hostname: Option<String>,
     /// Unified diff of the rendered config before and after; empty when nothing changes.
@@ -373,7 +498,7 @@ pub async fn talosconfig(db: &Db, now: i64) -> Result<String, OpsError> {
     loaded
         .bundle
         .talosconfig(&loaded.cluster.name, &endpoints, system_time(now))
-        .map_err(|e| OpsError::Refused(e.to_string()))
+        .map_err(|e| OpsError::Refused(format!("cannot make a talosconfig: {e}")))
 }
 
 /// An admin kubeconfig for the cluster's endpoint.
@@ -386,27 +511,79 @@ pub async fn kubeconfig(db: &Db, now: i64) -> Result<String, OpsError> {
             &loaded.spec.endpoint,
             system_time(now),
         )
-        .map_err(|e| OpsError::Refused(e.to_string()))
+        .map_err(|e| OpsError::Refused(format!("cannot make a kubeconfig: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn cluster() -> Cluster {
+        Cluster {
+            name: "lab".into(),
+            endpoint: None,
+            vip: None,
+            talos_version: Some("v1.11.6".into()),
+            kubernetes_version: None,
+            install_image: None,
+            pod_subnets: vec!["10.244.0.0/16".into()],
+            service_subnets: vec!["10.96.0.0/12".into()],
+            dns_domain: "cluster.local".into(),
+            initialised_at: None,
+            generation: 1,
+            single_controlplane: false,
+            bootstrapped_at: None,
+        }
+    }
+
     #[test]
-    fn cli_messages_land_on_their_field() {
-        let e = field_error("--vip 'x' is not an IPv4 address".into());
-        assert_eq!(
-            e.for_field("vip").as_deref(),
-            Some("--vip 'x' is not an IPv4 address")
-        );
-        let e = field_error("--pod-subnets 'x' is not a subnet like 10.244.0.0/16".into());
-        assert!(e.for_field("pod_subnets").is_some());
-        let e =
-            field_error("the cluster needs --endpoint https://<vip-or-lb>:6443 (or --vip)".into());
-        assert!(e.for_field("endpoint").is_some());
-        let e = field_error("--endpoint: not a URL".into());
-        assert!(e.for_field("endpoint").is_some());
+    fn every_bad_cluster_setting_is_reported_beside_its_field() {
+        let mut c = cluster();
+        let input = ClusterInput {
+            name: Some("Lab_1".into()),
+            endpoint: Some("http://x:6443".into()),
+            vip: Some("10.0.0.300".into()),
+            talos_version: Some("v1.2.0".into()),
+            kubernetes_version: Some("1.34".into()),
+            install_image: Some("a b".into()),
+            pod_subnets: Some("10.244.0.0/16, x".into()),
+            service_subnets: Some(",".into()),
+            dns_domain: Some("bad_domain".into()),
+            single_controlplane: None,
+        };
+        let err = apply_cluster_input(&mut c, &input).unwrap_err();
+        for field in [
+            "name",
+            "endpoint",
+            "vip",
+            "talos_version",
+            "kubernetes_version",
+            "install_image",
+            "pod_subnets",
+            "service_subnets",
+            "dns_domain",
+        ] {
+            assert!(err.for_field(field).is_some(), "{field} missing in {err}");
+        }
+        assert_eq!(c, cluster(), "nothing bad is applied");
+    }
+
+    #[test]
+    fn a_vip_makes_the_endpoint_and_defaults_clear() {
+        let mut c = cluster();
+        c.kubernetes_version = Some("1.33.0".into());
+        let input = ClusterInput {
+            vip: Some("10.0.0.5".into()),
+            kubernetes_version: Some("default".into()),
+            pod_subnets: Some("10.244.0.0/16, fd00::/64".into()),
+            ..Default::default()
+        };
+        apply_cluster_input(&mut c, &input).unwrap();
+        assert_eq!(c.endpoint.as_deref(), Some("https://10.0.0.5:6443"));
+        assert_eq!(c.kubernetes_version, None);
+        assert_eq!(c.pod_subnets, ["10.244.0.0/16", "fd00::/64"]);
+        let err = apply_cluster_input(&mut cluster(), &ClusterInput::default()).unwrap_err();
+        assert!(err.for_field("endpoint").is_some(), "{err}");
     }
 
     #[test]
