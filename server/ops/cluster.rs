@@ -480,6 +480,18 @@ pub async fn remove_patch(db: &Db, input: &PatchInput, _now: i64) -> Result<(), 
     }
 }
 
+/// Whether a patch with this scope, MAC and name exists; bad scopes and MACs are field errors.
+pub async fn patch_exists(db: &Db, input: &PatchInput) -> Result<bool, OpsError> {
+    let (scope, mac) = patch_target(input)?;
+    let c = first_cluster(db).await?;
+    let name = input.name.trim();
+    Ok(db
+        .list_patches(&c.name)
+        .await?
+        .iter()
+        .any(|p| p.scope == scope && p.mac == mac && p.name == name))
+}
+
 /// The cluster's patches in the order they apply.
 pub async fn list_patches(db: &Db) -> Result<Vec<PatchRecord>, OpsError> {
     let c = first_cluster(db).await?;
