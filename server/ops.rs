@@ -657,6 +657,167 @@ mod tests {
         assert!(err.for_field("gateway").unwrap().contains("outside"));
     }
 
+    fn lan() -> Lan {
+        Lan {
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            pool: Some(Pool {
+                start: "10.0.0.200".parse().unwrap(),
+                end: "10.0.0.250".parse().unwrap(),
+            }),
+        }
+    }
+
+    fn node(role: &str, n: u8) -> MachineInput {
+        MachineInput {
+            role: Some(role.into()),
+            hostname: Some(format!("{role}-{n}")),
+            ip: Some(format!("10.0.0.{}/24", 10 + n)),
+            ..Default::default()
+        }
+    }
+
+    fn mac_n(n: u8) -> Mac {
+        Mac([0x52, 0x54, 0, 0, 0, n])
+    }
+
+    async fn fresh() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn inventory_rules_refuse_duplicates_the_pool_other_subnets_and_a_fourth_control_plane() {
+        let (_dir, db) = fresh().await;
+        for n in 1..=3 {
+            save_machine(
+                &db,
+                Some(&lan()),
+                mac_n(n),
+                &node("controlplane", n),
+                true,
+                false,
+                1,
+            )
+            .await
+            .unwrap();
+        }
+        let refused = |input: MachineInput, field: &'static str, words: &'static str| {
+            let db = db.clone();
+            async move {
+                let err = save_machine(&db, Some(&lan()), mac_n(9), &input, true, false, 2)
+                    .await
+                    .unwrap_err();
+                let msg = err
+                    .for_field(field)
+                    .unwrap_or_else(|| panic!("{field}: {err}"));
+                assert!(msg.contains(words), "{field}: {msg}");
+            }
+        };
+        refused(node("controlplane", 4), "role", "three control planes").await;
+        refused(
+            MachineInput {
+                hostname: Some("controlplane-1".into()),
+                ..node("worker", 4)
+            },
+            "hostname",
+            "already used by 52:54:00:00:00:01",
+        )
+        .await;
+        refused(
+            MachineInput {
+                ip: Some("10.0.0.11/24".into()),
+                ..node("worker", 4)
+            },
+            "ip",
+            "already used",
+        )
+        .await;
+        refused(
+            MachineInput {
+                ip: Some("10.0.0.210/24".into()),
+                ..node("worker", 4)
+            },
+            "ip",
+            "dynamic pool",
+        )
+        .await;
+        refused(
+            MachineInput {
+                ip: Some("192.168.7.4/24".into()),
+                ..node("worker", 4)
+            },
+            "ip",
+            "outside the LAN subnet",
+        )
+        .await;
+        assert!(
+            db.get_machine(mac_n(9)).await.unwrap().is_none(),
+            "nothing stored"
+        );
+        save_machine(
+            &db,
+            Some(&lan()),
+            mac_n(9),
+            &node("worker", 4),
+            true,
+            false,
+            3,
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn role_change_of_a_bootstrapped_control_plane_needs_confirmation_and_reinstalls() {
+        let (_dir, db) = fresh().await;
+        let saved = save_machine(
+            &db,
+            None,
+            mac_n(1),
+            &node("controlplane", 1),
+            true,
+            false,
+            1,
+        )
+        .await
+        .unwrap();
+        let mut m = saved.machine;
+        m.installed = true;
+        db.update_machine(&m, 2).await.unwrap();
+        let worker = MachineInput {
+            role: Some("worker".into()),
+            ..Default::default()
+        };
+        let cluster = db.get_cluster(None).await.unwrap().unwrap().name;
+        let ip = "10.0.0.11".parse().unwrap();
+        db.decide_bootstrap(&cluster, 1, mac_n(1), ip, 3)
+            .await
+            .unwrap();
+        db.finish_bootstrap(&cluster, 1, "bootstrapped", "test", 4)
+            .await
+            .unwrap();
+        let err = save_machine(&db, None, mac_n(1), &worker, false, false, 5)
+            .await
+            .unwrap_err();
+        match &err {
+            OpsError::NeedsConfirmation(q) => {
+                assert!(q.contains("etcd member") && q.contains("reinstall"), "{q}")
+            }
+            other => panic!("expected a question, got {other}"),
+        }
+        assert_eq!(
+            db.get_machine(mac_n(1)).await.unwrap().unwrap().role,
+            Role::Controlplane
+        );
+        let saved = save_machine(&db, None, mac_n(1), &worker, false, true, 6)
+            .await
+            .unwrap();
+        assert!(saved.reinstall);
+        assert_eq!(saved.machine.role, Role::Worker);
+        assert!(!saved.machine.installed, "marked for reinstall");
+    }
+
     #[test]
     fn secrets_are_hidden_in_displayed_configs() {
         let yaml = "machine:\n  token: abc.def\n  ca:\n    crt: PUBLIC\n    key: PRIVATE\ncluster:\n  secret: s3cr3t\n  secretboxEncryptionSecret: B0XVAL\n  token: t0k\n  serviceAccount:\n    key: |\n      SA-LINE-1\n      SA-LINE-2\n  id: clusterid\n---\nkind: Other\ntoken: doc2\n";
