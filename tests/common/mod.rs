@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub const VERSION: &str = "v1.11.6";
+/// The admin password every test appliance starts with (`ServeOptions.admin_password`).
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
 pub struct Appliance {
     pub http: SocketAddr,
@@ -75,6 +77,7 @@ impl Appliance {
             config_access: Some(bootplane::config::ConfigAccess::Any),
             events_port: Some(PortSetting::Port(events.local_addr().unwrap().port())),
             kernel_log_port: Some(PortSetting::Port(kmsg.local_addr().unwrap().port())),
+            admin_password: Some(bootplane::config::Secret(ADMIN_PASSWORD.into())),
             ..Default::default()
         };
         customise(&mut options);
@@ -130,6 +133,34 @@ impl Appliance {
         format!("http://{}{}", self.http, path)
     }
 
+    /// Logs in as admin over HTTP and returns the session cookie and its CSRF token.
+    pub async fn login(&self) -> Session {
+        let client = no_redirects();
+        let r = client
+            .post(self.url("/login"))
+            .form(&[("username", "admin"), ("password", ADMIN_PASSWORD)])
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_redirection(), "login failed: {}", r.status());
+        let cookie = session_cookie(&r).expect("login sets the session cookie");
+        let page = client
+            .get(self.url("/ui/tokens"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        let html = page.text().await.unwrap();
+        let marker = "name=\"csrf\" value=\"";
+        let start = html.find(marker).expect("pages carry the CSRF token") + marker.len();
+        let end = start + html[start..].find('"').unwrap();
+        Session {
+            cookie,
+            csrf: html[start..end].to_string(),
+        }
+    }
+
     /// Writes stand-in boot assets for `VERSION` and returns the kernel and initramfs bytes.
     pub fn add_assets(&self, kernel_len: usize, initrd_len: usize) -> (Vec<u8>, Vec<u8>) {
         let dir = self.images.path().join(VERSION);
@@ -170,6 +201,32 @@ impl Appliance {
             task.await.unwrap().unwrap();
         }
     }
+}
+
+/// A logged-in browser session: the `Cookie` header value and the session's CSRF token.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+/// An HTTP client that shows redirects instead of following them.
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The `bootplane_session=…` pair a response sets, if any.
+pub fn session_cookie(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|kv| kv.starts_with("bootplane_session=") && kv.len() > "bootplane_session=".len())
+        .map(str::to_string)
 }
 
 /// Runs a real client program and returns (success, stdout, stderr).
