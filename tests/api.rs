@@ -6,6 +6,8 @@
 //! serves (its router and document come from one list), the UI's from `ui::router`'s source, so
 //! a route added later is covered without touching these tests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::BTreeSet;
