@@ -288,14 +288,13 @@ async fn api_fallback() -> Failure {
     )
 )]
 async fn api_openapi_get() -> Response {
-    static DOC: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    match DOC.get_or_init(|| openapi().to_pretty_json().map_err(|e| e.to_string())) {
+    match openapi().to_pretty_json() {
         Ok(text) => (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
-            text.clone(),
+            text,
         )
             .into_response(),
-        Err(e) => Failure::internal("cannot serialise the OpenAPI document", e).into_response(),
+        Err(e) => Failure::internal("cannot serialise the OpenAPI document", &e).into_response(),
     }
 }
 
