@@ -114,7 +114,7 @@ struct Inner {
     settings: Arc<Settings>,
     /// Machines being probed, each with the bell that cuts its backoff short.
     probing: Mutex<HashMap<Mac, Arc<Notify>>>,
-    evaluating: Mutex<HashSet<String>>,
+    evaluating: Mutex<HashMap<String, bool>>,
     /// Control planes being reinstalled whose stale etcd member was already dealt with; a
     /// machine leaves the set when it is installed again, so one reinstall means one removal.
     forgotten: Mutex<HashSet<Mac>>,
@@ -305,18 +305,35 @@ async fn evaluate_all(inner: &Arc<Inner>, cancel: &CancellationToken) {
         Err(_) => return,
     };
     for cluster in clusters {
-        if !lock(&inner.evaluating).insert(cluster.clone()) {
-            continue;
+        // `evaluating` maps a cluster under evaluation to whether another pass was asked for
+        // meanwhile: a signal that arrives during a pass gets its own pass right after it,
+        // instead of waiting for the next tick.
+        {
+            let mut evaluating = lock(&inner.evaluating);
+            if let Some(again) = evaluating.get_mut(&cluster) {
+                *again = true;
+                continue;
+            }
+            evaluating.insert(cluster.clone(), false);
         }
         let inner = Arc::clone(inner);
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            if !cancel.is_cancelled() {
-                if let Err(e) = evaluate(&inner, &cluster).await {
-                    tracing::warn!(cluster = %cluster, error = %e, "cluster evaluation failed");
+            loop {
+                if !cancel.is_cancelled() {
+                    if let Err(e) = evaluate(&inner, &cluster).await {
+                        tracing::warn!(cluster = %cluster, error = %e, "cluster evaluation failed");
+                    }
+                }
+                let mut evaluating = lock(&inner.evaluating);
+                match evaluating.get_mut(&cluster) {
+                    Some(again) if *again && !cancel.is_cancelled() => *again = false,
+                    _ => {
+                        evaluating.remove(&cluster);
+                        return;
+                    }
                 }
             }
-            lock(&inner.evaluating).remove(&cluster);
         });
     }
 }
