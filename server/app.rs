@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub orchestrator: crate::orchestrator::Handle,
     pub login_limiter: crate::auth::LoginLimiter,
+    /// Boot assets: `/assets/` serves only what this store verified.
+    pub images: crate::images::Images,
 }
 
 impl AppState {
@@ -291,6 +293,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // Before anything is served: every recorded boot asset is hashed again, and one that does
+    // not match its record is out of service.
+    let images = crate::images::Images::new(config.boot.images_dir.clone(), db.clone());
+    images.verify_at_start().await;
     crate::auth::ensure_admin(
         &db,
         config.ui.admin_password.as_ref().map(|p| p.0.as_str()),
@@ -375,6 +381,7 @@ pub async fn run(
         metrics,
         orchestrator,
         login_limiter: crate::auth::LoginLimiter::default(),
+        images,
     };
     drop(recorder);
     check_boot_files(&config);

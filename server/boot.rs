@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::app::AppState;
 use crate::config::ConfigAccess;
 use crate::db::Observation;
+use crate::images::{Availability, ServeError, Unservable};
 use crate::materials::{self, MaterialsError};
 use crate::model::{DiskHandoff, EventKind, Lifecycle, Mac, Machine, Role};
 use crate::net;
@@ -73,6 +74,8 @@ struct InstallScript<'a> {
 struct MissingScript<'a> {
     version: &'a str,
     arch: &'a str,
+    /// "are missing" or "are out of service"
+    problem: &'a str,
     missing: &'a str,
     retry_secs: u32,
     retry_url: &'a str,
@@ -96,6 +99,9 @@ pub enum BootError {
     Forbidden,
     #[error("not available yet")]
     Unavailable,
+    /// A boot asset that is recorded but may not be served (failed verification, downloading).
+    #[error("boot asset out of service: {0}")]
+    OutOfService(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -106,7 +112,7 @@ impl IntoResponse for BootError {
             BootError::BadRequest(_) => StatusCode::BAD_REQUEST,
             BootError::NotFound => StatusCode::NOT_FOUND,
             BootError::Forbidden => StatusCode::FORBIDDEN,
-            BootError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            BootError::Unavailable | BootError::OutOfService(_) => StatusCode::SERVICE_UNAVAILABLE,
             BootError::Internal(detail) => {
                 tracing::error!(error = %detail, "boot request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -199,7 +205,13 @@ async fn boot_machine_get(
             (detail, response)
         }
         Some(m) if m.role != Role::Unassigned => {
-            let (detail, response) = install_script(&state, &m, arch, &retry_url, &mac_text);
+            let availability = state
+                .images
+                .availability(&state.config.boot.talos_version, arch)
+                .await
+                .map_err(|e| BootError::Internal(e.to_string()))?;
+            let (detail, response) =
+                install_script(&state, &m, arch, availability, &retry_url, &mac_text);
             if response.is_ok() && detail.starts_with("install") {
                 state
                     .db
@@ -256,26 +268,26 @@ fn install_script(
     state: &AppState,
     m: &Machine,
     arch: Arch,
+    availability: Availability,
     retry_url: &str,
     mac_text: &str,
 ) -> (String, Result<Response, BootError>) {
     let boot = &state.config.boot;
     let version = boot.talos_version.as_str();
-    let version_dir = boot.images_dir.join(version);
-    let missing: Vec<String> = [arch.kernel_file(), arch.initramfs_file()]
-        .into_iter()
-        .filter(|f| !version_dir.join(f).is_file())
-        .map(|f| version_dir.join(f).display().to_string())
-        .collect();
-    if !missing.is_empty() {
-        let missing = missing.join(" ");
-        tracing::warn!(mac = %m.mac, missing = %missing, "boot assets missing");
+    let unavailable = match availability {
+        Availability::Available => None,
+        Availability::Missing(files) => Some(("are missing", files.join(" "))),
+        Availability::OutOfService(reason) => Some(("are out of service", reason)),
+    };
+    if let Some((problem, missing)) = unavailable {
+        tracing::warn!(mac = %m.mac, problem, detail = %missing, "boot assets not available");
         return (
-            format!("boot assets missing: {missing}"),
+            format!("boot assets {problem}: {missing}"),
             script(
                 MissingScript {
                     version,
                     arch: arch.as_str(),
+                    problem,
                     missing: &missing,
                     retry_secs: boot.retry_secs,
                     retry_url,
@@ -381,11 +393,20 @@ async fn boot_asset_get(
         "initramfs-amd64.xz" | "initramfs-arm64.xz" => ("initramfs", EventKind::InitramfsFetched),
         _ => return Err(BootError::NotFound),
     };
-    let path = state.config.boot.images_dir.join(&version).join(&file);
-    if !path.is_file() {
-        tracing::warn!(path = %path.display(), "boot asset requested but missing");
-        return Err(BootError::NotFound);
-    }
+    // Only a file that matches its recorded SHA-256 is served.
+    let path = match state.images.servable(&version, &file).await {
+        Ok(path) => path,
+        Err(ServeError::Unservable(Unservable::Missing)) => {
+            tracing::warn!(version = %version, file = %file, "boot asset requested but missing");
+            return Err(BootError::NotFound);
+        }
+        Err(ServeError::Unservable(Unservable::OutOfService(reason))) => {
+            tracing::warn!(version = %version, file = %file, reason = %reason,
+                "boot asset requested but out of service");
+            return Err(BootError::OutOfService(reason));
+        }
+        Err(ServeError::Images(e)) => return Err(BootError::Internal(e.to_string())),
+    };
     let is_get = req.method() == Method::GET;
     let range = req.headers().get(header::RANGE).is_some();
     let response = serve_counted(&state, path, asset, req).await?;

@@ -10,6 +10,9 @@ use crate::db::{Db, DbError};
 use crate::materials;
 use crate::model::{Mac, Machine};
 
+mod images;
+pub use images::{images, ImagesAdd, ImagesCommand, ImagesDir};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "bootplane",
@@ -31,6 +34,9 @@ pub enum Command {
     /// Manage the cluster: settings, secrets, patches, operator credentials
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Manage Talos boot assets: kernel and initramfs per version, fetched and verified
+    #[command(subcommand)]
+    Images(ImagesCommand),
 }
 
 #[derive(Debug, Args)]

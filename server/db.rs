@@ -15,6 +15,7 @@ use crate::model::{
 
 mod auth;
 mod boot_log;
+mod images;
 mod views;
 pub use auth::{SessionRow, TokenRow, UserRow};
 

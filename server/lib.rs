@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod dhcp;
+pub mod images;
 pub mod inventory;
 pub mod materials;
 pub mod metrics;

@@ -70,6 +70,9 @@ async fn main() -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }
+        Command::Images(cmd) => bootplane::cli::images(cmd, &mut std::io::stdout().lock())
+            .await
+            .map_err(anyhow::Error::from),
         Command::Cluster(cmd) => {
             let clock = clock::SystemClock;
             bootplane::cli::cluster(cmd, &clock, &mut std::io::stdout().lock())

@@ -1,0 +1,1116 @@
+//! Boot assets: the Talos kernel and initramfs per version and architecture, fetched from the
+//! Image Factory, a release URL or local files, recorded with their SHA-256, and verified at
+//! every start and before a file is first served. Nothing unverified is served.
+//!
+//! Files live where the boot surface serves them from, `<images-dir>/<version>/vmlinuz-<arch>`
+//! and `initramfs-<arch>.xz`. A download goes to a hidden `.<name>.part` file beside them (never
+//! served: `/assets/` whitelists names), resumes with an HTTP Range from what that file holds,
+//! and is renamed into place only when both files are complete and match what was expected.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::db::{Db, DbError};
+use crate::talos::Arch;
+
+/// The public Image Factory; an air-gapped mirror is given with `--factory-url`.
+pub const DEFAULT_FACTORY_URL: &str = "https://factory.talos.dev";
+/// Where Talos releases publish `vmlinuz-<arch>` and `initramfs-<arch>.xz`.
+pub const DEFAULT_RELEASE_URL: &str = "https://github.com/siderolabs/talos/releases/download";
+/// Attempts per file before a download is given up (it resumes on the next `add`).
+const DOWNLOAD_ATTEMPTS: u32 = 5;
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// No byte for this long breaks the transfer (and the next attempt resumes it).
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A file's size and SHA-256 (lowercase hex).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// One of an asset's two files: where it came from and, once complete, its digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssetFile {
+    pub origin: String,
+    pub digest: Option<Digest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AssetSource {
+    /// The Talos Image Factory, by schematic ID.
+    Factory { schematic: String },
+    /// A release URL (GitHub release assets by default).
+    Release,
+    /// Local files, copied in.
+    Local,
+    /// Files found in the images directory without a record, adopted with the hash they had.
+    Found,
+}
+
+impl std::fmt::Display for AssetSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AssetSource::Factory { schematic } => write!(f, "factory schematic {schematic}"),
+            AssetSource::Release => f.write_str("release"),
+            AssetSource::Local => f.write_str("local files"),
+            AssetSource::Found => f.write_str("found on disk"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AssetState {
+    Downloading,
+    Ready,
+    /// Out of service, with the reason.
+    Broken(String),
+}
+
+impl std::fmt::Display for AssetState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AssetState::Downloading => f.write_str("downloading"),
+            AssetState::Ready => f.write_str("ready"),
+            AssetState::Broken(_) => f.write_str("broken"),
+        }
+    }
+}
+
+/// The kernel and initramfs of one Talos version and architecture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asset {
+    pub version: String,
+    pub arch: Arch,
+    pub source: AssetSource,
+    pub kernel: AssetFile,
+    pub initramfs: AssetFile,
+    pub state: AssetState,
+    pub updated_at: i64,
+}
+
+/// Where to get an asset from.
+#[derive(Clone, Debug)]
+pub enum SourceSpec {
+    /// `<base>/image/<schematic>/<version>/kernel-<arch>` and `…/initramfs-<arch>.xz`.
+    Factory {
+        base: String,
+        schematic: String,
+    },
+    /// `<base>/<version>/vmlinuz-<arch>` and `…/initramfs-<arch>.xz`.
+    Release {
+        base: String,
+    },
+    Local {
+        kernel: PathBuf,
+        initramfs: PathBuf,
+    },
+}
+
+/// What `add` is asked for.
+#[derive(Clone, Debug)]
+pub struct AddRequest {
+    pub version: String,
+    pub arch: Arch,
+    pub source: SourceSpec,
+    /// SHA-256 the kernel must have (hex); a mismatch keeps the asset out of service.
+    pub expect_kernel: Option<String>,
+    pub expect_initramfs: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// Fetched (or copied), verified and in service.
+    Added(Asset),
+    /// The same source was already in service; nothing was fetched.
+    AlreadyPresent(Asset),
+}
+
+/// Called as bytes arrive: file name, bytes so far, total if known.
+pub type ProgressFn = Arc<dyn Fn(&str, u64, Option<u64>) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(String),
+    #[error("download of {url} failed: {reason}")]
+    Download { url: String, reason: String },
+    #[error("{url} answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("{file} sha256 mismatch: expected {expected}, got {actual}; the asset is not served")]
+    Mismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("Talos {version} {arch} already has assets from {source_desc} (state {state}): remove them first")]
+    Exists {
+        version: String,
+        arch: &'static str,
+        source_desc: String,
+        state: String,
+    },
+    #[error("no assets recorded for Talos {version} {arch}")]
+    NotRecorded { version: String, arch: &'static str },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ImagesError {
+    /// Worth another attempt (the next one resumes).
+    fn transient(&self) -> bool {
+        match self {
+            ImagesError::Download { .. } => true,
+            ImagesError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImagesError {
+    let path = path.to_path_buf();
+    move |source| ImagesError::Io { what, path, source }
+}
+
+/// A Talos version as a directory name: `vX.Y.Z` (and pre-release suffixes), nothing else.
+pub fn validate_version(version: &str) -> Result<(), ImagesError> {
+    crate::config::validate_talos_version(version).map_err(ImagesError::Invalid)
+}
+
+/// An Image Factory schematic ID: 64 lowercase hex digits (a SHA-256 of the schematic).
+pub fn validate_schematic(id: &str) -> Result<(), ImagesError> {
+    if id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(ImagesError::Invalid(format!(
+            "schematic ID '{id}' must be 64 lowercase hex digits"
+        )))
+    }
+}
+
+/// A SHA-256 given on the command line, normalised to lowercase.
+pub fn parse_sha256(text: &str) -> Result<String, ImagesError> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t.strip_prefix("sha256:").unwrap_or(&t).to_string();
+    if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(t)
+    } else {
+        Err(ImagesError::Invalid(format!(
+            "'{text}' is not a SHA-256 (64 hex digits)"
+        )))
+    }
+}
+
+/// `amd64` or `arm64`.
+pub fn parse_arch(text: &str) -> Result<Arch, ImagesError> {
+    match text {
+        "amd64" => Ok(Arch::Amd64),
+        "arm64" => Ok(Arch::Arm64),
+        other => Err(ImagesError::Invalid(format!(
+            "architecture '{other}' must be amd64 or arm64"
+        ))),
+    }
+}
+
+/// The architecture a served file name belongs to, for the two whitelisted names per arch.
+pub fn arch_of_file(file: &str) -> Option<Arch> {
+    [Arch::Amd64, Arch::Arm64]
+        .into_iter()
+        .find(|a| a.kernel_file() == file || a.initramfs_file() == file)
+}
+
+impl SourceSpec {
+    fn urls(&self, version: &str, arch: Arch) -> (String, String) {
+        let a = arch.as_str();
+        match self {
+            SourceSpec::Factory { base, schematic } => {
+                let base = base.trim_end_matches('/');
+                (
+                    format!("{base}/image/{schematic}/{version}/kernel-{a}"),
+                    format!("{base}/image/{schematic}/{version}/initramfs-{a}.xz"),
+                )
+            }
+            SourceSpec::Release { base } => {
+                let base = base.trim_end_matches('/');
+                (
+                    format!("{base}/{version}/vmlinuz-{a}"),
+                    format!("{base}/{version}/initramfs-{a}.xz"),
+                )
+            }
+            SourceSpec::Local { kernel, initramfs } => (
+                kernel.display().to_string(),
+                initramfs.display().to_string(),
+            ),
+        }
+    }
+
+    fn source(&self) -> AssetSource {
+        match self {
+            SourceSpec::Factory { schematic, .. } => AssetSource::Factory {
+                schematic: schematic.clone(),
+            },
+            SourceSpec::Release { .. } => AssetSource::Release,
+            SourceSpec::Local { .. } => AssetSource::Local,
+        }
+    }
+}
+
+/// Why `/assets/` will not serve a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unservable {
+    /// No such file (and no record).
+    Missing,
+    /// Recorded but out of service (downloading, broken, failed verification), with the reason.
+    OutOfService(String),
+}
+
+/// Whether a machine of `arch` can boot `version` now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    Available,
+    /// Files that are not there.
+    Missing(Vec<String>),
+    OutOfService(String),
+}
+
+/// What one `verify` pass found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub ready: Vec<String>,
+    /// `(version arch, reason)` of each asset taken out of service.
+    pub broken: Vec<(String, String)>,
+    pub bytes: u64,
+}
+
+/// What was verified this run: a file's path → the digest it had and its metadata then.
+type Verified = HashMap<PathBuf, (String, u64, Option<SystemTime>)>;
+
+/// The asset store: cheap to clone, shared by the boot surface, start-up and the CLI.
+#[derive(Clone, Debug)]
+pub struct Images {
+    dir: PathBuf,
+    db: Db,
+    /// One async lock per asset (version/arch for downloads, file path for verification):
+    /// a second request waits for the first instead of repeating its work.
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    verified: Arc<Mutex<Verified>>,
+}
+
+impl Images {
+    pub fn new(dir: PathBuf, db: Db) -> Images {
+        Images {
+            dir,
+            db,
+            locks: Arc::default(),
+            verified: Arc::default(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(locks.entry(key).or_default())
+    }
+
+    fn paths(&self, version: &str, arch: Arch) -> (PathBuf, PathBuf) {
+        let dir = self.dir.join(version);
+        (
+            dir.join(arch.kernel_file()),
+            dir.join(arch.initramfs_file()),
+        )
+    }
+
+    fn now_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+
+    pub async fn list(&self) -> Result<Vec<Asset>, ImagesError> {
+        Ok(self.db.list_images().await?)
+    }
+
+    /// Fetches (or copies) an asset, verifies it and puts it in service. A second call for the
+    /// same version and architecture waits for the first, then finds it present.
+    pub async fn add(
+        &self,
+        req: &AddRequest,
+        progress: Option<ProgressFn>,
+    ) -> Result<AddOutcome, ImagesError> {
+        validate_version(&req.version)?;
+        if let SourceSpec::Factory { schematic, .. } = &req.source {
+            validate_schematic(schematic)?;
+        }
+        let expect_kernel = req.expect_kernel.as_deref().map(parse_sha256).transpose()?;
+        let expect_initramfs = req
+            .expect_initramfs
+            .as_deref()
+            .map(parse_sha256)
+            .transpose()?;
+        let (version, arch) = (req.version.as_str(), req.arch);
+        let lock = self.lock_for(format!("add {version} {}", arch.as_str()));
+        let _guard = lock.lock().await;
+
+        let (kernel_origin, initramfs_origin) = match &req.source {
+            SourceSpec::Local { kernel, initramfs } => (
+                absolute(kernel)?.display().to_string(),
+                absolute(initramfs)?.display().to_string(),
+            ),
+            other => other.urls(version, arch),
+        };
+        let source = req.source.source();
+        if let Some(existing) = self.db.get_image(version, arch).await? {
+            let same = existing.source == source
+                && existing.kernel.origin == kernel_origin
+                && existing.initramfs.origin == initramfs_origin;
+            match (&existing.state, same) {
+                (AssetState::Ready, true) => {
+                    let wanted = |exp: &Option<String>, f: &AssetFile| match (exp, &f.digest) {
+                        (Some(e), Some(d)) => *e == d.sha256,
+                        _ => true,
+                    };
+                    if wanted(&expect_kernel, &existing.kernel)
+                        && wanted(&expect_initramfs, &existing.initramfs)
+                    {
+                        return Ok(AddOutcome::AlreadyPresent(existing));
+                    }
+                }
+                // A broken or interrupted asset is fetched again (resuming what is there).
+                (AssetState::Broken(_) | AssetState::Downloading, _) => {}
+                // Files found on disk without a record give way to a recorded source.
+                (AssetState::Ready, false) if existing.source == AssetSource::Found => {}
+                (AssetState::Ready, false) => {
+                    return Err(ImagesError::Exists {
+                        version: version.into(),
+                        arch: arch.as_str(),
+                        source_desc: existing.source.to_string(),
+                        state: existing.state.to_string(),
+                    })
+                }
+            }
+        }
+        let mut asset = Asset {
+            version: version.into(),
+            arch,
+            source,
+            kernel: AssetFile {
+                origin: kernel_origin,
+                digest: None,
+            },
+            initramfs: AssetFile {
+                origin: initramfs_origin,
+                digest: None,
+            },
+            state: AssetState::Downloading,
+            updated_at: Self::now_ms(),
+        };
+        self.db.put_image(&asset).await?;
+        let (kernel_path, initramfs_path) = self.paths(version, arch);
+        let version_dir = self.dir.join(version);
+        tokio::fs::create_dir_all(&version_dir)
+            .await
+            .map_err(io("cannot create", &version_dir))?;
+        let result = self
+            .fetch_pair(
+                req,
+                &mut asset,
+                [&kernel_path, &initramfs_path],
+                [expect_kernel, expect_initramfs],
+                progress,
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                asset.state = AssetState::Ready;
+                asset.updated_at = Self::now_ms();
+                self.db.put_image(&asset).await?;
+                tracing::info!(version, arch = arch.as_str(), source = %asset.source,
+                    "boot assets added");
+                Ok(AddOutcome::Added(asset))
+            }
+            Err(e) => {
+                let reason = match &e {
+                    e if e.transient() => {
+                        format!("download incomplete ({e}); add it again to resume")
+                    }
+                    e => e.to_string(),
+                };
+                tracing::error!(version, arch = arch.as_str(), reason = %reason,
+                    "boot assets not added");
+                self.db
+                    .set_image_state(version, arch, &AssetState::Broken(reason), Self::now_ms())
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Both files to `.part` files, checked, then renamed into place.
+    async fn fetch_pair(
+        &self,
+        req: &AddRequest,
+        asset: &mut Asset,
+        finals: [&Path; 2],
+        expected: [Option<String>; 2],
+        progress: Option<ProgressFn>,
+    ) -> Result<(), ImagesError> {
+        let origins = [asset.kernel.origin.clone(), asset.initramfs.origin.clone()];
+        let mut digests = Vec::with_capacity(2);
+        for ((target, origin), expect) in finals.iter().zip(&origins).zip(expected) {
+            let part = part_path(target);
+            let name = file_name(target);
+            let digest = match &req.source {
+                SourceSpec::Local { .. } => copy_hashed(Path::new(origin), &part).await?,
+                _ => download(origin, &part, &name, progress.clone()).await?,
+            };
+            if let Some(expected) = expect {
+                if expected != digest.sha256 {
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(ImagesError::Mismatch {
+                        file: name,
+                        expected,
+                        actual: digest.sha256,
+                    });
+                }
+            }
+            digests.push(digest);
+        }
+        for target in finals {
+            let part = part_path(target);
+            tokio::fs::rename(&part, target)
+                .await
+                .map_err(io("cannot rename into place", target))?;
+            self.forget_verified(target);
+        }
+        let mut digests = digests.into_iter();
+        asset.kernel.digest = digests.next();
+        asset.initramfs.digest = digests.next();
+        Ok(())
+    }
+
+    /// Forgets an asset and deletes its files (and any partial download).
+    pub async fn remove(&self, version: &str, arch: Arch) -> Result<(), ImagesError> {
+        validate_version(version)?;
+        let lock = self.lock_for(format!("add {version} {}", arch.as_str()));
+        let _guard = lock.lock().await;
+        let recorded = self.db.remove_image(version, arch).await?;
+        let (kernel, initramfs) = self.paths(version, arch);
+        let mut removed_files = false;
+        for path in [&kernel, &initramfs] {
+            for p in [path.clone(), part_path(path)] {
+                match tokio::fs::remove_file(&p).await {
+                    Ok(()) => removed_files = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io("cannot remove", &p)(e)),
+                }
+            }
+            self.forget_verified(path);
+        }
+        if !recorded && !removed_files {
+            return Err(ImagesError::NotRecorded {
+                version: version.into(),
+                arch: arch.as_str(),
+            });
+        }
+        tracing::info!(version, arch = arch.as_str(), "boot assets removed");
+        Ok(())
+    }
+
+    fn forget_verified(&self, path: &Path) {
+        let mut v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        v.remove(path);
+    }
+
+    /// Whether `path` was verified this run against `sha256` and has not changed since.
+    fn still_verified(&self, path: &Path, sha256: &str) -> bool {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return false;
+        };
+        let v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(v.get(path), Some((sha, len, mtime))
+            if sha == sha256 && *len == meta.len() && *mtime == meta.modified().ok())
+    }
+
+    fn mark_verified(&self, path: &Path, sha256: &str) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mut v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            v.insert(
+                path.to_path_buf(),
+                (sha256.to_string(), meta.len(), meta.modified().ok()),
+            );
+        }
+    }
+
+    /// Checks one file against its digest (hashing off the async workers); `Err(reason)` if
+    /// it does not match.
+    async fn check_file(
+        &self,
+        path: &Path,
+        want: &Digest,
+    ) -> Result<Result<(), String>, ImagesError> {
+        if self.still_verified(path, &want.sha256) {
+            return Ok(Ok(()));
+        }
+        let name = file_name(path);
+        let got = match hash_file(path.to_path_buf()).await {
+            Ok(d) => d,
+            Err(ImagesError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(Err(format!("{name} is missing")))
+            }
+            Err(e) => return Err(e),
+        };
+        if got.sha256 != want.sha256 || got.size != want.size {
+            return Ok(Err(format!(
+                "{name} does not match its recorded sha256 (expected {} bytes sha256:{}, found {} bytes sha256:{})",
+                want.size, want.sha256, got.size, got.sha256
+            )));
+        }
+        self.mark_verified(path, &want.sha256);
+        Ok(Ok(()))
+    }
+
+    /// Verifies both files of a recorded asset; a mismatch marks it broken.
+    async fn verify_asset(&self, asset: &Asset) -> Result<Result<u64, String>, ImagesError> {
+        let (kernel_path, initramfs_path) = self.paths(&asset.version, asset.arch);
+        let mut bytes = 0;
+        for (path, file) in [
+            (&kernel_path, &asset.kernel),
+            (&initramfs_path, &asset.initramfs),
+        ] {
+            let Some(want) = &file.digest else {
+                return Ok(Err(format!(
+                    "{} was never completely fetched",
+                    file_name(path)
+                )));
+            };
+            let lock = self.lock_for(format!("verify {}", path.display()));
+            let _guard = lock.lock().await;
+            if let Err(reason) = self.check_file(path, want).await? {
+                self.db
+                    .set_image_state(
+                        &asset.version,
+                        asset.arch,
+                        &AssetState::Broken(reason.clone()),
+                        Self::now_ms(),
+                    )
+                    .await?;
+                tracing::error!(version = %asset.version, arch = asset.arch.as_str(),
+                    reason = %reason, "boot asset out of service");
+                return Ok(Err(reason));
+            }
+            bytes += want.size;
+        }
+        Ok(Ok(bytes))
+    }
+
+    /// Adopts kernel and initramfs found in the images directory without a record, with the
+    /// hash they have now, so they are verified from then on.
+    async fn adopt(&self, version: &str, arch: Arch) -> Result<Option<Asset>, ImagesError> {
+        let lock = self.lock_for(format!("add {version} {}", arch.as_str()));
+        let _guard = lock.lock().await;
+        if let Some(asset) = self.db.get_image(version, arch).await? {
+            return Ok(Some(asset));
+        }
+        let (kernel, initramfs) = self.paths(version, arch);
+        if !kernel.is_file() || !initramfs.is_file() {
+            return Ok(None);
+        }
+        let kd = hash_file(kernel.clone()).await?;
+        let id = hash_file(initramfs.clone()).await?;
+        self.mark_verified(&kernel, &kd.sha256);
+        self.mark_verified(&initramfs, &id.sha256);
+        let asset = Asset {
+            version: version.into(),
+            arch,
+            source: AssetSource::Found,
+            kernel: AssetFile {
+                origin: kernel.display().to_string(),
+                digest: Some(kd),
+            },
+            initramfs: AssetFile {
+                origin: initramfs.display().to_string(),
+                digest: Some(id),
+            },
+            state: AssetState::Ready,
+            updated_at: Self::now_ms(),
+        };
+        self.db.put_image(&asset).await?;
+        tracing::warn!(version, arch = arch.as_str(),
+            "boot assets found without a record: adopted with their current sha256 (use `bootplane images add` to record where they come from)");
+        Ok(Some(asset))
+    }
+
+    /// Verifies every recorded asset (and adopts unrecorded ones found on disk). Ready assets
+    /// that no longer match are taken out of service; broken ones that match again return.
+    pub async fn verify_all(&self) -> Result<VerifyReport, ImagesError> {
+        self.adopt_found().await?;
+        let mut report = VerifyReport::default();
+        for asset in self.db.list_images().await? {
+            let name = format!("{} {}", asset.version, asset.arch.as_str());
+            if asset.state == AssetState::Downloading {
+                continue;
+            }
+            let was_broken = matches!(asset.state, AssetState::Broken(_));
+            if was_broken && (asset.kernel.digest.is_none() || asset.initramfs.digest.is_none()) {
+                if let AssetState::Broken(reason) = &asset.state {
+                    report.broken.push((name, reason.clone()));
+                }
+                continue;
+            }
+            match self.verify_asset(&asset).await? {
+                Ok(bytes) => {
+                    if was_broken {
+                        self.db
+                            .set_image_state(
+                                &asset.version,
+                                asset.arch,
+                                &AssetState::Ready,
+                                Self::now_ms(),
+                            )
+                            .await?;
+                        tracing::info!(asset = %name, "boot asset matches its record again: back in service");
+                    }
+                    report.bytes += bytes;
+                    report.ready.push(name);
+                }
+                Err(reason) => report.broken.push((name, reason)),
+            }
+        }
+        Ok(report)
+    }
+
+    async fn adopt_found(&self) -> Result<(), ImagesError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("cannot read", &self.dir)(e)),
+        };
+        let mut versions: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|v| validate_version(v).is_ok())
+            .collect();
+        versions.sort();
+        for version in versions {
+            for arch in [Arch::Amd64, Arch::Arm64] {
+                self.adopt(&version, arch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// At start-up, before serving: verifies everything, logs what is out of service and how
+    /// long it took.
+    pub async fn verify_at_start(&self) {
+        let started = Instant::now();
+        match self.verify_all().await {
+            Ok(report) => {
+                for (asset, reason) in &report.broken {
+                    tracing::error!(asset = %asset, reason = %reason,
+                        "boot asset out of service: it is not served until it is added again");
+                }
+                tracing::info!(
+                    ready = report.ready.len(),
+                    broken = report.broken.len(),
+                    mib = report.bytes / (1024 * 1024),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "boot assets verified"
+                );
+            }
+            Err(e) => tracing::error!(error = %e,
+                "cannot verify boot assets: unverified ones are checked before they are served"),
+        }
+    }
+
+    /// The file to serve for `/assets/<version>/<file>`, verified against its record first.
+    pub async fn servable(&self, version: &str, file: &str) -> Result<PathBuf, ServeError> {
+        let arch = arch_of_file(file).ok_or(ServeError::Unservable(Unservable::Missing))?;
+        let path = self.dir.join(version).join(file);
+        let asset = match self.db.get_image(version, arch).await? {
+            Some(a) => a,
+            None => match self.adopt(version, arch).await? {
+                Some(a) => a,
+                None => return Err(ServeError::Unservable(Unservable::Missing)),
+            },
+        };
+        match &asset.state {
+            AssetState::Ready => {}
+            AssetState::Downloading => {
+                return Err(ServeError::Unservable(Unservable::OutOfService(
+                    "being downloaded".into(),
+                )))
+            }
+            AssetState::Broken(reason) => {
+                return Err(ServeError::Unservable(Unservable::OutOfService(
+                    reason.clone(),
+                )))
+            }
+        }
+        let want = if file == arch.kernel_file() {
+            &asset.kernel
+        } else {
+            &asset.initramfs
+        };
+        let Some(want) = &want.digest else {
+            return Err(ServeError::Unservable(Unservable::OutOfService(
+                "no digest recorded".into(),
+            )));
+        };
+        let lock = self.lock_for(format!("verify {}", path.display()));
+        let _guard = lock.lock().await;
+        if let Err(reason) = self.check_file(&path, want).await? {
+            self.db
+                .set_image_state(
+                    version,
+                    arch,
+                    &AssetState::Broken(reason.clone()),
+                    Self::now_ms(),
+                )
+                .await?;
+            tracing::error!(version, file, reason = %reason,
+                "boot asset failed verification before serving: out of service");
+            return Err(ServeError::Unservable(Unservable::OutOfService(reason)));
+        }
+        Ok(path)
+    }
+
+    /// Whether a machine of `arch` can boot `version`: what the install script needs to know.
+    pub async fn availability(
+        &self,
+        version: &str,
+        arch: Arch,
+    ) -> Result<Availability, ImagesError> {
+        let (kernel, initramfs) = self.paths(version, arch);
+        if let Some(asset) = self.db.get_image(version, arch).await? {
+            match asset.state {
+                AssetState::Ready => {}
+                AssetState::Downloading => {
+                    return Ok(Availability::OutOfService("being downloaded".into()))
+                }
+                AssetState::Broken(reason) => return Ok(Availability::OutOfService(reason)),
+            }
+        }
+        let missing: Vec<String> = [kernel, initramfs]
+            .iter()
+            .filter(|p| !p.is_file())
+            .map(|p| p.display().to_string())
+            .collect();
+        if missing.is_empty() {
+            Ok(Availability::Available)
+        } else {
+            Ok(Availability::Missing(missing))
+        }
+    }
+}
+
+/// Why `servable` refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("not servable")]
+    Unservable(Unservable),
+    #[error(transparent)]
+    Images(#[from] ImagesError),
+}
+
+impl From<DbError> for ServeError {
+    fn from(e: DbError) -> Self {
+        ServeError::Images(ImagesError::Db(e))
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `<dir>/.<name>.part`: hidden, so `/assets/` never serves it.
+fn part_path(target: &Path) -> PathBuf {
+    target.with_file_name(format!(".{}.part", file_name(target)))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, ImagesError> {
+    std::path::absolute(path).map_err(io("cannot resolve", path))
+}
+
+/// Size and SHA-256 of a file, read on a blocking thread.
+pub async fn hash_file(path: PathBuf) -> Result<Digest, ImagesError> {
+    tokio::task::spawn_blocking(move || {
+        let (hasher, size) = hash_prefix(&path)?;
+        Ok(Digest {
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    })
+    .await
+    .map_err(|e| ImagesError::Internal(e.to_string()))?
+}
+
+/// The SHA-256 state after all of `path`'s bytes, and how many there were.
+fn hash_prefix(path: &Path) -> Result<(Sha256, u64), ImagesError> {
+    let mut file = std::fs::File::open(path).map_err(io("cannot open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io("cannot read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hasher, size))
+}
+
+/// Copies a local file to `part`, hashing it on the way.
+async fn copy_hashed(from: &Path, part: &Path) -> Result<Digest, ImagesError> {
+    let (from, part) = (from.to_path_buf(), part.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut src = std::fs::File::open(&from).map_err(io("cannot open", &from))?;
+        let mut dst = std::fs::File::create(&part).map_err(io("cannot create", &part))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = src.read(&mut buf).map_err(io("cannot read", &from))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            dst.write_all(&buf[..n])
+                .map_err(io("cannot write", &part))?;
+            size += n as u64;
+        }
+        dst.sync_all().map_err(io("cannot write", &part))?;
+        Ok(Digest {
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    })
+    .await
+    .map_err(|e| ImagesError::Internal(e.to_string()))?
+}
+
+fn client() -> Result<reqwest::Client, ImagesError> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(concat!("bootplane/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ImagesError::Client(e.to_string()))
+}
+
+/// Downloads `url` into `part`, resuming from what `part` already holds; retries transient
+/// failures (each retry resumes).
+async fn download(
+    url: &str,
+    part: &Path,
+    name: &str,
+    progress: Option<ProgressFn>,
+) -> Result<Digest, ImagesError> {
+    let client = client()?;
+    let mut attempt = 1;
+    loop {
+        match download_once(&client, url, part, name, progress.as_ref()).await {
+            Ok(d) => return Ok(d),
+            Err(e) if e.transient() && attempt < DOWNLOAD_ATTEMPTS => {
+                tracing::warn!(url, attempt, error = %e, "download interrupted: resuming");
+                tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn transfer(url: &str, e: impl std::fmt::Display) -> ImagesError {
+    ImagesError::Download {
+        url: url.into(),
+        reason: e.to_string(),
+    }
+}
+
+async fn download_once(
+    client: &reqwest::Client,
+    url: &str,
+    part: &Path,
+    name: &str,
+    progress: Option<&ProgressFn>,
+) -> Result<Digest, ImagesError> {
+    let have = match tokio::fs::metadata(part).await {
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    };
+    let mut request = client.get(url);
+    if have > 0 {
+        request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+    }
+    let response = request.send().await.map_err(|e| transfer(url, e))?;
+    let status = response.status().as_u16();
+    let resumed = match status {
+        206 if have > 0 => {
+            let range = response
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !range.starts_with(&format!("bytes {have}-")) {
+                // Not the part asked for: start over.
+                let _ = tokio::fs::remove_file(part).await;
+                return Err(transfer(url, format!("unexpected content-range '{range}'")));
+            }
+            true
+        }
+        200 => false,
+        416 if have > 0 => {
+            // What is there may be too long (the file changed upstream): start over.
+            let _ = tokio::fs::remove_file(part).await;
+            return Err(transfer(url, "range not satisfiable; starting over"));
+        }
+        _ => {
+            return Err(ImagesError::Status {
+                url: url.into(),
+                status,
+            })
+        }
+    };
+    let (mut hasher, mut done) = if resumed {
+        let p = part.to_path_buf();
+        tokio::task::spawn_blocking(move || hash_prefix(&p))
+            .await
+            .map_err(|e| ImagesError::Internal(e.to_string()))??
+    } else {
+        (Sha256::new(), 0)
+    };
+    if resumed {
+        tracing::info!(url, from = done, "resuming download");
+    }
+    let total = response.content_length().map(|len| len + done);
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resumed)
+        .truncate(!resumed)
+        .open(part)
+        .await
+        .map_err(io("cannot open", part))?;
+    let mut body = response.bytes_stream();
+    let mut failure = None;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(transfer(url, e));
+                break;
+            }
+        };
+        file.write_all(&chunk)
+            .await
+            .map_err(io("cannot write", part))?;
+        hasher.update(&chunk);
+        done += chunk.len() as u64;
+        if let Some(p) = progress {
+            p(name, done, total);
+        }
+    }
+    file.flush().await.map_err(io("cannot write", part))?;
+    file.sync_all().await.map_err(io("cannot write", part))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(total) = total {
+        if done != total {
+            return Err(transfer(
+                url,
+                format!("ended after {done} of {total} bytes"),
+            ));
+        }
+    }
+    Ok(Digest {
+        size: done,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn factory_and_release_urls_follow_their_layouts() {
+        let s = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba";
+        let f = SourceSpec::Factory {
+            base: "https://factory.talos.dev/".into(),
+            schematic: s.into(),
+        };
+        assert_eq!(
+            f.urls("v1.11.6", Arch::Amd64),
+            (
+                format!("https://factory.talos.dev/image/{s}/v1.11.6/kernel-amd64"),
+                format!("https://factory.talos.dev/image/{s}/v1.11.6/initramfs-amd64.xz"),
+            )
+        );
+        let r = SourceSpec::Release {
+            base: DEFAULT_RELEASE_URL.into(),
+        };
+        assert_eq!(
+            r.urls("v1.11.6", Arch::Arm64).0,
+            "https://github.com/siderolabs/talos/releases/download/v1.11.6/vmlinuz-arm64"
+        );
+    }
+
+    #[test]
+    fn inputs_are_validated() {
+        assert!(validate_schematic(&"a".repeat(64)).is_ok());
+        assert!(validate_schematic(&"A".repeat(64)).is_err());
+        assert!(validate_schematic("../x").is_err());
+        assert_eq!(
+            parse_sha256(&format!("sha256:{}", "AB".repeat(32))).unwrap(),
+            "ab".repeat(32)
+        );
+        assert!(parse_sha256("abc").is_err());
+        assert!(parse_arch("x86_64").is_err());
+        assert_eq!(arch_of_file("initramfs-arm64.xz"), Some(Arch::Arm64));
+        assert_eq!(arch_of_file(".vmlinuz-amd64.part"), None);
+    }
+
+    #[test]
+    fn partial_files_are_hidden() {
+        assert_eq!(
+            part_path(Path::new("/i/v1.11.6/vmlinuz-amd64")),
+            PathBuf::from("/i/v1.11.6/.vmlinuz-amd64.part")
+        );
+    }
+}

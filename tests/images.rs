@@ -1,0 +1,425 @@
+//! Boot assets: fetched from a local double of the Talos Image Factory (its real URL paths),
+//! verified, and served by a running appliance only when they match their SHA-256.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bootplane::app::{self, Listeners};
+use bootplane::config::{Config, DhcpMode, PortSetting, ServeOptions};
+use bootplane::db::Db;
+use bootplane::images::{
+    AddOutcome, AddRequest, AssetSource, AssetState, Images, ImagesError, SourceSpec,
+};
+use bootplane::model::{Machine, Role};
+use bootplane::net::InterfaceInfo;
+use bootplane::talos::Arch;
+use common::{pattern, Appliance, VERSION};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+const SCHEMATIC: &str = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba";
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// What the factory double saw: each request's path and Range header.
+#[derive(Default)]
+struct Seen {
+    requests: Mutex<Vec<(String, Option<String>)>>,
+}
+
+impl Seen {
+    fn count(&self, file: &str) -> usize {
+        let r = self.requests.lock().unwrap();
+        r.iter().filter(|(p, _)| p.ends_with(file)).count()
+    }
+    fn ranges(&self, file: &str) -> Vec<Option<String>> {
+        let r = self.requests.lock().unwrap();
+        r.iter()
+            .filter(|(p, _)| p.ends_with(file))
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+struct Factory {
+    /// `kernel-amd64` and `initramfs-amd64.xz` of `SCHEMATIC` / `VERSION`.
+    files: HashMap<String, Vec<u8>>,
+    seen: Seen,
+    /// Cut the first kernel response in the middle (the connection closes).
+    cut_once: AtomicBool,
+    /// Pause between chunks, so concurrent requests overlap.
+    slow: bool,
+}
+
+/// The Image Factory's download path: `/image/<schematic>/<version>/<file>`, with Range.
+async fn factory_image_get(
+    State(f): State<Arc<Factory>>,
+    UrlPath((schematic, version, file)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let range = headers
+        .get(header::RANGE)
+        .map(|v| v.to_str().unwrap().to_string());
+    f.seen.requests.lock().unwrap().push((
+        format!("/image/{schematic}/{version}/{file}"),
+        range.clone(),
+    ));
+    let Some(bytes) = f
+        .files
+        .get(&file)
+        .filter(|_| schematic == SCHEMATIC && version == VERSION)
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let len = bytes.len();
+    let start = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .map(|n| n.parse::<usize>().unwrap())
+        .unwrap_or(0);
+    let body = bytes[start..].to_vec();
+    let cut = file.starts_with("kernel") && f.cut_once.swap(false, Ordering::SeqCst);
+    let slow = f.slow;
+    let chunks: Vec<Vec<u8>> = body.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+    let half = chunks.len() / 2;
+    let stream =
+        futures::stream::iter(chunks.into_iter().enumerate()).then(move |(i, c)| async move {
+            if slow {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if cut && i == half {
+                return Err(std::io::Error::other("connection cut"));
+            }
+            Ok::<_, std::io::Error>(c)
+        });
+    let mut response = Response::new(Body::from_stream(stream));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, (len - start).into());
+    h.insert(header::ACCEPT_RANGES, "bytes".parse().unwrap());
+    if start > 0 {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        response.headers_mut().insert(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", len - 1).parse().unwrap(),
+        );
+    }
+    response
+}
+
+use futures::StreamExt;
+
+/// Starts the factory double; returns its base URL and the files it serves.
+async fn factory(cut_once: bool, slow: bool) -> (String, Arc<Factory>, Vec<u8>, Vec<u8>) {
+    let kernel = pattern(1_500_000, 21);
+    let initramfs = pattern(2_500_000, 22);
+    let f = Arc::new(Factory {
+        files: HashMap::from([
+            ("kernel-amd64".to_string(), kernel.clone()),
+            ("initramfs-amd64.xz".to_string(), initramfs.clone()),
+        ]),
+        seen: Seen::default(),
+        cut_once: AtomicBool::new(cut_once),
+        slow,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = Router::new()
+        .route(
+            "/image/{schematic}/{version}/{file}",
+            get(factory_image_get),
+        )
+        .with_state(Arc::clone(&f));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (base, f, kernel, initramfs)
+}
+
+fn from_factory(base: &str) -> AddRequest {
+    AddRequest {
+        version: VERSION.into(),
+        arch: Arch::Amd64,
+        source: SourceSpec::Factory {
+            base: base.into(),
+            schematic: SCHEMATIC.into(),
+        },
+        expect_kernel: None,
+        expect_initramfs: None,
+    }
+}
+
+async fn http_get(url: String) -> (u16, Vec<u8>) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+async fn asset(base: &str, file: &str) -> (u16, Vec<u8>) {
+    http_get(format!("{base}/assets/{VERSION}/{file}")).await
+}
+
+fn controlplane() -> Machine {
+    let mut m = Machine::discovered("52:54:00:12:34:56".parse().unwrap());
+    m.role = Role::Controlplane;
+    m.hostname = Some("cp-1".into());
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn factory_download_is_verified_and_served_byte_for_byte() {
+    let app = Appliance::start().await;
+    let (base, f, kernel, initramfs) = factory(false, false).await;
+    let store = Images::new(app.images.path().to_path_buf(), app.db.clone());
+    let mut req = from_factory(&base);
+    req.expect_kernel = Some(sha256(&kernel).to_uppercase());
+    let AddOutcome::Added(added) = store.add(&req, None).await.unwrap() else {
+        panic!("not added")
+    };
+    assert_eq!(added.state, AssetState::Ready);
+    assert_eq!(
+        added.kernel.origin,
+        format!("{base}/image/{SCHEMATIC}/{VERSION}/kernel-amd64")
+    );
+    assert_eq!(
+        added.initramfs.digest.as_ref().unwrap().sha256,
+        sha256(&initramfs)
+    );
+    assert_eq!(f.seen.count("initramfs-amd64.xz"), 1);
+
+    let (code, body) = asset(&app.url(""), "vmlinuz-amd64").await;
+    assert_eq!(code, 200);
+    assert!(body == kernel, "kernel bytes differ");
+    let (code, body) = asset(&app.url(""), "initramfs-amd64.xz").await;
+    assert_eq!(code, 200);
+    assert!(body == initramfs, "initramfs bytes differ");
+    // No partial file is left beside them.
+    let names: Vec<String> = std::fs::read_dir(app.images.path().join(VERSION))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+
+    // Changed on disk while serving: checked again before the next serve, and refused.
+    std::fs::write(
+        app.images.path().join(VERSION).join("vmlinuz-amd64"),
+        pattern(1_500_000, 99),
+    )
+    .unwrap();
+    let (code, body) = asset(&app.url(""), "vmlinuz-amd64").await;
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("does not match its recorded sha256"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksum_mismatch_is_refused_and_nothing_is_served() {
+    let app = Appliance::start().await;
+    let (base, _f, _kernel, _initramfs) = factory(false, false).await;
+    let store = Images::new(app.images.path().to_path_buf(), app.db.clone());
+    let mut req = from_factory(&base);
+    req.expect_initramfs = Some("0".repeat(64));
+    let err = store.add(&req, None).await.unwrap_err();
+    assert!(
+        matches!(err, ImagesError::Mismatch { ref file, .. } if file == "initramfs-amd64.xz"),
+        "{err}"
+    );
+    let recorded = app
+        .db
+        .get_image(VERSION, Arch::Amd64)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&recorded.state, AssetState::Broken(r) if r.contains("sha256 mismatch")),
+        "{recorded:?}"
+    );
+    // Neither file went into place, and neither is served.
+    assert!(!app
+        .images
+        .path()
+        .join(VERSION)
+        .join("vmlinuz-amd64")
+        .exists());
+    for file in ["vmlinuz-amd64", "initramfs-amd64.xz"] {
+        let (code, _) = asset(&app.url(""), file).await;
+        assert_eq!(code, 503, "{file}");
+    }
+    // A machine waiting for them is told why on its console, and asks again.
+    app.db.add_machine(&controlplane(), 1).await.unwrap();
+    let (code, body) = http_get(app.url("/machine.ipxe?mac=52:54:00:12:34:56")).await;
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("are out of service"), "{body}");
+    assert!(body.contains("sha256 mismatch"), "{body}");
+    assert!(body.contains("chain --replace --autofree"), "{body}");
+    assert!(!body.contains("\nkernel "), "{body}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_download_resumes_with_a_range_and_completes() {
+    let app = Appliance::start().await;
+    let (base, f, kernel, _initramfs) = factory(true, false).await;
+    let store = Images::new(app.images.path().to_path_buf(), app.db.clone());
+    let added = match store.add(&from_factory(&base), None).await.unwrap() {
+        AddOutcome::Added(a) => a,
+        other => panic!("{other:?}"),
+    };
+    let ranges = f.seen.ranges("kernel-amd64");
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[0], None);
+    let from: usize = ranges[1]
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .unwrap_or_else(|| panic!("no resume: {ranges:?}"))
+        .parse()
+        .unwrap();
+    assert!(from > 0 && from < kernel.len(), "{from}");
+    assert_eq!(added.kernel.digest.unwrap().sha256, sha256(&kernel));
+    let (code, body) = asset(&app.url(""), "vmlinuz-amd64").await;
+    assert_eq!(code, 200);
+    assert!(body == kernel, "kernel bytes differ");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_adds_download_once() {
+    let app = Appliance::start().await;
+    let (base, f, _kernel, _initramfs) = factory(false, true).await;
+    let store = Images::new(app.images.path().to_path_buf(), app.db.clone());
+    let req = from_factory(&base);
+    let other = store.clone();
+    let (a, b) = tokio::join!(store.add(&req, None), other.add(&req, None));
+    let outcomes = [a.unwrap(), b.unwrap()];
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, AddOutcome::Added(_)))
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(f.seen.count("kernel-amd64"), 1);
+    assert_eq!(f.seen.count("initramfs-amd64.xz"), 1);
+    app.stop().await;
+}
+
+/// An appliance on `data` and `images` (so assets can be recorded before it starts).
+async fn start_on(
+    data: &Path,
+    images: &Path,
+    db: Db,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let ipxe = tempfile::tempdir().unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tftp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = http.local_addr().unwrap();
+    let options = ServeOptions {
+        data_dir: Some(data.to_path_buf()),
+        advertise_ip: Some(Ipv4Addr::LOCALHOST),
+        http_port: Some(addr.port()),
+        tftp_port: Some(tftp.local_addr().unwrap().port()),
+        dhcp_mode: Some(DhcpMode::Off),
+        ipxe_dir: Some(ipxe.path().to_path_buf()),
+        images_dir: Some(images.to_path_buf()),
+        talos_version: Some(VERSION.into()),
+        events_port: Some(PortSetting::Off),
+        kernel_log_port: Some(PortSetting::Off),
+        admin_password: Some(bootplane::config::Secret("test-admin-password".into())),
+        ..Default::default()
+    };
+    let iface = InterfaceInfo {
+        name: "lo".into(),
+        index: 1,
+        cidr: "127.0.0.1/8".parse().unwrap(),
+        gateway: None,
+    };
+    let config = Config::resolve(options, iface).unwrap();
+    let listeners = Listeners {
+        http,
+        tftp,
+        dhcp: None,
+        ra: None,
+        talos_events: None,
+        kernel_logs: None,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app::run(
+        config,
+        db,
+        bootplane::clock::system(),
+        listeners,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (format!("http://{addr}"), stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_corrupted_on_disk_is_detected_at_start_and_not_served() {
+    let data = tempfile::tempdir().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let (kernel, initramfs) = (pattern(700_000, 31), pattern(900_000, 32));
+    std::fs::write(src.path().join("k"), &kernel).unwrap();
+    std::fs::write(src.path().join("i"), &initramfs).unwrap();
+    let db = Db::open(data.path()).await.unwrap();
+    let store = Images::new(images.path().to_path_buf(), db.clone());
+    let req = AddRequest {
+        version: VERSION.into(),
+        arch: Arch::Amd64,
+        source: SourceSpec::Local {
+            kernel: src.path().join("k"),
+            initramfs: src.path().join("i"),
+        },
+        expect_kernel: Some(sha256(&kernel)),
+        expect_initramfs: None,
+    };
+    let AddOutcome::Added(added) = store.add(&req, None).await.unwrap() else {
+        panic!("not added")
+    };
+    assert_eq!(added.source, AssetSource::Local);
+
+    // One byte flipped, same length: only the hash can tell.
+    let on_disk = images.path().join(VERSION).join("initramfs-amd64.xz");
+    let mut bytes = std::fs::read(&on_disk).unwrap();
+    bytes[450_000] ^= 0x01;
+    std::fs::write(&on_disk, &bytes).unwrap();
+
+    let (base, stop, task) = start_on(data.path(), images.path(), db.clone()).await;
+    // The first answer comes after start-up verification; nothing asked for the asset yet.
+    let (code, _) = http_get(format!("{base}/healthz")).await;
+    assert_eq!(code, 200);
+    let recorded = db.get_image(VERSION, Arch::Amd64).await.unwrap().unwrap();
+    assert!(
+        matches!(&recorded.state, AssetState::Broken(r)
+            if r.contains("initramfs-amd64.xz does not match its recorded sha256")),
+        "{recorded:?}"
+    );
+    let (code, body) = http_get(format!("{base}/assets/{VERSION}/initramfs-amd64.xz")).await;
+    assert_eq!(code, 503);
+    assert!(body != bytes);
+    let (code, _) = http_get(format!("{base}/assets/{VERSION}/vmlinuz-amd64")).await;
+    assert_eq!(code, 503, "the pair is out of service together");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
