@@ -962,6 +962,23 @@ fn transfer(url: &str, e: impl std::fmt::Display) -> ImagesError {
     }
 }
 
+/// A reqwest error with its causes ("connection refused" is in the source chain, not the top).
+fn transfer_error(url: &str, e: reqwest::Error) -> ImagesError {
+    let mut reason = String::new();
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        if !reason.is_empty() {
+            reason.push_str(": ");
+        }
+        reason.push_str(&c.to_string());
+        cause = c.source();
+    }
+    if reason.is_empty() {
+        reason = e.to_string();
+    }
+    transfer(url, reason)
+}
+
 async fn download_once(
     client: &reqwest::Client,
     url: &str,
@@ -977,7 +994,7 @@ async fn download_once(
     if have > 0 {
         request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
-    let response = request.send().await.map_err(|e| transfer(url, e))?;
+    let response = request.send().await.map_err(|e| transfer_error(url, e))?;
     let status = response.status().as_u16();
     let resumed = match status {
         206 if have > 0 => {
@@ -995,6 +1012,17 @@ async fn download_once(
         }
         200 => false,
         416 if have > 0 => {
+            let complete = response
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes */"))
+                .and_then(|n| n.parse::<u64>().ok())
+                == Some(have);
+            if complete {
+                // An earlier attempt got every byte: hash what is there.
+                return hash_file(part.to_path_buf()).await;
+            }
             // What is there may be too long (the file changed upstream): start over.
             let _ = tokio::fs::remove_file(part).await;
             return Err(transfer(url, "range not satisfiable; starting over"));
@@ -1032,7 +1060,7 @@ async fn download_once(
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                failure = Some(transfer(url, e));
+                failure = Some(transfer_error(url, e));
                 break;
             }
         };

@@ -239,8 +239,8 @@ pub async fn images(cmd: ImagesCommand, out: &mut dyn Write) -> Result<(), CliEr
             write(
                 out,
                 format!(
-                    "verified {} MiB in {:.1} s\n",
-                    report.bytes / (1024 * 1024),
+                    "verified {:.1} MiB in {:.1} s\n",
+                    report.bytes as f64 / (1024.0 * 1024.0),
                     started.elapsed().as_secs_f64()
                 ),
             )?;
