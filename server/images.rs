@@ -338,6 +338,37 @@ impl Images {
         Arc::clone(locks.entry(key).or_default())
     }
 
+    /// An exclusive `flock` on `<version>/.<arch>.lock`, held until dropped: downloads of one
+    /// asset by different processes on the same images directory take turns.
+    async fn file_lock(
+        &self,
+        version: &str,
+        arch: Arch,
+    ) -> Result<nix::fcntl::Flock<std::fs::File>, ImagesError> {
+        let dir = self.dir.join(version);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io("cannot create", &dir))?;
+        let path = dir.join(format!(".{}.lock", arch.as_str()));
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io("cannot open", &path))?;
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
+                |(_, errno)| ImagesError::Io {
+                    what: "cannot lock",
+                    path: path.clone(),
+                    source: std::io::Error::from(errno),
+                },
+            )
+        })
+        .await
+        .map_err(|e| ImagesError::Internal(e.to_string()))?
+    }
+
     fn paths(&self, version: &str, arch: Arch) -> (PathBuf, PathBuf) {
         let dir = self.dir.join(version);
         (
@@ -377,6 +408,8 @@ impl Images {
         let (version, arch) = (req.version.as_str(), req.arch);
         let lock = self.lock_for(format!("add {version} {}", arch.as_str()));
         let _guard = lock.lock().await;
+        // Another process (a second `images add`, or `serve`) waits here too.
+        let _file_lock = self.file_lock(version, arch).await?;
 
         let (kernel_origin, initramfs_origin) = match &req.source {
             SourceSpec::Local { kernel, initramfs } => (
@@ -433,10 +466,6 @@ impl Images {
         };
         self.db.put_image(&asset).await?;
         let (kernel_path, initramfs_path) = self.paths(version, arch);
-        let version_dir = self.dir.join(version);
-        tokio::fs::create_dir_all(&version_dir)
-            .await
-            .map_err(io("cannot create", &version_dir))?;
         let result = self
             .fetch_pair(
                 req,
@@ -521,6 +550,13 @@ impl Images {
         let lock = self.lock_for(format!("add {version} {}", arch.as_str()));
         let _guard = lock.lock().await;
         let recorded = self.db.remove_image(version, arch).await?;
+        if !recorded && !self.dir.join(version).is_dir() {
+            return Err(ImagesError::NotRecorded {
+                version: version.into(),
+                arch: arch.as_str(),
+            });
+        }
+        let _file_lock = self.file_lock(version, arch).await?;
         let (kernel, initramfs) = self.paths(version, arch);
         let mut removed_files = false;
         for path in [&kernel, &initramfs] {
