@@ -429,8 +429,11 @@ impl Images {
                         (Some(e), Some(d)) => *e == d.sha256,
                         _ => true,
                     };
+                    // Present only if its files still match their record; otherwise (the
+                    // mismatch marks it broken) it is fetched again.
                     if wanted(&expect_kernel, &existing.kernel)
                         && wanted(&expect_initramfs, &existing.initramfs)
+                        && self.verify_asset(&existing).await?.is_ok()
                     {
                         return Ok(AddOutcome::AlreadyPresent(existing));
                     }

@@ -222,6 +222,15 @@ async fn factory_download_is_verified_and_served_byte_for_byte() {
     let (code, body) = asset(&app.url(""), "vmlinuz-amd64").await;
     assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("does not match its recorded sha256"));
+
+    // Adding it again repairs it: fetched again (the kernel only now changed), back in service.
+    let AddOutcome::Added(_) = store.add(&from_factory(&base), None).await.unwrap() else {
+        panic!("a broken asset is fetched again")
+    };
+    assert_eq!(f.seen.count("kernel-amd64"), 2);
+    let (code, body) = asset(&app.url(""), "vmlinuz-amd64").await;
+    assert_eq!(code, 200);
+    assert!(body == kernel, "kernel bytes differ");
     app.stop().await;
 }
 
@@ -316,6 +325,21 @@ async fn two_concurrent_adds_download_once() {
     );
     assert_eq!(f.seen.count("kernel-amd64"), 1);
     assert_eq!(f.seen.count("initramfs-amd64.xz"), 1);
+
+    // Present means its files still match: a kernel changed on disk is fetched again.
+    let AddOutcome::AlreadyPresent(_) = store.add(&req, None).await.unwrap() else {
+        panic!("present and intact")
+    };
+    assert_eq!(f.seen.count("kernel-amd64"), 1);
+    std::fs::write(
+        app.images.path().join(VERSION).join("vmlinuz-amd64"),
+        b"not a kernel",
+    )
+    .unwrap();
+    let AddOutcome::Added(_) = store.add(&req, None).await.unwrap() else {
+        panic!("a changed file is fetched again")
+    };
+    assert_eq!(f.seen.count("kernel-amd64"), 2);
     app.stop().await;
 }
 
