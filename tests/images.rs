@@ -470,3 +470,84 @@ async fn file_corrupted_on_disk_is_detected_at_start_and_not_served() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_adds_lists_verifies_and_removes() {
+    let (base, f, kernel, _initramfs) = factory(false, false).await;
+    let data = tempfile::tempdir().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootplane"));
+        cmd.arg("images")
+            .args(args)
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--images-dir")
+            .arg(images.path())
+            .env_remove("BOOTPLANE_FACTORY_URL");
+        async move {
+            let out = cmd.output().await.unwrap();
+            (
+                out.status.success(),
+                String::from_utf8(out.stdout).unwrap(),
+                String::from_utf8(out.stderr).unwrap(),
+            )
+        }
+    };
+    let (ok, out, err) = cli(&[
+        "add",
+        "--version",
+        VERSION,
+        "--schematic",
+        SCHEMATIC,
+        "--factory-url",
+        &base,
+        "--sha256-kernel",
+        &sha256(&kernel),
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(&format!("added {VERSION} amd64 ready")),
+        "{out}"
+    );
+    assert!(err.contains("vmlinuz-amd64: 1.4 / 1.4 MiB (100%)"), "{err}");
+    assert_eq!(f.seen.count("kernel-amd64"), 1);
+
+    let (ok, out, err) = cli(&["list"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("sha256:{}", sha256(&kernel))),
+        "{out}"
+    );
+
+    let (ok, _, err) = cli(&[
+        "add",
+        "--version",
+        VERSION,
+        "--release",
+        "--schematic",
+        SCHEMATIC,
+    ])
+    .await;
+    assert!(!ok);
+    assert!(err.contains("give one source"), "{err}");
+
+    std::fs::write(images.path().join(VERSION).join("vmlinuz-amd64"), b"x").unwrap();
+    let (ok, out, _) = cli(&["verify"]).await;
+    assert!(!ok, "a mismatch fails verify");
+    assert!(
+        out.contains(&format!(
+            "broken  {VERSION} amd64: vmlinuz-amd64 does not match"
+        )),
+        "{out}"
+    );
+
+    let (ok, out, err) = cli(&["remove", "--version", VERSION]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("removed"), "{out}");
+    assert!(!images.path().join(VERSION).join("vmlinuz-amd64").exists());
+    let (ok, out, _) = cli(&["list"]).await;
+    assert!(ok);
+    assert_eq!(out, "no boot assets recorded\n");
+}
