@@ -674,6 +674,11 @@ impl Images {
     /// Adopts kernel and initramfs found in the images directory without a record, with the
     /// hash they have now, so they are verified from then on.
     async fn adopt(&self, version: &str, arch: Arch) -> Result<Option<Asset>, ImagesError> {
+        // Checked before taking a lock: requests for versions that are not there create no
+        // lock entries.
+        if !self.dir.join(version).is_dir() {
+            return Ok(None);
+        }
         let lock = self.lock_for(format!("add {version} {}", arch.as_str()));
         let _guard = lock.lock().await;
         if let Some(asset) = self.db.get_image(version, arch).await? {
