@@ -13,8 +13,7 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bootplane::db::Db;
 use bootplane::model::{
@@ -24,7 +23,6 @@ use bootplane::orchestrator::Settings;
 use bootplane::talos::double::{
     CallRecord, DoubleConfig, EtcdChange, EtcdStore, NodeRole, Phase, PhaseChange, TalosDouble,
 };
-use bootplane::talos::secrets::SecretsBundle;
 use common::{Appliance, VERSION};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
@@ -36,38 +34,6 @@ const CP1: usize = 0;
 const CP2: usize = 1;
 const CP3: usize = 2;
 const W1: usize = 3;
-
-/// One secrets bundle for every test; each test has its own database, so sharing it changes
-/// nothing else. Making one takes seconds (its RSA key), so the first run keeps it for later
-/// runs in Cargo's scratch directory for integration tests.
-fn bundle() -> &'static SecretsBundle {
-    static B: OnceLock<SecretsBundle> = OnceLock::new();
-    B.get_or_init(|| {
-        let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("orchestrator-secrets.yaml");
-        if let Some(bundle) = std::fs::read_to_string(&kept)
-            .ok()
-            .and_then(|text| SecretsBundle::from_yaml(&text).ok())
-        {
-            return bundle;
-        }
-        let bundle = SecretsBundle::generate(VERSION, SystemTime::now()).unwrap();
-        let partial = kept.with_extension(format!("{}.partial", std::process::id()));
-        if std::fs::write(&partial, bundle.to_yaml()).is_ok() {
-            let _ = std::fs::rename(&partial, &kept);
-        }
-        bundle
-    })
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 /// The orchestrator re-evaluates every cluster at least this often without any signal;
 /// waiting a little longer than this shows what a re-evaluation does (or does not do).
@@ -168,7 +134,7 @@ impl Lab {
             };
             let mut config = DoubleConfig::new(name, node_role, (ip, port).into());
             config.etcd = store.clone();
-            let double = TalosDouble::new(bundle(), config).unwrap();
+            let double = TalosDouble::new(common::cached_bundle(), config).unwrap();
             let mut node = Node {
                 name,
                 mac: Mac([0x52, 0x54, 0x00, net, 0x00, host]),
@@ -285,11 +251,18 @@ async fn provision(db: &Db, lab: &Lab) {
     c.endpoint = Some(format!("https://{vip}:6443"));
     c.vip = Some(vip);
     c.talos_version = Some(VERSION.into());
-    db.init_cluster("default", &c, &bundle().to_yaml(), now_ms())
-        .await
-        .unwrap();
+    db.init_cluster(
+        "default",
+        &c,
+        &common::cached_bundle().to_yaml(),
+        common::now_ms(),
+    )
+    .await
+    .unwrap();
     for n in &lab.nodes {
-        db.add_machine(&n.machine(), now_ms()).await.unwrap();
+        db.add_machine(&n.machine(), common::now_ms())
+            .await
+            .unwrap();
     }
 }
 
@@ -539,7 +512,7 @@ async fn bootstraps_once_when_three_of_three_report_in() {
     assert!(w.lab.calls_of("Bootstrap").is_empty());
     assert!(w.record(1).await.is_none(), "{}", w.dump().await);
 
-    let last_fetch = now_ms();
+    let last_fetch = common::now_ms();
     w.fetch_config(CP3).await;
     let (node, call) = w
         .wait("the Bootstrap call", Duration::from_secs(10), || async {
@@ -863,7 +836,7 @@ async fn crash_between_marking_and_calling_never_bootstraps_twice() {
 
     // Run 2, default hold-off (300 s): the call may have gone out, so none follows. The
     // orchestrator checks the target's etcd (evidence it re-evaluated) and holds off.
-    let restarted = now_ms();
+    let restarted = common::now_ms();
     let serve = Serve::start(&w, dirs.path(), http_port, &[], false).await;
     w.wait(
         "a re-evaluation after the restart (EtcdMemberList on the target)",
@@ -1242,7 +1215,7 @@ async fn bootstrap_call_without_an_answer_is_not_repeated_within_the_holdoff() {
     let gave_up =
         called_at + i64::try_from(bootplane::talos::api::CALL_TIMEOUT.as_millis()).unwrap() + 1000;
     tokio::time::sleep(Duration::from_millis(
-        u64::try_from(gave_up - now_ms()).unwrap_or(0),
+        u64::try_from(gave_up - common::now_ms()).unwrap_or(0),
     ))
     .await;
     // The node finishes: etcd now runs on cp1, but bootplane never heard the answer.

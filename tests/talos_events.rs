@@ -8,9 +8,7 @@ mod common;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bootplane::cli::{Cli, Command};
 use bootplane::config::PortSetting;
@@ -19,7 +17,6 @@ use bootplane::talos::api::pb::events::event_sink_service_client::EventSinkServi
 use bootplane::talos::api::pb::events::EventRequest;
 use bootplane::talos::api::pb::machine as m;
 use bootplane::talos::double::{DoubleConfig, NodeRole, TalosDouble};
-use bootplane::talos::secrets::SecretsBundle;
 use clap::Parser;
 use common::{Appliance, VERSION};
 use hyper_util::rt::TokioIo;
@@ -27,36 +24,6 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::{Channel, Endpoint};
-
-/// Shared with the orchestrator tests: making a bundle takes seconds (its RSA key).
-fn bundle() -> &'static SecretsBundle {
-    static B: OnceLock<SecretsBundle> = OnceLock::new();
-    B.get_or_init(|| {
-        let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("orchestrator-secrets.yaml");
-        if let Some(bundle) = std::fs::read_to_string(&kept)
-            .ok()
-            .and_then(|text| SecretsBundle::from_yaml(&text).ok())
-        {
-            return bundle;
-        }
-        let bundle = SecretsBundle::generate(VERSION, SystemTime::now()).unwrap();
-        let partial = kept.with_extension(format!("{}.partial", std::process::id()));
-        if std::fs::write(&partial, bundle.to_yaml()).is_ok() {
-            let _ = std::fs::rename(&partial, &kept);
-        }
-        bundle
-    })
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 fn node(ip: Ipv4Addr, host: u8) -> Machine {
     let mut m = Machine::discovered(Mac([0x52, 0x54, 0x00, ip.octets()[2], 0x00, host]));
@@ -75,11 +42,16 @@ async fn provision(app: &Appliance, net: u8, machines: &[&Machine]) {
     c.vip = Some(vip);
     c.talos_version = Some(VERSION.into());
     app.db
-        .init_cluster("default", &c, &bundle().to_yaml(), now_ms())
+        .init_cluster(
+            "default",
+            &c,
+            &common::cached_bundle().to_yaml(),
+            common::now_ms(),
+        )
         .await
         .unwrap();
     for m in machines {
-        app.db.add_machine(m, now_ms()).await.unwrap();
+        app.db.add_machine(m, common::now_ms()).await.unwrap();
     }
 }
 
@@ -217,7 +189,7 @@ fn serve_double(socket: socket2::Socket, name: &str, ip: Ipv4Addr, port: u16) ->
     let listener: std::net::TcpListener = socket.into();
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let config = DoubleConfig::new(name, NodeRole::Controlplane, (ip, port).into());
-    let double = TalosDouble::new(bundle(), config).unwrap();
+    let double = TalosDouble::new(common::cached_bundle(), config).unwrap();
     let serving = double.clone();
     tokio::spawn(async move {
         let _ = serving.serve(listener, std::future::pending()).await;
@@ -230,7 +202,7 @@ async fn install_script_tells_talos_where_to_send_events_and_kernel_logs() {
     let app = Appliance::start().await;
     app.add_assets(1000, 1000);
     let cp = node(Ipv4Addr::new(127, 0, 70, 11), 11);
-    app.db.add_machine(&cp, now_ms()).await.unwrap();
+    app.db.add_machine(&cp, common::now_ms()).await.unwrap();
     let script = |app: &Appliance| {
         let url = app.url(&format!(
             "/machine.ipxe?mac={}&arch=x86_64",
@@ -259,7 +231,7 @@ async fn install_script_tells_talos_where_to_send_events_and_kernel_logs() {
     })
     .await;
     app.add_assets(1000, 1000);
-    app.db.add_machine(&cp, now_ms()).await.unwrap();
+    app.db.add_machine(&cp, common::now_ms()).await.unwrap();
     let body = script(&app).await;
     assert!(body.contains("talos.config="), "{body}");
     assert!(!body.contains("talos.events.sink"), "{body}");
@@ -398,7 +370,7 @@ async fn sink_events_alone_never_mark_a_machine_ready() {
 async fn sink_ignores_unknown_peers_and_payloads_it_cannot_read() {
     let app = Appliance::start().await;
     let known = node(Ipv4Addr::new(127, 0, 73, 11), 11);
-    app.db.add_machine(&known, now_ms()).await.unwrap();
+    app.db.add_machine(&known, common::now_ms()).await.unwrap();
     let sink = app.events.unwrap();
 
     // An address that is no machine: the connection is closed, nothing is recorded.
@@ -503,7 +475,7 @@ async fn kernel_log_lines_land_in_the_boot_log_in_order() {
     let app = Appliance::start().await;
     let ip = Ipv4Addr::new(127, 0, 74, 11);
     let cp = node(ip, 11);
-    app.db.add_machine(&cp, now_ms()).await.unwrap();
+    app.db.add_machine(&cp, common::now_ms()).await.unwrap();
     let mut tcp = connect_from(ip, app.kmsg.unwrap()).await.unwrap();
     let text: String = (0..300)
         .map(|i| kmsg_line(i, &format!("line {i} \u{1b}[1m\tä")))
@@ -559,7 +531,7 @@ async fn kernel_log_drops_garbage_oversize_lines_and_strangers_and_keeps_going()
     let app = Appliance::start().await;
     let ip = Ipv4Addr::new(127, 0, 75, 11);
     let cp = node(ip, 11);
-    app.db.add_machine(&cp, now_ms()).await.unwrap();
+    app.db.add_machine(&cp, common::now_ms()).await.unwrap();
     let kmsg = app.kmsg.unwrap();
 
     // A stranger is hung up on and stores nothing.
@@ -626,7 +598,7 @@ async fn boot_log_keeps_only_the_newest_lines_per_machine() {
     let app = Appliance::start_with(|o| o.boot_log_lines = Some(50)).await;
     let ip = Ipv4Addr::new(127, 0, 76, 11);
     let cp = node(ip, 11);
-    app.db.add_machine(&cp, now_ms()).await.unwrap();
+    app.db.add_machine(&cp, common::now_ms()).await.unwrap();
     let mut tcp = connect_from(ip, app.kmsg.unwrap()).await.unwrap();
     for batch in 0..5u64 {
         let text: String = (batch * 100..batch * 100 + 100)

@@ -267,3 +267,37 @@ pub async fn run_client(
 pub fn s(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
+
+/// One secrets bundle for every orchestrator-style test; each test has its own database, so
+/// sharing it changes nothing else. Making one takes seconds (its RSA key), so the first run
+/// keeps it for later runs in Cargo's scratch directory for integration tests.
+pub fn cached_bundle() -> &'static bootplane::talos::secrets::SecretsBundle {
+    use bootplane::talos::secrets::SecretsBundle;
+    static B: std::sync::OnceLock<SecretsBundle> = std::sync::OnceLock::new();
+    B.get_or_init(|| {
+        let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("orchestrator-secrets.yaml");
+        if let Some(bundle) = std::fs::read_to_string(&kept)
+            .ok()
+            .and_then(|text| SecretsBundle::from_yaml(&text).ok())
+        {
+            return bundle;
+        }
+        let bundle = SecretsBundle::generate(VERSION, std::time::SystemTime::now()).unwrap();
+        let partial = kept.with_extension(format!("{}.partial", std::process::id()));
+        if std::fs::write(&partial, bundle.to_yaml()).is_ok() {
+            let _ = std::fs::rename(&partial, &kept);
+        }
+        bundle
+    })
+}
+
+/// Milliseconds since the Unix epoch, as the appliance's clock gives them.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
