@@ -237,11 +237,6 @@ pub async fn machine_update_patch(
     let confirm = q.confirm.unwrap_or(false);
     let saved = ops::save_machine(&state.db, Some(&lan), mac, &input, false, confirm, now).await?;
     state.changed();
-    if saved.reinstall {
-        state
-            .orchestrator
-            .signal(crate::orchestrator::Signal::Reinstalled(mac));
-    }
     tracing::info!(%mac, role = %saved.machine.role, by = %op.name(), "api: machine saved");
     Ok(Json(SavedMachine {
         machine: saved.machine,
@@ -302,9 +297,6 @@ pub async fn machine_reinstall_post(
     let mac = path_mac(&mac)?;
     let m = ops::reinstall_machine(&state.db, mac, state.recorder.now_ms()).await?;
     state.changed();
-    state
-        .orchestrator
-        .signal(crate::orchestrator::Signal::Reinstalled(mac));
     tracing::info!(%mac, by = %op.name(), "api: reinstall requested");
     Ok(Json(m))
 }

@@ -114,7 +114,9 @@ impl Filters {
 }
 
 async fn rows(state: &AppState, filters: &Filters) -> Result<(Vec<Row>, String), OpsError> {
-    let machines = state.db.list_machines().await?;
+    // The in-memory snapshot, like the boot path: a poll of the list costs no machine query.
+    let snapshot = state.inventory.snapshot();
+    let machines: Vec<&Machine> = snapshot.by_mac.values().collect();
     let latest = state.db.latest_events().await?;
     let now = state.recorder.now_ms();
     let count = |s: Lifecycle| machines.iter().filter(|m| m.state == s).count();
@@ -127,7 +129,7 @@ async fn rows(state: &AppState, filters: &Filters) -> Result<(Vec<Row>, String),
         count(Lifecycle::Assigned),
         count(Lifecycle::Discovered),
     );
-    let mut list: Vec<&Machine> = machines.iter().filter(|m| filters.keeps(m)).collect();
+    let mut list: Vec<&Machine> = machines.into_iter().filter(|m| filters.keeps(m)).collect();
     // Machines waiting for the operator first, then by role and name.
     list.sort_by_key(|m| {
         (
@@ -452,13 +454,23 @@ struct MachinePage {
     revealed: bool,
 }
 
-fn parse_mac(text: &str) -> Result<Mac, Box<Response>> {
-    text.parse::<Mac>().map_err(|e| {
-        Box::new(error_page(
-            StatusCode::NOT_FOUND,
-            &format!("no such machine: {e}"),
-        ))
-    })
+/// The `{mac}` of a page's path; anything that is not a MAC is a "no such machine" page.
+pub struct MacPath(pub Mac);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for MacPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        text.parse::<Mac>()
+            .map(MacPath)
+            .map_err(|e| error_page(StatusCode::NOT_FOUND, &format!("no such machine: {e}")))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -556,13 +568,9 @@ async fn machine_page(
 pub async fn ui_machine_get(
     State(state): State<AppState>,
     Extension(op): Op,
-    Path(mac): Path<String>,
+    MacPath(mac): MacPath,
     Query(q): Query<DetailQuery>,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return *r,
-    };
     let extras = DetailExtras {
         form: None,
         errors: FieldErrors::default(),
@@ -576,13 +584,9 @@ pub async fn ui_machine_get(
 pub async fn ui_machine_post(
     State(state): State<AppState>,
     Extension(op): Op,
-    Path(mac): Path<String>,
+    MacPath(mac): MacPath,
     Form(form): Form<MachineForm>,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return *r,
-    };
     let lan = Lan::from_config(&state.config);
     let now = state.recorder.now_ms();
     let confirm = form.confirm.is_some();
@@ -634,18 +638,11 @@ pub async fn ui_machine_post(
 pub async fn ui_machine_reinstall_post(
     State(state): State<AppState>,
     Extension(op): Op,
-    Path(mac): Path<String>,
+    MacPath(mac): MacPath,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return *r,
-    };
     match ops::reinstall_machine(&state.db, mac, state.recorder.now_ms()).await {
         Ok(_) => {
             state.changed();
-            state
-                .orchestrator
-                .signal(crate::orchestrator::Signal::Reinstalled(mac));
             tracing::info!(%mac, by = %op.name(), "reinstall requested");
             Redirect::to(&format!("/ui/machines/{mac}?flash=reinstalling")).into_response()
         }
@@ -656,12 +653,8 @@ pub async fn ui_machine_reinstall_post(
 pub async fn ui_machine_remove_post(
     State(state): State<AppState>,
     Extension(op): Op,
-    Path(mac): Path<String>,
+    MacPath(mac): MacPath,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return *r,
-    };
     match state.db.remove_machine(mac, state.recorder.now_ms()).await {
         Ok(()) => {
             state.changed();
@@ -676,12 +669,8 @@ pub async fn ui_machine_remove_post(
 pub async fn ui_machine_config_reveal_post(
     State(state): State<AppState>,
     Extension(op): Op,
-    Path(mac): Path<String>,
+    MacPath(mac): MacPath,
 ) -> Response {
-    let mac = match parse_mac(&mac) {
-        Ok(m) => m,
-        Err(r) => return *r,
-    };
     tracing::info!(%mac, by = %op.name(), "machine config revealed with secrets");
     let extras = DetailExtras {
         form: None,
