@@ -314,8 +314,7 @@ impl Lab {
             .tempdir()
             .unwrap();
         let images_dir = scratch.path().join("images");
-        install_standin(&images_dir.join(TALOS_VERSION));
-        Lab {
+        let lab = Lab {
             test,
             data_dir: artifacts.join("data"),
             artifacts,
@@ -326,7 +325,72 @@ impl Lab {
             images_dir,
             http_base: String::new(),
             taps: 0,
-        }
+        };
+        lab.add_boot_assets();
+        lab
+    }
+
+    /// Puts the stand-in kernel and initramfs in service the way an operator does: `bootplane
+    /// images add` from local files with their expected SHA-256, then `images list` must show
+    /// them ready. Nothing is copied into the images directory by hand.
+    fn add_boot_assets(&self) {
+        let standin = build_standin();
+        let kernel = standin.join("vmlinuz-amd64");
+        let initramfs = standin.join("initramfs-amd64.xz");
+        let sha = |p: &Path| {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(fs::read(p).unwrap()))
+        };
+        let (kernel_sha, initramfs_sha) = (sha(&kernel), sha(&initramfs));
+        let data_dir = self.data_dir.display().to_string();
+        let images_dir = self.images_dir.display().to_string();
+        let (kernel_arg, initramfs_arg) = (
+            kernel.display().to_string(),
+            initramfs.display().to_string(),
+        );
+        let args = [
+            "images",
+            "add",
+            "--data-dir",
+            &data_dir,
+            "--images-dir",
+            &images_dir,
+            "--version",
+            TALOS_VERSION,
+            "--kernel",
+            &kernel_arg,
+            "--initramfs",
+            &initramfs_arg,
+            "--sha256-kernel",
+            &kernel_sha,
+            "--sha256-initramfs",
+            &initramfs_sha,
+        ];
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "bootplane images add failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = self.cli(&[
+            "images",
+            "list",
+            "--data-dir",
+            &data_dir,
+            "--images-dir",
+            &images_dir,
+        ]);
+        let list = String::from_utf8_lossy(&out.stdout).into_owned();
+        let _ = fs::write(self.artifacts.join("images-list.txt"), &list);
+        assert!(
+            out.status.success()
+                && list.contains(TALOS_VERSION)
+                && list.contains(&kernel_sha[..12]),
+            "`bootplane images list` does not show the added assets:\n{list}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Creates `bpe2e-<pid>-<tag>` with loopback up and IPv6 DAD off.
@@ -713,6 +777,14 @@ impl Lab {
             );
             sleep(Duration::from_millis(200));
         }
+        // The assets came in through `images add`, so start-up verified recorded files and
+        // adopted nothing found on disk.
+        let log = fs::read_to_string(self.artifacts.join("bootplane.log")).unwrap_or_default();
+        assert!(
+            !log.contains("found without a record"),
+            "bootplane adopted unrecorded boot assets; log:\n{}",
+            tail(&self.artifacts.join("bootplane.log"), 40)
+        );
         println!(
             "[{}] bootplane up after {:.1} s",
             self.test,
@@ -1219,8 +1291,8 @@ fn accelerator() -> &'static str {
     }
 }
 
-/// Builds (or reuses) the stand-in kernel + initramfs and copies them into `dir`.
-fn install_standin(dir: &Path) {
+/// Builds (or reuses) the stand-in kernel + initramfs; returns the directory holding them.
+fn build_standin() -> PathBuf {
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("standin");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/build-standin.sh");
     let out = Command::new("sh")
@@ -1236,10 +1308,7 @@ fn install_standin(dir: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    fs::create_dir_all(dir).unwrap();
-    for file in ["vmlinuz-amd64", "initramfs-amd64.xz"] {
-        fs::copy(cache.join(file), dir.join(file)).unwrap();
-    }
+    cache
 }
 
 /// Deletes namespaces left by earlier runs whose test process is gone (killed before its
