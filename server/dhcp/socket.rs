@@ -33,11 +33,10 @@ pub fn bind(port: u16, interface: &InterfaceInfo) -> Result<UdpSocket, DhcpError
             tracing::warn!(port, error = %e, "cannot enlarge the DHCP receive buffer");
         }
     }
+    // Linux 5.7 and later allow SO_BINDTODEVICE without CAP_NET_RAW; older kernels refuse it.
+    // Either way it is only a filter: packets from other interfaces are also dropped by their
+    // IP_PKTINFO index, so a refusal costs nothing but a few wasted wake-ups.
     if let Err(e) = sock.bind_device(Some(interface.name.as_bytes())) {
-        if e.kind() == io::ErrorKind::PermissionDenied {
-            return Err(DhcpError::Permission { port });
-        }
-        // Still safe: packets from other interfaces are dropped by their IP_PKTINFO index.
         tracing::warn!(port, interface = %interface.name, error = %e,
             "cannot bind the DHCP socket to its interface; filtering by interface index instead");
     }
