@@ -205,13 +205,27 @@ async fn boot_machine_get(
             (detail, response)
         }
         Some(m) if m.role != Role::Unassigned => {
+            let version =
+                crate::images::machine_version(&state.db, &m, &state.config.boot.talos_version)
+                    .await
+                    .map_err(|e| BootError::Internal(e.to_string()))?;
             let availability = state
                 .images
-                .availability(&state.config.boot.talos_version, arch)
+                .availability(&version, arch)
                 .await
                 .map_err(|e| BootError::Internal(e.to_string()))?;
+            let asset_args = state
+                .images
+                .kernel_args(&version, arch)
+                .await
+                .map_err(|e| BootError::Internal(e.to_string()))?;
+            let target = Target {
+                version: &version,
+                arch,
+                asset_args: &asset_args,
+            };
             let (detail, response) =
-                install_script(&state, &m, arch, availability, &retry_url, &mac_text);
+                install_script(&state, &m, &target, availability, &retry_url, &mac_text);
             if response.is_ok() && detail.starts_with("install") {
                 state
                     .db
@@ -264,16 +278,43 @@ async fn reinstall_now(state: &AppState, m: &Machine) -> Result<bool, BootError>
     .map_err(|e| BootError::Internal(e.to_string()))
 }
 
+/// What a machine boots: the selected Talos version (pin, cluster, default), its
+/// architecture, and the kernel arguments its assets' schematic bakes in.
+struct Target<'a> {
+    version: &'a str,
+    arch: Arch,
+    asset_args: &'a [String],
+}
+
+/// The kernel command line of an install boot: the version's base arguments and config URL,
+/// then the schematic's extra arguments, bootplane's report-in arguments, and the operator's
+/// `--kernel-args` last.
+fn install_args(
+    boot: &crate::config::BootConfig,
+    target: &Target<'_>,
+    config_url: &str,
+) -> String {
+    let mut extra: Vec<String> = target.asset_args.to_vec();
+    extra.extend(talos::kernel::report_args(
+        boot.advertise_ip,
+        boot.events_port,
+        boot.kernel_log_port,
+        &boot.extra_kernel_args,
+    ));
+    extra.extend(boot.extra_kernel_args.iter().cloned());
+    talos::kernel_args(target.version, target.arch, config_url, &extra).join(" ")
+}
+
 fn install_script(
     state: &AppState,
     m: &Machine,
-    arch: Arch,
+    target: &Target<'_>,
     availability: Availability,
     retry_url: &str,
     mac_text: &str,
 ) -> (String, Result<Response, BootError>) {
     let boot = &state.config.boot;
-    let version = boot.talos_version.as_str();
+    let (version, arch) = (target.version, target.arch);
     let unavailable = match availability {
         Availability::Available => None,
         Availability::Missing(files) => Some(("are missing", files.join(" "))),
@@ -299,14 +340,7 @@ fn install_script(
     let base = boot.http_base();
     let asset = |file: String| format!("{base}/assets/{version}/{file}?mac={}", m.mac);
     let config_url = format!("{base}/config?mac={}", m.mac);
-    let mut extra = talos::kernel::report_args(
-        boot.advertise_ip,
-        boot.events_port,
-        boot.kernel_log_port,
-        &boot.extra_kernel_args,
-    );
-    extra.extend(boot.extra_kernel_args.iter().cloned());
-    let args = talos::kernel_args(version, arch, &config_url, &extra).join(" ");
+    let args = install_args(boot, target, &config_url);
     let hostname = m.hostname.clone().unwrap_or_default();
     (
         format!("install Talos {version} {} as {}", arch.as_str(), m.role),
@@ -551,4 +585,52 @@ async fn boot_config_get(
         config,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot() -> crate::config::BootConfig {
+        crate::config::BootConfig {
+            advertise_ip: std::net::Ipv4Addr::new(10, 0, 0, 2),
+            http_port: 8080,
+            ipxe_dir: PathBuf::from("/ipxe"),
+            efi_binary: crate::model::EfiBinary::IpxeEfi,
+            arm64_binary: "ipxe-arm64.efi".into(),
+            images_dir: PathBuf::from("/images"),
+            talos_version: "v1.11.6".into(),
+            extra_kernel_args: vec!["console=ttyS1,115200".into()],
+            retry_secs: 10,
+            tftp_block_limit: 1468,
+            tftp_window_limit: 16,
+            config_access: ConfigAccess::Mac,
+            events_port: Some(4002),
+            kernel_log_port: None,
+            boot_log_lines: 5000,
+        }
+    }
+
+    #[test]
+    fn install_args_follow_the_selected_version_with_the_operators_last() {
+        let schematic = vec!["net.ifnames=0".to_string()];
+        let target = Target {
+            version: "v1.10.9",
+            arch: Arch::Amd64,
+            asset_args: &schematic,
+        };
+        let args = install_args(&boot(), &target, "http://10.0.0.2:8080/config?mac=x");
+        let words: Vec<&str> = args.split(' ').collect();
+        // v1.10 has the IMA arguments that v1.11 dropped.
+        assert!(words.contains(&"ima_template=ima-ng"), "{args}");
+        let at = |w: &str| words.iter().position(|x| x.starts_with(w)).unwrap();
+        assert!(at("talos.config=") < at("net.ifnames=0"), "{args}");
+        assert!(at("net.ifnames=0") < at("talos.events.sink="), "{args}");
+        assert_eq!(words.last(), Some(&"console=ttyS1,115200"), "{args}");
+        let v11 = Target {
+            version: "v1.11.6",
+            ..target
+        };
+        assert!(!install_args(&boot(), &v11, "u").contains("ima_template"));
+    }
 }

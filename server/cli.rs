@@ -289,6 +289,9 @@ pub struct MachineFields {
     /// Cluster the machine belongs to
     #[arg(long)]
     pub cluster: Option<String>,
+    /// Talos version this machine boots and installs (its cluster's otherwise); "none" clears it
+    #[arg(long)]
+    pub talos_version: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -365,6 +368,7 @@ pub fn apply_fields(m: &mut Machine, f: &MachineFields) -> Result<(), CliError> 
         efi_binary: f.efi_binary.clone(),
         wipe: None,
         cluster: f.cluster.clone(),
+        talos_version: f.talos_version.clone(),
     };
     crate::ops::apply_machine_input(m, &input).map_err(flag_error)
 }
@@ -907,11 +911,27 @@ mod tests {
             disk_handoff: None,
             efi_binary: None,
             cluster: None,
+            talos_version: None,
         }
     }
 
     fn mac() -> Mac {
         "52:54:00:00:00:01".parse().unwrap()
+    }
+
+    #[test]
+    fn a_talos_version_pin_is_set_refused_by_its_flag_and_cleared() {
+        let mut m = Machine::discovered(mac());
+        let pin = |v: &str| MachineFields {
+            talos_version: Some(v.into()),
+            ..fields()
+        };
+        apply_fields(&mut m, &pin("v1.10.9")).unwrap();
+        assert_eq!(m.talos_version.as_deref(), Some("v1.10.9"));
+        let err = apply_fields(&mut m, &pin("1.10")).unwrap_err().to_string();
+        assert!(err.starts_with("--talos-version: "), "{err}");
+        apply_fields(&mut m, &pin("none")).unwrap();
+        assert_eq!(m.talos_version, None);
     }
 
     #[test]

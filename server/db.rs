@@ -153,8 +153,8 @@ impl Db {
         check_unique(&mut tx, machine).await?;
         sqlx::query(
             "INSERT INTO machines (mac, cluster_id, role, hostname, ip, prefix, gateway, dns,
-                install_disk, disk_handoff, efi_binary, installed, wipe)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                install_disk, disk_handoff, efi_binary, installed, wipe, talos_version)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(machine.mac.to_string())
         .bind(cluster_id)
@@ -169,6 +169,7 @@ impl Db {
         .bind(machine.efi_binary.map(|e| e.as_str()))
         .bind(machine.installed)
         .bind(machine.wipe)
+        .bind(&machine.talos_version)
         .execute(&mut *tx)
         .await?;
         insert_event(
@@ -202,7 +203,7 @@ impl Db {
         let done = sqlx::query(
             "UPDATE machines SET cluster_id = ?, role = ?, hostname = ?, ip = ?, prefix = ?,
                 gateway = ?, dns = ?, install_disk = ?, disk_handoff = ?, efi_binary = ?,
-                installed = ?, wipe = ?
+                installed = ?, wipe = ?, talos_version = ?
              WHERE mac = ?",
         )
         .bind(cluster_id)
@@ -217,6 +218,7 @@ impl Db {
         .bind(machine.efi_binary.map(|e| e.as_str()))
         .bind(machine.installed)
         .bind(machine.wipe)
+        .bind(&machine.talos_version)
         .bind(machine.mac.to_string())
         .execute(&mut *tx)
         .await?;
@@ -841,13 +843,14 @@ fn restrict_permissions(file: &Path) -> std::io::Result<()> {
 
 const MACHINE_SELECT: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip, m.prefix,
     m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed, m.first_seen,
-    m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state, m.state_since, m.handoff_at
+    m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state, m.state_since, m.handoff_at,
+    m.talos_version
     FROM machines m JOIN clusters c ON c.id = m.cluster_id";
 
 const MACHINE_SELECT_ORDERED: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
     m.prefix, m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed,
     m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state,
-    m.state_since, m.handoff_at
+    m.state_since, m.handoff_at, m.talos_version
     FROM machines m JOIN clusters c ON c.id = m.cluster_id
     ORDER BY m.role = 'unassigned', m.hostname, m.mac";
 
@@ -905,6 +908,7 @@ fn machine_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Machine, DbError> {
             .map(|e| e.parse::<EfiBinary>())
             .transpose()
             .map_err(corrupt)?,
+        talos_version: row.try_get("talos_version")?,
         installed: row.try_get::<bool, _>("installed")?,
         state: {
             let state: String = row.try_get("state")?;
@@ -1145,7 +1149,8 @@ mod tests {
     #[tokio::test]
     async fn machine_round_trips_through_sqlite() {
         let (_dir, db) = fresh().await;
-        let m = assigned("52:54:00:00:00:01", "cp-1", "10.0.0.11/24");
+        let mut m = assigned("52:54:00:00:00:01", "cp-1", "10.0.0.11/24");
+        m.talos_version = Some("v1.10.9".into());
         db.add_machine(&m, 5).await.unwrap();
         let got = db.get_machine(m.mac).await.unwrap().unwrap();
         let expected = Machine {

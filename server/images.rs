@@ -18,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::db::{Db, DbError};
+use crate::model::Machine;
 use crate::talos::Arch;
 
 /// The public Image Factory; an air-gapped mirror is given with `--factory-url`.
@@ -94,6 +95,9 @@ pub struct Asset {
     pub source: AssetSource,
     pub kernel: AssetFile,
     pub initramfs: AssetFile,
+    /// Extra kernel arguments the factory schematic bakes in (its cmdline beyond what
+    /// bootplane puts on every command line); empty for other sources.
+    pub kernel_args: Vec<String>,
     pub state: AssetState,
     pub updated_at: i64,
 }
@@ -296,6 +300,52 @@ pub enum Availability {
     OutOfService(String),
 }
 
+impl Availability {
+    /// Why a machine of `arch` cannot boot `version`, for people; `None` when it can.
+    pub fn problem(&self, version: &str, arch: Arch) -> Option<String> {
+        let a = arch.as_str();
+        match self {
+            Availability::Available => None,
+            Availability::Missing(files) => Some(format!(
+                "Talos {version} {a} boot assets missing: {}",
+                files.join(", ")
+            )),
+            Availability::OutOfService(reason) => Some(format!(
+                "Talos {version} {a} boot assets out of service: {reason}"
+            )),
+        }
+    }
+}
+
+/// The Talos version a machine boots and installs: its own pin, else its cluster's version,
+/// else the appliance's default (`--talos-version`).
+pub fn selected_version<'a>(
+    pin: Option<&'a str>,
+    cluster: Option<&'a str>,
+    default: &'a str,
+) -> &'a str {
+    pin.or(cluster).unwrap_or(default)
+}
+
+/// `selected_version` for a stored machine, reading its cluster.
+pub async fn machine_version(db: &Db, m: &Machine, default: &str) -> Result<String, DbError> {
+    if let Some(pin) = &m.talos_version {
+        return Ok(pin.clone());
+    }
+    let cluster = db.get_cluster(Some(&m.cluster)).await?;
+    let cluster = cluster.as_ref().and_then(|c| c.talos_version.as_deref());
+    Ok(selected_version(None, cluster, default).to_string())
+}
+
+/// The boot asset architecture of a machine from its DHCP client architecture (option 93):
+/// ARM64 UEFI (11, and 19 for HTTP boot) is arm64, everything else (and not seen yet) amd64.
+pub fn arch_of_client(last_arch: Option<u16>) -> Arch {
+    match last_arch {
+        Some(11 | 19) => Arch::Arm64,
+        _ => Arch::Amd64,
+    }
+}
+
 /// What one `verify` pass found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -464,6 +514,7 @@ impl Images {
                 origin: initramfs_origin,
                 digest: None,
             },
+            kernel_args: Vec::new(),
             state: AssetState::Downloading,
             updated_at: Self::now_ms(),
         };
@@ -704,6 +755,7 @@ impl Images {
                 origin: initramfs.display().to_string(),
                 digest: Some(id),
             },
+            kernel_args: Vec::new(),
             state: AssetState::Ready,
             updated_at: Self::now_ms(),
         };
@@ -874,6 +926,19 @@ impl Images {
         } else {
             Ok(Availability::Missing(missing))
         }
+    }
+}
+
+impl Images {
+    /// The extra kernel arguments recorded with the assets of `version` and `arch` (from their
+    /// factory schematic); none when nothing is recorded.
+    pub async fn kernel_args(&self, version: &str, arch: Arch) -> Result<Vec<String>, ImagesError> {
+        Ok(self
+            .db
+            .get_image(version, arch)
+            .await?
+            .map(|a| a.kernel_args)
+            .unwrap_or_default())
     }
 }
 
@@ -1176,6 +1241,38 @@ mod tests {
         assert!(parse_arch("x86_64").is_err());
         assert_eq!(arch_of_file("initramfs-arm64.xz"), Some(Arch::Arm64));
         assert_eq!(arch_of_file(".vmlinuz-amd64.part"), None);
+    }
+
+    #[test]
+    fn a_pin_wins_over_the_cluster_which_wins_over_the_default() {
+        assert_eq!(
+            selected_version(Some("v1.10.9"), Some("v1.11.6"), "v1.9.5"),
+            "v1.10.9"
+        );
+        assert_eq!(selected_version(None, Some("v1.11.6"), "v1.9.5"), "v1.11.6");
+        assert_eq!(selected_version(None, None, "v1.9.5"), "v1.9.5");
+    }
+
+    #[tokio::test]
+    async fn a_stored_machine_boots_its_pin_else_its_clusters_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let mut m = Machine::discovered("52:54:00:00:00:01".parse().unwrap());
+        assert_eq!(machine_version(&db, &m, "v1.9.5").await.unwrap(), "v1.9.5");
+        let mut c = db.get_cluster(None).await.unwrap().unwrap();
+        c.talos_version = Some("v1.11.6".into());
+        db.update_cluster(&c.name.clone(), &c).await.unwrap();
+        m.cluster = c.name.clone();
+        assert_eq!(machine_version(&db, &m, "v1.9.5").await.unwrap(), "v1.11.6");
+        m.talos_version = Some("v1.10.9".into());
+        assert_eq!(machine_version(&db, &m, "v1.9.5").await.unwrap(), "v1.10.9");
+    }
+
+    #[test]
+    fn arm64_firmware_gets_arm64_assets() {
+        assert_eq!(arch_of_client(Some(11)), Arch::Arm64);
+        assert_eq!(arch_of_client(Some(7)), Arch::Amd64);
+        assert_eq!(arch_of_client(None), Arch::Amd64);
     }
 
     #[test]

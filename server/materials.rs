@@ -171,12 +171,32 @@ pub fn node_spec(m: &Machine) -> Result<NodeSpec, MaterialsError> {
     })
 }
 
+/// The cluster's settings as `m` is rendered with: a machine that pins its own Talos version
+/// gets that version's config contract, and the installer of that version when the cluster's
+/// installer image is tagged with the cluster's version (`…/installer:v1.11.6` becomes
+/// `…/installer:v1.10.9`, a factory installer keeps its schematic); another image is kept.
+pub fn spec_for<'a>(spec: &'a ClusterSpec, m: &Machine) -> std::borrow::Cow<'a, ClusterSpec> {
+    let Some(pin) = m.talos_version.as_deref().filter(|v| *v != spec.talos_version) else {
+        return std::borrow::Cow::Borrowed(spec);
+    };
+    let mut pinned = spec.clone();
+    if let Some(repo) = spec
+        .install_image
+        .strip_suffix(spec.talos_version.as_str())
+        .and_then(|rest| rest.strip_suffix(':'))
+    {
+        pinned.install_image = format!("{repo}:{pin}");
+    }
+    pinned.talos_version = pin.to_string();
+    std::borrow::Cow::Owned(pinned)
+}
+
 /// Renders the config of one machine of a loaded cluster.
 pub fn render_machine(loaded: &LoadedCluster, m: &Machine) -> Result<String, MaterialsError> {
     let parsed = parse_patches(&loaded.patches)?;
     let node = node_spec(m)?;
     Ok(config::render(
-        &loaded.spec,
+        &spec_for(&loaded.spec, m),
         &loaded.secrets,
         &node,
         &patches_for(&parsed, m.mac),
@@ -222,7 +242,8 @@ pub fn check_cluster(
         .filter(|m| m.is_assigned() && m.cluster == spec.name)
     {
         let node = node_spec(m)?;
-        config::render_documents(spec, secrets, &node, &patches_for(&parsed, m.mac)).map_err(
+        let spec = spec_for(spec, m);
+        config::render_documents(&spec, secrets, &node, &patches_for(&parsed, m.mac)).map_err(
             |e| {
                 MaterialsError::Invalid(format!(
                     "{} ({})'s config: {e}",
@@ -245,4 +266,46 @@ pub fn new_bundle(
         Some(text) => SecretsBundle::from_yaml(text)?,
         None => SecretsBundle::generate(talos_version, now)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(install_image: &str) -> ClusterSpec {
+        ClusterSpec {
+            name: "lab".into(),
+            endpoint: "https://10.0.0.10:6443".into(),
+            vip: None,
+            talos_version: "v1.11.6".into(),
+            kubernetes_version: "1.34.1".into(),
+            install_image: install_image.into(),
+            pod_subnets: vec![],
+            service_subnets: vec![],
+            dns_domain: "cluster.local".into(),
+        }
+    }
+
+    #[test]
+    fn a_pinned_machine_renders_with_its_version_and_installer() {
+        let mut m = Machine::discovered(Mac([0x52, 0x54, 0, 0, 0, 1]));
+        let cluster = spec("ghcr.io/siderolabs/installer:v1.11.6");
+        assert_eq!(*spec_for(&cluster, &m), cluster, "no pin: the cluster's");
+        m.talos_version = Some("v1.10.9".into());
+        let pinned = spec_for(&cluster, &m);
+        assert_eq!(pinned.talos_version, "v1.10.9");
+        assert_eq!(pinned.install_image, "ghcr.io/siderolabs/installer:v1.10.9");
+        assert_eq!(pinned.kubernetes_version, "1.34.1", "one Kubernetes per cluster");
+        let factory = spec("factory.talos.dev/installer/abc123:v1.11.6");
+        assert_eq!(
+            spec_for(&factory, &m).install_image,
+            "factory.talos.dev/installer/abc123:v1.10.9"
+        );
+        let custom = spec("registry.local/talos-installer:stable");
+        assert_eq!(
+            spec_for(&custom, &m).install_image,
+            "registry.local/talos-installer:stable",
+            "an image not tagged with the cluster's version is kept"
+        );
+    }
 }

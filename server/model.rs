@@ -338,6 +338,8 @@ pub struct Machine {
     pub wipe: bool,
     pub disk_handoff: DiskHandoff,
     pub efi_binary: Option<EfiBinary>,
+    /// Talos version pinned for this machine; `None` follows its cluster's version.
+    pub talos_version: Option<String>,
     pub installed: bool,
     pub state: Lifecycle,
     pub state_since: Option<i64>,
@@ -367,6 +369,7 @@ impl Machine {
             wipe: false,
             disk_handoff: DiskHandoff::Exit,
             efi_binary: None,
+            talos_version: None,
             installed: false,
             state: Lifecycle::Discovered,
             state_since: None,

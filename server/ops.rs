@@ -140,6 +140,9 @@ pub struct MachineInput {
     pub wipe: Option<bool>,
     /// Cluster name (one cluster is the common case)
     pub cluster: Option<String>,
+    /// Talos version this machine boots and installs, e.g. v1.10.9; empty (or "none") follows
+    /// the cluster's version
+    pub talos_version: Option<String>,
 }
 
 fn cleared(value: &str) -> bool {
@@ -242,6 +245,17 @@ pub fn apply_machine_input(m: &mut Machine, f: &MachineInput) -> Result<(), OpsE
     if let Some(cluster) = &f.cluster {
         if !cleared(cluster) {
             m.cluster = cluster.trim().to_string();
+        }
+    }
+    if let Some(v) = &f.talos_version {
+        let v = v.trim();
+        if cleared(v) {
+            m.talos_version = None;
+        } else {
+            match cluster::check_talos_version(v) {
+                Ok(()) => m.talos_version = Some(v.to_string()),
+                Err(e) => errors.add("talos_version", e),
+            }
         }
     }
     check_machine_rules(m, &mut errors);
@@ -641,6 +655,41 @@ mod tests {
         };
         apply_machine_input(&mut m, &clear).unwrap();
         assert_eq!((m.hostname, m.ip, m.gateway), (None, None, None));
+    }
+
+    #[test]
+    fn a_talos_version_pin_is_validated_and_cleared() {
+        let mut m = Machine::discovered(mac());
+        for bad in ["1.10.9", "v1.2.0", "../v1.11.6"] {
+            let err = apply_machine_input(
+                &mut m,
+                &MachineInput {
+                    talos_version: Some(bad.into()),
+                    ..cp()
+                },
+            )
+            .unwrap_err();
+            assert!(err.for_field("talos_version").is_some(), "{bad}: {err}");
+        }
+        assert_eq!(m.talos_version, None);
+        apply_machine_input(
+            &mut m,
+            &MachineInput {
+                talos_version: Some(" v1.10.9 ".into()),
+                ..cp()
+            },
+        )
+        .unwrap();
+        assert_eq!(m.talos_version.as_deref(), Some("v1.10.9"));
+        apply_machine_input(
+            &mut m,
+            &MachineInput {
+                talos_version: Some("none".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(m.talos_version, None);
     }
 
     #[test]

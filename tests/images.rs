@@ -551,3 +551,90 @@ async fn cli_adds_lists_verifies_and_removes() {
     assert!(ok);
     assert_eq!(out, "no boot assets recorded\n");
 }
+
+/// Local files as a version's assets, added through the store.
+async fn add_local(store: &Images, version: &str, seed: u32) {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("k"), pattern(300_000, seed)).unwrap();
+    std::fs::write(src.path().join("i"), pattern(400_000, seed + 1)).unwrap();
+    let req = AddRequest {
+        version: version.into(),
+        arch: Arch::Amd64,
+        source: SourceSpec::Local {
+            kernel: src.path().join("k"),
+            initramfs: src.path().join("i"),
+        },
+        expect_kernel: None,
+        expect_initramfs: None,
+    };
+    assert!(matches!(
+        store.add(&req, None).await.unwrap(),
+        AddOutcome::Added(_)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_boots_its_pinned_version_else_its_clusters_else_the_default() {
+    const PINNED: &str = "v1.10.9";
+    let app = Appliance::start().await;
+    let store = Images::new(app.images.path().to_path_buf(), app.db.clone());
+    add_local(&store, VERSION, 41).await;
+    let mut pinned = controlplane();
+    pinned.talos_version = Some(PINNED.into());
+    app.db.add_machine(&pinned, 1).await.unwrap();
+    let mut other = Machine::discovered("52:54:00:12:34:57".parse().unwrap());
+    other.role = Role::Worker;
+    other.hostname = Some("w-1".into());
+    app.db.add_machine(&other, 1).await.unwrap();
+    let script = |mac: &'static str| {
+        let url = app.url(&format!("/machine.ipxe?mac={mac}&arch=x86_64"));
+        async move {
+            let (code, body) = http_get(url).await;
+            assert_eq!(code, 200);
+            String::from_utf8(body).unwrap()
+        }
+    };
+
+    // The pinned version's assets are not there: the console says which, and it asks again.
+    let body = script("52:54:00:12:34:56").await;
+    assert!(
+        body.contains(&format!("Talos {PINNED} amd64 boot assets are missing")),
+        "{body}"
+    );
+    assert!(!body.contains("\nkernel "), "{body}");
+    // The unpinned machine boots the default (no cluster version yet).
+    let body = script("52:54:00:12:34:57").await;
+    assert!(
+        body.contains(&format!("/assets/{VERSION}/vmlinuz-amd64?mac=")),
+        "{body}"
+    );
+
+    add_local(&store, PINNED, 43).await;
+    let body = script("52:54:00:12:34:56").await;
+    assert!(
+        body.contains(&format!("/assets/{PINNED}/vmlinuz-amd64?mac=")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("/assets/{PINNED}/initramfs-amd64.xz?mac=")),
+        "{body}"
+    );
+    assert!(
+        body.contains("ima_template=ima-ng"),
+        "v1.10 kernel arguments: {body}"
+    );
+
+    // The cluster's version wins over the default for machines without a pin.
+    let mut cluster = app.db.get_cluster(None).await.unwrap().unwrap();
+    cluster.talos_version = Some(PINNED.into());
+    app.db
+        .update_cluster(&cluster.name.clone(), &cluster)
+        .await
+        .unwrap();
+    let body = script("52:54:00:12:34:57").await;
+    assert!(
+        body.contains(&format!("/assets/{PINNED}/vmlinuz-amd64?mac=")),
+        "{body}"
+    );
+    app.stop().await;
+}

@@ -106,6 +106,8 @@ pub struct MachineCreate {
     pub wipe: Option<bool>,
     /// Cluster name (one cluster is the common case)
     pub cluster: Option<String>,
+    /// Talos version this machine boots and installs, e.g. v1.10.9 (its cluster's otherwise)
+    pub talos_version: Option<String>,
 }
 
 impl MachineCreate {
@@ -121,6 +123,7 @@ impl MachineCreate {
             efi_binary: self.efi_binary,
             wipe: self.wipe,
             cluster: self.cluster,
+            talos_version: self.talos_version,
         }
     }
 }

@@ -8,7 +8,8 @@ use crate::images::{Asset, AssetFile, AssetSource, AssetState, Digest};
 use crate::talos::Arch;
 
 const COLUMNS: &str = "version, arch, source, schematic, kernel_origin, initramfs_origin,
-    kernel_size, kernel_sha256, initramfs_size, initramfs_sha256, state, reason, updated_at";
+    kernel_size, kernel_sha256, initramfs_size, initramfs_sha256, state, reason, updated_at,
+    kernel_args";
 
 impl Db {
     /// The asset recorded for `version` and `arch`, if any.
@@ -46,7 +47,7 @@ impl Db {
         let sha = |f: &AssetFile| f.digest.as_ref().map(|d| d.sha256.clone());
         sqlx::query(&format!(
             "INSERT OR REPLACE INTO images ({COLUMNS})
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&asset.version)
         .bind(asset.arch.as_str())
@@ -61,6 +62,7 @@ impl Db {
         .bind(state)
         .bind(reason)
         .bind(asset.updated_at)
+        .bind(asset.kernel_args.join(" "))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -158,12 +160,14 @@ fn asset_from_row(row: &SqliteRow) -> Result<Asset, DbError> {
         "broken" => AssetState::Broken(reason),
         other => return Err(corrupt(format!("unknown state '{other}'"))),
     };
+    let kernel_args: String = row.try_get("kernel_args")?;
     Ok(Asset {
         version,
         arch,
         source,
         kernel,
         initramfs,
+        kernel_args: kernel_args.split_whitespace().map(str::to_string).collect(),
         state,
         updated_at: row.try_get("updated_at")?,
     })
@@ -192,6 +196,7 @@ mod tests {
                 origin: "http://f/image/i".into(),
                 digest,
             },
+            kernel_args: vec!["net.ifnames=0".into(), "talos.dashboard.disabled=1".into()],
             state,
             updated_at: 7,
         }

@@ -80,7 +80,8 @@ fn parse_kubernetes_version(v: &str) -> Result<String, String> {
     }
 }
 
-fn check_talos_version(v: &str) -> Result<(), String> {
+/// A Talos version bootplane renders configs for.
+pub(crate) fn check_talos_version(v: &str) -> Result<(), String> {
     crate::config::validate_talos_version(v)?;
     let supported = crate::talos::minor_version(v)
         .is_some_and(|mm| crate::talos::config::SUPPORTED.contains(&mm));

@@ -169,6 +169,8 @@ pub struct MachineForm {
     #[serde(default)]
     pub wipe: Option<String>,
     #[serde(default)]
+    pub talos_version: String,
+    #[serde(default)]
     pub confirm: Option<String>,
 }
 
@@ -189,6 +191,7 @@ impl MachineForm {
             install_disk: m.install_disk.clone().unwrap_or_default(),
             disk_handoff: m.disk_handoff.to_string(),
             wipe: m.wipe.then(|| "true".into()),
+            talos_version: m.talos_version.clone().unwrap_or_default(),
             confirm: None,
         }
     }
@@ -209,6 +212,7 @@ impl MachineForm {
             efi_binary: None,
             wipe: Some(self.wipe.is_some()),
             cluster: None,
+            talos_version: Some(self.talos_version.clone()),
         }
     }
 }
@@ -216,13 +220,15 @@ impl MachineForm {
 /// What the machine fields partial needs.
 pub struct FieldsView {
     pub form: MachineForm,
+    /// What an empty Talos version means, e.g. "the cluster's (v1.11.6)".
+    pub version_hint: String,
     pub role_options: Vec<(&'static str, bool)>,
     pub handoff_options: Vec<(&'static str, bool)>,
     pub ip_hint: String,
 }
 
 impl FieldsView {
-    fn new(form: MachineForm, lan: &Lan) -> FieldsView {
+    fn new(form: MachineForm, lan: &Lan, default_version: &str) -> FieldsView {
         let role = if form.role.is_empty() {
             "unassigned".to_string()
         } else {
@@ -243,6 +249,7 @@ impl FieldsView {
                 .map(|h| (h.as_str(), h.as_str() == handoff))
                 .collect(),
             ip_hint: format!("ADDR/PREFIX in {}", lan.subnet),
+            version_hint: format!("the cluster's ({default_version})"),
             form,
         }
     }
@@ -266,6 +273,7 @@ struct MachinesPage {
     role_options: Vec<(&'static str, bool)>,
     handoff_options: Vec<(&'static str, bool)>,
     ip_hint: String,
+    version_hint: String,
     errors: FieldErrors,
 }
 
@@ -281,12 +289,19 @@ async fn machines_page(
         Err(e) => return ops_error_page(&e),
     };
     let chrome = Chrome::of(op);
+    let default_version = match state.db.get_cluster(None).await {
+        Ok(c) => c
+            .and_then(|c| c.talos_version)
+            .unwrap_or_else(|| state.config.boot.talos_version.clone()),
+        Err(e) => return ops_error_page(&OpsError::Db(e)),
+    };
     let fields = FieldsView::new(
         MachineForm {
             mac: String::new(),
             ..add.clone()
         },
         &Lan::from_config(&state.config),
+        &default_version,
     );
     let page = MachinesPage {
         nav: "machines",
@@ -310,6 +325,7 @@ async fn machines_page(
         role_options: fields.role_options,
         handoff_options: fields.handoff_options,
         ip_hint: fields.ip_hint,
+        version_hint: fields.version_hint,
         errors,
     };
     let mut r = render(&page);
@@ -446,6 +462,7 @@ struct MachinePage {
     role_options: Vec<(&'static str, bool)>,
     handoff_options: Vec<(&'static str, bool)>,
     ip_hint: String,
+    version_hint: String,
     errors: FieldErrors,
     confirm: Option<String>,
     events: Vec<EventView>,
@@ -513,9 +530,16 @@ async fn machine_page(
         Err(e) => Err(e.to_string()),
     };
     let chrome = Chrome::of(op);
+    let cluster_version = match state.db.get_cluster(Some(&m.cluster)).await {
+        Ok(c) => c
+            .and_then(|c| c.talos_version)
+            .unwrap_or_else(|| state.config.boot.talos_version.clone()),
+        Err(e) => return ops_error_page(&OpsError::Db(e)),
+    };
     let fields = FieldsView::new(
         extras.form.unwrap_or_else(|| MachineForm::of(&m)),
         &Lan::from_config(&state.config),
+        &cluster_version,
     );
     let status = if !extras.errors.is_empty() {
         StatusCode::UNPROCESSABLE_ENTITY
@@ -545,6 +569,7 @@ async fn machine_page(
         role_options: fields.role_options,
         handoff_options: fields.handoff_options,
         ip_hint: fields.ip_hint,
+        version_hint: fields.version_hint,
         errors: extras.errors,
         confirm: extras.confirm,
         events: events
