@@ -247,7 +247,13 @@ pub struct ServeOptions {
     /// Directory of boot assets: <images-dir>/<talos-version>/vmlinuz-<arch> and initramfs-<arch>.xz [default: ./images]
     #[arg(long, env = "BOOTPLANE_IMAGES_DIR")]
     pub images_dir: Option<PathBuf>,
-    /// Talos version booted (selects assets and kernel arguments) [default: v1.11.6]
+    /// Image Factory base URL for assets added from the web UI and API (an air-gapped mirror) [default: https://factory.talos.dev]
+    #[arg(long, env = "BOOTPLANE_FACTORY_URL")]
+    pub factory_url: Option<String>,
+    /// Base URL of Talos release assets, <url>/<version>/vmlinuz-<arch>, for the web UI and API [default: GitHub releases]
+    #[arg(long, env = "BOOTPLANE_RELEASE_URL")]
+    pub release_url: Option<String>,
+    /// Talos version booted by machines whose cluster has no version and that pin none (selects assets and kernel arguments) [default: v1.11.6]
     #[arg(long, env = "BOOTPLANE_TALOS_VERSION")]
     pub talos_version: Option<String>,
     /// Extra kernel arguments appended for every machine (space-separated)
@@ -359,6 +365,8 @@ impl ServeOptions {
             efi_binary,
             arm64_binary,
             images_dir,
+            factory_url,
+            release_url,
             talos_version,
             kernel_args,
             retry_secs,
@@ -458,6 +466,13 @@ impl BootConfig {
     }
 }
 
+/// Where boot assets are fetched from when the web UI or the API adds them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AssetSources {
+    pub factory_url: String,
+    pub release_url: String,
+}
+
 /// Web UI and API settings.
 #[derive(Clone, Debug, Default)]
 pub struct UiConfig {
@@ -470,6 +485,7 @@ pub struct UiConfig {
 pub struct Config {
     pub data_dir: PathBuf,
     pub ui: UiConfig,
+    pub sources: AssetSources,
     pub interface: InterfaceInfo,
     pub http_bind: SocketAddr,
     pub tftp_port: u16,
@@ -592,7 +608,30 @@ impl Config {
                 )));
             }
         }
+        let url = |flag: &str, value: Option<String>, default: &str| {
+            let url = value.unwrap_or_else(|| default.to_string());
+            if url.starts_with("http://") || url.starts_with("https://") {
+                Ok(url.trim_end_matches('/').to_string())
+            } else {
+                Err(invalid(format!(
+                    "--{flag} '{url}' must be an http:// or https:// URL"
+                )))
+            }
+        };
+        let sources = AssetSources {
+            factory_url: url(
+                "factory-url",
+                o.factory_url.clone(),
+                crate::images::DEFAULT_FACTORY_URL,
+            )?,
+            release_url: url(
+                "release-url",
+                o.release_url.clone(),
+                crate::images::DEFAULT_RELEASE_URL,
+            )?,
+        };
         Ok(Config {
+            sources,
             ui: UiConfig {
                 admin_password: o.admin_password.clone(),
                 secure_cookies: o.secure_cookies.unwrap_or(false),

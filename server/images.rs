@@ -367,6 +367,8 @@ pub struct Images {
     /// a second request waits for the first instead of repeating its work.
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     verified: Arc<Mutex<Verified>>,
+    /// Downloads in flight in this process, by `"<version> <arch>"`, with their progress.
+    in_flight: Arc<Mutex<HashMap<String, Progress>>>,
 }
 
 impl Images {
@@ -376,6 +378,7 @@ impl Images {
             db,
             locks: Arc::default(),
             verified: Arc::default(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -456,6 +459,8 @@ impl Images {
             .map(parse_sha256)
             .transpose()?;
         let (version, arch) = (req.version.as_str(), req.arch);
+        let _in_flight = InFlight::enter(self, version, arch);
+        let progress = Some(self.progress_feed(version, arch, progress));
         let lock = self.lock_for(format!("add {version} {}", arch.as_str()));
         let _guard = lock.lock().await;
         // Another process (a second `images add`, or `serve`) waits here too.
@@ -529,6 +534,14 @@ impl Images {
                 progress,
             )
             .await;
+        let result = match (result, &req.source) {
+            (Ok(()), SourceSpec::Factory { base, schematic }) => {
+                schematic_args(base, schematic, version, arch)
+                    .await
+                    .map(|args| asset.kernel_args = args)
+            }
+            (other, _) => other,
+        };
         match result {
             Ok(()) => {
                 asset.state = AssetState::Ready;
@@ -929,6 +942,313 @@ impl Images {
     }
 }
 
+/// A download in flight: the file being fetched and how far it got.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Progress {
+    /// The file being fetched, e.g. `initramfs-amd64.xz`; empty while waiting to start
+    pub file: String,
+    /// Bytes of that file so far
+    pub done: u64,
+    /// Its size, when the server said
+    pub total: Option<u64>,
+    /// When the download was asked for, milliseconds since the Unix epoch
+    pub started_at: i64,
+}
+
+/// What `start_add` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Started {
+    /// A download runs in the background now.
+    Started,
+    /// One was already running for that version and arch; it is not started twice.
+    AlreadyDownloading(Progress),
+}
+
+fn flight_key(version: &str, arch: Arch) -> String {
+    format!("{version} {}", arch.as_str())
+}
+
+/// Keeps an asset in the in-flight registry while `add` runs (left by whoever entered it).
+struct InFlight {
+    map: Arc<Mutex<HashMap<String, Progress>>>,
+    key: String,
+    owner: bool,
+}
+
+impl InFlight {
+    fn enter(images: &Images, version: &str, arch: Arch) -> InFlight {
+        let key = flight_key(version, arch);
+        let mut map = images.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let owner = !map.contains_key(&key);
+        if owner {
+            map.insert(
+                key.clone(),
+                Progress {
+                    file: String::new(),
+                    done: 0,
+                    total: None,
+                    started_at: Images::now_ms(),
+                },
+            );
+        }
+        InFlight {
+            map: Arc::clone(&images.in_flight),
+            key,
+            owner,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.owner {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl Images {
+    /// A progress callback that keeps the registry up to date, then calls `then`.
+    fn progress_feed(&self, version: &str, arch: Arch, then: Option<ProgressFn>) -> ProgressFn {
+        let map = Arc::clone(&self.in_flight);
+        let key = flight_key(version, arch);
+        Arc::new(move |file: &str, done: u64, total: Option<u64>| {
+            {
+                let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(p) = map.get_mut(&key) {
+                    if p.file != file {
+                        p.file = file.to_string();
+                    }
+                    p.done = done;
+                    p.total = total;
+                }
+            }
+            if let Some(then) = &then {
+                then(file, done, total);
+            }
+        })
+    }
+
+    /// The downloads in flight in this process, by version and arch.
+    pub fn progress(&self, version: &str, arch: Arch) -> Option<Progress> {
+        let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&flight_key(version, arch)).cloned()
+    }
+
+    /// Checks what can be refused at once (the input, another source in service), then runs
+    /// `add` in the background. A second call for an asset in flight starts nothing and says
+    /// so; its progress shows in `progress`.
+    pub async fn start_add(&self, req: AddRequest) -> Result<Started, ImagesError> {
+        validate_version(&req.version)?;
+        if let SourceSpec::Factory { schematic, .. } = &req.source {
+            validate_schematic(schematic)?;
+        }
+        for sha in [&req.expect_kernel, &req.expect_initramfs]
+            .into_iter()
+            .flatten()
+        {
+            parse_sha256(sha)?;
+        }
+        if let Some(p) = self.progress(&req.version, req.arch) {
+            return Ok(Started::AlreadyDownloading(p));
+        }
+        if let Some(existing) = self.db.get_image(&req.version, req.arch).await? {
+            let other =
+                existing.source != req.source.source() && existing.source != AssetSource::Found;
+            if other && existing.state == AssetState::Ready {
+                return Err(ImagesError::Exists {
+                    version: req.version.clone(),
+                    arch: req.arch.as_str(),
+                    source_desc: existing.source.to_string(),
+                    state: existing.state.to_string(),
+                });
+            }
+        }
+        let entered = InFlight::enter(self, &req.version, req.arch);
+        if !entered.owner {
+            if let Some(p) = self.progress(&req.version, req.arch) {
+                return Ok(Started::AlreadyDownloading(p));
+            }
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            // Held until the download ends, so the asset shows as in flight from now on.
+            let _entered = entered;
+            match store.add(&req, None).await {
+                Ok(_) => {}
+                Err(e) => tracing::error!(version = %req.version, arch = req.arch.as_str(),
+                    error = %e, "boot assets not added"),
+            }
+        });
+        Ok(Started::Started)
+    }
+}
+
+/// What a schematic customises: system extensions and extra kernel arguments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Customization {
+    /// Official extensions, e.g. `siderolabs/iscsi-tools`
+    pub extensions: Vec<String>,
+    pub kernel_args: Vec<String>,
+}
+
+/// The Image Factory's schematic document (`POST /schematics` takes it as YAML).
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schematic {
+    #[serde(default)]
+    pub customization: SchematicCustomization,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SchematicCustomization {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_kernel_args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_extensions: Option<SystemExtensions>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SystemExtensions {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub official_extensions: Vec<String>,
+}
+
+/// An official extension name: `siderolabs/iscsi-tools` (lowercase, digits, `-._/`).
+pub fn validate_extension(name: &str) -> Result<(), ImagesError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_' | '/')
+        })
+        && !name.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(ImagesError::Invalid(format!(
+            "extension '{name}' must look like siderolabs/iscsi-tools"
+        )))
+    }
+}
+
+/// One kernel argument: printable, no spaces, no quotes.
+pub fn validate_kernel_arg(arg: &str) -> Result<(), ImagesError> {
+    let ok = !arg.is_empty()
+        && arg.len() <= 1024
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '\''));
+    if ok {
+        Ok(())
+    } else {
+        Err(ImagesError::Invalid(format!(
+            "kernel argument '{arg}' must be printable ASCII without spaces or quotes"
+        )))
+    }
+}
+
+impl Customization {
+    /// The YAML the Image Factory takes.
+    pub fn to_yaml(&self) -> Result<String, ImagesError> {
+        for e in &self.extensions {
+            validate_extension(e)?;
+        }
+        for a in &self.kernel_args {
+            validate_kernel_arg(a)?;
+        }
+        let schematic = Schematic {
+            customization: SchematicCustomization {
+                extra_kernel_args: self.kernel_args.clone(),
+                system_extensions: (!self.extensions.is_empty()).then(|| SystemExtensions {
+                    official_extensions: self.extensions.clone(),
+                }),
+            },
+        };
+        serde_yaml_ng::to_string(&schematic).map_err(|e| ImagesError::Internal(e.to_string()))
+    }
+}
+
+/// Creates (or finds: IDs are content hashes) a schematic at the Image Factory and returns
+/// its ID.
+pub async fn create_schematic(base: &str, c: &Customization) -> Result<String, ImagesError> {
+    let body = c.to_yaml()?;
+    let url = format!("{}/schematics", base.trim_end_matches('/'));
+    let response = client()?
+        .post(&url)
+        .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| transfer_error(&url, e))?;
+    let status = response.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(ImagesError::Status { url, status });
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        id: String,
+    }
+    let answer: Answer = response
+        .json()
+        .await
+        .map_err(|e| transfer(&url, format!("unexpected answer: {e}")))?;
+    validate_schematic(&answer.id)
+        .map_err(|_| transfer(&url, format!("unexpected schematic ID '{}'", answer.id)))?;
+    Ok(answer.id)
+}
+
+/// The extra kernel arguments a schematic bakes in: the factory's
+/// `/image/<schematic>/<version>/cmdline-metal-<arch>` minus what bootplane puts on every
+/// command line for that version. A factory (or mirror) without that file gives none.
+async fn schematic_args(
+    base: &str,
+    schematic: &str,
+    version: &str,
+    arch: Arch,
+) -> Result<Vec<String>, ImagesError> {
+    let url = format!(
+        "{}/image/{schematic}/{version}/cmdline-metal-{}",
+        base.trim_end_matches('/'),
+        arch.as_str()
+    );
+    let response = client()?
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| transfer_error(&url, e))?;
+    match response.status().as_u16() {
+        200 => {}
+        404 => {
+            tracing::warn!(
+                url,
+                "the factory has no cmdline for this schematic: no extra kernel arguments recorded"
+            );
+            return Ok(Vec::new());
+        }
+        status => return Err(ImagesError::Status { url, status }),
+    }
+    let text = response.text().await.map_err(|e| transfer_error(&url, e))?;
+    Ok(extra_args(&text, version, arch))
+}
+
+/// The arguments of a factory cmdline that bootplane's base command line for `version` and
+/// `arch` does not already have.
+pub fn extra_args(cmdline: &str, version: &str, arch: Arch) -> Vec<String> {
+    let base = crate::talos::kernel_args(version, arch, "", &[]);
+    let bare = |a: &str| a.trim_end_matches('=').to_string();
+    let base: Vec<String> = base.iter().map(|a| bare(a)).collect();
+    cmdline
+        .split_whitespace()
+        .filter(|a| !base.contains(&bare(a)))
+        .filter(|a| validate_kernel_arg(a).is_ok())
+        .map(str::to_string)
+        .collect()
+}
+
 impl Images {
     /// The extra kernel arguments recorded with the assets of `version` and `arch` (from their
     /// factory schematic); none when nothing is recorded.
@@ -1273,6 +1593,54 @@ mod tests {
         assert_eq!(arch_of_client(Some(11)), Arch::Arm64);
         assert_eq!(arch_of_client(Some(7)), Arch::Amd64);
         assert_eq!(arch_of_client(None), Arch::Amd64);
+    }
+
+    #[test]
+    fn the_vanilla_schematic_is_the_documented_yaml() {
+        let yaml = Customization::default().to_yaml().unwrap();
+        assert_eq!(yaml, "customization: {}\n");
+        // The Image Factory's ID is the SHA-256 of this document.
+        assert_eq!(
+            hex::encode(Sha256::digest(yaml.as_bytes())),
+            "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba"
+        );
+        let c = Customization {
+            extensions: vec!["siderolabs/iscsi-tools".into()],
+            kernel_args: vec!["net.ifnames=0".into()],
+        };
+        let parsed: Schematic = serde_yaml_ng::from_str(&c.to_yaml().unwrap()).unwrap();
+        assert_eq!(
+            parsed
+                .customization
+                .system_extensions
+                .unwrap()
+                .official_extensions,
+            ["siderolabs/iscsi-tools"]
+        );
+        assert_eq!(parsed.customization.extra_kernel_args, ["net.ifnames=0"]);
+        for bad in ["../x", "Siderolabs/x", "a b"] {
+            let c = Customization {
+                extensions: vec![bad.into()],
+                ..Default::default()
+            };
+            assert!(c.to_yaml().is_err(), "{bad}");
+        }
+        let c = Customization {
+            kernel_args: vec!["a b".into()],
+            ..Default::default()
+        };
+        assert!(c.to_yaml().is_err());
+    }
+
+    #[test]
+    fn a_factory_cmdline_gives_only_the_schematics_own_arguments() {
+        let cmdline = "talos.platform=metal console=tty0 init_on_alloc=1 slab_nomerge pti=on \
+            consoleblank=0 nvme_core.io_timeout=4294967295 printk.devkmsg=on selinux=1 \
+            net.ifnames=0 talos.dashboard.disabled=1\n";
+        assert_eq!(
+            extra_args(cmdline, "v1.11.6", Arch::Amd64),
+            ["net.ifnames=0", "talos.dashboard.disabled=1"]
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! per field, and the writes behind them. Handlers stay thin; rules live here once.
 
 pub mod cluster;
+pub mod images;
 
 use std::net::Ipv4Addr;
 

@@ -166,9 +166,12 @@ fn is_mutating(m: &Method) -> bool {
     !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Fills `{mac}` and `{id}` path parameters.
+/// Fills `{mac}` and `{id}` path parameters (and a boot asset's `{version}` and `{arch}`).
 fn fill(path: &str, mac: &str, id: &str) -> String {
-    path.replace("{mac}", mac).replace("{id}", id)
+    path.replace("{mac}", mac)
+        .replace("{id}", id)
+        .replace("{version}", common::VERSION)
+        .replace("{arch}", "amd64")
 }
 
 /// The UI's routes that change something, read from `ui::router`'s source: every
@@ -384,6 +387,7 @@ async fn pages_and_api_reads_need_an_operator_too() {
         "/api/v1/machines",
         "/api/v1/cluster",
         "/api/v1/tokens",
+        "/api/v1/images",
         "/api/v1/openapi.json",
         "/api/v1/no-such-route",
     ] {
@@ -645,6 +649,11 @@ async fn the_openapi_document_validates_and_every_route_answers_as_documented() 
         "cluster_patch_put",
         "cluster_rebuild_post",
         "token_revoke_delete",
+        "images_list_get",
+        "images_add_post",
+        "image_remove_delete",
+        "images_verify_post",
+        "images_schematic_post",
     ] {
         assert!(ids.contains(expected), "{expected} missing: {ids:?}");
     }

@@ -64,6 +64,76 @@ struct Factory {
     cut_once: AtomicBool,
     /// Pause between chunks, so concurrent requests overlap.
     slow: bool,
+    /// Schematics it knows (the vanilla one, and those posted): ID → extra kernel args.
+    schematics: Mutex<HashMap<String, Vec<String>>>,
+    /// Bodies posted to `/schematics`, as received.
+    posted: Mutex<Vec<String>>,
+}
+
+/// What the factory puts on every v1.11 metal amd64 command line (talos-facts.md 5.3).
+const FACTORY_CMDLINE: &str = "talos.platform=metal console=tty0 init_on_alloc=1 slab_nomerge \
+    pti=on consoleblank=0 nvme_core.io_timeout=4294967295 printk.devkmsg=on selinux=1";
+
+/// Checks a schematic the way the Image Factory does: YAML with only `customization`, whose
+/// known keys have their types. `Err` is the 400 answer.
+fn check_schematic(value: &serde_yaml_ng::Value) -> Result<Vec<String>, String> {
+    use serde_yaml_ng::Value;
+    let strings = |v: &Value, what: &str| -> Result<Vec<String>, String> {
+        v.as_sequence()
+            .ok_or(format!("{what} is not a list"))?
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .ok_or(format!("{what}: not a string"))
+            })
+            .collect()
+    };
+    let top = value.as_mapping().ok_or("not a mapping")?;
+    let mut args = Vec::new();
+    for (k, v) in top {
+        if k.as_str() != Some("customization") {
+            return Err(format!("unknown field {k:?}"));
+        }
+        let c = v.as_mapping().ok_or("customization is not a mapping")?;
+        for (k, v) in c {
+            match k.as_str() {
+                Some("extraKernelArgs") => args = strings(v, "extraKernelArgs")?,
+                Some("systemExtensions") => {
+                    let e = v.as_mapping().ok_or("systemExtensions is not a mapping")?;
+                    for (k, v) in e {
+                        if k.as_str() != Some("officialExtensions") {
+                            return Err(format!("unknown field {k:?}"));
+                        }
+                        strings(v, "officialExtensions")?;
+                    }
+                }
+                Some("meta" | "secureboot" | "overlay") => {}
+                _ => return Err(format!("unknown field {k:?}")),
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// `POST /schematics`: the ID is the SHA-256 of the schematic's canonical YAML.
+async fn factory_schematics_post(State(f): State<Arc<Factory>>, body: String) -> Response {
+    f.posted.lock().unwrap().push(body.clone());
+    let value: serde_yaml_ng::Value = match serde_yaml_ng::from_str(&body) {
+        Ok(v) => v,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let args = match check_schematic(&value) {
+        Ok(a) => a,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let id = sha256(serde_yaml_ng::to_string(&value).unwrap().as_bytes());
+    f.schematics.lock().unwrap().insert(id.clone(), args);
+    (
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "id": id })),
+    )
+        .into_response()
 }
 
 /// The Image Factory's download path: `/image/<schematic>/<version>/<file>`, with Range.
@@ -79,10 +149,20 @@ async fn factory_image_get(
         format!("/image/{schematic}/{version}/{file}"),
         range.clone(),
     ));
+    let known = f.schematics.lock().unwrap().get(&schematic).cloned();
+    if let (Some(args), "cmdline-metal-amd64", VERSION) = (&known, file.as_str(), version.as_str())
+    {
+        let mut line = FACTORY_CMDLINE.to_string();
+        for a in args {
+            line.push(' ');
+            line.push_str(a);
+        }
+        return line.into_response();
+    }
     let Some(bytes) = f
         .files
         .get(&file)
-        .filter(|_| schematic == SCHEMATIC && version == VERSION)
+        .filter(|_| known.is_some() && version == VERSION)
     else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -136,6 +216,8 @@ async fn factory(cut_once: bool, slow: bool) -> (String, Arc<Factory>, Vec<u8>, 
         seen: Seen::default(),
         cut_once: AtomicBool::new(cut_once),
         slow,
+        schematics: Mutex::new(HashMap::from([(SCHEMATIC.to_string(), Vec::new())])),
+        posted: Mutex::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -144,6 +226,7 @@ async fn factory(cut_once: bool, slow: bool) -> (String, Arc<Factory>, Vec<u8>, 
             "/image/{schematic}/{version}/{file}",
             get(factory_image_get),
         )
+        .route("/schematics", axum::routing::post(factory_schematics_post))
         .with_state(Arc::clone(&f));
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     (base, f, kernel, initramfs)
@@ -636,5 +719,227 @@ async fn a_machine_boots_its_pinned_version_else_its_clusters_else_the_default()
         body.contains(&format!("/assets/{PINNED}/vmlinuz-amd64?mac=")),
         "{body}"
     );
+    app.stop().await;
+}
+
+/// A JSON API call with a logged-in session.
+async fn api(
+    app: &Appliance,
+    session: &common::Session,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, app.url(&format!("/api/v1{path}")))
+        .header("cookie", &session.cookie)
+        .header("x-csrf-token", &session.csrf);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Polls the list until `version`'s amd64 asset is ready; returns whether progress was seen.
+async fn wait_ready(
+    app: &Appliance,
+    session: &common::Session,
+    version: &str,
+) -> (bool, serde_json::Value) {
+    let mut saw_progress = false;
+    for _ in 0..400 {
+        let (status, list) = api(app, session, reqwest::Method::GET, "/images", None).await;
+        assert_eq!(status, 200, "{list}");
+        if let Some(a) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["version"] == version && a["arch"] == "amd64")
+        {
+            if a["progress"]["done"].as_u64().is_some_and(|d| d > 0) {
+                saw_progress = true;
+            }
+            match a["state"].as_str().unwrap() {
+                "ready" => return (saw_progress, a.clone()),
+                "broken" => panic!("broken: {a}"),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{version} never became ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_adds_in_the_background_once_with_progress_and_schematic_args_reach_the_script() {
+    use reqwest::Method;
+    use serde_json::json;
+    let (base, f, _kernel, _initramfs) = factory(false, true).await;
+    let factory_url = base.clone();
+    let app = Appliance::start_with(move |o| {
+        o.factory_url = Some(factory_url);
+        o.kernel_args = Some("console=ttyS1,115200".into());
+    })
+    .await;
+    let s = app.login().await;
+
+    // Local files are for the appliance's own command line, not the network.
+    let (status, body) = api(
+        &app,
+        &s,
+        Method::POST,
+        "/images",
+        Some(json!({"version": VERSION, "kernel_path": "/etc/shadow", "initramfs_path": "/etc/passwd"})),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["fields"][0]["field"], "kernel_path", "{body}");
+
+    let add = json!({"version": VERSION, "schematic": SCHEMATIC});
+    let (status, first) = api(&app, &s, Method::POST, "/images", Some(add.clone())).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["already_downloading"], false, "{first}");
+    assert_eq!(first["watch"], "/api/v1/images");
+    let (status, second) = api(&app, &s, Method::POST, "/images", Some(add.clone())).await;
+    assert_eq!(status, 202, "{second}");
+    assert_eq!(second["already_downloading"], true, "{second}");
+    // Being downloaded: not removed underneath the download.
+    let (status, body) = api(
+        &app,
+        &s,
+        Method::DELETE,
+        &format!("/images/{VERSION}/amd64"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let (saw_progress, ready) = wait_ready(&app, &s, VERSION).await;
+    assert!(saw_progress, "no progress was shown while downloading");
+    assert_eq!(f.seen.count("kernel-amd64"), 1, "downloaded once");
+    assert_eq!(f.seen.count("initramfs-amd64.xz"), 1, "downloaded once");
+    assert_eq!(ready["source"], "factory");
+    assert_eq!(
+        ready["kernel_args"],
+        json!([]),
+        "the vanilla schematic adds none"
+    );
+    assert!(ready["progress"].is_null());
+
+    // Schematics: the body is the factory's YAML, and the ID its content hash.
+    let (status, vanilla) = api(
+        &app,
+        &s,
+        Method::POST,
+        "/images/schematics",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 201, "{vanilla}");
+    assert_eq!(
+        vanilla["id"], SCHEMATIC,
+        "the vanilla schematic's documented ID"
+    );
+    let custom =
+        json!({"extensions": ["siderolabs/iscsi-tools"], "kernel_args": ["net.ifnames=0"]});
+    let (status, made) = api(&app, &s, Method::POST, "/images/schematics", Some(custom)).await;
+    assert_eq!(status, 201, "{made}");
+    let id = made["id"].as_str().unwrap().to_string();
+    let posted = f.posted.lock().unwrap().last().unwrap().clone();
+    assert_eq!(id, sha256(posted.as_bytes()), "{posted}");
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&posted).unwrap();
+    assert_eq!(
+        doc["customization"]["systemExtensions"]["officialExtensions"][0].as_str(),
+        Some("siderolabs/iscsi-tools"),
+        "{posted}"
+    );
+    let (status, bad) = api(
+        &app,
+        &s,
+        Method::POST,
+        "/images/schematics",
+        Some(json!({"extensions": ["../x"]})),
+    )
+    .await;
+    assert_eq!(status, 422, "{bad}");
+    // The CLI makes the same schematic (same content, same ID).
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootplane"))
+        .args(["images", "schematic", "--factory-url", &base])
+        .args([
+            "--extension",
+            "siderolabs/iscsi-tools",
+            "--kernel-arg",
+            "net.ifnames=0",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), id);
+
+    // Assets from that schematic carry its kernel arguments to the boot script.
+    let (status, body) = api(
+        &app,
+        &s,
+        Method::DELETE,
+        &format!("/images/{VERSION}/amd64"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = api(
+        &app,
+        &s,
+        Method::DELETE,
+        &format!("/images/{VERSION}/sparc"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api(
+        &app,
+        &s,
+        Method::POST,
+        "/images",
+        Some(json!({"version": VERSION, "schematic": id})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let (_, ready) = wait_ready(&app, &s, VERSION).await;
+    assert_eq!(ready["kernel_args"], json!(["net.ifnames=0"]), "{ready}");
+    assert_eq!(
+        f.seen.count("cmdline-metal-amd64"),
+        2,
+        "fetched at each add"
+    );
+    app.db.add_machine(&controlplane(), 1).await.unwrap();
+    let (code, script) = http_get(app.url("/machine.ipxe?mac=52:54:00:12:34:56&arch=x86_64")).await;
+    assert_eq!(code, 200);
+    let script = String::from_utf8(script).unwrap();
+    let line = script
+        .lines()
+        .find(|l| l.starts_with("kernel "))
+        .expect(&script);
+    let words: Vec<&str> = line.split(' ').collect();
+    let at = |w: &str| words.iter().position(|x| x.starts_with(w)).expect(line);
+    assert!(at("talos.config=") < at("net.ifnames=0"), "{line}");
+    assert!(at("net.ifnames=0") < at("console=ttyS1,115200"), "{line}");
+    assert!(
+        line.ends_with("console=ttyS1,115200 || goto failed"),
+        "the operator's last: {line}"
+    );
+
+    let (status, report) = api(&app, &s, Method::POST, "/images/verify", Some(json!({}))).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ready"], json!([format!("{VERSION} amd64")]));
     app.stop().await;
 }

@@ -9,6 +9,7 @@
 //! token (`Authorization: Bearer bpt_…`) or a session cookie with its CSRF token on changes.
 
 mod cluster;
+mod images;
 mod machines;
 mod tokens;
 
@@ -195,6 +196,7 @@ impl From<QueryRejection> for Failure {
     tags(
         (name = "machines", description = "The machine inventory"),
         (name = "cluster", description = "Cluster settings, patches, bootstrap, credentials"),
+        (name = "images", description = "Talos boot assets per version and arch"),
         (name = "tokens", description = "API tokens for automation"),
         (name = "meta", description = "This document")
     ),
@@ -249,6 +251,10 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(cluster::cluster_talosconfig_get))
         .routes(routes!(cluster::cluster_kubeconfig_get))
         .routes(routes!(cluster::cluster_rebuild_post))
+        .routes(routes!(images::images_list_get, images::images_add_post))
+        .routes(routes!(images::image_remove_delete))
+        .routes(routes!(images::images_verify_post))
+        .routes(routes!(images::images_schematic_post))
         .routes(routes!(tokens::tokens_list_get, tokens::tokens_create_post))
         .routes(routes!(tokens::token_revoke_delete))
         .routes(routes!(api_openapi_get))

@@ -12,9 +12,13 @@ use super::{CliError, DataDir};
 use crate::config::DEFAULT_IMAGES_DIR;
 use crate::db::Db;
 use crate::images::{
-    self, AddOutcome, AddRequest, Asset, AssetState, Images, ImagesError, ProgressFn, SourceSpec,
+    self, AddOutcome, AddRequest, Asset, AssetState, Images, ImagesError, ProgressFn,
     DEFAULT_FACTORY_URL, DEFAULT_RELEASE_URL,
 };
+use crate::ops::images::{
+    parse_image_input, parse_schematic_input, Bases, ImageInput, LocalFiles, SchematicInput,
+};
+use crate::ops::OpsError;
 
 #[derive(Debug, Args)]
 pub struct ImagesDir {
@@ -53,6 +57,19 @@ pub enum ImagesCommand {
         data: DataDir,
         #[command(flatten)]
         images: ImagesDir,
+    },
+    /// Create an Image Factory schematic from system extensions and kernel arguments; prints
+    /// its ID (add its assets with `images add --schematic ID`)
+    Schematic {
+        /// Official system extension, e.g. siderolabs/iscsi-tools (repeat for more)
+        #[arg(long = "extension")]
+        extensions: Vec<String>,
+        /// Extra kernel argument baked into the schematic (repeat for more)
+        #[arg(long = "kernel-arg", allow_hyphen_values = true)]
+        kernel_args: Vec<String>,
+        /// Image Factory base URL (an air-gapped mirror)
+        #[arg(long, env = "BOOTPLANE_FACTORY_URL", default_value = DEFAULT_FACTORY_URL)]
+        factory_url: String,
     },
 }
 
@@ -104,37 +121,48 @@ fn write(out: &mut dyn Write, text: String) -> Result<(), CliError> {
 }
 
 impl ImagesAdd {
+    /// The same parse as the API and the UI (`ops::images`); field errors named by flag.
     fn request(&self) -> Result<AddRequest, CliError> {
-        let source =
-            match (&self.schematic, self.release, &self.kernel, &self.initramfs) {
-                (Some(schematic), false, None, None) => SourceSpec::Factory {
-                    base: self.factory_url.clone(),
-                    schematic: schematic.clone(),
-                },
-                (None, true, None, None) => SourceSpec::Release {
-                    base: self.release_url.clone(),
-                },
-                (None, false, Some(kernel), Some(initramfs)) => SourceSpec::Local {
-                    kernel: kernel.clone(),
-                    initramfs: initramfs.clone(),
-                },
-                (None, false, Some(_), None) | (None, false, None, Some(_)) => {
-                    return Err(CliError::Invalid(
-                        "--kernel and --initramfs go together".into(),
-                    ))
-                }
-                _ => return Err(CliError::Invalid(
-                    "give one source: --schematic ID, --release, or --kernel FILE --initramfs FILE"
-                        .into(),
-                )),
-            };
-        Ok(AddRequest {
-            version: self.version.clone(),
-            arch: images::parse_arch(&self.arch).map_err(failed)?,
-            source,
-            expect_kernel: self.sha256_kernel.clone(),
-            expect_initramfs: self.sha256_initramfs.clone(),
-        })
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let input = ImageInput {
+            version: Some(self.version.clone()),
+            arch: Some(self.arch.clone()),
+            schematic: self.schematic.clone(),
+            release: Some(self.release),
+            kernel_path: path(&self.kernel),
+            initramfs_path: path(&self.initramfs),
+            sha256_kernel: self.sha256_kernel.clone(),
+            sha256_initramfs: self.sha256_initramfs.clone(),
+        };
+        let bases = Bases {
+            factory_url: &self.factory_url,
+            release_url: &self.release_url,
+        };
+        parse_image_input(&input, &bases, LocalFiles::Allowed).map_err(flag_error)
+    }
+}
+
+/// An `ops` field error by the flag it came from.
+fn flag_error(e: OpsError) -> CliError {
+    match e {
+        OpsError::Invalid(errors) => CliError::Invalid(
+            errors
+                .iter()
+                .map(|fe| match fe.field.as_str() {
+                    "source" => fe.message.replace(
+                        "a schematic ID, the release, or a kernel and initramfs file",
+                        "--schematic ID, --release, or --kernel FILE --initramfs FILE",
+                    ),
+                    "kernel_path" => format!("--kernel: {}", fe.message),
+                    "initramfs_path" => format!("--initramfs: {}", fe.message),
+                    "kernel_args" => format!("--kernel-arg: {}", fe.message),
+                    "extensions" => format!("--extension: {}", fe.message),
+                    field => format!("--{}: {}", field.replace('_', "-"), fe.message),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        other => CliError::Invalid(other.to_string()),
     }
 }
 
@@ -183,6 +211,9 @@ fn describe(a: &Asset) -> String {
         a.initramfs.origin,
         digest(&a.initramfs),
     );
+    if !a.kernel_args.is_empty() {
+        text.push_str(&format!("  kernel args {}\n", a.kernel_args.join(" ")));
+    }
     if let AssetState::Broken(reason) = &a.state {
         text.push_str(&format!("  reason     {reason}\n"));
     }
@@ -225,6 +256,21 @@ pub async fn images(cmd: ImagesCommand, out: &mut dyn Write) -> Result<(), CliEr
             let store = Images::new(images.images_dir, Db::open(&data.data_dir).await?);
             store.remove(&version, arch).await.map_err(failed)?;
             write(out, format!("removed {version} {}\n", arch.as_str()))?;
+        }
+        ImagesCommand::Schematic {
+            extensions,
+            kernel_args,
+            factory_url,
+        } => {
+            let c = parse_schematic_input(&SchematicInput {
+                extensions,
+                kernel_args,
+            })
+            .map_err(flag_error)?;
+            let id = images::create_schematic(&factory_url, &c)
+                .await
+                .map_err(failed)?;
+            write(out, format!("{id}\n"))?;
         }
         ImagesCommand::Verify { data, images } => {
             let store = Images::new(images.images_dir, Db::open(&data.data_dir).await?);
