@@ -176,7 +176,11 @@ pub fn node_spec(m: &Machine) -> Result<NodeSpec, MaterialsError> {
 /// installer image is tagged with the cluster's version (`…/installer:v1.11.6` becomes
 /// `…/installer:v1.10.9`, a factory installer keeps its schematic); another image is kept.
 pub fn spec_for<'a>(spec: &'a ClusterSpec, m: &Machine) -> std::borrow::Cow<'a, ClusterSpec> {
-    let Some(pin) = m.talos_version.as_deref().filter(|v| *v != spec.talos_version) else {
+    let Some(pin) = m
+        .talos_version
+        .as_deref()
+        .filter(|v| *v != spec.talos_version)
+    else {
         return std::borrow::Cow::Borrowed(spec);
     };
     let mut pinned = spec.clone();
@@ -295,7 +299,10 @@ mod tests {
         let pinned = spec_for(&cluster, &m);
         assert_eq!(pinned.talos_version, "v1.10.9");
         assert_eq!(pinned.install_image, "ghcr.io/siderolabs/installer:v1.10.9");
-        assert_eq!(pinned.kubernetes_version, "1.34.1", "one Kubernetes per cluster");
+        assert_eq!(
+            pinned.kubernetes_version, "1.34.1",
+            "one Kubernetes per cluster"
+        );
         let factory = spec("factory.talos.dev/installer/abc123:v1.11.6");
         assert_eq!(
             spec_for(&factory, &m).install_image,

@@ -379,7 +379,14 @@ async fn every_mutating_route_needs_a_session_and_its_csrf_token() {
 async fn pages_and_api_reads_need_an_operator_too() {
     let api = Api::start().await;
     let client = no_redirects();
-    for path in ["/ui", "/ui/cluster", "/ui/tokens", "/ui/machines/rows"] {
+    for path in [
+        "/ui",
+        "/ui/cluster",
+        "/ui/tokens",
+        "/ui/machines/rows",
+        "/ui/images",
+        "/ui/images/rows",
+    ] {
         let r = client.get(api.app.url(path)).send().await.unwrap();
         assert!(r.status().is_redirection(), "{path}: {}", r.status());
     }

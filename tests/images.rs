@@ -943,3 +943,143 @@ async fn the_api_adds_in_the_background_once_with_progress_and_schematic_args_re
     assert_eq!(report["ready"], json!([format!("{VERSION} amd64")]));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_adds_shows_progress_and_says_why_machines_wait() {
+    let (base, f, _kernel, _initramfs) = factory(false, true).await;
+    let factory_url = base.clone();
+    let app = Appliance::start_with(move |o| o.factory_url = Some(factory_url)).await;
+    let s = app.login().await;
+    let client = common::no_redirects();
+    let get = |path: &str| {
+        let req = client.get(app.url(path)).header("cookie", &s.cookie).send();
+        async move {
+            let r = req.await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let post = |path: &str, fields: Vec<(&'static str, String)>| {
+        let mut form = vec![("csrf", s.csrf.clone())];
+        form.extend(fields);
+        let req = client
+            .post(app.url(path))
+            .header("cookie", &s.cookie)
+            .form(&form)
+            .send();
+        async move {
+            let r = req.await.unwrap();
+            let location = r
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_string());
+            (r.status().as_u16(), location, r.text().await.unwrap())
+        }
+    };
+
+    // The add form starts with the vanilla schematic and the version machines boot.
+    let (code, page) = get("/ui/images").await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains(SCHEMATIC), "vanilla schematic as default");
+    assert!(page.contains(&format!("value=\"{VERSION}\"")), "{page}");
+    assert!(
+        page.contains("href=\"/ui/images\" class=\"current\""),
+        "nav link"
+    );
+
+    // An assigned machine waits for its assets, and the pages say why.
+    let mut m = controlplane();
+    m.ip = Some("127.0.0.21/8".parse().unwrap());
+    app.db.add_machine(&m, 1).await.unwrap();
+    let missing = format!("Talos {VERSION} amd64 boot assets missing");
+    let (_, page) = get("/ui/machines/52:54:00:12:34:56").await;
+    assert!(page.contains(&missing), "{page}");
+    for _ in 0..100 {
+        // The live list reads the inventory snapshot, refreshed within moments.
+        let (_, rows) = get("/ui/machines/rows").await;
+        if rows.contains(&missing) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, rows) = get("/ui/machines/rows").await;
+    assert!(rows.contains(&missing), "{rows}");
+    let (_, page) = get("/ui/cluster").await;
+    assert!(page.contains(&missing), "{page}");
+
+    // Refused input is shown beside its field, and starts nothing.
+    let form = |version: &str| {
+        vec![
+            ("source", "factory".to_string()),
+            ("schematic", SCHEMATIC.to_string()),
+            ("version", version.to_string()),
+            ("arch", "amd64".to_string()),
+        ]
+    };
+    let (code, _, page) = post("/ui/images", form("1.11")).await;
+    assert_eq!(code, 422);
+    assert!(page.contains("must look like v1.11.6"), "{page}");
+    assert_eq!(f.seen.count("kernel-amd64"), 0);
+
+    let (code, location, _) = post("/ui/images", form(VERSION)).await;
+    assert_eq!(
+        (code, location.as_deref()),
+        (303, Some("/ui/images?flash=started"))
+    );
+    let (code, location, _) = post("/ui/images", form(VERSION)).await;
+    assert_eq!(
+        (code, location.as_deref()),
+        (303, Some("/ui/images?flash=downloading"))
+    );
+    let mut saw_progress = false;
+    for _ in 0..400 {
+        let (code, rows) = get("/ui/images/rows").await;
+        assert_eq!(code, 200);
+        saw_progress |= rows.contains("<progress");
+        if rows.contains("state-asset-ready") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_, rows) = get("/ui/images/rows").await;
+    assert!(rows.contains("state-asset-ready"), "{rows}");
+    assert!(saw_progress, "no progress bar while downloading");
+    assert_eq!(f.seen.count("kernel-amd64"), 1, "downloaded once");
+    let (_, page) = get("/ui/machines/52:54:00:12:34:56").await;
+    assert!(!page.contains(&missing), "{page}");
+
+    let (code, _, page) = post("/ui/images/verify", vec![]).await;
+    assert_eq!(code, 200);
+    assert!(page.contains("1 match their SHA-256"), "{page}");
+
+    let (code, _, page) = post(
+        "/ui/images/schematic",
+        vec![
+            (
+                "extensions",
+                "siderolabs/iscsi-tools\nsiderolabs/util-linux-tools".into(),
+            ),
+            ("kernel_args", "net.ifnames=0".into()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    let posted = f.posted.lock().unwrap().last().unwrap().clone();
+    let id = sha256(posted.as_bytes());
+    assert!(page.contains(&format!("Schematic {id} created")), "{page}");
+    assert!(
+        page.contains(&format!("value=\"{id}\"")),
+        "prefilled: {page}"
+    );
+
+    let (code, location, _) = post(
+        "/ui/images/remove",
+        vec![("version", VERSION.into()), ("arch", "amd64".into())],
+    )
+    .await;
+    assert_eq!(
+        (code, location.as_deref()),
+        (303, Some("/ui/images?flash=removed"))
+    );
+    assert!(app.db.list_images().await.unwrap().is_empty());
+    app.stop().await;
+}

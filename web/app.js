@@ -7,14 +7,14 @@
     select.addEventListener("change", function () { select.form.submit(); });
   });
 
-  // Destructive buttons ask first.
-  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
-    form.addEventListener("submit", function (event) {
-      if (!window.confirm(form.getAttribute("data-confirm"))) { event.preventDefault(); }
-    });
+  // Destructive buttons ask first (also in rows a live list redrew).
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (form.matches && form.matches("form[data-confirm]") &&
+        !window.confirm(form.getAttribute("data-confirm"))) { event.preventDefault(); }
   });
 
-  // The machine list refreshes itself: new machines appear without a reload.
+  // Live lists refresh themselves: new machines appear and downloads progress without a reload.
   var body = document.querySelector("tbody[data-live]");
   if (!body) { return; }
   var url = body.getAttribute("data-live");
@@ -23,7 +23,7 @@
   var last = body.innerHTML;
   function known() {
     var macs = {};
-    body.querySelectorAll("tr[data-mac]").forEach(function (tr) { macs[tr.getAttribute("data-mac")] = true; });
+    body.querySelectorAll("tr[data-mac], tr[data-asset]").forEach(function (tr) { macs[tr.getAttribute("data-mac") || tr.getAttribute("data-asset")] = true; });
     return macs;
   }
   function refresh() {
@@ -42,8 +42,8 @@
         var before = known();
         body.innerHTML = html;
         last = html;
-        body.querySelectorAll("tr[data-mac]").forEach(function (tr) {
-          if (!before[tr.getAttribute("data-mac")]) { tr.classList.add("fresh"); }
+        body.querySelectorAll("tr[data-mac], tr[data-asset]").forEach(function (tr) {
+          if (!before[tr.getAttribute("data-mac") || tr.getAttribute("data-asset")]) { tr.classList.add("fresh"); }
         });
       })
       .catch(function () {

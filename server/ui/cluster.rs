@@ -151,6 +151,46 @@ struct ClusterPage {
     patch: PatchForm,
     previews: Option<Vec<PreviewView>>,
     errors: FieldErrors,
+    /// The cluster version's boot assets per arch in use: (words, in service).
+    assets: Vec<(String, bool)>,
+}
+
+/// Whether the boot assets of the cluster's version exist for the arches its machines use
+/// (amd64 when none has network-booted yet).
+async fn asset_status(
+    state: &AppState,
+    cluster: &crate::model::Cluster,
+    machines: &[crate::model::Machine],
+) -> Vec<(String, bool)> {
+    let version = cluster
+        .talos_version
+        .clone()
+        .unwrap_or_else(|| state.config.boot.talos_version.clone());
+    let mut arches: Vec<crate::talos::Arch> = Vec::new();
+    for m in machines
+        .iter()
+        .filter(|m| m.cluster == cluster.name && m.is_assigned() && m.talos_version.is_none())
+    {
+        let a = crate::images::arch_of_client(m.last_arch);
+        if !arches.contains(&a) {
+            arches.push(a);
+        }
+    }
+    if arches.is_empty() {
+        arches.push(crate::talos::Arch::Amd64);
+    }
+    let mut out = Vec::new();
+    for arch in arches {
+        let line = match state.images.availability(&version, arch).await {
+            Ok(a) => match a.problem(&version, arch) {
+                None => (format!("Talos {version} {}: ready", arch.as_str()), true),
+                Some(problem) => (problem, false),
+            },
+            Err(e) => (format!("cannot check: {e}"), false),
+        };
+        out.push(line);
+    }
+    out
 }
 
 #[derive(Default)]
@@ -231,7 +271,9 @@ async fn page(state: &AppState, op: &Operator, extras: Extras) -> Response {
     } else {
         extras.patch.scope.clone()
     };
+    let assets = asset_status(state, &cluster, &machines).await;
     let page = ClusterPage {
+        assets,
         nav: "cluster",
         user: chrome.user,
         csrf: chrome.csrf,

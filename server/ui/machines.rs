@@ -11,6 +11,8 @@ use serde::Deserialize;
 use super::{
     ago, error_page, flash_message, ops_error_page, render, when, Chrome, FieldErrors, Op,
 };
+use std::collections::HashMap;
+
 use crate::app::AppState;
 use crate::model::{DiskHandoff, Event, Lifecycle, Mac, Machine, Role};
 use crate::ops::{self, Lan, MachineInput, OpsError};
@@ -55,6 +57,8 @@ pub struct Row {
     pub state_since: String,
     pub last_event: String,
     pub last_event_ago: String,
+    /// Why it cannot boot Talos now (its boot assets), empty when it can.
+    pub waiting: String,
 }
 
 fn row(m: &Machine, last: Option<&Event>, now: i64) -> Row {
@@ -78,6 +82,42 @@ fn row(m: &Machine, last: Option<&Event>, now: i64) -> Row {
             })
             .unwrap_or_else(|| "—".into()),
         last_event_ago: ago(now, last.map(|e| e.at)),
+        waiting: String::new(),
+    }
+}
+
+/// The Talos version a machine boots and where that choice comes from.
+async fn boot_version(
+    state: &AppState,
+    m: &Machine,
+) -> Result<(String, &'static str), crate::db::DbError> {
+    if let Some(pin) = &m.talos_version {
+        return Ok((pin.clone(), "pinned for this machine"));
+    }
+    let cluster = state.db.get_cluster(Some(&m.cluster)).await?;
+    Ok(match cluster.and_then(|c| c.talos_version) {
+        Some(v) => (v, "the cluster's"),
+        None => (
+            state.config.boot.talos_version.clone(),
+            "the appliance's default",
+        ),
+    })
+}
+
+/// Why a machine that would boot Talos next cannot: its selected version's assets for its
+/// arch are missing or out of service. Derived from the assets, not from its last event.
+async fn boot_problem(state: &AppState, m: &Machine) -> Option<String> {
+    if !m.is_assigned() || m.installed {
+        return None;
+    }
+    let (version, _) = boot_version(state, m).await.ok()?;
+    let arch = crate::images::arch_of_client(m.last_arch);
+    match state.images.availability(&version, arch).await {
+        Ok(a) => a.problem(&version, arch),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check boot assets");
+            None
+        }
     }
 }
 
@@ -139,12 +179,39 @@ async fn rows(state: &AppState, filters: &Filters) -> Result<(Vec<Row>, String),
             m.mac.to_string(),
         )
     });
-    Ok((
-        list.into_iter()
-            .map(|m| row(m, latest.get(&m.mac), now))
-            .collect(),
-        summary,
-    ))
+    // One check per cluster and per version and arch, however many machines wait on them.
+    let mut versions: HashMap<(String, Option<String>), String> = HashMap::new();
+    let mut problems: HashMap<(String, &'static str), Option<String>> = HashMap::new();
+    let mut rows = Vec::with_capacity(list.len());
+    for m in list {
+        let mut r = row(m, latest.get(&m.mac), now);
+        if m.is_assigned() && !m.installed {
+            let key = (m.cluster.clone(), m.talos_version.clone());
+            let version = match versions.get(&key) {
+                Some(v) => v.clone(),
+                None => {
+                    let (v, _) = boot_version(state, m).await?;
+                    versions.insert(key, v.clone());
+                    v
+                }
+            };
+            let arch = crate::images::arch_of_client(m.last_arch);
+            let key = (version.clone(), arch.as_str());
+            if !problems.contains_key(&key) {
+                let problem = match state.images.availability(&version, arch).await {
+                    Ok(a) => a.problem(&version, arch),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check boot assets");
+                        None
+                    }
+                };
+                problems.insert(key.clone(), problem);
+            }
+            r.waiting = problems.get(&key).cloned().flatten().unwrap_or_default();
+        }
+        rows.push(r);
+    }
+    Ok((rows, summary))
 }
 
 /// The form's view of machine fields (strings as typed).
@@ -458,6 +525,8 @@ struct MachinePage {
     uuid: String,
     serial: String,
     cluster: String,
+    talos: String,
+    boot_problem: Option<String>,
     form: MachineForm,
     role_options: Vec<(&'static str, bool)>,
     handoff_options: Vec<(&'static str, bool)>,
@@ -529,6 +598,11 @@ async fn machine_page(
         Err(OpsError::Db(e)) => return ops_error_page(&OpsError::Db(e)),
         Err(e) => Err(e.to_string()),
     };
+    let talos = match boot_version(state, &m).await {
+        Ok((v, from)) => format!("{v} ({from})"),
+        Err(e) => return ops_error_page(&OpsError::Db(e)),
+    };
+    let boot_problem = boot_problem(state, &m).await;
     let chrome = Chrome::of(op);
     let cluster_version = match state.db.get_cluster(Some(&m.cluster)).await {
         Ok(c) => c
@@ -565,6 +639,8 @@ async fn machine_page(
         uuid: m.smbios_uuid.clone().unwrap_or_else(|| "—".into()),
         serial: m.serial.clone().unwrap_or_else(|| "—".into()),
         cluster: m.cluster.clone(),
+        talos,
+        boot_problem,
         form: fields.form,
         role_options: fields.role_options,
         handoff_options: fields.handoff_options,

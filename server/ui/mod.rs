@@ -5,6 +5,7 @@
 //! also checks the CSRF token of every form post.
 
 mod cluster;
+mod images;
 mod machines;
 mod tokens;
 
@@ -69,6 +70,17 @@ pub fn router() -> Router<AppState> {
         .route(
             "/ui/cluster/kubeconfig",
             get(cluster::ui_cluster_kubeconfig_get),
+        )
+        .route(
+            "/ui/images",
+            get(images::ui_images_get).post(images::ui_images_add_post),
+        )
+        .route("/ui/images/rows", get(images::ui_image_rows_get))
+        .route("/ui/images/remove", post(images::ui_images_remove_post))
+        .route("/ui/images/verify", post(images::ui_images_verify_post))
+        .route(
+            "/ui/images/schematic",
+            post(images::ui_images_schematic_post),
         )
         .route(
             "/ui/tokens",
