@@ -305,17 +305,14 @@ pub async fn ui_image_rows_get(State(state): State<AppState>, Extension(op): Op)
     }
 }
 
-/// An images error as a message beside the add form, or a page.
-fn add_failed(e: ImagesError) -> Result<FieldErrors, Response> {
+/// An images error as a message beside the add form; `None` when it is no input problem.
+fn add_failed(e: ImagesError) -> Option<FieldErrors> {
     match e {
-        ImagesError::Invalid(m) => Ok(FieldErrors::one("source", m)),
-        e @ ImagesError::Exists { .. } => Ok(FieldErrors::one("source", e.to_string())),
+        ImagesError::Invalid(m) => Some(FieldErrors::one("source", m)),
+        e @ ImagesError::Exists { .. } => Some(FieldErrors::one("source", e.to_string())),
         other => {
             tracing::error!(error = %other, "cannot start a boot asset download");
-            Err(error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the download could not be started; the log says why",
-            ))
+            None
         }
     }
 }
@@ -342,8 +339,13 @@ pub async fn ui_images_add_post(
                     return Redirect::to("/ui/images?flash=downloading").into_response()
                 }
                 Err(e) => match add_failed(e) {
-                    Ok(errors) => errors,
-                    Err(page) => return page,
+                    Some(errors) => errors,
+                    None => {
+                        return error_page(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the download could not be started; the log says why",
+                        )
+                    }
                 },
             }
         }

@@ -387,6 +387,20 @@ step('an API token is shown once, works, and stops working when revoked', async 
   assert.notEqual(response.status, 200, 'a revoked token still works');
 });
 
+step('the boot assets page offers the factory download and explains refused input', async () => {
+  await page.goto(`${BASE}/ui/images`);
+  assert.equal(await page.locator('header nav a.current').innerText(), 'Boot assets');
+  const form = page.locator('form[action="/ui/images"]');
+  assert.equal(await form.locator('input[name="schematic"]').inputValue(),
+    '376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba', 'the vanilla schematic is not the default');
+  assert.match(await form.locator('input[name="version"]').inputValue(), /^v\d+\.\d+\.\d+/);
+  await form.locator('input[name="version"]').fill('1.11');
+  await Promise.all([page.waitForResponse((r) => r.request().method() === 'POST'), form.locator('button[type="submit"]').click()]);
+  await page.waitForLoadState();
+  assert.match(await fieldError(page.locator('form[action="/ui/images"]'), 'version').innerText(), /v1\.11\.6/);
+  await shot('images');
+});
+
 step('the kubeconfig downloads from the cluster page', async () => {
   const response = await page.goto(`${BASE}/ui/cluster`);
   const link = page.locator('a[href="/ui/cluster/kubeconfig"]');
