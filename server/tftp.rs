@@ -3,33 +3,40 @@
 //! Only plain file names inside the iPXE directory are reachable (optionally behind a
 //! `<mac>/` prefix, as some setups request them). Anything else, and `autoexec.ipxe`, is
 //! answered at once with "file not found". Writes are refused.
+//!
+//! The protocol is RFC 1350 with the blksize (2348), tsize and timeout (2349) and windowsize
+//! (7440) options, read requests only: one task per transfer on its own socket, connected to
+//! the client, sending packets cut from the file's bytes in memory and waiting on tokio's
+//! timers (no thread hand-off per packet).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Component, Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use async_tftp::packet;
-use async_tftp::server::{Handler, TftpServerBuilder};
 use bytes::Bytes;
-use futures_lite::AsyncRead;
+use tokio::net::UdpSocket as TokioUdpSocket;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::inventory::{Neighbours, Recorder};
 use crate::metrics::Metrics;
 use crate::model::{EventKind, Mac};
+
+/// Silence after which a window (or the OACK) is sent again, unless the client asked for
+/// another timeout.
+pub const RETRANSMIT_AFTER: Duration = Duration::from_secs(2);
 
 /// Files never served, answered with "file not found" straight away.
 const REFUSED: &[&str] = &["autoexec.ipxe"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TftpError {
-    #[error("tftp server: {0}")]
-    Server(#[from] async_tftp::Error),
+    #[error("tftp server socket: {0}")]
+    Socket(#[from] io::Error),
 }
 
 /// Maps a requested TFTP path to a file name in the iPXE directory, and the MAC prefix if any.
@@ -81,6 +88,11 @@ impl IpxeFiles {
 
     /// The file's bytes, from memory when the file has not changed since it was read.
     pub fn load(&self, name: &str) -> io::Result<Bytes> {
+        self.load_with_time(name).map(|(data, _)| data)
+    }
+
+    /// The file's bytes and its modification time.
+    pub fn load_with_time(&self, name: &str) -> io::Result<(Bytes, Option<SystemTime>)> {
         let path = self.dir.join(name);
         let meta = std::fs::metadata(&path)?;
         if !meta.is_file() {
@@ -91,7 +103,7 @@ impl IpxeFiles {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(hit) = cache.get(name) {
                 if hit.modified == modified && hit.data.len() as u64 == meta.len() {
-                    return Ok(hit.data.clone());
+                    return Ok((hit.data.clone(), modified));
                 }
             }
         }
@@ -104,12 +116,12 @@ impl IpxeFiles {
                 data: data.clone(),
             }),
         );
-        Ok(data)
+        Ok((data, modified))
     }
 }
 
-/// The async-tftp handler.
-#[derive(Debug)]
+/// Everything a transfer reports to; cheap to clone.
+#[derive(Clone, Debug)]
 pub struct TftpHandler {
     files: IpxeFiles,
     recorder: Recorder,
@@ -131,69 +143,13 @@ impl TftpHandler {
             metrics,
         }
     }
-}
 
-/// Streams a file from memory and reports the transfer once the last byte was read.
-pub struct MemoryReader {
-    data: Bytes,
-    pos: usize,
-    done: Option<Completion>,
-}
-
-struct Completion {
-    mac: Option<Mac>,
-    name: String,
-    client: SocketAddr,
-    recorder: Recorder,
-    metrics: Metrics,
-}
-
-impl AsyncRead for MemoryReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let remaining = &self.data[self.pos..];
-        let n = remaining.len().min(buf.len());
-        buf[..n].copy_from_slice(&remaining[..n]);
-        self.pos += n;
-        if n == 0 || self.pos == self.data.len() {
-            if let Some(done) = self.done.take() {
-                done.metrics.tftp_done("ok");
-                done.metrics.tftp_bytes.inc_by(self.data.len() as u64);
-                tracing::info!(mac = ?done.mac, file = %done.name, client = %done.client,
-                    bytes = self.data.len(), "tftp transfer read to the end");
-                if let Some(mac) = done.mac {
-                    done.recorder.event(
-                        mac,
-                        EventKind::TftpServed,
-                        format!("{} ({} bytes)", done.name, self.data.len()),
-                    );
-                }
-            }
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
-fn not_found() -> packet::Error {
-    packet::Error::FileNotFound
-}
-
-impl Handler for TftpHandler {
-    type Reader = MemoryReader;
-    type Writer = futures_lite::io::Sink;
-
-    async fn read_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-    ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
-        let Some((path_mac, name)) = resolve_request(path) else {
-            tracing::info!(client = %client, path = %path.display(), "tftp request refused");
+    /// The file a read request names, and the machine asking; `None` is "file not found".
+    fn open(&self, client: SocketAddr, path: &str) -> Option<(Bytes, String, Option<Mac>)> {
+        let Some((path_mac, name)) = resolve_request(Path::new(path)) else {
+            tracing::info!(client = %client, path, "tftp request refused");
             self.metrics.tftp_done("not-found");
-            return Err(not_found());
+            return None;
         };
         let mac = path_mac.or_else(|| match client.ip() {
             IpAddr::V4(ip) => self.neighbours.lookup(ip),
@@ -202,43 +158,380 @@ impl Handler for TftpHandler {
         match self.files.load(&name) {
             Ok(data) => {
                 tracing::info!(mac = ?mac, client = %client, file = %name, "tftp read request");
-                let size = data.len() as u64;
-                Ok((
-                    MemoryReader {
-                        data,
-                        pos: 0,
-                        done: Some(Completion {
-                            mac,
-                            name,
-                            client: *client,
-                            recorder: self.recorder.clone(),
-                            metrics: self.metrics.clone(),
-                        }),
-                    },
-                    Some(size),
-                ))
+                Some((data, name, mac))
             }
             Err(e) => {
                 tracing::info!(mac = ?mac, client = %client, file = %name, error = %e,
                     "tftp file not available");
                 self.metrics.tftp_done("not-found");
-                Err(not_found())
+                None
             }
         }
     }
 
-    async fn write_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-        _size: Option<u64>,
-    ) -> Result<Self::Writer, packet::Error> {
-        tracing::info!(client = %client, path = %path.display(), "tftp write refused");
-        Err(packet::Error::PermissionDenied)
+    fn finished(&self, done: &Transfer, client: SocketAddr, result: Result<(), &'static str>) {
+        let bytes = done.data.len();
+        match result {
+            Ok(()) => {
+                self.metrics.tftp_done("ok");
+                self.metrics.tftp_bytes.inc_by(bytes as u64);
+                tracing::info!(mac = ?done.mac, file = %done.name, client = %client, bytes,
+                    blksize = done.blksize, windowsize = done.window, "tftp transfer complete");
+                if let Some(mac) = done.mac {
+                    self.recorder.event(
+                        mac,
+                        EventKind::TftpServed,
+                        format!("{} ({bytes} bytes)", done.name),
+                    );
+                }
+            }
+            Err(why) => {
+                self.metrics.tftp_done("failed");
+                tracing::info!(mac = ?done.mac, file = %done.name, client = %client, reason = why,
+                    "tftp transfer not completed");
+            }
+        }
     }
 }
 
-/// Serves TFTP on `socket` until `cancel` fires.
+/// Transfers in progress at once; read requests past it are ignored (the client asks again).
+pub const MAX_TRANSFERS: usize = 1024;
+/// Sends of one window (or of the OACK) before a silent client is given up.
+const MAX_SENDS: u32 = 6;
+/// Largest block size RFC 2348 allows.
+const MAX_BLKSIZE: u16 = 65464;
+
+const OP_RRQ: u16 = 1;
+const OP_WRQ: u16 = 2;
+const OP_DATA: u16 = 3;
+const OP_ERROR: u16 = 5;
+const OP_OACK: u16 = 6;
+
+const ERR_NOT_FOUND: u16 = 1;
+const ERR_ACCESS: u16 = 2;
+const ERR_ILLEGAL: u16 = 4;
+
+/// What the server settled for one read request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Negotiated {
+    blksize: u16,
+    window: u16,
+    timeout: Duration,
+    /// Options acknowledged in the OACK, in order; empty means no OACK.
+    oack: Vec<(&'static str, String)>,
+}
+
+/// A read or write request: the file name, and the options asked for.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    write: bool,
+    path: String,
+    mode: String,
+    options: Vec<(String, String)>,
+}
+
+/// Parses RRQ/WRQ bytes; `None` for anything else or anything malformed.
+fn parse_request(packet: &[u8]) -> Option<Request> {
+    let opcode = u16::from_be_bytes([*packet.first()?, *packet.get(1)?]);
+    let write = match opcode {
+        OP_RRQ => false,
+        OP_WRQ => true,
+        _ => return None,
+    };
+    let body = packet.get(2..)?;
+    // Every field ends with a NUL; anything after the last one is ignored.
+    let end = body.iter().rposition(|&b| b == 0)?;
+    let mut fields = body[..end]
+        .split(|&b| b == 0)
+        .map(|f| std::str::from_utf8(f).ok());
+    let path = fields.next()??.to_string();
+    let mode = fields.next()??.to_ascii_lowercase();
+    let mut options = Vec::new();
+    while let Some(name) = fields.next() {
+        let value = fields.next().flatten();
+        if let (Some(name), Some(value)) = (name, value) {
+            options.push((name.to_ascii_lowercase(), value.to_string()));
+        }
+    }
+    if path.is_empty() {
+        return None;
+    }
+    Some(Request {
+        write,
+        path,
+        mode,
+        options,
+    })
+}
+
+/// Settles blksize (RFC 2348), tsize and timeout (2349) and windowsize (7440) within the
+/// limits; options out of their ranges, and unknown ones, are left out of the OACK.
+fn negotiate(
+    options: &[(String, String)],
+    size: u64,
+    block_limit: u16,
+    window_limit: u16,
+    timeout: Duration,
+) -> Negotiated {
+    let mut n = Negotiated {
+        blksize: 512,
+        window: 1,
+        timeout,
+        oack: Vec::new(),
+    };
+    for (name, value) in options {
+        let Ok(asked) = value.trim().parse::<u64>() else {
+            continue;
+        };
+        match name.as_str() {
+            "blksize" if (8..=u64::from(MAX_BLKSIZE)).contains(&asked) => {
+                n.blksize = u16::try_from(asked).unwrap_or(512).min(block_limit.max(8));
+                n.oack.push(("blksize", n.blksize.to_string()));
+            }
+            "tsize" if asked == 0 => n.oack.push(("tsize", size.to_string())),
+            "timeout" if (1..=255).contains(&asked) => {
+                n.timeout = Duration::from_secs(asked);
+                n.oack.push(("timeout", asked.to_string()));
+            }
+            "windowsize" if (1..=65535).contains(&asked) => {
+                n.window = u16::try_from(asked).unwrap_or(1).min(window_limit.max(1));
+                n.oack.push(("windowsize", n.window.to_string()));
+            }
+            _ => {}
+        }
+    }
+    n
+}
+
+fn error_packet(code: u16, message: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(5 + message.len());
+    p.extend_from_slice(&OP_ERROR.to_be_bytes());
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(message.as_bytes());
+    p.push(0);
+    p
+}
+
+fn oack_packet(options: &[(&str, String)]) -> Vec<u8> {
+    let mut p = OP_OACK.to_be_bytes().to_vec();
+    for (name, value) in options {
+        p.extend_from_slice(name.as_bytes());
+        p.push(0);
+        p.extend_from_slice(value.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+/// One read transfer in progress.
+struct Transfer {
+    data: Bytes,
+    name: String,
+    mac: Option<Mac>,
+    blksize: u16,
+    window: u16,
+    timeout: Duration,
+}
+
+impl Transfer {
+    /// Blocks in the file: the last one is short, possibly empty.
+    fn blocks(&self) -> u64 {
+        self.data.len() as u64 / u64::from(self.blksize) + 1
+    }
+
+    /// Writes DATA packet `index` (1-based, not wrapped) into `buf`.
+    fn data_packet(&self, index: u64, buf: &mut Vec<u8>) {
+        let size = u64::from(self.blksize);
+        let len = self.data.len() as u64;
+        let start = (index.saturating_sub(1) * size).min(len);
+        let end = (start + size).min(len);
+        buf.clear();
+        buf.extend_from_slice(&OP_DATA.to_be_bytes());
+        // Block numbers wrap at 2^16 (files over 32 MiB with 512-byte blocks).
+        buf.extend_from_slice(&((index & 0xffff) as u16).to_be_bytes());
+        buf.extend_from_slice(&self.data[start as usize..end as usize]);
+    }
+}
+
+/// What came back from the client while waiting for an acknowledgement.
+enum Reply {
+    /// ACK of wire block number `n`.
+    Ack(u16),
+    /// The client gave up (ERROR, or its port is closed).
+    Gone,
+    Silence,
+}
+
+async fn await_reply(
+    sock: &TokioUdpSocket,
+    deadline: tokio::time::Instant,
+    buf: &mut [u8],
+) -> io::Result<Reply> {
+    loop {
+        let n = match tokio::time::timeout_at(deadline, sock.recv(buf)).await {
+            Err(_) => return Ok(Reply::Silence),
+            // ICMP port unreachable after an earlier send: the client is gone.
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(Reply::Gone),
+            Ok(r) => r?,
+        };
+        match &buf[..n] {
+            [0, 4, a, b, ..] => return Ok(Reply::Ack(u16::from_be_bytes([*a, *b]))),
+            [0, 5, ..] => return Ok(Reply::Gone),
+            // Anything else from the client is ignored.
+            _ => {}
+        }
+    }
+}
+
+/// How far an ACK of wire block `n` moves a window that starts at block `base` and ends at
+/// `end` (inclusive, unwrapped): `Some(k)` acknowledges k blocks, `Some(0)` is an ACK of the
+/// block just before the window, `None` anything else.
+fn acked(base: u64, end: u64, n: u16) -> Option<u64> {
+    let before = (base.wrapping_sub(1) & 0xffff) as u16;
+    let k = u64::from(n.wrapping_sub(before));
+    (k <= end + 1 - base).then_some(k)
+}
+
+/// Sends `transfer` to the connected client: the OACK first when options were settled, then
+/// windows of `window` blocks, each answered by an ACK of the last block received in order
+/// (RFC 7440). An ACK inside the window slides it to there at once; with windows of several
+/// blocks, an ACK of the block before the window (the client missed its start) resends it
+/// at once; silence resends it after the timeout.
+async fn send_file(
+    sock: &TokioUdpSocket,
+    transfer: &Transfer,
+    oack: Option<Vec<u8>>,
+) -> Result<(), &'static str> {
+    let mut recv_buf = [0u8; 516];
+    let io_err = |_| "socket error";
+    if let Some(oack) = oack {
+        let mut sends = 0;
+        'oack: loop {
+            if sends == MAX_SENDS {
+                return Err("no acknowledgement of the options");
+            }
+            sends += 1;
+            sock.send(&oack).await.map_err(io_err)?;
+            let deadline = tokio::time::Instant::now() + transfer.timeout;
+            loop {
+                match await_reply(sock, deadline, &mut recv_buf)
+                    .await
+                    .map_err(io_err)?
+                {
+                    Reply::Ack(0) => break 'oack,
+                    Reply::Ack(_) => {}
+                    Reply::Silence => continue 'oack,
+                    Reply::Gone => return Err("the client refused the options"),
+                }
+            }
+        }
+    }
+    let blocks = transfer.blocks();
+    let window = u64::from(transfer.window.max(1));
+    let mut packet = Vec::with_capacity(usize::from(transfer.blksize) + 4);
+    // The first block not acknowledged yet (1-based, unwrapped).
+    let mut base: u64 = 1;
+    let mut sends = 0;
+    while base <= blocks {
+        if sends == MAX_SENDS {
+            return Err("the client stopped acknowledging");
+        }
+        sends += 1;
+        let end = blocks.min(base + window - 1);
+        for index in base..=end {
+            transfer.data_packet(index, &mut packet);
+            sock.send(&packet).await.map_err(io_err)?;
+        }
+        let deadline = tokio::time::Instant::now() + transfer.timeout;
+        loop {
+            match await_reply(sock, deadline, &mut recv_buf)
+                .await
+                .map_err(io_err)?
+            {
+                Reply::Ack(n) => match acked(base, end, n) {
+                    Some(0) if window > 1 => break,
+                    Some(k) if k > 0 => {
+                        base += k;
+                        sends = 0;
+                        break;
+                    }
+                    // A duplicate ACK in lock-step is not answered (Sorcerer's Apprentice).
+                    _ => {}
+                },
+                Reply::Silence => break,
+                Reply::Gone => return Err("the client gave up"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Answers one request from a new socket (the transfer's own port, RFC 1350).
+async fn serve_request(
+    handler: TftpHandler,
+    local: IpAddr,
+    client: SocketAddr,
+    request: Request,
+    limits: Limits,
+) {
+    let sock = match std::net::UdpSocket::bind(SocketAddr::new(local, 0))
+        .and_then(|s| s.connect(client).map(|()| s))
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .and_then(TokioUdpSocket::from_std)
+    {
+        Ok(sock) => sock,
+        Err(e) => {
+            tracing::warn!(client = %client, error = %e, "cannot open a tftp transfer socket");
+            return;
+        }
+    };
+    let refusal = if request.write {
+        tracing::info!(client = %client, path = %request.path, "tftp write refused");
+        Some((ERR_ACCESS, "read-only server"))
+    } else if !matches!(request.mode.as_str(), "octet" | "netascii") {
+        Some((ERR_ILLEGAL, "unsupported transfer mode"))
+    } else {
+        None
+    };
+    if let Some((code, message)) = refusal {
+        let _ = sock.send(&error_packet(code, message)).await;
+        return;
+    }
+    let Some((data, name, mac)) = handler.open(client, &request.path) else {
+        let _ = sock
+            .send(&error_packet(ERR_NOT_FOUND, "file not found"))
+            .await;
+        return;
+    };
+    let n = negotiate(
+        &request.options,
+        data.len() as u64,
+        limits.block,
+        limits.window,
+        limits.timeout,
+    );
+    let oack = (!n.oack.is_empty()).then(|| oack_packet(&n.oack));
+    let transfer = Transfer {
+        data,
+        name,
+        mac,
+        blksize: n.blksize,
+        window: n.window,
+        timeout: n.timeout,
+    };
+    let result = send_file(&sock, &transfer, oack).await;
+    handler.finished(&transfer, client, result);
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    block: u16,
+    window: u16,
+    timeout: Duration,
+}
+
+/// Serves TFTP on `socket` until `cancel` fires: read requests for the iPXE binaries, from
+/// memory, one task and port per transfer; writes are refused.
 pub async fn run(
     handler: TftpHandler,
     socket: UdpSocket,
@@ -246,18 +539,61 @@ pub async fn run(
     window_limit: u16,
     cancel: CancellationToken,
 ) -> Result<(), TftpError> {
-    let server = TftpServerBuilder::with_handler(handler)
-        .std_socket(socket)?
-        .block_size_limit(block_limit)
-        .window_size_limit(window_limit)
-        .timeout(Duration::from_secs(2))
-        .max_send_retries(5)
-        .build()
-        .await?;
-    tokio::select! {
-        result = server.serve() => result.map_err(TftpError::from),
-        _ = cancel.cancelled() => Ok(()),
+    socket.set_nonblocking(true)?;
+    let local = socket.local_addr()?.ip();
+    let socket = TokioUdpSocket::from_std(socket)?;
+    let limits = Limits {
+        block: block_limit,
+        window: window_limit,
+        timeout: RETRANSMIT_AFTER,
+    };
+    let slots = Arc::new(Semaphore::new(MAX_TRANSFERS));
+    let active: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, client) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "tftp receive error");
+                    continue;
+                }
+            },
+        };
+        let Some(request) = parse_request(&buf[..n]) else {
+            tracing::debug!(client = %client, len = n, "tftp packet ignored");
+            continue;
+        };
+        // A repeated request while its transfer runs is a retransmission: ignore it.
+        if !lock(&active).insert(client) {
+            continue;
+        }
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            lock(&active).remove(&client);
+            tracing::warn!(client = %client, "too many tftp transfers; request ignored");
+            continue;
+        };
+        let handler = handler.clone();
+        let active = Arc::clone(&active);
+        let cancel = cancel.clone();
+        let span = tracing::info_span!("tftp", client = %client);
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = serve_request(handler, local, client, request, limits) => {}
+                }
+                lock(&active).remove(&client);
+                drop(slot);
+            }
+            .instrument(span),
+        );
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -294,6 +630,167 @@ mod tests {
         ] {
             assert_eq!(resolve_request(Path::new(p)), None, "{p}");
         }
+    }
+
+    #[test]
+    fn requests_parse_and_malformed_ones_are_dropped() {
+        let rrq = parse_request(b"\x00\x01ipxe.efi\x00OCTET\x00BlkSize\x001468\x00tsize\x000\x00")
+            .unwrap();
+        assert!(!rrq.write);
+        assert_eq!(rrq.path, "ipxe.efi");
+        assert_eq!(rrq.mode, "octet");
+        assert_eq!(
+            rrq.options,
+            vec![
+                ("blksize".to_string(), "1468".to_string()),
+                ("tsize".to_string(), "0".to_string())
+            ]
+        );
+        assert!(parse_request(b"\x00\x02x\x00octet\x00").unwrap().write);
+        for bad in [
+            &b""[..],
+            b"\x00",
+            b"\x00\x01",
+            b"\x00\x01name-without-nul",
+            b"\x00\x01\x00octet\x00",
+            b"\x00\x01name\x00",
+            b"\x00\x03\x00\x01data",
+            b"\x00\x01\xff\xfe\x00octet\x00",
+        ] {
+            assert_eq!(parse_request(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn options_are_granted_within_the_limits() {
+        let opts = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let t = Duration::from_secs(2);
+        let n = negotiate(
+            &opts(&[("blksize", "9000"), ("windowsize", "64"), ("tsize", "0")]),
+            1234,
+            1468,
+            16,
+            t,
+        );
+        assert_eq!((n.blksize, n.window), (1468, 16));
+        assert_eq!(
+            n.oack,
+            vec![
+                ("blksize", "1468".to_string()),
+                ("windowsize", "16".to_string()),
+                ("tsize", "1234".to_string())
+            ]
+        );
+        let n = negotiate(
+            &opts(&[
+                ("blksize", "4"),
+                ("windowsize", "0"),
+                ("timeout", "0"),
+                ("x", "1"),
+            ]),
+            1,
+            1468,
+            16,
+            t,
+        );
+        assert_eq!((n.blksize, n.window, n.timeout), (512, 1, t));
+        assert!(n.oack.is_empty());
+    }
+
+    #[test]
+    fn acks_slide_the_window_across_the_block_number_wrap() {
+        assert_eq!(acked(1, 16, 16), Some(16));
+        assert_eq!(acked(1, 16, 3), Some(3));
+        assert_eq!(acked(1, 16, 0), Some(0));
+        assert_eq!(acked(17, 32, 16), Some(0));
+        assert_eq!(acked(17, 32, 5), None);
+        assert_eq!(acked(17, 32, 40), None);
+        // Blocks 65530..=65545 go out as 65530..=65535, 0..=9.
+        assert_eq!(acked(65530, 65545, 65535), Some(6));
+        assert_eq!(acked(65530, 65545, 9), Some(16));
+        assert_eq!(acked(65536, 65551, 65535), Some(0));
+        assert_eq!(acked(65536, 65551, 0), Some(1));
+    }
+
+    /// A client that drops the first packet of the second window, then ACKs the last block
+    /// it got in order, as RFC 7440 asks.
+    #[tokio::test]
+    async fn a_windowed_transfer_recovers_from_a_lost_block_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(dir.path().join("ipxe.efi"), &data).unwrap();
+        let db = crate::db::Db::open(dir.path()).await.unwrap();
+        let metrics = Metrics::default();
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        let (recorder, _writer) = Recorder::new(db, clock, metrics.clone());
+        let handler = TftpHandler::new(
+            IpxeFiles::new(dir.path().to_path_buf()),
+            recorder,
+            Neighbours::default(),
+            metrics,
+        );
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(handler, server, 1468, 8, cancel.clone()));
+        let client = TokioUdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client
+            .send_to(
+                b"\x00\x01ipxe.efi\x00octet\x00blksize\x001000\x00windowsize\x0016\x00",
+                addr,
+            )
+            .await
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let started = std::time::Instant::now();
+        let (n, peer) = client.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"\x00\x06blksize\x001000\x00windowsize\x008\x00");
+        client.send_to(b"\x00\x04\x00\x00", peer).await.unwrap();
+        let mut got = Vec::new();
+        let mut next: u16 = 1;
+        let mut dropped = false;
+        let mut in_window = 0;
+        loop {
+            let (n, _) = client.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..2], b"\x00\x03");
+            let block = u16::from_be_bytes([buf[2], buf[3]]);
+            if block == 9 && !dropped {
+                dropped = true;
+                continue;
+            }
+            if block != next {
+                if block == 10 {
+                    client.send_to(&[0, 4, 0, 8], peer).await.unwrap();
+                }
+                continue;
+            }
+            got.extend_from_slice(&buf[4..n]);
+            next += 1;
+            in_window += 1;
+            let last = n - 4 < 1000;
+            if last || in_window == 8 {
+                in_window = 0;
+                client
+                    .send_to(&[0, 4, (block >> 8) as u8, block as u8], peer)
+                    .await
+                    .unwrap();
+            }
+            if last {
+                break;
+            }
+        }
+        assert_eq!(got, data);
+        assert!(
+            started.elapsed() < RETRANSMIT_AFTER,
+            "{:?}",
+            started.elapsed()
+        );
+        cancel.cancel();
+        task.await.unwrap().unwrap();
     }
 
     #[test]
