@@ -36,6 +36,10 @@ pub struct AppState {
     pub login_limiter: crate::auth::LoginLimiter,
     /// Boot assets: `/assets/` serves only what this store verified.
     pub images: crate::images::Images,
+    /// Asset files open for `/assets/`, one per verified inode.
+    pub open_assets: crate::boot::files::OpenAssets,
+    /// The iPXE binaries in memory, shared by TFTP and `/ipxe/`.
+    pub ipxe_files: IpxeFiles,
 }
 
 impl AppState {
@@ -317,9 +321,10 @@ pub async fn run(
         cancel.clone(),
     ));
 
+    let ipxe_files = IpxeFiles::new(config.boot.ipxe_dir.clone());
     let tftp_task = {
         let handler = TftpHandler::new(
-            IpxeFiles::new(config.boot.ipxe_dir.clone()),
+            ipxe_files.clone(),
             recorder.clone(),
             neighbours.clone(),
             metrics.clone(),
@@ -382,6 +387,8 @@ pub async fn run(
         orchestrator,
         login_limiter: crate::auth::LoginLimiter::default(),
         images,
+        open_assets: crate::boot::files::OpenAssets::default(),
+        ipxe_files,
     };
     drop(recorder);
     check_boot_files(&config);

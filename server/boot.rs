@@ -7,17 +7,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use askama::Template;
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Extension;
 use axum::Router;
-use http_body_util::BodyExt;
 use serde::Deserialize;
-use tower::ServiceExt;
-use tower_http::services::ServeFile;
 
 use sha2::{Digest, Sha256};
 
@@ -30,6 +26,8 @@ use crate::model::{DiskHandoff, EventKind, Lifecycle, Mac, Machine, Role};
 use crate::net;
 use crate::orchestrator::Signal;
 use crate::talos::{self, Arch};
+
+pub mod files;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -362,28 +360,6 @@ fn install_script(
     )
 }
 
-/// Serves `path` with Content-Length, HEAD and Range; counts the bytes actually sent.
-async fn serve_counted(
-    state: &AppState,
-    path: PathBuf,
-    asset: &'static str,
-    req: Request,
-) -> Result<Response, BootError> {
-    let response = ServeFile::new(path)
-        .oneshot(req)
-        .await
-        .map_err(|e| BootError::Internal(e.to_string()))?;
-    let metrics = state.metrics.clone();
-    Ok(response.map(|body| {
-        Body::new(body.map_frame(move |frame| {
-            if let Some(data) = frame.data_ref() {
-                metrics.http_sent(asset, data.len() as u64);
-            }
-            frame
-        }))
-    }))
-}
-
 /// A plain file name: no separators, no leading dot.
 fn plain_name(name: &str) -> bool {
     !name.is_empty()
@@ -392,6 +368,8 @@ fn plain_name(name: &str) -> bool {
         && Path::new(name).components().count() == 1
 }
 
+/// iPXE binaries for UEFI HTTP boot, from the in-memory copy TFTP serves (reread when the
+/// file changes on disk), with Range, HEAD and conditional requests.
 async fn boot_ipxe_binary_get(
     State(state): State<AppState>,
     UrlPath(file): UrlPath<String>,
@@ -400,17 +378,74 @@ async fn boot_ipxe_binary_get(
     if !plain_name(&file) {
         return Err(BootError::NotFound);
     }
-    let path = state.config.boot.ipxe_dir.join(&file);
-    if !path.is_file() {
+    let files = state.ipxe_files.clone();
+    let name = file.clone();
+    let loaded = tokio::task::spawn_blocking(move || files.load_with_time(&name))
+        .await
+        .map_err(|e| BootError::Internal(e.to_string()))?;
+    let Ok((data, modified)) = loaded else {
         return Err(BootError::NotFound);
-    }
-    serve_counted(&state, path, "ipxe", req).await
+    };
+    let source = files::Source::Memory { data, modified };
+    Ok(files::respond(
+        req.headers(),
+        source,
+        "application/octet-stream",
+        state.metrics.clone(),
+        "ipxe",
+    ))
 }
 
 #[derive(Debug, Deserialize)]
 struct AssetQuery {
     #[serde(default)]
     mac: Option<String>,
+}
+
+/// The path of a boot asset that matches its recorded SHA-256, or why it may not be served.
+async fn servable_asset(state: &AppState, version: &str, file: &str) -> Result<PathBuf, BootError> {
+    match state.images.servable(version, file).await {
+        Ok(path) => Ok(path),
+        Err(ServeError::Unservable(Unservable::Missing)) => {
+            tracing::warn!(version = %version, file = %file, "boot asset requested but missing");
+            Err(BootError::NotFound)
+        }
+        Err(ServeError::Unservable(Unservable::OutOfService(reason))) => {
+            tracing::warn!(version = %version, file = %file, reason = %reason,
+                "boot asset requested but out of service");
+            Err(BootError::OutOfService(reason))
+        }
+        Err(ServeError::Images(e)) => Err(BootError::Internal(e.to_string())),
+    }
+}
+
+/// The open file of a verified boot asset. A file not open yet (or replaced on disk since) is
+/// opened and then verified again, so the open inode is the one `servable` checked.
+async fn open_asset(
+    state: &AppState,
+    version: &str,
+    file: &str,
+) -> Result<std::sync::Arc<files::OpenAsset>, BootError> {
+    let path = servable_asset(state, version, file).await?;
+    if let Some(open) = state.open_assets.get(&path) {
+        return Ok(open);
+    }
+    let opening = path.clone();
+    let open = tokio::task::spawn_blocking(move || files::OpenAsset::open(&opening))
+        .await
+        .map_err(|e| BootError::Internal(e.to_string()))?;
+    let open = match open {
+        Ok(open) => open,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BootError::NotFound),
+        Err(e) => return Err(BootError::Internal(format!("{}: {e}", path.display()))),
+    };
+    let again = servable_asset(state, version, file).await?;
+    if again != path || !open.still_at(&path) {
+        return Err(BootError::OutOfService(
+            "replaced while being opened".into(),
+        ));
+    }
+    Ok(state.open_assets.insert(path, open))
 }
 
 async fn boot_asset_get(
@@ -422,28 +457,28 @@ async fn boot_asset_get(
     if crate::config::validate_talos_version(&version).is_err() {
         return Err(BootError::NotFound);
     }
-    let (asset, kind) = match file.as_str() {
-        "vmlinuz-amd64" | "vmlinuz-arm64" => ("kernel", EventKind::KernelFetched),
-        "initramfs-amd64.xz" | "initramfs-arm64.xz" => ("initramfs", EventKind::InitramfsFetched),
+    let (asset, kind, content_type) = match file.as_str() {
+        "vmlinuz-amd64" | "vmlinuz-arm64" => (
+            "kernel",
+            EventKind::KernelFetched,
+            "application/octet-stream",
+        ),
+        "initramfs-amd64.xz" | "initramfs-arm64.xz" => {
+            ("initramfs", EventKind::InitramfsFetched, "application/x-xz")
+        }
         _ => return Err(BootError::NotFound),
     };
     // Only a file that matches its recorded SHA-256 is served.
-    let path = match state.images.servable(&version, &file).await {
-        Ok(path) => path,
-        Err(ServeError::Unservable(Unservable::Missing)) => {
-            tracing::warn!(version = %version, file = %file, "boot asset requested but missing");
-            return Err(BootError::NotFound);
-        }
-        Err(ServeError::Unservable(Unservable::OutOfService(reason))) => {
-            tracing::warn!(version = %version, file = %file, reason = %reason,
-                "boot asset requested but out of service");
-            return Err(BootError::OutOfService(reason));
-        }
-        Err(ServeError::Images(e)) => return Err(BootError::Internal(e.to_string())),
-    };
+    let open = open_asset(&state, &version, &file).await?;
     let is_get = req.method() == Method::GET;
     let range = req.headers().get(header::RANGE).is_some();
-    let response = serve_counted(&state, path, asset, req).await?;
+    let response = files::respond(
+        req.headers(),
+        files::Source::Asset(open),
+        content_type,
+        state.metrics.clone(),
+        asset,
+    );
     let mac = q.mac.as_deref().and_then(|m| m.parse::<Mac>().ok());
     if let (true, Some(mac)) = (is_get && response.status().is_success(), mac) {
         tracing::info!(mac = %mac, file = %file, range, "boot asset served");
