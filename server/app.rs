@@ -311,7 +311,7 @@ pub async fn run(
     let inventory = Inventory::default();
     inventory.reload(&db).await?;
     let neighbours = Neighbours::default();
-    let (recorder, writer) = Recorder::new(db.clone(), inventory.clone(), clock, metrics.clone());
+    let (recorder, writer) = Recorder::new(db.clone(), clock, metrics.clone());
     let writer = tokio::spawn(writer);
     let cancel = CancellationToken::new();
 

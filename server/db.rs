@@ -105,11 +105,12 @@ impl Db {
         Ok(Db { pool })
     }
 
-    /// SQLite's `data_version`: changes when another connection commits.
-    /// A fresh connection per call would always read the same value, so this uses one held
-    /// connection per poller (see `Inventory::watch`).
-    pub async fn data_version(conn: &mut sqlx::SqliteConnection) -> Result<i64, DbError> {
-        let row = sqlx::query("PRAGMA data_version").fetch_one(conn).await?;
+    /// The counter triggers bump whenever a commit changes what `list_machines` returns, apart
+    /// from the first/last-seen stamps (migration 0008); any process's commits count.
+    pub async fn inventory_version(&self) -> Result<i64, DbError> {
+        let row = sqlx::query("SELECT version FROM inventory_version WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get::<i64, _>(0)?)
     }
 

@@ -1,8 +1,9 @@
 //! The in-memory view of the machine inventory and the event recorder.
 //!
 //! Protocol hot paths (DHCP, TFTP) read `Inventory` snapshots and hand what they saw to
-//! `Recorder`; neither waits on SQLite. The snapshot is rebuilt when this process changes the
-//! inventory and when another process (the CLI) commits to the same database file.
+//! `Recorder`; neither waits on SQLite. The snapshot is rebuilt when an operator's write in this
+//! process says so, and when the database's `inventory_version` counter (kept by triggers)
+//! shows that machine data changed, whoever committed it.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -80,37 +81,41 @@ impl Inventory {
         Ok(())
     }
 
-    /// Asks the watcher to reload soon (after a write made by this process).
+    /// Asks the watcher to reload now (after an operator's write made by this process).
     pub fn mark_changed(&self) {
         self.changed.notify_one();
     }
 
-    /// Keeps the snapshot fresh until `cancel` fires: reloads when this process says it
-    /// changed something, and when SQLite's `data_version` shows another process committed.
+    /// Keeps the snapshot fresh until `cancel` fires: reloads at once when this process says
+    /// it changed something, and when the database's `inventory_version` moved (any process's
+    /// change to machine data, including discoveries and lifecycle steps) at the next poll.
+    /// Writes that do not change machine data (events, leases, the boot log, last-seen
+    /// stamps) cause no reload. Polls driven by the counter are spaced at least ten times the
+    /// last reload's duration apart, so reloading a large inventory during a storm of
+    /// discoveries takes at most a tenth of a core.
     pub async fn watch(self, db: Db, poll: Duration, cancel: CancellationToken) {
-        let mut conn = match db.acquire().await {
-            Ok(conn) => conn.detach(),
-            Err(e) => {
-                tracing::error!(error = %e, "inventory watcher cannot get a database connection");
-                return;
-            }
-        };
-        let mut last_version = Db::data_version(&mut conn).await.ok();
+        let mut last_version = db.inventory_version().await.ok();
+        let mut wait = poll;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(poll) => {
-                    let version = Db::data_version(&mut conn).await.ok();
+                _ = tokio::time::sleep(wait) => {
+                    let version = db.inventory_version().await.ok();
                     if version == last_version {
+                        wait = poll;
                         continue;
                     }
-                    last_version = version;
                 }
             }
+            // Read the counter before the machines: a change committed in between is seen
+            // again at the next poll rather than missed.
+            last_version = db.inventory_version().await.ok();
+            let started = std::time::Instant::now();
             if let Err(e) = self.reload(&db).await {
                 tracing::warn!(error = %e, "inventory reload failed; keeping the previous snapshot");
             }
+            wait = poll.max(started.elapsed() * 10);
         }
     }
 }
@@ -131,13 +136,12 @@ impl Recorder {
     /// The writer ends once every `Recorder` clone is dropped, after a final flush.
     pub fn new(
         db: Db,
-        inventory: Inventory,
         clock: SharedClock,
         metrics: Metrics,
     ) -> (Recorder, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::channel(RECORDER_QUEUE);
         let recorder = Recorder { tx, clock, metrics };
-        (recorder, write_loop(db, inventory, rx))
+        (recorder, write_loop(db, rx))
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -168,7 +172,7 @@ impl Recorder {
     }
 }
 
-async fn write_loop(db: Db, inventory: Inventory, mut rx: mpsc::Receiver<Observation>) {
+async fn write_loop(db: Db, mut rx: mpsc::Receiver<Observation>) {
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
         // Give a burst a moment to gather into one transaction.
@@ -179,7 +183,6 @@ async fn write_loop(db: Db, inventory: Inventory, mut rx: mpsc::Receiver<Observa
                 Err(_) => break,
             }
         }
-        let discovered_new = batch.iter().any(|o| inventory.get(&o.mac).is_none());
         // A write can fail while the disk or another process holds SQLite up; keep the batch
         // and try again a few times before giving it up.
         let mut attempt = 0u32;
@@ -191,9 +194,6 @@ async fn write_loop(db: Db, inventory: Inventory, mut rx: mpsc::Receiver<Observa
             }
             tracing::warn!(error = %e, attempt, "storing machine events failed; retrying");
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-        }
-        if discovered_new {
-            inventory.mark_changed();
         }
         batch.clear();
     }
@@ -224,5 +224,58 @@ impl Neighbours {
             Err(poisoned) => poisoned.into_inner(),
         };
         map.get(&ip).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::LeaseRow;
+    use crate::model::Lifecycle;
+
+    fn seen(mac: Mac, at: i64, arch: Option<u16>) -> Observation {
+        Observation {
+            mac,
+            at,
+            kind: EventKind::DhcpOffer,
+            detail: String::new(),
+            arch,
+            smbios_uuid: None,
+            serial: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_changes_to_machine_data_move_the_inventory_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let v0 = db.inventory_version().await.unwrap();
+        db.record(&[seen(mac, 1, Some(7))]).await.unwrap();
+        let v1 = db.inventory_version().await.unwrap();
+        assert!(v1 > v0, "a discovery is new machine data");
+        // The same machine seen again: events and last-seen stamps only.
+        db.record(&[seen(mac, 2, Some(7)), seen(mac, 3, None)])
+            .await
+            .unwrap();
+        db.log_event(mac, EventKind::TftpServed, "ipxe.efi", 4)
+            .await
+            .unwrap();
+        let lease = LeaseRow {
+            mac,
+            ip: "10.0.0.50".parse().unwrap(),
+            expires_at: 10_000,
+            hostname: None,
+        };
+        db.save_leases(&[(mac, Some(lease))]).await.unwrap();
+        assert_eq!(db.inventory_version().await.unwrap(), v1);
+        // A new fact (UEFI after BIOS) and a lifecycle step are.
+        db.record(&[seen(mac, 5, Some(0))]).await.unwrap();
+        let v2 = db.inventory_version().await.unwrap();
+        assert!(v2 > v1);
+        db.set_state(mac, Lifecycle::Booting, "test", 6)
+            .await
+            .unwrap();
+        assert!(db.inventory_version().await.unwrap() > v2);
     }
 }

@@ -1231,8 +1231,7 @@ mod udp {
         let pxe_port = sockets.pxe.as_ref().map(|s| s.local_addr().unwrap().port());
         let inventory = Inventory::default();
         let metrics = Metrics::default();
-        let (recorder, writer) =
-            Recorder::new(db.clone(), inventory.clone(), clock, metrics.clone());
+        let (recorder, writer) = Recorder::new(db.clone(), clock, metrics.clone());
         let deps = DhcpDeps {
             config,
             boot,
