@@ -287,11 +287,7 @@ struct Target<'a> {
 /// The kernel command line of an install boot: the version's base arguments and config URL,
 /// then the schematic's extra arguments, bootplane's report-in arguments, and the operator's
 /// `--kernel-args` last.
-fn install_args(
-    boot: &crate::config::BootConfig,
-    target: &Target<'_>,
-    config_url: &str,
-) -> String {
+fn install_args(boot: &crate::config::BootConfig, target: &Target<'_>, config_url: &str) -> String {
     let mut extra: Vec<String> = target.asset_args.to_vec();
     extra.extend(talos::kernel::report_args(
         boot.advertise_ip,

@@ -422,6 +422,19 @@ impl Images {
         .map_err(|e| ImagesError::Internal(e.to_string()))?
     }
 
+    /// Whether no process holds the download lock of `version` and `arch` (checked without
+    /// waiting; the lock is released at once).
+    fn nobody_downloads(&self, version: &str, arch: Arch) -> bool {
+        let path = self
+            .dir
+            .join(version)
+            .join(format!(".{}.lock", arch.as_str()));
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+            return true;
+        };
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok()
+    }
+
     fn paths(&self, version: &str, arch: Arch) -> (PathBuf, PathBuf) {
         let dir = self.dir.join(version);
         (
@@ -786,6 +799,22 @@ impl Images {
         for asset in self.db.list_images().await? {
             let name = format!("{} {}", asset.version, asset.arch.as_str());
             if asset.state == AssetState::Downloading {
+                // Downloading, but nobody (in this process, or holding its file lock in
+                // another) is: the process that downloaded it stopped.
+                if self.progress(&asset.version, asset.arch).is_none()
+                    && self.nobody_downloads(&asset.version, asset.arch)
+                {
+                    let reason = "download interrupted (bootplane stopped during it); add it again to resume".to_string();
+                    self.db
+                        .set_image_state(
+                            &asset.version,
+                            asset.arch,
+                            &AssetState::Broken(reason.clone()),
+                            Self::now_ms(),
+                        )
+                        .await?;
+                    report.broken.push((name, reason));
+                }
                 continue;
             }
             let was_broken = matches!(asset.state, AssetState::Broken(_));
@@ -1076,7 +1105,13 @@ impl Images {
             // Held until the download ends, so the asset shows as in flight from now on.
             let _entered = entered;
             match store.add(&req, None).await {
-                Ok(_) => {}
+                // A failed transfer is logged (and recorded as broken) by `add` itself.
+                Ok(_)
+                | Err(
+                    ImagesError::Download { .. }
+                    | ImagesError::Status { .. }
+                    | ImagesError::Mismatch { .. },
+                ) => {}
                 Err(e) => tracing::error!(version = %req.version, arch = req.arch.as_str(),
                     error = %e, "boot assets not added"),
             }
@@ -1641,6 +1676,56 @@ mod tests {
             extra_args(cmdline, "v1.11.6", Arch::Amd64),
             ["net.ifnames=0", "talos.dashboard.disabled=1"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_download_nobody_runs_any_more_is_marked_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let images = tempfile::tempdir().unwrap();
+        let store = Images::new(images.path().to_path_buf(), db.clone());
+        let file = AssetFile {
+            origin: "http://f/k".into(),
+            digest: None,
+        };
+        let mut asset = Asset {
+            version: "v1.11.6".into(),
+            arch: Arch::Amd64,
+            source: AssetSource::Release,
+            kernel: file.clone(),
+            initramfs: file,
+            kernel_args: Vec::new(),
+            state: AssetState::Downloading,
+            updated_at: 1,
+        };
+        db.put_image(&asset).await.unwrap();
+        // Another process downloads it: its lock is held, the record stays.
+        let held = store.file_lock("v1.11.6", Arch::Amd64).await.unwrap();
+        assert!(store.verify_all().await.unwrap().broken.is_empty());
+        let state = db
+            .get_image("v1.11.6", Arch::Amd64)
+            .await
+            .unwrap()
+            .unwrap()
+            .state;
+        assert_eq!(state, AssetState::Downloading);
+        drop(held);
+        let report = store.verify_all().await.unwrap();
+        assert_eq!(report.broken.len(), 1, "{report:?}");
+        let state = db
+            .get_image("v1.11.6", Arch::Amd64)
+            .await
+            .unwrap()
+            .unwrap()
+            .state;
+        assert!(
+            matches!(state, AssetState::Broken(ref r) if r.contains("interrupted")),
+            "{state:?}"
+        );
+        asset.version = "v1.10.9".into();
+        db.put_image(&asset).await.unwrap();
+        // Without a lock file at all, nobody downloads it either.
+        assert_eq!(store.verify_all().await.unwrap().broken.len(), 2);
     }
 
     #[test]

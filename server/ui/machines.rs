@@ -316,7 +316,7 @@ impl FieldsView {
                 .map(|h| (h.as_str(), h.as_str() == handoff))
                 .collect(),
             ip_hint: format!("ADDR/PREFIX in {}", lan.subnet),
-            version_hint: format!("the cluster's ({default_version})"),
+            version_hint: format!("not pinned: {default_version}"),
             form,
         }
     }
