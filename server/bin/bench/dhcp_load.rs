@@ -1,11 +1,13 @@
-//! proxyDHCP load: PXE DISCOVERs (and REQUESTs to the boot-server port) from distinct MACs with
-//! a fixed number in flight, replies matched by xid; and a trivial in-process responder that
-//! shows the load generator's own ceiling.
+//! DHCP load from the client namespace, as PXE firmware sends it: broadcast DISCOVERs and
+//! REQUESTs from port 68 (broadcast flag set, so every server answers by broadcast), REQUESTs
+//! to the PXE boot-server port by unicast. A fixed number of transactions is kept in flight on
+//! one thread; replies are matched by xid and checked (type, client, address).
+//!
+//! The same module holds the trivial responder (`bootplane-bench --responder dhcp-*`, run in
+//! the server namespace) that shows the generator's own ceiling over the same veth.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket as StdUdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -13,47 +15,37 @@ use dhcproto::v4::{
     Architecture, DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode,
 };
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use nix::sys::socket::{setsockopt, sockopt};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
+use crate::netns::{CLIENT_IP, SERVER_IP};
 use crate::stats::Latencies;
 use crate::sys::thread_cpu_secs;
 
-/// BOOTP header up to and including chaddr's 16 bytes.
 const XID_RANGE: std::ops::Range<usize> = 4..8;
+const YIADDR_RANGE: std::ops::Range<usize> = 16..20;
 const CHADDR_START: usize = 28;
 const MIN_BOOTP_LEN: usize = 240;
+const SERVER_PORT: u16 = 67;
+const CLIENT_PORT: u16 = 68;
+pub const PXE_PORT: u16 = 4011;
+/// Socket buffers asked for (SO_RCVBUFFORCE passes net.core.rmem_max as root).
+const SOCKET_BUFFER: usize = 8 << 20;
+/// With no reply at all after this many timed-out transactions, the load gives up.
+const GIVE_UP_AFTER_LOST: usize = 32;
 
-/// Which half of the proxyDHCP exchange a packet is.
+/// What each simulated client does once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exchange {
-    /// DHCPDISCOVER to port 67, answered by a proxy OFFER.
-    Discover,
-    /// DHCPREQUEST to port 4011, answered by an ACK.
-    Request,
-}
-
-impl Exchange {
-    fn request_type(self) -> MessageType {
-        match self {
-            Exchange::Discover => MessageType::Discover,
-            Exchange::Request => MessageType::Request,
-        }
-    }
-
-    fn reply_type(self) -> MessageType {
-        match self {
-            Exchange::Discover => MessageType::Offer,
-            Exchange::Request => MessageType::Ack,
-        }
-    }
-}
-
-/// One encoded request.
-#[derive(Debug, Clone)]
-pub struct Packet {
-    xid: u32,
-    mac: [u8; 6],
-    bytes: Vec<u8>,
+pub enum Flow {
+    /// proxyDHCP: DISCOVER to port 67, answered by an OFFER without an address.
+    ProxyDiscover,
+    /// proxyDHCP: REQUEST to the boot-server port 4011, answered by an ACK without an address.
+    ProxyRequest,
+    /// Full DHCP: DISCOVER → OFFER → REQUEST → ACK, a new lease.
+    Dora,
+    /// Full DHCP: DISCOVER from a client holding a lease, answered by an OFFER of that address.
+    LeasedDiscover,
 }
 
 /// The MAC of simulated client `index` (locally administered, unique up to 2^24 clients).
@@ -62,385 +54,480 @@ pub fn client_mac(index: usize) -> [u8; 6] {
     [0x02, 0xb0, 0x07, a, b, c]
 }
 
-/// Encodes what PXE firmware sends: even clients are BIOS (arch 0), odd ones x64 UEFI (arch 7),
-/// each with its own MAC, GUID and xid.
-pub fn build_packets(exchange: Exchange, clients: std::ops::Range<usize>) -> Result<Vec<Packet>> {
-    let xid_base: u32 = rand::random();
-    clients
-        .map(|index| {
-            let mac = client_mac(index);
-            let xid = xid_base.wrapping_add(index as u32);
-            let (arch, class): (u16, &[u8]) = if index % 2 == 0 {
-                (0, b"PXEClient:Arch:00000:UNDI:002001")
-            } else {
-                (7, b"PXEClient:Arch:00007:UNDI:003016")
-            };
-            let ciaddr = match exchange {
-                Exchange::Discover => Ipv4Addr::UNSPECIFIED,
-                Exchange::Request => Ipv4Addr::LOCALHOST,
-            };
-            let mut msg = Message::new_with_id(
-                xid,
-                ciaddr,
-                Ipv4Addr::UNSPECIFIED,
-                Ipv4Addr::UNSPECIFIED,
-                Ipv4Addr::UNSPECIFIED,
-                &mac,
-            );
-            msg.set_opcode(Opcode::BootRequest)
-                .set_htype(HType::Eth)
-                .set_flags(Flags::default().set_broadcast());
-            let mut guid = vec![0u8; 17];
-            guid[1..5].copy_from_slice(&(index as u32).to_be_bytes());
-            guid[5..11].copy_from_slice(&mac);
-            let opts = msg.opts_mut();
-            opts.insert(DhcpOption::MessageType(exchange.request_type()));
-            opts.insert(DhcpOption::MaxMessageSize(1464));
-            opts.insert(DhcpOption::ParameterRequestList(vec![
-                OptionCode::SubnetMask,
-                OptionCode::Router,
-                OptionCode::DomainNameServer,
-                OptionCode::VendorExtensions,
-                OptionCode::ClassIdentifier,
-                OptionCode::TFTPServerName,
-                OptionCode::BootfileName,
-                OptionCode::ClientMachineIdentifier,
-            ]));
-            opts.insert(DhcpOption::ClientMachineIdentifier(guid));
-            opts.insert(DhcpOption::ClientNetworkInterface(1, 2, 1));
-            opts.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(
-                arch,
-            )));
-            opts.insert(DhcpOption::ClassIdentifier(class.to_vec()));
-            if exchange == Exchange::Request {
-                // PXE boot item 0 (sub-option 71), as EDK2 sends to the boot server.
-                opts.insert(DhcpOption::VendorExtensions(vec![71, 4, 0, 0, 0, 0, 255]));
-            }
-            let mut bytes = Vec::with_capacity(400);
-            msg.encode(&mut Encoder::new(&mut bytes))
-                .map_err(|e| anyhow!("encoding a request: {e}"))?;
-            Ok(Packet { xid, mac, bytes })
-        })
-        .collect()
+/// The client index encoded in a MAC made by [`client_mac`].
+fn mac_index(mac: &[u8]) -> usize {
+    usize::from(mac[3]) << 16 | usize::from(mac[4]) << 8 | usize::from(mac[5])
 }
 
-/// How a load phase went.
+/// Encodes what PXE firmware sends: even clients BIOS (arch 0), odd ones x64 UEFI (arch 7).
+pub fn encode_request(
+    kind: MessageType,
+    index: usize,
+    xid: u32,
+    ciaddr: Ipv4Addr,
+    requested: Option<(Ipv4Addr, Ipv4Addr)>,
+    boot_item: bool,
+) -> Result<Vec<u8>> {
+    let mac = client_mac(index);
+    let (arch, class): (u16, &[u8]) = if index.is_multiple_of(2) {
+        (0, b"PXEClient:Arch:00000:UNDI:002001")
+    } else {
+        (7, b"PXEClient:Arch:00007:UNDI:003016")
+    };
+    let mut msg = Message::new_with_id(
+        xid,
+        ciaddr,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac,
+    );
+    msg.set_opcode(Opcode::BootRequest)
+        .set_htype(HType::Eth)
+        .set_flags(Flags::default().set_broadcast());
+    let mut guid = vec![0u8; 17];
+    guid[1..5].copy_from_slice(&(index as u32).to_be_bytes());
+    guid[5..11].copy_from_slice(&mac);
+    let opts = msg.opts_mut();
+    opts.insert(DhcpOption::MessageType(kind));
+    opts.insert(DhcpOption::MaxMessageSize(1464));
+    opts.insert(DhcpOption::ParameterRequestList(vec![
+        OptionCode::SubnetMask,
+        OptionCode::Router,
+        OptionCode::DomainNameServer,
+        OptionCode::VendorExtensions,
+        OptionCode::ClassIdentifier,
+        OptionCode::TFTPServerName,
+        OptionCode::BootfileName,
+        OptionCode::ClientMachineIdentifier,
+    ]));
+    opts.insert(DhcpOption::ClientMachineIdentifier(guid));
+    opts.insert(DhcpOption::ClientNetworkInterface(1, 2, 1));
+    opts.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(
+        arch,
+    )));
+    opts.insert(DhcpOption::ClassIdentifier(class.to_vec()));
+    if let Some((ip, server)) = requested {
+        opts.insert(DhcpOption::RequestedIpAddress(ip));
+        opts.insert(DhcpOption::ServerIdentifier(server));
+    }
+    if boot_item {
+        // PXE boot item (sub-option 71, layer 0) as firmware echoes it from the proxy OFFER's
+        // menu: the bench's references number their services 1 (BIOS) and 2 (x64 UEFI), as
+        // dnsmasq numbers its pxe-service lines in order.
+        let item_type = if index.is_multiple_of(2) { 1 } else { 2 };
+        opts.insert(DhcpOption::VendorExtensions(vec![
+            71, 4, 0, item_type, 0, 0, 255,
+        ]));
+    }
+    let mut bytes = Vec::with_capacity(400);
+    msg.encode(&mut Encoder::new(&mut bytes))
+        .map_err(|e| anyhow!("encoding a request: {e}"))?;
+    Ok(bytes)
+}
+
+/// How a load went.
 #[derive(Debug, Default)]
-pub struct PhaseResult {
-    pub sent: usize,
-    /// Replies of the expected type for the right client.
-    pub replies: usize,
-    /// Requests with no reply within the timeout.
+pub struct FlowResult {
+    /// Transactions started.
+    pub started: usize,
+    /// Transactions finished with the expected replies.
+    pub done: usize,
+    /// Transactions with no reply within the timeout.
     pub lost: usize,
-    /// Replies for an outstanding xid that were not the expected message for that client.
+    /// Replies that were not the expected message for that client.
     pub bad: usize,
-    /// Replies for no outstanding xid (after the timeout, or duplicates).
+    /// Replies for no outstanding transaction (late, duplicate, another client's).
     pub unmatched: usize,
     pub send_errors: usize,
-    /// Requests never sent because the target answered nothing at all.
+    /// Transactions never started because the target answered nothing at all.
     pub skipped: usize,
-    pub latencies: Latencies,
-    /// From the first send to the last matched reply.
+    /// Leased clients offered another address than their lease.
+    pub moved: usize,
+    /// Request-to-reply latency of every reply.
+    pub reply_latency: Latencies,
+    /// First request to last reply of each finished transaction.
+    pub txn_latency: Latencies,
+    /// From the first send to the last finished transaction.
     pub elapsed: Duration,
-    /// CPU the load generator's thread used.
     pub client_cpu_secs: f64,
-    pub in_flight: usize,
+    /// The address leased to each client (Dora), by position in the client list.
+    pub leases: Vec<Option<Ipv4Addr>>,
 }
 
-impl PhaseResult {
-    pub fn replies_per_sec(&self) -> Option<f64> {
+impl FlowResult {
+    pub fn per_sec(&self) -> Option<f64> {
         let secs = self.elapsed.as_secs_f64();
-        (self.replies > 0 && secs > 0.0).then(|| self.replies as f64 / secs)
+        (self.done > 0 && secs > 0.0).then(|| self.done as f64 / secs)
     }
 
-    /// Fraction of all requests (sent or skipped) answered correctly, 0..=1.
+    /// Fraction of all transactions finished correctly, 0..=1.
     pub fn answered(&self) -> f64 {
-        let total = self.sent + self.skipped;
+        let total = self.started + self.skipped;
         if total == 0 {
             0.0
         } else {
-            self.replies as f64 / total as f64
+            self.done as f64 / total as f64
         }
     }
 
-    fn merge(&mut self, other: PhaseResult) {
-        self.sent += other.sent;
-        self.replies += other.replies;
-        self.lost += other.lost;
-        self.bad += other.bad;
-        self.unmatched += other.unmatched;
-        self.send_errors += other.send_errors;
-        self.skipped += other.skipped;
-        self.latencies.extend(other.latencies);
-        self.elapsed = self.elapsed.max(other.elapsed);
+    /// "9,990/10,000 done, lost 10" and friends, only the non-zero ones.
+    pub fn outcome(&self) -> String {
+        let mut parts = vec![format!(
+            "{}/{} done",
+            crate::stats::fmt_count(self.done as f64),
+            crate::stats::fmt_count((self.started + self.skipped) as f64)
+        )];
+        for (name, n) in [
+            ("lost", self.lost),
+            ("wrong reply", self.bad),
+            ("unmatched", self.unmatched),
+            ("send errors", self.send_errors),
+            ("not sent (no replies at all)", self.skipped),
+            ("offered another address", self.moved),
+        ] {
+            if n > 0 {
+                parts.push(format!("{name} {n}"));
+            }
+        }
+        parts.join(", ")
     }
 }
 
-/// Load shape: how many requests in flight, over how many client sockets, and when to give up
-/// on one.
-#[derive(Debug, Clone, Copy)]
-pub struct LoadShape {
+/// What to run: which flow, for which clients, how many in flight.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub flow: Flow,
+    /// Client indices, one transaction each.
+    pub clients: Vec<usize>,
     pub in_flight: usize,
-    pub sockets: usize,
     pub timeout: Duration,
+    /// The client veth (SO_BINDTODEVICE for broadcasts).
+    pub interface: String,
+    /// For `LeasedDiscover`: the lease of each client, by position.
+    pub leases: Vec<Option<Ipv4Addr>>,
 }
 
-/// Sends every packet to `target` keeping `shape.in_flight` outstanding, on one thread (a
-/// current-thread runtime), so the load generator's cost is one core and easy to read.
-pub fn run_phase(
-    target: SocketAddr,
-    exchange: Exchange,
-    packets: Arc<Vec<Packet>>,
-    shape: LoadShape,
-) -> Result<PhaseResult> {
-    let thread = std::thread::Builder::new()
-        .name("dhcp-load".into())
-        .spawn(move || -> Result<PhaseResult> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let cpu_before = thread_cpu_secs();
-            let mut result = runtime.block_on(drive_all(target, exchange, packets, shape))?;
-            result.client_cpu_secs = thread_cpu_secs() - cpu_before;
-            Ok(result)
-        })
-        .context("starting the load thread")?;
-    thread
-        .join()
-        .map_err(|_| anyhow!("the DHCP load thread panicked"))?
+/// Runs `load` on a thread of its own (a current-thread runtime), so the generator's cost is
+/// one core and easy to read.
+pub async fn run(load: Load) -> Result<FlowResult> {
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let cpu_before = thread_cpu_secs();
+        let mut result = runtime.block_on(drive(&load))?;
+        result.client_cpu_secs = thread_cpu_secs() - cpu_before;
+        Ok(result)
+    })
+    .await
+    .context("the DHCP load thread failed")?
 }
 
-/// What every client socket of one phase shares.
-struct Load {
-    target: SocketAddr,
-    exchange: Exchange,
-    packets: Arc<Vec<Packet>>,
-    /// Index of the next packet to send.
-    next: AtomicUsize,
-    /// Set when the target answers nothing at all: the phase stops sending instead of waiting
-    /// out a timeout for every remaining request.
-    give_up: AtomicBool,
-    timeout: Duration,
-    start: Instant,
+/// The client socket: 0.0.0.0:68 on the client veth, broadcasts allowed, large buffers.
+fn client_socket(interface: &str) -> Result<UdpSocket> {
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_broadcast(true)?;
+    let _ = setsockopt(&sock, sockopt::RcvBufForce, &SOCKET_BUFFER);
+    let _ = setsockopt(&sock, sockopt::SndBufForce, &SOCKET_BUFFER);
+    sock.bind_device(Some(interface.as_bytes()))
+        .context("binding the DHCP client socket to the veth")?;
+    sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT).into())
+        .context("binding the DHCP client port 68")?;
+    sock.set_nonblocking(true)?;
+    let std: StdUdpSocket = sock.into();
+    Ok(UdpSocket::from_std(std)?)
 }
 
-/// With no reply at all after this many requests (or a whole window) timed out on one socket,
-/// the phase gives up.
-const GIVE_UP_AFTER_LOST: usize = 4;
+/// One transaction in flight.
+#[derive(Debug, Clone, Copy)]
+struct Txn {
+    slot: usize,
+    /// 0: first request sent; 1: REQUEST after the OFFER (Dora).
+    step: u8,
+    sent_at: Instant,
+    started: Instant,
+    offered: Ipv4Addr,
+}
 
-async fn drive_all(
-    target: SocketAddr,
-    exchange: Exchange,
-    packets: Arc<Vec<Packet>>,
-    shape: LoadShape,
-) -> Result<PhaseResult> {
-    let sockets = shape.sockets.clamp(1, shape.in_flight.max(1));
-    let total_packets = packets.len();
-    let load = Arc::new(Load {
-        target,
-        exchange,
-        packets,
-        next: AtomicUsize::new(0),
-        give_up: AtomicBool::new(false),
-        timeout: shape.timeout,
-        start: Instant::now(),
-    });
-    let mut tasks = Vec::with_capacity(sockets);
-    for s in 0..sockets {
-        // Spread the window evenly: 32 over 4 sockets is 8 each.
-        let window = shape.in_flight / sockets + usize::from(s < shape.in_flight % sockets);
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .context("binding a client socket")?;
-        tasks.push(tokio::spawn(drive_socket(socket, load.clone(), window)));
-    }
-    let mut total = PhaseResult {
-        in_flight: shape.in_flight,
-        latencies: Latencies::with_capacity(total_packets),
-        ..PhaseResult::default()
+async fn drive(load: &Load) -> Result<FlowResult> {
+    let socket = client_socket(&load.interface)?;
+    let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT);
+    let pxe = SocketAddrV4::new(SERVER_IP, PXE_PORT);
+    let xid_base: u32 = rand::random();
+    let n = load.clients.len();
+    let mut result = FlowResult {
+        reply_latency: Latencies::with_capacity(n * 2),
+        txn_latency: Latencies::with_capacity(n),
+        leases: vec![None; n],
+        ..FlowResult::default()
     };
-    for task in tasks {
-        total.merge(task.await.context("a client socket task failed")??);
-    }
-    total.skipped = total_packets.saturating_sub(total.sent);
-    Ok(total)
-}
-
-/// One socket's share of the load: keeps `window` requests outstanding, taking the next packet
-/// from the shared index, until every packet is sent and answered or timed out.
-async fn drive_socket(socket: UdpSocket, load: Arc<Load>, window: usize) -> Result<PhaseResult> {
-    let mut result = PhaseResult::default();
-    // Outstanding requests: (xid, packet index, sent at). Small (the window), so a Vec.
-    let mut outstanding: Vec<(u32, usize, Instant)> = Vec::with_capacity(window);
+    let mut outstanding: HashMap<u32, Txn> = HashMap::with_capacity(load.in_flight * 2);
+    let mut next = 0usize;
     let mut buf = vec![0u8; 2048];
-    let mut exhausted = false;
+    let start = Instant::now();
+    let mut give_up = false;
     loop {
-        while !exhausted && outstanding.len() < window {
-            if load.give_up.load(Ordering::Relaxed) {
-                exhausted = true;
-                break;
-            }
-            let index = load.next.fetch_add(1, Ordering::Relaxed);
-            let Some(packet) = load.packets.get(index) else {
-                exhausted = true;
-                break;
+        while !give_up && next < n && outstanding.len() < load.in_flight {
+            let slot = next;
+            next += 1;
+            let index = load.clients[slot];
+            let xid = xid_base.wrapping_add(slot as u32);
+            let (kind, dest, ciaddr, boot_item) = match load.flow {
+                Flow::ProxyRequest => (MessageType::Request, pxe, CLIENT_IP, true),
+                _ => (
+                    MessageType::Discover,
+                    broadcast,
+                    Ipv4Addr::UNSPECIFIED,
+                    false,
+                ),
             };
-            let sent_at = Instant::now();
-            result.sent += 1;
-            match socket.send_to(&packet.bytes, load.target).await {
-                Ok(_) => outstanding.push((packet.xid, index, sent_at)),
-                Err(_) => {
-                    result.send_errors += 1;
-                    result.lost += 1;
-                }
+            let bytes = encode_request(kind, index, xid, ciaddr, None, boot_item)?;
+            let now = Instant::now();
+            result.started += 1;
+            if socket.send_to(&bytes, dest).await.is_err() {
+                result.send_errors += 1;
+                result.lost += 1;
+                continue;
             }
+            outstanding.insert(
+                xid,
+                Txn {
+                    slot,
+                    step: 0,
+                    sent_at: now,
+                    started: now,
+                    offered: Ipv4Addr::UNSPECIFIED,
+                },
+            );
         }
-        let Some(oldest) = outstanding.iter().map(|o| o.2).min() else {
+        let Some(oldest) = outstanding.values().map(|t| t.sent_at).min() else {
             break;
         };
         let deadline = tokio::time::Instant::from_std(oldest + load.timeout);
         if let Ok(ready) = tokio::time::timeout_at(deadline, socket.readable()).await {
             ready.context("waiting for replies")?;
             loop {
-                match socket.try_recv_from(&mut buf) {
-                    Ok((n, _)) => {
-                        let now = Instant::now();
-                        take_reply(&load, &buf[..n], now, &mut outstanding, &mut result);
-                    }
+                let n = match socket.try_recv_from(&mut buf) {
+                    Ok((n, _)) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e).context("receiving replies"),
+                };
+                let now = Instant::now();
+                if let Some(reply) =
+                    take_reply(load, &buf[..n], start, now, &mut outstanding, &mut result)
+                {
+                    // Dora: the OFFER asks for a REQUEST.
+                    let (slot, xid, offered, server) = reply;
+                    let index = load.clients[slot];
+                    let bytes = encode_request(
+                        MessageType::Request,
+                        index,
+                        xid,
+                        Ipv4Addr::UNSPECIFIED,
+                        Some((offered, server)),
+                        false,
+                    )?;
+                    if socket.send_to(&bytes, broadcast).await.is_err() {
+                        result.send_errors += 1;
+                        result.lost += 1;
+                        outstanding.remove(&xid);
+                    }
                 }
             }
         }
         let now = Instant::now();
         let before = outstanding.len();
-        outstanding.retain(|o| now < o.2 + load.timeout);
+        outstanding.retain(|_, t| now < t.sent_at + load.timeout);
         result.lost += before - outstanding.len();
-        if result.replies == 0 && result.lost >= window.max(GIVE_UP_AFTER_LOST) {
-            load.give_up.store(true, Ordering::Relaxed);
+        if result.done == 0 && result.lost >= GIVE_UP_AFTER_LOST.min(n) {
+            give_up = true;
         }
     }
+    result.skipped = n - next;
     Ok(result)
 }
 
-/// Matches one datagram to an outstanding request by xid and checks it.
+/// Checks one reply against its transaction. Returns `(slot, xid, offered, server)` when a
+/// Dora OFFER was accepted and the REQUEST must be sent (the transaction then stays in flight).
 fn take_reply(
     load: &Load,
-    reply: &[u8],
+    bytes: &[u8],
+    start: Instant,
     now: Instant,
-    outstanding: &mut Vec<(u32, usize, Instant)>,
-    result: &mut PhaseResult,
-) {
-    let found = reply
+    outstanding: &mut HashMap<u32, Txn>,
+    result: &mut FlowResult,
+) -> Option<(usize, u32, Ipv4Addr, Ipv4Addr)> {
+    let xid = bytes
         .get(XID_RANGE)
-        .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
-        .and_then(|xid| outstanding.iter().position(|o| o.0 == xid));
-    let Some(pos) = found else {
+        .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))?;
+    let Some(txn) = outstanding.get(&xid).copied() else {
         result.unmatched += 1;
-        return;
+        return None;
     };
-    let (_, index, sent_at) = outstanding.swap_remove(pos);
-    let mac = load.packets.get(index).map(|p| p.mac);
-    if mac.is_some_and(|mac| is_expected_reply(reply, load.exchange, &mac)) {
-        result.replies += 1;
-        result.latencies.push(now - sent_at);
-        result.elapsed = now - load.start;
-    } else {
+    let mac = client_mac(load.clients[txn.slot]);
+    let Some(msg) = decode_reply(bytes, &mac) else {
+        // Another client's packet that reused nothing of ours, or garbage.
+        result.unmatched += 1;
+        return None;
+    };
+    let kind = msg.opts().msg_type();
+    let yiaddr = msg.yiaddr();
+    let expected = match (load.flow, txn.step) {
+        (Flow::ProxyDiscover, _) => kind == Some(MessageType::Offer) && yiaddr.is_unspecified(),
+        (Flow::ProxyRequest, _) => kind == Some(MessageType::Ack) && yiaddr.is_unspecified(),
+        (Flow::Dora, 0) | (Flow::LeasedDiscover, _) => {
+            kind == Some(MessageType::Offer) && !yiaddr.is_unspecified()
+        }
+        (Flow::Dora, _) => kind == Some(MessageType::Ack) && yiaddr == txn.offered,
+    };
+    outstanding.remove(&xid);
+    if !expected {
         result.bad += 1;
+        return None;
     }
+    result.reply_latency.push(now - txn.sent_at);
+    if load.flow == Flow::Dora && txn.step == 0 {
+        let server = match msg.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(s)) => *s,
+            _ => SERVER_IP,
+        };
+        outstanding.insert(
+            xid,
+            Txn {
+                step: 1,
+                sent_at: now,
+                offered: yiaddr,
+                ..txn
+            },
+        );
+        return Some((txn.slot, xid, yiaddr, server));
+    }
+    if load.flow == Flow::Dora {
+        result.leases[txn.slot] = Some(yiaddr);
+    }
+    if load.flow == Flow::LeasedDiscover
+        && load.leases.get(txn.slot).copied().flatten() != Some(yiaddr)
+    {
+        result.moved += 1;
+    }
+    result.done += 1;
+    result.txn_latency.push(now - txn.started);
+    result.elapsed = now.saturating_duration_since(start);
+    None
 }
 
-/// A BOOTREPLY of the expected type, for this client's MAC.
-fn is_expected_reply(bytes: &[u8], exchange: Exchange, mac: &[u8; 6]) -> bool {
+/// A BOOTREPLY for `mac`, decoded.
+fn decode_reply(bytes: &[u8], mac: &[u8; 6]) -> Option<Message> {
     if bytes.len() < MIN_BOOTP_LEN || bytes.get(CHADDR_START..CHADDR_START + 6) != Some(mac) {
-        return false;
+        return None;
     }
-    match Message::decode(&mut Decoder::new(bytes)) {
-        Ok(msg) => {
-            msg.opcode() == Opcode::BootReply
-                && msg.opts().msg_type() == Some(exchange.reply_type())
-                && msg.yiaddr() == Ipv4Addr::UNSPECIFIED
+    let msg = Message::decode(&mut Decoder::new(bytes)).ok()?;
+    (msg.opcode() == Opcode::BootReply).then_some(msg)
+}
+
+/// The trivial responder's addresses: client `i` gets 10.99.(10 + i / 256).(i % 256).
+fn responder_address(index: usize) -> Ipv4Addr {
+    let i = index % (240 * 256);
+    Ipv4Addr::new(10, 99, 10 + (i / 256) as u8, (i % 256) as u8)
+}
+
+/// Runs the trivial DHCP responder in this (the server) namespace until killed: OFFER for a
+/// DISCOVER, ACK for a REQUEST, from one fixed reply patched with xid, chaddr and (when `full`)
+/// an address made from the MAC. Port 67 answers by broadcast, port 4011 to the sender.
+pub fn responder(interface: &str, full: bool) -> Result<()> {
+    let offer = reply_template(MessageType::Offer)?;
+    let ack = reply_template(MessageType::Ack)?;
+    let mut threads = Vec::new();
+    for port in [SERVER_PORT, PXE_PORT] {
+        let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        sock.set_reuse_address(true)?;
+        sock.set_broadcast(true)?;
+        let _ = setsockopt(&sock, sockopt::RcvBufForce, &SOCKET_BUFFER);
+        sock.bind_device(Some(interface.as_bytes()))?;
+        sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
+        let sock: StdUdpSocket = sock.into();
+        let (offer, ack) = (offer.clone(), ack.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut request = [0u8; 2048];
+            let (mut offer, mut ack) = (offer, ack);
+            loop {
+                let Ok((n, src)) = sock.recv_from(&mut request) else {
+                    continue;
+                };
+                if n < MIN_BOOTP_LEN {
+                    continue;
+                }
+                let reply = match option_53(&request[MIN_BOOTP_LEN..n]) {
+                    Some(1) => &mut offer,
+                    Some(3) => &mut ack,
+                    _ => continue,
+                };
+                reply[XID_RANGE].copy_from_slice(&request[XID_RANGE]);
+                reply[CHADDR_START..CHADDR_START + 16]
+                    .copy_from_slice(&request[CHADDR_START..CHADDR_START + 16]);
+                let yiaddr = if full {
+                    responder_address(mac_index(&request[CHADDR_START..CHADDR_START + 6]))
+                } else {
+                    Ipv4Addr::UNSPECIFIED
+                };
+                reply[YIADDR_RANGE].copy_from_slice(&yiaddr.octets());
+                let dest = if port == SERVER_PORT && src.port() == CLIENT_PORT {
+                    SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT).into()
+                } else {
+                    src
+                };
+                let _ = sock.send_to(reply, dest);
+            }
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// The DHCP message type (option 53) in an options field (after the magic cookie).
+fn option_53(options: &[u8]) -> Option<u8> {
+    let mut i = 0;
+    while i < options.len() {
+        match options[i] {
+            0 => i += 1,
+            255 => return None,
+            code => {
+                let len = usize::from(*options.get(i + 1)?);
+                if code == 53 && len == 1 {
+                    return options.get(i + 2).copied();
+                }
+                i += 2 + len;
+            }
         }
-        Err(_) => false,
     }
+    None
 }
 
-/// A trivial responder on a loopback port: answers each request with a fixed proxy OFFER (or
-/// ACK) patched with the request's xid and chaddr. Runs on its own thread until dropped.
-#[derive(Debug)]
-pub struct EchoResponder {
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EchoResponder {
-    pub fn start(exchange: Exchange) -> Result<Self> {
-        let socket =
-            StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding the echo responder")?;
-        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-        let addr = socket.local_addr()?;
-        let template = reply_template(exchange)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("dhcp-echo".into())
-                .spawn(move || echo_loop(&socket, &template, &stop))
-                .context("starting the echo responder")?
-        };
-        Ok(Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for EchoResponder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn echo_loop(socket: &StdUdpSocket, template: &[u8], stop: &AtomicBool) {
-    let mut request = [0u8; 2048];
-    let mut reply = template.to_vec();
-    while !stop.load(Ordering::Relaxed) {
-        let Ok((n, src)) = socket.recv_from(&mut request) else {
-            continue;
-        };
-        if n < MIN_BOOTP_LEN {
-            continue;
-        }
-        reply[XID_RANGE].copy_from_slice(&request[XID_RANGE]);
-        reply[CHADDR_START..CHADDR_START + 16]
-            .copy_from_slice(&request[CHADDR_START..CHADDR_START + 16]);
-        let _ = socket.send_to(&reply, src);
-    }
-}
-
-/// A proxy reply like the appliance's: yiaddr 0, siaddr, boot file, options 53/54/60/43.
-fn reply_template(exchange: Exchange) -> Result<Vec<u8>> {
-    let server = Ipv4Addr::LOCALHOST;
+/// A reply like a PXE server's: siaddr, boot file, options 53/54/60/43 (and a lease time and
+/// mask, which a full server adds).
+fn reply_template(kind: MessageType) -> Result<Vec<u8>> {
     let mut msg = Message::new_with_id(
         0,
         Ipv4Addr::UNSPECIFIED,
         Ipv4Addr::UNSPECIFIED,
-        server,
+        SERVER_IP,
         Ipv4Addr::UNSPECIFIED,
         &[0; 6],
     );
     msg.set_opcode(Opcode::BootReply)
         .set_htype(HType::Eth)
-        .set_sname_str("127.0.0.1")
-        .set_fname_str("undionly.kpxe");
+        .set_flags(Flags::default().set_broadcast())
+        .set_sname_str(SERVER_IP.to_string())
+        .set_fname_str("ipxe.efi");
     let opts = msg.opts_mut();
-    opts.insert(DhcpOption::MessageType(exchange.reply_type()));
-    opts.insert(DhcpOption::ServerIdentifier(server));
+    opts.insert(DhcpOption::MessageType(kind));
+    opts.insert(DhcpOption::ServerIdentifier(SERVER_IP));
+    opts.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 0, 0)));
+    opts.insert(DhcpOption::AddressLeaseTime(3600));
     opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
     opts.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
     let mut bytes = Vec::with_capacity(400);
@@ -459,82 +546,64 @@ mod tests {
         let macs: std::collections::HashSet<_> = (0..70_000).map(client_mac).collect();
         assert_eq!(macs.len(), 70_000);
         assert!(macs.iter().all(|m| m[0] & 0x02 != 0 && m[0] & 0x01 == 0));
+        assert_eq!(mac_index(&client_mac(65_537)), 65_537);
     }
 
     #[test]
-    fn discovers_decode_as_pxe_requests() {
-        let packets = build_packets(Exchange::Discover, 0..2).unwrap();
-        let bios = Message::decode(&mut Decoder::new(&packets[0].bytes)).unwrap();
-        assert_eq!(bios.opts().msg_type(), Some(MessageType::Discover));
-        assert_eq!(bios.xid(), packets[0].xid);
-        assert_eq!(&bios.chaddr()[..6], &client_mac(0));
-        let uefi = Message::decode(&mut Decoder::new(&packets[1].bytes)).unwrap();
+    fn requests_decode_as_pxe_requests() {
+        let bios = encode_request(
+            MessageType::Discover,
+            0,
+            9,
+            Ipv4Addr::UNSPECIFIED,
+            None,
+            false,
+        )
+        .unwrap();
+        let msg = Message::decode(&mut Decoder::new(&bios)).unwrap();
+        assert_eq!(msg.opts().msg_type(), Some(MessageType::Discover));
+        assert_eq!(msg.xid(), 9);
+        assert_eq!(option_53(&bios[MIN_BOOTP_LEN..]), Some(1));
+        let server = Ipv4Addr::new(10, 99, 0, 1);
+        let ip = Ipv4Addr::new(10, 99, 10, 1);
+        let uefi = encode_request(
+            MessageType::Request,
+            1,
+            9,
+            Ipv4Addr::UNSPECIFIED,
+            Some((ip, server)),
+            false,
+        )
+        .unwrap();
+        let msg = Message::decode(&mut Decoder::new(&uefi)).unwrap();
         assert!(matches!(
-            uefi.opts().get(OptionCode::ClientSystemArchitecture),
+            msg.opts().get(OptionCode::ClientSystemArchitecture),
             Some(DhcpOption::ClientSystemArchitecture(a)) if u16::from(*a) == 7
         ));
+        assert!(matches!(
+            msg.opts().get(OptionCode::RequestedIpAddress),
+            Some(DhcpOption::RequestedIpAddress(a)) if *a == ip
+        ));
+        assert_eq!(option_53(&uefi[MIN_BOOTP_LEN..]), Some(3));
     }
 
     #[test]
     fn responder_template_patched_with_the_request_is_an_expected_reply() {
-        let packets = build_packets(Exchange::Discover, 5..6).unwrap();
-        let mut reply = reply_template(Exchange::Discover).unwrap();
-        reply[XID_RANGE].copy_from_slice(&packets[0].bytes[XID_RANGE]);
-        reply[CHADDR_START..CHADDR_START + 16]
-            .copy_from_slice(&packets[0].bytes[CHADDR_START..CHADDR_START + 16]);
-        assert!(is_expected_reply(
-            &reply,
-            Exchange::Discover,
-            &client_mac(5)
-        ));
-        assert!(!is_expected_reply(
-            &reply,
-            Exchange::Request,
-            &client_mac(5)
-        ));
-        assert!(!is_expected_reply(
-            &reply,
-            Exchange::Discover,
-            &client_mac(6)
-        ));
-    }
-
-    #[test]
-    fn load_against_the_responder_gets_every_reply() {
-        let echo = EchoResponder::start(Exchange::Discover).unwrap();
-        let packets = Arc::new(build_packets(Exchange::Discover, 0..300).unwrap());
-        let shape = LoadShape {
-            in_flight: 8,
-            sockets: 2,
-            timeout: Duration::from_secs(1),
-        };
-        let result = run_phase(echo.addr, Exchange::Discover, packets, shape).unwrap();
-        assert_eq!(result.sent, 300);
-        assert_eq!(result.replies, 300);
-        assert_eq!(result.lost + result.bad + result.unmatched, 0);
-    }
-
-    #[test]
-    fn a_silent_target_ends_the_phase_early() {
-        // Bound but never read: requests vanish.
-        let silent = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let packets = Arc::new(build_packets(Exchange::Discover, 0..1000).unwrap());
-        let shape = LoadShape {
-            in_flight: 8,
-            sockets: 2,
-            timeout: Duration::from_millis(100),
-        };
-        let started = Instant::now();
-        let result = run_phase(
-            silent.local_addr().unwrap(),
-            Exchange::Discover,
-            packets,
-            shape,
+        let req = encode_request(
+            MessageType::Discover,
+            5,
+            7,
+            Ipv4Addr::UNSPECIFIED,
+            None,
+            false,
         )
         .unwrap();
-        assert!(started.elapsed() < Duration::from_secs(2));
-        assert_eq!(result.replies, 0);
-        assert!(result.skipped > 900);
-        assert_eq!(result.answered(), 0.0);
+        let mut reply = reply_template(MessageType::Offer).unwrap();
+        reply[XID_RANGE].copy_from_slice(&req[XID_RANGE]);
+        reply[CHADDR_START..CHADDR_START + 16]
+            .copy_from_slice(&req[CHADDR_START..CHADDR_START + 16]);
+        let msg = decode_reply(&reply, &client_mac(5)).unwrap();
+        assert_eq!(msg.opts().msg_type(), Some(MessageType::Offer));
+        assert!(decode_reply(&reply, &client_mac(6)).is_none());
     }
 }

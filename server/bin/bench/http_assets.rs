@@ -1,24 +1,22 @@
-//! Scenario: a large boot asset to many parallel clients, from bootplane and from nginx
+//! Scenario: a large boot asset to parallel clients (8 and 50), from bootplane and from nginx
 //! (sendfile) serving the same file, in alternating rounds so background noise on the machine
-//! falls on both alike; every body is verified byte for byte.
+//! falls on both alike; every body is verified byte for byte. The same two servers then serve
+//! per-machine iPXE scripts ([`http_scripts`]).
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
 
 use anyhow::Result;
 
 use crate::dhcp_load::client_mac;
 use crate::http_client::{parallel_downloads, LoadResult};
-use crate::memory::Phase;
-use crate::report::{Report, Row, Verdict};
-use crate::servers::{find_nginx, Appliance, Nginx};
+use crate::http_scripts;
+use crate::memory::Meter;
+use crate::netns::SERVER_IP;
+use crate::report::{Row, Verdict};
+use crate::servers::{http_addr, Appliance, ApplianceSetup, DhcpMode, Reference};
 use crate::stats::{fmt_latency, fmt_ratio, Latencies};
 use crate::sys::ProcSample;
-use crate::{mac_text, Params, ASSET, TALOS_VERSION};
-
-/// How long nginx sits idle before its idle memory is read.
-const NGINX_SETTLE: Duration = Duration::from_millis(500);
+use crate::{mac_text, Ctx, ASSET, TALOS_VERSION};
 
 /// The rounds one server ran.
 #[derive(Debug, Default)]
@@ -92,128 +90,110 @@ impl Rounds {
     }
 }
 
-/// What the memory rows need from this scenario.
-#[derive(Debug)]
-pub struct Outcome {
-    pub phase: Phase,
-    /// nginx (master and workers): idle RSS and peak RSS, KiB.
-    pub nginx_memory: Option<(u64, u64)>,
-    /// CPU seconds nginx used over all rounds.
-    pub nginx_cpu_secs: f64,
-}
+pub async fn run(ctx: &mut Ctx) -> Result<()> {
+    let dir = ctx.scratch.join("http");
+    let www = dir.join("www");
+    let asset_dir = www.join("assets").join(TALOS_VERSION);
+    std::fs::create_dir_all(&asset_dir)?;
+    std::fs::create_dir_all(www.join("machine"))?;
+    std::fs::copy(&ctx.files.http_initramfs, asset_dir.join(ASSET))?;
 
-pub async fn run(
-    params: &Params,
-    bootplane: &mut Appliance,
-    scratch: &Path,
-    images: &Path,
-    file: Arc<Vec<u8>>,
-    report: &mut Report,
-) -> Result<Outcome> {
-    let start = Instant::now();
-    let nginx = match find_nginx() {
-        None => {
-            report.finding("nginx is not installed: the HTTP rows have no reference");
-            None
-        }
-        Some(binary) => match Nginx::start(&binary, &scratch.join("nginx"), images).await {
-            Ok(n) => Some(n),
-            Err(e) => {
-                report.finding(format!(
-                    "nginx did not start, so there is no reference: {e:#}"
-                ));
-                None
-            }
-        },
+    eprintln!("HTTP: starting bootplane and nginx");
+    let machines = crate::script_machines(ctx.params.script_machines);
+    let setup = ApplianceSetup {
+        root: dir.join("bootplane"),
+        ipxe: ctx.files.tftp_root.clone(),
+        dhcp: DhcpMode::Off,
+        kernel: ctx.files.small_kernel.clone(),
+        initramfs: ctx.files.http_initramfs.clone(),
+        machines: machines.clone(),
     };
-    let nginx_idle = match &nginx {
-        Some(n) => {
-            tokio::time::sleep(NGINX_SETTLE).await;
-            ProcSample::read_tree(n.pid()).ok()
-        }
-        None => None,
-    };
+    let mut bootplane = Appliance::start(&ctx.binary, &ctx.names, &setup).await?;
+    let ours_meter = Meter::start(bootplane.pid(), ctx.params.settle).await?;
+    let nginx_addr = SocketAddr::from((SERVER_IP, NGINX_PORT));
+    let nginx = Reference::nginx(&ctx.names, &dir.join("nginx"), &www, NGINX_PORT).await?;
+    let nginx_meter = Meter::start(nginx.pid(), ctx.params.settle).await?;
+    let file = ctx.files.http_initramfs_bytes.clone();
 
-    let mut ours = Rounds::default();
-    let mut theirs = Rounds::default();
-    for round in 0..params.http_rounds {
-        eprintln!(
-            "HTTP round {}/{}: {} clients × {} MB",
-            round + 1,
-            params.http_rounds,
-            params.http_clients,
-            params.file_bytes / 1_000_000
-        );
-        let before = ProcSample::read(bootplane.pid())?;
-        let load = parallel_downloads(
-            bootplane.ports.http,
-            params.http_clients,
-            |i| {
-                format!(
-                    "/assets/{TALOS_VERSION}/{ASSET}?mac={}",
-                    mac_text(client_mac(1_000_000 + round * 10_000 + i))
-                )
-            },
-            file.clone(),
-        )
-        .await;
-        let after = ProcSample::read(bootplane.pid())?;
-        ours.push(load, after.cpu_secs - before.cpu_secs);
-        bootplane.check_alive()?;
-
-        if let Some(n) = &nginx {
-            let before = ProcSample::read_tree(n.pid())?;
+    let (ours_mark, nginx_mark) = (ours_meter.mark(), nginx_meter.mark());
+    for clients in ctx.params.http_clients.clone() {
+        let mut ours = Rounds::default();
+        let mut theirs = Rounds::default();
+        for round in 0..ctx.params.http_rounds {
+            eprintln!(
+                "HTTP round {}/{}: {clients} clients × {} MB",
+                round + 1,
+                ctx.params.http_rounds,
+                file.len() / 1_000_000
+            );
+            let before = ProcSample::read(bootplane.pid())?;
             let load = parallel_downloads(
-                n.addr,
-                params.http_clients,
+                http_addr(),
+                clients,
                 |i| {
                     format!(
-                        "/{TALOS_VERSION}/{ASSET}?mac={}",
+                        "/assets/{TALOS_VERSION}/{ASSET}?mac={}",
+                        mac_text(client_mac(1_000_000 + round * 10_000 + i))
+                    )
+                },
+                file.clone(),
+            )
+            .await;
+            let after = ProcSample::read(bootplane.pid())?;
+            ours.push(load, after.cpu_secs - before.cpu_secs);
+            bootplane.check_alive()?;
+
+            let before = ProcSample::read_tree(nginx.pid())?;
+            let load = parallel_downloads(
+                nginx_addr,
+                clients,
+                |i| {
+                    format!(
+                        "/assets/{TALOS_VERSION}/{ASSET}?mac={}",
                         mac_text(client_mac(2_000_000 + round * 10_000 + i))
                     )
                 },
                 file.clone(),
             )
             .await;
-            let after = ProcSample::read_tree(n.pid())?;
+            let after = ProcSample::read_tree(nginx.pid())?;
             theirs.push(load, after.cpu_secs - before.cpu_secs);
         }
+        rows(ctx, clients, file.len(), &ours, &theirs);
     }
-    let end = Instant::now();
-    let nginx_memory = match &nginx {
-        Some(n) => match (nginx_idle, ProcSample::read_tree(n.pid())) {
-            (Some(idle), Ok(after)) => Some((idle.rss_kib, after.hwm_kib)),
-            _ => None,
-        },
-        None => None,
-    };
-    if let Some(n) = nginx {
-        n.stop();
-    }
-
-    rows(
-        params,
-        report,
-        &ours,
-        (!theirs.loads.is_empty()).then_some(&theirs),
+    let (ours_usage, nginx_usage) = (ours_meter.since(ours_mark), nginx_meter.since(nginx_mark));
+    crate::usage_rows(
+        &mut ctx.report,
+        "HTTP big file",
+        ours_usage,
+        Some(("nginx", nginx_usage)),
     );
-    Ok(Outcome {
-        phase: Phase {
-            name: "HTTP load".into(),
-            start,
-            end,
-        },
-        nginx_memory,
-        nginx_cpu_secs: theirs.cpu.iter().sum(),
-    })
+    ctx.usage.push(("HTTP big file", ours_usage));
+
+    let (ours_mark, nginx_mark) = (ours_meter.mark(), nginx_meter.mark());
+    http_scripts::run(ctx, &machines, &www, nginx_addr).await?;
+    let (ours_usage, nginx_usage) = (ours_meter.since(ours_mark), nginx_meter.since(nginx_mark));
+    crate::usage_rows(
+        &mut ctx.report,
+        "HTTP scripts",
+        ours_usage,
+        Some(("nginx", nginx_usage)),
+    );
+    ctx.usage.push(("HTTP scripts", ours_usage));
+    bootplane.check_alive()?;
+    nginx.stop();
+    ctx.stop_appliance(bootplane, "HTTP").await;
+    Ok(())
 }
 
-fn rows(params: &Params, report: &mut Report, ours: &Rounds, theirs: Option<&Rounds>) {
-    let label = format!(
-        "HTTP {} MB × {} clients",
-        params.file_bytes / 1_000_000,
-        params.http_clients
-    );
+/// nginx's port beside the appliance's (both run through the whole HTTP scenario, so rounds
+/// alternate between them).
+const NGINX_PORT: u16 = 8081;
+
+fn rows(ctx: &mut Ctx, clients: usize, bytes: usize, ours: &Rounds, theirs: &Rounds) {
+    let report = &mut ctx.report;
+    let theirs = Some(theirs);
+    let label = format!("HTTP {} MB × {clients} clients", bytes / 1_000_000);
     let (ours_median, theirs_median) = (ours.median(), theirs.and_then(Rounds::median));
     let (a, b) = (
         ours_median.and_then(LoadResult::mb_per_sec),
@@ -275,7 +255,7 @@ fn rows(params: &Params, report: &mut Report, ours: &Rounds, theirs: Option<&Rou
             )),
     );
     report.target(
-        "HTTP big file ≥ 1.0× nginx",
+        format!("HTTP big file, {clients} clients ≥ 1.0× nginx"),
         Verdict::from_check(a.zip(b).map(|(a, b)| a >= b)),
         format!("ratio {}", fmt_ratio(a, b)),
     );

@@ -1,13 +1,13 @@
 //! A minimal HTTP/1.1 GET client over tokio (one request per connection, Content-Length
 //! bodies), and the parallel verified-download load.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Barrier;
 
 use crate::stats::Latencies;
@@ -25,13 +25,26 @@ struct Head {
     body_start: Vec<u8>,
 }
 
-async fn send_get(addr: SocketAddr, path: &str) -> Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr)
+/// Connects from `local` (any address when `None`) and sends a one-shot GET.
+async fn send_get_from(local: Option<Ipv4Addr>, addr: SocketAddr, path: &str) -> Result<TcpStream> {
+    let mut stream = connect(local, addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
+}
+
+async fn connect(local: Option<Ipv4Addr>, addr: SocketAddr) -> Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(local) = local {
+        socket
+            .bind(SocketAddr::from((local, 0)))
+            .with_context(|| format!("binding {local}"))?;
+    }
+    let stream = socket
+        .connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
     Ok(stream)
 }
 
@@ -88,7 +101,16 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// GETs a small resource: its status and body.
 pub async fn get_small(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
-    let mut stream = send_get(addr, path).await?;
+    get_small_from(None, addr, path).await
+}
+
+/// The same from a given local address.
+pub async fn get_small_from(
+    local: Option<Ipv4Addr>,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(u16, Vec<u8>)> {
+    let mut stream = send_get_from(local, addr, path).await?;
     let head = read_head(&mut stream).await?;
     let mut body = head.body_start;
     stream.read_to_end(&mut body).await?;
@@ -103,12 +125,72 @@ pub async fn answers(addr: SocketAddr, path: &str) -> Option<u16> {
     }
 }
 
+/// A persistent connection for small GETs (Content-Length bodies), one at a time.
+pub struct KeepAlive {
+    stream: TcpStream,
+    addr: SocketAddr,
+    /// Bytes read past the previous response.
+    pending: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> Result<Self> {
+        Ok(Self {
+            stream: connect(None, addr).await?,
+            addr,
+            pending: Vec::new(),
+        })
+    }
+
+    /// GETs `path`: its status and body.
+    pub async fn get(&mut self, path: &str) -> Result<(u16, Vec<u8>)> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.addr);
+        self.stream.write_all(request.as_bytes()).await?;
+        let mut buf = std::mem::take(&mut self.pending);
+        let mut chunk = [0u8; 16 * 1024];
+        let end = loop {
+            if let Some(pos) = find(&buf, b"\r\n\r\n") {
+                break pos + 4;
+            }
+            if buf.len() > MAX_HEAD {
+                bail!("response head longer than {MAX_HEAD} bytes");
+            }
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                bail!("connection closed before the response head ended");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let text = std::str::from_utf8(&buf[..end]).context("response head is not UTF-8")?;
+        let mut lines = text.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .context("malformed status line")?;
+        let length: usize = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .context("no Content-Length on a keep-alive response")?;
+        while buf.len() < end + length {
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                bail!("connection closed inside a body");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        self.pending = buf.split_off(end + length);
+        Ok((status, buf.split_off(end)))
+    }
+}
+
 /// One verified download.
 #[derive(Debug, Clone, Copy)]
-struct Download {
-    bytes: u64,
-    first_byte: Duration,
-    total: Duration,
+pub struct Download {
+    pub bytes: u64,
+    pub first_byte: Duration,
+    pub total: Duration,
 }
 
 /// GETs `path` and checks that the body is exactly `expected`, byte for byte.
@@ -118,8 +200,19 @@ async fn download_verified(
     expected: &[u8],
     buf: &mut [u8],
 ) -> Result<Download> {
+    download_verified_from(None, addr, path, expected, buf).await
+}
+
+/// The same from a given local address.
+pub async fn download_verified_from(
+    local: Option<Ipv4Addr>,
+    addr: SocketAddr,
+    path: &str,
+    expected: &[u8],
+    buf: &mut [u8],
+) -> Result<Download> {
     let start = Instant::now();
-    let mut stream = send_get(addr, path).await?;
+    let mut stream = send_get_from(local, addr, path).await?;
     let head = read_head(&mut stream).await?;
     let first_byte = start.elapsed();
     if head.status != 200 {

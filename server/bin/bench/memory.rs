@@ -1,5 +1,6 @@
-//! Resident memory over time: a sampler reading the appliance's VmRSS every few milliseconds,
-//! so each scenario's peak can be told apart (VmHWM alone only gives the peak of the whole run).
+//! Resident memory over time: a sampler reading a server's VmRSS (summed over the process and
+//! its children: nginx's workers, tftpd-hpa's per-transfer forks) every few milliseconds, so
+//! each scenario's peak can be told apart, and the CPU seconds between two marks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ impl RssSampler {
                 .name("rss-sampler".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        if let Ok(s) = ProcSample::read(pid) {
+                        if let Ok(s) = ProcSample::read_tree(pid) {
                             let mut v = samples.lock().unwrap_or_else(|e| e.into_inner());
                             v.push((Instant::now(), s));
                         }
@@ -54,19 +55,6 @@ impl RssSampler {
     }
 }
 
-impl RssSampler {
-    /// The samples as CSV: milliseconds since `origin`, RSS KiB, threads.
-    pub fn csv(&self, origin: Instant) -> String {
-        let v = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = String::from("ms,rss_kib,threads\n");
-        for (t, s) in v.iter() {
-            let ms = t.saturating_duration_since(origin).as_millis();
-            out.push_str(&format!("{ms},{},{}\n", s.rss_kib, s.threads));
-        }
-        out
-    }
-}
-
 impl Drop for RssSampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -76,10 +64,63 @@ impl Drop for RssSampler {
     }
 }
 
-/// A named stretch of the run, for per-scenario memory peaks.
-#[derive(Debug, Clone)]
-pub struct Phase {
-    pub name: String,
-    pub start: Instant,
-    pub end: Instant,
+/// One server's memory and CPU for a stretch of the run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// RSS (KiB) after start-up, before any load.
+    pub idle_kib: u64,
+    /// Highest sampled RSS (KiB) within the stretch.
+    pub peak_kib: u64,
+    /// CPU seconds (user + system, children included) within the stretch.
+    pub cpu_secs: f64,
+}
+
+/// A point in a server's life to measure from.
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    at: Instant,
+    cpu: f64,
+}
+
+/// Samples one server from its idle reading on.
+#[derive(Debug)]
+pub struct Meter {
+    pid: u32,
+    sampler: RssSampler,
+    pub idle_kib: u64,
+}
+
+impl Meter {
+    /// Waits `settle` for the server to go idle, reads its idle RSS and starts sampling.
+    pub async fn start(pid: u32, settle: Duration) -> anyhow::Result<Self> {
+        tokio::time::sleep(settle).await;
+        let idle = ProcSample::read_tree(pid)?;
+        Ok(Self {
+            pid,
+            sampler: RssSampler::start(pid),
+            idle_kib: idle.rss_kib,
+        })
+    }
+
+    pub fn mark(&self) -> Mark {
+        Mark {
+            at: Instant::now(),
+            cpu: ProcSample::read_tree(self.pid).map_or(0.0, |s| s.cpu_secs),
+        }
+    }
+
+    /// Peak RSS and CPU seconds from `since` to now.
+    pub fn since(&self, since: Mark) -> Usage {
+        let now = self.mark();
+        let sampled = self
+            .sampler
+            .peak_between(since.at, now.at)
+            .map_or(0, |p| p.0);
+        let current = ProcSample::read_tree(self.pid).map_or(0, |s| s.rss_kib);
+        Usage {
+            idle_kib: self.idle_kib,
+            peak_kib: sampled.max(current),
+            cpu_secs: (now.cpu - since.cpu).max(0.0),
+        }
+    }
 }

@@ -1,6 +1,7 @@
-//! Child servers under test: the real `bootplane serve`, and nginx as the HTTP reference.
-//! Both are stopped (SIGTERM, then SIGKILL) when their guard drops, so an error anywhere in the
-//! bench never leaves a server running.
+//! Child servers under test, all in the server namespace: the real `bootplane serve`, and the
+//! references (nginx, dnsmasq, tftpd-hpa) and the trivial responder. Every one is stopped
+//! (SIGTERM, then SIGKILL) when its guard drops, so an error anywhere in the bench never leaves
+//! a server running.
 
 use std::fs::{self, File};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,7 +14,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::http_client as http;
-use crate::sys::{free_tcp_port, free_udp_port, wait_until};
+use crate::netns::{Names, SERVER_IP};
+use crate::sys::wait_until;
+use crate::TALOS_VERSION;
 
 /// How long a server gets to come up.
 const START_LIMIT: Duration = Duration::from_secs(20);
@@ -122,97 +125,102 @@ async fn wait_http(
     }
 }
 
-/// Where the appliance reads and writes, all under one temporary directory.
+/// What one appliance instance is set up with before it starts.
 #[derive(Debug, Clone)]
-pub struct ApplianceDirs {
-    pub data: PathBuf,
+pub struct ApplianceSetup {
+    /// The instance's own directory (data, images, log).
+    pub root: PathBuf,
+    /// The iPXE (TFTP) directory, shared with the reference servers.
     pub ipxe: PathBuf,
-    pub images: PathBuf,
-    pub log: PathBuf,
+    pub dhcp: DhcpMode,
+    /// Kernel and initramfs to put in with `bootplane images add`.
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// Machines to assign (worker, static address), with a cluster to render configs.
+    pub machines: Vec<(String, Ipv4Addr)>,
 }
 
-impl ApplianceDirs {
-    /// Creates data, iPXE and images directories under `root`. The iPXE directory gets
-    /// Debian's binaries when installed, otherwise stand-ins; the images directory gets small
-    /// stand-ins for the Talos kernel and initramfs (a scenario may replace them), so the
-    /// appliance starts without warnings about missing files.
-    pub fn create(root: &Path, talos_version: &str) -> Result<Self> {
-        let dirs = Self {
-            data: root.join("data"),
-            ipxe: root.join("ipxe"),
-            images: root.join("images"),
-            log: root.join("bootplane.log"),
-        };
-        let version_dir = dirs.images.join(talos_version);
-        for dir in [&dirs.data, &dirs.ipxe, &version_dir] {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// The appliance's DHCP mode for a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpMode {
+    Off,
+    Proxy,
+    Full,
+}
+
+impl DhcpMode {
+    fn flag(self) -> &'static str {
+        match self {
+            DhcpMode::Off => "off",
+            DhcpMode::Proxy => "proxy",
+            DhcpMode::Full => "full",
         }
-        let stand_in: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 251) as u8).collect();
-        for name in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "ipxe-arm64.efi"] {
-            let target = dirs.ipxe.join(name);
-            if fs::copy(Path::new("/usr/lib/ipxe").join(name), &target).is_err() {
-                fs::write(&target, &stand_in)
-                    .with_context(|| format!("writing {}", target.display()))?;
-            }
-        }
-        for name in ["vmlinuz-amd64", "initramfs-amd64.xz"] {
-            let target = version_dir.join(name);
-            fs::write(&target, &stand_in)
-                .with_context(|| format!("writing {}", target.display()))?;
-        }
-        Ok(dirs)
     }
 }
 
-/// The ports the appliance serves on.
-#[derive(Debug, Clone, Copy)]
-pub struct AppliancePorts {
-    pub http: SocketAddr,
-    pub dhcp: SocketAddr,
-    pub pxe: SocketAddr,
-    pub tftp: u16,
+/// The appliance's HTTP address in the server namespace.
+pub const HTTP_PORT: u16 = 8080;
+
+pub fn http_addr() -> SocketAddr {
+    SocketAddr::from((SERVER_IP, HTTP_PORT))
 }
 
-/// A running `bootplane serve`.
+/// A running `bootplane serve` in the server namespace.
 #[derive(Debug)]
 pub struct Appliance {
     guard: Guard,
-    pub ports: AppliancePorts,
 }
 
 impl Appliance {
-    /// Starts `bootplane serve` on loopback ports picked now and waits for `/healthz`.
-    pub async fn start(
-        binary: &Path,
-        dirs: &ApplianceDirs,
-        talos_version: &str,
-        dhcp: bool,
-    ) -> Result<Self> {
-        let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let ports = AppliancePorts {
-            http: loopback(free_tcp_port()?),
-            dhcp: loopback(free_udp_port()?),
-            pxe: loopback(free_udp_port()?),
-            tftp: free_udp_port()?,
-        };
-        let mut cmd = Command::new(binary);
+    /// Puts the boot assets in with `bootplane images add`, assigns the machines, starts
+    /// `bootplane serve` in the server namespace and waits for `/healthz`.
+    pub async fn start(binary: &Path, names: &Names, setup: &ApplianceSetup) -> Result<Self> {
+        let data = setup.root.join("data");
+        let images = setup.root.join("images");
+        for dir in [&data, &images] {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        run_cli(
+            binary,
+            &[
+                "images".as_ref(),
+                "add".as_ref(),
+                "--data-dir".as_ref(),
+                data.as_os_str(),
+                "--images-dir".as_ref(),
+                images.as_os_str(),
+                "--version".as_ref(),
+                TALOS_VERSION.as_ref(),
+                "--kernel".as_ref(),
+                setup.kernel.as_os_str(),
+                "--initramfs".as_ref(),
+                setup.initramfs.as_os_str(),
+            ],
+        )?;
+        if !setup.machines.is_empty() {
+            assign_machines(binary, &data, &setup.machines).await?;
+        }
+        let mut cmd = names.in_server(binary);
         cmd.arg("serve")
             .arg("--data-dir")
-            .arg(&dirs.data)
-            .args(["--interface", "lo", "--advertise-ip", "127.0.0.1"])
-            .args(["--http-bind", "127.0.0.1"])
-            .args(["--http-port", &ports.http.port().to_string()])
-            .args(["--tftp-port", &ports.tftp.to_string()])
-            // Not measured here; their fixed default ports could be taken on this host.
+            .arg(&data)
+            .args(["--interface", &names.server_if])
+            .args(["--advertise-ip", &SERVER_IP.to_string()])
+            .args(["--http-bind", &SERVER_IP.to_string()])
+            .args(["--http-port", &HTTP_PORT.to_string()])
+            .args(["--tftp-port", "69"])
+            // Not measured here.
             .args(["--events-port", "off", "--kernel-log-port", "off"])
-            .args(["--dhcp-mode", if dhcp { "proxy" } else { "off" }])
-            .args(["--dhcp-port", &ports.dhcp.port().to_string()])
-            .args(["--pxe-port", &ports.pxe.port().to_string()])
+            .args(["--dhcp-mode", setup.dhcp.flag()])
             .arg("--ipxe-dir")
-            .arg(&dirs.ipxe)
+            .arg(&setup.ipxe)
             .arg("--images-dir")
-            .arg(&dirs.images)
-            .args(["--talos-version", talos_version]);
+            .arg(&images)
+            .args(["--talos-version", TALOS_VERSION]);
+        if setup.dhcp == DhcpMode::Full {
+            cmd.args(["--dhcp-subnet", "10.99.0.0/16"])
+                .args(["--dhcp-pool", &format!("{POOL_START}-{POOL_END}")]);
+        }
         // The flags above are the whole configuration: no BOOTPLANE_* settings leak in from the
         // environment the bench runs in.
         for (name, _) in std::env::vars_os() {
@@ -220,9 +228,9 @@ impl Appliance {
                 cmd.env_remove(name);
             }
         }
-        let mut guard = Guard::spawn("bootplane", cmd, dirs.log.clone())?;
-        wait_http(&mut guard, ports.http, "/healthz", Some(200)).await?;
-        Ok(Self { guard, ports })
+        let mut guard = Guard::spawn("bootplane", cmd, setup.root.join("bootplane.log"))?;
+        wait_http(&mut guard, http_addr(), "/healthz", Some(200)).await?;
+        Ok(Self { guard })
     }
 
     pub fn pid(&self) -> u32 {
@@ -239,7 +247,7 @@ impl Appliance {
 
     /// The Prometheus counters whose name contains one of `names`, as "name{labels} value".
     pub async fn metrics(&self, names: &[&str]) -> Result<Vec<String>> {
-        let (status, body) = http::get_small(self.ports.http, "/metrics").await?;
+        let (status, body) = http::get_small(http_addr(), "/metrics").await?;
         if status != 200 {
             bail!("GET /metrics answered {status}");
         }
@@ -282,6 +290,75 @@ impl Appliance {
     }
 }
 
+/// The full-DHCP pool, shared by bootplane and dnsmasq.
+pub const POOL_START: Ipv4Addr = Ipv4Addr::new(10, 99, 10, 0);
+pub const POOL_END: Ipv4Addr = Ipv4Addr::new(10, 99, 250, 250);
+
+/// Runs a `bootplane` CLI command to completion.
+fn run_cli(binary: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
+    let out = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    if !out.status.success() {
+        bail!(
+            "bootplane {:?} failed ({}): {}",
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Creates the cluster with `bootplane cluster init`, then assigns every machine (worker,
+/// hostname, static address) straight through the library's database layer: the CLI checks
+/// the whole inventory's configs on every add, which for thousands of machines takes minutes.
+async fn assign_machines(
+    binary: &Path,
+    data: &Path,
+    machines: &[(String, Ipv4Addr)],
+) -> Result<()> {
+    run_cli(
+        binary,
+        &[
+            "cluster".as_ref(),
+            "init".as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--name".as_ref(),
+            "bench".as_ref(),
+            "--endpoint".as_ref(),
+            "https://10.99.0.5:6443".as_ref(),
+            "--talos-version".as_ref(),
+            TALOS_VERSION.as_ref(),
+        ],
+    )?;
+    let db = bootplane::db::Db::open(data)
+        .await
+        .context("opening the appliance database")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for (i, (mac, ip)) in machines.iter().enumerate() {
+        let mac: bootplane::model::Mac = mac.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut m = bootplane::model::Machine::discovered(mac);
+        m.cluster = "bench".into();
+        m.role = bootplane::model::Role::Worker;
+        m.hostname = Some(format!("node-{i}"));
+        m.ip = Some(
+            format!("{ip}/16")
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        m.install_disk = Some("/dev/sda".into());
+        db.add_machine(&m, now)
+            .await
+            .with_context(|| format!("adding machine {mac}"))?;
+    }
+    Ok(())
+}
 /// `text` without ANSI colour escapes (CSI sequences).
 fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -301,40 +378,61 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// A running nginx serving `root` with sendfile, as the HTTP reference.
-#[derive(Debug)]
-pub struct Nginx {
-    guard: Guard,
-    pub addr: SocketAddr,
-}
-
-/// `nginx` on PATH or in the sbin directories Debian uses.
-pub fn find_nginx() -> Option<PathBuf> {
+/// `name` on PATH or in the sbin directories Debian uses.
+pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/local/sbin".into()])
-        .map(|dir| dir.join("nginx"))
+        .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
 
-impl Nginx {
-    /// Writes a config under `prefix` and starts nginx (master plus `worker_processes auto`)
-    /// in the foreground, listening on a free loopback port.
-    pub async fn start(binary: &Path, prefix: &Path, root: &Path) -> Result<Self> {
+/// A reference server (nginx, dnsmasq, in.tftpd) or the trivial responder, running in the
+/// server namespace.
+#[derive(Debug)]
+pub struct Reference {
+    guard: Guard,
+}
+
+impl Reference {
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    pub fn check_alive(&mut self) -> Result<()> {
+        match self.guard.exited() {
+            None => Ok(()),
+            Some(status) => bail!(
+                "{} exited ({status})\n{}",
+                self.guard.name,
+                self.guard.log_tail()
+            ),
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.guard.stop();
+    }
+
+    /// nginx (master plus `worker_processes auto`, sendfile on) serving `root` on the server
+    /// address, `port`.
+    pub async fn nginx(names: &Names, prefix: &Path, root: &Path, port: u16) -> Result<Self> {
+        let binary = find_program("nginx").context("nginx is not installed")?;
         fs::create_dir_all(prefix).with_context(|| format!("creating {}", prefix.display()))?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_port()?));
+        let addr = SocketAddr::from((SERVER_IP, port));
         let p = prefix.display();
         let conf = format!(
             "worker_processes auto;\n\
              daemon off;\n\
              pid {p}/nginx.pid;\n\
              error_log stderr warn;\n\
-             events {{ worker_connections 1024; }}\n\
+             events {{ worker_connections 4096; }}\n\
              http {{\n\
              \x20   access_log off;\n\
              \x20   default_type application/octet-stream;\n\
              \x20   sendfile on;\n\
              \x20   tcp_nopush on;\n\
+             \x20   keepalive_requests 100000;\n\
              \x20   client_body_temp_path {p}/body;\n\
              \x20   proxy_temp_path {p}/proxy;\n\
              \x20   fastcgi_temp_path {p}/fastcgi;\n\
@@ -349,7 +447,7 @@ impl Nginx {
         );
         let conf_path = prefix.join("nginx.conf");
         fs::write(&conf_path, conf)?;
-        let mut cmd = Command::new(binary);
+        let mut cmd = names.in_server(binary);
         cmd.arg("-p")
             .arg(prefix)
             .args(["-e", "stderr"])
@@ -357,16 +455,75 @@ impl Nginx {
             .arg(&conf_path);
         let mut guard = Guard::spawn("nginx", cmd, prefix.join("nginx.log"))?;
         wait_http(&mut guard, addr, "/", None).await?;
-        Ok(Self { guard, addr })
+        Ok(Self { guard })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.guard.pid()
+    /// dnsmasq in the foreground, DNS off, with `lines` as the rest of its configuration.
+    pub async fn dnsmasq(names: &Names, dir: &Path, lines: &[String]) -> Result<Self> {
+        let binary = find_program("dnsmasq").context("dnsmasq is not installed")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut conf = format!(
+            "port=0\nno-resolv\nno-hosts\nuser=root\ninterface={}\nbind-interfaces\n\
+             log-facility=-\ndhcp-leasefile={}\n",
+            names.server_if,
+            dir.join("dnsmasq.leases").display()
+        );
+        for line in lines {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = dir.join("dnsmasq.conf");
+        fs::write(&conf_path, conf)?;
+        let mut cmd = names.in_server(binary);
+        cmd.arg("--keep-in-foreground")
+            .arg(format!("--conf-file={}", conf_path.display()));
+        let mut guard = Guard::spawn("dnsmasq", cmd, dir.join("dnsmasq.log"))?;
+        settle(&mut guard).await?;
+        Ok(Self { guard })
     }
 
-    pub fn stop(mut self) {
-        self.guard.stop();
+    /// tftpd-hpa in the foreground, serving `root` (chrooted) on the server address.
+    pub async fn tftpd(names: &Names, dir: &Path, root: &Path) -> Result<Self> {
+        let binary = find_program("in.tftpd").context("tftpd-hpa (in.tftpd) is not installed")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut cmd = names.in_server(binary);
+        cmd.args(["--foreground", "--listen", "--ipv4", "--user", "root"])
+            .args(["--address", &format!("{SERVER_IP}:69")])
+            .arg("--secure")
+            .arg(root);
+        let mut guard = Guard::spawn("tftpd-hpa", cmd, dir.join("tftpd.log"))?;
+        settle(&mut guard).await?;
+        Ok(Self { guard })
     }
+
+    /// This bench's own trivial responder (`--responder KIND`) in the server namespace.
+    pub async fn responder(names: &Names, dir: &Path, kind: &str) -> Result<Self> {
+        let exe = std::env::current_exe().context("locating this executable")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut cmd = names.in_server(exe);
+        cmd.args(["--responder", kind, "--netns-id", &names.id.to_string()]);
+        let mut guard = Guard::spawn(
+            "trivial responder",
+            cmd,
+            dir.join(format!("responder-{kind}.log")),
+        )?;
+        settle(&mut guard).await?;
+        Ok(Self { guard })
+    }
+}
+
+/// Gives a UDP server a moment to bind (there is nothing to poll without sending it load) and
+/// checks it is still running.
+async fn settle(guard: &mut Guard) -> Result<()> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(status) = guard.exited() {
+        bail!(
+            "{} exited during start-up ({status})\n{}",
+            guard.name,
+            guard.log_tail()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

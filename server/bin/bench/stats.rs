@@ -45,11 +45,6 @@ impl Latencies {
         let index = rank.clamp(1, n) - 1;
         self.samples.get(index).copied()
     }
-
-    pub fn max(&mut self) -> Option<Duration> {
-        self.sort();
-        self.samples.last().copied()
-    }
 }
 
 /// A duration as microseconds or milliseconds, whichever reads better.
@@ -106,7 +101,6 @@ mod tests {
         assert_eq!(l.percentile(99.0), Some(ms(99)));
         assert_eq!(l.percentile(100.0), Some(ms(100)));
         assert_eq!(l.percentile(0.1), Some(ms(1)));
-        assert_eq!(l.max(), Some(ms(100)));
     }
 
     #[test]
@@ -122,7 +116,7 @@ mod tests {
     fn no_samples_give_no_percentile() {
         let mut l = Latencies::default();
         assert_eq!(l.percentile(50.0), None);
-        assert_eq!(fmt_latency(l.max()), "n/a");
+        assert_eq!(fmt_latency(l.percentile(99.0)), "n/a");
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The machine and its processes: temp dirs, free ports, /proc readings, machine facts.
 
 use std::fs;
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -61,18 +60,6 @@ impl Drop for TempDir {
     }
 }
 
-/// A loopback TCP port that was free a moment ago (bound to port 0, then released).
-pub fn free_tcp_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a TCP port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// A UDP port that was free a moment ago, on every address (the appliance binds 0.0.0.0).
-pub fn free_udp_port() -> Result<u16> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding a UDP port")?;
-    Ok(socket.local_addr()?.port())
-}
-
 /// Memory and CPU of one process at one moment.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcSample {
@@ -129,15 +116,19 @@ fn cpu_secs(pid: u32) -> Result<f64> {
     parse_cpu_secs(&stat).with_context(|| format!("parsing /proc/{pid}/stat"))
 }
 
-/// Fields 14 and 15 of /proc/<pid>/stat, counted after the parenthesised command name (which
-/// may itself contain spaces and parentheses).
+/// Fields 14 to 17 of /proc/<pid>/stat (utime, stime, and those of reaped children: tftpd-hpa
+/// forks per transfer), counted after the parenthesised command name (which may itself contain
+/// spaces and parentheses).
 fn parse_cpu_secs(stat: &str) -> Option<f64> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
-    // after_comm starts at field 3 (state); utime is field 14, stime field 15.
-    let mut fields = after_comm.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / CLOCK_TICKS_PER_SEC)
+    // after_comm starts at field 3 (state); utime is field 14.
+    let ticks: Vec<u64> = after_comm
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    Some(ticks.iter().sum::<u64>() as f64 / CLOCK_TICKS_PER_SEC)
 }
 
 /// CPU seconds used so far by this (the bench) process, all threads.
@@ -242,7 +233,20 @@ impl MachineFacts {
                 ),
             git_rev: command_output("git", &["describe", "--always", "--dirty"])
                 .unwrap_or_else(|| "unknown".into()),
-            nginx: command_output("nginx", &["-v"]).unwrap_or_else(|| "not found".into()),
+            nginx: [
+                ("nginx", &["-v"][..]),
+                ("dnsmasq", &["--version"][..]),
+                ("in.tftpd", &["-V"][..]),
+            ]
+            .iter()
+            .map(|(p, args)| {
+                command_output(p, args).map_or_else(
+                    || format!("{p} not found"),
+                    |v| v.split(" Copyright").next().unwrap_or(&v).to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         }
     }
 }
@@ -286,7 +290,7 @@ mod tests {
 
     #[test]
     fn cpu_time_is_read_after_the_command_name() {
-        let stat = "42 (we ird) name)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
+        let stat = "42 (we ird) name)) S 1 42 42 0 -1 4194560 100 0 0 0 250 40 6 4 20 0 1 0";
         assert_eq!(parse_cpu_secs(stat), Some(3.0));
     }
 
