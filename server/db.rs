@@ -1138,6 +1138,54 @@ mod tests {
         (dir, db)
     }
 
+    #[tokio::test]
+    async fn a_batch_of_observations_reads_as_if_applied_one_by_one() {
+        let (_dir, db) = fresh().await;
+        let (a, b) = (mac("52:54:00:00:00:0a"), mac("52:54:00:00:00:0b"));
+        let obs = |m: Mac, at: i64, kind: EventKind, arch: Option<u16>, serial: Option<&str>| {
+            Observation {
+                mac: m,
+                at,
+                kind,
+                detail: format!("at {at}"),
+                arch,
+                smbios_uuid: None,
+                serial: serial.map(String::from),
+            }
+        };
+        db.record(&[obs(a, 10, EventKind::DhcpOffer, Some(0), None)])
+            .await
+            .unwrap();
+        let batch: Vec<Observation> = (0..250)
+            .map(|i| match i % 3 {
+                0 => obs(a, 20 + i, EventKind::DhcpAck, Some(7), None),
+                1 => obs(b, 20 + i, EventKind::ProxyOffer, None, Some("s1")),
+                _ => obs(b, 20 + i, EventKind::ScriptServed, Some(7), None),
+            })
+            .collect();
+        db.record(&batch).await.unwrap();
+        let ma = db.get_machine(a).await.unwrap().unwrap();
+        assert_eq!(
+            (ma.first_seen, ma.last_seen, ma.last_arch),
+            (Some(10), Some(269), Some(7))
+        );
+        let mb = db.get_machine(b).await.unwrap().unwrap();
+        assert_eq!((mb.first_seen, mb.last_seen), (Some(21), Some(268)));
+        assert_eq!((mb.last_arch, mb.serial.as_deref()), (Some(7), Some("s1")));
+        let ea = db.events(a, 1000).await.unwrap();
+        assert_eq!(ea.len(), 1 + 1 + 84);
+        assert_eq!(ea[0].kind, EventKind::Discovered);
+        assert!(ea[1..].iter().all(|e| e.kind != EventKind::Discovered));
+        let eb = db.events(b, 1000).await.unwrap();
+        assert_eq!(eb.len(), 1 + 166);
+        assert_eq!((eb[0].kind, eb[0].at), (EventKind::Discovered, 21));
+        assert_eq!(
+            (eb[1].kind, eb[1].detail.as_str()),
+            (EventKind::ProxyOffer, "at 21")
+        );
+        assert_eq!(eb.last().unwrap().detail, "at 268");
+    }
+
     fn assigned(m: &str, host: &str, ip: &str) -> Machine {
         let mut machine = Machine::discovered(mac(m));
         machine.role = Role::Controlplane;
