@@ -216,25 +216,67 @@ async fn metrics_get(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Says at start-up which boot files are missing, per architecture they would serve.
-fn check_boot_files(config: &Config) {
-    let boot = &config.boot;
-    let ipxe = [
+/// Says at start-up which boot files are missing: iPXE binaries per architecture they would
+/// serve, and Talos assets per version and arch that assigned machines would boot (each
+/// machine's pinned version, else its cluster's, else `--talos-version`).
+async fn check_boot_files(state: &AppState) {
+    let boot = &state.config.boot;
+    let mut ipxe = vec![
         ("BIOS", "undionly.kpxe".to_string()),
         ("x86-64 UEFI", boot.efi_binary.as_str().to_string()),
         ("arm64 UEFI", boot.arm64_binary.clone()),
     ];
-    for (arch, file) in ipxe {
-        if !boot.ipxe_dir.join(&file).is_file() {
-            tracing::warn!(dir = %boot.ipxe_dir.display(), file = %file,
-                "iPXE binary missing: {arch} machines cannot network-boot (Debian: apt-get install ipxe)");
+    let snapshot = state.inventory.snapshot();
+    for m in snapshot.by_mac.values() {
+        if let Some(efi) = m.efi_binary {
+            let file = efi.as_str().to_string();
+            if !ipxe.iter().any(|(_, f)| *f == file) {
+                ipxe.push(("x86-64 UEFI (per-machine choice)", file));
+            }
         }
     }
-    let version_dir = boot.images_dir.join(&boot.talos_version);
-    for file in ["vmlinuz-amd64", "initramfs-amd64.xz"] {
-        if !version_dir.join(file).is_file() {
-            tracing::warn!(path = %version_dir.join(file).display(),
-                "Talos boot asset missing: assigned machines will wait and retry until it is there");
+    for (arch, file) in ipxe {
+        if boot.ipxe_dir.join(&file).is_file() {
+            continue;
+        }
+        let fix = if arch.starts_with("arm64") {
+            "Debian's ipxe package has no arm64 build: put one there, or pass --arm64-binary"
+        } else {
+            "Debian: apt-get install ipxe, or pass --ipxe-dir"
+        };
+        tracing::warn!(dir = %boot.ipxe_dir.display(), file = %file,
+            "iPXE binary missing: {arch} machines cannot network-boot ({fix})");
+    }
+
+    let mut wanted = std::collections::BTreeMap::new();
+    for m in snapshot.by_mac.values().filter(|m| m.is_assigned()) {
+        match crate::images::machine_version(&state.db, m, &boot.talos_version).await {
+            Ok(version) => {
+                let arch = crate::images::arch_of_client(m.last_arch);
+                wanted.insert((version, arch.as_str()), arch);
+            }
+            Err(e) => {
+                tracing::warn!(mac = %m.mac, error = %e, "cannot tell which Talos version this machine boots")
+            }
+        }
+    }
+    if wanted.is_empty() {
+        let cluster = state.db.get_cluster(None).await.ok().flatten();
+        let version = cluster
+            .and_then(|c| c.talos_version)
+            .unwrap_or_else(|| boot.talos_version.clone());
+        wanted.insert((version, "amd64"), crate::talos::Arch::Amd64);
+    }
+    for ((version, _), arch) in wanted {
+        match state.images.availability(&version, arch).await {
+            Ok(a) => {
+                if let Some(problem) = a.problem(&version, arch) {
+                    tracing::warn!(version = %version, arch = arch.as_str(),
+                        "{problem}: machines that boot it wait and retry (bootplane images add --version {version} --arch {})",
+                        arch.as_str());
+                }
+            }
+            Err(e) => tracing::warn!(version = %version, error = %e, "cannot check boot assets"),
         }
     }
 }
@@ -391,7 +433,7 @@ pub async fn run(
         ipxe_files,
     };
     drop(recorder);
-    check_boot_files(&config);
+    check_boot_files(&state).await;
     tracing::info!(
         interface = %config.interface.name,
         advertise = %config.boot.advertise_ip,

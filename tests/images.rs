@@ -1083,3 +1083,125 @@ async fn the_ui_adds_shows_progress_and_says_why_machines_wait() {
     assert!(app.db.list_images().await.unwrap().is_empty());
     app.stop().await;
 }
+
+/// At start, `serve` names each missing iPXE binary with the machines it would have served,
+/// including a per-machine choice, and the Talos assets missing for the version an assigned
+/// machine would boot (its pin here), with the command that adds them.
+#[tokio::test]
+async fn start_reports_missing_ipxe_binaries_per_arch_and_missing_assets_in_use() {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ipxe = dir.path().join("ipxe");
+    std::fs::create_dir_all(&ipxe).unwrap();
+    std::fs::write(ipxe.join("undionly.kpxe"), b"bios ipxe").unwrap();
+    let bin = env!("CARGO_BIN_EXE_bootplane");
+    let out = tokio::process::Command::new(bin)
+        .args(["machines", "add", "--data-dir", data.to_str().unwrap()])
+        .args([
+            "--mac",
+            "52:54:00:aa:00:01",
+            "--role",
+            "worker",
+            "--hostname",
+            "w1",
+        ])
+        .args(["--ip", "127.0.0.31/8", "--talos-version", "v1.10.9"])
+        .args(["--efi-binary", "snponly.efi"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut child = tokio::process::Command::new(bin)
+        .args(["serve", "--data-dir", data.to_str().unwrap()])
+        .args(["--images-dir", dir.path().join("images").to_str().unwrap()])
+        .args(["--ipxe-dir", ipxe.to_str().unwrap()])
+        .args([
+            "--dhcp-mode",
+            "off",
+            "--interface",
+            "lo",
+            "--advertise-ip",
+            "127.0.0.1",
+        ])
+        .args([
+            "--http-bind",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--tftp-port",
+            "0",
+        ])
+        .args([
+            "--ipv6-ra",
+            "off",
+            "--events-port",
+            "off",
+            "--kernel-log-port",
+            "off",
+        ])
+        .env("BOOTPLANE_ADMIN_PASSWORD", "correct-horse-battery")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let read = async {
+        loop {
+            let line = tokio::select! {
+                l = lines.next_line() => l.unwrap(),
+                l = stderr.next_line() => l.unwrap(),
+            };
+            let Some(line) = line else { break };
+            let done = line.contains("bootplane serving");
+            log.push(line);
+            if done {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("serve did not start within 60 s");
+    child.kill().await.unwrap();
+    let log = log.join("\n");
+    let warned = |needle: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(needle))
+    };
+
+    assert!(
+        warned("x86-64 UEFI machines cannot network-boot") && warned("file=ipxe.efi"),
+        "{log}"
+    );
+    assert!(
+        warned("x86-64 UEFI (per-machine choice) machines") && warned("file=snponly.efi"),
+        "{log}"
+    );
+    assert!(
+        warned("arm64 UEFI machines") && warned("--arm64-binary"),
+        "{log}"
+    );
+    assert!(!warned("BIOS machines"), "undionly.kpxe is there:\n{log}");
+    assert!(
+        warned("Talos v1.10.9 amd64 boot assets missing")
+            && warned("bootplane images add --version v1.10.9 --arch amd64"),
+        "{log}"
+    );
+    assert!(
+        !warned(&format!("Talos {VERSION}")),
+        "no machine boots {VERSION}:\n{log}"
+    );
+}
