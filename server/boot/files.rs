@@ -42,7 +42,7 @@ pub const CHUNK: usize = 256 << 10;
 /// otherwise keep a worker busy for as long as the socket takes data (tokio's budget allows
 /// 128 writes per turn), delaying every other connection's first byte by tens of
 /// milliseconds.
-const YIELD_EVERY: u64 = 1 << 20;
+const YIELD_EVERY: u64 = CHUNK as u64;
 
 /// Which file a path named, and its state, as far as `stat` tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
