@@ -35,6 +35,10 @@ const SOCKET_BUFFER: usize = 8 << 20;
 /// With no reply at all after this many timed-out transactions, the load gives up.
 const GIVE_UP_AFTER_LOST: usize = 32;
 
+/// Clients of the short warm-up before each measured load (apart from every measured range).
+pub const WARM_UP_BASE: usize = 0x70_0000;
+pub const WARM_UP: usize = 200;
+
 /// What each simulated client does once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -113,11 +117,11 @@ pub fn encode_request(
     }
     if boot_item {
         // PXE boot item (sub-option 71, layer 0) as firmware echoes it from the proxy OFFER's
-        // menu: the bench's references number their services 1 (BIOS) and 2 (x64 UEFI), as
-        // dnsmasq numbers its pxe-service lines in order.
-        let item_type = if index.is_multiple_of(2) { 1 } else { 2 };
+        // menu: dnsmasq numbers its pxe-service lines from 0x8000 in order (BIOS first, then
+        // x64 UEFI in the bench's configuration); bootplane answers any item.
+        let item_type = if index.is_multiple_of(2) { 0 } else { 1 };
         opts.insert(DhcpOption::VendorExtensions(vec![
-            71, 4, 0, item_type, 0, 0, 255,
+            71, 4, 0x80, item_type, 0, 0, 255,
         ]));
     }
     let mut bytes = Vec::with_capacity(400);
@@ -376,7 +380,10 @@ fn take_reply(
     let yiaddr = msg.yiaddr();
     let expected = match (load.flow, txn.step) {
         (Flow::ProxyDiscover, _) => kind == Some(MessageType::Offer) && yiaddr.is_unspecified(),
-        (Flow::ProxyRequest, _) => kind == Some(MessageType::Ack) && yiaddr.is_unspecified(),
+        // dnsmasq echoes the client's own address in yiaddr; bootplane leaves it empty.
+        (Flow::ProxyRequest, _) => {
+            kind == Some(MessageType::Ack) && (yiaddr.is_unspecified() || yiaddr == CLIENT_IP)
+        }
         (Flow::Dora, 0) | (Flow::LeasedDiscover, _) => {
             kind == Some(MessageType::Offer) && !yiaddr.is_unspecified()
         }

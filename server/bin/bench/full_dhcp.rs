@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::dhcp_load::{self, Flow, FlowResult, Load};
+use crate::dhcp_load::{self, Flow, FlowResult, Load, WARM_UP, WARM_UP_BASE};
 use crate::memory::{Meter, Usage};
 use crate::report::{Row, Verdict};
 use crate::servers::{Appliance, ApplianceSetup, DhcpMode, Reference, POOL_END, POOL_START};
@@ -33,6 +33,12 @@ async fn drive(ctx: &Ctx, macs: usize) -> Result<Pair> {
         interface: ctx.names.client_if.clone(),
         leases: Vec::new(),
     };
+    // Warm-up from other clients: first packets fault in code and sockets on both sides.
+    dhcp_load::run(Load {
+        clients: (WARM_UP_BASE..WARM_UP_BASE + WARM_UP).collect(),
+        ..base.clone()
+    })
+    .await?;
     let fill = dhcp_load::run(base.clone()).await?;
     let leased = dhcp_load::run(Load {
         flow: Flow::LeasedDiscover,
