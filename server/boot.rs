@@ -224,7 +224,9 @@ async fn boot_machine_get(
             };
             let (detail, response) =
                 install_script(&state, &m, &target, availability, &retry_url, &mac_text);
-            if response.is_ok() && detail.starts_with("install") {
+            // Only a change is written: a machine retrying its script while it boots must not
+            // take SQLite's write lock on every request.
+            if response.is_ok() && detail.starts_with("install") && m.state != Lifecycle::Booting {
                 state
                     .db
                     .set_state(
