@@ -148,6 +148,9 @@ pub struct FlowResult {
     pub skipped: usize,
     /// Leased clients offered another address than their lease.
     pub moved: usize,
+    /// NAKs to a REQUEST (the address was offered twice); the client starts over with a
+    /// DISCOVER, as firmware does.
+    pub naks: usize,
     /// Request-to-reply latency of every reply.
     pub reply_latency: Latencies,
     /// First request to last reply of each finished transaction.
@@ -189,6 +192,7 @@ impl FlowResult {
             ("send errors", self.send_errors),
             ("not sent (no replies at all)", self.skipped),
             ("offered another address", self.moved),
+            ("NAKed and started over", self.naks),
         ] {
             if n > 0 {
                 parts.push(format!("{name} {n}"));
@@ -319,20 +323,27 @@ async fn drive(load: &Load) -> Result<FlowResult> {
                     Err(e) => return Err(e).context("receiving replies"),
                 };
                 let now = Instant::now();
-                if let Some(reply) =
+                if let Some(next) =
                     take_reply(load, &buf[..n], start, now, &mut outstanding, &mut result)
                 {
-                    // Dora: the OFFER asks for a REQUEST.
-                    let (slot, xid, offered, server) = reply;
+                    // Dora: an OFFER asks for a REQUEST, a NAK for a new DISCOVER.
+                    let (slot, xid, requested) = match next {
+                        Next::Request {
+                            slot,
+                            xid,
+                            offered,
+                            server,
+                        } => (slot, xid, Some((offered, server))),
+                        Next::Restart { slot, xid } => (slot, xid, None),
+                    };
+                    let kind = if requested.is_some() {
+                        MessageType::Request
+                    } else {
+                        MessageType::Discover
+                    };
                     let index = load.clients[slot];
-                    let bytes = encode_request(
-                        MessageType::Request,
-                        index,
-                        xid,
-                        Ipv4Addr::UNSPECIFIED,
-                        Some((offered, server)),
-                        false,
-                    )?;
+                    let bytes =
+                        encode_request(kind, index, xid, Ipv4Addr::UNSPECIFIED, requested, false)?;
                     if socket.send_to(&bytes, broadcast).await.is_err() {
                         result.send_errors += 1;
                         result.lost += 1;
@@ -353,8 +364,20 @@ async fn drive(load: &Load) -> Result<FlowResult> {
     Ok(result)
 }
 
-/// Checks one reply against its transaction. Returns `(slot, xid, offered, server)` when a
-/// Dora OFFER was accepted and the REQUEST must be sent (the transaction then stays in flight).
+/// What a Dora transaction sends next (it stays in flight).
+enum Next {
+    /// The OFFER was accepted: REQUEST it.
+    Request {
+        slot: usize,
+        xid: u32,
+        offered: Ipv4Addr,
+        server: Ipv4Addr,
+    },
+    /// The REQUEST was NAKed: DISCOVER again.
+    Restart { slot: usize, xid: u32 },
+}
+
+/// Checks one reply against its transaction; `Some` when a Dora transaction goes on.
 fn take_reply(
     load: &Load,
     bytes: &[u8],
@@ -362,7 +385,7 @@ fn take_reply(
     now: Instant,
     outstanding: &mut HashMap<u32, Txn>,
     result: &mut FlowResult,
-) -> Option<(usize, u32, Ipv4Addr, Ipv4Addr)> {
+) -> Option<Next> {
     let xid = bytes
         .get(XID_RANGE)
         .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))?;
@@ -390,6 +413,21 @@ fn take_reply(
         (Flow::Dora, _) => kind == Some(MessageType::Ack) && yiaddr == txn.offered,
     };
     outstanding.remove(&xid);
+    if load.flow == Flow::Dora && txn.step == 1 && kind == Some(MessageType::Nak) {
+        result.naks += 1;
+        outstanding.insert(
+            xid,
+            Txn {
+                step: 0,
+                sent_at: now,
+                ..txn
+            },
+        );
+        return Some(Next::Restart {
+            slot: txn.slot,
+            xid,
+        });
+    }
     if !expected {
         result.bad += 1;
         return None;
@@ -409,7 +447,12 @@ fn take_reply(
                 ..txn
             },
         );
-        return Some((txn.slot, xid, yiaddr, server));
+        return Some(Next::Request {
+            slot: txn.slot,
+            xid,
+            offered: yiaddr,
+            server,
+        });
     }
     if load.flow == Flow::Dora {
         result.leases[txn.slot] = Some(yiaddr);

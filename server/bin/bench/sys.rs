@@ -231,8 +231,17 @@ impl MachineFacts {
                     || "unknown".into(),
                     |kib| format!("{:.1} GiB", kib as f64 / 1048576.0),
                 ),
-            git_rev: command_output("git", &["describe", "--always", "--dirty"])
-                .unwrap_or_else(|| "unknown".into()),
+            git_rev: command_output(
+                "git",
+                &[
+                    "-C",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "describe",
+                    "--always",
+                    "--dirty",
+                ],
+            )
+            .unwrap_or_else(|| "unknown".into()),
             nginx: [
                 ("nginx", &["-v"][..]),
                 ("dnsmasq", &["--version"][..]),
