@@ -657,3 +657,75 @@ mod tests {
         assert!(decode_reply(&reply, &client_mac(6)).is_none());
     }
 }
+
+/// `FlowResult`'s rate for the table.
+pub fn rate(r: &FlowResult) -> String {
+    r.per_sec().map_or("n/a".into(), |v| {
+        format!("{}/s", crate::stats::fmt_count(v))
+    })
+}
+
+/// The two rows every DHCP load gets, bootplane (`a`) beside dnsmasq (`b`) with the load
+/// generator's ceiling against the trivial responder (`c`): its rate in `unit`, and its reply
+/// latency p50 / p99; plus a finding when bootplane came near the generator's ceiling. Returns
+/// bootplane's rate as a ratio to dnsmasq's and its p99.
+pub fn flow_rows(
+    report: &mut crate::report::Report,
+    label: &str,
+    unit: &str,
+    [a, b, c]: [&FlowResult; 3],
+) -> (Option<f64>, Option<Duration>) {
+    use crate::report::Row;
+    use crate::stats::{fmt_latency, fmt_ratio};
+
+    report.row(
+        Row::new(format!("{label}: {unit}"), rate(a))
+            .reference(format!("dnsmasq {}", rate(b)), fmt_ratio(a.per_sec(), b.per_sec()))
+            .notes(format!(
+                "bootplane {}; dnsmasq {}; generator ceiling (trivial responder) {} ({}), generator CPU {:.2} s vs {:.2} s at the ceiling",
+                a.outcome(),
+                b.outcome(),
+                rate(c),
+                c.outcome(),
+                a.client_cpu_secs,
+                c.client_cpu_secs,
+            )),
+    );
+    let (mut al, mut bl, mut cl) = (
+        a.reply_latency.clone(),
+        b.reply_latency.clone(),
+        c.reply_latency.clone(),
+    );
+    let p99 = al.percentile(99.0);
+    report.row(
+        Row::new(
+            format!("{label}: reply latency p50 / p99"),
+            format!("{} / {}", fmt_latency(al.percentile(50.0)), fmt_latency(p99)),
+        )
+        .reference(
+            format!(
+                "{} / {}",
+                fmt_latency(bl.percentile(50.0)),
+                fmt_latency(bl.percentile(99.0))
+            ),
+            fmt_ratio(
+                bl.percentile(99.0).map(|d| d.as_secs_f64()),
+                p99.map(|d| d.as_secs_f64()),
+            ),
+        )
+        .notes(format!(
+            "each request to its reply; ratio as speed (dnsmasq p99 / bootplane p99); trivial responder {} / {}",
+            fmt_latency(cl.percentile(50.0)),
+            fmt_latency(cl.percentile(99.0))
+        )),
+    );
+    if let (Some(ours), Some(ceil)) = (a.per_sec(), c.per_sec()) {
+        if ours >= 0.8 * ceil {
+            report.finding(format!(
+                "{label}: bootplane reached {:.0}% of the load generator's ceiling, so the generator may be what limited it",
+                ours / ceil * 100.0
+            ));
+        }
+    }
+    (a.per_sec().zip(b.per_sec()).map(|(a, b)| a / b), p99)
+}

@@ -9,9 +9,9 @@ use anyhow::Result;
 
 use crate::dhcp_load::{self, Flow, FlowResult, Load, WARM_UP, WARM_UP_BASE};
 use crate::memory::{Meter, Usage};
-use crate::report::{Row, Verdict};
+use crate::report::Verdict;
 use crate::servers::{Appliance, ApplianceSetup, DhcpMode, Reference};
-use crate::stats::{fmt_count, fmt_latency, fmt_ratio};
+use crate::stats::fmt_latency;
 use crate::Ctx;
 
 /// Fewer finished transactions than this fraction is a problem (and fails a smoke run).
@@ -112,11 +112,6 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-fn rate(r: &FlowResult) -> String {
-    r.per_sec()
-        .map_or("n/a".into(), |v| format!("{}/s", fmt_count(v)))
-}
-
 fn rows(
     ctx: &mut Ctx,
     ours: &Pair,
@@ -143,60 +138,9 @@ fn rows(
             &ceiling.request,
         ),
     ] {
-        ratios.push(a.per_sec().zip(b.per_sec()).map(|(a, b)| a / b));
-        report.row(
-            Row::new(format!("{label}: replies/s"), rate(a))
-                .reference(format!("dnsmasq {}", rate(b)), fmt_ratio(a.per_sec(), b.per_sec()))
-                .notes(format!(
-                    "bootplane {}; dnsmasq {}; generator ceiling (trivial responder) {}, generator CPU {:.2} s vs {:.2} s at the ceiling",
-                    a.outcome(),
-                    b.outcome(),
-                    rate(c),
-                    a.client_cpu_secs,
-                    c.client_cpu_secs,
-                )),
-        );
-        let (mut al, mut bl, mut cl) = (
-            a.reply_latency.clone(),
-            b.reply_latency.clone(),
-            c.reply_latency.clone(),
-        );
-        let p99 = al.percentile(99.0);
+        let (ratio, p99) = dhcp_load::flow_rows(report, &label, "replies/s", [a, b, c]);
+        ratios.push(ratio);
         worst_p99 = worst_p99.max(p99);
-        report.row(
-            Row::new(
-                format!("{label}: latency p50 / p99"),
-                format!(
-                    "{} / {}",
-                    fmt_latency(al.percentile(50.0)),
-                    fmt_latency(p99)
-                ),
-            )
-            .reference(
-                format!(
-                    "{} / {}",
-                    fmt_latency(bl.percentile(50.0)),
-                    fmt_latency(bl.percentile(99.0))
-                ),
-                fmt_ratio(
-                    bl.percentile(99.0).map(|d| d.as_secs_f64()),
-                    p99.map(|d| d.as_secs_f64()),
-                ),
-            )
-            .notes(format!(
-                "ratio as speed (dnsmasq p99 / bootplane p99); trivial responder {} / {}",
-                fmt_latency(cl.percentile(50.0)),
-                fmt_latency(cl.percentile(99.0))
-            )),
-        );
-        if let (Some(ours), Some(ceil)) = (a.per_sec(), c.per_sec()) {
-            if ours >= 0.8 * ceil {
-                report.finding(format!(
-                    "{label}: bootplane reached {:.0}% of the load generator's ceiling, so the generator may be what limited it",
-                    ours / ceil * 100.0
-                ));
-            }
-        }
     }
     let worst_ratio = ratios
         .iter()
