@@ -587,77 +587,6 @@ fn reply_template(kind: MessageType) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn macs_are_distinct_and_locally_administered() {
-        let macs: std::collections::HashSet<_> = (0..70_000).map(client_mac).collect();
-        assert_eq!(macs.len(), 70_000);
-        assert!(macs.iter().all(|m| m[0] & 0x02 != 0 && m[0] & 0x01 == 0));
-        assert_eq!(mac_index(&client_mac(65_537)), 65_537);
-    }
-
-    #[test]
-    fn requests_decode_as_pxe_requests() {
-        let bios = encode_request(
-            MessageType::Discover,
-            0,
-            9,
-            Ipv4Addr::UNSPECIFIED,
-            None,
-            false,
-        )
-        .unwrap();
-        let msg = Message::decode(&mut Decoder::new(&bios)).unwrap();
-        assert_eq!(msg.opts().msg_type(), Some(MessageType::Discover));
-        assert_eq!(msg.xid(), 9);
-        assert_eq!(option_53(&bios[MIN_BOOTP_LEN..]), Some(1));
-        let server = Ipv4Addr::new(10, 99, 0, 1);
-        let ip = Ipv4Addr::new(10, 99, 10, 1);
-        let uefi = encode_request(
-            MessageType::Request,
-            1,
-            9,
-            Ipv4Addr::UNSPECIFIED,
-            Some((ip, server)),
-            false,
-        )
-        .unwrap();
-        let msg = Message::decode(&mut Decoder::new(&uefi)).unwrap();
-        assert!(matches!(
-            msg.opts().get(OptionCode::ClientSystemArchitecture),
-            Some(DhcpOption::ClientSystemArchitecture(a)) if u16::from(*a) == 7
-        ));
-        assert!(matches!(
-            msg.opts().get(OptionCode::RequestedIpAddress),
-            Some(DhcpOption::RequestedIpAddress(a)) if *a == ip
-        ));
-        assert_eq!(option_53(&uefi[MIN_BOOTP_LEN..]), Some(3));
-    }
-
-    #[test]
-    fn responder_template_patched_with_the_request_is_an_expected_reply() {
-        let req = encode_request(
-            MessageType::Discover,
-            5,
-            7,
-            Ipv4Addr::UNSPECIFIED,
-            None,
-            false,
-        )
-        .unwrap();
-        let mut reply = reply_template(MessageType::Offer).unwrap();
-        reply[XID_RANGE].copy_from_slice(&req[XID_RANGE]);
-        reply[CHADDR_START..CHADDR_START + 16]
-            .copy_from_slice(&req[CHADDR_START..CHADDR_START + 16]);
-        let msg = decode_reply(&reply, &client_mac(5)).unwrap();
-        assert_eq!(msg.opts().msg_type(), Some(MessageType::Offer));
-        assert!(decode_reply(&reply, &client_mac(6)).is_none());
-    }
-}
-
 /// `FlowResult`'s rate for the table.
 pub fn rate(r: &FlowResult) -> String {
     r.per_sec().map_or("n/a".into(), |v| {
@@ -728,4 +657,75 @@ pub fn flow_rows(
         }
     }
     (a.per_sec().zip(b.per_sec()).map(|(a, b)| a / b), p99)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_distinct_and_locally_administered() {
+        let macs: std::collections::HashSet<_> = (0..70_000).map(client_mac).collect();
+        assert_eq!(macs.len(), 70_000);
+        assert!(macs.iter().all(|m| m[0] & 0x02 != 0 && m[0] & 0x01 == 0));
+        assert_eq!(mac_index(&client_mac(65_537)), 65_537);
+    }
+
+    #[test]
+    fn requests_decode_as_pxe_requests() {
+        let bios = encode_request(
+            MessageType::Discover,
+            0,
+            9,
+            Ipv4Addr::UNSPECIFIED,
+            None,
+            false,
+        )
+        .unwrap();
+        let msg = Message::decode(&mut Decoder::new(&bios)).unwrap();
+        assert_eq!(msg.opts().msg_type(), Some(MessageType::Discover));
+        assert_eq!(msg.xid(), 9);
+        assert_eq!(option_53(&bios[MIN_BOOTP_LEN..]), Some(1));
+        let server = Ipv4Addr::new(10, 99, 0, 1);
+        let ip = Ipv4Addr::new(10, 99, 10, 1);
+        let uefi = encode_request(
+            MessageType::Request,
+            1,
+            9,
+            Ipv4Addr::UNSPECIFIED,
+            Some((ip, server)),
+            false,
+        )
+        .unwrap();
+        let msg = Message::decode(&mut Decoder::new(&uefi)).unwrap();
+        assert!(matches!(
+            msg.opts().get(OptionCode::ClientSystemArchitecture),
+            Some(DhcpOption::ClientSystemArchitecture(a)) if u16::from(*a) == 7
+        ));
+        assert!(matches!(
+            msg.opts().get(OptionCode::RequestedIpAddress),
+            Some(DhcpOption::RequestedIpAddress(a)) if *a == ip
+        ));
+        assert_eq!(option_53(&uefi[MIN_BOOTP_LEN..]), Some(3));
+    }
+
+    #[test]
+    fn responder_template_patched_with_the_request_is_an_expected_reply() {
+        let req = encode_request(
+            MessageType::Discover,
+            5,
+            7,
+            Ipv4Addr::UNSPECIFIED,
+            None,
+            false,
+        )
+        .unwrap();
+        let mut reply = reply_template(MessageType::Offer).unwrap();
+        reply[XID_RANGE].copy_from_slice(&req[XID_RANGE]);
+        reply[CHADDR_START..CHADDR_START + 16]
+            .copy_from_slice(&req[CHADDR_START..CHADDR_START + 16]);
+        let msg = decode_reply(&reply, &client_mac(5)).unwrap();
+        assert_eq!(msg.opts().msg_type(), Some(MessageType::Offer));
+        assert!(decode_reply(&reply, &client_mac(6)).is_none());
+    }
 }
