@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use serde::Deserialize;
 
@@ -282,21 +282,7 @@ pub async fn ui_image_rows_get(State(state): State<AppState>, Extension(op): Op)
                 rows,
                 csrf: op.csrf().to_string(),
             };
-            match partial.render() {
-                Ok(html) => (
-                    [(
-                        axum::http::header::HeaderName::from_static("x-summary"),
-                        axum::http::HeaderValue::from_str(&summary)
-                            .unwrap_or(axum::http::HeaderValue::from_static("")),
-                    )],
-                    Html(html),
-                )
-                    .into_response(),
-                Err(e) => {
-                    tracing::error!(error = %e, "template failed");
-                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
-                }
-            }
+            super::render_rows(&partial, &summary)
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot list boot assets");

@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
 
@@ -435,21 +435,7 @@ pub async fn ui_machine_rows_get(
                 rows,
                 filtered: !filters.state.is_empty() || !filters.role.is_empty(),
             };
-            match partial.render() {
-                Ok(html) => (
-                    [(
-                        axum::http::header::HeaderName::from_static("x-summary"),
-                        axum::http::HeaderValue::from_str(&summary)
-                            .unwrap_or(axum::http::HeaderValue::from_static("")),
-                    )],
-                    Html(html),
-                )
-                    .into_response(),
-                Err(e) => {
-                    tracing::error!(error = %e, "template failed");
-                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
-                }
-            }
+            super::render_rows(&partial, &summary)
         }
         Err(e) => ops_error_page(&e),
     }

@@ -159,6 +159,25 @@ fn render(page: &impl Template) -> Response {
     }
 }
 
+/// A live list's rows (a fragment the page's script swaps in), with the list's one-line
+/// summary in the `x-summary` header; a template failure is a bare 500.
+fn render_rows(rows: &impl Template, summary: &str) -> Response {
+    match rows.render() {
+        Ok(html) => (
+            [(
+                header::HeaderName::from_static("x-summary"),
+                HeaderValue::from_str(summary).unwrap_or(HeaderValue::from_static("")),
+            )],
+            Html(html),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "template failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
 /// Maps an operation's failure that is not about a field to a page.
 fn ops_error_page(e: &OpsError) -> Response {
     match e {
