@@ -382,6 +382,18 @@ impl Db {
     }
 
     /// The cluster named `name`, or the only cluster when `name` is `None`.
+    /// The Talos version a cluster is set to, if any: one column, for the boot path.
+    pub async fn cluster_talos_version(&self, name: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query("SELECT talos_version FROM clusters WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get(0)?,
+            None => None,
+        })
+    }
+
     pub async fn get_cluster(&self, name: Option<&str>) -> Result<Option<Cluster>, DbError> {
         let row = match name {
             Some(name) => {

@@ -332,9 +332,8 @@ pub async fn machine_version(db: &Db, m: &Machine, default: &str) -> Result<Stri
     if let Some(pin) = &m.talos_version {
         return Ok(pin.clone());
     }
-    let cluster = db.get_cluster(Some(&m.cluster)).await?;
-    let cluster = cluster.as_ref().and_then(|c| c.talos_version.as_deref());
-    Ok(selected_version(None, cluster, default).to_string())
+    let cluster = db.cluster_talos_version(&m.cluster).await?;
+    Ok(selected_version(None, cluster.as_deref(), default).to_string())
 }
 
 /// The boot asset architecture of a machine from its DHCP client architecture (option 93):
@@ -369,7 +368,19 @@ pub struct Images {
     verified: Arc<Mutex<Verified>>,
     /// Downloads in flight in this process, by `"<version> <arch>"`, with their progress.
     in_flight: Arc<Mutex<HashMap<String, Progress>>>,
+    /// Asset records as boot scripts need them (availability, kernel arguments), kept for
+    /// `RECORD_CACHE_TTL` so a retrying or booting rack does not read SQLite per script.
+    /// Emptied by every write this process makes; another process's change to a record (the
+    /// CLI) is seen within the TTL, a new record at once (absent records are not kept).
+    /// `servable` never uses it: what goes out is checked against the database.
+    records: Arc<Mutex<RecordCache>>,
 }
+
+/// Asset records by (version, arch), with when they were read.
+type RecordCache = HashMap<(String, &'static str), (Instant, Option<Asset>)>;
+
+/// How long a boot script may use an asset record read earlier.
+pub const RECORD_CACHE_TTL: Duration = Duration::from_secs(1);
 
 impl Images {
     pub fn new(dir: PathBuf, db: Db) -> Images {
@@ -379,6 +390,7 @@ impl Images {
             locks: Arc::default(),
             verified: Arc::default(),
             in_flight: Arc::default(),
+            records: Arc::default(),
         }
     }
 
@@ -536,7 +548,7 @@ impl Images {
             state: AssetState::Downloading,
             updated_at: Self::now_ms(),
         };
-        self.db.put_image(&asset).await?;
+        self.put_record(&asset).await?;
         let (kernel_path, initramfs_path) = self.paths(version, arch);
         let result = self
             .fetch_pair(
@@ -559,7 +571,7 @@ impl Images {
             Ok(()) => {
                 asset.state = AssetState::Ready;
                 asset.updated_at = Self::now_ms();
-                self.db.put_image(&asset).await?;
+                self.put_record(&asset).await?;
                 tracing::info!(version, arch = arch.as_str(), source = %asset.source,
                     "boot assets added");
                 Ok(AddOutcome::Added(asset))
@@ -573,8 +585,7 @@ impl Images {
                 };
                 tracing::error!(version, arch = arch.as_str(), reason = %reason,
                     "boot assets not added");
-                self.db
-                    .set_image_state(version, arch, &AssetState::Broken(reason), Self::now_ms())
+                self.set_record_state(version, arch, &AssetState::Broken(reason), Self::now_ms())
                     .await?;
                 Err(e)
             }
@@ -629,7 +640,7 @@ impl Images {
         validate_version(version)?;
         let lock = self.lock_for(format!("add {version} {}", arch.as_str()));
         let _guard = lock.lock().await;
-        let recorded = self.db.remove_image(version, arch).await?;
+        let recorded = self.remove_record(version, arch).await?;
         if !recorded && !self.dir.join(version).is_dir() {
             return Err(ImagesError::NotRecorded {
                 version: version.into(),
@@ -731,14 +742,13 @@ impl Images {
             let lock = self.lock_for(format!("verify {}", path.display()));
             let _guard = lock.lock().await;
             if let Err(reason) = self.check_file(path, want).await? {
-                self.db
-                    .set_image_state(
-                        &asset.version,
-                        asset.arch,
-                        &AssetState::Broken(reason.clone()),
-                        Self::now_ms(),
-                    )
-                    .await?;
+                self.set_record_state(
+                    &asset.version,
+                    asset.arch,
+                    &AssetState::Broken(reason.clone()),
+                    Self::now_ms(),
+                )
+                .await?;
                 tracing::error!(version = %asset.version, arch = asset.arch.as_str(),
                     reason = %reason, "boot asset out of service");
                 return Ok(Err(reason));
@@ -785,7 +795,7 @@ impl Images {
             state: AssetState::Ready,
             updated_at: Self::now_ms(),
         };
-        self.db.put_image(&asset).await?;
+        self.put_record(&asset).await?;
         tracing::warn!(version, arch = arch.as_str(),
             "boot assets found without a record: adopted with their current sha256 (use `bootplane images add` to record where they come from)");
         Ok(Some(asset))
@@ -805,14 +815,13 @@ impl Images {
                     && self.nobody_downloads(&asset.version, asset.arch)
                 {
                     let reason = "download interrupted (bootplane stopped during it); add it again to resume".to_string();
-                    self.db
-                        .set_image_state(
-                            &asset.version,
-                            asset.arch,
-                            &AssetState::Broken(reason.clone()),
-                            Self::now_ms(),
-                        )
-                        .await?;
+                    self.set_record_state(
+                        &asset.version,
+                        asset.arch,
+                        &AssetState::Broken(reason.clone()),
+                        Self::now_ms(),
+                    )
+                    .await?;
                     report.broken.push((name, reason));
                 }
                 continue;
@@ -827,14 +836,13 @@ impl Images {
             match self.verify_asset(&asset).await? {
                 Ok(bytes) => {
                     if was_broken {
-                        self.db
-                            .set_image_state(
-                                &asset.version,
-                                asset.arch,
-                                &AssetState::Ready,
-                                Self::now_ms(),
-                            )
-                            .await?;
+                        self.set_record_state(
+                            &asset.version,
+                            asset.arch,
+                            &AssetState::Ready,
+                            Self::now_ms(),
+                        )
+                        .await?;
                         tracing::info!(asset = %name, "boot asset matches its record again: back in service");
                     }
                     report.bytes += bytes;
@@ -927,14 +935,13 @@ impl Images {
         let lock = self.lock_for(format!("verify {}", path.display()));
         let _guard = lock.lock().await;
         if let Err(reason) = self.check_file(&path, want).await? {
-            self.db
-                .set_image_state(
-                    version,
-                    arch,
-                    &AssetState::Broken(reason.clone()),
-                    Self::now_ms(),
-                )
-                .await?;
+            self.set_record_state(
+                version,
+                arch,
+                &AssetState::Broken(reason.clone()),
+                Self::now_ms(),
+            )
+            .await?;
             tracing::error!(version, file, reason = %reason,
                 "boot asset failed verification before serving: out of service");
             return Err(ServeError::Unservable(Unservable::OutOfService(reason)));
@@ -949,7 +956,7 @@ impl Images {
         arch: Arch,
     ) -> Result<Availability, ImagesError> {
         let (kernel, initramfs) = self.paths(version, arch);
-        if let Some(asset) = self.db.get_image(version, arch).await? {
+        if let Some(asset) = self.boot_record(version, arch).await? {
             match asset.state {
                 AssetState::Ready => {}
                 AssetState::Downloading => {
@@ -1289,11 +1296,61 @@ impl Images {
     /// factory schematic); none when nothing is recorded.
     pub async fn kernel_args(&self, version: &str, arch: Arch) -> Result<Vec<String>, ImagesError> {
         Ok(self
-            .db
-            .get_image(version, arch)
+            .boot_record(version, arch)
             .await?
             .map(|a| a.kernel_args)
             .unwrap_or_default())
+    }
+
+    /// The asset's record for boot scripts: from the short-lived cache, else the database.
+    async fn boot_record(&self, version: &str, arch: Arch) -> Result<Option<Asset>, ImagesError> {
+        let key = (version.to_string(), arch.as_str());
+        if let Ok(cache) = self.records.lock() {
+            if let Some((at, record)) = cache.get(&key) {
+                if at.elapsed() < RECORD_CACHE_TTL {
+                    return Ok(record.clone());
+                }
+            }
+        }
+        let record = self.db.get_image(version, arch).await?;
+        // No record is not kept: assets an operator adds from the CLI count at once.
+        if record.is_some() {
+            if let Ok(mut cache) = self.records.lock() {
+                cache.insert(key, (Instant::now(), record.clone()));
+            }
+        }
+        Ok(record)
+    }
+
+    async fn put_record(&self, asset: &Asset) -> Result<(), DbError> {
+        let result = self.db.put_image(asset).await;
+        self.records_changed();
+        result
+    }
+
+    async fn remove_record(&self, version: &str, arch: Arch) -> Result<bool, DbError> {
+        let result = self.db.remove_image(version, arch).await;
+        self.records_changed();
+        result
+    }
+
+    async fn set_record_state(
+        &self,
+        version: &str,
+        arch: Arch,
+        state: &AssetState,
+        at: i64,
+    ) -> Result<bool, DbError> {
+        let result = self.db.set_image_state(version, arch, state, at).await;
+        self.records_changed();
+        result
+    }
+
+    /// Forgets cached records: called after every write of asset records by this process.
+    fn records_changed(&self) {
+        if let Ok(mut cache) = self.records.lock() {
+            cache.clear();
+        }
     }
 }
 
@@ -1726,6 +1783,55 @@ mod tests {
         db.put_image(&asset).await.unwrap();
         // Without a lock file at all, nobody downloads it either.
         assert_eq!(store.verify_all().await.unwrap().broken.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn boot_scripts_see_this_process_writes_at_once_and_new_records_from_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let images = tempfile::tempdir().unwrap();
+        let store = Images::new(images.path().to_path_buf(), db.clone());
+        let (v, a) = ("v1.11.6", Arch::Amd64);
+        assert!(matches!(
+            store.availability(v, a).await.unwrap(),
+            Availability::Missing(_)
+        ));
+        // Another process (the CLI) starts a download: a new record counts at once.
+        let file = AssetFile {
+            origin: "http://f/k".into(),
+            digest: None,
+        };
+        let asset = Asset {
+            version: v.into(),
+            arch: a,
+            source: AssetSource::Release,
+            kernel: file.clone(),
+            initramfs: file,
+            kernel_args: vec!["net.ifnames=0".into()],
+            state: AssetState::Downloading,
+            updated_at: 1,
+        };
+        db.put_image(&asset).await.unwrap();
+        assert_eq!(
+            store.availability(v, a).await.unwrap(),
+            Availability::OutOfService("being downloaded".into())
+        );
+        assert_eq!(store.kernel_args(v, a).await.unwrap(), ["net.ifnames=0"]);
+        // This process's own write is seen at once, though the record was just cached.
+        store
+            .set_record_state(v, a, &AssetState::Broken("bad".into()), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.availability(v, a).await.unwrap(),
+            Availability::OutOfService("bad".into())
+        );
+        store.remove_record(v, a).await.unwrap();
+        assert!(matches!(
+            store.availability(v, a).await.unwrap(),
+            Availability::Missing(_)
+        ));
+        assert!(store.kernel_args(v, a).await.unwrap().is_empty());
     }
 
     #[test]
