@@ -74,7 +74,7 @@ pub const ASSET: &str = "initramfs-amd64.xz";
 pub const BIG_TFTP_FILE: &str = "large.bin";
 /// Above this share of the machine's CPU used by other processes, the report calls the run noisy.
 const OTHER_WORK_NOISY: f64 = 0.10;
-/// Idle RSS target from issue 7.
+/// Idle RSS target.
 const RSS_IDLE_TARGET_KIB: u64 = 30 * 1024;
 /// How long the outer process waits for the inner one after forwarding a signal.
 const INNER_STOP_LIMIT: Duration = Duration::from_secs(30);
@@ -790,7 +790,7 @@ mod tests {
     }
 
     #[test]
-    fn full_run_covers_the_issue() {
+    fn full_run_covers_every_scenario() {
         let p = Params::from_cli(&Cli::try_parse_from(["bootplane-bench"]).unwrap());
         assert_eq!(p.macs, 10_000);
         assert_eq!(p.http_clients, vec![8, 50]);

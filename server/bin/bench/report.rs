@@ -120,7 +120,7 @@ impl Report {
             );
         }
         if !self.targets.is_empty() {
-            let _ = writeln!(out, "\nTargets (issue 7):\n");
+            let _ = writeln!(out, "\nTargets:\n");
             for (name, verdict, detail) in &self.targets {
                 let _ = writeln!(out, "- {name}: {} ({detail})", verdict.label());
             }
