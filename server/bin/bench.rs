@@ -348,6 +348,19 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The appliance set-up of the protocol loads: the shared iPXE directory, the small boot
+    /// assets and no machines, under `<dir>/bootplane`.
+    pub fn small_appliance(&self, dir: &Path, dhcp: servers::DhcpMode) -> servers::ApplianceSetup {
+        servers::ApplianceSetup {
+            root: dir.join("bootplane"),
+            ipxe: self.files.tftp_root.clone(),
+            dhcp,
+            kernel: self.files.small_kernel.clone(),
+            initramfs: self.files.small_initramfs.clone(),
+            machines: Vec::new(),
+        }
+    }
+
     /// Reads the appliance's counters, stops it (an unclean stop is a problem) and reports the
     /// warnings it logged.
     pub async fn stop_appliance(&mut self, mut bootplane: Appliance, scenario: &str) {

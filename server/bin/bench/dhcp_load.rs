@@ -587,6 +587,17 @@ fn reply_template(kind: MessageType) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The short warm-up before a measured load, from clients outside every measured range and
+/// with `base`'s flow: first packets fault in code and sockets on both sides.
+pub async fn warm_up(base: &Load) -> Result<()> {
+    run(Load {
+        clients: (WARM_UP_BASE..WARM_UP_BASE + WARM_UP).collect(),
+        ..base.clone()
+    })
+    .await?;
+    Ok(())
+}
+
 /// `FlowResult`'s rate for the table.
 pub fn rate(r: &FlowResult) -> String {
     r.per_sec().map_or("n/a".into(), |v| {

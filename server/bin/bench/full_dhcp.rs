@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::dhcp_load::{self, Flow, FlowResult, Load, WARM_UP, WARM_UP_BASE};
+use crate::dhcp_load::{self, Flow, FlowResult, Load};
 use crate::memory::{Meter, Usage};
 use crate::report::Verdict;
-use crate::servers::{Appliance, ApplianceSetup, DhcpMode, Reference, POOL_END, POOL_START};
+use crate::servers::{Appliance, DhcpMode, Reference, POOL_END, POOL_START};
 use crate::stats::{fmt_count, fmt_ratio};
 use crate::Ctx;
 
@@ -33,12 +33,7 @@ async fn drive(ctx: &Ctx, macs: usize) -> Result<Pair> {
         interface: ctx.names.client_if.clone(),
         leases: Vec::new(),
     };
-    // Warm-up from other clients: first packets fault in code and sockets on both sides.
-    dhcp_load::run(Load {
-        clients: (WARM_UP_BASE..WARM_UP_BASE + WARM_UP).collect(),
-        ..base.clone()
-    })
-    .await?;
+    dhcp_load::warm_up(&base).await?;
     let fill = dhcp_load::run(base.clone()).await?;
     let leased = dhcp_load::run(Load {
         flow: Flow::LeasedDiscover,
@@ -61,14 +56,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     };
 
     eprintln!("full DHCP: bootplane, {macs} clients");
-    let setup = ApplianceSetup {
-        root: dir.join("bootplane"),
-        ipxe: ctx.files.tftp_root.clone(),
-        dhcp: DhcpMode::Full,
-        kernel: ctx.files.small_kernel.clone(),
-        initramfs: ctx.files.small_initramfs.clone(),
-        machines: Vec::new(),
-    };
+    let setup = ctx.small_appliance(&dir, DhcpMode::Full);
     let mut bootplane = Appliance::start(&ctx.binary, &ctx.names, &setup).await?;
     let meter = Meter::start(bootplane.pid(), ctx.params.settle).await?;
     let mark = meter.mark();

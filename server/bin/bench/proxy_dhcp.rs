@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::dhcp_load::{self, Flow, FlowResult, Load, WARM_UP, WARM_UP_BASE};
+use crate::dhcp_load::{self, Flow, FlowResult, Load};
 use crate::memory::{Meter, Usage};
 use crate::report::Verdict;
-use crate::servers::{Appliance, ApplianceSetup, DhcpMode, Reference};
+use crate::servers::{Appliance, DhcpMode, Reference};
 use crate::stats::fmt_latency;
 use crate::Ctx;
 
@@ -33,12 +33,7 @@ async fn drive(ctx: &Ctx) -> Result<Pair> {
         interface: ctx.names.client_if.clone(),
         leases: Vec::new(),
     };
-    // Warm-up from other clients: first packets fault in code and sockets on both sides.
-    dhcp_load::run(Load {
-        clients: (WARM_UP_BASE..WARM_UP_BASE + WARM_UP).collect(),
-        ..base.clone()
-    })
-    .await?;
+    dhcp_load::warm_up(&base).await?;
     let discover = dhcp_load::run(base.clone()).await?;
     let request = dhcp_load::run(Load {
         flow: Flow::ProxyRequest,
@@ -59,14 +54,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     };
 
     eprintln!("proxyDHCP: bootplane");
-    let setup = ApplianceSetup {
-        root: dir.join("bootplane"),
-        ipxe: ctx.files.tftp_root.clone(),
-        dhcp: DhcpMode::Proxy,
-        kernel: ctx.files.small_kernel.clone(),
-        initramfs: ctx.files.small_initramfs.clone(),
-        machines: Vec::new(),
-    };
+    let setup = ctx.small_appliance(&dir, DhcpMode::Proxy);
     let mut bootplane = Appliance::start(&ctx.binary, &ctx.names, &setup).await?;
     let meter = Meter::start(bootplane.pid(), ctx.params.settle).await?;
     let mark = meter.mark();

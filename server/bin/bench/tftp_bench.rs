@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::memory::{Meter, Usage};
 use crate::netns::{CLIENT_IP, SERVER_IP};
 use crate::report::{Row, Verdict};
-use crate::servers::{Appliance, ApplianceSetup, DhcpMode, Reference};
+use crate::servers::{Appliance, DhcpMode, Reference};
 use crate::stats::{fmt_latency, fmt_ratio};
 use crate::tftp_client::{self, Options, TftpLoad};
 use crate::{Ctx, BIG_TFTP_FILE};
@@ -68,14 +68,7 @@ async fn drive(ctx: &Ctx) -> Loads {
 pub async fn run(ctx: &mut Ctx) -> Result<()> {
     let dir = ctx.scratch.join("tftp");
     eprintln!("TFTP: bootplane");
-    let setup = ApplianceSetup {
-        root: dir.join("bootplane"),
-        ipxe: ctx.files.tftp_root.clone(),
-        dhcp: DhcpMode::Off,
-        kernel: ctx.files.small_kernel.clone(),
-        initramfs: ctx.files.small_initramfs.clone(),
-        machines: Vec::new(),
-    };
+    let setup = ctx.small_appliance(&dir, DhcpMode::Off);
     let mut bootplane = Appliance::start(&ctx.binary, &ctx.names, &setup).await?;
     let meter = Meter::start(bootplane.pid(), ctx.params.settle).await?;
     let mark = meter.mark();
