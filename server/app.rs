@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -425,11 +426,11 @@ pub async fn run(
         inventory: inventory.clone(),
         recorder: recorder.clone(),
         neighbours,
-        metrics,
+        metrics: metrics.clone(),
         orchestrator,
         login_limiter: crate::auth::LoginLimiter::default(),
         images,
-        open_assets: crate::boot::files::OpenAssets::default(),
+        open_assets: crate::boot::files::OpenAssets::new(metrics.http_sendfile_bytes.clone()),
         ipxe_files,
     };
     drop(recorder);
@@ -442,8 +443,13 @@ pub async fn run(
         "bootplane serving"
     );
     let http_cancel = cancel.clone();
+    // Connections send asset chunks with sendfile (boot::zerocopy); `tap_io` only sets
+    // TCP_NODELAY, and gives the listener axum's peer-address connect info.
+    let listener =
+        crate::boot::zerocopy::ZeroCopyListener::new(listeners.http, state.open_assets.regions())
+            .tap_io(|io| io.set_nodelay());
     let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let http = axum::serve(listeners.http, service).with_graceful_shutdown(async move {
+    let http = axum::serve(listener, service).with_graceful_shutdown(async move {
         tokio::select! {
             _ = shutdown => {}
             _ = http_cancel.cancelled() => {}

@@ -28,6 +28,7 @@ use crate::orchestrator::Signal;
 use crate::talos::{self, Arch};
 
 pub mod files;
+pub mod zerocopy;
 
 pub fn router() -> Router<AppState> {
     Router::new()

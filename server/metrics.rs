@@ -41,6 +41,8 @@ pub struct Metrics {
     pub tftp_transfers: Family<ResultLabel, Counter>,
     pub tftp_bytes: Counter,
     pub http_bytes: Family<AssetLabel, Counter>,
+    /// Asset bytes the kernel sent straight from the page cache (`sendfile`).
+    pub http_sendfile_bytes: Counter,
     pub events_dropped: Counter,
     /// Kernel log lines received from nodes and queued for the boot log.
     pub kernel_log_lines: Counter,
@@ -128,6 +130,11 @@ impl Metrics {
             "http_bytes",
             "Bytes sent over HTTP, by asset kind",
             self.http_bytes.clone(),
+        );
+        registry.register(
+            "http_sendfile_bytes",
+            "Boot asset bytes sent over HTTP straight from the page cache (sendfile)",
+            self.http_sendfile_bytes.clone(),
         );
         registry.register(
             "events_dropped",

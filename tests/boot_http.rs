@@ -122,7 +122,7 @@ async fn missing_assets_are_said_on_the_console_and_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kernel_supports_head_range_and_content_length() {
+async fn assets_support_head_and_ranges_and_are_sent_with_sendfile() {
     let app = Appliance::start().await;
     let (kernel, initrd) = app.add_assets(3_000_000, 5_000_000);
     let url = app.url(&format!(
@@ -176,6 +176,14 @@ async fn kernel_supports_head_range_and_content_length() {
         .unwrap_or_else(|| panic!("{metrics}"));
     let sent: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert_eq!(sent, 5_000_000);
+    // Every asset byte (the range, the whole initramfs and kernel; HEAD sends none) left
+    // through sendfile, none copied through the process.
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("bootplane_http_sendfile_bytes_total "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let zero_copy: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(zero_copy, 1_000 + 5_000_000 + 3_000_000);
     app.stop().await;
 }
 

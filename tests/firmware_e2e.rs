@@ -660,10 +660,19 @@ impl Lab {
                 "expected exactly one Bootstrap, on {target}; got: {calls:?}"
             ));
         }
-        let out = self.cli(&["machines", "list", "--data-dir", &data_dir, "--json"]);
-        let list = String::from_utf8_lossy(&out.stdout).into_owned();
+        // A worker takes no part in the bootstrap: it reports in when the appliance's probe
+        // of its Talos API next comes round (backing off to 30 s while the node is down).
+        let deadline = Instant::now() + Duration::from_secs(45);
+        let (list, ready) = loop {
+            let out = self.cli(&["machines", "list", "--data-dir", &data_dir, "--json"]);
+            let list = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ready = list.matches("\"state\": \"ready\"").count();
+            if ready == vms.len() || Instant::now() > deadline {
+                break (list, ready);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
         let _ = fs::write(self.artifacts.join("machines-after.json"), &list);
-        let ready = list.matches("\"state\": \"ready\"").count();
         if ready != vms.len() {
             problems.push(format!(
                 "{ready} of {} machines are ready: {list}",

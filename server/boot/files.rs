@@ -1,11 +1,12 @@
 //! Sending boot files over HTTP: the verified boot assets from short-lived memory maps of an
 //! open file, the iPXE binaries from the in-memory copy TFTP serves too.
 //!
-//! A response body is a stream of `Bytes` that hyper hands to the kernel as they are (writev),
-//! so a chunk of an asset is copied once, from the page cache into the socket, with no read
-//! into a buffer and no blocking-pool thread per chunk. Each chunk maps only its own slice of
-//! the file and unmaps when it was sent, so what a transfer keeps mapped (and counts to the
-//! process's RSS) is about one chunk, not the whole file.
+//! A response body is a stream of `Bytes` that hyper hands to the connection as they are, so
+//! a chunk of an asset reaches the socket as the memory map made of it; the connection
+//! (`zerocopy`) recognises the map and has the kernel send that file range with `sendfile`,
+//! from the page cache, with no copy through this process and no blocking-pool thread per
+//! chunk. Each chunk maps only its own slice of the file and unmaps when it was sent; its
+//! pages are never touched by this process, so they add nothing to its RSS.
 //!
 //! An asset file is opened once per inode and the open file is shared by every response: the
 //! images directory replaces files by renaming new ones into place, so a response that
@@ -32,6 +33,7 @@ use axum_extra::headers::{
 use bytes::Bytes;
 use futures::Stream;
 
+use super::zerocopy::Regions;
 use crate::metrics::Metrics;
 
 /// Bytes mapped per body chunk: big enough that the per-chunk map and unmap cost nothing next
@@ -71,8 +73,11 @@ impl FileId {
 /// An open asset file, shared by the responses that send it.
 #[derive(Debug)]
 pub struct OpenAsset {
-    file: File,
+    file: Arc<File>,
     id: FileId,
+    /// Where this asset's chunk maps are recorded for `sendfile` (the connections' registry
+    /// once the asset is in [`OpenAssets`]).
+    regions: Regions,
 }
 
 impl OpenAsset {
@@ -87,7 +92,11 @@ impl OpenAsset {
         if FileId::at(path)? != id {
             return Err(io::Error::other("replaced while being opened"));
         }
-        Ok(OpenAsset { file, id })
+        Ok(OpenAsset {
+            file: Arc::new(file),
+            id,
+            regions: Regions::default(),
+        })
     }
 
     /// Whether `path` still names this file, unchanged.
@@ -96,22 +105,40 @@ impl OpenAsset {
     }
 }
 
-/// The open asset files, one per path (the newest verified inode).
+/// The open asset files, one per path (the newest verified inode), and the registry of their
+/// chunk maps that the HTTP connections send from.
 #[derive(Clone, Debug, Default)]
-pub struct OpenAssets(Arc<Mutex<HashMap<PathBuf, Arc<OpenAsset>>>>);
+pub struct OpenAssets {
+    open: Arc<Mutex<HashMap<PathBuf, Arc<OpenAsset>>>>,
+    regions: Regions,
+}
 
 impl OpenAssets {
+    /// No open assets yet; bytes later sent with `sendfile` are counted in `sendfile_bytes`.
+    pub fn new(sendfile_bytes: prometheus_client::metrics::counter::Counter) -> OpenAssets {
+        OpenAssets {
+            open: Arc::default(),
+            regions: Regions::counting(sendfile_bytes),
+        }
+    }
+
+    /// The chunk maps of these assets, for the HTTP listener (`zerocopy`).
+    pub fn regions(&self) -> Regions {
+        self.regions.clone()
+    }
+
     /// The open file for `path` if the path still names it, unchanged since it was opened.
     pub fn get(&self, path: &Path) -> Option<Arc<OpenAsset>> {
         let id = FileId::at(path).ok()?;
-        let open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.get(path).filter(|a| a.id == id).cloned()
     }
 
     /// Keeps `asset` as the open file for `path` (responses using an older one keep theirs).
-    pub fn insert(&self, path: PathBuf, asset: OpenAsset) -> Arc<OpenAsset> {
+    pub fn insert(&self, path: PathBuf, mut asset: OpenAsset) -> Arc<OpenAsset> {
+        asset.regions = self.regions.clone();
         let asset = Arc::new(asset);
-        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.insert(path, Arc::clone(&asset));
         asset
     }
@@ -149,7 +176,7 @@ impl Source {
                 let (start, end) = (to_usize(start)?, to_usize(end)?);
                 Ok(data.slice(start..end))
             }
-            Source::Asset(asset) => map_chunk(&asset.file, start, end),
+            Source::Asset(asset) => map_chunk(asset, start, end),
         }
     }
 }
@@ -158,22 +185,52 @@ fn to_usize(n: u64) -> io::Result<usize> {
     usize::try_from(n).map_err(io::Error::other)
 }
 
-/// Maps bytes `start..end` of `file` (read-only, shared) as `Bytes`; unmapped when dropped.
+/// Maps bytes `start..end` of `asset` (read-only, shared) as `Bytes`, recorded for `sendfile`
+/// while alive; unmapped when dropped.
 #[allow(unsafe_code)]
-fn map_chunk(file: &File, start: u64, end: u64) -> io::Result<Bytes> {
+fn map_chunk(asset: &OpenAsset, start: u64, end: u64) -> io::Result<Bytes> {
     let len = to_usize(end.saturating_sub(start))?;
     // SAFETY: a mapping is undefined behaviour only if the file changes underneath it. Asset
     // files are never written in place: downloads go to a `.part` file that is renamed into
     // place, so this inode's contents stay as they were verified. The bytes are never read
-    // by this process, only passed to the kernel (writev), which answers EFAULT rather than
-    // raising SIGBUS should an operator truncate the file in place anyway.
+    // by this process, only passed to the kernel (sendfile from the file, or writev), which
+    // answers a short count or EFAULT rather than raising SIGBUS should an operator truncate
+    // the file in place anyway.
     let map = unsafe {
         memmap2::MmapOptions::new()
             .offset(start)
             .len(len)
-            .map(file)?
+            .map(&*asset.file)?
     };
-    Ok(Bytes::from_owner(map))
+    asset.regions.insert(
+        map.as_ptr() as usize,
+        map.len(),
+        Arc::clone(&asset.file),
+        start,
+    );
+    Ok(Bytes::from_owner(MappedChunk {
+        map,
+        regions: asset.regions.clone(),
+    }))
+}
+
+/// A chunk's memory map, recorded in `regions` until it is unmapped.
+struct MappedChunk {
+    map: memmap2::Mmap,
+    regions: Regions,
+}
+
+impl AsRef<[u8]> for MappedChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl Drop for MappedChunk {
+    fn drop(&mut self) {
+        // Forgotten before the map goes, so no connection sends from an address reused later.
+        self.regions.remove(self.map.as_ptr() as usize);
+    }
 }
 
 /// The response to a GET or HEAD of `source`, with Content-Length, Last-Modified,

@@ -1,0 +1,329 @@
+//! Zero-copy sending of boot assets: the HTTP connections hand a mapped asset chunk to the
+//! kernel with `sendfile(2)` instead of copying its bytes into the socket.
+//!
+//! hyper writes a response body as the `Bytes` it was given (vectored writes, no flattening),
+//! so an asset chunk reaches the connection's `poll_write_vectored` as the very memory map
+//! `files` made of it. Each such map is recorded in [`Regions`] with its file and offset; the
+//! connection stream ([`ZeroCopyStream`]) looks every slice it is asked to write up there and
+//! sends a recorded one from the file (the page cache) instead of from memory. Anything else
+//! (headers, scripts, the iPXE binaries in memory, HTTP/2 frames) is written as it is.
+//!
+//! Correctness never rests on the lookup: a map holds exactly the bytes of the file range it
+//! names, so a chunk that reaches the socket some other way (copied into a buffer first) still
+//! sends the right bytes, only with one more copy.
+
+use std::collections::BTreeMap;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use nix::sys::socket::MsgFlags;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Most bytes one `sendfile` call is asked for; a socket takes less when its buffer is full.
+const MAX_SENDFILE: usize = 4 << 20;
+
+/// Where a recorded region's bytes live: an open file and the offset of the region's start.
+#[derive(Clone)]
+struct Region {
+    len: usize,
+    file: Arc<std::fs::File>,
+    offset: u64,
+}
+
+/// The memory maps of asset chunks that are alive now, by start address, and the count of
+/// bytes sent from them with `sendfile`.
+#[derive(Clone, Default)]
+pub struct Regions {
+    map: Arc<Mutex<BTreeMap<usize, Region>>>,
+    sent: Counter,
+}
+
+impl std::fmt::Debug for Regions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.alive();
+        f.debug_struct("Regions").field("alive", &n).finish()
+    }
+}
+
+impl Regions {
+    /// An empty registry that counts the bytes it sends in `sent`.
+    pub fn counting(sent: Counter) -> Regions {
+        Regions {
+            map: Arc::default(),
+            sent,
+        }
+    }
+
+    /// Records that `len` bytes at `start` are `file` from `offset` on, until [`Regions::remove`].
+    pub fn insert(&self, start: usize, len: usize, file: Arc<std::fs::File>, offset: u64) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(start, Region { len, file, offset });
+    }
+
+    /// Forgets the region recorded at `start` (before its memory is unmapped).
+    pub fn remove(&self, start: usize) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&start);
+    }
+
+    /// The file and offset holding `slice`, if it lies wholly inside a recorded region.
+    fn lookup(&self, slice: &[u8]) -> Option<(Arc<std::fs::File>, u64)> {
+        if slice.is_empty() {
+            return None;
+        }
+        let addr = slice.as_ptr() as usize;
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let (&start, region) = map.range(..=addr).next_back()?;
+        let skip = addr - start;
+        if skip.checked_add(slice.len())? > region.len {
+            return None;
+        }
+        Some((Arc::clone(&region.file), region.offset + skip as u64))
+    }
+
+    /// How many regions are recorded (tests and diagnostics).
+    pub fn alive(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// The HTTP listener: accepts TCP connections as [`ZeroCopyStream`]s.
+pub struct ZeroCopyListener {
+    listener: TcpListener,
+    regions: Regions,
+}
+
+impl ZeroCopyListener {
+    pub fn new(listener: TcpListener, regions: Regions) -> ZeroCopyListener {
+        ZeroCopyListener { listener, regions }
+    }
+}
+
+impl axum::serve::Listener for ZeroCopyListener {
+    type Io = ZeroCopyStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) => {
+                    let stream = ZeroCopyStream {
+                        inner: stream,
+                        regions: self.regions.clone(),
+                    };
+                    return (stream, addr);
+                }
+                // Out of file descriptors or memory, or a connection that was reset before it
+                // was accepted: say so and go on (a pause for the shortage to pass).
+                Err(e) if is_connection_error(&e) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// An accepted HTTP connection that sends recorded asset regions with `sendfile`.
+pub struct ZeroCopyStream {
+    inner: TcpStream,
+    regions: Regions,
+}
+
+impl ZeroCopyStream {
+    /// Turns Nagle's algorithm off: a response's last segment leaves at once.
+    pub fn set_nodelay(&mut self) {
+        if let Err(e) = self.inner.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY refused");
+        }
+    }
+
+    /// Runs `op` on the socket once it is writable, until it stops saying "would block".
+    fn poll_io<R>(
+        &self,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(BorrowedFd<'_>) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            let fd = self.inner.as_fd();
+            match self.inner.try_io(Interest::WRITABLE, || op(fd)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl AsyncRead for ZeroCopyStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ZeroCopyStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    /// Writes the leading slices that are plain memory (with `MSG_MORE` when a recorded region
+    /// follows, so headers and the first file bytes leave in one segment), or, when the first
+    /// slice is a recorded region, sends it from its file. Either way a short count is normal:
+    /// hyper calls again with the rest.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut region = None;
+        let mut plain = bufs.len();
+        for (i, buf) in bufs.iter().enumerate() {
+            if let Some(found) = self.regions.lookup(buf) {
+                region = Some(found);
+                plain = i;
+                break;
+            }
+        }
+        match region {
+            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+            Some((file, offset)) if plain == 0 => {
+                let count = bufs[0].len().min(MAX_SENDFILE);
+                self.poll_io(cx, |socket| {
+                    let mut offset = i64::try_from(offset).map_err(io::Error::other)?;
+                    let sent =
+                        nix::sys::sendfile::sendfile64(socket, &*file, Some(&mut offset), count)?;
+                    if sent == 0 {
+                        // The file is shorter than when it was mapped (truncated in place).
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "asset file shrank while being sent",
+                        ));
+                    }
+                    self.regions.sent.inc_by(sent as u64);
+                    Ok(sent)
+                })
+            }
+            Some(_) => {
+                let head = &bufs[..plain];
+                self.poll_io(cx, |socket| {
+                    use std::os::fd::AsRawFd;
+                    let sent = nix::sys::socket::sendmsg::<()>(
+                        socket.as_raw_fd(),
+                        head,
+                        &[],
+                        MsgFlags::from_bits_retain(nix::libc::MSG_MORE) | MsgFlags::MSG_NOSIGNAL,
+                        None,
+                    )?;
+                    Ok(sent)
+                })
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn only_slices_wholly_inside_a_recorded_region_are_found() {
+        let regions = Regions::default();
+        let memory = [7u8; 100];
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        regions.insert(memory[10..].as_ptr() as usize, 50, Arc::clone(&file), 4096);
+        assert_eq!(regions.lookup(&memory[10..60]).map(|(_, o)| o), Some(4096));
+        assert_eq!(regions.lookup(&memory[25..30]).map(|(_, o)| o), Some(4111));
+        assert!(regions.lookup(&memory[..20]).is_none(), "starts before");
+        assert!(
+            regions.lookup(&memory[50..61]).is_none(),
+            "runs past the end"
+        );
+        assert!(regions.lookup(&memory[60..70]).is_none(), "after");
+        assert!(regions.lookup(&memory[20..20]).is_none(), "empty");
+        regions.remove(memory[10..].as_ptr() as usize);
+        assert!(regions.lookup(&memory[10..60]).is_none());
+        assert_eq!(regions.alive(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_recorded_slice_is_sent_from_its_file_and_the_rest_from_memory() {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        let contents: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        file.write_all(&contents).unwrap();
+        let file = Arc::new(file);
+        // What the file says at offset 1000, in memory that is *not* the file's bytes: what
+        // arrives proves which way each slice went.
+        let stand_in = vec![0u8; 200_000];
+        let sent = Counter::default();
+        let regions = Regions::counting(sent.clone());
+        regions.insert(stand_in.as_ptr() as usize, stand_in.len(), file, 1000);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let mut peer = TcpStream::connect(addr).await.unwrap();
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let (inner, _) = listener.accept().await.unwrap();
+        let mut stream = ZeroCopyStream { inner, regions };
+        let mut bufs = [IoSlice::new(b"head:"), IoSlice::new(&stand_in)];
+        let mut slices = &mut bufs[..];
+        while !slices.is_empty() {
+            let n = stream.write_vectored(slices).await.unwrap();
+            IoSlice::advance_slices(&mut slices, n);
+        }
+        stream.write_all(b":tail").await.unwrap();
+        stream.shutdown().await.unwrap();
+        drop(stream);
+        let got = reader.await.unwrap();
+        assert_eq!(&got[..5], b"head:");
+        assert_eq!(&got[5..200_005], &contents[1000..201_000]);
+        assert_eq!(&got[200_005..], b":tail");
+        assert_eq!(sent.get(), 200_000);
+    }
+}
