@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -121,8 +122,22 @@ struct Inner {
     /// Clusters whose etcd looks lost, with when that was first seen.
     etcd_lost_since: Mutex<HashMap<String, i64>>,
     probes: Semaphore,
+    /// Each cluster's Talos API client, kept while its secrets stay the same (`api_for`).
+    apis: Mutex<HashMap<String, ApiClient>>,
     tx: mpsc::Sender<Signal>,
 }
+
+/// A cluster's Talos API client and what it was made from.
+struct ApiClient {
+    /// SHA-256 of the secrets bundle the client certificate was issued from.
+    secrets: [u8; 32],
+    issued_ms: i64,
+    api: TalosApi,
+}
+
+/// How long a Talos API client certificate is used before a fresh one is issued (they are
+/// valid for a year; a day keeps them far from expiry and from a clock that jumped).
+const API_CLIENT_REISSUE: Duration = Duration::from_secs(24 * 3600);
 
 /// Starts the orchestrator; it runs until `cancel` fires.
 pub fn spawn(
@@ -142,6 +157,7 @@ pub fn spawn(
         evaluating: Mutex::default(),
         forgotten: Mutex::default(),
         etcd_lost_since: Mutex::default(),
+        apis: Mutex::default(),
         tx: tx.clone(),
     });
     let task = tokio::spawn(run(inner, rx, cancel));
@@ -203,11 +219,39 @@ fn system_time(ms: i64) -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
+/// The Talos API client for `cluster`: the one made before while the stored secrets bundle is
+/// the same and its certificate is younger than [`API_CLIENT_REISSUE`], else a new one.
+/// Making one parses the bundle and issues a certificate, which a rack of nodes being probed
+/// every few hundred milliseconds would otherwise pay on every probe.
 async fn api_for(inner: &Inner, cluster: &str) -> Result<TalosApi, String> {
-    let loaded = materials::load_cluster(&inner.db, Some(cluster))
+    let yaml = inner
+        .db
+        .cluster_secrets(cluster)
         .await
-        .map_err(|e| e.to_string())?;
-    TalosApi::new(&loaded.bundle, system_time(inner.clock.now_ms())).map_err(|e| e.to_string())
+        .map_err(|e| materials::MaterialsError::from(e).to_string())?
+        .ok_or_else(|| {
+            materials::MaterialsError::NotInitialised(cluster.to_string()).to_string()
+        })?;
+    let digest: [u8; 32] = Sha256::digest(yaml.as_bytes()).into();
+    let now = inner.clock.now_ms();
+    let reissue_ms = i64::try_from(API_CLIENT_REISSUE.as_millis()).unwrap_or(i64::MAX);
+    if let Some(made) = lock(&inner.apis).get(cluster) {
+        if made.secrets == digest && (0..reissue_ms).contains(&now.saturating_sub(made.issued_ms)) {
+            return Ok(made.api.clone());
+        }
+    }
+    let bundle = crate::talos::secrets::SecretsBundle::from_yaml(&yaml)
+        .map_err(|e| materials::MaterialsError::from(e).to_string())?;
+    let api = TalosApi::new(&bundle, system_time(now)).map_err(|e| e.to_string())?;
+    lock(&inner.apis).insert(
+        cluster.to_string(),
+        ApiClient {
+            secrets: digest,
+            issued_ms: now,
+            api: api.clone(),
+        },
+    );
+    Ok(api)
 }
 
 fn node_addr(inner: &Inner, ip: Ipv4Addr) -> SocketAddr {
