@@ -1131,18 +1131,29 @@ async fn installed_machine_booting_from_network_first_gets_its_disk() {
         let m = w.machine(W1).await;
         assert!(m.installed && m.state == Lifecycle::Ready, "{m:?}");
     }
-    let events = w.events(W1).await;
-    assert!(
-        !events.iter().any(|e| e.kind == EventKind::Reinstall),
-        "{events:#?}"
-    );
-    assert_eq!(
+    // A served script's event is written by the recorder a moment after the response; the
+    // report-in that follows it can be stored first.
+    let handoffs = |events: &[Event]| {
         events
             .iter()
-            .filter(|e| e.kind == EventKind::ScriptServed
-                && e.detail == "installed: disk hand-off exit")
-            .count(),
-        3,
+            .filter(|e| {
+                e.kind == EventKind::ScriptServed && e.detail == "installed: disk hand-off exit"
+            })
+            .count()
+    };
+    let events = w
+        .wait(
+            "the third hand-off's event",
+            Duration::from_secs(5),
+            || async {
+                let events = w.events(W1).await;
+                (handoffs(&events) >= 3).then_some(events)
+            },
+        )
+        .await;
+    assert_eq!(handoffs(&events), 3, "{events:#?}");
+    assert!(
+        !events.iter().any(|e| e.kind == EventKind::Reinstall),
         "{events:#?}"
     );
     w.stop().await;
