@@ -227,6 +227,13 @@ impl Params {
                 "server and client network namespaces joined by a veth pair (MTU 1500), server 10.99.0.1/16; each server alone in the server namespace while it is measured (HTTP: bootplane and nginx side by side, alternating rounds)".into(),
             ),
             (
+                "logging".into(),
+                format!(
+                    "none per packet or request on any server: bootplane BOOTPLANE_LOG={}, dnsmasq quiet-dhcp, nginx access_log off",
+                    servers::APPLIANCE_LOG
+                ),
+            ),
+            (
                 "DHCP".into(),
                 format!(
                     "{} distinct PXE clients per load (half BIOS arch 0, half x64 UEFI arch 7), {} in flight, broadcast from port 68 on one client thread",

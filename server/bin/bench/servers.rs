@@ -161,6 +161,9 @@ impl DhcpMode {
 /// The appliance's HTTP address in the server namespace.
 pub const HTTP_PORT: u16 = 8080;
 
+/// The appliance's log filter under load: warnings and errors only.
+pub const APPLIANCE_LOG: &str = "warn";
+
 pub fn http_addr() -> SocketAddr {
     SocketAddr::from((SERVER_IP, HTTP_PORT))
 }
@@ -228,6 +231,9 @@ impl Appliance {
                 cmd.env_remove(name);
             }
         }
+        // No log line per packet or request, as dnsmasq runs with quiet-dhcp and nginx without
+        // an access log: warnings and errors only (the bench reports those).
+        cmd.env("BOOTPLANE_LOG", APPLIANCE_LOG);
         let mut guard = Guard::spawn("bootplane", cmd, setup.root.join("bootplane.log"))?;
         wait_http(&mut guard, http_addr(), "/healthz", Some(200)).await?;
         Ok(Self { guard })

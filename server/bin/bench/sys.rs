@@ -180,8 +180,31 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
-/// Direct children of `pid`, found by scanning /proc for their parent id.
+/// Direct children of `pid`: what its threads' `children` files list (a few small reads, so
+/// the sampler costs little), else found by scanning /proc for their parent id (kernels
+/// without CONFIG_PROC_CHILDREN).
 fn children(pid: u32) -> Vec<u32> {
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        let mut found = Vec::new();
+        let mut listed = false;
+        for task in tasks.flatten() {
+            if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+                listed = true;
+                found.extend(
+                    text.split_whitespace()
+                        .filter_map(|n| n.parse::<u32>().ok()),
+                );
+            }
+        }
+        if listed {
+            return found;
+        }
+    }
+    children_by_scan(pid)
+}
+
+/// Direct children of `pid`, found by scanning /proc for their parent id.
+fn children_by_scan(pid: u32) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -296,6 +319,21 @@ pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_process_is_found_both_ways() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let quick = children(me);
+        let scanned = children_by_scan(me);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(quick.contains(&child.id()), "{quick:?}");
+        assert!(scanned.contains(&child.id()), "{scanned:?}");
+    }
 
     #[test]
     fn cpu_time_is_read_after_the_command_name() {
