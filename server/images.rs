@@ -585,8 +585,7 @@ impl Images {
                 };
                 tracing::error!(version, arch = arch.as_str(), reason = %reason,
                     "boot assets not added");
-                self.set_record_state(version, arch, &AssetState::Broken(reason), Self::now_ms())
-                    .await?;
+                self.mark_broken(version, arch, &reason).await?;
                 Err(e)
             }
         }
@@ -742,13 +741,8 @@ impl Images {
             let lock = self.lock_for(format!("verify {}", path.display()));
             let _guard = lock.lock().await;
             if let Err(reason) = self.check_file(path, want).await? {
-                self.set_record_state(
-                    &asset.version,
-                    asset.arch,
-                    &AssetState::Broken(reason.clone()),
-                    Self::now_ms(),
-                )
-                .await?;
+                self.mark_broken(&asset.version, asset.arch, &reason)
+                    .await?;
                 tracing::error!(version = %asset.version, arch = asset.arch.as_str(),
                     reason = %reason, "boot asset out of service");
                 return Ok(Err(reason));
@@ -815,13 +809,8 @@ impl Images {
                     && self.nobody_downloads(&asset.version, asset.arch)
                 {
                     let reason = "download interrupted (bootplane stopped during it); add it again to resume".to_string();
-                    self.set_record_state(
-                        &asset.version,
-                        asset.arch,
-                        &AssetState::Broken(reason.clone()),
-                        Self::now_ms(),
-                    )
-                    .await?;
+                    self.mark_broken(&asset.version, asset.arch, &reason)
+                        .await?;
                     report.broken.push((name, reason));
                 }
                 continue;
@@ -935,13 +924,7 @@ impl Images {
         let lock = self.lock_for(format!("verify {}", path.display()));
         let _guard = lock.lock().await;
         if let Err(reason) = self.check_file(&path, want).await? {
-            self.set_record_state(
-                version,
-                arch,
-                &AssetState::Broken(reason.clone()),
-                Self::now_ms(),
-            )
-            .await?;
+            self.mark_broken(version, arch, &reason).await?;
             tracing::error!(version, file, reason = %reason,
                 "boot asset failed verification before serving: out of service");
             return Err(ServeError::Unservable(Unservable::OutOfService(reason)));
@@ -1344,6 +1327,13 @@ impl Images {
         let result = self.db.set_image_state(version, arch, state, at).await;
         self.records_changed();
         result
+    }
+
+    /// Takes an asset out of service, now, saying why.
+    async fn mark_broken(&self, version: &str, arch: Arch, reason: &str) -> Result<bool, DbError> {
+        let broken = AssetState::Broken(reason.to_string());
+        self.set_record_state(version, arch, &broken, Self::now_ms())
+            .await
     }
 
     /// Forgets cached records: called after every write of asset records by this process.
