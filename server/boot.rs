@@ -162,8 +162,10 @@ fn parse_mac(text: &str) -> Result<Mac, BootError> {
 
 async fn boot_machine_get(
     State(state): State<AppState>,
+    from: Option<Extension<ConnectInfo<SocketAddr>>>,
     Query(q): Query<MachineQuery>,
 ) -> Result<Response, BootError> {
+    let from = from.map(|Extension(ConnectInfo(addr))| addr);
     let mac = parse_mac(&q.mac)?;
     let arch = Arch::from_ipxe_buildarch(q.arch.as_deref().unwrap_or("x86_64"));
     let machine = state
@@ -181,7 +183,9 @@ async fn boot_machine_get(
     let mac_text = mac.to_string();
     let (detail, response) = match machine {
         Some(m)
-            if m.role != Role::Unassigned && m.installed && !reinstall_now(&state, &m).await? =>
+            if m.role != Role::Unassigned
+                && m.installed
+                && !reinstall_now(&state, &m, from).await? =>
         {
             let detail = format!("installed: disk hand-off {}", m.disk_handoff);
             let response = match m.disk_handoff {
@@ -268,11 +272,22 @@ async fn boot_machine_get(
 
 /// An installed machine is network-booting: hand it to its disk, unless this boot shows
 /// its disk does not boot (then it is reinstalled, and gets the install script).
-async fn reinstall_now(state: &AppState, m: &Machine) -> Result<bool, BootError> {
+async fn reinstall_now(
+    state: &AppState,
+    m: &Machine,
+    from: Option<SocketAddr>,
+) -> Result<bool, BootError> {
+    use crate::orchestrator::Requester;
+    let requester = match from.map(|from| address_owner(state, from)) {
+        Some(Ok(Some(seen))) if seen == m.mac => Requester::Itself,
+        Some(Ok(Some(seen))) => Requester::Other(seen),
+        _ => Requester::Unknown,
+    };
     crate::orchestrator::installed_machine_netbooted(
         &state.db,
         &state.orchestrator,
         m,
+        requester,
         state.recorder.now_ms(),
     )
     .await
@@ -499,14 +514,10 @@ struct ConfigQuery {
     mac: String,
 }
 
-/// Whether `from` may fetch `mac`'s config under the configured policy.
-fn config_allowed(state: &AppState, mac: Mac, from: Option<SocketAddr>) -> Result<(), String> {
-    if state.config.boot.config_access == ConfigAccess::Any {
-        return Ok(());
-    }
-    let Some(from) = from else {
-        return Err("the requester's address is unknown".into());
-    };
+/// The MAC bootplane has evidence for at the requester's address: the host's neighbour table
+/// (the source MAC of the frames that carried this very connection), else its own DHCP lease
+/// of the address (a routed requester). Never anything the request itself carries.
+fn address_owner(state: &AppState, from: SocketAddr) -> Result<Option<Mac>, String> {
     let ip = match from.ip() {
         IpAddr::V4(ip) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -519,14 +530,26 @@ fn config_allowed(state: &AppState, mac: Mac, from: Option<SocketAddr>) -> Resul
             }
         },
     };
-    if state.neighbours.lookup(ip) == Some(mac) {
+    Ok(net::neighbour_mac(ip).or_else(|| state.neighbours.lookup(ip, state.recorder.now_ms())))
+}
+
+/// Whether `from` may fetch `mac`'s config under the configured policy.
+fn config_allowed(state: &AppState, mac: Mac, from: Option<SocketAddr>) -> Result<(), String> {
+    if state.config.boot.config_access == ConfigAccess::Any {
         return Ok(());
     }
-    match net::neighbour_mac(ip) {
+    let Some(from) = from else {
+        return Err("the requester's address is unknown".into());
+    };
+    match address_owner(state, from)? {
         Some(seen) if seen == mac => Ok(()),
-        Some(seen) => Err(format!("request from {ip}, which is {seen}, not {mac}")),
+        Some(seen) => Err(format!(
+            "request from {}, which is {seen}, not {mac}",
+            from.ip()
+        )),
         None => Err(format!(
-            "request from {ip}, which is neither leased to {mac} nor in this host's neighbour table"
+            "request from {}, which is neither leased to {mac} nor in this host's neighbour table",
+            from.ip()
         )),
     }
 }

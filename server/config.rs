@@ -271,9 +271,12 @@ pub struct ServeOptions {
     /// Seconds after a Bootstrap call with an unknown outcome before it may be repeated (same node only) [default: 300]
     #[arg(long, env = "BOOTPLANE_BOOTSTRAP_HOLDOFF")]
     pub bootstrap_holdoff: Option<u64>,
-    /// Seconds: an installed machine that network-boots again this soon after being sent to its disk is reinstalled [default: 600]
+    /// Seconds: an installed machine that network-boots again this soon after being sent to its disk may be reinstalled (see --wipe-confirm) [default: 600]
     #[arg(long, env = "BOOTPLANE_WIPE_WINDOW")]
     pub wipe_window: Option<u64>,
+    /// Seconds the Talos API of a machine sent to its disk must fail the cluster's mTLS on every probe before its next network boot counts as a wipe (a network boot alone never does) [default: 30]
+    #[arg(long, env = "BOOTPLANE_WIPE_CONFIRM")]
+    pub wipe_confirm: Option<u64>,
     /// Seconds every control plane of a bootstrapped cluster must be seen reinstalled and without a running etcd before its etcd counts as lost and is bootstrapped again [default: 30]
     #[arg(long, env = "BOOTPLANE_ETCD_LOST_CONFIRM")]
     pub etcd_lost_confirm: Option<u64>,
@@ -374,6 +377,7 @@ impl ServeOptions {
             talos_api_port,
             bootstrap_holdoff,
             wipe_window,
+            wipe_confirm,
             etcd_lost_confirm,
             events_port,
             kernel_log_port,
@@ -703,6 +707,10 @@ impl Config {
                         .wipe_window
                         .map(std::time::Duration::from_secs)
                         .unwrap_or(defaults.wipe_window),
+                    wipe_confirm: o
+                        .wipe_confirm
+                        .map(std::time::Duration::from_secs)
+                        .unwrap_or(defaults.wipe_confirm),
                     etcd_lost_confirm: o
                         .etcd_lost_confirm
                         .map(std::time::Duration::from_secs)

@@ -199,31 +199,87 @@ async fn write_loop(db: Db, mut rx: mpsc::Receiver<Observation>) {
     }
 }
 
-/// Which MAC address last used an IPv4 address, as learned by DHCP. TFTP requests carry only
-/// the client's address; this lets their events land on the right machine.
+/// Which MAC bootplane's own DHCP server leased an IPv4 address to, until the lease ends.
+///
+/// This is evidence of who holds an address, so it is filled from one place only: an ACK of
+/// this server's full DHCP that binds the address (never from `ciaddr`, option 50, an INFORM or
+/// a proxyDHCP exchange, which the client writes itself). `/config` (`--config-access mac`), the
+/// push receivers and TFTP attribution read it; the host's neighbour table is the other source
+/// of evidence they accept.
 #[derive(Clone, Debug, Default)]
-pub struct Neighbours(Arc<RwLock<HashMap<Ipv4Addr, Mac>>>);
+pub struct Neighbours(Arc<RwLock<HashMap<Ipv4Addr, Leased>>>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Leased {
+    mac: Mac,
+    expires_ms: i64,
+}
+
+/// Most addresses `Neighbours` keeps: every address of a /16 pool. Past it, expired entries
+/// go first, then the ones whose lease ends soonest.
+pub const NEIGHBOURS_MAX: usize = 65_536;
 
 impl Neighbours {
-    pub fn learn(&self, ip: Ipv4Addr, mac: Mac) {
-        if ip.is_unspecified() {
-            return;
-        }
-        let mut map = match self.0.write() {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Ipv4Addr, Leased>> {
+        match self.0.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
-        };
-        if map.get(&ip) != Some(&mac) {
-            map.insert(ip, mac);
         }
     }
 
-    pub fn lookup(&self, ip: Ipv4Addr) -> Option<Mac> {
+    /// Our DHCP server bound `ip` to `mac` until `expires_ms`.
+    pub fn learn(&self, ip: Ipv4Addr, mac: Mac, expires_ms: i64, now_ms: i64) {
+        if ip.is_unspecified() || expires_ms <= now_ms {
+            return;
+        }
+        let entry = Leased { mac, expires_ms };
+        let mut map = self.write();
+        if map.get(&ip) == Some(&entry) {
+            return;
+        }
+        if map.len() >= NEIGHBOURS_MAX && !map.contains_key(&ip) {
+            map.retain(|_, l| l.expires_ms > now_ms);
+            if map.len() >= NEIGHBOURS_MAX {
+                if let Some(soonest) = map
+                    .iter()
+                    .min_by_key(|(_, l)| l.expires_ms)
+                    .map(|(ip, _)| *ip)
+                {
+                    map.remove(&soonest);
+                }
+            }
+        }
+        map.insert(ip, entry);
+    }
+
+    /// The lease of `ip` held by `mac` ended early (RELEASE, DECLINE).
+    pub fn forget(&self, ip: Ipv4Addr, mac: Mac) {
+        let mut map = self.write();
+        if map.get(&ip).is_some_and(|l| l.mac == mac) {
+            map.remove(&ip);
+        }
+    }
+
+    /// The MAC holding `ip` by a lease of ours that has not ended at `now_ms`.
+    pub fn lookup(&self, ip: Ipv4Addr, now_ms: i64) -> Option<Mac> {
         let map = match self.0.read() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        map.get(&ip).copied()
+        map.get(&ip)
+            .filter(|l| l.expires_ms > now_ms)
+            .map(|l| l.mac)
+    }
+
+    pub fn len(&self) -> usize {
+        match self.0.read() {
+            Ok(guard) => guard.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -277,5 +333,36 @@ mod tests {
             .await
             .unwrap();
         assert!(db.inventory_version().await.unwrap() > v2);
+    }
+
+    #[test]
+    fn neighbours_forget_ended_leases_and_stay_bounded() {
+        let n = Neighbours::default();
+        let a: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let b: Mac = "52:54:00:00:00:02".parse().unwrap();
+        let ip: Ipv4Addr = "10.0.0.5".parse().unwrap();
+        n.learn(ip, a, 1_000, 0);
+        assert_eq!(n.lookup(ip, 999), Some(a));
+        assert_eq!(n.lookup(ip, 1_000), None, "an ended lease is no evidence");
+        n.forget(ip, b);
+        assert_eq!(
+            n.lookup(ip, 10),
+            Some(a),
+            "only the holder's release forgets"
+        );
+        n.forget(ip, a);
+        assert_eq!(n.lookup(ip, 10), None);
+        n.learn(Ipv4Addr::UNSPECIFIED, a, 1_000, 0);
+        n.learn(ip, a, 5, 10);
+        assert!(n.is_empty(), "nothing unspecified or already ended is kept");
+        for i in 0..(NEIGHBOURS_MAX as u32 + 10) {
+            n.learn(Ipv4Addr::from(0x0a00_0000 + i), a, 100 + i64::from(i), 0);
+        }
+        assert_eq!(n.len(), NEIGHBOURS_MAX);
+        assert_eq!(
+            n.lookup(Ipv4Addr::from(0x0a00_0000), 0),
+            None,
+            "soonest ending went first"
+        );
     }
 }

@@ -30,8 +30,12 @@ pub struct Settings {
     /// Longest wait between two report-in probes of one machine.
     pub probe_max_backoff: Duration,
     /// A machine sent to its disk that network-boots again within this window, without its
-    /// Talos API answering in between, has a disk that does not boot: it is reinstalled.
+    /// Talos API answering in between, may have a disk that does not boot.
     pub wipe_window: Duration,
+    /// ...and it is reinstalled only once its Talos API has failed the cluster's mTLS on every
+    /// probe for at least this long since the hand-off (and at least [`WIPE_MIN_FAILED_PROBES`]
+    /// times). A network boot is an unauthenticated request: it never decides by itself.
+    pub wipe_confirm: Duration,
     /// How long every control plane must be seen reinstalled since the bootstrap and without a
     /// running etcd before the cluster's etcd counts as lost (and a new generation starts).
     pub etcd_lost_confirm: Duration,
@@ -50,6 +54,7 @@ impl Default for Settings {
             bootstrap_holdoff: Duration::from_secs(300),
             probe_max_backoff: Duration::from_secs(30),
             wipe_window: Duration::from_secs(600),
+            wipe_confirm: Duration::from_secs(30),
             etcd_lost_confirm: Duration::from_secs(30),
             tick: Duration::from_secs(5),
             max_probes: 32,
@@ -60,6 +65,57 @@ impl Default for Settings {
 
 /// Longest gap between probes of a machine handed to its disk.
 const HANDOFF_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Failed probes since a hand-off needed, besides `wipe_confirm`, before a network boot counts
+/// as a wipe.
+pub const WIPE_MIN_FAILED_PROBES: u32 = 3;
+
+/// What the probes saw of a machine's Talos API since its latest disk hand-off: failures only,
+/// each one a probe that got no answer with the cluster's certificates. An answer removes the
+/// record (and ends the hand-off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Silence {
+    /// The hand-off this record belongs to (`Machine::handoff_at`).
+    pub handoff_at: i64,
+    pub first_failure_ms: i64,
+    pub last_failure_ms: i64,
+    pub failures: u32,
+}
+
+/// Silences per machine, shared by the probes (which write) and the boot surface (which asks
+/// [`installed_machine_netbooted`]).
+#[derive(Clone, Debug, Default)]
+struct Silences(Arc<Mutex<HashMap<Mac, Silence>>>);
+
+impl Silences {
+    fn failed(&self, mac: Mac, handoff_at: i64, now: i64) {
+        let mut map = lock(&self.0);
+        let entry = map.entry(mac).or_insert(Silence {
+            handoff_at,
+            first_failure_ms: now,
+            last_failure_ms: now,
+            failures: 0,
+        });
+        if entry.handoff_at != handoff_at {
+            *entry = Silence {
+                handoff_at,
+                first_failure_ms: now,
+                last_failure_ms: now,
+                failures: 0,
+            };
+        }
+        entry.failures = entry.failures.saturating_add(1);
+        entry.last_failure_ms = now;
+    }
+
+    fn answered(&self, mac: Mac) {
+        lock(&self.0).remove(&mac);
+    }
+
+    fn get(&self, mac: Mac) -> Option<Silence> {
+        lock(&self.0).get(&mac).copied()
+    }
+}
 
 /// What other subsystems tell the orchestrator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +139,7 @@ pub enum Signal {
 pub struct Handle {
     tx: mpsc::Sender<Signal>,
     settings: Arc<Settings>,
+    silences: Silences,
 }
 
 impl Handle {
@@ -105,6 +162,7 @@ impl Handle {
         Handle {
             tx,
             settings: Arc::new(Settings::default()),
+            silences: Silences::default(),
         }
     }
 }
@@ -124,6 +182,7 @@ struct Inner {
     probes: Semaphore,
     /// Each cluster's Talos API client, kept while its secrets stay the same (`api_for`).
     apis: Mutex<HashMap<String, ApiClient>>,
+    silences: Silences,
     tx: mpsc::Sender<Signal>,
 }
 
@@ -148,7 +207,9 @@ pub fn spawn(
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4096);
     let settings = Arc::new(settings);
+    let silences = Silences::default();
     let inner = Arc::new(Inner {
+        silences: silences.clone(),
         db,
         clock,
         probes: Semaphore::new(settings.max_probes),
@@ -161,7 +222,14 @@ pub fn spawn(
         tx: tx.clone(),
     });
     let task = tokio::spawn(run(inner, rx, cancel));
-    (Handle { tx, settings }, task)
+    (
+        Handle {
+            tx,
+            settings,
+            silences,
+        },
+        task,
+    )
 }
 
 async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Signal>, cancel: CancellationToken) {
@@ -289,14 +357,16 @@ async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &Cancellatio
         let (Some(ip), true) = (machine.ip, waiting && machine.is_assigned()) else {
             return;
         };
+        // `Err((e, true))`: the node itself gave no answer with the cluster's certificates
+        // (the evidence a wipe needs); `false`: bootplane could not ask (no secrets).
         let answer = match api_for(inner, &machine.cluster).await {
             Ok(api) => {
                 let _permit = inner.probes.acquire().await;
                 api.version(node_addr(inner, ip.addr))
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| (e.to_string(), true))
             }
-            Err(e) => Err(e),
+            Err(e) => Err((e, false)),
         };
         match answer {
             Ok(version) => {
@@ -311,14 +381,18 @@ async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &Cancellatio
                     .log_event(mac, EventKind::ReportedIn, &cause, now)
                     .await;
                 let _ = inner.db.set_handoff(mac, None).await;
+                inner.silences.answered(mac);
                 if let Err(e) = inner.db.set_state(mac, Lifecycle::Ready, &cause, now).await {
                     tracing::warn!(mac = %mac, error = %e, "cannot mark machine ready");
                 }
                 let _ = inner.tx.try_send(Signal::Kick);
                 return;
             }
-            Err(e) => {
+            Err((e, node_failed)) => {
                 tracing::debug!(mac = %mac, error = %e, "Talos API not answering yet");
+                if let (Some(handoff_at), true) = (machine.handoff_at, node_failed) {
+                    inner.silences.failed(mac, handoff_at, inner.clock.now_ms());
+                }
             }
         }
         tokio::select! {
@@ -701,6 +775,20 @@ async fn forget_stale_member(inner: &Arc<Inner>, mac: Mac) -> Result<(), String>
     };
     let machines = db.list_machines().await.map_err(|e| e.to_string())?;
     let api = api_for(inner, &machine.cluster).await?;
+    // Never remove a live member: if the machine's own Talos API answers with the cluster's
+    // certificates and runs etcd, it was not wiped, whatever marked it.
+    if let Some(ip) = machine.ip {
+        if let Ok(services) = api.services(node_addr(inner, ip.addr)).await {
+            if services
+                .iter()
+                .any(|s| s.id == "etcd" && s.state == "Running")
+            {
+                return Err(format!(
+                    "{hostname} answers with the cluster's certificates and runs etcd: its member is alive and is not removed"
+                ));
+            }
+        }
+    }
     let healthy = control_planes(&machines, &machine.cluster)
         .into_iter()
         .filter(|(m, _)| m.mac != mac && m.state == Lifecycle::Ready);
@@ -741,24 +829,68 @@ async fn forget_stale_member(inner: &Arc<Inner>, mac: Mac) -> Result<(), String>
     Ok(())
 }
 
-/// Decides what a network boot of an installed machine means: a disk hand-off, or (when it
-/// was handed off moments ago and never came back) a reinstall. Returns true to reinstall.
+/// Who the requester of a network boot is, by the evidence bootplane has for its address (its
+/// own DHCP lease, or the host's neighbour table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requester {
+    /// The evidence names this machine.
+    Itself,
+    /// No evidence either way (a routed requester, loopback).
+    Unknown,
+    /// The evidence names another MAC: the request is not the machine's.
+    Other(Mac),
+}
+
+/// Decides what a network boot of an installed machine means: a disk hand-off, or a reinstall
+/// because its disk does not boot. Returns true to reinstall.
+///
+/// The request is unauthenticated, so it decides nothing by itself. A reinstall needs, besides
+/// a network boot within `wipe_window` of the hand-off, evidence from the cluster: the probes
+/// of the machine's Talos API have failed the cluster's mTLS since the hand-off, at least
+/// [`WIPE_MIN_FAILED_PROBES`] times and for at least `wipe_confirm`. A healthy node answers its
+/// probe, which ends the hand-off, so no sequence of requests can get it reinstalled. A
+/// machine whose disk really is wiped comes back to the network each time it is handed off,
+/// and is reinstalled once the silence has lasted long enough. A request whose address
+/// evidence names another MAC is answered with the disk hand-off and changes nothing.
 pub async fn installed_machine_netbooted(
     db: &Db,
     handle: &Handle,
     machine: &Machine,
+    requester: Requester,
     now: i64,
 ) -> Result<bool, crate::db::DbError> {
-    let window = i64::try_from(handle.settings().wipe_window.as_millis()).unwrap_or(i64::MAX);
+    let settings = handle.settings();
+    if let Requester::Other(other) = requester {
+        tracing::warn!(mac = %machine.mac, requester = %other,
+            "network boot for an installed machine from an address that is another MAC's; disk hand-off, nothing changed");
+        return Ok(false);
+    }
+    let window = i64::try_from(settings.wipe_window.as_millis()).unwrap_or(i64::MAX);
+    let confirm = i64::try_from(settings.wipe_confirm.as_millis()).unwrap_or(i64::MAX);
     match machine.handoff_at {
         Some(at) if now - at < window => {
-            let cause = format!(
-                "network-booted again {} s after being sent to its disk, and its Talos API never answered: the disk does not boot (wiped)",
-                (now - at) / 1000
-            );
-            db.mark_reinstall(machine.mac, &cause, now).await?;
-            handle.signal(Signal::Reinstalled(machine.mac));
-            Ok(true)
+            let silence = handle
+                .silences
+                .get(machine.mac)
+                .filter(|s| s.handoff_at == at);
+            let (failures, silent_ms) = silence
+                .map(|s| (s.failures, s.last_failure_ms - at))
+                .unwrap_or((0, 0));
+            if failures >= WIPE_MIN_FAILED_PROBES && silent_ms >= confirm {
+                let cause = format!(
+                    "network-booted again {} s after being sent to its disk, and its Talos API failed the cluster's mTLS on all {failures} probes since: the disk does not boot (wiped)",
+                    (now - at) / 1000
+                );
+                db.mark_reinstall(machine.mac, &cause, now).await?;
+                handle.signal(Signal::Reinstalled(machine.mac));
+                return Ok(true);
+            }
+            // Not enough evidence yet: to the disk again, keeping the first hand-off's time.
+            // A disk that boots answers the probe; a wiped one brings the machine back here.
+            tracing::info!(mac = %machine.mac, failures, silent_s = silent_ms / 1000,
+                "network boot during a disk hand-off; its Talos API has not been silent long enough to call it wiped");
+            handle.signal(Signal::HandedOff(machine.mac));
+            Ok(false)
         }
         _ => {
             db.set_handoff(machine.mac, Some(now)).await?;

@@ -151,8 +151,11 @@ impl TftpHandler {
             self.metrics.tftp_done("not-found");
             return None;
         };
+        // Attribution for the event only (a TFTP request carries no MAC): the host's
+        // neighbour table, else our own lease of the address.
         let mac = path_mac.or_else(|| match client.ip() {
-            IpAddr::V4(ip) => self.neighbours.lookup(ip),
+            IpAddr::V4(ip) => crate::net::neighbour_mac(ip)
+                .or_else(|| self.neighbours.lookup(ip, self.recorder.now_ms())),
             IpAddr::V6(_) => None,
         });
         match self.files.load(&name) {

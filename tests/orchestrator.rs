@@ -279,6 +279,8 @@ impl World {
         let port = lab.port;
         let app = Appliance::start_with(|o| {
             o.talos_api_port = Some(port);
+            // A wiped disk is confirmed after 1 s of failed probes here (30 s by default).
+            o.wipe_confirm = Some(1);
             customise(o);
         })
         .await;
@@ -324,6 +326,27 @@ impl World {
             .await;
         assert_eq!(code, 200, "script of {}: {body}", self.node(i).name);
         body
+    }
+
+    /// What the firmware of a machine whose disk was wiped does: it is handed to its disk,
+    /// finds nothing there and network-boots again, until bootplane has seen its Talos API
+    /// silent long enough to call it wiped and sends the installer. Returns that script.
+    async fn netboot_until_reinstalled(&self, i: usize) -> String {
+        let started = Instant::now();
+        loop {
+            let script = self.netboot(i).await;
+            if is_install_script(&script) {
+                return script;
+            }
+            assert!(is_disk_handoff(&script), "{script}");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{} still handed to its disk after 20 s\n{}",
+                self.node(i).name,
+                self.dump().await
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 
     async fn machine(&self, i: usize) -> Machine {
@@ -925,7 +948,7 @@ async fn one_wiped_control_plane_has_its_stale_member_removed_and_no_bootstrap()
     w.node(CP2).double.set_etcd(EtcdChange::Empty).unwrap();
     let first = w.netboot(CP2).await;
     assert!(is_disk_handoff(&first), "{first}");
-    let second = w.netboot(CP2).await;
+    let second = w.netboot_until_reinstalled(CP2).await;
     assert!(is_install_script(&second), "{second}");
     let events = w.wait_event(CP2, EventKind::Reinstall).await;
     assert!(
@@ -1071,8 +1094,7 @@ async fn wiped_worker_is_reinstalled_without_etcd_calls() {
     w.lab.nodes[W1].stop().await;
     let first = w.netboot(W1).await;
     assert!(is_disk_handoff(&first), "{first}");
-    let second = w.netboot(W1).await;
-    assert!(is_install_script(&second), "{second}");
+    let second = w.netboot_until_reinstalled(W1).await;
     assert!(second.contains("as worker w1"), "{second}");
     let events = w.wait_event(W1, EventKind::Reinstall).await;
     assert!(
@@ -1306,8 +1328,7 @@ async fn control_planes_wiped_together_but_back_one_after_another_bootstrap_the_
     for i in [CP1, CP2, CP3] {
         let first = w.netboot(i).await;
         assert!(is_disk_handoff(&first), "{first}");
-        let second = w.netboot(i).await;
-        assert!(is_install_script(&second), "{second}");
+        w.netboot_until_reinstalled(i).await;
         w.fetch_config(i).await;
         w.lab.nodes[i].restart(port).await;
         w.wait_state(i, Lifecycle::Ready).await;
@@ -1336,7 +1357,7 @@ async fn two_control_planes_wiped_and_the_third_unreachable_is_not_a_lost_etcd()
     for i in [CP1, CP2] {
         w.node(i).double.set_etcd(EtcdChange::Empty).unwrap();
         assert!(is_disk_handoff(&w.netboot(i).await));
-        assert!(is_install_script(&w.netboot(i).await));
+        w.netboot_until_reinstalled(i).await;
         w.fetch_config(i).await;
         w.lab.nodes[i].restart(port).await;
         w.wait_state(i, Lifecycle::Ready).await;
@@ -1362,7 +1383,7 @@ async fn rolling_reinstall_of_every_control_plane_keeps_etcd_and_never_bootstrap
         w.lab.nodes[i].stop().await;
         w.node(i).double.set_etcd(EtcdChange::Empty).unwrap();
         assert!(is_disk_handoff(&w.netboot(i).await));
-        assert!(is_install_script(&w.netboot(i).await));
+        w.netboot_until_reinstalled(i).await;
         let what = format!("{name}'s stale member removed");
         w.wait(&what, Duration::from_secs(10), || async {
             (w.lab.calls_of("EtcdRemoveMemberByID").len() == n + 1
@@ -1455,5 +1476,225 @@ async fn event_log_lists_a_machines_path_in_the_order_it_happened() {
         at.windows(2).all(|p| p[0] <= p[1]),
         "not in time order: {out}"
     );
+    w.stop().await;
+}
+
+// ---- unauthenticated requests against a healthy cluster (issue: "Trust only evidence") ----
+
+/// Every sign that the cluster was left alone: each control plane still installed and never
+/// marked for reinstall, the etcd membership as it was, one Bootstrap and no member removal.
+async fn assert_cluster_untouched(w: &World, what: &str) {
+    for i in [CP1, CP2, CP3] {
+        let m = w.machine(i).await;
+        assert!(m.installed, "{what}: {m:?}\n{}", w.dump().await);
+        let events = w.events(i).await;
+        assert!(
+            !events.iter().any(|e| e.kind == EventKind::Reinstall),
+            "{what}: {events:#?}"
+        );
+    }
+    assert_eq!(w.lab.member_names(), ["cp1", "cp2", "cp3"], "{what}");
+    let removals = w.lab.calls_of("EtcdRemoveMemberByID");
+    assert!(removals.is_empty(), "{what}: {removals:#?}");
+    assert_eq!(w.lab.calls_of("Bootstrap").len(), 1, "{what}");
+    let cluster = w.db.get_cluster(Some(CLUSTER)).await.unwrap().unwrap();
+    assert_eq!(cluster.generation, 1, "{what}");
+}
+
+/// The attacker's review took etcd from 3 members to 0 with a few pipelined pairs of
+/// `GET /machine.ipxe?mac=<installed control plane>`: the second of a pair, inside the wipe
+/// window, marked a healthy node wiped, and its member was removed through a peer. Requests
+/// are claims: the nodes answer their Talos API, so nothing may happen, however long it goes
+/// on (here longer than `wipe_confirm`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_network_boots_never_reinstall_a_healthy_control_plane() {
+    let w = World::start(57, |_| {}).await;
+    w.bootstrap_cluster().await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        for i in [CP1, CP2, CP3] {
+            let (a, b) = tokio::join!(w.netboot(i), w.netboot(i));
+            assert!(is_disk_handoff(&a) && is_disk_handoff(&b), "{a}\n{b}");
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    tokio::time::sleep(tick_and_a_bit()).await;
+    assert_cluster_untouched(&w, "after 4 s of forged network boots").await;
+    w.stop().await;
+}
+
+/// An operator's reinstall of a control plane takes its etcd member away, but only once the
+/// node no longer runs etcd: while its Talos API still answers with a running etcd, the
+/// member is alive and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_etcd_member_is_never_removed() {
+    let mut w = World::start(58, |_| {}).await;
+    w.bootstrap_cluster().await;
+    let out = w
+        .cli(&[
+            "machines",
+            "reinstall",
+            "--mac",
+            &w.node(CP2).mac.to_string(),
+        ])
+        .await;
+    assert!(out.contains("reinstalls"), "{out}");
+    tokio::time::sleep(tick_and_a_bit()).await;
+    let removals = w.lab.calls_of("EtcdRemoveMemberByID");
+    assert!(removals.is_empty(), "{removals:#?}\n{}", w.dump().await);
+    assert_eq!(w.lab.member_names(), ["cp1", "cp2", "cp3"]);
+    // The node goes down for its reinstall: now its member is stale and goes.
+    w.lab.nodes[CP2].stop().await;
+    w.wait("cp2's member removed", Duration::from_secs(15), || async {
+        (w.lab.member_names() == ["cp1", "cp3"]).then_some(())
+    })
+    .await;
+    w.stop().await;
+}
+
+/// A property over random interleavings of unauthenticated DHCP (full mode), TFTP and HTTP
+/// requests naming the machines of a bootstrapped cluster: etcd membership never changes, no
+/// machine is marked for reinstall, and `/config` (`--config-access mac`) answers only a
+/// requester whose address bootplane's own lease binds to the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_unauthenticated_requests_never_touch_a_healthy_cluster() {
+    use bootplane::config::{ConfigAccess, DhcpMode};
+    use dhcproto::v4::MessageType;
+    use rand::{Rng, SeedableRng};
+
+    let w = World::start(59, |o| {
+        o.dhcp_mode = Some(DhcpMode::Full);
+        o.config_access = Some(ConfigAccess::Mac);
+    })
+    .await;
+    let app = w.app.as_ref().unwrap();
+    let (dhcp, tftp) = (app.dhcp.unwrap(), app.tftp);
+
+    // The honest path first: each control plane's DHCP exchange binds its static address to
+    // it, and it fetches its config from that address.
+    for i in [CP1, CP2, CP3] {
+        let node = w.node(i);
+        w.wait("the node's own lease", Duration::from_secs(10), || async {
+            common::send(
+                dhcp,
+                &common::pxe_packet(
+                    MessageType::Request,
+                    node.mac.0,
+                    Ipv4Addr::UNSPECIFIED,
+                    Some(node.ip),
+                ),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            w.events(i)
+                .await
+                .iter()
+                .any(|e| e.kind == EventKind::DhcpAck && e.detail.contains(&node.ip.to_string()))
+                .then_some(())
+        })
+        .await;
+        let own = reqwest::Client::builder()
+            .local_address(Some(node.ip.into()))
+            .build()
+            .unwrap();
+        let r = own
+            .get(format!("{}/config?mac={}", w.base, node.mac))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    }
+    let record = w.wait_outcome(1).await;
+    assert_eq!(record.outcome.as_deref(), Some("bootstrapped"));
+    w.node(CP2).double.set_etcd(EtcdChange::Member).unwrap();
+    w.node(CP3).double.set_etcd(EtcdChange::Member).unwrap();
+    for i in [CP1, CP2, CP3] {
+        w.wait_state(i, Lifecycle::Ready).await;
+    }
+
+    let seed: u64 = std::env::var("BOOTPLANE_PROPERTY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (BOOTPLANE_PROPERTY_SEED reruns it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let macs: Vec<Mac> = w.lab.nodes.iter().map(|n| n.mac).collect();
+    let addresses: Vec<Ipv4Addr> = w
+        .lab
+        .nodes
+        .iter()
+        .map(|n| n.ip)
+        .chain([
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::new(127, 0, 59, 200),
+        ])
+        .collect();
+    // Strangers' addresses: none is any machine's.
+    let strangers = [Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 59, 200)];
+    let tftp_sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let kinds = [
+        MessageType::Discover,
+        MessageType::Request,
+        MessageType::Inform,
+        MessageType::Release,
+        MessageType::Decline,
+    ];
+    for step in 0..150 {
+        let mac = macs[rng.gen_range(0..macs.len())];
+        match rng.gen_range(0..6) {
+            0 | 1 => {
+                let kind = kinds[rng.gen_range(0..kinds.len())];
+                let ciaddr = addresses[rng.gen_range(0..addresses.len())];
+                let requested = rng
+                    .gen_bool(0.5)
+                    .then(|| addresses[rng.gen_range(0..addresses.len())]);
+                common::send(dhcp, &common::pxe_packet(kind, mac.0, ciaddr, requested)).await;
+            }
+            2 => {
+                let mut rrq = vec![0, 1];
+                rrq.extend_from_slice(b"ipxe.efi\0octet\0timeout\0255\0");
+                tftp_sock.send_to(&rrq, tftp).await.unwrap();
+            }
+            3 => {
+                let path = format!("/machine.ipxe?mac={}&arch=x86_64", mac.hyphenated());
+                let (a, b) = tokio::join!(w.get(&path), w.get(&path));
+                assert!(a.0 == 200 || a.0 == 404, "{a:?}");
+                assert!(b.0 == 200 || b.0 == 404, "{b:?}");
+            }
+            4 => {
+                let from = strangers[rng.gen_range(0..strangers.len())];
+                let client = reqwest::Client::builder()
+                    .local_address(Some(from.into()))
+                    .build()
+                    .unwrap();
+                let r = client
+                    .get(format!("{}/config?mac={mac}", w.base))
+                    .send()
+                    .await
+                    .unwrap();
+                let code = r.status().as_u16();
+                let body = r.text().await.unwrap();
+                assert_ne!(
+                    code, 200,
+                    "step {step}, seed {seed}: {mac}'s config served to {from}: {body}"
+                );
+            }
+            _ => {
+                let (code, _) = w
+                    .get(&format!("/assets/{VERSION}/vmlinuz-amd64?mac={mac}"))
+                    .await;
+                assert!(code == 200 || code == 503, "{code}");
+            }
+        }
+        if rng.gen_bool(0.3) {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
+        }
+        if step % 50 == 49 {
+            assert_cluster_untouched(&w, &format!("step {step}, seed {seed}")).await;
+        }
+    }
+    tokio::time::sleep(tick_and_a_bit()).await;
+    assert_cluster_untouched(&w, &format!("the end, seed {seed}")).await;
     w.stop().await;
 }

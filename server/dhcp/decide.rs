@@ -95,8 +95,12 @@ pub struct Outcome {
     pub drop: Option<&'static str>,
     /// The event to record for this machine.
     pub event: Option<(EventKind, String)>,
-    /// An address now known to belong to this MAC (for `Neighbours`).
-    pub learned: Option<Ipv4Addr>,
+    /// An address this server has just bound to this MAC, with the lease's end (for
+    /// `Neighbours`, the evidence of who holds an address). Only an ACK of our own lease
+    /// sets it: nothing the client writes (`ciaddr`, option 50, an INFORM) ever does.
+    pub leased: Option<(Ipv4Addr, i64)>,
+    /// An address whose lease this MAC gave back (RELEASE, DECLINE).
+    pub ended: Option<Ipv4Addr>,
     /// Something an operator should see in the log.
     pub warn: Option<String>,
 }
@@ -295,15 +299,15 @@ fn proxy(ctx: &Ctx<'_>, req: &Request) -> Outcome {
         msg.set_ciaddr(req.ciaddr);
     }
     set_boot(&mut msg, ctx, req, &boot, DhcpMode::Proxy);
-    // A REQUEST on 67 names the address the site's server is giving it; on 4011 it has one.
-    let learned = nonzero(req.ciaddr).or(match (ctx.via, req.kind) {
+    // The address the client says it has (ciaddr on 4011, option 50 on 67) goes into the
+    // event as what it said, never into `Neighbours`: another server leased it, if anyone did.
+    let claimed = nonzero(req.ciaddr).or(match (ctx.via, req.kind) {
         (Via::Dhcp, MessageType::Request) => req.requested_ip,
         _ => None,
     });
     Outcome {
         reply: Some(Reply { kind, msg }),
-        event: Some((kind.event(), detail(Some(&boot.file), req.arch, learned))),
-        learned,
+        event: Some((kind.event(), detail(Some(&boot.file), req.arch, claimed))),
         ..Outcome::default()
     }
 }
@@ -472,6 +476,7 @@ fn full_decline(ctx: &Ctx<'_>, req: &Request, leases: &mut LeaseTable) -> Outcom
     leases.release(req.mac, ip);
     leases.quarantine(ip, ctx.now_ms + DECLINE_QUARANTINE_MS);
     Outcome {
+        ended: Some(ip),
         event: Some((EventKind::DhcpDecline, format!("ip={ip}"))),
         warn: Some(format!(
             "client declined {ip}: another host answers for it; kept out of the pool for {} s",
@@ -495,6 +500,7 @@ fn full_release(ctx: &Ctx<'_>, req: &Request, leases: &mut LeaseTable) -> Outcom
         format!("ip={ip} (no lease held)")
     };
     Outcome {
+        ended: Some(ip),
         event: Some((EventKind::DhcpRelease, detail)),
         ..Outcome::default()
     }
@@ -562,11 +568,14 @@ fn address_reply(
             BootChoice::Refused { why, .. } => warn = Some(why),
         }
     }
-    let learned = (kind == ReplyKind::Ack).then_some(if with_lease { a.ip } else { req.ciaddr });
+    // An ACK that binds a lease is evidence of who holds the address; an INFORM's ACK only
+    // answers what the client says it already has.
+    let leased = (kind == ReplyKind::Ack && with_lease)
+        .then(|| (a.ip, ctx.now_ms + i64::from(ctx.config.lease_secs) * 1000));
     Outcome {
         reply: Some(Reply { kind, msg }),
         event: Some((kind.event(), detail(file.as_deref(), req.arch, Some(a.ip)))),
-        learned,
+        leased,
         warn,
         ..Outcome::default()
     }

@@ -219,8 +219,11 @@ impl Shared {
             tracing::error!(kind = ?req.kind, "dhcp decision panicked; packet dropped");
             return None;
         };
-        if let Some(ip) = outcome.learned {
-            deps.neighbours.learn(ip, req.mac);
+        if let Some((ip, until)) = outcome.leased {
+            deps.neighbours.learn(ip, req.mac, until, now);
+        }
+        if let Some(ip) = outcome.ended {
+            deps.neighbours.forget(ip, req.mac);
         }
         if let Some((kind, detail)) = &outcome.event {
             deps.recorder.observe(Observation {

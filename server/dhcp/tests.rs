@@ -424,11 +424,14 @@ fn ovmf_request_on_port_4011_gets_proxy_ack_back_to_its_source() {
         ..Case::proxy(fixtures::ovmf_pxe(REQUEST, MAC).ciaddr(ip(50)))
     });
     assert_eq!(reply.addr(12), ip(50), "ciaddr copied into the ACK");
-    assert_eq!(outcome.learned, Some(ip(50)));
+    assert_eq!(
+        outcome.leased, None,
+        "a ciaddr the client wrote is no evidence of the address it holds"
+    );
 }
 
 #[test]
-fn proxy_request_on_port_67_gets_ack_and_teaches_the_requested_address() {
+fn proxy_request_on_port_67_gets_ack_but_its_requested_address_is_no_evidence() {
     let (_, outcome) = check(Case {
         expect: proxy_expect("ipxe.efi", ACK),
         ..Case::proxy(
@@ -437,7 +440,15 @@ fn proxy_request_on_port_67_gets_ack_and_teaches_the_requested_address() {
                 .server(ip(254)),
         )
     });
-    assert_eq!(outcome.learned, Some(ip(60)));
+    assert_eq!(
+        outcome.leased, None,
+        "another server's lease, as the client tells it"
+    );
+    let (_, detail) = outcome.event.as_ref().unwrap();
+    assert!(
+        detail.contains("ip=10.77.0.60"),
+        "the claim is logged as said: {detail}"
+    );
 }
 
 #[test]
@@ -901,7 +912,7 @@ fn nak_for_a_wrong_requested_address() {
         )
     });
     assert!(reply.opt(56).is_some());
-    assert_eq!(outcome.learned, None);
+    assert_eq!(outcome.leased, None);
 }
 
 #[test]
@@ -1013,7 +1024,11 @@ fn renewal_extends_the_lease_and_is_unicast_to_the_client() {
     assert_eq!(ack.msg_type(), ACK);
     assert_eq!(ack.yiaddr(), addr);
     assert_eq!(ack.dest, Dest::Unicast(SocketAddrV4::new(addr, 68)));
-    assert_eq!(renew.outcome.learned, Some(addr));
+    assert_eq!(
+        renew.outcome.leased,
+        Some((addr, T0 + 1_800_000 + 3_600_000)),
+        "a renewed lease of ours is evidence until it ends"
+    );
     assert_eq!(
         world.leases.get(&Mac(MAC)).unwrap().expires_at,
         T0 + 1_800_000 + 3_600_000
@@ -1323,7 +1338,7 @@ mod udp {
         assert_eq!(ack.yiaddr(), offer.yiaddr());
 
         let (metrics, neighbours) = app.stop().await;
-        assert_eq!(neighbours.lookup(offer.yiaddr()), Some(Mac(LO_MAC)));
+        assert_eq!(neighbours.lookup(offer.yiaddr(), T0), Some(Mac(LO_MAC)));
         let text = metrics.render();
         assert!(
             text.contains(r#"bootplane_dhcp_replies_total{kind="offer"} 1"#),
@@ -1417,9 +1432,9 @@ mod udp {
         .await;
         assert_eq!(after.msg_type(), OFFER);
         let (metrics, neighbours) = app.stop().await;
-        assert_eq!(
-            neighbours.lookup(Ipv4Addr::new(127, 0, 0, 50)),
-            Some(Mac(LO_MAC))
+        assert!(
+            neighbours.is_empty(),
+            "proxyDHCP leases nothing: what a client says it holds is not learned"
         );
         let text = metrics.render();
         assert!(

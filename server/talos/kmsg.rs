@@ -164,7 +164,13 @@ pub async fn serve(listener: TcpListener, deps: KmsgDeps, cancel: CancellationTo
         let (deps, warned, cancel) = (deps.clone(), warned.clone(), cancel.clone());
         connections.spawn(async move {
             let arp = peers::arp_entry(addr.ip());
-            let Some(mac) = peers::attribute(&deps.inventory, &deps.neighbours, addr.ip(), arp)
+            let Some(mac) = peers::attribute(
+                &deps.inventory,
+                &deps.neighbours,
+                addr.ip(),
+                arp,
+                deps.clock.now_ms(),
+            )
             else {
                 deps.metrics.push_refused("kernel-log", "unknown-peer");
                 warned.warn(addr.ip(), || {
@@ -266,9 +272,13 @@ impl Connection<'_> {
         }
         let deps = self.deps;
         // Attributed per line: the machine may have been removed or readdressed meanwhile.
-        let Some(mac) =
-            peers::attribute(&deps.inventory, &deps.neighbours, self.addr.ip(), self.arp)
-        else {
+        let Some(mac) = peers::attribute(
+            &deps.inventory,
+            &deps.neighbours,
+            self.addr.ip(),
+            self.arp,
+            deps.clock.now_ms(),
+        ) else {
             deps.metrics.kernel_log_drop("unknown-peer");
             return;
         };

@@ -2,9 +2,12 @@
 //! a peer is, and limits on the connections they hold.
 //!
 //! Both receivers are plaintext and unauthenticated, like Talos's own senders. A peer is
-//! attributed by its source address only: the static address of a machine in the inventory,
-//! else the MAC bootplane's DHCP leased that address to, else the host's neighbour (ARP)
-//! table. Whatever arrives this way is a hint, never evidence.
+//! attributed by its source address and what bootplane itself knows of that address: the
+//! host's neighbour (ARP) table, else the MAC its own DHCP server leased the address to, else
+//! the static address of a machine in the inventory (a routed peer, with no neighbour entry
+//! and no lease). Nothing the peer or a DHCP client wrote (a `ciaddr`, a
+//! requested address, a payload) ever attributes it. Whatever arrives this way is a hint,
+//! never evidence.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -35,16 +38,15 @@ pub fn attribute(
     neighbours: &Neighbours,
     ip: IpAddr,
     arp: Option<Mac>,
+    now_ms: i64,
 ) -> Option<Mac> {
     let ip = ipv4(ip)?;
     let snapshot = inventory.snapshot();
-    if let Some(mac) = snapshot.by_ip.get(&ip) {
-        return Some(*mac);
+    let known = |mac: &Mac| snapshot.by_mac.contains_key(mac);
+    if let Some(mac) = arp.or_else(|| neighbours.lookup(ip, now_ms)) {
+        return known(&mac).then_some(mac);
     }
-    [neighbours.lookup(ip), arp]
-        .into_iter()
-        .flatten()
-        .find(|mac| snapshot.by_mac.contains_key(mac))
+    snapshot.by_ip.get(&ip).copied()
 }
 
 /// Caps the connections a receiver holds, in all and per peer address.
@@ -149,7 +151,7 @@ mod tests {
     }
 
     #[test]
-    fn peers_are_attributed_by_static_address_then_lease() {
+    fn peers_are_attributed_by_arp_then_our_lease_then_static_address() {
         let inventory = Inventory::default();
         let mut m = crate::model::Machine::discovered("52:54:00:00:00:01".parse().unwrap());
         m.ip = Some("10.0.0.11/24".parse().unwrap());
@@ -159,17 +161,39 @@ mod tests {
             other.clone(),
         ]));
         let neighbours = Neighbours::default();
-        neighbours.learn("10.0.0.50".parse().unwrap(), other.mac);
+        neighbours.learn("10.0.0.50".parse().unwrap(), other.mac, 1_000, 0);
         neighbours.learn(
             "10.0.0.51".parse().unwrap(),
             "52:54:00:00:00:99".parse().unwrap(),
+            1_000,
+            0,
         );
-        let at = |ip: &str| attribute(&inventory, &neighbours, ip.parse().unwrap(), None);
+        let at = |ip: &str| attribute(&inventory, &neighbours, ip.parse().unwrap(), None, 10);
         assert_eq!(at("10.0.0.11"), Some(m.mac));
         assert_eq!(at("::ffff:10.0.0.11"), Some(m.mac));
         assert_eq!(at("10.0.0.50"), Some(other.mac));
         // Leased to a MAC that is not in the inventory: nobody.
         assert_eq!(at("10.0.0.51"), None);
         assert_eq!(at("10.0.0.52"), None);
+        // Our lease ended: no longer evidence.
+        let after = attribute(
+            &inventory,
+            &neighbours,
+            "10.0.0.50".parse().unwrap(),
+            None,
+            1_000,
+        );
+        assert_eq!(after, None);
+        // A host that took a machine's static address shows its own MAC in the ARP table.
+        let stranger: Mac = "52:54:00:00:00:66".parse().unwrap();
+        let ip = "10.0.0.11".parse().unwrap();
+        assert_eq!(
+            attribute(&inventory, &neighbours, ip, Some(stranger), 10),
+            None
+        );
+        assert_eq!(
+            attribute(&inventory, &neighbours, ip, Some(m.mac), 10),
+            Some(m.mac)
+        );
     }
 }

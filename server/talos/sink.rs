@@ -306,9 +306,13 @@ impl Sink {
             deps.metrics.talos_event_drop("unknown-peer");
             return;
         };
-        let Some(mac) =
-            peers::attribute(&deps.inventory, &deps.neighbours, peer.addr.ip(), peer.arp)
-        else {
+        let Some(mac) = peers::attribute(
+            &deps.inventory,
+            &deps.neighbours,
+            peer.addr.ip(),
+            peer.arp,
+            deps.recorder.now_ms(),
+        ) else {
             deps.metrics.talos_event_drop("unknown-peer");
             tracing::debug!(peer = %peer.addr, "talos event from a peer that is no known machine; ignored");
             return;
@@ -413,7 +417,15 @@ async fn accept_loop(
         let (deps, tx, warned) = (deps.clone(), tx.clone(), warned.clone());
         tokio::spawn(async move {
             let arp = peers::arp_entry(addr.ip());
-            if peers::attribute(&deps.inventory, &deps.neighbours, addr.ip(), arp).is_none() {
+            if peers::attribute(
+                &deps.inventory,
+                &deps.neighbours,
+                addr.ip(),
+                arp,
+                deps.recorder.now_ms(),
+            )
+            .is_none()
+            {
                 deps.metrics.push_refused("events", "unknown-peer");
                 warned.warn(addr.ip(), || {
                     tracing::warn!(peer = %addr, "talos event sink: connection from an address that is no known machine; closed");

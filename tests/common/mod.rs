@@ -25,6 +25,10 @@ pub struct Appliance {
     /// turned them off.
     pub events: Option<SocketAddr>,
     pub kmsg: Option<SocketAddr>,
+    /// The DHCP server port and the PXE boot-server port, on loopback ephemeral ports, when a
+    /// test turned DHCP on (`dhcp_mode`).
+    pub dhcp: Option<SocketAddr>,
+    pub pxe: Option<SocketAddr>,
     pub data: tempfile::TempDir,
     pub images: tempfile::TempDir,
     pub ipxe: tempfile::TempDir,
@@ -95,13 +99,24 @@ impl Appliance {
             cidr: "127.0.0.1/8".parse().unwrap(),
             gateway: None,
         };
-        let config = Config::resolve(options, iface).unwrap();
+        let config = Config::resolve(options, iface.clone()).unwrap();
+        // DHCP, when a test asks for it, on ephemeral loopback ports.
+        let dhcp = (config.dhcp.mode != DhcpMode::Off).then(|| {
+            let mut ephemeral = config.dhcp.clone();
+            ephemeral.port = 0;
+            ephemeral.pxe_port = 0;
+            bootplane::dhcp::bind(&ephemeral, &iface).unwrap()
+        });
+        let dhcp_addr = dhcp.as_ref().map(|d| d.dhcp.local_addr().unwrap());
+        let pxe_addr = dhcp
+            .as_ref()
+            .and_then(|d| d.pxe.as_ref().map(|p| p.local_addr().unwrap()));
         let db = Db::open(data.path()).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = Listeners {
             http,
             tftp,
-            dhcp: None,
+            dhcp,
             ra: None,
             talos_events: events.map(|e| e.0),
             kernel_logs: kmsg.map(|k| k.0),
@@ -120,6 +135,8 @@ impl Appliance {
             tftp: tftp_addr,
             events: events_addr,
             kmsg: kmsg_addr,
+            dhcp: dhcp_addr,
+            pxe: pxe_addr,
             data,
             images,
             ipxe,
@@ -300,4 +317,44 @@ pub fn now_ms() -> i64 {
             .as_millis(),
     )
     .unwrap()
+}
+
+/// A PXE client's packet (UEFI x64, option 60/93/97) with the fields an attacker chooses.
+pub fn pxe_packet(
+    kind: dhcproto::v4::MessageType,
+    mac: [u8; 6],
+    ciaddr: Ipv4Addr,
+    requested: Option<Ipv4Addr>,
+) -> Vec<u8> {
+    use dhcproto::v4::{DhcpOption, Message, Opcode, UnknownOption};
+    use dhcproto::{Encodable, Encoder};
+    let mut msg = Message::default();
+    msg.set_opcode(Opcode::BootRequest)
+        .set_xid(rand::random())
+        .set_chaddr(&mac)
+        .set_ciaddr(ciaddr);
+    let opts = msg.opts_mut();
+    opts.insert(DhcpOption::MessageType(kind));
+    opts.insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
+    ));
+    opts.insert(DhcpOption::Unknown(UnknownOption::new(
+        93.into(),
+        vec![0, 7],
+    )));
+    opts.insert(DhcpOption::Unknown(UnknownOption::new(
+        97.into(),
+        [0u8; 17].to_vec(),
+    )));
+    if let Some(ip) = requested {
+        opts.insert(DhcpOption::RequestedIpAddress(ip));
+    }
+    let mut buf = Vec::new();
+    msg.encode(&mut Encoder::new(&mut buf)).unwrap();
+    buf
+}
+
+pub async fn send(to: SocketAddr, packet: &[u8]) {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(packet, to).await.unwrap();
 }
