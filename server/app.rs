@@ -41,6 +41,8 @@ pub struct AppState {
     pub open_assets: crate::boot::files::OpenAssets,
     /// The iPXE binaries in memory, shared by TFTP and `/ipxe/`.
     pub ipxe_files: IpxeFiles,
+    /// OAuth2 device requests, approvals and tokens (`--config-access oauth`).
+    pub devices: crate::boot::oauth::DeviceFlow,
 }
 
 impl AppState {
@@ -432,6 +434,7 @@ pub async fn run(
         images,
         open_assets: crate::boot::files::OpenAssets::new(metrics.http_sendfile_bytes.clone()),
         ipxe_files,
+        devices: crate::boot::oauth::DeviceFlow::default(),
     };
     drop(recorder);
     check_boot_files(&state).await;

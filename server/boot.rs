@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use askama::Template;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Extension;
 use axum::Router;
 use serde::Deserialize;
@@ -28,6 +28,7 @@ use crate::orchestrator::Signal;
 use crate::talos::{self, Arch};
 
 pub mod files;
+pub mod oauth;
 pub mod zerocopy;
 
 pub fn router() -> Router<AppState> {
@@ -37,6 +38,8 @@ pub fn router() -> Router<AppState> {
         .route("/ipxe/{file}", get(boot_ipxe_binary_get))
         .route("/assets/{version}/{file}", get(boot_asset_get))
         .route("/config", get(boot_config_get))
+        .route("/device/code", post(oauth::boot_device_code_post))
+        .route("/token", post(oauth::boot_token_post))
 }
 
 #[derive(Template)]
@@ -313,6 +316,12 @@ fn install_args(boot: &crate::config::BootConfig, target: &Target<'_>, config_ur
         boot.kernel_log_port,
         &boot.extra_kernel_args,
     ));
+    if boot.config_access == ConfigAccess::Oauth {
+        // Talos then runs the device flow against `<config URL host>/device/code` and
+        // `/token` before it downloads its config, sending the MAC as an extra variable.
+        extra.push(format!("talos.config.oauth.client_id={}", oauth::CLIENT_ID));
+        extra.push("talos.config.oauth.extra_variable=mac".into());
+    }
     extra.extend(boot.extra_kernel_args.iter().cloned());
     talos::kernel_args(target.version, target.arch, config_url, &extra).join(" ")
 }
@@ -534,9 +543,25 @@ fn address_owner(state: &AppState, from: SocketAddr) -> Result<Option<Mac>, Stri
 }
 
 /// Whether `from` may fetch `mac`'s config under the configured policy.
-fn config_allowed(state: &AppState, mac: Mac, from: Option<SocketAddr>) -> Result<(), String> {
-    if state.config.boot.config_access == ConfigAccess::Any {
-        return Ok(());
+fn config_allowed(
+    state: &AppState,
+    mac: Mac,
+    from: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<(), String> {
+    match state.config.boot.config_access {
+        ConfigAccess::Any => return Ok(()),
+        ConfigAccess::Oauth => {
+            let Some(token) = oauth::bearer(headers) else {
+                return Err("no bearer token (--config-access oauth)".into());
+            };
+            return match state.devices.token_mac(token, state.recorder.now_ms()) {
+                Some(opened) if opened == mac => Ok(()),
+                Some(opened) => Err(format!("the token was issued for {opened}, not {mac}")),
+                None => Err("the bearer token is unknown or expired".into()),
+            };
+        }
+        ConfigAccess::Mac => {}
     }
     let Some(from) = from else {
         return Err("the requester's address is unknown".into());
@@ -558,6 +583,7 @@ fn config_allowed(state: &AppState, mac: Mac, from: Option<SocketAddr>) -> Resul
 async fn boot_config_get(
     State(state): State<AppState>,
     from: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     Query(q): Query<ConfigQuery>,
 ) -> Result<Response, BootError> {
     let mac = parse_mac(&q.mac).map_err(|_| BootError::NotFound)?;
@@ -570,7 +596,7 @@ async fn boot_config_get(
         return Err(BootError::NotFound);
     };
     let from = from.map(|Extension(ConnectInfo(addr))| addr);
-    if let Err(why) = config_allowed(&state, mac, from) {
+    if let Err(why) = config_allowed(&state, mac, from, &headers) {
         tracing::warn!(mac = %mac, reason = %why, "config request refused");
         state.recorder.event(
             mac,

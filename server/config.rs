@@ -65,6 +65,10 @@ pub enum ConfigAccess {
     Mac,
     /// Anyone who can reach the HTTP port and knows the MAC.
     Any,
+    /// Only a bearer token bootplane issued for that machine through the OAuth2 device flow
+    /// Talos speaks (`talos.config.oauth.*`): an operator approves the code the machine shows,
+    /// or an armed window approves one install. Rests on nothing the LAN says.
+    Oauth,
 }
 
 /// Whether to answer IPv6 router solicitations (see `ra`).
@@ -262,7 +266,7 @@ pub struct ServeOptions {
     /// Seconds an unassigned machine waits before asking again [default: 10]
     #[arg(long, env = "BOOTPLANE_RETRY_SECS")]
     pub retry_secs: Option<u32>,
-    /// Who may fetch /config: mac (the requester must be that machine, by DHCP lease or ARP entry) or any [default: mac]
+    /// Who may fetch /config: mac (the requester must be that machine, by ARP entry or bootplane's own DHCP lease), oauth (a token from the OAuth2 device flow, approved by an operator) or any [default: mac]
     #[arg(long, env = "BOOTPLANE_CONFIG_ACCESS", value_enum)]
     pub config_access: Option<ConfigAccess>,
     /// Port of the Talos API on the nodes, probed for report-in [default: 50000]

@@ -181,3 +181,171 @@ async fn forged_full_dhcp_claims_never_open_a_machines_config() {
     assert_eq!(code, 403);
     app.stop().await;
 }
+
+/// What Talos's config download does with `talos.config.oauth.client_id=` on its command line
+/// (siderolabs/talos `platform/metal/oauth2`): the device authorization request at the config
+/// URL's host with path `/device/code` (the URL's query kept), with its extra variables as
+/// form fields, then polls of `/token` with the same fields, then the config GET with the
+/// token. Returns the user code and the device code.
+async fn talos_device_request(app: &Appliance, mac: Mac) -> (String, String) {
+    let url = app.url(&format!("/device/code?mac={mac}"));
+    let r = reqwest::Client::new()
+        .post(url)
+        .form(&[("client_id", "bootplane"), ("mac", &mac.to_string())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    for field in ["verification_uri", "expires_in", "interval"] {
+        assert!(answer.get(field).is_some(), "{answer}");
+    }
+    (
+        answer["user_code"].as_str().unwrap().to_string(),
+        answer["device_code"].as_str().unwrap().to_string(),
+    )
+}
+
+/// One poll of the token endpoint: the token, or the RFC 8628 error code.
+async fn talos_token_poll(app: &Appliance, mac: Mac, device_code: &str) -> Result<String, String> {
+    let r = reqwest::Client::new()
+        .post(app.url("/token"))
+        .form(&[
+            ("client_id", "bootplane"),
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", device_code),
+            ("mac", &mac.to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let ok = r.status().is_success();
+    let body: serde_json::Value = r.json().await.unwrap();
+    if ok {
+        assert_eq!(body["token_type"], "Bearer", "{body}");
+        Ok(body["access_token"].as_str().unwrap().to_string())
+    } else {
+        Err(body["error"].as_str().unwrap().to_string())
+    }
+}
+
+async fn config_with(app: &Appliance, mac: Mac, token: Option<&str>) -> u16 {
+    let mut r = reqwest::Client::new().get(app.url(&format!("/config?mac={mac}")));
+    if let Some(token) = token {
+        r = r.bearer_auth(token);
+    }
+    r.send().await.unwrap().status().as_u16()
+}
+
+/// `--config-access oauth`: the config leaves only with a token an operator's approval issued
+/// (in the UI), for that machine only; an armed window approves one install by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_flow_gives_a_config_only_after_approval_and_only_for_that_machine() {
+    let app = Appliance::start_with(|o| o.config_access = Some(ConfigAccess::Oauth)).await;
+    app.add_assets(10, 10);
+    init_cluster_with_victim(&app).await;
+    let other: Mac = "52:54:00:12:34:57".parse().unwrap();
+    let mut m = Machine::discovered(other);
+    m.role = Role::Worker;
+    m.cluster = "lab".into();
+    m.hostname = Some("w-1".into());
+    m.ip = Some("127.0.0.21/8".parse().unwrap());
+    app.db.add_machine(&m, 1).await.unwrap();
+
+    // The install script tells Talos to run the flow.
+    let script = reqwest::get(app.url(&format!("/machine.ipxe?mac={}", victim())))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        script.contains("talos.config.oauth.client_id=bootplane")
+            && script.contains("talos.config.oauth.extra_variable=mac"),
+        "{script}"
+    );
+
+    let (user_code, device_code) = talos_device_request(&app, victim()).await;
+    assert_eq!(
+        talos_token_poll(&app, victim(), &device_code).await,
+        Err("authorization_pending".into())
+    );
+    assert_eq!(config_with(&app, victim(), None).await, 403);
+    assert_eq!(config_with(&app, victim(), Some("bpt_made_up")).await, 403);
+
+    // The operator sees the request, with the MAC, and approves its code.
+    let session = app.login().await;
+    let client = common::no_redirects();
+    let page = client
+        .get(app.url(&format!("/ui/devices?code={user_code}")))
+        .header("cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&user_code) && page.contains(&victim().to_string()),
+        "{page}"
+    );
+    let r = client
+        .post(app.url("/ui/devices/decide"))
+        .header("cookie", &session.cookie)
+        .form(&[
+            ("csrf", session.csrf.as_str()),
+            ("code", &user_code.to_lowercase()),
+            ("action", "approve"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+
+    let token = talos_token_poll(&app, victim(), &device_code)
+        .await
+        .unwrap();
+    assert_eq!(config_with(&app, victim(), Some(&token)).await, 200);
+    assert_eq!(
+        config_with(&app, other, Some(&token)).await,
+        403,
+        "a token for one machine fetched another's config"
+    );
+    assert_eq!(
+        talos_token_poll(&app, victim(), &device_code).await,
+        Err("expired_token".into()),
+        "a device code is redeemed once"
+    );
+
+    // Unattended: the cluster is armed for 5 minutes; the worker's request is approved at
+    // once, and only one install per machine.
+    let r = client
+        .post(app.url("/ui/devices/arm"))
+        .header("cookie", &session.cookie)
+        .form(&[
+            ("csrf", session.csrf.as_str()),
+            ("target", "cluster:lab"),
+            ("minutes", "5"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let (_, code) = talos_device_request(&app, other).await;
+    let token = talos_token_poll(&app, other, &code).await.unwrap();
+    assert_eq!(config_with(&app, other, Some(&token)).await, 200);
+    let (_, again) = talos_device_request(&app, other).await;
+    assert_eq!(
+        talos_token_poll(&app, other, &again).await,
+        Err("authorization_pending".into())
+    );
+    // Without a session, no approval.
+    let r = client
+        .post(app.url("/ui/devices/decide"))
+        .form(&[("code", user_code.as_str()), ("action", "approve")])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection() || r.status().is_client_error());
+    app.stop().await;
+}

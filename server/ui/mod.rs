@@ -5,6 +5,7 @@
 //! also checks the CSRF token of every form post.
 
 mod cluster;
+mod devices;
 mod images;
 mod machines;
 mod tokens;
@@ -87,6 +88,9 @@ pub fn router() -> Router<AppState> {
             get(tokens::ui_tokens_get).post(tokens::ui_tokens_post),
         )
         .route("/ui/tokens/{id}/revoke", post(tokens::ui_token_revoke_post))
+        .route("/ui/devices", get(devices::ui_devices_get))
+        .route("/ui/devices/decide", post(devices::ui_devices_decide_post))
+        .route("/ui/devices/arm", post(devices::ui_devices_arm_post))
         .route("/logout", post(ui_logout_post))
 }
 

@@ -1,0 +1,559 @@
+//! `--config-access oauth`: bootplane is the OAuth2 device-authorization server (RFC 8628)
+//! that Talos's config download speaks (`talos.config.oauth.*` kernel arguments), so a config
+//! leaves the appliance only with a token an operator's approval issued, whatever the LAN says.
+//!
+//! The booting machine asks `POST /device/code` (form: `client_id`, plus the extra variable
+//! `mac`), shows the user code on its console and polls `POST /token`. An operator approves the
+//! request in the UI (`/ui/devices`, with the machine's MAC, vendor and the address that asked),
+//! or bootplane approves it itself inside a window the operator armed for that machine or its
+//! whole cluster (one install per machine). The token then fetches that machine's config, and
+//! no other. Everything here is in memory and bounded: a restart sends a machine through the
+//! flow again (Talos retries), it never widens what a token opens.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form, Json};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::auth::{random_secret, sha256_hex};
+use crate::model::{EventKind, Mac};
+
+/// The `client_id` Talos is given (`talos.config.oauth.client_id=`).
+pub const CLIENT_ID: &str = "bootplane";
+/// The device-code grant type (RFC 8628 §3.4).
+pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// How long a device request waits for approval.
+pub const REQUEST_TTL_MS: i64 = 10 * 60 * 1000;
+/// How long an issued token fetches its machine's config.
+pub const TOKEN_TTL_MS: i64 = 15 * 60 * 1000;
+/// Seconds between polls the client is told to keep.
+pub const POLL_INTERVAL_SECS: u64 = 2;
+/// Device requests pending at once, in all and per requesting address; past them a request
+/// is refused (the oldest are not dropped for a stranger's new ones).
+pub const MAX_PENDING: usize = 256;
+pub const MAX_PENDING_PER_ADDRESS: usize = 8;
+/// Tokens alive at once; past it the oldest goes.
+pub const MAX_TOKENS: usize = 1024;
+/// Longest arming window an operator may set.
+pub const MAX_ARM_MINUTES: u32 = 24 * 60;
+
+/// What an approval is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ArmScope {
+    Machine(Mac),
+    Cluster(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Armed {
+    pub scope: ArmScope,
+    pub until_ms: i64,
+    pub by: String,
+    /// Machines that already used this arming (one install each).
+    pub used: Vec<Mac>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Pending,
+    Approved { by: String },
+    Denied { by: String },
+}
+
+/// A device request as the UI shows it.
+#[derive(Clone, Debug)]
+pub struct DeviceRequest {
+    pub user_code: String,
+    pub mac: Mac,
+    pub from: Option<IpAddr>,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub decision: Decision,
+}
+
+#[derive(Debug, Default)]
+struct Flows {
+    /// By SHA-256 of the device code (only the machine knows the code itself).
+    requests: HashMap<String, DeviceRequest>,
+    /// By SHA-256 of the access token: the machine it opens and until when.
+    tokens: HashMap<String, (Mac, i64)>,
+    armed: Vec<Armed>,
+}
+
+/// The device flow's state; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceFlow(Arc<Mutex<Flows>>);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FlowError {
+    #[error("too many device requests are waiting; try again later")]
+    Busy,
+    #[error("no pending device request with code {0}")]
+    UnknownCode(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DeviceFlow {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Flows> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new device request for `mac` from `from`; approved at once when an arming covers it.
+    /// Returns the device code and the request.
+    pub fn request(
+        &self,
+        mac: Mac,
+        cluster: &str,
+        from: Option<IpAddr>,
+        now: i64,
+    ) -> Result<(String, DeviceRequest), FlowError> {
+        let mut flows = self.lock();
+        flows.requests.retain(|_, r| r.expires_ms > now);
+        flows.armed.retain(|a| a.until_ms > now);
+        let pending = flows
+            .requests
+            .values()
+            .filter(|r| r.decision == Decision::Pending);
+        let (all, here) = pending.fold((0, 0), |(all, here), r| {
+            (all + 1, here + usize::from(r.from == from))
+        });
+        if all >= MAX_PENDING || here >= MAX_PENDING_PER_ADDRESS {
+            return Err(FlowError::Busy);
+        }
+        let device_code = random_secret(32);
+        let mut decision = Decision::Pending;
+        for armed in flows.armed.iter_mut() {
+            let covers = match &armed.scope {
+                ArmScope::Machine(m) => *m == mac,
+                ArmScope::Cluster(c) => c == cluster,
+            };
+            if covers && !armed.used.contains(&mac) {
+                armed.used.push(mac);
+                decision = Decision::Approved {
+                    by: format!("armed by {}", armed.by),
+                };
+                break;
+            }
+        }
+        flows.armed.retain(|a| match &a.scope {
+            ArmScope::Machine(m) => !a.used.contains(m),
+            ArmScope::Cluster(_) => true,
+        });
+        let request = DeviceRequest {
+            user_code: user_code(),
+            mac,
+            from,
+            created_ms: now,
+            expires_ms: now + REQUEST_TTL_MS,
+            decision,
+        };
+        flows
+            .requests
+            .insert(sha256_hex(&device_code), request.clone());
+        Ok((device_code, request))
+    }
+
+    /// What `POST /token` answers for `device_code`: a token once approved.
+    fn redeem(&self, device_code: &str, now: i64) -> Result<(String, Mac), &'static str> {
+        let key = sha256_hex(device_code);
+        let mut flows = self.lock();
+        let Some(request) = flows.requests.get(&key) else {
+            return Err("expired_token");
+        };
+        if request.expires_ms <= now {
+            flows.requests.remove(&key);
+            return Err("expired_token");
+        }
+        match request.decision.clone() {
+            Decision::Pending => Err("authorization_pending"),
+            Decision::Denied { .. } => {
+                flows.requests.remove(&key);
+                Err("access_denied")
+            }
+            Decision::Approved { .. } => {
+                let mac = request.mac;
+                flows.requests.remove(&key);
+                flows.tokens.retain(|_, (_, until)| *until > now);
+                if flows.tokens.len() >= MAX_TOKENS {
+                    if let Some(oldest) = flows
+                        .tokens
+                        .iter()
+                        .min_by_key(|(_, (_, until))| *until)
+                        .map(|(k, _)| k.clone())
+                    {
+                        flows.tokens.remove(&oldest);
+                    }
+                }
+                let token = random_secret(32);
+                flows
+                    .tokens
+                    .insert(sha256_hex(&token), (mac, now + TOKEN_TTL_MS));
+                Ok((token, mac))
+            }
+        }
+    }
+
+    /// The machine a bearer token opens, if it is one of ours and alive.
+    pub fn token_mac(&self, token: &str, now: i64) -> Option<Mac> {
+        let flows = self.lock();
+        flows
+            .tokens
+            .get(&sha256_hex(token))
+            .filter(|(_, until)| *until > now)
+            .map(|(mac, _)| *mac)
+    }
+
+    /// The operator's answer to the request with `user_code`.
+    pub fn decide(
+        &self,
+        user_code: &str,
+        approve: bool,
+        by: &str,
+        now: i64,
+    ) -> Result<DeviceRequest, FlowError> {
+        let code = normalise_code(user_code);
+        let mut flows = self.lock();
+        let request = flows
+            .requests
+            .values_mut()
+            .find(|r| r.user_code == code && r.expires_ms > now && r.decision == Decision::Pending)
+            .ok_or_else(|| FlowError::UnknownCode(code.clone()))?;
+        request.decision = if approve {
+            Decision::Approved { by: by.into() }
+        } else {
+            Decision::Denied { by: by.into() }
+        };
+        Ok(request.clone())
+    }
+
+    pub fn arm(&self, scope: ArmScope, minutes: u32, by: &str, now: i64) -> Result<(), FlowError> {
+        if minutes == 0 || minutes > MAX_ARM_MINUTES {
+            return Err(FlowError::Invalid(format!(
+                "an arming window lasts 1 to {MAX_ARM_MINUTES} minutes"
+            )));
+        }
+        let mut flows = self.lock();
+        flows.armed.retain(|a| a.until_ms > now && a.scope != scope);
+        flows.armed.push(Armed {
+            scope,
+            until_ms: now + i64::from(minutes) * 60_000,
+            by: by.into(),
+            used: Vec::new(),
+        });
+        Ok(())
+    }
+
+    pub fn disarm(&self, scope: &ArmScope) {
+        self.lock().armed.retain(|a| &a.scope != scope);
+    }
+
+    /// Requests still waiting or decided, newest first, and the armings in force.
+    pub fn view(&self, now: i64) -> (Vec<DeviceRequest>, Vec<Armed>) {
+        let flows = self.lock();
+        let mut requests: Vec<DeviceRequest> = flows
+            .requests
+            .values()
+            .filter(|r| r.expires_ms > now)
+            .cloned()
+            .collect();
+        requests.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
+        let armed = flows
+            .armed
+            .iter()
+            .filter(|a| a.until_ms > now)
+            .cloned()
+            .collect();
+        (requests, armed)
+    }
+}
+
+/// Eight letters from an alphabet without vowels or look-alikes, `XXXX-XXXX` (RFC 8628 §6.1).
+fn user_code() -> String {
+    const ALPHABET: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
+    let mut rng = rand::rngs::OsRng;
+    let letters: String = (0..8)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect();
+    format!("{}-{}", &letters[..4], &letters[4..])
+}
+
+/// What an operator typed, as the code is stored: upper case, the dash in place.
+pub fn normalise_code(text: &str) -> String {
+    let letters: String = text
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_uppercase())
+        .take(8)
+        .collect();
+    if letters.len() == 8 {
+        format!("{}-{}", &letters[..4], &letters[4..])
+    } else {
+        letters
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeviceCodeForm {
+    #[serde(default)]
+    client_id: String,
+    /// Talos's extra variable (`talos.config.oauth.extra_variable=mac`).
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct MacQuery {
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeviceCodeAnswer {
+    device_code: String,
+    user_code: String,
+    verification_uri: String,
+    verification_uri_complete: String,
+    expires_in: i64,
+    interval: u64,
+}
+
+/// An RFC 6749 §5.2 error answer.
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(serde_json::json!({ "error": error, "error_description": description })),
+    )
+        .into_response()
+}
+
+/// `POST /device/code` (RFC 8628 §3.1): the device authorization request.
+pub async fn boot_device_code_post(
+    State(state): State<AppState>,
+    from: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Query(q): Query<MacQuery>,
+    Form(form): Form<DeviceCodeForm>,
+) -> Response {
+    if state.config.boot.config_access != crate::config::ConfigAccess::Oauth {
+        return oauth_error(
+            StatusCode::NOT_FOUND,
+            "unsupported",
+            "the device flow is used with --config-access oauth only",
+        );
+    }
+    if form.client_id != CLIENT_ID {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown client_id",
+        );
+    }
+    let Some(mac) = form
+        .mac
+        .or(q.mac)
+        .and_then(|m| m.trim().parse::<Mac>().ok())
+    else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the request names no valid mac",
+        );
+    };
+    let machine = match state.db.get_machine(mac).await {
+        Ok(m) => m.filter(|m| m.is_assigned()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a machine for a device request");
+            return oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "try again",
+            );
+        }
+    };
+    let Some(machine) = machine else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "no assigned machine has this mac",
+        );
+    };
+    let from = from.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let now = state.recorder.now_ms();
+    let (device_code, request) = match state.devices.request(mac, &machine.cluster, from, now) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(mac = %mac, from = ?from, error = %e, "device request refused");
+            return oauth_error(StatusCode::TOO_MANY_REQUESTS, "slow_down", &e.to_string());
+        }
+    };
+    let detail = match &request.decision {
+        Decision::Approved { by } => format!(
+            "device flow: code {} approved at once ({by})",
+            request.user_code
+        ),
+        _ => format!(
+            "device flow: code {} waits for an operator's approval",
+            request.user_code
+        ),
+    };
+    tracing::info!(mac = %mac, from = ?from, %detail, "device request");
+    state.recorder.event(mac, EventKind::ConfigFetched, detail);
+    let base = state.config.boot.http_base();
+    Json(DeviceCodeAnswer {
+        device_code,
+        verification_uri: format!("{base}/ui/devices"),
+        verification_uri_complete: format!("{base}/ui/devices?code={}", request.user_code),
+        user_code: request.user_code,
+        expires_in: REQUEST_TTL_MS / 1000,
+        interval: POLL_INTERVAL_SECS,
+    })
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenForm {
+    #[serde(default)]
+    grant_type: String,
+    #[serde(default)]
+    device_code: String,
+    #[serde(default)]
+    client_id: String,
+}
+
+/// `POST /token` (RFC 8628 §3.4): the device polls for its token.
+pub async fn boot_token_post(
+    State(state): State<AppState>,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    if form.grant_type != DEVICE_GRANT {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only the device code grant is served",
+        );
+    }
+    if form.client_id != CLIENT_ID {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown client_id",
+        );
+    }
+    let now = state.recorder.now_ms();
+    match state.devices.redeem(&form.device_code, now) {
+        Ok((token, mac)) => {
+            tracing::info!(mac = %mac, "device flow: token issued");
+            (
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(serde_json::json!({
+                    "access_token": token,
+                    "token_type": "Bearer",
+                    "expires_in": TOKEN_TTL_MS / 1000,
+                })),
+            )
+                .into_response()
+        }
+        Err(error) => oauth_error(StatusCode::BAD_REQUEST, error, error),
+    }
+}
+
+/// The bearer token of a request, if it carries one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(last: u8) -> Mac {
+        Mac([0x52, 0x54, 0x00, 0, 0, last])
+    }
+
+    #[test]
+    fn a_token_exists_only_after_approval_and_opens_one_machine() {
+        let flow = DeviceFlow::default();
+        let (code, req) = flow.request(mac(1), "lab", None, 0).unwrap();
+        assert_eq!(flow.redeem(&code, 1), Err("authorization_pending"));
+        assert!(matches!(
+            flow.decide("xxxx-xxxx", true, "admin", 1),
+            Err(FlowError::UnknownCode(_))
+        ));
+        flow.decide(&req.user_code.to_lowercase(), true, "admin", 2)
+            .unwrap();
+        let (token, opened) = flow.redeem(&code, 3).unwrap();
+        assert_eq!(opened, mac(1));
+        assert_eq!(flow.token_mac(&token, 4), Some(mac(1)));
+        assert_eq!(flow.token_mac(&token, 3 + TOKEN_TTL_MS), None);
+        assert_eq!(
+            flow.redeem(&code, 5),
+            Err("expired_token"),
+            "one token per approval"
+        );
+        assert_eq!(flow.token_mac("made-up", 4), None);
+    }
+
+    #[test]
+    fn denied_and_expired_requests_give_no_token() {
+        let flow = DeviceFlow::default();
+        let (code, req) = flow.request(mac(1), "lab", None, 0).unwrap();
+        flow.decide(&req.user_code, false, "admin", 1).unwrap();
+        assert_eq!(flow.redeem(&code, 2), Err("access_denied"));
+        let (code, _) = flow.request(mac(2), "lab", None, 0).unwrap();
+        assert_eq!(flow.redeem(&code, REQUEST_TTL_MS), Err("expired_token"));
+    }
+
+    #[test]
+    fn an_arming_approves_one_install_per_machine_inside_its_window() {
+        let flow = DeviceFlow::default();
+        flow.arm(ArmScope::Machine(mac(1)), 10, "admin", 0).unwrap();
+        let (_, first) = flow.request(mac(1), "lab", None, 1).unwrap();
+        assert!(matches!(first.decision, Decision::Approved { .. }));
+        let (_, second) = flow.request(mac(1), "lab", None, 2).unwrap();
+        assert_eq!(second.decision, Decision::Pending, "one install per arming");
+        flow.arm(ArmScope::Cluster("lab".into()), 1, "admin", 0)
+            .unwrap();
+        let (_, other) = flow.request(mac(2), "other", None, 3).unwrap();
+        assert_eq!(other.decision, Decision::Pending, "another cluster");
+        let (_, late) = flow.request(mac(3), "lab", None, 60_001).unwrap();
+        assert_eq!(late.decision, Decision::Pending, "after the window");
+        let (_, inside) = flow.request(mac(4), "lab", None, 59_000).unwrap();
+        assert!(matches!(inside.decision, Decision::Approved { .. }));
+        assert!(flow.arm(ArmScope::Machine(mac(1)), 0, "admin", 0).is_err());
+    }
+
+    #[test]
+    fn strangers_cannot_queue_without_bound() {
+        let flow = DeviceFlow::default();
+        let from: Option<IpAddr> = Some("10.0.0.66".parse().unwrap());
+        for i in 0..MAX_PENDING_PER_ADDRESS {
+            flow.request(mac(i as u8), "lab", from, 0).unwrap();
+        }
+        assert_eq!(
+            flow.request(mac(200), "lab", from, 0).unwrap_err(),
+            FlowError::Busy
+        );
+        assert!(flow.request(mac(201), "lab", None, 0).is_ok());
+    }
+
+    #[test]
+    fn user_codes_are_normalised_as_typed() {
+        assert_eq!(normalise_code(" bcdf ghjk "), "BCDF-GHJK");
+        assert_eq!(normalise_code("bcdf-ghjk"), "BCDF-GHJK");
+        let code = user_code();
+        assert_eq!(normalise_code(&code), code);
+    }
+}
