@@ -204,6 +204,7 @@ fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_do
             "off",
         ])
         .args(["--images-dir", data.path().join("images").to_str().unwrap()])
+        .args(["--config-access", "oauth"])
         .env("BOOTPLANE_ADMIN_PASSWORD", &password)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

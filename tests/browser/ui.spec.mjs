@@ -355,6 +355,43 @@ step('a worker added by MAC is assigned at once', async () => {
   await shot('machines');
 });
 
+step('with --config-access oauth a device code approved on its page opens that machine\'s config only', async () => {
+  // What Talos's config download does when its command line has talos.config.oauth.client_id:
+  // the device request (its extra variable mac as a form field), then polls of /token.
+  const form = (fields) => ({ method: 'POST', body: new URLSearchParams(fields) });
+  const asked = await fetch(`${BASE}/device/code?mac=${added}`, form({ client_id: 'bootplane', mac: added }));
+  if (asked.status === 404) { console.log('  (skipped: this appliance does not run --config-access oauth)'); return; }
+  const askedText = await asked.text();
+  assert.equal(asked.status, 200, askedText);
+  const grant = JSON.parse(askedText);
+  assert.match(grant.user_code, /^[A-Z]{4}-[A-Z]{4}$/);
+  const poll = async () => {
+    const r = await fetch(`${BASE}/token`, form({
+      client_id: 'bootplane', grant_type: 'urn:ietf:params:oauth:grant-type:device_code',
+      device_code: grant.device_code, mac: added,
+    }));
+    return { status: r.status, body: await r.json() };
+  };
+  const pending = await poll();
+  assert.equal(pending.body.error, 'authorization_pending');
+  assert.equal((await fetch(`${BASE}/config?mac=${added}`)).status, 403, 'a config without a token');
+
+  await page.goto(grant.verification_uri_complete.replace(/^https?:\/\/[^/]+/, BASE));
+  const row = page.locator('tr.highlight');
+  assert.match(await row.innerText(), new RegExp(added));
+  await shot('device-approvals');
+  await Promise.all([page.waitForURL(/flash=approved/), row.locator('button[value="approve"]').click()]);
+  assert.match(await page.locator('.flash').innerText(), /Approved/);
+
+  const granted = await poll();
+  assert.equal(granted.status, 200, JSON.stringify(granted.body));
+  const config = await fetch(`${BASE}/config?mac=${added}`, { headers: { authorization: `Bearer ${granted.body.access_token}` } });
+  const configText = await config.text();
+  assert.equal(config.status, 200, configText);
+  const other = await fetch(`${BASE}/config?mac=${booted}`, { headers: { authorization: `Bearer ${granted.body.access_token}` } });
+  assert.equal(other.status, 403, 'the token opened another machine\'s config');
+});
+
 step('an API token is shown once, works, and stops working when revoked', async () => {
   await page.goto(`${BASE}/ui/tokens`);
   const name = `ci-e2e-${crypto.randomBytes(2).toString('hex')}`;
