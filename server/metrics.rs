@@ -51,6 +51,8 @@ pub struct Metrics {
     pub talos_events: Family<KindLabel, Counter>,
     pub talos_events_dropped: Family<ReasonLabel, Counter>,
     pub push_connections_refused: Family<RefusedLabel, Counter>,
+    /// Login attempts by outcome: `right`/`wrong` were verified, the rest were refused unchecked.
+    pub login_attempts: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -95,6 +97,12 @@ impl Metrics {
     pub fn push_refused(&self, receiver: &'static str, reason: &'static str) {
         self.push_connections_refused
             .get_or_create(&RefusedLabel { receiver, reason })
+            .inc();
+    }
+
+    pub fn login_attempt(&self, result: &'static str) {
+        self.login_attempts
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 
@@ -165,6 +173,11 @@ impl Metrics {
             "push_connections_refused",
             "Connections to the event sink or kernel log receiver closed at once, by reason",
             self.push_connections_refused.clone(),
+        );
+        registry.register(
+            "login_attempts",
+            "Logins by outcome: right and wrong passwords were verified; limited, busy and bad_username were refused before any check",
+            self.login_attempts.clone(),
         );
         let mut out = String::new();
         // Writing into a String cannot fail.

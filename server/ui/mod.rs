@@ -302,58 +302,96 @@ async fn ui_login_post(
 ) -> Response {
     let now = state.recorder.now_ms();
     let ip = auth::client_ip(connect.as_ref().map(|Extension(c)| c));
-    let username = form.username.trim().to_string();
-    let page = |status: StatusCode, error: String| {
+    let username = form.username.trim();
+    let page = |status: StatusCode, username: &str, error: String| {
         let mut r = render(&LoginPage {
             next: safe_next(&form.next),
-            username: username.clone(),
+            username: username.to_string(),
             error: Some(error),
         });
         *r.status_mut() = status;
         r
     };
-    if let Some(wait) = state.login_limiter.wait(ip, &username, now) {
-        tracing::warn!(%ip, user = %username, "login refused: too many failed attempts");
-        let mut r = page(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("Too many failed attempts. Try again in {wait} s."),
-        );
+    let too_many = |wait: u64, error: String| {
+        let mut r = page(StatusCode::TOO_MANY_REQUESTS, username, error);
         if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        return r;
+        r
+    };
+    // Refused before any lookup or limiter key: no account has such a name.
+    if username.len() > auth::MAX_USERNAME_BYTES {
+        state.metrics.login_attempt("bad_username");
+        tracing::warn!(%ip, user = ?auth::bounded(username), bytes = username.len(), "login refused: username too long");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "",
+            format!(
+                "Usernames are at most {} bytes long.",
+                auth::MAX_USERNAME_BYTES
+            ),
+        );
     }
-    match auth::check_login(&state.db, &username, &form.password).await {
-        Ok(Some(user_id)) => match auth::start_session(&state.db, user_id, now).await {
-            Ok(id) => {
-                tracing::info!(%ip, user = %username, "operator logged in");
-                let cookie = auth::session_cookie(&id, state.config.ui.secure_cookies);
-                let mut r = Redirect::to(&safe_next(&form.next)).into_response();
-                if let Ok(v) = HeaderValue::from_str(&cookie) {
-                    r.headers_mut().insert(header::SET_COOKIE, v);
+    // The attempt is charged before the password is checked, so concurrent guesses cannot
+    // overtake the limit; a right password (or one never checked) gets it back.
+    if let Err(auth::LoginRefusal::Limited(wait)) = state.login_limiter.reserve(ip, username, now) {
+        state.metrics.login_attempt("limited");
+        tracing::warn!(%ip, user = ?username, "login refused: too many failed attempts");
+        return too_many(
+            wait,
+            format!("Too many failed attempts. Try again in {wait} s."),
+        );
+    }
+    let Some(slot) = state.login_limiter.verify_slot().await else {
+        state.login_limiter.refund(ip, username, now);
+        state.metrics.login_attempt("busy");
+        tracing::warn!(%ip, user = ?username, "login refused: too many logins being checked");
+        return too_many(
+            1,
+            "Too many logins are being checked right now. Try again in a moment.".into(),
+        );
+    };
+    let checked = auth::check_login(&state.db, username, &form.password).await;
+    drop(slot);
+    match checked {
+        Ok(Some(user_id)) => {
+            state.login_limiter.refund(ip, username, now);
+            state.metrics.login_attempt("right");
+            match auth::start_session(&state.db, user_id, now).await {
+                Ok(id) => {
+                    tracing::info!(%ip, user = ?username, "operator logged in");
+                    let cookie = auth::session_cookie(&id, state.config.ui.secure_cookies);
+                    let mut r = Redirect::to(&safe_next(&form.next)).into_response();
+                    if let Ok(v) = HeaderValue::from_str(&cookie) {
+                        r.headers_mut().insert(header::SET_COOKIE, v);
+                    }
+                    r
                 }
-                r
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a session");
+                    page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        username,
+                        "Cannot log in right now: the database did not answer.".into(),
+                    )
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start a session");
-                page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Cannot log in right now: the database did not answer.".into(),
-                )
-            }
-        },
+        }
         Ok(None) => {
-            state.login_limiter.failed(ip, &username, now);
-            tracing::warn!(%ip, user = %username, "failed login");
+            state.metrics.login_attempt("wrong");
+            tracing::warn!(%ip, user = ?username, "failed login");
             page(
                 StatusCode::UNAUTHORIZED,
+                username,
                 "Wrong username or password.".into(),
             )
         }
         Err(e) => {
+            state.login_limiter.refund(ip, username, now);
             tracing::error!(error = %e, "cannot check a login");
             page(
                 StatusCode::SERVICE_UNAVAILABLE,
+                username,
                 "Cannot log in right now: the database did not answer.".into(),
             )
         }
