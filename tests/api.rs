@@ -576,6 +576,48 @@ async fn an_oversized_username_is_refused_before_any_lookup() {
 }
 
 #[tokio::test]
+async fn after_login_only_local_paths_are_followed() {
+    let app = Appliance::start().await;
+    let client = no_redirects();
+    // Each `next` as a browser would send it in the login form (percent-encoded).
+    for (next, expected) in [
+        ("/ui/cluster", "/ui/cluster"),
+        ("/%09/evil.example", "/ui"),
+        ("/%0a/evil.example", "/ui"),
+        ("//evil.example", "/ui"),
+        ("/%5Cevil.example", "/ui"),
+        ("https://evil.example/", "/ui"),
+        ("javascript:alert(1)", "/ui"),
+    ] {
+        let body = format!("username=admin&password={ADMIN_PASSWORD}&next={next}");
+        let r = client
+            .post(app.url("/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_redirection(), "{next}: {}", r.status());
+        let location = r.headers()["location"].to_str().unwrap();
+        assert_eq!(location, expected, "next={next}");
+        // The login page does not carry it either.
+        let page = client
+            .get(app.url(&format!("/login?next={next}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains(&format!("value=\"{expected}\"")),
+            "next={next}: {page}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn api_tokens_work_until_revoked() {
     let api = Api::start().await;
     let (status, body) = api.call(Method::GET, "/machines", None).await;

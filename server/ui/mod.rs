@@ -249,11 +249,15 @@ pub fn when(at: Option<i64>) -> String {
     }
 }
 
-/// Where the login page may send an operator back to: only this appliance's own pages.
+/// Where the login page may send an operator back to: only a path on this appliance. Anything
+/// a browser could read as another host is refused: `//host` and `/\host` (a scheme-relative
+/// URL), control characters and spaces (browsers drop a tab or newline, so `/\t/host` becomes
+/// `//host`), backslashes anywhere, non-ASCII, and anything not starting with `/` (a scheme).
 fn safe_next(next: &str) -> String {
-    let ok = next.starts_with('/')
-        && !next.starts_with("//")
-        && !next.contains('\\')
+    let bytes = next.as_bytes();
+    let ok = bytes.first() == Some(&b'/')
+        && !matches!(bytes.get(1), Some(b'/' | b'\\'))
+        && bytes.iter().all(|b| b.is_ascii_graphic() && *b != b'\\')
         && !next.starts_with("/login")
         && next.len() < 512;
     if ok {
@@ -457,10 +461,19 @@ mod tests {
             safe_next("/ui/machines/52:54:00:00:00:01"),
             "/ui/machines/52:54:00:00:00:01"
         );
+        assert_eq!(safe_next("/ui/images?x=1"), "/ui/images?x=1");
         for evil in [
             "//evil.example/",
             "https://evil.example/",
             "/\\evil",
+            "/\\/evil",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /evil.example",
+            "/\u{7f}/evil.example",
+            "/ui/\\evil",
+            "/ü",
+            "javascript:alert(1)",
             "",
             "/login?next=/x",
         ] {
