@@ -443,19 +443,27 @@ pub async fn run(
         "bootplane serving"
     );
     let http_cancel = cancel.clone();
-    // Connections send asset chunks with sendfile (boot::zerocopy); `tap_io` only sets
-    // TCP_NODELAY, and gives the listener axum's peer-address connect info.
-    let listener =
-        crate::boot::zerocopy::ZeroCopyListener::new(listeners.http, state.open_assets.regions())
-            .tap_io(|io| io.set_nodelay());
-    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let http = axum::serve(listener, service).with_graceful_shutdown(async move {
-        tokio::select! {
-            _ = shutdown => {}
-            _ = http_cancel.cancelled() => {}
-        }
-    });
-    let result = http.await;
+    // Connections send asset chunks with sendfile (boot::zerocopy), within the connection caps
+    // and idle timeout; `tap_io` only sets TCP_NODELAY.
+    let listener = crate::boot::zerocopy::ZeroCopyListener::new(
+        listeners.http,
+        state.open_assets.regions(),
+        &config.http,
+        &metrics,
+    )
+    .tap_io(|io| io.set_nodelay());
+    let http = crate::serve::serve(
+        listener,
+        router(state),
+        config.http.header_timeout,
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = http_cancel.cancelled() => {}
+            }
+        },
+    );
+    http.await;
     tracing::info!("shutting down");
     cancel.cancel();
     if let Some(task) = dhcp_task {
@@ -485,5 +493,5 @@ pub async fn run(
     let _ = writer.await;
     db.close().await;
     tracing::info!("stopped");
-    result.map_err(Into::into)
+    Ok(())
 }

@@ -32,6 +32,16 @@ pub const DEFAULT_EVENTS_PORT: u16 = 4002;
 pub const DEFAULT_KERNEL_LOG_PORT: u16 = 4001;
 /// Kernel log lines kept per machine; older lines are trimmed.
 pub const DEFAULT_BOOT_LOG_LINES: u32 = 5000;
+/// HTTP connections open at once, in all (keep it below the process's file descriptor limit).
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 512;
+/// HTTP connections open at once from one client address.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// Seconds a client has to send a whole request head (also how long a kept-alive connection
+/// may wait for its next request).
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Seconds an HTTP connection may go without a byte read or written in the middle of a
+/// request (a stalled body, a response nobody reads).
+pub const DEFAULT_HTTP_IDLE_TIMEOUT_SECS: u64 = 60;
 /// The config file read from the data directory when `--config` is not given.
 pub const DATA_DIR_CONFIG: &str = "bootplane.toml";
 
@@ -199,6 +209,18 @@ pub struct ServeOptions {
     /// HTTP port for iPXE scripts, boot assets, configs, metrics [default: 8080]
     #[arg(long, env = "BOOTPLANE_HTTP_PORT")]
     pub http_port: Option<u16>,
+    /// HTTP connections open at once, in all; more are closed at once [default: 512]
+    #[arg(long, env = "BOOTPLANE_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// HTTP connections open at once from one client address; more are closed at once [default: 64]
+    #[arg(long, env = "BOOTPLANE_HTTP_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub http_max_connections_per_address: Option<usize>,
+    /// Seconds a client has to send a request head, and a kept-alive connection to start its next request [default: 10]
+    #[arg(long, env = "BOOTPLANE_HTTP_HEADER_TIMEOUT")]
+    pub http_header_timeout: Option<u64>,
+    /// Seconds an HTTP connection may go without a byte read or written mid-request [default: 60]
+    #[arg(long, env = "BOOTPLANE_HTTP_IDLE_TIMEOUT")]
+    pub http_idle_timeout: Option<u64>,
     /// TFTP port [default: 69]
     #[arg(long, env = "BOOTPLANE_TFTP_PORT")]
     pub tftp_port: Option<u16>,
@@ -349,6 +371,10 @@ impl ServeOptions {
             advertise_ip,
             http_bind,
             http_port,
+            http_max_connections,
+            http_max_connections_per_address,
+            http_header_timeout,
+            http_idle_timeout,
             tftp_port,
             tftp_block_limit,
             tftp_window_limit,
@@ -480,6 +506,26 @@ pub struct UiConfig {
     pub secure_cookies: bool,
 }
 
+/// Bounds of the HTTP listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub header_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
+            header_timeout: std::time::Duration::from_secs(DEFAULT_HTTP_HEADER_TIMEOUT_SECS),
+            idle_timeout: std::time::Duration::from_secs(DEFAULT_HTTP_IDLE_TIMEOUT_SECS),
+        }
+    }
+}
+
 /// The validated configuration `serve` runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -488,6 +534,7 @@ pub struct Config {
     pub sources: AssetSources,
     pub interface: InterfaceInfo,
     pub http_bind: SocketAddr,
+    pub http: HttpLimits,
     pub tftp_port: u16,
     pub dhcp: DhcpConfig,
     pub boot: BootConfig,
@@ -596,6 +643,34 @@ impl Config {
             return Err(invalid("--tftp-window-limit must be at least 1".into()));
         }
         let http_port = o.http_port.unwrap_or(DEFAULT_HTTP_PORT);
+        let http = HttpLimits {
+            max_connections: o
+                .http_max_connections
+                .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS),
+            max_connections_per_address: o
+                .http_max_connections_per_address
+                .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS),
+            header_timeout: std::time::Duration::from_secs(
+                o.http_header_timeout
+                    .unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT_SECS),
+            ),
+            idle_timeout: std::time::Duration::from_secs(
+                o.http_idle_timeout
+                    .unwrap_or(DEFAULT_HTTP_IDLE_TIMEOUT_SECS),
+            ),
+        };
+        if http.max_connections_per_address == 0
+            || http.max_connections_per_address > http.max_connections
+        {
+            return Err(invalid(
+                "--http-max-connections-per-address must be 1 to --http-max-connections".into(),
+            ));
+        }
+        if http.header_timeout.is_zero() || http.idle_timeout.is_zero() {
+            return Err(invalid(
+                "--http-header-timeout and --http-idle-timeout must be at least 1 second".into(),
+            ));
+        }
         let boot_log_lines = o.boot_log_lines.unwrap_or(DEFAULT_BOOT_LOG_LINES);
         if boot_log_lines == 0 {
             return Err(invalid("--boot-log-lines must be at least 1".into()));
@@ -643,6 +718,7 @@ impl Config {
                 o.http_bind.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
                 http_port,
             ),
+            http,
             tftp_port: o.tftp_port.unwrap_or(DEFAULT_TFTP_PORT),
             dhcp: DhcpConfig {
                 mode,

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub push_connections_refused: Family<RefusedLabel, Counter>,
     /// Login attempts by outcome: `right`/`wrong` were verified, the rest were refused unchecked.
     pub login_attempts: Family<ResultLabel, Counter>,
+    /// HTTP connections open now.
+    pub http_connections: Gauge,
+    /// HTTP connections closed at once because a cap was reached, by cap.
+    pub http_connections_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -178,6 +182,16 @@ impl Metrics {
             "login_attempts",
             "Logins by outcome: right and wrong passwords were verified; limited, busy and bad_username were refused before any check",
             self.login_attempts.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "HTTP connections open now",
+            self.http_connections.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because a cap was reached (total or per_address)",
+            self.http_connections_refused.clone(),
         );
         let mut out = String::new();
         // Writing into a String cannot fail.
