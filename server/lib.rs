@@ -24,4 +24,5 @@ pub mod ra;
 pub mod serve;
 pub mod talos;
 pub mod tftp;
+pub mod tls;
 pub mod ui;

@@ -618,6 +618,51 @@ async fn after_login_only_local_paths_are_followed() {
 }
 
 #[tokio::test]
+async fn login_over_https_with_the_generated_certificate_sets_a_secure_cookie() {
+    let app = Appliance::start().await;
+    let https = app.https.expect("the harness serves https");
+    // The certificate bootplane made on its first start, trusted as the only root.
+    let pem = std::fs::read(app.data.path().join("tls/cert.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", https.port());
+    let r = client
+        .post(url("/login"))
+        .form(&[("username", "admin"), ("password", ADMIN_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+    let cookie = session_cookie(&r).unwrap();
+    let r = client
+        .get(url("/ui"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Boot routes stay on plain HTTP.
+    let r = client.get(url("/boot.ipxe")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The same login over plain HTTP gets no Secure cookie (the browser would not send it back).
+    let r = no_redirects()
+        .post(app.url("/login"))
+        .form(&[("username", "admin"), ("password", ADMIN_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn api_tokens_work_until_revoked() {
     let api = Api::start().await;
     let (status, body) = api.call(Method::GET, "/machines", None).await;

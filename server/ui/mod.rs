@@ -302,6 +302,7 @@ struct LoginForm {
 async fn ui_login_post(
     State(state): State<AppState>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    over_tls: Option<Extension<crate::serve::OverTls>>,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let now = state.recorder.now_ms();
@@ -364,7 +365,10 @@ async fn ui_login_post(
             match auth::start_session(&state.db, user_id, now).await {
                 Ok(id) => {
                     tracing::info!(%ip, user = ?username, "operator logged in");
-                    let cookie = auth::session_cookie(&id, state.config.ui.secure_cookies);
+                    // Secure when this request came over HTTPS, or through a proxy that
+                    // terminates it (`--secure-cookies`).
+                    let secure = state.config.ui.secure_cookies || over_tls.is_some();
+                    let cookie = auth::session_cookie(&id, secure);
                     let mut r = Redirect::to(&safe_next(&form.next)).into_response();
                     if let Ok(v) = HeaderValue::from_str(&cookie) {
                         r.headers_mut().insert(header::SET_COOKIE, v);
