@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
@@ -57,6 +58,8 @@ impl AppState {
 #[derive(Debug)]
 pub struct Listeners {
     pub http: TcpListener,
+    /// HTTPS for the web UI and the API, unless turned off.
+    pub https: Option<TcpListener>,
     pub tftp: UdpSocket,
     pub dhcp: Option<DhcpSockets>,
     /// Raw ICMPv6 socket for router advertisements, when enabled and permitted.
@@ -170,8 +173,24 @@ pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
         config.boot.kernel_log_port,
     )
     .await?;
+    let https = match &config.https {
+        Some(https) => {
+            Some(
+                TcpListener::bind(https.bind)
+                    .await
+                    .map_err(|source| BindError::Receiver {
+                        what: "HTTPS listener (--https-port)",
+                        addr: https.bind,
+                        hint: hint(&source),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     Ok(Listeners {
         http,
+        https,
         tftp,
         dhcp,
         ra,
@@ -183,6 +202,22 @@ pub async fn bind(config: &Config) -> Result<Listeners, BindError> {
 /// The whole HTTP surface. What booting machines reach (boot scripts, assets, their own
 /// config), `/healthz` and `/metrics` are public; every UI page and API route needs an operator.
 pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::boot::router())
+        .route("/metrics", get(metrics_get))
+        .merge(operator_routes(&state))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// What the HTTPS listener serves: the web UI and the API (and `/healthz`), no boot routes.
+pub fn https_router(state: AppState) -> Router {
+    operator_routes(&state)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn operator_routes(state: &AppState) -> Router<AppState> {
     use crate::auth::{require_operator, Surface};
     let ui = crate::ui::router().route_layer(axum::middleware::from_fn_with_state(
         (state.clone(), Surface::Ui),
@@ -194,15 +229,11 @@ pub fn router(state: AppState) -> Router {
         require_operator,
     ));
     Router::new()
-        .merge(crate::boot::router())
         .route("/healthz", get(health_get))
-        .route("/metrics", get(metrics_get))
         .merge(crate::ui::public_router())
         .merge(ui)
         .nest("/api/v1", api)
         .merge(crate::api::public_router())
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 async fn health_get() -> &'static str {
@@ -342,6 +373,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // The operator's HTTPS certificate, or the one made on first start.
+    let https = match (listeners.https, &config.https) {
+        (Some(listener), Some(https)) => Some((
+            listener,
+            crate::tls::server_config(&https.cert).context("cannot set up https")?,
+        )),
+        _ => None,
+    };
     // Before anything is served: every recorded boot asset is hashed again, and one that does
     // not match its record is out of service.
     let images = crate::images::Images::new(config.boot.images_dir.clone(), db.clone());
@@ -445,20 +484,53 @@ pub async fn run(
         dhcp_mode = %config.dhcp.mode,
         "bootplane serving"
     );
-    let http_cancel = cancel.clone();
-    // Connections send asset chunks with sendfile (boot::zerocopy); `tap_io` only sets
-    // TCP_NODELAY, and gives the listener axum's peer-address connect info.
-    let listener =
-        crate::boot::zerocopy::ZeroCopyListener::new(listeners.http, state.open_assets.regions())
-            .tap_io(|io| io.set_nodelay());
-    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let http = axum::serve(listener, service).with_graceful_shutdown(async move {
-        tokio::select! {
-            _ = shutdown => {}
-            _ = http_cancel.cancelled() => {}
+    let stop = cancel.child_token();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
         }
     });
-    let result = http.await;
+    // Connections send asset chunks with sendfile (boot::zerocopy), within the connection caps
+    // and idle timeout; `tap_io` only sets TCP_NODELAY.
+    let listener = crate::boot::zerocopy::ZeroCopyListener::new(
+        listeners.http,
+        state.open_assets.regions(),
+        &config.http,
+        &metrics,
+    )
+    .tap_io(|io| io.set_nodelay());
+    let https = https.map(|(listener, tls)| {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving the web UI and API over https");
+        // Its own caps, as large as the HTTP listener's; nothing recorded is sent from here.
+        let listener = crate::boot::zerocopy::ZeroCopyListener::new(
+            listener,
+            crate::boot::zerocopy::Regions::default(),
+            &config.http,
+            &metrics,
+        )
+        .tap_io(|io| io.set_nodelay());
+        crate::serve::serve_tls(
+            listener,
+            https_router(state.clone()),
+            config.http.header_timeout,
+            tls,
+            stop.clone().cancelled_owned(),
+        )
+    });
+    let http = crate::serve::serve(
+        listener,
+        router(state),
+        config.http.header_timeout,
+        stop.clone().cancelled_owned(),
+    );
+    match https {
+        Some(https) => {
+            tokio::join!(http, https);
+        }
+        None => http.await,
+    }
     tracing::info!("shutting down");
     cancel.cancel();
     if let Some(task) = dhcp_task {
@@ -488,5 +560,5 @@ pub async fn run(
     let _ = writer.await;
     db.close().await;
     tracing::info!("stopped");
-    result.map_err(Into::into)
+    Ok(())
 }

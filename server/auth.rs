@@ -388,50 +388,190 @@ pub async fn require_operator(
     next.run(request).await
 }
 
-/// Failed logins allowed per client address and per username before waiting.
-const LOGIN_BURST: f64 = 5.0;
-/// One more attempt is allowed every this many seconds.
+/// Usernames longer than this (in bytes) are refused before any lookup, and logged truncated.
+pub const MAX_USERNAME_BYTES: usize = 64;
+/// Failed logins allowed per client address (whatever the usernames) before waiting.
+const ADDRESS_BURST: f64 = 10.0;
+/// Failed logins allowed per username from one client address before waiting.
+const USER_BURST: f64 = 5.0;
+/// One more attempt is allowed every this many seconds, in each bucket.
 const LOGIN_REFILL_SECS: f64 = 30.0;
-/// Buckets kept at most; full buckets are forgotten first.
-const LOGIN_MAX_BUCKETS: usize = 10_000;
+/// Buckets kept at most; refilled buckets are forgotten first, then the least recently used.
+pub const LOGIN_MAX_BUCKETS: usize = 10_000;
+/// Refilled buckets are swept out at least this often.
+const LOGIN_SWEEP_MS: i64 = 60_000;
+/// Password verifications running at once: Argon2id takes 19 MiB and a core for each.
+pub const MAX_CONCURRENT_VERIFICATIONS: usize = 2;
+/// How long a login waits for a verification slot before it is answered 429.
+const VERIFY_QUEUE_WAIT: Duration = Duration::from_secs(5);
 
-/// Token buckets of failed logins, by client address and by username.
-#[derive(Clone, Debug, Default)]
+/// What a login bucket counts: one client address, or one username from one client address.
+/// Failures never lock a username out for other addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum LimitKey {
+    Address(IpAddr),
+    User(IpAddr, String),
+}
+
+impl LimitKey {
+    fn burst(&self) -> f64 {
+        match self {
+            LimitKey::Address(_) => ADDRESS_BURST,
+            LimitKey::User(..) => USER_BURST,
+        }
+    }
+}
+
+/// Attempts left (fractional while refilling) as of `at` (ms).
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: i64,
+}
+
+impl Bucket {
+    fn level(&self, burst: f64, now: i64) -> f64 {
+        let refilled = now.saturating_sub(self.at).max(0) as f64 / 1000.0 / LOGIN_REFILL_SECS;
+        (self.tokens + refilled).min(burst)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    map: HashMap<LimitKey, Bucket>,
+    swept_at: i64,
+}
+
+impl Buckets {
+    fn level(&self, key: &LimitKey, now: i64) -> f64 {
+        self.map
+            .get(key)
+            .map_or(key.burst(), |b| b.level(key.burst(), now))
+    }
+
+    /// Forgets refilled buckets (they hold nothing a new one would not); when still full, the
+    /// least recently charged tenth.
+    fn sweep(&mut self, now: i64) {
+        self.swept_at = now;
+        self.map.retain(|k, b| b.level(k.burst(), now) < k.burst());
+        if self.map.len() > LOGIN_MAX_BUCKETS - LOGIN_MAX_BUCKETS / 10 {
+            let mut ages: Vec<i64> = self.map.values().map(|b| b.at).collect();
+            let cut = ages.len() / 10;
+            ages.select_nth_unstable(cut);
+            let oldest = ages[cut];
+            self.map.retain(|_, b| b.at > oldest);
+        }
+    }
+}
+
+/// Why a login was not checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginRefusal {
+    /// Too many failures from this address (or for this username from it): wait this many seconds.
+    Limited(u64),
+}
+
+/// The login throttle: token buckets of attempts by client address and by (username, client
+/// address), charged before the password is checked and given back when it was right; and the
+/// few slots in which passwords are verified.
+#[derive(Clone, Debug)]
 pub struct LoginLimiter {
-    buckets: Arc<Mutex<HashMap<String, (f64, i64)>>>,
+    buckets: Arc<Mutex<Buckets>>,
+    verifying: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for LoginLimiter {
+    fn default() -> LoginLimiter {
+        LoginLimiter {
+            buckets: Arc::default(),
+            verifying: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFICATIONS)),
+        }
+    }
+}
+
+fn limit_keys(ip: IpAddr, username: &str) -> [LimitKey; 2] {
+    [
+        LimitKey::Address(ip),
+        LimitKey::User(ip, bounded(username).to_string()),
+    ]
+}
+
+/// `text` cut to at most `MAX_USERNAME_BYTES`, on a character boundary.
+pub fn bounded(text: &str) -> &str {
+    let mut end = text.len().min(MAX_USERNAME_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 impl LoginLimiter {
-    fn level(&self, key: &str, now: i64) -> f64 {
-        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        buckets.get(key).map_or(LOGIN_BURST, |(tokens, at)| {
-            (tokens + (now - at) as f64 / 1000.0 / LOGIN_REFILL_SECS).min(LOGIN_BURST)
-        })
-    }
-
-    /// Seconds to wait before another attempt from `ip` for `username`, or `None` if allowed.
-    pub fn wait(&self, ip: IpAddr, username: &str, now: i64) -> Option<u64> {
-        let keys = [format!("ip:{ip}"), format!("user:{username}")];
-        let lowest = keys
-            .iter()
-            .map(|k| self.level(k, now))
-            .fold(LOGIN_BURST, f64::min);
-        (lowest < 1.0).then(|| ((1.0 - lowest) * LOGIN_REFILL_SECS).ceil().max(1.0) as u64)
-    }
-
-    /// Counts a failed attempt.
-    pub fn failed(&self, ip: IpAddr, username: &str, now: i64) {
-        let keys = [format!("ip:{ip}"), format!("user:{username}")];
-        let levels: Vec<f64> = keys.iter().map(|k| self.level(k, now)).collect();
+    /// Charges one attempt from `ip` for `username`, before the password is checked; or says
+    /// how many seconds to wait, charging nothing. Concurrent attempts each take their own
+    /// charge, so no more than the burst are ever checked.
+    pub fn reserve(&self, ip: IpAddr, username: &str, now: i64) -> Result<(), LoginRefusal> {
+        let keys = limit_keys(ip, username);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= LOGIN_MAX_BUCKETS {
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + (now - *at) as f64 / 1000.0 / LOGIN_REFILL_SECS < LOGIN_BURST
-            });
+        if buckets.map.len() + keys.len() > LOGIN_MAX_BUCKETS
+            || now.saturating_sub(buckets.swept_at) >= LOGIN_SWEEP_MS
+        {
+            buckets.sweep(now);
+        }
+        let levels = keys.clone().map(|k| buckets.level(&k, now));
+        let lowest = levels.iter().copied().fold(f64::INFINITY, f64::min);
+        if lowest < 1.0 {
+            let wait = ((1.0 - lowest) * LOGIN_REFILL_SECS).ceil().max(1.0) as u64;
+            return Err(LoginRefusal::Limited(wait));
         }
         for (key, level) in keys.into_iter().zip(levels) {
-            buckets.insert(key, ((level - 1.0).max(0.0), now));
+            buckets.map.insert(
+                key,
+                Bucket {
+                    tokens: level - 1.0,
+                    at: now,
+                },
+            );
         }
+        Ok(())
+    }
+
+    /// Gives back the attempt `reserve` charged: the password was right, or it was never checked.
+    pub fn refund(&self, ip: IpAddr, username: &str, now: i64) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        for key in limit_keys(ip, username) {
+            let burst = key.burst();
+            if let Some(bucket) = buckets.map.get_mut(&key) {
+                *bucket = Bucket {
+                    tokens: (bucket.level(burst, now) + 1.0).min(burst),
+                    at: now,
+                };
+            }
+        }
+    }
+
+    /// A slot to verify one password in, waiting a little for one to free up; `None` when all
+    /// stayed busy (the caller answers 429).
+    pub async fn verify_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.verify_slot_within(VERIFY_QUEUE_WAIT).await
+    }
+
+    async fn verify_slot_within(
+        &self,
+        wait: Duration,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slot = Arc::clone(&self.verifying).acquire_owned();
+        tokio::time::timeout(wait, slot)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// Buckets held now (tests and diagnostics).
+    pub fn buckets(&self) -> usize {
+        self.buckets
+            .lock()
+            .map(|b| b.map.len())
+            .unwrap_or_else(|e| e.into_inner().map.len())
     }
 }
 
@@ -447,21 +587,72 @@ mod tests {
     use super::*;
 
     #[test]
-    fn five_failures_then_wait_and_refill() {
+    fn five_attempts_per_user_and_address_then_wait_and_refill() {
         let limiter = LoginLimiter::default();
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         let now = 1_000_000;
         for _ in 0..5 {
-            assert_eq!(limiter.wait(ip, "admin", now), None);
-            limiter.failed(ip, "admin", now);
+            assert_eq!(limiter.reserve(ip, "admin", now), Ok(()));
         }
-        let wait = limiter.wait(ip, "admin", now).unwrap();
+        let Err(LoginRefusal::Limited(wait)) = limiter.reserve(ip, "admin", now) else {
+            panic!("a sixth attempt was allowed");
+        };
         assert!((29..=30).contains(&wait), "{wait}");
-        // Another address guessing the same account is limited too.
+        // Another address is not limited by this one's failures.
         let other: IpAddr = "192.0.2.8".parse().unwrap();
-        assert!(limiter.wait(other, "admin", now).is_some());
+        assert_eq!(limiter.reserve(other, "admin", now), Ok(()));
         // One attempt comes back after the refill interval.
-        assert_eq!(limiter.wait(ip, "admin", now + 30_000), None);
+        assert_eq!(limiter.reserve(ip, "admin", now + 30_000), Ok(()));
+    }
+
+    #[test]
+    fn a_right_password_gives_its_attempt_back() {
+        let limiter = LoginLimiter::default();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..20 {
+            assert_eq!(limiter.reserve(ip, "admin", 0), Ok(()));
+            limiter.refund(ip, "admin", 0);
+        }
+    }
+
+    #[test]
+    fn an_address_trying_many_usernames_is_limited_too() {
+        let limiter = LoginLimiter::default();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for i in 0..10 {
+            assert_eq!(limiter.reserve(ip, &format!("user{i}"), 0), Ok(()));
+        }
+        assert!(limiter.reserve(ip, "admin", 0).is_err());
+    }
+
+    #[test]
+    fn the_bucket_map_stays_bounded() {
+        let limiter = LoginLimiter::default();
+        for i in 0..(LOGIN_MAX_BUCKETS as u32 * 2) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = limiter.reserve(ip, "admin", i64::from(i));
+            assert!(limiter.buckets() <= LOGIN_MAX_BUCKETS, "{i}");
+        }
+        // Refilled buckets expire at the next sweep.
+        let later = 10 * 3600 * 1000;
+        let _ = limiter.reserve("192.0.2.1".parse().unwrap(), "admin", later);
+        assert_eq!(limiter.buckets(), 2);
+        // Keys keep at most the bounded username.
+        assert_eq!(bounded(&"é".repeat(100)).len(), MAX_USERNAME_BYTES);
+    }
+
+    #[tokio::test]
+    async fn only_a_few_passwords_are_verified_at_once() {
+        let limiter = LoginLimiter::default();
+        let held: Vec<_> = futures::future::join_all(
+            (0..MAX_CONCURRENT_VERIFICATIONS).map(|_| limiter.verify_slot()),
+        )
+        .await;
+        assert!(held.iter().all(Option::is_some));
+        let wait = Duration::from_millis(50);
+        assert!(limiter.verify_slot_within(wait).await.is_none());
+        drop(held);
+        assert!(limiter.verify_slot_within(wait).await.is_some());
     }
 
     #[test]

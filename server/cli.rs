@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the appliance: DHCP, TFTP and HTTP boot services
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage the machine inventory
     #[command(subcommand)]
     Machines(MachinesCommand),

@@ -14,6 +14,7 @@ use crate::net::{self, InterfaceInfo};
 
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
+pub const DEFAULT_HTTPS_PORT: u16 = 8443;
 pub const DEFAULT_TFTP_PORT: u16 = 69;
 pub const DEFAULT_DHCP_PORT: u16 = 67;
 pub const DEFAULT_PXE_PORT: u16 = 4011;
@@ -32,6 +33,16 @@ pub const DEFAULT_EVENTS_PORT: u16 = 4002;
 pub const DEFAULT_KERNEL_LOG_PORT: u16 = 4001;
 /// Kernel log lines kept per machine; older lines are trimmed.
 pub const DEFAULT_BOOT_LOG_LINES: u32 = 5000;
+/// HTTP connections open at once, in all (keep it below the process's file descriptor limit).
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 512;
+/// HTTP connections open at once from one client address.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// Seconds a client has to send a whole request head (also how long a kept-alive connection
+/// may wait for its next request).
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Seconds an HTTP connection may go without a byte read or written in the middle of a
+/// request (a stalled body, a response nobody reads).
+pub const DEFAULT_HTTP_IDLE_TIMEOUT_SECS: u64 = 60;
 /// The config file read from the data directory when `--config` is not given.
 pub const DATA_DIR_CONFIG: &str = "bootplane.toml";
 
@@ -203,6 +214,27 @@ pub struct ServeOptions {
     /// HTTP port for iPXE scripts, boot assets, configs, metrics [default: 8080]
     #[arg(long, env = "BOOTPLANE_HTTP_PORT")]
     pub http_port: Option<u16>,
+    /// HTTPS port for the web UI and the API (boot routes stay on HTTP), or off [default: 8443]
+    #[arg(long, env = "BOOTPLANE_HTTPS_PORT")]
+    pub https_port: Option<PortSetting>,
+    /// PEM certificate chain for HTTPS (with --tls-key) [default: a self-signed one generated on first start in <data-dir>/tls/]
+    #[arg(long, env = "BOOTPLANE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "BOOTPLANE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// HTTP connections open at once, in all; more are closed at once [default: 512]
+    #[arg(long, env = "BOOTPLANE_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// HTTP connections open at once from one client address; more are closed at once [default: 64]
+    #[arg(long, env = "BOOTPLANE_HTTP_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub http_max_connections_per_address: Option<usize>,
+    /// Seconds a client has to send a request head, and a kept-alive connection to start its next request [default: 10]
+    #[arg(long, env = "BOOTPLANE_HTTP_HEADER_TIMEOUT")]
+    pub http_header_timeout: Option<u64>,
+    /// Seconds an HTTP connection may go without a byte read or written mid-request [default: 60]
+    #[arg(long, env = "BOOTPLANE_HTTP_IDLE_TIMEOUT")]
+    pub http_idle_timeout: Option<u64>,
     /// TFTP port [default: 69]
     #[arg(long, env = "BOOTPLANE_TFTP_PORT")]
     pub tftp_port: Option<u16>,
@@ -356,6 +388,13 @@ impl ServeOptions {
             advertise_ip,
             http_bind,
             http_port,
+            https_port,
+            tls_cert,
+            tls_key,
+            http_max_connections,
+            http_max_connections_per_address,
+            http_header_timeout,
+            http_idle_timeout,
             tftp_port,
             tftp_block_limit,
             tftp_window_limit,
@@ -488,6 +527,46 @@ pub struct UiConfig {
     pub secure_cookies: bool,
 }
 
+/// Where the HTTPS certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsCert {
+    /// The operator's PEM files: the certificate chain and its private key.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Made on first start in `dir` (`<data-dir>/tls/`), for these addresses and names.
+    Generated {
+        dir: PathBuf,
+        ips: Vec<IpAddr>,
+        names: Vec<String>,
+    },
+}
+
+/// The HTTPS listener for the web UI and the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpsConfig {
+    pub bind: SocketAddr,
+    pub cert: TlsCert,
+}
+
+/// Bounds of the HTTP listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub header_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS,
+            header_timeout: std::time::Duration::from_secs(DEFAULT_HTTP_HEADER_TIMEOUT_SECS),
+            idle_timeout: std::time::Duration::from_secs(DEFAULT_HTTP_IDLE_TIMEOUT_SECS),
+        }
+    }
+}
+
 /// The validated configuration `serve` runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -496,6 +575,9 @@ pub struct Config {
     pub sources: AssetSources,
     pub interface: InterfaceInfo,
     pub http_bind: SocketAddr,
+    pub http: HttpLimits,
+    /// `None` with `--https-port off`.
+    pub https: Option<HttpsConfig>,
     pub tftp_port: u16,
     pub dhcp: DhcpConfig,
     pub boot: BootConfig,
@@ -604,6 +686,85 @@ impl Config {
             return Err(invalid("--tftp-window-limit must be at least 1".into()));
         }
         let http_port = o.http_port.unwrap_or(DEFAULT_HTTP_PORT);
+        let http = HttpLimits {
+            max_connections: o
+                .http_max_connections
+                .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS),
+            max_connections_per_address: o
+                .http_max_connections_per_address
+                .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS),
+            header_timeout: std::time::Duration::from_secs(
+                o.http_header_timeout
+                    .unwrap_or(DEFAULT_HTTP_HEADER_TIMEOUT_SECS),
+            ),
+            idle_timeout: std::time::Duration::from_secs(
+                o.http_idle_timeout
+                    .unwrap_or(DEFAULT_HTTP_IDLE_TIMEOUT_SECS),
+            ),
+        };
+        if http.max_connections_per_address == 0
+            || http.max_connections_per_address > http.max_connections
+        {
+            return Err(invalid(
+                "--http-max-connections-per-address must be 1 to --http-max-connections".into(),
+            ));
+        }
+        if http.header_timeout.is_zero() || http.idle_timeout.is_zero() {
+            return Err(invalid(
+                "--http-header-timeout and --http-idle-timeout must be at least 1 second".into(),
+            ));
+        }
+        let data_dir = o
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let bind_ip = o.http_bind.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let https = match o
+            .https_port
+            .unwrap_or(PortSetting::Port(DEFAULT_HTTPS_PORT))
+            .port()
+        {
+            None => None,
+            Some(port) => {
+                let cert = match (o.tls_cert.clone(), o.tls_key.clone()) {
+                    (Some(cert), Some(key)) => TlsCert::Files { cert, key },
+                    (None, None) => {
+                        let mut ips = std::collections::BTreeSet::from([
+                            IpAddr::V4(advertise_ip),
+                            IpAddr::V4(interface.cidr.addr),
+                            IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        ]);
+                        if !bind_ip.is_unspecified() {
+                            ips.insert(bind_ip);
+                        }
+                        let mut names = vec!["bootplane".to_string(), "localhost".to_string()];
+                        if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+                            let host = host.trim();
+                            if !host.is_empty() && !names.iter().any(|n| n == host) {
+                                names.push(host.to_string());
+                            }
+                        }
+                        TlsCert::Generated {
+                            dir: data_dir.join(crate::tls::GENERATED_DIR),
+                            ips: ips.into_iter().collect(),
+                            names,
+                        }
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "--tls-cert and --tls-key go together (give both, or neither for a generated certificate)".into(),
+                        ))
+                    }
+                };
+                if port == http_port {
+                    return Err(invalid("--https-port must differ from --http-port".into()));
+                }
+                Some(HttpsConfig {
+                    bind: SocketAddr::new(bind_ip, port),
+                    cert,
+                })
+            }
+        };
         let boot_log_lines = o.boot_log_lines.unwrap_or(DEFAULT_BOOT_LOG_LINES);
         if boot_log_lines == 0 {
             return Err(invalid("--boot-log-lines must be at least 1".into()));
@@ -644,13 +805,10 @@ impl Config {
                 admin_password: o.admin_password.clone(),
                 secure_cookies: o.secure_cookies.unwrap_or(false),
             },
-            data_dir: o
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            http_bind: SocketAddr::new(
-                o.http_bind.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                http_port,
-            ),
+            data_dir,
+            http_bind: SocketAddr::new(bind_ip, http_port),
+            http,
+            https,
             tftp_port: o.tftp_port.unwrap_or(DEFAULT_TFTP_PORT),
             dhcp: DhcpConfig {
                 mode,

@@ -21,6 +21,8 @@ pub mod ops;
 pub mod orchestrator;
 pub mod oui;
 pub mod ra;
+pub mod serve;
 pub mod talos;
 pub mod tftp;
+pub mod tls;
 pub mod ui;

@@ -63,7 +63,7 @@ async fn serve(args: bootplane::cli::ServeArgs) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Machines(cmd) => {
             let clock = clock::SystemClock;
             bootplane::cli::machines(cmd, &clock, &mut std::io::stdout().lock())

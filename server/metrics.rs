@@ -51,6 +51,12 @@ pub struct Metrics {
     pub talos_events: Family<KindLabel, Counter>,
     pub talos_events_dropped: Family<ReasonLabel, Counter>,
     pub push_connections_refused: Family<RefusedLabel, Counter>,
+    /// Login attempts by outcome: `right`/`wrong` were verified, the rest were refused unchecked.
+    pub login_attempts: Family<ResultLabel, Counter>,
+    /// HTTP connections open now.
+    pub http_connections: Gauge,
+    /// HTTP connections closed at once because a cap was reached, by cap.
+    pub http_connections_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -95,6 +101,12 @@ impl Metrics {
     pub fn push_refused(&self, receiver: &'static str, reason: &'static str) {
         self.push_connections_refused
             .get_or_create(&RefusedLabel { receiver, reason })
+            .inc();
+    }
+
+    pub fn login_attempt(&self, result: &'static str) {
+        self.login_attempts
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 
@@ -165,6 +177,21 @@ impl Metrics {
             "push_connections_refused",
             "Connections to the event sink or kernel log receiver closed at once, by reason",
             self.push_connections_refused.clone(),
+        );
+        registry.register(
+            "login_attempts",
+            "Logins by outcome: right and wrong passwords were verified; limited, busy and bad_username were refused before any check",
+            self.login_attempts.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "HTTP connections open now",
+            self.http_connections.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because a cap was reached (total or per_address)",
+            self.http_connections_refused.clone(),
         );
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -429,7 +429,8 @@ async fn a_wrong_password_creates_no_session_and_repeated_failures_are_limited()
     let r = login("admin", ADMIN_PASSWORD).await.unwrap();
     assert!(r.status().is_redirection());
     assert!(session_cookie(&r).is_some());
-    // Five failures from one address, then the limiter answers 429, even to the right password.
+    // Five failures for a username from one address, then the limiter answers 429 to that
+    // address, even for the right password.
     let mut statuses = Vec::new();
     for _ in 0..6 {
         statuses.push(login("admin", "guess").await.unwrap().status());
@@ -443,6 +444,221 @@ async fn a_wrong_password_creates_no_session_and_repeated_failures_are_limited()
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(session_cookie(&r), None);
+    app.stop().await;
+}
+
+/// `bootplane_login_attempts_total{result="<result>"}` as `/metrics` shows it now.
+async fn login_attempts(app: &Appliance, result: &str) -> u64 {
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("bootplane_login_attempts_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// A client whose connections come from `source` (any 127.0.0.0/8 address is loopback).
+fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_wrong_logins_beyond_the_limit_are_refused_without_checking_the_password() {
+    let app = Appliance::start().await;
+    let client = no_redirects();
+    let guesses = (0..30).map(|i| {
+        client
+            .post(app.url("/login"))
+            .form(&[("username", "admin"), ("password", &format!("guess {i}"))])
+            .send()
+    });
+    let statuses: Vec<StatusCode> = futures::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status())
+        .collect();
+    let wrong = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(wrong + refused, 30, "{statuses:?}");
+    assert!(
+        (1..=5).contains(&wrong),
+        "{wrong} guesses were checked: {statuses:?}"
+    );
+    // What the appliance counted: no more than the limit reached Argon2.
+    let verified = login_attempts(&app, "wrong").await + login_attempts(&app, "right").await;
+    assert_eq!(verified, wrong as u64);
+    assert_eq!(
+        login_attempts(&app, "limited").await + login_attempts(&app, "busy").await,
+        refused as u64
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_locked_out_does_not_lock_out_the_right_password_from_another() {
+    let app = Appliance::start().await;
+    let attacker = client_from("127.0.0.1");
+    let operator = client_from("127.0.0.2");
+    let login = |client: &reqwest::Client, password: &str| {
+        client
+            .post(app.url("/login"))
+            .form(&[("username", "admin"), ("password", password)])
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(login(&attacker, "guess").await.unwrap().status());
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let r = login(&attacker, ADMIN_PASSWORD).await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the locked-out address"
+    );
+    let r = login(&operator, ADMIN_PASSWORD).await.unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    assert!(session_cookie(&r).is_some());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_username_is_refused_before_any_lookup() {
+    let app = Appliance::start().await;
+    let client = no_redirects();
+    let huge = "a".repeat(512 * 1024);
+    let r = client
+        .post(app.url("/login"))
+        .form(&[("username", huge.as_str()), ("password", "whatever")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("at most 64 bytes"), "{body}");
+    assert!(body.len() < 64 * 1024, "the name was echoed back");
+    assert_eq!(login_attempts(&app, "bad_username").await, 1);
+    assert_eq!(
+        login_attempts(&app, "wrong").await,
+        0,
+        "a password was checked"
+    );
+    // 64 bytes is still a username (a wrong one).
+    let r = client
+        .post(app.url("/login"))
+        .form(&[
+            ("username", "b".repeat(64).as_str()),
+            ("password", "whatever"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn after_login_only_local_paths_are_followed() {
+    let app = Appliance::start().await;
+    let client = no_redirects();
+    // Each `next` as a browser would send it in the login form (percent-encoded).
+    for (next, expected) in [
+        ("/ui/cluster", "/ui/cluster"),
+        ("/%09/evil.example", "/ui"),
+        ("/%0a/evil.example", "/ui"),
+        ("//evil.example", "/ui"),
+        ("/%5Cevil.example", "/ui"),
+        ("https://evil.example/", "/ui"),
+        ("javascript:alert(1)", "/ui"),
+    ] {
+        let body = format!("username=admin&password={ADMIN_PASSWORD}&next={next}");
+        let r = client
+            .post(app.url("/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_redirection(), "{next}: {}", r.status());
+        let location = r.headers()["location"].to_str().unwrap();
+        assert_eq!(location, expected, "next={next}");
+        // The login page does not carry it either.
+        let page = client
+            .get(app.url(&format!("/login?next={next}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains(&format!("value=\"{expected}\"")),
+            "next={next}: {page}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn login_over_https_with_the_generated_certificate_sets_a_secure_cookie() {
+    let app = Appliance::start().await;
+    let https = app.https.expect("the harness serves https");
+    // The certificate bootplane made on its first start, trusted as the only root.
+    let pem = std::fs::read(app.data.path().join("tls/cert.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", https.port());
+    let r = client
+        .post(url("/login"))
+        .form(&[("username", "admin"), ("password", ADMIN_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+    let cookie = session_cookie(&r).unwrap();
+    let r = client
+        .get(url("/ui"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Boot routes stay on plain HTTP.
+    let r = client.get(url("/boot.ipxe")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // The same login over plain HTTP gets no Secure cookie (the browser would not send it back).
+    let r = no_redirects()
+        .post(app.url("/login"))
+        .form(&[("username", "admin"), ("password", ADMIN_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
     app.stop().await;
 }
 

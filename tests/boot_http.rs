@@ -346,3 +346,134 @@ async fn config_is_refused_to_a_requester_that_is_not_the_machine() {
     );
     app.stop().await;
 }
+
+/// A TCP connection to the appliance's HTTP port from `source` (any 127.0.0.0/8 address).
+async fn connect_from(app: &Appliance, source: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(app.http).await.unwrap()
+}
+
+/// Reads until the server closes the connection; how long that took, or `None` if it was
+/// still open after `limit` (an assertion deadline, not a wait for something to happen).
+async fn closed_within(
+    stream: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| start.elapsed())
+}
+
+/// `GET /healthz` on a fresh connection from `source`: the status line.
+async fn healthz_from(app: &Appliance, source: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = connect_from(app, source).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn half_open_connections_are_capped_per_address_and_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    const PER_ADDRESS: usize = 8;
+    let app = Appliance::start_with(|o| {
+        o.http_max_connections_per_address = Some(PER_ADDRESS);
+        o.http_header_timeout = Some(1);
+    })
+    .await;
+    let long = std::time::Duration::from_secs(10);
+    // A slow-loris from 127.0.0.3: many connections, each with half a request head.
+    let mut held = Vec::new();
+    for _ in 0..PER_ADDRESS * 3 {
+        let mut stream = connect_from(&app, "127.0.0.3").await;
+        let _ = stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+            .await;
+        held.push(stream);
+    }
+    // The ones over the cap were closed at once (before any timeout could have).
+    let mut closed_at_once = 0;
+    for stream in &mut held[PER_ADDRESS..] {
+        let took = closed_within(stream, long)
+            .await
+            .expect("over-cap connection kept open");
+        assert!(took < std::time::Duration::from_millis(900), "{took:?}");
+        closed_at_once += 1;
+    }
+    assert_eq!(closed_at_once, PER_ADDRESS * 2);
+    // Meanwhile the appliance answers everyone else.
+    assert_eq!(healthz_from(&app, "127.0.0.1").await, "HTTP/1.1 200 OK");
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "bootplane_http_connections_refused_total{reason=\"per_address\"}"
+        ),
+        (PER_ADDRESS * 2) as u64
+    );
+    // The half-open ones within the cap are closed once their head is overdue.
+    for stream in &mut held[..PER_ADDRESS] {
+        let took = closed_within(stream, long)
+            .await
+            .expect("a half-sent request head kept its connection open");
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    }
+    // Their places are free again.
+    assert_eq!(healthz_from(&app, "127.0.0.3").await, "HTTP/1.1 200 OK");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Appliance::start_with(|o| o.http_header_timeout = Some(1)).await;
+    let mut stream = connect_from(&app, "127.0.0.1").await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+    let started = std::time::Instant::now();
+    let took = closed_within(&mut stream, std::time::Duration::from_secs(10))
+        .await
+        .expect("an idle kept-alive connection stayed open");
+    assert!(
+        took >= std::time::Duration::from_millis(500),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+}

@@ -202,6 +202,9 @@ fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_do
             "off",
             "--kernel-log-port",
             "off",
+            // A fixed default port would collide with other appliances on this host.
+            "--https-port",
+            "off",
         ])
         .args(["--images-dir", data.path().join("images").to_str().unwrap()])
         .args(["--config-access", "oauth"])

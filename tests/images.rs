@@ -473,6 +473,7 @@ async fn start_on(
         talos_version: Some(VERSION.into()),
         events_port: Some(PortSetting::Off),
         kernel_log_port: Some(PortSetting::Off),
+        https_port: Some(PortSetting::Off),
         admin_password: Some(bootplane::config::Secret("test-admin-password".into())),
         ..Default::default()
     };
@@ -485,6 +486,7 @@ async fn start_on(
     let config = Config::resolve(options, iface).unwrap();
     let listeners = Listeners {
         http,
+        https: None,
         tftp,
         dhcp: None,
         ra: None,
@@ -1144,6 +1146,8 @@ async fn start_reports_missing_ipxe_binaries_per_arch_and_missing_assets_in_use(
             "--events-port",
             "off",
             "--kernel-log-port",
+            "off",
+            "--https-port",
             "off",
         ])
         .env("BOOTPLANE_ADMIN_PASSWORD", "correct-horse-battery")

@@ -753,6 +753,7 @@ impl Serve {
             .args(["--config-access", "any", "--talos-version", VERSION])
             // Fixed default ports would collide with other appliances on this host.
             .args(["--events-port", "off", "--kernel-log-port", "off"])
+            .args(["--https-port", "off"])
             .arg("--ipxe-dir")
             .arg(dirs.join("ipxe"))
             .arg("--images-dir")

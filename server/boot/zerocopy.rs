@@ -8,13 +8,18 @@
 //! sends a recorded one from the file (the page cache) instead of from memory. Anything else
 //! (headers, scripts, the iPXE binaries in memory, HTTP/2 frames) is written as it is.
 //!
+//! The listener also bounds what clients can hold: connections in all and per client address
+//! (one over a cap is closed at once and counted), and each connection is closed when nothing
+//! was read or written for the idle timeout while the server waits on it.
+//!
 //! Correctness never rests on the lookup: a map holds exactly the bytes of the file range it
 //! names, so a chunk that reaches the socket some other way (copied into a buffer first) still
 //! sends the right bytes, only with one more copy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -23,8 +28,14 @@ use std::time::Duration;
 
 use nix::sys::socket::MsgFlags;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::HttpLimits;
+use crate::metrics::ReasonLabel;
 
 /// Most bytes one `sendfile` call is asked for; a socket takes less when its buffer is full.
 const MAX_SENDFILE: usize = 4 << 20;
@@ -94,15 +105,108 @@ impl Regions {
     }
 }
 
-/// The HTTP listener: accepts TCP connections as [`ZeroCopyStream`]s.
+/// Open connections, in all and per client address, with the caps they are held to.
+#[derive(Clone, Debug)]
+pub struct ConnectionCaps {
+    counts: Arc<Mutex<Counts>>,
+    max: usize,
+    max_per_address: usize,
+    open: Gauge,
+    refused: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+impl ConnectionCaps {
+    pub fn new(
+        max: usize,
+        max_per_address: usize,
+        open: Gauge,
+        refused: Family<ReasonLabel, Counter>,
+    ) -> ConnectionCaps {
+        ConnectionCaps {
+            counts: Arc::default(),
+            max,
+            max_per_address,
+            open,
+            refused,
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` (counted) when a cap is reached.
+    fn admit(&self, ip: IpAddr) -> Option<ConnectionSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = if counts.total >= self.max {
+            "total"
+        } else if counts.per_address.get(&ip).copied().unwrap_or(0) >= self.max_per_address {
+            "per_address"
+        } else {
+            counts.total += 1;
+            *counts.per_address.entry(ip).or_insert(0) += 1;
+            self.open.inc();
+            return Some(ConnectionSlot {
+                caps: self.clone(),
+                ip,
+            });
+        };
+        drop(counts);
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+        None
+    }
+}
+
+/// One admitted connection; its place is given back when it is dropped.
+#[derive(Debug)]
+struct ConnectionSlot {
+    caps: ConnectionCaps,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = self.caps.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_address.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.per_address.remove(&self.ip);
+            }
+        }
+        self.caps.open.dec();
+    }
+}
+
+/// The HTTP listener: accepts TCP connections as [`ZeroCopyStream`]s, within the caps.
 pub struct ZeroCopyListener {
     listener: TcpListener,
     regions: Regions,
+    caps: ConnectionCaps,
+    idle_timeout: Duration,
 }
 
 impl ZeroCopyListener {
-    pub fn new(listener: TcpListener, regions: Regions) -> ZeroCopyListener {
-        ZeroCopyListener { listener, regions }
+    pub fn new(
+        listener: TcpListener,
+        regions: Regions,
+        limits: &HttpLimits,
+        metrics: &crate::metrics::Metrics,
+    ) -> ZeroCopyListener {
+        let caps = ConnectionCaps::new(
+            limits.max_connections,
+            limits.max_connections_per_address,
+            metrics.http_connections.clone(),
+            metrics.http_connections_refused.clone(),
+        );
+        ZeroCopyListener {
+            listener,
+            regions,
+            caps,
+            idle_timeout: limits.idle_timeout,
+        }
     }
 }
 
@@ -114,9 +218,16 @@ impl axum::serve::Listener for ZeroCopyListener {
         loop {
             match self.listener.accept().await {
                 Ok((stream, addr)) => {
+                    // Over a cap: dropped here, which closes it before anything is read.
+                    let Some(slot) = self.caps.admit(addr.ip()) else {
+                        tracing::debug!(peer = %addr, "http connection over the cap closed");
+                        continue;
+                    };
                     let stream = ZeroCopyStream {
                         inner: stream,
                         regions: self.regions.clone(),
+                        idle: Some(Idle::new(self.idle_timeout)),
+                        _slot: Some(slot),
                     };
                     return (stream, addr);
                 }
@@ -136,6 +247,67 @@ impl axum::serve::Listener for ZeroCopyListener {
     }
 }
 
+/// The idle timer of a connection: it fires when nothing was read or written for `timeout`
+/// while the server waited on the socket. Progress only stamps the time; the timer is moved
+/// when it fires early.
+#[derive(Debug)]
+struct Idle {
+    timeout: Duration,
+    last: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Idle {
+    fn new(timeout: Duration) -> Idle {
+        let now = Instant::now();
+        Idle {
+            timeout,
+            last: now,
+            timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+        }
+    }
+
+    fn progressed(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// Ready with an error once the connection has been idle for the timeout.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            let deadline = self.last + self.timeout;
+            if deadline <= Instant::now() {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "http connection idle too long",
+                ));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// `result` of an I/O poll, with the idle timer stamped on progress and checked while pending.
+fn watch<T>(
+    idle: &mut Option<Idle>,
+    cx: &mut Context<'_>,
+    result: Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    let Some(idle) = idle else {
+        return result;
+    };
+    match result {
+        Poll::Ready(r) => {
+            idle.progressed();
+            Poll::Ready(r)
+        }
+        Poll::Pending => match idle.poll_expired(cx) {
+            Poll::Ready(e) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        },
+    }
+}
+
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -149,6 +321,9 @@ fn is_connection_error(e: &io::Error) -> bool {
 pub struct ZeroCopyStream {
     inner: TcpStream,
     regions: Regions,
+    /// `None` in unit tests that build a stream by hand.
+    idle: Option<Idle>,
+    _slot: Option<ConnectionSlot>,
 }
 
 impl ZeroCopyStream {
@@ -182,7 +357,9 @@ impl AsyncRead for ZeroCopyStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        watch(&mut this.idle, cx, result)
     }
 }
 
@@ -195,11 +372,36 @@ impl AsyncWrite for ZeroCopyStream {
         self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
 
+    /// Writes some of `bufs` ([`ZeroCopyStream::write_some`]), watching the idle timer.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = self.as_mut().write_some(cx, bufs);
+        let this = &mut *self;
+        watch(&mut this.idle, cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl ZeroCopyStream {
     /// Writes the leading slices that are plain memory (with `MSG_MORE` when a recorded region
     /// follows, so headers and the first file bytes leave in one segment), or, when the first
     /// slice is a recorded region, sends it from its file. Either way a short count is normal:
     /// hyper calls again with the rest.
-    fn poll_write_vectored(
+    fn write_some(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
@@ -247,18 +449,6 @@ impl AsyncWrite for ZeroCopyStream {
                 })
             }
         }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -310,7 +500,12 @@ mod tests {
             got
         });
         let (inner, _) = listener.accept().await.unwrap();
-        let mut stream = ZeroCopyStream { inner, regions };
+        let mut stream = ZeroCopyStream {
+            inner,
+            regions,
+            idle: None,
+            _slot: None,
+        };
         let mut bufs = [IoSlice::new(b"head:"), IoSlice::new(&stand_in)];
         let mut slices = &mut bufs[..];
         while !slices.is_empty() {

@@ -253,11 +253,15 @@ pub fn when(at: Option<i64>) -> String {
     }
 }
 
-/// Where the login page may send an operator back to: only this appliance's own pages.
+/// Where the login page may send an operator back to: only a path on this appliance. Anything
+/// a browser could read as another host is refused: `//host` and `/\host` (a scheme-relative
+/// URL), control characters and spaces (browsers drop a tab or newline, so `/\t/host` becomes
+/// `//host`), backslashes anywhere, non-ASCII, and anything not starting with `/` (a scheme).
 fn safe_next(next: &str) -> String {
-    let ok = next.starts_with('/')
-        && !next.starts_with("//")
-        && !next.contains('\\')
+    let bytes = next.as_bytes();
+    let ok = bytes.first() == Some(&b'/')
+        && !matches!(bytes.get(1), Some(b'/' | b'\\'))
+        && bytes.iter().all(|b| b.is_ascii_graphic() && *b != b'\\')
         && !next.starts_with("/login")
         && next.len() < 512;
     if ok {
@@ -302,62 +306,104 @@ struct LoginForm {
 async fn ui_login_post(
     State(state): State<AppState>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    over_tls: Option<Extension<crate::serve::OverTls>>,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let now = state.recorder.now_ms();
     let ip = auth::client_ip(connect.as_ref().map(|Extension(c)| c));
-    let username = form.username.trim().to_string();
-    let page = |status: StatusCode, error: String| {
+    let username = form.username.trim();
+    let page = |status: StatusCode, username: &str, error: String| {
         let mut r = render(&LoginPage {
             next: safe_next(&form.next),
-            username: username.clone(),
+            username: username.to_string(),
             error: Some(error),
         });
         *r.status_mut() = status;
         r
     };
-    if let Some(wait) = state.login_limiter.wait(ip, &username, now) {
-        tracing::warn!(%ip, user = %username, "login refused: too many failed attempts");
-        let mut r = page(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("Too many failed attempts. Try again in {wait} s."),
-        );
+    let too_many = |wait: u64, error: String| {
+        let mut r = page(StatusCode::TOO_MANY_REQUESTS, username, error);
         if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        return r;
+        r
+    };
+    // Refused before any lookup or limiter key: no account has such a name.
+    if username.len() > auth::MAX_USERNAME_BYTES {
+        state.metrics.login_attempt("bad_username");
+        tracing::warn!(%ip, user = ?auth::bounded(username), bytes = username.len(), "login refused: username too long");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "",
+            format!(
+                "Usernames are at most {} bytes long.",
+                auth::MAX_USERNAME_BYTES
+            ),
+        );
     }
-    match auth::check_login(&state.db, &username, &form.password).await {
-        Ok(Some(user_id)) => match auth::start_session(&state.db, user_id, now).await {
-            Ok(id) => {
-                tracing::info!(%ip, user = %username, "operator logged in");
-                let cookie = auth::session_cookie(&id, state.config.ui.secure_cookies);
-                let mut r = Redirect::to(&safe_next(&form.next)).into_response();
-                if let Ok(v) = HeaderValue::from_str(&cookie) {
-                    r.headers_mut().insert(header::SET_COOKIE, v);
+    // The attempt is charged before the password is checked, so concurrent guesses cannot
+    // overtake the limit; a right password (or one never checked) gets it back.
+    if let Err(auth::LoginRefusal::Limited(wait)) = state.login_limiter.reserve(ip, username, now) {
+        state.metrics.login_attempt("limited");
+        tracing::warn!(%ip, user = ?username, "login refused: too many failed attempts");
+        return too_many(
+            wait,
+            format!("Too many failed attempts. Try again in {wait} s."),
+        );
+    }
+    let Some(slot) = state.login_limiter.verify_slot().await else {
+        state.login_limiter.refund(ip, username, now);
+        state.metrics.login_attempt("busy");
+        tracing::warn!(%ip, user = ?username, "login refused: too many logins being checked");
+        return too_many(
+            1,
+            "Too many logins are being checked right now. Try again in a moment.".into(),
+        );
+    };
+    let checked = auth::check_login(&state.db, username, &form.password).await;
+    drop(slot);
+    match checked {
+        Ok(Some(user_id)) => {
+            state.login_limiter.refund(ip, username, now);
+            state.metrics.login_attempt("right");
+            match auth::start_session(&state.db, user_id, now).await {
+                Ok(id) => {
+                    tracing::info!(%ip, user = ?username, "operator logged in");
+                    // Secure when this request came over HTTPS, or through a proxy that
+                    // terminates it (`--secure-cookies`).
+                    let secure = state.config.ui.secure_cookies || over_tls.is_some();
+                    let cookie = auth::session_cookie(&id, secure);
+                    let mut r = Redirect::to(&safe_next(&form.next)).into_response();
+                    if let Ok(v) = HeaderValue::from_str(&cookie) {
+                        r.headers_mut().insert(header::SET_COOKIE, v);
+                    }
+                    r
                 }
-                r
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a session");
+                    page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        username,
+                        "Cannot log in right now: the database did not answer.".into(),
+                    )
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start a session");
-                page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Cannot log in right now: the database did not answer.".into(),
-                )
-            }
-        },
+        }
         Ok(None) => {
-            state.login_limiter.failed(ip, &username, now);
-            tracing::warn!(%ip, user = %username, "failed login");
+            state.metrics.login_attempt("wrong");
+            tracing::warn!(%ip, user = ?username, "failed login");
             page(
                 StatusCode::UNAUTHORIZED,
+                username,
                 "Wrong username or password.".into(),
             )
         }
         Err(e) => {
+            state.login_limiter.refund(ip, username, now);
             tracing::error!(error = %e, "cannot check a login");
             page(
                 StatusCode::SERVICE_UNAVAILABLE,
+                username,
                 "Cannot log in right now: the database did not answer.".into(),
             )
         }
@@ -423,10 +469,19 @@ mod tests {
             safe_next("/ui/machines/52:54:00:00:00:01"),
             "/ui/machines/52:54:00:00:00:01"
         );
+        assert_eq!(safe_next("/ui/images?x=1"), "/ui/images?x=1");
         for evil in [
             "//evil.example/",
             "https://evil.example/",
             "/\\evil",
+            "/\\/evil",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /evil.example",
+            "/\u{7f}/evil.example",
+            "/ui/\\evil",
+            "/ü",
+            "javascript:alert(1)",
             "",
             "/login?next=/x",
         ] {

@@ -20,6 +20,8 @@ pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
 pub struct Appliance {
     pub http: SocketAddr,
+    /// The HTTPS listener (UI and API), unless a test turned it off.
+    pub https: Option<SocketAddr>,
     pub tftp: SocketAddr,
     /// Talos's event sink and the kernel log receiver, on ephemeral ports unless a test
     /// turned them off.
@@ -66,6 +68,7 @@ impl Appliance {
         let tftp = UdpSocket::bind("127.0.0.1:0").unwrap();
         let events = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let kmsg = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_addr = http.local_addr().unwrap();
         let tftp_addr = tftp.local_addr().unwrap();
         let mut options = ServeOptions {
@@ -81,6 +84,7 @@ impl Appliance {
             config_access: Some(bootplane::config::ConfigAccess::Any),
             events_port: Some(PortSetting::Port(events.local_addr().unwrap().port())),
             kernel_log_port: Some(PortSetting::Port(kmsg.local_addr().unwrap().port())),
+            https_port: Some(PortSetting::Port(https.local_addr().unwrap().port())),
             admin_password: Some(bootplane::config::Secret(ADMIN_PASSWORD.into())),
             ..Default::default()
         };
@@ -92,6 +96,8 @@ impl Appliance {
         };
         let events = keep(events, options.events_port);
         let kmsg = keep(kmsg, options.kernel_log_port);
+        let https = keep(https, options.https_port);
+        let https_addr = https.as_ref().map(|h| h.1);
         let (events_addr, kmsg_addr) = (events.as_ref().map(|e| e.1), kmsg.as_ref().map(|k| k.1));
         let iface = InterfaceInfo {
             name: "lo".into(),
@@ -111,10 +117,16 @@ impl Appliance {
         let pxe_addr = dhcp
             .as_ref()
             .and_then(|d| d.pxe.as_ref().map(|p| p.local_addr().unwrap()));
+        // The HTTPS certificate is made here, the way `run` makes it on a first start, so a
+        // test can read it at once; `run` then reuses it.
+        if let Some(https) = &config.https {
+            bootplane::tls::server_config(&https.cert).unwrap();
+        }
         let db = Db::open(data.path()).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = Listeners {
             http,
+            https: https.map(|h| h.0),
             tftp,
             dhcp,
             ra: None,
@@ -132,6 +144,7 @@ impl Appliance {
         ));
         Appliance {
             http: http_addr,
+            https: https_addr,
             tftp: tftp_addr,
             events: events_addr,
             kmsg: kmsg_addr,

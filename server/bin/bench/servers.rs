@@ -211,6 +211,9 @@ impl Appliance {
             .args(["--advertise-ip", &SERVER_IP.to_string()])
             .args(["--http-bind", &SERVER_IP.to_string()])
             .args(["--http-port", &HTTP_PORT.to_string()])
+            // Every simulated machine shares the client namespace's one address: the
+            // per-address cap (64 by default) would refuse a 200-machine storm.
+            .args(["--http-max-connections-per-address", "512"])
             .args(["--tftp-port", "69"])
             // Not measured here.
             .args(["--events-port", "off", "--kernel-log-port", "off"])
