@@ -899,3 +899,116 @@ pub async fn installed_machine_netbooted(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_000_000;
+
+    async fn installed(db: &Db) -> Machine {
+        let mut m = Machine::discovered("52:54:00:00:00:01".parse().unwrap());
+        m.role = Role::Controlplane;
+        m.installed = true;
+        m.hostname = Some("cp1".into());
+        db.add_machine(&m, T0).await.unwrap();
+        m
+    }
+
+    fn handle(confirm_secs: u64) -> Handle {
+        let mut handle = Handle::detached();
+        handle.settings = Arc::new(Settings {
+            wipe_confirm: Duration::from_secs(confirm_secs),
+            ..Settings::default()
+        });
+        handle
+    }
+
+    #[tokio::test]
+    async fn a_network_boot_alone_never_reinstalls() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let m = installed(&db).await;
+        let h = handle(30);
+        // First: the disk hand-off, remembered.
+        assert!(
+            !installed_machine_netbooted(&db, &h, &m, Requester::Itself, T0)
+                .await
+                .unwrap()
+        );
+        let m = db.get_machine(m.mac).await.unwrap().unwrap();
+        assert_eq!(m.handoff_at, Some(T0));
+        // Again and again inside the window, with no failed probe: to the disk each time, and
+        // the first hand-off's time is kept.
+        for n in 1..5 {
+            let again = installed_machine_netbooted(&db, &h, &m, Requester::Unknown, T0 + n)
+                .await
+                .unwrap();
+            assert!(!again);
+        }
+        let m = db.get_machine(m.mac).await.unwrap().unwrap();
+        assert!(m.installed && m.handoff_at == Some(T0), "{m:?}");
+        // Failures, but not for long enough: still the disk.
+        for n in 0..5 {
+            h.silences.failed(m.mac, T0, T0 + 1_000 * n);
+        }
+        assert!(
+            !installed_machine_netbooted(&db, &h, &m, Requester::Itself, T0 + 5_000)
+                .await
+                .unwrap()
+        );
+        // Failures for a different (older) hand-off do not count for this one.
+        let h2 = handle(1);
+        h2.silences.failed(m.mac, T0 - 50_000, T0 - 40_000);
+        h2.silences.failed(m.mac, T0 - 50_000, T0 - 30_000);
+        h2.silences.failed(m.mac, T0 - 50_000, T0 - 20_000);
+        assert!(
+            !installed_machine_netbooted(&db, &h2, &m, Requester::Itself, T0 + 5_000)
+                .await
+                .unwrap()
+        );
+        assert!(db.get_machine(m.mac).await.unwrap().unwrap().installed);
+    }
+
+    #[tokio::test]
+    async fn sustained_silence_since_the_handoff_reinstalls_and_an_answer_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let m = installed(&db).await;
+        let h = handle(30);
+        assert!(
+            !installed_machine_netbooted(&db, &h, &m, Requester::Itself, T0)
+                .await
+                .unwrap()
+        );
+        let m = db.get_machine(m.mac).await.unwrap().unwrap();
+        for n in 1..=31 {
+            h.silences.failed(m.mac, T0, T0 + 1_000 * n);
+        }
+        // A request whose address is another MAC's changes nothing, whatever the silence.
+        let stranger: Mac = "52:54:00:00:00:66".parse().unwrap();
+        assert!(
+            !installed_machine_netbooted(&db, &h, &m, Requester::Other(stranger), T0 + 32_000)
+                .await
+                .unwrap()
+        );
+        assert!(db.get_machine(m.mac).await.unwrap().unwrap().installed);
+        // An answer in between ends the silence.
+        h.silences.answered(m.mac);
+        assert!(
+            !installed_machine_netbooted(&db, &h, &m, Requester::Itself, T0 + 32_000)
+                .await
+                .unwrap()
+        );
+        for n in 1..=31 {
+            h.silences.failed(m.mac, T0, T0 + 1_000 * n);
+        }
+        assert!(
+            installed_machine_netbooted(&db, &h, &m, Requester::Itself, T0 + 32_000)
+                .await
+                .unwrap()
+        );
+        let m = db.get_machine(m.mac).await.unwrap().unwrap();
+        assert!(!m.installed, "{m:?}");
+    }
+}

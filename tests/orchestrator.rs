@@ -1654,7 +1654,8 @@ async fn random_unauthenticated_requests_never_touch_a_healthy_cluster() {
             }
             2 => {
                 let mut rrq = vec![0, 1];
-                rrq.extend_from_slice(b"ipxe.efi\0octet\0timeout\0255\0");
+                rrq.extend_from_slice(b"ipxe.efi\0octet\0timeout\0");
+                rrq.extend_from_slice(b"255\0");
                 tftp_sock.send_to(&rrq, tftp).await.unwrap();
             }
             3 => {
