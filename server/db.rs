@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 
 use crate::model::{
     BootstrapRecord, Cluster, DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, Lifecycle, Mac,
@@ -99,6 +99,22 @@ impl Db {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A connection must come back out of every transaction. When the disk fills, SQLite
+            // rolls a transaction back itself and sqlx's own ROLLBACK then fails, so sqlx still
+            // counts the connection as inside one and refuses every later `BEGIN` on it (the
+            // pool would keep it for ever). Such a connection is closed (SQLite rolls back
+            // whatever is open) and the pool opens a fresh one when it needs it.
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    // Ordered after the rollback a dropped transaction queued on this connection.
+                    conn.ping().await?;
+                    let clean = !conn.is_in_transaction();
+                    if !clean {
+                        tracing::warn!("closing a database connection left inside a transaction");
+                    }
+                    Ok(clean)
+                })
+            })
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -1497,5 +1513,134 @@ mod tests {
             state_after_edit(Lifecycle::Ready, &m),
             Lifecycle::Discovered
         );
+    }
+
+    /// A small tmpfs mounted over a fresh directory; unmounted on drop, so a failing test
+    /// leaves no mount behind.
+    struct SmallFs(tempfile::TempDir);
+
+    impl SmallFs {
+        fn mount(size: &str) -> SmallFs {
+            let dir = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+                .arg("tmpfs")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "BOOTPLANE_E2E=1 needs root (mount -t tmpfs)"
+            );
+            SmallFs(dir)
+        }
+
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// Writes a file until the filesystem refuses with ENOSPC.
+    fn fill(file: &Path) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(file).unwrap();
+        let chunk = vec![0xa5u8; 64 * 1024];
+        loop {
+            if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "{e}");
+                return;
+            }
+        }
+    }
+
+    /// One disk-full episode used to leave a pooled connection inside a transaction (SQLite
+    /// rolled it back itself, sqlx's ROLLBACK then failed), and every later write on it failed
+    /// with "attempted to call begin_with at non-zero transaction depth" until a restart.
+    #[tokio::test]
+    async fn writes_succeed_again_once_a_full_disk_has_space() {
+        if std::env::var("BOOTPLANE_E2E").as_deref() != Ok("1") {
+            println!("skipped: set BOOTPLANE_E2E=1 (mounts a small tmpfs, so root)");
+            return;
+        }
+        let fs = SmallFs::mount("12m");
+        let data = fs.path().join("data");
+        let db = Db::open(&data).await.unwrap();
+        let seen = |m: Mac, at: i64, detail: String| Observation {
+            mac: m,
+            at,
+            kind: EventKind::ProxyOffer,
+            detail,
+            arch: Some(7),
+            smbios_uuid: None,
+            serial: None,
+        };
+        let before = mac("52:54:00:00:00:01");
+        db.record(&[seen(before, 1, "before".into())])
+            .await
+            .unwrap();
+        let user = db.put_user("admin", "$argon2id$test", 1).await.unwrap();
+
+        let filler = fs.path().join("filler");
+        fill(&filler);
+        // Far more than any WAL space left over from earlier writes: this write must fail.
+        let lost = mac("52:54:00:00:00:02");
+        let big: Vec<Observation> = (0..64)
+            .map(|i| seen(lost, 10 + i, "x".repeat(64 * 1024)))
+            .collect();
+        let err = db.record(&big).await.unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        // More failures while the disk is full, through every pooled connection.
+        for i in 0..8 {
+            assert!(
+                db.record(&big[..8]).await.is_err(),
+                "write {i} on a full disk"
+            );
+        }
+
+        std::fs::remove_file(&filler).unwrap();
+        // Every connection of the pool is used again; none may still think it is inside a
+        // transaction.
+        let after = mac("52:54:00:00:00:03");
+        for i in 0..16 {
+            db.record(&[seen(after, 100 + i, format!("after {i}"))])
+                .await
+                .unwrap();
+        }
+        let batches: Vec<[Observation; 1]> = (0..8)
+            .map(|i| [seen(after, 200 + i, "concurrent".into())])
+            .collect();
+        let writes = batches.iter().map(|batch| db.record(batch));
+        for result in futures::future::join_all(writes).await {
+            result.unwrap();
+        }
+        let digest = "d".repeat(64);
+        db.create_session(&digest, user, "csrf", 300, 400)
+            .await
+            .unwrap();
+        assert_eq!(
+            db.session(&digest, 301).await.unwrap().unwrap().user_id,
+            user
+        );
+
+        // Nothing stored before the episode was lost, nothing of the failed writes was kept.
+        let kinds: Vec<_> = db.events(before, 10).await.unwrap();
+        assert_eq!(kinds.len(), 2, "{kinds:?}");
+        assert_eq!(kinds[1].detail, "before");
+        assert!(db.get_machine(lost).await.unwrap().is_none());
+        assert_eq!(db.events(after, 100).await.unwrap().len(), 1 + 16 + 8);
+        db.close().await;
+        let db = Db::open(&data).await.unwrap();
+        assert_eq!(db.list_machines().await.unwrap().len(), 2);
+        assert!(db.user_by_name("admin").await.unwrap().is_some());
+        db.close().await;
     }
 }
