@@ -21,6 +21,17 @@ pub use auth::{SessionRow, TokenRow, UserRow};
 
 pub const DB_FILE: &str = "bootplane.db";
 
+/// How many never-assigned discovered machines are kept (the newest seen); older ones are
+/// pruned with their events. Anyone on the LAN can invent MACs, so this bounds what strangers
+/// can make bootplane store and load into its inventory.
+pub const DISCOVERED_CAP: i64 = 1000;
+
+/// Machines nobody ever claimed: unassigned, still `discovered`, and never written by an
+/// operator (every operator write logs a `changed` event). Only these are pruned by the cap.
+const UNCLAIMED: &str = "SELECT m.mac FROM machines m
+    WHERE m.role = 'unassigned' AND m.state = 'discovered'
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.mac = m.mac AND e.kind = 'changed')";
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot create data directory {path}: {source}")]
@@ -143,6 +154,15 @@ impl Db {
 
     pub async fn list_machines(&self) -> Result<Vec<Machine>, DbError> {
         let rows = sqlx::query(MACHINE_SELECT_ORDERED)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(machine_from_row).collect()
+    }
+
+    /// Machines with a role (the orchestrator's work list): never the discovered ones, so its
+    /// work per tick does not grow with what strangers on the LAN announce.
+    pub async fn list_assigned_machines(&self) -> Result<Vec<Machine>, DbError> {
+        let rows = sqlx::query(MACHINE_SELECT_ASSIGNED)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(machine_from_row).collect()
@@ -276,7 +296,13 @@ impl Db {
 
     /// Applies a batch of observations in one transaction: unknown MACs become discovered
     /// machines, known ones get their last-seen facts refreshed, every observation is logged.
+    /// Beyond [`DISCOVERED_CAP`] unclaimed machines, the ones seen longest ago go, with their
+    /// events.
     pub async fn record(&self, batch: &[Observation]) -> Result<(), DbError> {
+        self.record_capped(batch, DISCOVERED_CAP).await
+    }
+
+    async fn record_capped(&self, batch: &[Observation], cap: i64) -> Result<(), DbError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -286,6 +312,7 @@ impl Db {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
+        let mut discovered = false;
         for obs in batch {
             let mac = obs.mac.to_string();
             let inserted = sqlx::query(
@@ -299,6 +326,7 @@ impl Db {
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 1 {
+                discovered = true;
                 insert_event(&mut tx, obs.mac, obs.at, EventKind::Discovered, "").await?;
             }
             sqlx::query(
@@ -319,6 +347,9 @@ impl Db {
             .execute(&mut *tx)
             .await?;
             insert_event(&mut tx, obs.mac, obs.at, obs.kind, &obs.detail).await?;
+        }
+        if discovered {
+            prune_unclaimed(&mut tx, cap).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -883,6 +914,32 @@ const MACHINE_SELECT_ORDERED: &str = "SELECT m.mac, c.name AS cluster, m.role, m
     FROM machines m JOIN clusters c ON c.id = m.cluster_id
     ORDER BY m.role = 'unassigned', m.hostname, m.mac";
 
+const MACHINE_SELECT_ASSIGNED: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
+    m.prefix, m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed,
+    m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state,
+    m.state_since, m.handoff_at, m.talos_version
+    FROM machines m JOIN clusters c ON c.id = m.cluster_id
+    WHERE m.role != 'unassigned'
+    ORDER BY m.hostname, m.mac";
+
+/// Keeps the `cap` unclaimed machines seen most recently; the rest go, their events with them.
+async fn prune_unclaimed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    cap: i64,
+) -> Result<(), DbError> {
+    let doomed = format!(
+        "{UNCLAIMED} ORDER BY m.last_seen DESC, m.first_seen DESC, m.mac LIMIT -1 OFFSET ?"
+    );
+    // The same machines each time: deleting their events removes no `changed` event.
+    for table in ["events", "boot_log", "machines"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE mac IN ({doomed})"))
+            .bind(cap)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 fn parse_col<T: FromStr>(text: &str, what: &str) -> Result<T, DbError>
 where
     T::Err: std::fmt::Display,
@@ -1300,6 +1357,89 @@ mod tests {
                 EventKind::ProxyOffer
             ]
         );
+    }
+
+    fn seen_at(m: Mac, at: i64) -> Observation {
+        Observation {
+            mac: m,
+            at,
+            kind: EventKind::ProxyOffer,
+            detail: String::new(),
+            arch: Some(7),
+            smbios_uuid: None,
+            serial: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn unclaimed_machines_beyond_the_cap_go_oldest_seen_first_with_their_events() {
+        let (_dir, db) = fresh().await;
+        // Claimed: assigned, or written by an operator while unassigned. Never pruned.
+        let worker = assigned("52:54:00:00:01:01", "w-1", "10.0.0.21/24");
+        db.add_machine(&worker, 1).await.unwrap();
+        let kept = Machine::discovered(mac("52:54:00:00:01:02"));
+        db.add_machine(&kept, 1).await.unwrap();
+        let strangers: Vec<Mac> = (1..=5)
+            .map(|i| mac(&format!("02:00:00:00:00:0{i}")))
+            .collect();
+        for (i, m) in strangers.iter().enumerate() {
+            db.record_capped(&[seen_at(*m, 10 + i as i64)], 3)
+                .await
+                .unwrap();
+            if i == 2 {
+                // The first discovered, seen again: it outlives later ones.
+                db.record_capped(&[seen_at(strangers[0], 50)], 3)
+                    .await
+                    .unwrap();
+            }
+        }
+        db.record_capped(&[seen_at(mac("02:00:00:00:00:06"), 101)], 3)
+            .await
+            .unwrap();
+        let left: Vec<Mac> = db
+            .list_machines()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mac)
+            .collect();
+        assert_eq!(left.len(), 2 + 3, "{left:?}");
+        for m in [worker.mac, kept.mac, strangers[0], strangers[4]] {
+            assert!(left.contains(&m), "{m} was pruned: {left:?}");
+        }
+        for m in &strangers[1..4] {
+            assert!(!left.contains(m), "{m} was kept: {left:?}");
+            assert!(
+                db.events(*m, 10).await.unwrap().is_empty(),
+                "{m}'s events kept"
+            );
+        }
+        assert_eq!(db.events(strangers[0], 10).await.unwrap().len(), 3);
+        assert_eq!(db.events(kept.mac, 10).await.unwrap().len(), 1);
+        let assigned: Vec<Mac> = db
+            .list_assigned_machines()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mac)
+            .collect();
+        assert_eq!(assigned, vec![worker.mac]);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_new_macs_keeps_at_most_the_cap() {
+        let (_dir, db) = fresh().await;
+        let flood: Vec<Observation> = (0..DISCOVERED_CAP + 50)
+            .map(|i| {
+                let b = i.to_be_bytes();
+                seen_at(Mac([2, 0, 0, b[5], b[6], b[7]]), i)
+            })
+            .collect();
+        db.record(&flood[..600]).await.unwrap();
+        db.record(&flood[600..]).await.unwrap();
+        let machines = db.list_machines().await.unwrap();
+        assert_eq!(machines.len() as i64, DISCOVERED_CAP);
+        assert!(machines.iter().all(|m| m.last_seen >= Some(50)));
     }
 
     #[tokio::test]

@@ -199,7 +199,7 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Signal>, cancel: Cancella
 }
 
 async fn resume_probes(inner: &Arc<Inner>, cancel: &CancellationToken) {
-    match inner.db.list_machines().await {
+    match inner.db.list_assigned_machines().await {
         Ok(machines) => {
             for m in machines {
                 if m.state == Lifecycle::ConfigServed || m.handoff_at.is_some() {
@@ -341,7 +341,7 @@ async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &Cancellatio
 }
 
 async fn evaluate_all(inner: &Arc<Inner>, cancel: &CancellationToken) {
-    let clusters = match inner.db.list_machines().await {
+    let clusters = match inner.db.list_assigned_machines().await {
         Ok(machines) => machines
             .into_iter()
             .map(|m| m.cluster)
@@ -406,7 +406,10 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
     if cluster.initialised_at.is_none() {
         return Ok(());
     }
-    let machines = db.list_machines().await.map_err(|e| e.to_string())?;
+    let machines = db
+        .list_assigned_machines()
+        .await
+        .map_err(|e| e.to_string())?;
     let cps = control_planes(&machines, &cluster.name);
     let need = if cluster.single_controlplane { 1 } else { 3 };
     let generation = cluster.generation;
@@ -699,7 +702,10 @@ async fn forget_stale_member(inner: &Arc<Inner>, mac: Mac) -> Result<(), String>
     let Some(hostname) = machine.hostname.clone() else {
         return Ok(());
     };
-    let machines = db.list_machines().await.map_err(|e| e.to_string())?;
+    let machines = db
+        .list_assigned_machines()
+        .await
+        .map_err(|e| e.to_string())?;
     let api = api_for(inner, &machine.cluster).await?;
     let healthy = control_planes(&machines, &machine.cluster)
         .into_iter()
