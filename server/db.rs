@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 
 use crate::model::{
     BootstrapRecord, Cluster, DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, Lifecycle, Mac,
@@ -20,6 +20,17 @@ mod views;
 pub use auth::{SessionRow, TokenRow, UserRow};
 
 pub const DB_FILE: &str = "bootplane.db";
+
+/// How many never-assigned discovered machines are kept (the newest seen); older ones are
+/// pruned with their events. Anyone on the LAN can invent MACs, so this bounds what strangers
+/// can make bootplane store and load into its inventory.
+pub const DISCOVERED_CAP: i64 = 1000;
+
+/// Machines nobody ever claimed: unassigned, still `discovered`, and never written by an
+/// operator (every operator write logs a `changed` event). Only these are pruned by the cap.
+const UNCLAIMED: &str = "SELECT m.mac FROM machines m
+    WHERE m.role = 'unassigned' AND m.state = 'discovered'
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.mac = m.mac AND e.kind = 'changed')";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -99,6 +110,22 @@ impl Db {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A connection must come back out of every transaction. When the disk fills, SQLite
+            // rolls a transaction back itself and sqlx's own ROLLBACK then fails, so sqlx still
+            // counts the connection as inside one and refuses every later `BEGIN` on it (the
+            // pool would keep it for ever). Such a connection is closed (SQLite rolls back
+            // whatever is open) and the pool opens a fresh one when it needs it.
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    // Ordered after the rollback a dropped transaction queued on this connection.
+                    conn.ping().await?;
+                    let clean = !conn.is_in_transaction();
+                    if !clean {
+                        tracing::warn!("closing a database connection left inside a transaction");
+                    }
+                    Ok(clean)
+                })
+            })
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -127,6 +154,15 @@ impl Db {
 
     pub async fn list_machines(&self) -> Result<Vec<Machine>, DbError> {
         let rows = sqlx::query(MACHINE_SELECT_ORDERED)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(machine_from_row).collect()
+    }
+
+    /// Machines with a role (the orchestrator's work list): never the discovered ones, so its
+    /// work per tick does not grow with what strangers on the LAN announce.
+    pub async fn list_assigned_machines(&self) -> Result<Vec<Machine>, DbError> {
+        let rows = sqlx::query(MACHINE_SELECT_ASSIGNED)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(machine_from_row).collect()
@@ -260,7 +296,13 @@ impl Db {
 
     /// Applies a batch of observations in one transaction: unknown MACs become discovered
     /// machines, known ones get their last-seen facts refreshed, every observation is logged.
+    /// Beyond [`DISCOVERED_CAP`] unclaimed machines, the ones seen longest ago go, with their
+    /// events.
     pub async fn record(&self, batch: &[Observation]) -> Result<(), DbError> {
+        self.record_capped(batch, DISCOVERED_CAP).await
+    }
+
+    async fn record_capped(&self, batch: &[Observation], cap: i64) -> Result<(), DbError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -270,6 +312,7 @@ impl Db {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
+        let mut discovered = false;
         for obs in batch {
             let mac = obs.mac.to_string();
             let inserted = sqlx::query(
@@ -283,6 +326,7 @@ impl Db {
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() == 1 {
+                discovered = true;
                 insert_event(&mut tx, obs.mac, obs.at, EventKind::Discovered, "").await?;
             }
             sqlx::query(
@@ -303,6 +347,9 @@ impl Db {
             .execute(&mut *tx)
             .await?;
             insert_event(&mut tx, obs.mac, obs.at, obs.kind, &obs.detail).await?;
+        }
+        if discovered {
+            prune_unclaimed(&mut tx, cap).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -867,6 +914,32 @@ const MACHINE_SELECT_ORDERED: &str = "SELECT m.mac, c.name AS cluster, m.role, m
     FROM machines m JOIN clusters c ON c.id = m.cluster_id
     ORDER BY m.role = 'unassigned', m.hostname, m.mac";
 
+const MACHINE_SELECT_ASSIGNED: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
+    m.prefix, m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed,
+    m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state,
+    m.state_since, m.handoff_at, m.talos_version
+    FROM machines m JOIN clusters c ON c.id = m.cluster_id
+    WHERE m.role != 'unassigned'
+    ORDER BY m.hostname, m.mac";
+
+/// Keeps the `cap` unclaimed machines seen most recently; the rest go, their events with them.
+async fn prune_unclaimed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    cap: i64,
+) -> Result<(), DbError> {
+    let doomed = format!(
+        "{UNCLAIMED} ORDER BY m.last_seen DESC, m.first_seen DESC, m.mac LIMIT -1 OFFSET ?"
+    );
+    // The same machines each time: deleting their events removes no `changed` event.
+    for table in ["events", "boot_log", "machines"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE mac IN ({doomed})"))
+            .bind(cap)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 fn parse_col<T: FromStr>(text: &str, what: &str) -> Result<T, DbError>
 where
     T::Err: std::fmt::Display,
@@ -1286,6 +1359,89 @@ mod tests {
         );
     }
 
+    fn seen_at(m: Mac, at: i64) -> Observation {
+        Observation {
+            mac: m,
+            at,
+            kind: EventKind::ProxyOffer,
+            detail: String::new(),
+            arch: Some(7),
+            smbios_uuid: None,
+            serial: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn unclaimed_machines_beyond_the_cap_go_oldest_seen_first_with_their_events() {
+        let (_dir, db) = fresh().await;
+        // Claimed: assigned, or written by an operator while unassigned. Never pruned.
+        let worker = assigned("52:54:00:00:01:01", "w-1", "10.0.0.21/24");
+        db.add_machine(&worker, 1).await.unwrap();
+        let kept = Machine::discovered(mac("52:54:00:00:01:02"));
+        db.add_machine(&kept, 1).await.unwrap();
+        let strangers: Vec<Mac> = (1..=5)
+            .map(|i| mac(&format!("02:00:00:00:00:0{i}")))
+            .collect();
+        for (i, m) in strangers.iter().enumerate() {
+            db.record_capped(&[seen_at(*m, 10 + i as i64)], 3)
+                .await
+                .unwrap();
+            if i == 2 {
+                // The first discovered, seen again: it outlives later ones.
+                db.record_capped(&[seen_at(strangers[0], 50)], 3)
+                    .await
+                    .unwrap();
+            }
+        }
+        db.record_capped(&[seen_at(mac("02:00:00:00:00:06"), 101)], 3)
+            .await
+            .unwrap();
+        let left: Vec<Mac> = db
+            .list_machines()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mac)
+            .collect();
+        assert_eq!(left.len(), 2 + 3, "{left:?}");
+        for m in [worker.mac, kept.mac, strangers[0], strangers[4]] {
+            assert!(left.contains(&m), "{m} was pruned: {left:?}");
+        }
+        for m in &strangers[1..4] {
+            assert!(!left.contains(m), "{m} was kept: {left:?}");
+            assert!(
+                db.events(*m, 10).await.unwrap().is_empty(),
+                "{m}'s events kept"
+            );
+        }
+        assert_eq!(db.events(strangers[0], 10).await.unwrap().len(), 3);
+        assert_eq!(db.events(kept.mac, 10).await.unwrap().len(), 1);
+        let assigned: Vec<Mac> = db
+            .list_assigned_machines()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mac)
+            .collect();
+        assert_eq!(assigned, vec![worker.mac]);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_new_macs_keeps_at_most_the_cap() {
+        let (_dir, db) = fresh().await;
+        let flood: Vec<Observation> = (0..DISCOVERED_CAP + 50)
+            .map(|i| {
+                let b = i.to_be_bytes();
+                seen_at(Mac([2, 0, 0, b[5], b[6], b[7]]), i)
+            })
+            .collect();
+        db.record(&flood[..600]).await.unwrap();
+        db.record(&flood[600..]).await.unwrap();
+        let machines = db.list_machines().await.unwrap();
+        assert_eq!(machines.len() as i64, DISCOVERED_CAP);
+        assert!(machines.iter().all(|m| m.last_seen >= Some(50)));
+    }
+
     #[tokio::test]
     async fn leases_persist_and_steal_stale_addresses() {
         let (dir, db) = fresh().await;
@@ -1497,5 +1653,134 @@ mod tests {
             state_after_edit(Lifecycle::Ready, &m),
             Lifecycle::Discovered
         );
+    }
+
+    /// A small tmpfs mounted over a fresh directory; unmounted on drop, so a failing test
+    /// leaves no mount behind.
+    struct SmallFs(tempfile::TempDir);
+
+    impl SmallFs {
+        fn mount(size: &str) -> SmallFs {
+            let dir = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+                .arg("tmpfs")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "BOOTPLANE_E2E=1 needs root (mount -t tmpfs)"
+            );
+            SmallFs(dir)
+        }
+
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// Writes a file until the filesystem refuses with ENOSPC.
+    fn fill(file: &Path) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(file).unwrap();
+        let chunk = vec![0xa5u8; 64 * 1024];
+        loop {
+            if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "{e}");
+                return;
+            }
+        }
+    }
+
+    /// One disk-full episode used to leave a pooled connection inside a transaction (SQLite
+    /// rolled it back itself, sqlx's ROLLBACK then failed), and every later write on it failed
+    /// with "attempted to call begin_with at non-zero transaction depth" until a restart.
+    #[tokio::test]
+    async fn writes_succeed_again_once_a_full_disk_has_space() {
+        if std::env::var("BOOTPLANE_E2E").as_deref() != Ok("1") {
+            println!("skipped: set BOOTPLANE_E2E=1 (mounts a small tmpfs, so root)");
+            return;
+        }
+        let fs = SmallFs::mount("12m");
+        let data = fs.path().join("data");
+        let db = Db::open(&data).await.unwrap();
+        let seen = |m: Mac, at: i64, detail: String| Observation {
+            mac: m,
+            at,
+            kind: EventKind::ProxyOffer,
+            detail,
+            arch: Some(7),
+            smbios_uuid: None,
+            serial: None,
+        };
+        let before = mac("52:54:00:00:00:01");
+        db.record(&[seen(before, 1, "before".into())])
+            .await
+            .unwrap();
+        let user = db.put_user("admin", "$argon2id$test", 1).await.unwrap();
+
+        let filler = fs.path().join("filler");
+        fill(&filler);
+        // Far more than any WAL space left over from earlier writes: this write must fail.
+        let lost = mac("52:54:00:00:00:02");
+        let big: Vec<Observation> = (0..64)
+            .map(|i| seen(lost, 10 + i, "x".repeat(64 * 1024)))
+            .collect();
+        let err = db.record(&big).await.unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        // More failures while the disk is full, through every pooled connection.
+        for i in 0..8 {
+            assert!(
+                db.record(&big[..8]).await.is_err(),
+                "write {i} on a full disk"
+            );
+        }
+
+        std::fs::remove_file(&filler).unwrap();
+        // Every connection of the pool is used again; none may still think it is inside a
+        // transaction.
+        let after = mac("52:54:00:00:00:03");
+        for i in 0..16 {
+            db.record(&[seen(after, 100 + i, format!("after {i}"))])
+                .await
+                .unwrap();
+        }
+        let batches: Vec<[Observation; 1]> = (0..8)
+            .map(|i| [seen(after, 200 + i, "concurrent".into())])
+            .collect();
+        let writes = batches.iter().map(|batch| db.record(batch));
+        for result in futures::future::join_all(writes).await {
+            result.unwrap();
+        }
+        let digest = "d".repeat(64);
+        db.create_session(&digest, user, "csrf", 300, 400)
+            .await
+            .unwrap();
+        assert_eq!(
+            db.session(&digest, 301).await.unwrap().unwrap().user_id,
+            user
+        );
+
+        // Nothing stored before the episode was lost, nothing of the failed writes was kept.
+        let kinds: Vec<_> = db.events(before, 10).await.unwrap();
+        assert_eq!(kinds.len(), 2, "{kinds:?}");
+        assert_eq!(kinds[1].detail, "before");
+        assert!(db.get_machine(lost).await.unwrap().is_none());
+        assert_eq!(db.events(after, 100).await.unwrap().len(), 1 + 16 + 8);
+        db.close().await;
+        let db = Db::open(&data).await.unwrap();
+        assert_eq!(db.list_machines().await.unwrap().len(), 2);
+        assert!(db.user_by_name("admin").await.unwrap().is_some());
+        db.close().await;
     }
 }

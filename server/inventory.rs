@@ -120,8 +120,9 @@ impl Inventory {
     }
 }
 
-/// Queue capacity of the event recorder; past it, events are dropped and counted.
-pub const RECORDER_QUEUE: usize = 65_536;
+/// Queue capacity of the event recorder; past it, events are dropped and counted. A boot storm
+/// of 200 machines queues a few thousand; a full queue holds about 3 MiB.
+pub const RECORDER_QUEUE: usize = 16_384;
 
 /// Hands observations to the database writer without waiting on it.
 #[derive(Clone, Debug)]

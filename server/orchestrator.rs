@@ -267,7 +267,7 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Signal>, cancel: Cancella
 }
 
 async fn resume_probes(inner: &Arc<Inner>, cancel: &CancellationToken) {
-    match inner.db.list_machines().await {
+    match inner.db.list_assigned_machines().await {
         Ok(machines) => {
             for m in machines {
                 if m.state == Lifecycle::ConfigServed || m.handoff_at.is_some() {
@@ -415,7 +415,7 @@ async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &Cancellatio
 }
 
 async fn evaluate_all(inner: &Arc<Inner>, cancel: &CancellationToken) {
-    let clusters = match inner.db.list_machines().await {
+    let clusters = match inner.db.list_assigned_machines().await {
         Ok(machines) => machines
             .into_iter()
             .map(|m| m.cluster)
@@ -480,7 +480,10 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
     if cluster.initialised_at.is_none() {
         return Ok(());
     }
-    let machines = db.list_machines().await.map_err(|e| e.to_string())?;
+    let machines = db
+        .list_assigned_machines()
+        .await
+        .map_err(|e| e.to_string())?;
     let cps = control_planes(&machines, &cluster.name);
     let need = if cluster.single_controlplane { 1 } else { 3 };
     let generation = cluster.generation;
@@ -773,7 +776,10 @@ async fn forget_stale_member(inner: &Arc<Inner>, mac: Mac) -> Result<(), String>
     let Some(hostname) = machine.hostname.clone() else {
         return Ok(());
     };
-    let machines = db.list_machines().await.map_err(|e| e.to_string())?;
+    let machines = db
+        .list_assigned_machines()
+        .await
+        .map_err(|e| e.to_string())?;
     let api = api_for(inner, &machine.cluster).await?;
     // Never remove a live member: if the machine's own Talos API answers with the cluster's
     // certificates and runs etcd, it was not wiped, whatever marked it.

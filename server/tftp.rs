@@ -91,10 +91,24 @@ impl IpxeFiles {
         self.load_with_time(name).map(|(data, _)| data)
     }
 
-    /// The file's bytes and its modification time.
+    /// The file's bytes and its modification time. A symbolic link is not followed (the open
+    /// itself refuses it, so nothing can swap one in between a check and the read): nothing
+    /// outside the directory is reachable through a link placed in it.
     pub fn load_with_time(&self, name: &str) -> io::Result<(Bytes, Option<SystemTime>)> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join(name);
-        let meta = std::fs::metadata(&path)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::ELOOP) => {
+                    io::Error::new(io::ErrorKind::NotFound, "a symbolic link, not followed")
+                }
+                _ => e,
+            })?;
+        let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));
         }
@@ -107,7 +121,9 @@ impl IpxeFiles {
                 }
             }
         }
-        let data = Bytes::from(std::fs::read(&path)?);
+        let mut read = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.read_to_end(&mut read)?;
+        let data = Bytes::from(read);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.insert(
             name.to_string(),
@@ -199,7 +215,14 @@ impl TftpHandler {
 
 /// Transfers in progress at once; read requests past it are ignored (the client asks again).
 pub const MAX_TRANSFERS: usize = 1024;
-/// Sends of one window (or of the OACK) before a silent client is given up.
+/// Transfers in progress at once for one client address: a host holding silent transfers
+/// cannot take the slots other machines need.
+pub const MAX_TRANSFERS_PER_ADDRESS: usize = 8;
+/// The largest retransmission timeout granted (RFC 2349 `timeout`); a larger one is refused
+/// (left out of the OACK) and the default is used.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(5);
+/// Sends of one window (or of the OACK) before a silent client is given up: with
+/// [`MAX_TIMEOUT`], a silent client frees its slot within 30 s.
 const MAX_SENDS: u32 = 6;
 /// Largest block size RFC 2348 allows.
 const MAX_BLKSIZE: u16 = 65464;
@@ -268,7 +291,8 @@ fn parse_request(packet: &[u8]) -> Option<Request> {
 }
 
 /// Settles blksize (RFC 2348), tsize and timeout (2349) and windowsize (7440) within the
-/// limits; options out of their ranges, and unknown ones, are left out of the OACK.
+/// limits; options out of their ranges (a timeout over [`MAX_TIMEOUT`] too: RFC 2349 wants
+/// the granted value to be the one asked), and unknown ones, are left out of the OACK.
 fn negotiate(
     options: &[(String, String)],
     size: u64,
@@ -292,7 +316,7 @@ fn negotiate(
                 n.oack.push(("blksize", n.blksize.to_string()));
             }
             "tsize" if asked == 0 => n.oack.push(("tsize", size.to_string())),
-            "timeout" if (1..=255).contains(&asked) => {
+            "timeout" if (1..=MAX_TIMEOUT.as_secs()).contains(&asked) => {
                 n.timeout = Duration::from_secs(asked);
                 n.oack.push(("timeout", asked.to_string()));
             }
@@ -551,7 +575,7 @@ pub async fn run(
         timeout: RETRANSMIT_AFTER,
     };
     let slots = Arc::new(Semaphore::new(MAX_TRANSFERS));
-    let active: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    let active: Arc<Mutex<Active>> = Arc::default();
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, client) = tokio::select! {
@@ -568,12 +592,18 @@ pub async fn run(
             tracing::debug!(client = %client, len = n, "tftp packet ignored");
             continue;
         };
-        // A repeated request while its transfer runs is a retransmission: ignore it.
-        if !lock(&active).insert(client) {
-            continue;
+        // A repeated request while its transfer runs is a retransmission: ignore it; so is a
+        // request from an address that already has its share of transfers.
+        match lock(&active).start(client) {
+            Ok(()) => {}
+            Err(Busy::Retransmission) => continue,
+            Err(Busy::Address) => {
+                tracing::debug!(client = %client, "too many tftp transfers from this address");
+                continue;
+            }
         }
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            lock(&active).remove(&client);
+            lock(&active).end(client);
             tracing::warn!(client = %client, "too many tftp transfers; request ignored");
             continue;
         };
@@ -587,7 +617,7 @@ pub async fn run(
                     _ = cancel.cancelled() => {}
                     _ = serve_request(handler, local, client, request, limits) => {}
                 }
-                lock(&active).remove(&client);
+                lock(&active).end(client);
                 drop(slot);
             }
             .instrument(span),
@@ -597,6 +627,44 @@ pub async fn run(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Transfers in progress: by client (address and port) and their count per address.
+#[derive(Debug, Default)]
+struct Active {
+    clients: HashSet<SocketAddr>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+enum Busy {
+    Retransmission,
+    Address,
+}
+
+impl Active {
+    fn start(&mut self, client: SocketAddr) -> Result<(), Busy> {
+        if self.clients.contains(&client) {
+            return Err(Busy::Retransmission);
+        }
+        let count = self.per_address.entry(client.ip()).or_default();
+        if *count >= MAX_TRANSFERS_PER_ADDRESS {
+            return Err(Busy::Address);
+        }
+        *count += 1;
+        self.clients.insert(client);
+        Ok(())
+    }
+
+    fn end(&mut self, client: SocketAddr) {
+        if self.clients.remove(&client) {
+            if let Some(count) = self.per_address.get_mut(&client.ip()) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.per_address.remove(&client.ip());
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -702,6 +770,76 @@ mod tests {
         );
         assert_eq!((n.blksize, n.window, n.timeout), (512, 1, t));
         assert!(n.oack.is_empty());
+    }
+
+    #[test]
+    fn a_timeout_over_the_cap_is_refused_and_one_within_it_granted() {
+        let opts = |t: &str| vec![("timeout".to_string(), t.to_string())];
+        let default = Duration::from_secs(2);
+        let n = negotiate(&opts("255"), 1, 1468, 16, default);
+        assert_eq!(n.timeout, default);
+        assert!(n.oack.is_empty(), "{:?}", n.oack);
+        let n = negotiate(&opts("5"), 1, 1468, 16, default);
+        assert_eq!(n.timeout, MAX_TIMEOUT);
+        assert_eq!(n.oack, vec![("timeout", "5".to_string())]);
+    }
+
+    #[test]
+    fn one_address_gets_at_most_its_share_of_transfers() {
+        let mut active = Active::default();
+        let a = |port| SocketAddr::from(([10, 0, 0, 1], port));
+        let b = SocketAddr::from(([10, 0, 0, 2], 1000));
+        for port in 0..MAX_TRANSFERS_PER_ADDRESS as u16 {
+            assert!(active.start(a(port)).is_ok());
+        }
+        assert!(matches!(active.start(a(0)), Err(Busy::Retransmission)));
+        assert!(matches!(active.start(a(999)), Err(Busy::Address)));
+        assert!(active.start(b).is_ok());
+        active.end(a(3));
+        active.end(a(3));
+        assert!(active.start(a(999)).is_ok());
+        assert!(matches!(active.start(a(1000)), Err(Busy::Address)));
+        for port in 0..MAX_TRANSFERS_PER_ADDRESS as u16 {
+            active.end(a(port));
+        }
+        active.end(a(999));
+        active.end(b);
+        assert!(active.per_address.is_empty() && active.clients.is_empty());
+    }
+
+    /// A client that asks for the longest timeout and never answers is given up after
+    /// `MAX_SENDS` sends, each waiting the default timeout (here 50 ms), not its 255 s; with the
+    /// largest timeout granted that is at most 30 s.
+    #[tokio::test]
+    async fn a_silent_client_is_given_up_after_a_bounded_number_of_sends() {
+        const { assert!(MAX_SENDS as u64 * MAX_TIMEOUT.as_secs() <= 30) };
+        let server = TokioUdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let client = TokioUdpSocket::bind("127.0.0.1:0").await.unwrap();
+        server.connect(client.local_addr().unwrap()).await.unwrap();
+        let asked = vec![("timeout".to_string(), "255".to_string())];
+        let n = negotiate(&asked, 1_000_000, 1468, 16, Duration::from_millis(50));
+        let transfer = Transfer {
+            data: Bytes::from(vec![0u8; 1_000_000]),
+            name: "ipxe.efi".into(),
+            mac: None,
+            blksize: n.blksize,
+            window: n.window,
+            timeout: n.timeout,
+        };
+        let started = tokio::time::Instant::now();
+        let result = send_file(&server, &transfer, None).await;
+        assert_eq!(result, Err("the client stopped acknowledging"));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let mut sends = 0;
+        let mut buf = [0u8; 600];
+        while client.try_recv(&mut buf).is_ok() {
+            sends += 1;
+        }
+        assert_eq!(sends, MAX_SENDS);
     }
 
     #[test]

@@ -142,3 +142,126 @@ async fn escapes_missing_files_and_autoexec_fail_at_once() {
     let _ = std::fs::remove_file(secret);
     app.stop().await;
 }
+
+fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    let mut p = vec![0, 1];
+    for field in [name, "octet"]
+        .into_iter()
+        .chain(options.iter().flat_map(|(k, v)| [*k, *v]))
+    {
+        p.extend_from_slice(field.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+/// A plain RFC 1350 client (512-byte blocks, no options) from `local`: asks up to five times,
+/// a second apart, and returns the file, or `None` if no transfer started.
+async fn fetch(local: &str, server: std::net::SocketAddr, name: &str) -> Option<Vec<u8>> {
+    use tokio::time::timeout;
+    let sock = tokio::net::UdpSocket::bind(local).await.unwrap();
+    let mut buf = [0u8; 600];
+    let mut first = None;
+    for _ in 0..5 {
+        sock.send_to(&rrq(name, &[]), server).await.unwrap();
+        if let Ok(Ok(got)) = timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await {
+            first = Some(got);
+            break;
+        }
+    }
+    let (mut n, from) = first?;
+    let mut data = Vec::new();
+    let mut expected: u16 = 1;
+    loop {
+        if buf[..2] != [0, 3] {
+            return None;
+        }
+        let block = u16::from_be_bytes([buf[2], buf[3]]);
+        if block == expected {
+            data.extend_from_slice(&buf[4..n]);
+            expected = expected.wrapping_add(1);
+        }
+        sock.send_to(&[0, 4, buf[2], buf[3]], from).await.unwrap();
+        if block == expected.wrapping_sub(1) && n < 4 + 512 {
+            return Some(data);
+        }
+        let (m, _) = timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        n = m;
+    }
+}
+
+/// One address opens more transfers than the server has slots, asks for the longest timeout
+/// and never acknowledges: another address still gets its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holding_silent_transfers_cannot_starve_another() {
+    let app = Appliance::start().await;
+    // The greedy host opens transfers 32 at a time, each asking for the longest timeout, and
+    // reads their OACKs but never acknowledges; it stops when a burst gets no answer at all
+    // (the server has nothing more to give it).
+    let request = rrq("ipxe.efi", &[("timeout", "255"), ("blksize", "1468")]);
+    let mut greedy = Vec::new();
+    let mut held = 0;
+    let mut buf = [0u8; 600];
+    while greedy.len() < bootplane::tftp::MAX_TRANSFERS + 64 {
+        let mut burst = Vec::new();
+        for _ in 0..32 {
+            let sock = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+            sock.send_to(&request, app.tftp).await.unwrap();
+            burst.push(sock);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let mut answered = 0;
+        for sock in &burst {
+            if let Ok(Ok(_)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+                answered += 1;
+            }
+        }
+        greedy.extend(burst);
+        held += answered;
+        if answered == 0 {
+            break;
+        }
+    }
+    assert!(held >= bootplane::tftp::MAX_TRANSFERS_PER_ADDRESS, "{held}");
+    let got = fetch("127.0.0.3:0", app.tftp, "undionly.kpxe").await;
+    let expected = std::fs::read(app.ipxe.path().join("undionly.kpxe")).unwrap();
+    assert!(
+        got.as_deref() == Some(&expected[..]),
+        "the second address got no transfer (or a wrong file), the first holds {held}"
+    );
+    drop(greedy);
+    app.stop().await;
+}
+
+/// A symbolic link in the iPXE directory to a file outside it is served neither over TFTP
+/// nor over `/ipxe/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_out_of_the_ipxe_directory_is_not_served() {
+    let app = Appliance::start().await;
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.bin");
+    std::fs::write(&secret, b"outside the ipxe directory").unwrap();
+    std::os::unix::fs::symlink(&secret, app.ipxe.path().join("escape.efi")).unwrap();
+
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&rrq("escape.efi", &[]), app.tftp)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 600];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!(&buf[..4], &[0, 5, 0, 1], "not a file-not-found error");
+    assert!(!buf[..n].windows(7).any(|w| w == b"outside"));
+
+    let response = reqwest::get(app.url("/ipxe/escape.efi")).await.unwrap();
+    assert_eq!(response.status(), 404);
+    // The directory's own files are still served.
+    let response = reqwest::get(app.url("/ipxe/undionly.kpxe")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    app.stop().await;
+}

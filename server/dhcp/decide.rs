@@ -205,11 +205,17 @@ pub fn choose_boot(boot: &BootConfig, req: &Request, machine: Option<&Machine>) 
 
 /// Decides what to do with one request.
 pub fn decide(ctx: &Ctx<'_>, req: &Request, leases: &mut LeaseTable) -> Outcome {
-    match (ctx.config.mode, ctx.via) {
+    let mut outcome = match (ctx.config.mode, ctx.via) {
         (DhcpMode::Off, _) => Outcome::dropped("disabled"),
         (DhcpMode::Proxy, _) | (DhcpMode::Full, Via::Pxe) => proxy(ctx, req),
         (DhcpMode::Full, Via::Dhcp) => full(ctx, req, leases),
+    };
+    // Only netboot clients become machines (an event for an unknown MAC creates its row): an
+    // ordinary DHCP client bootplane does not know is served but not remembered.
+    if req.class == ClientClass::Plain && !ctx.snapshot.by_mac.contains_key(&req.mac) {
+        outcome.event = None;
     }
+    outcome
 }
 
 /// An encoded reply and where it goes.

@@ -777,7 +777,7 @@ fn unknown_mac_gets_no_address_without_pool() {
 
 #[test]
 fn unknown_mac_gets_a_pool_address_with_subnet_settings() {
-    check(Case {
+    let (_, outcome) = check(Case {
         pool: Some("10.77.0.100-10.77.0.110"),
         expect: Expect {
             msg_type: Some(OFFER),
@@ -789,6 +789,30 @@ fn unknown_mac_gets_a_pool_address_with_subnet_settings() {
                 (51, 3600u32.to_be_bytes().to_vec()),
             ],
             absent: vec![12],
+            ..Expect::default()
+        },
+        ..Case::full(fixtures::udhcpc(DISCOVER, MAC))
+    });
+    // Not a netboot client: served, but no event, so no machine row.
+    assert_eq!(outcome.event, None);
+}
+
+#[test]
+fn unknown_plain_client_leaves_no_event_but_a_known_one_does() {
+    let (_, outcome) = check(Case {
+        pool: Some("10.77.0.100-10.77.0.110"),
+        expect: Expect {
+            msg_type: Some(ACK),
+            ..Expect::default()
+        },
+        ..Case::full(fixtures::udhcpc(REQUEST, MAC).opt(50, ip(100).octets()))
+    });
+    assert_eq!(outcome.event, None);
+    check(Case {
+        machines: vec![static_machine(MAC, "10.77.0.11/24")],
+        expect: Expect {
+            msg_type: Some(OFFER),
+            event: Some(EventKind::DhcpOffer),
             ..Expect::default()
         },
         ..Case::full(fixtures::udhcpc(DISCOVER, MAC))
@@ -1056,7 +1080,10 @@ fn expired_lease_is_reclaimed_by_another_client() {
 
 #[test]
 fn release_frees_the_address() {
-    let mut world = lease_world(Some("10.77.0.100-10.77.0.100"), vec![]);
+    let mut world = lease_world(
+        Some("10.77.0.100-10.77.0.100"),
+        vec![Machine::discovered(Mac(MAC))],
+    );
     let addr = obtain(&mut world, MAC);
     let release = world.send(
         fixtures::udhcpc(RELEASE, MAC)
@@ -1079,7 +1106,10 @@ fn release_frees_the_address() {
 
 #[test]
 fn decline_quarantines_the_address() {
-    let mut world = lease_world(Some("10.77.0.100-10.77.0.101"), vec![]);
+    let mut world = lease_world(
+        Some("10.77.0.100-10.77.0.101"),
+        vec![Machine::discovered(Mac(MAC))],
+    );
     let addr = obtain(&mut world, MAC);
     let decline = world.send(
         fixtures::udhcpc(DECLINE, MAC)
@@ -1319,7 +1349,7 @@ mod udp {
         let offer = exchange(
             &client,
             app.dhcp_port,
-            fixtures::udhcpc(DISCOVER, LO_MAC).xid(1),
+            fixtures::ipxe_efi(DISCOVER, LO_MAC).xid(1),
         )
         .await;
         assert_eq!(offer.msg_type(), OFFER);
@@ -1328,7 +1358,7 @@ mod udp {
         let ack = exchange(
             &client,
             app.dhcp_port,
-            fixtures::udhcpc(REQUEST, LO_MAC)
+            fixtures::ipxe_efi(REQUEST, LO_MAC)
                 .xid(2)
                 .requested(offer.yiaddr())
                 .server(Ipv4Addr::LOCALHOST),
