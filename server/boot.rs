@@ -526,7 +526,7 @@ struct ConfigQuery {
 /// The MAC bootplane has evidence for at the requester's address: the host's neighbour table
 /// (the source MAC of the frames that carried this very connection), else its own DHCP lease
 /// of the address (a routed requester). Never anything the request itself carries.
-fn address_owner(state: &AppState, from: SocketAddr) -> Result<Option<Mac>, String> {
+pub(crate) fn address_owner(state: &AppState, from: SocketAddr) -> Result<Option<Mac>, String> {
     let ip = match from.ip() {
         IpAddr::V4(ip) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -52,6 +52,8 @@ async fn shutdown_signal() {
 async fn serve(args: bootplane::cli::ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.options, args.config.as_deref())?;
     init_tracing(config.log_format);
+    app::raise_open_files_limit();
+    app::tune_allocator();
     let db = Db::open(&config.data_dir)
         .await
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;

@@ -380,8 +380,10 @@ async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &Cancellatio
                     .db
                     .log_event(mac, EventKind::ReportedIn, &cause, now)
                     .await;
-                let _ = inner.db.set_handoff(mac, None).await;
+                // The silence goes first: a network boot read between the two must not see
+                // an ended hand-off's failures.
                 inner.silences.answered(mac);
+                let _ = inner.db.set_handoff(mac, None).await;
                 if let Err(e) = inner.db.set_state(mac, Lifecycle::Ready, &cause, now).await {
                     tracing::warn!(mac = %mac, error = %e, "cannot mark machine ready");
                 }
@@ -494,16 +496,18 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
 
     if let Some(done) = record.as_ref().and_then(|r| r.outcome.as_deref()) {
         // Finished generation. If every control plane has since been wiped, etcd is gone with
-        // them: the next bootstrap belongs to a new generation. Seen either at once (all of
-        // them uninstalled together) or, when they came back one after another, as every one
-        // reinstalled since the bootstrap and none running etcd.
+        // them: the next bootstrap belongs to a new generation. Seen as every one reinstalled
+        // since the bootstrap, answering, and none running etcd (`etcd_lost`).
         let since = cluster
             .bootstrapped_at
             .or(record.as_ref().map(|r| r.decided_at))
             .unwrap_or(0);
+        // Every control plane marked un-installed is not enough by itself: etcd counts as lost
+        // only once they are back, answer with the cluster's certificates and run no etcd, for
+        // `etcd_lost_confirm` (whoever marked them, a rebuild or the wipe rule).
         let all_wiped = cps.len() >= need
-            && (cps.iter().all(|(m, _)| !m.installed)
-                || (done != "failed" && etcd_lost(inner, &cluster.name, &cps, since).await));
+            && done != "failed"
+            && etcd_lost(inner, &cluster.name, &cps, since).await;
         if done != "failed" && !all_wiped {
             // Some control planes are being reinstalled while others run etcd: their old
             // members must go before they join again.
@@ -856,8 +860,9 @@ pub enum Requester {
 /// [`WIPE_MIN_FAILED_PROBES`] times and for at least `wipe_confirm`. A healthy node answers its
 /// probe, which ends the hand-off, so no sequence of requests can get it reinstalled. A
 /// machine whose disk really is wiped comes back to the network each time it is handed off,
-/// and is reinstalled once the silence has lasted long enough. A request whose address
-/// evidence names another MAC is answered with the disk hand-off and changes nothing.
+/// and is reinstalled once the silence has lasted long enough. Only a request whose address
+/// evidence names the machine itself (the host's neighbour table, or our own lease) starts or
+/// continues a hand-off; any other is answered with the disk hand-off and changes nothing.
 pub async fn installed_machine_netbooted(
     db: &Db,
     handle: &Handle,
@@ -866,10 +871,20 @@ pub async fn installed_machine_netbooted(
     now: i64,
 ) -> Result<bool, crate::db::DbError> {
     let settings = handle.settings();
-    if let Requester::Other(other) = requester {
-        tracing::warn!(mac = %machine.mac, requester = %other,
-            "network boot for an installed machine from an address that is another MAC's; disk hand-off, nothing changed");
-        return Ok(false);
+    match requester {
+        Requester::Itself => {}
+        Requester::Other(other) => {
+            tracing::warn!(mac = %machine.mac, requester = %other,
+                "network boot for an installed machine from an address that is another MAC's; disk hand-off, nothing changed");
+            return Ok(false);
+        }
+        Requester::Unknown => {
+            // No evidence that the machine itself asked (a routed requester): its disk, and
+            // nothing starts or counts toward a wipe. Such sites rebuild on request.
+            tracing::info!(mac = %machine.mac,
+                "network boot of an installed machine from an address with no neighbour entry or lease of ours; disk hand-off, not watched for a wipe");
+            return Ok(false);
+        }
     }
     let window = i64::try_from(settings.wipe_window.as_millis()).unwrap_or(i64::MAX);
     let confirm = i64::try_from(settings.wipe_confirm.as_millis()).unwrap_or(i64::MAX);
@@ -947,7 +962,7 @@ mod tests {
         // Again and again inside the window, with no failed probe: to the disk each time, and
         // the first hand-off's time is kept.
         for n in 1..5 {
-            let again = installed_machine_netbooted(&db, &h, &m, Requester::Unknown, T0 + n)
+            let again = installed_machine_netbooted(&db, &h, &m, Requester::Itself, T0 + n)
                 .await
                 .unwrap();
             assert!(!again);
@@ -974,6 +989,24 @@ mod tests {
                 .unwrap()
         );
         assert!(db.get_machine(m.mac).await.unwrap().unwrap().installed);
+    }
+
+    #[tokio::test]
+    async fn a_network_boot_without_evidence_of_the_requester_starts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let m = installed(&db).await;
+        let h = handle(0);
+        for requester in [
+            Requester::Unknown,
+            Requester::Other("52:54:00:00:00:66".parse().unwrap()),
+        ] {
+            assert!(!installed_machine_netbooted(&db, &h, &m, requester, T0)
+                .await
+                .unwrap());
+        }
+        let m = db.get_machine(m.mac).await.unwrap().unwrap();
+        assert_eq!(m.handoff_at, None, "no hand-off started: {m:?}");
     }
 
     #[tokio::test]

@@ -9,10 +9,11 @@
 //! the client, sending packets cut from the file's bytes in memory and waiting on tokio's
 //! timers (no thread hand-off per packet).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -358,6 +359,9 @@ struct Transfer {
     blksize: u16,
     window: u16,
     timeout: Duration,
+    /// Set at the client's first acknowledgement: a transfer never heard from gives way when
+    /// every slot is taken (see `run`).
+    heard: Arc<AtomicBool>,
 }
 
 impl Transfer {
@@ -445,7 +449,10 @@ async fn send_file(
                     .await
                     .map_err(io_err)?
                 {
-                    Reply::Ack(0) => break 'oack,
+                    Reply::Ack(0) => {
+                        transfer.heard.store(true, Ordering::Relaxed);
+                        break 'oack;
+                    }
                     Reply::Ack(_) => {}
                     Reply::Silence => continue 'oack,
                     Reply::Gone => return Err("the client refused the options"),
@@ -475,16 +482,19 @@ async fn send_file(
                 .await
                 .map_err(io_err)?
             {
-                Reply::Ack(n) => match acked(base, end, n) {
-                    Some(0) if window > 1 => break,
-                    Some(k) if k > 0 => {
-                        base += k;
-                        sends = 0;
-                        break;
+                Reply::Ack(n) => {
+                    transfer.heard.store(true, Ordering::Relaxed);
+                    match acked(base, end, n) {
+                        Some(0) if window > 1 => break,
+                        Some(k) if k > 0 => {
+                            base += k;
+                            sends = 0;
+                            break;
+                        }
+                        // A duplicate ACK in lock-step is not answered (Sorcerer's Apprentice).
+                        _ => {}
                     }
-                    // A duplicate ACK in lock-step is not answered (Sorcerer's Apprentice).
-                    _ => {}
-                },
+                }
                 Reply::Silence => break,
                 Reply::Gone => return Err("the client gave up"),
             }
@@ -500,6 +510,7 @@ async fn serve_request(
     client: SocketAddr,
     request: Request,
     limits: Limits,
+    heard: Arc<AtomicBool>,
 ) {
     let sock = match std::net::UdpSocket::bind(SocketAddr::new(local, 0))
         .and_then(|s| s.connect(client).map(|()| s))
@@ -545,6 +556,7 @@ async fn serve_request(
         blksize: n.blksize,
         window: n.window,
         timeout: n.timeout,
+        heard,
     };
     let result = send_file(&sock, &transfer, oack).await;
     handler.finished(&transfer, client, result);
@@ -594,15 +606,37 @@ pub async fn run(
         };
         // A repeated request while its transfer runs is a retransmission: ignore it; so is a
         // request from an address that already has its share of transfers.
-        match lock(&active).start(client) {
-            Ok(()) => {}
+        let (heard, stop) = match lock(&active).start(client) {
+            Ok(started) => started,
             Err(Busy::Retransmission) => continue,
             Err(Busy::Address) => {
                 tracing::debug!(client = %client, "too many tftp transfers from this address");
                 continue;
             }
-        }
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        };
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                // Every slot is taken. Requests from many (possibly forged) addresses that never
+                // acknowledge anything must not starve the machines that do: the oldest transfer
+                // not heard from for `SILENT_GIVES_WAY` gives its slot to this one.
+                let victim = lock(&active).oldest_silent(client, SILENT_GIVES_WAY);
+                match victim {
+                    Some(victim) => {
+                        victim.cancel();
+                        tokio::time::timeout(
+                            Duration::from_millis(200),
+                            Arc::clone(&slots).acquire_owned(),
+                        )
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                    }
+                    None => None,
+                }
+            }
+        };
+        let Some(slot) = slot else {
             lock(&active).end(client);
             tracing::warn!(client = %client, "too many tftp transfers; request ignored");
             continue;
@@ -615,7 +649,10 @@ pub async fn run(
             async move {
                 tokio::select! {
                     _ = cancel.cancelled() => {}
-                    _ = serve_request(handler, local, client, request, limits) => {}
+                    _ = stop.cancelled() => {
+                        tracing::debug!("silent tftp transfer gave its slot to a new request");
+                    }
+                    _ = serve_request(handler, local, client, request, limits, heard) => {}
                 }
                 lock(&active).end(client);
                 drop(slot);
@@ -625,6 +662,10 @@ pub async fn run(
     }
 }
 
+/// How long a transfer whose client never acknowledged anything keeps its slot when every slot
+/// is taken and a new request comes.
+pub const SILENT_GIVES_WAY: Duration = Duration::from_secs(1);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -632,18 +673,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Transfers in progress: by client (address and port) and their count per address.
 #[derive(Debug, Default)]
 struct Active {
-    clients: HashSet<SocketAddr>,
+    clients: HashMap<SocketAddr, Running>,
     per_address: HashMap<IpAddr, usize>,
 }
 
+#[derive(Debug)]
+struct Running {
+    since: std::time::Instant,
+    heard: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+#[derive(Debug)]
 enum Busy {
     Retransmission,
     Address,
 }
 
 impl Active {
-    fn start(&mut self, client: SocketAddr) -> Result<(), Busy> {
-        if self.clients.contains(&client) {
+    /// A new transfer for `client`: the flag its first acknowledgement sets, and the token
+    /// that takes its slot away.
+    fn start(&mut self, client: SocketAddr) -> Result<(Arc<AtomicBool>, CancellationToken), Busy> {
+        if self.clients.contains_key(&client) {
             return Err(Busy::Retransmission);
         }
         let count = self.per_address.entry(client.ip()).or_default();
@@ -651,12 +702,33 @@ impl Active {
             return Err(Busy::Address);
         }
         *count += 1;
-        self.clients.insert(client);
-        Ok(())
+        let running = Running {
+            since: std::time::Instant::now(),
+            heard: Arc::default(),
+            stop: CancellationToken::new(),
+        };
+        let started = (Arc::clone(&running.heard), running.stop.clone());
+        self.clients.insert(client, running);
+        Ok(started)
+    }
+
+    /// The stop token of the oldest transfer, other than `except`'s, whose client has not
+    /// acknowledged anything for at least `grace`.
+    fn oldest_silent(&self, except: SocketAddr, grace: Duration) -> Option<CancellationToken> {
+        self.clients
+            .iter()
+            .filter(|(c, r)| {
+                **c != except
+                    && !r.heard.load(Ordering::Relaxed)
+                    && !r.stop.is_cancelled()
+                    && r.since.elapsed() >= grace
+            })
+            .min_by_key(|(_, r)| r.since)
+            .map(|(_, r)| r.stop.clone())
     }
 
     fn end(&mut self, client: SocketAddr) {
-        if self.clients.remove(&client) {
+        if self.clients.remove(&client).is_some() {
             if let Some(count) = self.per_address.get_mut(&client.ip()) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
@@ -805,6 +877,24 @@ mod tests {
         active.end(a(999));
         active.end(b);
         assert!(active.per_address.is_empty() && active.clients.is_empty());
+
+        // When every slot is taken, the oldest transfer never heard from gives way; one that
+        // acknowledged keeps its slot, and so does the asker's own.
+        let (silent, acked) = (a(1), b);
+        let (_, silent_stop) = active.start(silent).unwrap();
+        let (acked_heard, _) = active.start(acked).unwrap();
+        acked_heard.store(true, Ordering::Relaxed);
+        assert!(active
+            .oldest_silent(a(2), Duration::from_secs(3600))
+            .is_none());
+        let victim = active.oldest_silent(a(2), Duration::ZERO).unwrap();
+        victim.cancel();
+        assert!(silent_stop.is_cancelled());
+        assert!(
+            active.oldest_silent(a(2), Duration::ZERO).is_none(),
+            "one stop each"
+        );
+        assert!(active.oldest_silent(silent, Duration::ZERO).is_none());
     }
 
     /// A client that asks for the longest timeout and never answers is given up after
@@ -825,6 +915,7 @@ mod tests {
             blksize: n.blksize,
             window: n.window,
             timeout: n.timeout,
+            heard: Arc::default(),
         };
         let started = tokio::time::Instant::now();
         let result = send_file(&server, &transfer, None).await;

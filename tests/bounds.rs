@@ -5,7 +5,9 @@
 //! cargo test --release --test bounds -- --ignored --nocapture
 //! ```
 //!
-//! `BOOTPLANE_FLOOD=N` changes the number of DISCOVERs (100,000 by default).
+//! `BOOTPLANE_FLOOD=N` changes the number of DISCOVERs (100,000 by default). The other two
+//! hold 200 concurrent wrong logins, and 2,000 half-open HTTP connections with 2,000 silent
+//! TFTP read requests from many loopback addresses, while a real client is served.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
@@ -105,7 +107,14 @@ fn start(data: &Path, ipxe: &Path) -> (Appliance, SocketAddr, u16) {
         .args(["--dhcp-port", &dhcp_port.to_string()])
         .args(["--pxe-port", &pxe_port.to_string()])
         .args(["--tftp-port", &tftp_port.to_string()])
-        .args(["--ipv6-ra", "off", "--events-port", "off"])
+        .args([
+            "--ipv6-ra",
+            "off",
+            "--events-port",
+            "off",
+            "--https-port",
+            "off",
+        ])
         .args(["--kernel-log-port", "off"])
         .args(["--ipxe-dir", ipxe.to_str().unwrap()])
         .args(["--images-dir", data.join("images").to_str().unwrap()])
@@ -269,4 +278,201 @@ fn random_mac_discover_flood_keeps_rss_and_database_bounded() {
         "{machines} machines kept"
     );
     assert!(answered > 0, "no offers:\n{}", app.log_text());
+}
+
+/// A TCP connection from `from` (any 127/8 address: loopback answers them all).
+fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::from((from, 0)).into())?;
+    sock.connect_timeout(&to.into(), Duration::from_secs(2))?;
+    Ok(sock.into())
+}
+
+/// The `n`th of many loopback addresses, none of them 127.0.0.1.
+fn stranger(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(
+        127,
+        10 + (n / 62_500) as u8,
+        (n / 250 % 250) as u8,
+        (n % 250 + 1) as u8,
+    )
+}
+
+fn ipxe_dir() -> tempfile::TempDir {
+    let ipxe = tempfile::tempdir().unwrap();
+    for name in ["undionly.kpxe", "snponly.efi"] {
+        fs::write(ipxe.path().join(name), vec![0u8; 4096]).unwrap();
+    }
+    // A real-sized iPXE binary for the legitimate fetch, with content to verify.
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(ipxe.path().join("ipxe.efi"), body).unwrap();
+    ipxe
+}
+
+#[test]
+#[ignore = "benchmark: cargo test --release --test bounds -- --ignored --nocapture"]
+fn two_hundred_concurrent_wrong_logins_keep_rss_bounded() {
+    let data = tempfile::tempdir().unwrap();
+    let ipxe = ipxe_dir();
+    let (app, http, _) = start(data.path(), ipxe.path());
+    let rss_start = app.status_kib("VmRSS:");
+    let started = Instant::now();
+    // 200 attempts at once, from 200 addresses (one address alone is refused after 10).
+    let codes: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..200)
+            .map(|i| {
+                scope.spawn(move || {
+                    let Ok(mut stream) = connect_from(stranger(i), http) else {
+                        return "connect-failed".to_string();
+                    };
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+                    let body = format!("username=admin&password=wrong-{i}");
+                    let request = format!(
+                        "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let mut answer = String::new();
+                    if stream.write_all(request.as_bytes()).is_err()
+                        || stream.read_to_string(&mut answer).is_err()
+                    {
+                        return "no-answer".to_string();
+                    }
+                    answer.get(9..12).unwrap_or("???").to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let took = started.elapsed();
+    let peak = app.status_kib("VmHWM:");
+    let mut tally: std::collections::BTreeMap<&str, usize> = Default::default();
+    for code in &codes {
+        *tally.entry(code.as_str()).or_default() += 1;
+    }
+    // The right password from another address still works afterwards.
+    let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 9), http).unwrap();
+    let body = "username=admin&password=bounds-bench-password";
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    println!("200 concurrent wrong logins from 200 addresses against the real binary");
+    println!("  answers {tally:?} in {:.1} s", took.as_secs_f64());
+    println!(
+        "  RSS {} at start, peak {} (target < 100 MiB)",
+        mib(rss_start),
+        mib(peak)
+    );
+    println!(
+        "  the right password afterwards: {}",
+        &answer[..answer.find('\r').unwrap_or(0)]
+    );
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert_eq!(tally.values().sum::<usize>(), 200);
+}
+
+#[test]
+#[ignore = "benchmark: cargo test --release --test bounds -- --ignored --nocapture"]
+fn half_open_connections_and_silent_tftp_requests_leave_healthz_and_a_fetch_served() {
+    let data = tempfile::tempdir().unwrap();
+    let ipxe = ipxe_dir();
+    let (app, http, dhcp_port) = start(data.path(), ipxe.path());
+    // `start` picked the TFTP port among the ones it probed; read it back from the process.
+    let tftp_port = tftp_port_of(&app, dhcp_port);
+    let tftp = SocketAddr::from((Ipv4Addr::LOCALHOST, tftp_port));
+    let rss_start = app.status_kib("VmRSS:");
+
+    // 2,000 connections that send half a request head and wait, from 40 addresses.
+    let mut held = Vec::new();
+    let (mut refused, mut opened) = (0usize, 0usize);
+    for i in 0..2000 {
+        match connect_from(stranger(i / 50), http) {
+            Ok(mut s) => {
+                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
+                opened += 1;
+                held.push(s);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    // 2,000 read requests asking for the longest timeout, never acknowledged, from 250
+    // addresses (8 each, the per-address share).
+    let mut silent = Vec::new();
+    for i in 0..2000 {
+        let sock = UdpSocket::bind((stranger(10_000 + i / 8), 0)).unwrap();
+        // The longest `timeout` bootplane grants (5 s).
+        let _ = sock.send_to(b"\0\x01ipxe.efi\0octet\0timeout\x005\0", tftp);
+        silent.push(sock);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let t = Instant::now();
+    let healthz = http_get(http, "/healthz").is_some();
+    let healthz_took = t.elapsed();
+    let out = data.path().join("fetched.efi");
+    let t = Instant::now();
+    let fetched = Command::new("tftp")
+        .args([
+            "127.0.0.1",
+            &tftp_port.to_string(),
+            "-m",
+            "binary",
+            "-c",
+            "get",
+            "ipxe.efi",
+        ])
+        .arg(&out)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+        && fs::read(&out).ok() == fs::read(ipxe.path().join("ipxe.efi")).ok();
+    let fetch_took = t.elapsed();
+    let peak = app.status_kib("VmHWM:");
+    let metrics = http_get(http, "/metrics").unwrap_or_default();
+    println!("2,000 half-open HTTP connections and 2,000 silent TFTP requests, real binary");
+    println!("  HTTP: {opened} connected ({refused} refused at connect)");
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("bootplane_http_connections") || l.starts_with("bootplane_tftp"))
+    {
+        println!("  {line}");
+    }
+    println!(
+        "  /healthz answered: {healthz} in {:.0} ms; tftp-hpa fetched ipxe.efi (1 MB, verified): {fetched} in {:.0} ms",
+        healthz_took.as_secs_f64() * 1000.0,
+        fetch_took.as_secs_f64() * 1000.0
+    );
+    println!("  RSS {} at start, peak {}", mib(rss_start), mib(peak));
+    drop(held);
+    drop(silent);
+    assert!(healthz && fetched, "{}", app.log_text());
+}
+
+/// The TFTP port of a bootplane started by `start` (the port its process has bound besides
+/// the DHCP ones), from /proc/net/udp.
+fn tftp_port_of(app: &Appliance, dhcp_port: u16) -> u16 {
+    let inodes: Vec<String> = fs::read_dir(format!("/proc/{}/fd", app.child.id()))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_string)
+        })
+        .collect();
+    let table = fs::read_to_string("/proc/net/udp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            inodes.contains(&f.get(9)?.to_string()).then_some(port)
+        })
+        .find(|p| *p != dhcp_port && *p < 61_000 && *p > 1024)
+        .unwrap()
 }

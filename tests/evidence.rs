@@ -188,8 +188,15 @@ async fn forged_full_dhcp_claims_never_open_a_machines_config() {
 /// form fields, then polls of `/token` with the same fields, then the config GET with the
 /// token. Returns the user code and the device code.
 async fn talos_device_request(app: &Appliance, mac: Mac) -> (String, String) {
+    talos_device_request_from(app, mac, Ipv4Addr::LOCALHOST).await
+}
+
+async fn talos_device_request_from(app: &Appliance, mac: Mac, from: Ipv4Addr) -> (String, String) {
     let url = app.url(&format!("/device/code?mac={mac}"));
-    let r = reqwest::Client::new()
+    let r = reqwest::Client::builder()
+        .local_address(Some(from.into()))
+        .build()
+        .unwrap()
         .post(url)
         .form(&[("client_id", "bootplane"), ("mac", &mac.to_string())])
         .send()
@@ -241,7 +248,11 @@ async fn config_with(app: &Appliance, mac: Mac, token: Option<&str>) -> u16 {
 /// (in the UI), for that machine only; an armed window approves one install by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_flow_gives_a_config_only_after_approval_and_only_for_that_machine() {
-    let app = Appliance::start_with(|o| o.config_access = Some(ConfigAccess::Oauth)).await;
+    let app = Appliance::start_with(|o| {
+        o.config_access = Some(ConfigAccess::Oauth);
+        o.dhcp_mode = Some(DhcpMode::Full);
+    })
+    .await;
     app.add_assets(10, 10);
     init_cluster_with_victim(&app).await;
     let other: Mac = "52:54:00:12:34:57".parse().unwrap();
@@ -331,13 +342,45 @@ async fn device_flow_gives_a_config_only_after_approval_and_only_for_that_machin
         .await
         .unwrap();
     assert!(r.status().is_redirection(), "{}", r.status());
-    let (_, code) = talos_device_request(&app, other).await;
+    // A stranger claiming the worker's MAC inside the window gets nothing by itself.
+    let (_, forged) = talos_device_request(&app, other).await;
+    assert_eq!(
+        talos_token_poll(&app, other, &forged).await,
+        Err("authorization_pending".into()),
+        "an armed window approved a request from an address that is not the machine's"
+    );
+    // The worker itself: its DHCP exchange binds its address, and its request comes from it.
+    let worker_ip = Ipv4Addr::new(127, 0, 0, 21);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        send(
+            app.dhcp.unwrap(),
+            &pxe_packet(
+                MessageType::Request,
+                other.0,
+                Ipv4Addr::UNSPECIFIED,
+                Some(worker_ip),
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let events = app.db.events(other, 1000).await.unwrap();
+        if events
+            .iter()
+            .any(|e| e.kind == EventKind::DhcpAck && e.detail.contains("ip=127.0.0.21"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{events:#?}");
+    }
+    let (_, code) = talos_device_request_from(&app, other, worker_ip).await;
     let token = talos_token_poll(&app, other, &code).await.unwrap();
     assert_eq!(config_with(&app, other, Some(&token)).await, 200);
-    let (_, again) = talos_device_request(&app, other).await;
+    let (_, again) = talos_device_request_from(&app, other, worker_ip).await;
     assert_eq!(
         talos_token_poll(&app, other, &again).await,
-        Err("authorization_pending".into())
+        Err("authorization_pending".into()),
+        "one install per machine"
     );
     // Without a session, no approval.
     let r = client

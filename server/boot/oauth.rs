@@ -35,10 +35,22 @@ pub const REQUEST_TTL_MS: i64 = 10 * 60 * 1000;
 pub const TOKEN_TTL_MS: i64 = 15 * 60 * 1000;
 /// Seconds between polls the client is told to keep.
 pub const POLL_INTERVAL_SECS: u64 = 2;
-/// Device requests pending at once, in all and per requesting address; past them a request
-/// is refused (the oldest are not dropped for a stranger's new ones).
+/// Device requests pending at once: in all, per requesting address and per MAC. Past the total
+/// or the MAC's share, the oldest pending request without address evidence gives way (a
+/// stranger's flood cannot keep the real machine's request out); past the address's share,
+/// or when every pending request has evidence, a new one is refused.
 pub const MAX_PENDING: usize = 256;
 pub const MAX_PENDING_PER_ADDRESS: usize = 8;
+pub const MAX_PENDING_PER_MAC: usize = 4;
+
+/// What bootplane knows of the requesting address (`boot::address_owner`): the machine's
+/// own, unknown, or another MAC's. Only the first lets an armed window approve by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    Itself,
+    Unknown,
+    Other(Mac),
+}
 /// Tokens alive at once; past it the oldest goes.
 pub const MAX_TOKENS: usize = 1024;
 /// Longest arming window an operator may set.
@@ -73,6 +85,7 @@ pub struct DeviceRequest {
     pub user_code: String,
     pub mac: Mac,
     pub from: Option<IpAddr>,
+    pub evidence: Evidence,
     pub created_ms: i64,
     pub expires_ms: i64,
     pub decision: Decision,
@@ -113,24 +126,57 @@ impl DeviceFlow {
         mac: Mac,
         cluster: &str,
         from: Option<IpAddr>,
+        evidence: Evidence,
         now: i64,
     ) -> Result<(String, DeviceRequest), FlowError> {
         let mut flows = self.lock();
         flows.requests.retain(|_, r| r.expires_ms > now);
         flows.armed.retain(|a| a.until_ms > now);
-        let pending = flows
+        let pending = |r: &DeviceRequest| r.decision == Decision::Pending;
+        let here = flows
             .requests
             .values()
-            .filter(|r| r.decision == Decision::Pending);
-        let (all, here) = pending.fold((0, 0), |(all, here), r| {
-            (all + 1, here + usize::from(r.from == from))
-        });
-        if all >= MAX_PENDING || here >= MAX_PENDING_PER_ADDRESS {
+            .filter(|r| pending(r) && r.from == from)
+            .count();
+        if here >= MAX_PENDING_PER_ADDRESS {
             return Err(FlowError::Busy);
+        }
+        let same_mac = flows
+            .requests
+            .values()
+            .filter(|r| pending(r) && r.mac == mac)
+            .count();
+        let all = flows.requests.values().filter(|r| pending(r)).count();
+        if same_mac >= MAX_PENDING_PER_MAC || all >= MAX_PENDING {
+            // The oldest pending request with no evidence for its address (of this MAC, when
+            // the MAC's share is the limit) gives way.
+            let victim = flows
+                .requests
+                .iter()
+                .filter(|(_, r)| {
+                    pending(r)
+                        && r.evidence != Evidence::Itself
+                        && (same_mac < MAX_PENDING_PER_MAC || r.mac == mac)
+                })
+                .min_by_key(|(_, r)| r.created_ms)
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(key) => {
+                    flows.requests.remove(&key);
+                }
+                None => return Err(FlowError::Busy),
+            }
         }
         let device_code = random_secret(32);
         let mut decision = Decision::Pending;
-        for armed in flows.armed.iter_mut() {
+        // An armed window approves only a request whose address is the machine's own: the
+        // MAC in the form is a claim anyone on the LAN can make.
+        let armed_list = if evidence == Evidence::Itself {
+            flows.armed.iter_mut()
+        } else {
+            [].iter_mut()
+        };
+        for armed in armed_list {
             let covers = match &armed.scope {
                 ArmScope::Machine(m) => *m == mac,
                 ArmScope::Cluster(c) => c == cluster,
@@ -151,6 +197,7 @@ impl DeviceFlow {
             user_code: user_code(),
             mac,
             from,
+            evidence,
             created_ms: now,
             expires_ms: now + REQUEST_TTL_MS,
             decision,
@@ -385,15 +432,25 @@ pub async fn boot_device_code_post(
             "no assigned machine has this mac",
         );
     };
-    let from = from.map(|Extension(ConnectInfo(addr))| addr.ip());
-    let now = state.recorder.now_ms();
-    let (device_code, request) = match state.devices.request(mac, &machine.cluster, from, now) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(mac = %mac, from = ?from, error = %e, "device request refused");
-            return oauth_error(StatusCode::TOO_MANY_REQUESTS, "slow_down", &e.to_string());
-        }
+    let peer = from.map(|Extension(ConnectInfo(addr))| addr);
+    let from = peer.map(|p| p.ip());
+    let evidence = match peer.map(|p| crate::boot::address_owner(&state, p)) {
+        Some(Ok(Some(owner))) if owner == mac => Evidence::Itself,
+        Some(Ok(Some(owner))) => Evidence::Other(owner),
+        _ => Evidence::Unknown,
     };
+    let now = state.recorder.now_ms();
+    let (device_code, request) =
+        match state
+            .devices
+            .request(mac, &machine.cluster, from, evidence, now)
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(mac = %mac, from = ?from, error = %e, "device request refused");
+                return oauth_error(StatusCode::TOO_MANY_REQUESTS, "slow_down", &e.to_string());
+            }
+        };
     let detail = match &request.decision {
         Decision::Approved { by } => format!(
             "device flow: code {} approved at once ({by})",
@@ -486,7 +543,9 @@ mod tests {
     #[test]
     fn a_token_exists_only_after_approval_and_opens_one_machine() {
         let flow = DeviceFlow::default();
-        let (code, req) = flow.request(mac(1), "lab", None, 0).unwrap();
+        let (code, req) = flow
+            .request(mac(1), "lab", None, Evidence::Itself, 0)
+            .unwrap();
         assert_eq!(flow.redeem(&code, 1), Err("authorization_pending"));
         assert!(matches!(
             flow.decide("xxxx-xxxx", true, "admin", 1),
@@ -509,10 +568,14 @@ mod tests {
     #[test]
     fn denied_and_expired_requests_give_no_token() {
         let flow = DeviceFlow::default();
-        let (code, req) = flow.request(mac(1), "lab", None, 0).unwrap();
+        let (code, req) = flow
+            .request(mac(1), "lab", None, Evidence::Itself, 0)
+            .unwrap();
         flow.decide(&req.user_code, false, "admin", 1).unwrap();
         assert_eq!(flow.redeem(&code, 2), Err("access_denied"));
-        let (code, _) = flow.request(mac(2), "lab", None, 0).unwrap();
+        let (code, _) = flow
+            .request(mac(2), "lab", None, Evidence::Itself, 0)
+            .unwrap();
         assert_eq!(flow.redeem(&code, REQUEST_TTL_MS), Err("expired_token"));
     }
 
@@ -520,18 +583,28 @@ mod tests {
     fn an_arming_approves_one_install_per_machine_inside_its_window() {
         let flow = DeviceFlow::default();
         flow.arm(ArmScope::Machine(mac(1)), 10, "admin", 0).unwrap();
-        let (_, first) = flow.request(mac(1), "lab", None, 1).unwrap();
+        let (_, first) = flow
+            .request(mac(1), "lab", None, Evidence::Itself, 1)
+            .unwrap();
         assert!(matches!(first.decision, Decision::Approved { .. }));
-        let (_, second) = flow.request(mac(1), "lab", None, 2).unwrap();
+        let (_, second) = flow
+            .request(mac(1), "lab", None, Evidence::Itself, 2)
+            .unwrap();
         assert_eq!(second.decision, Decision::Pending, "one install per arming");
         flow.arm(ArmScope::Cluster("lab".into()), 1, "admin", 0)
             .unwrap();
-        let (_, other) = flow.request(mac(2), "other", None, 3).unwrap();
+        let (_, other) = flow
+            .request(mac(2), "other", None, Evidence::Itself, 3)
+            .unwrap();
         assert_eq!(other.decision, Decision::Pending, "another cluster");
-        let (_, late) = flow.request(mac(3), "lab", None, 60_001).unwrap();
-        assert_eq!(late.decision, Decision::Pending, "after the window");
-        let (_, inside) = flow.request(mac(4), "lab", None, 59_000).unwrap();
+        let (_, inside) = flow
+            .request(mac(4), "lab", None, Evidence::Itself, 59_000)
+            .unwrap();
         assert!(matches!(inside.decision, Decision::Approved { .. }));
+        let (_, late) = flow
+            .request(mac(3), "lab", None, Evidence::Itself, 60_001)
+            .unwrap();
+        assert_eq!(late.decision, Decision::Pending, "after the window");
         assert!(flow.arm(ArmScope::Machine(mac(1)), 0, "admin", 0).is_err());
     }
 
@@ -540,13 +613,52 @@ mod tests {
         let flow = DeviceFlow::default();
         let from: Option<IpAddr> = Some("10.0.0.66".parse().unwrap());
         for i in 0..MAX_PENDING_PER_ADDRESS {
-            flow.request(mac(i as u8), "lab", from, 0).unwrap();
+            flow.request(mac(i as u8), "lab", from, Evidence::Unknown, 0)
+                .unwrap();
         }
         assert_eq!(
-            flow.request(mac(200), "lab", from, 0).unwrap_err(),
+            flow.request(mac(200), "lab", from, Evidence::Unknown, 0)
+                .unwrap_err(),
             FlowError::Busy
         );
-        assert!(flow.request(mac(201), "lab", None, 0).is_ok());
+        assert!(flow
+            .request(mac(201), "lab", None, Evidence::Unknown, 0)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_flood_for_one_mac_gives_way_to_the_machines_own_request() {
+        let flow = DeviceFlow::default();
+        let victim = mac(7);
+        // Strangers fill the MAC's share from several addresses.
+        for i in 0..MAX_PENDING_PER_MAC {
+            let from: Option<IpAddr> = Some(IpAddr::from([10, 0, 0, 100 + i as u8]));
+            flow.request(victim, "lab", from, Evidence::Other(mac(99)), i as i64)
+                .unwrap();
+        }
+        // The machine's own request still gets in; the oldest stranger's went.
+        let (_, own) = flow
+            .request(victim, "lab", None, Evidence::Itself, 100)
+            .unwrap();
+        let (pending, _) = flow.view(101);
+        assert_eq!(pending.len(), MAX_PENDING_PER_MAC);
+        assert!(pending.iter().any(|r| r.user_code == own.user_code));
+        assert!(!pending.iter().any(|r| r.created_ms == 0));
+    }
+
+    #[test]
+    fn an_armed_window_never_approves_a_request_from_another_address() {
+        let flow = DeviceFlow::default();
+        flow.arm(ArmScope::Cluster("lab".into()), 10, "admin", 0)
+            .unwrap();
+        for evidence in [Evidence::Unknown, Evidence::Other(mac(9))] {
+            let (_, r) = flow.request(mac(1), "lab", None, evidence, 1).unwrap();
+            assert_eq!(r.decision, Decision::Pending, "{evidence:?}");
+        }
+        let (_, r) = flow
+            .request(mac(1), "lab", None, Evidence::Itself, 2)
+            .unwrap();
+        assert!(matches!(r.decision, Decision::Approved { .. }));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -33,6 +34,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::config::HttpLimits;
 use crate::metrics::ReasonLabel;
@@ -119,7 +121,23 @@ pub struct ConnectionCaps {
 struct Counts {
     total: usize,
     per_address: HashMap<IpAddr, usize>,
+    /// Every admitted connection, by id: what eviction looks at.
+    live: HashMap<u64, Live>,
+    next_id: u64,
 }
+
+/// An admitted connection as eviction sees it.
+#[derive(Debug)]
+struct Live {
+    since: Instant,
+    /// Set once the server has written anything on it (it completed a request).
+    answered: Arc<AtomicBool>,
+    /// Closes it (its next poll fails).
+    kill: CancellationToken,
+}
+
+/// How long a connection that has not been answered yet is safe from eviction.
+pub const UNANSWERED_GIVES_WAY: Duration = Duration::from_secs(1);
 
 impl ConnectionCaps {
     pub fn new(
@@ -138,24 +156,65 @@ impl ConnectionCaps {
     }
 
     /// A slot for one more connection from `ip`, or `None` (counted) when a cap is reached.
+    ///
+    /// At the total cap, the oldest connection that was never answered (it has not finished a
+    /// request head, or its body, for [`UNANSWERED_GIVES_WAY`]) is closed to make room: many
+    /// addresses holding half-open connections cannot keep a booting machine or an operator
+    /// out. Each connection is evicted at most once, so the count stays under twice the cap
+    /// while evicted ones close.
     fn admit(&self, ip: IpAddr) -> Option<ConnectionSlot> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let reason = if counts.total >= self.max {
-            "total"
-        } else if counts.per_address.get(&ip).copied().unwrap_or(0) >= self.max_per_address {
-            "per_address"
+        let reason = if counts.per_address.get(&ip).copied().unwrap_or(0) >= self.max_per_address {
+            Some("per_address")
+        } else if counts.total >= self.max {
+            let victim = counts
+                .live
+                .values()
+                .filter(|l| {
+                    !l.answered.load(Ordering::Relaxed)
+                        && !l.kill.is_cancelled()
+                        && l.since.elapsed() >= UNANSWERED_GIVES_WAY
+                })
+                .min_by_key(|l| l.since);
+            match victim {
+                Some(victim) => {
+                    victim.kill.cancel();
+                    self.refused
+                        .get_or_create(&ReasonLabel {
+                            reason: "evicted_unanswered",
+                        })
+                        .inc();
+                    None
+                }
+                None => Some("total"),
+            }
         } else {
-            counts.total += 1;
-            *counts.per_address.entry(ip).or_insert(0) += 1;
-            self.open.inc();
-            return Some(ConnectionSlot {
-                caps: self.clone(),
-                ip,
-            });
+            None
         };
-        drop(counts);
-        self.refused.get_or_create(&ReasonLabel { reason }).inc();
-        None
+        if let Some(reason) = reason {
+            drop(counts);
+            self.refused.get_or_create(&ReasonLabel { reason }).inc();
+            return None;
+        }
+        counts.total += 1;
+        *counts.per_address.entry(ip).or_insert(0) += 1;
+        let id = counts.next_id;
+        counts.next_id += 1;
+        let live = Live {
+            since: Instant::now(),
+            answered: Arc::default(),
+            kill: CancellationToken::new(),
+        };
+        let slot = ConnectionSlot {
+            caps: self.clone(),
+            ip,
+            id,
+            answered: Arc::clone(&live.answered),
+            kill: live.kill.clone(),
+        };
+        counts.live.insert(id, live);
+        self.open.inc();
+        Some(slot)
     }
 }
 
@@ -164,11 +223,15 @@ impl ConnectionCaps {
 struct ConnectionSlot {
     caps: ConnectionCaps,
     ip: IpAddr,
+    id: u64,
+    answered: Arc<AtomicBool>,
+    kill: CancellationToken,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut counts = self.caps.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.live.remove(&self.id);
         counts.total = counts.total.saturating_sub(1);
         if let Some(n) = counts.per_address.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
@@ -226,7 +289,7 @@ impl axum::serve::Listener for ZeroCopyListener {
                     let stream = ZeroCopyStream {
                         inner: stream,
                         regions: self.regions.clone(),
-                        idle: Some(Idle::new(self.idle_timeout)),
+                        idle: Some(Idle::new(self.idle_timeout, slot.kill.clone())),
                         _slot: Some(slot),
                     };
                     return (stream, addr);
@@ -250,20 +313,31 @@ impl axum::serve::Listener for ZeroCopyListener {
 /// The idle timer of a connection: it fires when nothing was read or written for `timeout`
 /// while the server waited on the socket. Progress only stamps the time; the timer is moved
 /// when it fires early.
-#[derive(Debug)]
 struct Idle {
     timeout: Duration,
     last: Instant,
     timer: Pin<Box<Sleep>>,
+    /// Fires when the connection is evicted to make room for another.
+    evicted: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle")
+            .field("timeout", &self.timeout)
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Idle {
-    fn new(timeout: Duration) -> Idle {
+    fn new(timeout: Duration, kill: CancellationToken) -> Idle {
         let now = Instant::now();
         Idle {
             timeout,
             last: now,
             timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+            evicted: Box::pin(kill.cancelled_owned()),
         }
     }
 
@@ -273,6 +347,12 @@ impl Idle {
 
     /// Ready with an error once the connection has been idle for the timeout.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if self.evicted.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "unanswered http connection evicted for a new one",
+            ));
+        }
         loop {
             ready!(self.timer.as_mut().poll(cx));
             let deadline = self.last + self.timeout;
@@ -380,6 +460,11 @@ impl AsyncWrite for ZeroCopyStream {
     ) -> Poll<io::Result<usize>> {
         let result = self.as_mut().write_some(cx, bufs);
         let this = &mut *self;
+        if let (Poll::Ready(Ok(n)), Some(slot)) = (&result, &this._slot) {
+            if *n > 0 {
+                slot.answered.store(true, Ordering::Relaxed);
+            }
+        }
         watch(&mut this.idle, cx, result)
     }
 

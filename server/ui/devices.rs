@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::{error_page, render, when, Chrome, Op};
 use crate::app::AppState;
 use crate::auth::Operator;
-use crate::boot::oauth::{normalise_code, ArmScope, Decision, MAX_ARM_MINUTES};
+use crate::boot::oauth::{normalise_code, ArmScope, Decision, Evidence, MAX_ARM_MINUTES};
 use crate::config::ConfigAccess;
 use crate::model::{EventKind, Mac};
 
@@ -22,6 +22,12 @@ pub struct RequestView {
     pub vendor: String,
     pub machine: String,
     pub from: String,
+    /// What bootplane knows of that address.
+    pub evidence: String,
+    /// The address is the machine's own (neighbour table or our lease).
+    pub evidenced: bool,
+    /// Other requests for the same MAC are pending too.
+    pub rivals: usize,
     pub asked: String,
     pub state: String,
     pub pending: bool,
@@ -70,7 +76,17 @@ async fn page(
     let now = state.recorder.now_ms();
     let (requests, armed) = state.devices.view(now);
     let mut views = Vec::with_capacity(requests.len());
-    for r in requests {
+    let pending_for = |mac: Mac| {
+        requests
+            .iter()
+            .filter(|r| r.mac == mac && r.decision == Decision::Pending)
+            .count()
+    };
+    let rivals: Vec<usize> = requests
+        .iter()
+        .map(|r| pending_for(r.mac).saturating_sub(1))
+        .collect();
+    for (r, rivals) in requests.into_iter().zip(rivals) {
         let machine = match state.db.get_machine(r.mac).await {
             Ok(Some(m)) => format!(
                 "{} ({})",
@@ -95,6 +111,13 @@ async fn page(
                 .from
                 .map(|ip| ip.to_string())
                 .unwrap_or_else(|| "unknown".into()),
+            evidence: match r.evidence {
+                Evidence::Itself => "the machine's own (neighbour table or lease)".into(),
+                Evidence::Unknown => "no evidence (routed, or unknown to this host)".into(),
+                Evidence::Other(other) => format!("belongs to {other}: not this machine"),
+            },
+            evidenced: r.evidence == Evidence::Itself,
+            rivals,
             asked: when(Some(r.created_ms)),
             state: state_text,
             pending,
