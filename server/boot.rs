@@ -158,6 +158,28 @@ fn clean_ident(value: Option<String>) -> Option<String> {
         .filter(|v| v.chars().all(|c| c.is_ascii_graphic() || c == ' '))
 }
 
+/// iPXE's `${buildarch}` values. The query parameter goes back into the retry URL of a
+/// script, so only these pass: anything else (a newline and an iPXE command, say) is refused.
+const IPXE_BUILDARCHES: &[&str] = &[
+    "x86_64", "i386", "arm64", "aarch64", "arm32", "riscv64", "riscv32", "loong64",
+];
+
+fn ipxe_buildarch(text: Option<&str>) -> Result<&'static str, BootError> {
+    match text {
+        None | Some("") => Ok("x86_64"),
+        Some(text) => IPXE_BUILDARCHES
+            .iter()
+            .find(|known| **known == text)
+            .copied()
+            .ok_or_else(|| {
+                BootError::BadRequest(format!(
+                    "arch must be one of iPXE's buildarch values ({})",
+                    IPXE_BUILDARCHES.join(", ")
+                ))
+            }),
+    }
+}
+
 fn parse_mac(text: &str) -> Result<Mac, BootError> {
     text.parse()
         .map_err(|e: crate::model::MacError| BootError::BadRequest(e.to_string()))
@@ -170,7 +192,8 @@ async fn boot_machine_get(
 ) -> Result<Response, BootError> {
     let from = from.map(|Extension(ConnectInfo(addr))| addr);
     let mac = parse_mac(&q.mac)?;
-    let arch = Arch::from_ipxe_buildarch(q.arch.as_deref().unwrap_or("x86_64"));
+    let buildarch = ipxe_buildarch(q.arch.as_deref())?;
+    let arch = Arch::from_ipxe_buildarch(buildarch);
     let machine = state
         .db
         .get_machine(mac)
@@ -181,7 +204,7 @@ async fn boot_machine_get(
     let retry_url = format!(
         "{base}/machine.ipxe?mac={}&arch={}",
         mac.hyphenated(),
-        q.arch.as_deref().unwrap_or("x86_64")
+        buildarch
     );
     let mac_text = mac.to_string();
     let (detail, response) = match machine {

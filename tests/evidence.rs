@@ -392,3 +392,32 @@ async fn device_flow_gives_a_config_only_after_approval_and_only_for_that_machin
     assert!(r.status().is_redirection() || r.status().is_client_error());
     app.stop().await;
 }
+
+/// A query parameter that reaches an iPXE script is whitelisted: `arch` with a newline and an
+/// iPXE command (`shell`) used to land in the script's retry line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_parameters_cannot_inject_ipxe_commands() {
+    let app = Appliance::start().await;
+    init_cluster_with_victim(&app).await;
+    let r = reqwest::get(app.url(&format!(
+        "/machine.ipxe?mac={}&arch=x86_64%0Ashell%0A%23",
+        victim()
+    )))
+    .await
+    .unwrap();
+    let code = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(!body.contains("\nshell"), "{body}");
+    // The values iPXE really sends still work.
+    for arch in ["x86_64", "arm64", "i386"] {
+        let r = reqwest::get(app.url(&format!("/machine.ipxe?mac={}&arch={arch}", victim())))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{arch}");
+        let body = r.text().await.unwrap();
+        assert!(body.starts_with("#!ipxe"), "{body}");
+        assert!(!body.contains("\nshell"), "{body}");
+    }
+    app.stop().await;
+}
