@@ -1,6 +1,7 @@
-//! Rendered machine configs validate against Talos's own JSON schema (v1.11, from shared/),
-//! document by document with `persist` removed as Talos's schema test does, and carry each
-//! node's own values.
+//! Rendered machine configs equal `talosctl gen config` output (Talos's own stability fixtures
+//! from shared/talos/stability/, made from its test secrets.yaml) for each line that has them,
+//! validate against Talos's own JSON schema (v1.11, from shared/) document by document with
+//! `persist` removed as Talos's schema test does, and carry each node's own values.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::Ipv4Addr;
@@ -11,9 +12,10 @@ use std::time::SystemTime;
 use bootplane::materials::config_secrets;
 use bootplane::model::{Mac, Role};
 use bootplane::talos::config::{
-    render, render_documents, ClusterSpec, ConfigSecrets, NodeSpec, Patches, RenderError,
+    base_config, render, render_documents, to_yaml, ClusterSpec, ConfigSecrets, NodeSpec, Patches,
+    RenderError,
 };
-use bootplane::talos::patch::Patch;
+use bootplane::talos::patch::{self, Patch};
 use bootplane::talos::secrets::SecretsBundle;
 use serde_json::Value;
 
@@ -262,7 +264,7 @@ fn patches_that_break_the_config_are_refused_with_the_reason() {
 
 #[test]
 fn unsupported_versions_and_bad_endpoints_are_refused() {
-    let mut c = cluster("v1.13.9");
+    let mut c = cluster("v1.14.0");
     assert!(matches!(
         render(&c, &secrets(), &node(Role::Worker, 4), &Patches::default()),
         Err(RenderError::UnsupportedVersion(_))
@@ -296,4 +298,132 @@ fn rendered_yaml_parses_back_to_the_same_documents() {
         .collect();
     assert_eq!(parsed, docs);
     assert_schema_valid(&parsed);
+}
+
+/// The reference material beside the project.
+fn shared(path: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/talos")
+        .join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (shared/ must sit beside the project)",
+            path.display()
+        )
+    })
+}
+
+/// A `talosctl gen config` fixture of Talos's stability test, as documents.
+fn fixture(line: &str, name: &str) -> Vec<Value> {
+    let text = shared(&format!("stability/{line}/{name}.yaml"));
+    text.split("\n---\n")
+        .map(|doc| serde_yaml_ng::from_str::<Value>(doc).unwrap())
+        .collect()
+}
+
+/// The secrets of Talos's stability fixtures.
+fn fixture_secrets() -> ConfigSecrets {
+    config_secrets(&SecretsBundle::from_yaml(&shared("stability/secrets.yaml")).unwrap())
+}
+
+/// The stability test's inputs: cluster `base`, endpoint `https://base:6443`, Kubernetes
+/// 1.28.0, no installer image.
+fn fixture_cluster(version: &str, dns_domain: &str) -> ClusterSpec {
+    ClusterSpec {
+        name: "base".into(),
+        endpoint: "https://base:6443".into(),
+        vip: None,
+        talos_version: version.into(),
+        kubernetes_version: "1.28.0".into(),
+        install_image: String::new(),
+        pod_subnets: vec!["10.244.0.0/16".into()],
+        service_subnets: vec!["10.96.0.0/12".into()],
+        dns_domain: dns_domain.into(),
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    if role == Role::Controlplane {
+        "controlplane"
+    } else {
+        "worker"
+    }
+}
+
+#[test]
+fn base_configs_equal_talosctl_gen_config_field_for_field_in_key_order() {
+    for (version, line) in [("v1.12.11", "v1.12"), ("v1.13.9", "v1.13")] {
+        let c = fixture_cluster(version, "cluster.local");
+        for role in [Role::Controlplane, Role::Worker] {
+            let mut docs = base_config(&c, &fixture_secrets(), role).unwrap();
+            // talosctl's CLI fills in /dev/sda; the stability test gives no disk.
+            let install = docs[0]
+                .pointer_mut("/machine/install")
+                .and_then(Value::as_object_mut)
+                .unwrap();
+            assert_eq!(install.shift_remove("disk"), Some("/dev/sda".into()));
+            let expected = fixture(line, &format!("base-{}", role_name(role)));
+            assert_eq!(
+                to_yaml(&docs).unwrap(),
+                to_yaml(&expected).unwrap(),
+                "{version} {role}"
+            );
+        }
+    }
+}
+
+/// The stability test's "overrides" inputs other than the DNS domain, as patches.
+const OVERRIDES_MACHINE: &str = "machine:
+  certSANs: [foo, bar]
+  kubelet:
+    extraMounts:
+      - destination: /var/opt
+        type: bind
+        source: /var/opt
+        options: [rshared]
+  install:
+    disk: /dev/vda
+    extraKernelArgs: [foo=bar, bar=baz]
+  sysctls:
+    foo: bar
+cluster:
+  network:
+    cni:
+      name: custom
+      urls: [https://example.com/cni.yaml]
+---
+apiVersion: v1alpha1
+kind: RegistryMirrorConfig
+name: ghcr.io
+endpoints:
+  - url: https://ghcr.io.my-mirror.com
+";
+
+const OVERRIDES_CONTROLPLANE: &str = "cluster:
+  controlPlane:
+    localAPIServerPort: 5443
+  apiServer:
+    certSANs: [foo, bar]
+  allowSchedulingOnControlPlanes: true
+";
+
+fn by_kind(mut docs: Vec<Value>) -> Vec<Value> {
+    docs.sort_by_key(|d| d["kind"].as_str().unwrap_or_default().to_string());
+    docs
+}
+
+#[test]
+fn overridden_configs_equal_talosctl_gen_config_with_the_same_inputs() {
+    for (version, line) in [("v1.12.11", "v1.12"), ("v1.13.9", "v1.13")] {
+        let c = fixture_cluster(version, "example.com");
+        for role in [Role::Controlplane, Role::Worker] {
+            let mut docs = base_config(&c, &fixture_secrets(), role).unwrap();
+            patch::apply(&mut docs, &Patch::parse(OVERRIDES_MACHINE).unwrap()).unwrap();
+            if role == Role::Controlplane {
+                patch::apply(&mut docs, &Patch::parse(OVERRIDES_CONTROLPLANE).unwrap()).unwrap();
+            }
+            let expected = fixture(line, &format!("overrides-{}", role_name(role)));
+            assert_eq!(by_kind(docs), by_kind(expected), "{version} {role}");
+        }
+    }
 }
