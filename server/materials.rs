@@ -315,4 +315,30 @@ mod tests {
             "an image not tagged with the cluster's version is kept"
         );
     }
+
+    #[test]
+    fn a_machine_pinned_to_another_line_is_checked_against_that_lines_schema() {
+        let cluster = spec("ghcr.io/siderolabs/installer:v1.11.6");
+        let bundle = SecretsBundle::generate("v1.11.6", SystemTime::now()).unwrap();
+        let secrets = config_secrets(&bundle);
+        // machine.network is in 1.11's schema and gone from 1.13's.
+        let records = [PatchRecord {
+            scope: PatchScope::Cluster,
+            mac: None,
+            position: 0,
+            name: "kubespan".into(),
+            body: "machine:\n  network:\n    kubespan:\n      enabled: true\n".into(),
+        }];
+        let mut m = Machine::discovered(Mac([0x52, 0x54, 0, 0, 0, 1]));
+        m.cluster = cluster.name.clone();
+        m.role = Role::Worker;
+        m.hostname = Some("w-1".into());
+        m.ip = Some("10.0.0.21/24".parse().unwrap());
+        let machines = [m.clone()];
+        check_cluster(&cluster, &secrets, &records, &machines).unwrap();
+        m.talos_version = Some("v1.13.9".into());
+        let err = check_cluster(&cluster, &secrets, &records, &[m]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("w-1") && msg.contains("network"), "{msg}");
+    }
 }

@@ -28,29 +28,35 @@ fn secrets() -> ConfigSecrets {
     config_secrets(bundle())
 }
 
-/// Talos's published schema, read from the reference material beside the project.
-fn schema() -> &'static jsonschema::Validator {
-    static S: OnceLock<jsonschema::Validator> = OnceLock::new();
-    S.get_or_init(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/talos/config.schema.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (shared/ must sit beside the project)",
-                path.display()
-            )
-        });
-        let schema: Value = serde_json::from_str(&text).unwrap();
+/// Talos's published schema of `version`'s line, read from the reference material beside the
+/// project (shared/talos/config.schema.json is v1.11.6).
+fn schema(version: &str) -> &'static jsonschema::Validator {
+    static V1_11: OnceLock<jsonschema::Validator> = OnceLock::new();
+    static V1_12: OnceLock<jsonschema::Validator> = OnceLock::new();
+    static V1_13: OnceLock<jsonschema::Validator> = OnceLock::new();
+    let (cell, file) = match minor(version) {
+        12 => (&V1_12, "config.schema.v1.12.11.json"),
+        13 => (&V1_13, "config.schema.v1.13.9.json"),
+        _ => (&V1_11, "config.schema.json"),
+    };
+    cell.get_or_init(|| {
+        let schema: Value = serde_json::from_str(&shared(file)).unwrap();
         jsonschema::validator_for(&schema).unwrap()
     })
 }
 
-fn assert_schema_valid(docs: &[Value]) {
+/// The minor of `v1.<minor>.<patch>`.
+fn minor(version: &str) -> u32 {
+    version.split('.').nth(1).unwrap().parse().unwrap()
+}
+
+fn assert_schema_valid(docs: &[Value], version: &str) {
     for doc in docs {
         let mut doc = doc.clone();
         if let Some(obj) = doc.as_object_mut() {
             obj.remove("persist");
         }
-        let errors: Vec<String> = schema()
+        let errors: Vec<String> = schema(version)
             .iter_errors(&doc)
             .map(|e| format!("{}: {e}", e.instance_path()))
             .collect();
@@ -113,7 +119,6 @@ fn at<'a>(doc: &'a Value, pointer: &str) -> &'a Value {
 }
 
 fn assert_node_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
-    let s = secrets();
     assert_eq!(
         at(doc, "/machine/type"),
         if n.role == Role::Controlplane {
@@ -132,9 +137,20 @@ fn assert_node_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
     assert_eq!(at(iface, "/routes/0/network"), "0.0.0.0/0");
     assert_eq!(at(iface, "/routes/0/gateway"), "192.168.50.1");
     assert_eq!(at(doc, "/machine/network/nameservers/1"), "9.9.9.9");
+    if n.role == Role::Controlplane {
+        assert_eq!(at(iface, "/vip/ip"), "192.168.50.10");
+        assert_eq!(at(doc, "/cluster/apiServer/certSANs/0"), "192.168.50.10");
+    } else {
+        assert!(iface.get("vip").is_none(), "worker must not get the VIP");
+    }
+    assert_common_values(doc, cluster, n);
+}
+
+/// The values every line carries in its v1alpha1 document.
+fn assert_common_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
+    let s = secrets();
     match n.role {
         Role::Controlplane => {
-            assert_eq!(at(iface, "/vip/ip"), "192.168.50.10");
             assert_eq!(at(doc, "/machine/ca/key"), s.os_ca.key.as_str());
             assert_eq!(at(doc, "/cluster/etcd/ca/crt"), s.etcd_ca.crt.as_str());
             assert_eq!(
@@ -149,10 +165,8 @@ fn assert_node_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
                 at(doc, "/cluster/secretboxEncryptionSecret"),
                 s.secretbox_secret.as_deref().unwrap()
             );
-            assert_eq!(at(doc, "/cluster/apiServer/certSANs/0"), "192.168.50.10");
         }
         _ => {
-            assert!(iface.get("vip").is_none(), "worker must not get the VIP");
             assert_eq!(at(doc, "/machine/ca/key"), "");
             assert_eq!(at(doc, "/cluster/ca/key"), "");
             for absent in [
@@ -191,6 +205,98 @@ fn assert_node_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
     );
 }
 
+/// The one document of `kind` in `docs`.
+fn doc_of<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind} document expected in {docs:#?}");
+    found[0]
+}
+
+/// From 1.12 on: the node's settings are documents, value by value, and none of the
+/// v1alpha1 fields they deprecate is set.
+fn assert_node_documents(docs: &[Value], cluster: &ClusterSpec, n: &NodeSpec) {
+    let v1alpha1 = &docs[0];
+    assert_eq!(
+        at(v1alpha1, "/machine/type"),
+        if n.role == Role::Controlplane {
+            "controlplane"
+        } else {
+            "worker"
+        }
+    );
+    match minor(&cluster.talos_version) {
+        12 => assert_eq!(at(v1alpha1, "/machine/network"), &serde_json::json!({})),
+        _ => assert!(v1alpha1.pointer("/machine/network").is_none()),
+    }
+    for absent in [
+        "/machine/features/rbac",
+        "/machine/features/stableHostname",
+        "/machine/features/apidCheckExtKeyUsage",
+        "/cluster/apiServer/certSANs",
+        "/cluster/apiServer/disablePodSecurityPolicy",
+    ] {
+        assert!(v1alpha1.pointer(absent).is_none(), "{absent} is set");
+    }
+    assert_eq!(
+        at(v1alpha1, "/machine/install/grubUseUKICmdline"),
+        &Value::Bool(true)
+    );
+    assert_eq!(
+        doc_of(docs, "HostnameConfig"),
+        &serde_json::json!({
+            "apiVersion": "v1alpha1",
+            "kind": "HostnameConfig",
+            "hostname": n.hostname,
+        }),
+        "a static hostname and no auto"
+    );
+    assert_eq!(
+        doc_of(docs, "LinkAliasConfig"),
+        &serde_json::json!({
+            "apiVersion": "v1alpha1",
+            "kind": "LinkAliasConfig",
+            "name": "bootnic",
+            "selector": { "match": format!("mac(link.permanent_addr) == \"{}\"", n.mac) },
+        })
+    );
+    assert_eq!(
+        doc_of(docs, "LinkConfig"),
+        &serde_json::json!({
+            "apiVersion": "v1alpha1",
+            "kind": "LinkConfig",
+            "name": "bootnic",
+            "addresses": [{ "address": n.ip.to_string() }],
+            "routes": [{ "destination": "0.0.0.0/0", "gateway": "192.168.50.1" }],
+        })
+    );
+    assert_eq!(
+        doc_of(docs, "ResolverConfig"),
+        &serde_json::json!({
+            "apiVersion": "v1alpha1",
+            "kind": "ResolverConfig",
+            "nameservers": [{ "address": "192.168.50.1" }, { "address": "9.9.9.9" }],
+        })
+    );
+    let vips: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Layer2VIPConfig")
+        .collect();
+    if n.role == Role::Controlplane {
+        assert_eq!(
+            vips,
+            [&serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "Layer2VIPConfig",
+                "name": "192.168.50.10",
+                "link": "bootnic",
+            })]
+        );
+    } else {
+        assert!(vips.is_empty(), "worker must not get the VIP");
+    }
+    assert_common_values(v1alpha1, cluster, n);
+}
+
 #[test]
 fn every_supported_version_and_role_validates_against_talos_schema() {
     for version in ["v1.8.4", "v1.9.6", "v1.10.9", "v1.11.6"] {
@@ -200,10 +306,118 @@ fn every_supported_version_and_role_validates_against_talos_schema() {
             let docs = render_documents(&c, &secrets(), &node, &Patches::default()).unwrap();
             assert_eq!(docs.len(), 1);
             assert_eq!(docs[0]["persist"], Value::Bool(true));
-            assert_schema_valid(&docs);
+            assert_schema_valid(&docs, version);
             assert_node_values(&docs[0], &c, &node);
         }
     }
+}
+
+#[test]
+fn from_1_12_node_settings_are_documents_valid_for_the_line() {
+    for version in ["v1.12.11", "v1.13.9"] {
+        let c = cluster(version);
+        for (role, n) in [(Role::Controlplane, 1), (Role::Worker, 4)] {
+            let node = node(role, n);
+            let docs = render_documents(&c, &secrets(), &node, &Patches::default()).unwrap();
+            let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+            let mut expected = vec![
+                "HostnameConfig",
+                "LinkAliasConfig",
+                "LinkConfig",
+                "Layer2VIPConfig",
+                "ResolverConfig",
+            ];
+            if role == Role::Worker {
+                expected.retain(|k| *k != "Layer2VIPConfig");
+            }
+            assert_eq!(kinds, expected, "{version} {role}");
+            assert_eq!(docs[0]["persist"], Value::Bool(true));
+            assert_schema_valid(&docs, version);
+            assert_node_documents(&docs, &c, &node);
+        }
+    }
+}
+
+#[test]
+fn without_gateway_or_nameservers_no_route_or_resolver_document() {
+    let c = cluster("v1.13.9");
+    let mut n = node(Role::Worker, 4);
+    n.gateway = None;
+    n.dns.clear();
+    let docs = render_documents(&c, &secrets(), &n, &Patches::default()).unwrap();
+    assert!(doc_of(&docs, "LinkConfig").get("routes").is_none());
+    assert!(docs.iter().all(|d| d["kind"] != "ResolverConfig"));
+    assert_schema_valid(&docs, "v1.13.9");
+}
+
+#[test]
+fn configs_and_patches_validate_against_their_own_lines_schema() {
+    let hostname = "machine:\n  network:\n    hostname: other\n";
+    let n = node(Role::Worker, 4);
+    let p = patches(&[hostname], &[], &[], &[]);
+    assert!(render(&cluster("v1.11.6"), &secrets(), &n, &p).is_ok());
+    let err = render(&cluster("v1.13.9"), &secrets(), &n, &p).unwrap_err();
+    assert!(err.to_string().contains("network"), "{err}");
+
+    let kubespan = "apiVersion: v1alpha1\nkind: KubeSpanConfig\nenabled: true\n";
+    let p = patches(&[kubespan], &[], &[], &[]);
+    let docs = render_documents(&cluster("v1.13.9"), &secrets(), &n, &p).unwrap();
+    assert_eq!(
+        doc_of(&docs, "KubeSpanConfig")["enabled"],
+        Value::Bool(true)
+    );
+    assert_schema_valid(&docs, "v1.13.9");
+    let err = render(&cluster("v1.12.11"), &secrets(), &n, &p).unwrap_err();
+    assert!(
+        err.to_string().contains("Talos 1.12 has no KubeSpanConfig"),
+        "{err}"
+    );
+
+    let cases = [
+        (
+            "apiVersion: v1alpha1\nkind: HostnameConfig\nauto: sometimes\n",
+            "HostnameConfig",
+        ),
+        (
+            "apiVersion: v1alpha1\nkind: LinkConfig\nname: bootnic\naddresses:\n  - address: not-an-ip\n",
+            "LinkConfig",
+        ),
+        (
+            "apiVersion: v1alpha1\nkind: ResolverConfig\nnameservers: [9.9.9.9]\n",
+            "ResolverConfig",
+        ),
+    ];
+    for (text, expected) in cases {
+        let p = patches(&[text], &[], &[], &[]);
+        let err = render(&cluster("v1.12.11"), &secrets(), &n, &p).unwrap_err();
+        assert!(matches!(err, RenderError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains(expected), "{text}: {err}");
+    }
+}
+
+#[test]
+fn a_document_and_its_deprecated_v1alpha1_field_are_never_both_set() {
+    let c = cluster("v1.12.11");
+    let cases = [
+        ("machine:\n  network:\n    hostname: other\n", "hostname"),
+        (
+            "machine:\n  network:\n    nameservers: [1.1.1.1]\n",
+            "nameservers",
+        ),
+        (
+            "machine:\n  features:\n    stableHostname: true\n",
+            "stableHostname",
+        ),
+    ];
+    for (text, expected) in cases {
+        let p = patches(&[text], &[], &[], &[]);
+        let err = render(&c, &secrets(), &node(Role::Controlplane, 1), &p).unwrap_err();
+        assert!(err.to_string().contains(expected), "{text}: {err}");
+    }
+    let vip = "apiVersion: v1alpha1\nkind: Layer2VIPConfig\nname: 192.168.50.99\nlink: bootnic\n";
+    let p = patches(&[vip], &[], &[], &[]);
+    let err = render(&c, &secrets(), &node(Role::Worker, 4), &p).unwrap_err();
+    assert!(err.to_string().contains("control planes"), "{err}");
 }
 
 #[test]
@@ -216,7 +430,7 @@ fn patched_configs_validate_and_apply_in_order_cluster_role_machine() {
         &["machine:\n  install:\n    disk: /dev/sdc\n  certSANs: [cp-1.lab]\n"],
     );
     let cp = render_documents(&c, &secrets(), &node(Role::Controlplane, 1), &p).unwrap();
-    assert_schema_valid(&cp);
+    assert_schema_valid(&cp, "v1.11.6");
     assert_eq!(
         at(&cp[0], "/machine/install/disk"),
         "/dev/sdc",
@@ -229,7 +443,7 @@ fn patched_configs_validate_and_apply_in_order_cluster_role_machine() {
         "worker patch must not reach control planes"
     );
     let w = render_documents(&c, &secrets(), &node(Role::Worker, 4), &p).unwrap();
-    assert_schema_valid(&w);
+    assert_schema_valid(&w, "v1.11.6");
     assert_eq!(at(&w[0], "/machine/install/disk"), "/dev/sdc");
     assert_eq!(at(&w[0], "/machine/nodeLabels/role"), "worker");
 }
@@ -297,7 +511,7 @@ fn rendered_yaml_parses_back_to_the_same_documents() {
         .map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap())
         .collect();
     assert_eq!(parsed, docs);
-    assert_schema_valid(&parsed);
+    assert_schema_valid(&parsed, "v1.11.6");
 }
 
 /// The reference material beside the project.

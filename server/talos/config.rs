@@ -48,6 +48,15 @@ impl Contract {
         }
     }
 
+    /// The Talos line(s) of the contract, as messages name them.
+    pub fn line(self) -> &'static str {
+        match self {
+            Contract::V1_8 => "1.8 – 1.11",
+            Contract::V1_12 => "1.12",
+            Contract::V1_13 => "1.13",
+        }
+    }
+
     /// Per-node network settings as documents rather than `machine.network`.
     fn network_documents(self) -> bool {
         self >= Contract::V1_12
@@ -662,12 +671,16 @@ pub fn validate(docs: &[Value], role: Role, contract: Contract) -> Result<(), Re
                 }
             }
         }
-        let validator = if is_v1alpha1 {
-            &validators.v1alpha1
-        } else {
-            kind_of(&doc)
-                .and_then(|kind| validators.kinds.get(kind))
-                .unwrap_or(&validators.any_document)
+        let validator = match kind_of(&doc) {
+            _ if is_v1alpha1 => &validators.v1alpha1,
+            Some(kind) => validators.kinds.get(kind).ok_or_else(|| {
+                RenderError::Invalid(format!(
+                    "document {}: Talos {} has no {kind} document",
+                    i + 1,
+                    contract.line()
+                ))
+            })?,
+            None => &validators.any_document,
         };
         let errors: Vec<String> = validator
             .iter_errors(&doc)
