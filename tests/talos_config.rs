@@ -34,7 +34,9 @@ fn schema(version: &str) -> &'static jsonschema::Validator {
     static V1_11: OnceLock<jsonschema::Validator> = OnceLock::new();
     static V1_12: OnceLock<jsonschema::Validator> = OnceLock::new();
     static V1_13: OnceLock<jsonschema::Validator> = OnceLock::new();
+    static V1_14: OnceLock<jsonschema::Validator> = OnceLock::new();
     let (cell, file) = match minor(version) {
+        14 => (&V1_14, "config.schema.v1.14.0-rc.1.json"),
         12 => (&V1_12, "config.schema.v1.12.11.json"),
         13 => (&V1_13, "config.schema.v1.13.9.json"),
         _ => (&V1_11, "config.schema.json"),
@@ -478,7 +480,7 @@ fn patches_that_break_the_config_are_refused_with_the_reason() {
 
 #[test]
 fn unsupported_versions_and_bad_endpoints_are_refused() {
-    let mut c = cluster("v1.14.0");
+    let mut c = cluster("v1.15.0");
     assert!(matches!(
         render(&c, &secrets(), &node(Role::Worker, 4), &Patches::default()),
         Err(RenderError::UnsupportedVersion(_))
@@ -530,8 +532,9 @@ fn shared(path: &str) -> String {
 /// A `talosctl gen config` fixture of Talos's stability test, as documents.
 fn fixture(line: &str, name: &str) -> Vec<Value> {
     let text = shared(&format!("stability/{line}/{name}.yaml"));
+    // Each document keeps its final newline (a block scalar at its end keeps it too).
     text.split("\n---\n")
-        .map(|doc| serde_yaml_ng::from_str::<Value>(doc).unwrap())
+        .map(|doc| serde_yaml_ng::from_str::<Value>(&format!("{doc}\n")).unwrap())
         .collect()
 }
 
@@ -566,16 +569,22 @@ fn role_name(role: Role) -> &'static str {
 
 #[test]
 fn base_configs_equal_talosctl_gen_config_field_for_field_in_key_order() {
-    for (version, line) in [("v1.12.11", "v1.12"), ("v1.13.9", "v1.13")] {
+    for (version, line) in [
+        ("v1.12.11", "v1.12"),
+        ("v1.13.9", "v1.13"),
+        ("v1.14.0-rc.1", "v1.14"),
+    ] {
         let c = fixture_cluster(version, "cluster.local");
         for role in [Role::Controlplane, Role::Worker] {
             let mut docs = base_config(&c, &fixture_secrets(), role).unwrap();
-            // talosctl's CLI fills in /dev/sda; the stability test gives no disk.
-            let install = docs[0]
+            // talosctl's CLI fills in /dev/sda; the stability test gives no disk. From 1.14
+            // the install is a document bootplane adds per node.
+            if let Some(install) = docs[0]
                 .pointer_mut("/machine/install")
                 .and_then(Value::as_object_mut)
-                .unwrap();
-            assert_eq!(install.shift_remove("disk"), Some("/dev/sda".into()));
+            {
+                assert_eq!(install.shift_remove("disk"), Some("/dev/sda".into()));
+            }
             let expected = fixture(line, &format!("base-{}", role_name(role)));
             assert_eq!(
                 to_yaml(&docs).unwrap(),
@@ -640,4 +649,217 @@ fn overridden_configs_equal_talosctl_gen_config_with_the_same_inputs() {
             assert_eq!(by_kind(docs), by_kind(expected), "{version} {role}");
         }
     }
+}
+
+/// The stability test's "overrides" inputs for 1.14 other than the DNS domain, as patches.
+const OVERRIDES_V1_14: &str = "machine:
+  certSANs: [foo, bar]
+---
+apiVersion: v1alpha1
+kind: UnattendedInstallConfig
+installer: {}
+provisioning:
+  diskSelector:
+    match: disk.dev_path == \"/dev/vda\"
+  wipe: false
+---
+apiVersion: v1alpha1
+kind: SysctlConfig
+params:
+  foo: bar
+---
+apiVersion: v1alpha1
+kind: RegistryMirrorConfig
+name: ghcr.io
+endpoints:
+  - url: https://ghcr.io.my-mirror.com
+---
+apiVersion: v1alpha1
+kind: KubeletConfig
+clusterDNS: [3.3.3.3]
+";
+
+const OVERRIDES_V1_14_CONTROLPLANE: &str = "apiVersion: v1alpha1
+kind: KubeAPIServerConfig
+apiPort: 5443
+certExtraSANs: [foo, bar]
+---
+apiVersion: v1alpha1
+kind: KubeExternalManifestConfig
+name: custom-cni
+url: https://example.com/cni.yaml
+";
+
+#[test]
+fn overridden_1_14_configs_equal_talosctl_gen_config_with_the_same_inputs() {
+    let c = fixture_cluster("v1.14.0-rc.1", "example.com");
+    for role in [Role::Controlplane, Role::Worker] {
+        let mut docs = base_config(&c, &fixture_secrets(), role).unwrap();
+        patch::apply(&mut docs, &Patch::parse(OVERRIDES_V1_14).unwrap()).unwrap();
+        if role == Role::Controlplane {
+            patch::apply(
+                &mut docs,
+                &Patch::parse(OVERRIDES_V1_14_CONTROLPLANE).unwrap(),
+            )
+            .unwrap();
+            // A custom CNI drops flannel; scheduling on control planes drops their taint.
+            docs.retain(|d| d["kind"] != "KubeFlannelCNIConfig");
+            let node = docs
+                .iter_mut()
+                .find(|d| d["kind"] == "KubeNodeConfig")
+                .unwrap();
+            node.as_object_mut().unwrap().shift_remove("taints");
+        }
+        let expected = fixture("v1.14", &format!("overrides-{}", role_name(role)));
+        assert_eq!(by_kind(docs), by_kind(expected), "{role}");
+    }
+}
+
+#[test]
+fn talos_1_14_fixtures_and_rendered_configs_validate_against_its_schema() {
+    for name in [
+        "base-controlplane",
+        "base-worker",
+        "overrides-controlplane",
+        "overrides-worker",
+    ] {
+        let docs = fixture("v1.14", name);
+        let role = if name.ends_with("controlplane") {
+            Role::Controlplane
+        } else {
+            Role::Worker
+        };
+        // Talos's own output passes bootplane's validation (the install is added per node).
+        let mut docs = docs;
+        if !docs.iter().any(|d| d["kind"] == "UnattendedInstallConfig") {
+            docs.push(serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "UnattendedInstallConfig",
+                "provisioning": { "diskSelector": { "match": "disk.dev_path == \"/dev/sda\"" } },
+            }));
+        }
+        bootplane::talos::config::validate(&docs, role, bootplane::talos::config::Contract::V1_14)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn talos_1_14_node_settings_are_documents() {
+    let version = "v1.14.0-rc.1";
+    let c = cluster(version);
+    for (role, n) in [(Role::Controlplane, 1), (Role::Worker, 4)] {
+        let node = node(role, n);
+        let docs = render_documents(&c, &secrets(), &node, &Patches::default()).unwrap();
+        let v1alpha1 = &docs[0];
+        assert!(v1alpha1.pointer("/machine/install").is_none());
+        assert!(v1alpha1.pointer("/machine/network").is_none());
+        assert_eq!(at(v1alpha1, "/machine/type"), role_name(role));
+        assert_eq!(
+            doc_of(&docs, "UnattendedInstallConfig"),
+            &serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "UnattendedInstallConfig",
+                "installer": { "image": c.install_image },
+                "provisioning": {
+                    "diskSelector": { "match": "disk.dev_path == \"/dev/nvme0n1\"" },
+                    "wipe": node.wipe,
+                },
+            })
+        );
+        assert_eq!(
+            docs[3]["kind"], "UnattendedInstallConfig",
+            "after the discovery identity, where gen config puts it"
+        );
+        assert_eq!(
+            doc_of(&docs, "ResolverConfig"),
+            &serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "ResolverConfig",
+                "nameservers": [{ "address": "192.168.50.1" }, { "address": "9.9.9.9" }],
+                "hostDNS": { "enabled": true, "forwardKubeDNSToHost": true },
+            }),
+            "the nameservers join gen config's resolver document"
+        );
+        assert_eq!(
+            doc_of(&docs, "HostnameConfig"),
+            &serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "HostnameConfig",
+                "hostname": node.hostname,
+            })
+        );
+        assert_eq!(
+            at(doc_of(&docs, "LinkAliasConfig"), "/selector/match"),
+            format!("mac(link.permanent_addr) == \"{}\"", node.mac).as_str()
+        );
+        assert_eq!(
+            at(doc_of(&docs, "LinkConfig"), "/addresses/0/address"),
+            node.ip.to_string().as_str()
+        );
+        let vips = docs
+            .iter()
+            .filter(|d| d["kind"] == "Layer2VIPConfig")
+            .count();
+        assert_eq!(vips, usize::from(role == Role::Controlplane));
+        assert_eq!(
+            at(doc_of(&docs, "KubeClusterConfig"), "/endpoint"),
+            c.endpoint.as_str()
+        );
+        assert_eq!(
+            at(doc_of(&docs, "KubeletConfig"), "/image"),
+            "ghcr.io/siderolabs/kubelet:v1.34.1"
+        );
+        let s = secrets();
+        assert_eq!(
+            at(doc_of(&docs, "DiscoveryIdentityConfig"), "/clusterID"),
+            s.cluster_id.as_str()
+        );
+        assert_eq!(at(v1alpha1, "/machine/token"), s.trustd_token.as_str());
+        assert_eq!(at(v1alpha1, "/cluster/token"), s.bootstrap_token.as_str());
+        if role == Role::Controlplane {
+            assert_eq!(at(v1alpha1, "/cluster/etcd/ca/key"), s.etcd_ca.key.as_str());
+            let issuing = at(doc_of(&docs, "KubeAPIServerCAConfig"), "/issuingCA/cert");
+            assert!(issuing
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----"));
+        } else {
+            assert!(v1alpha1.pointer("/cluster/etcd").is_none());
+            assert!(docs.iter().all(|d| d["kind"] != "KubeServiceAccountConfig"));
+        }
+        assert_schema_valid_except_unattended(&docs, version);
+    }
+    let mut n = node(Role::Worker, 4);
+    n.install_disk = None;
+    let mut c = c;
+    c.install_image = String::new();
+    let docs = render_documents(&c, &secrets(), &n, &Patches::default()).unwrap();
+    assert_eq!(
+        at(doc_of(&docs, "UnattendedInstallConfig"), "/installer"),
+        &serde_json::json!({}),
+        "no image: the node installs its own version and schematic"
+    );
+    assert_eq!(
+        at(
+            doc_of(&docs, "UnattendedInstallConfig"),
+            "/provisioning/diskSelector/match"
+        ),
+        "disk.dev_path == \"/dev/sda\""
+    );
+}
+
+/// Talos's schema, except that v1.14.0-rc.1's names the install document's kind
+/// `UnattendedInstall` while Talos writes and reads `UnattendedInstallConfig`.
+fn assert_schema_valid_except_unattended(docs: &[Value], version: &str) {
+    let renamed: Vec<Value> = docs
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            if d["kind"] == "UnattendedInstallConfig" {
+                d["kind"] = "UnattendedInstall".into();
+            }
+            d
+        })
+        .collect();
+    assert_schema_valid(&renamed, version);
 }

@@ -19,10 +19,10 @@ use crate::talos::minor_version;
 use crate::talos::patch::{self, Patch};
 
 /// Talos versions whose config contract bootplane renders.
-pub const SUPPORTED: &[(u32, u32)] = &[(1, 8), (1, 9), (1, 10), (1, 11), (1, 12), (1, 13)];
+pub const SUPPORTED: &[(u32, u32)] = &[(1, 8), (1, 9), (1, 10), (1, 11), (1, 12), (1, 13), (1, 14)];
 
 /// The supported lines, as messages name them.
-pub const SUPPORTED_RANGE: &str = "1.8 to 1.13";
+pub const SUPPORTED_RANGE: &str = "1.8 to 1.14";
 
 /// The shape of `talosctl gen config` output for a Talos line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,6 +35,10 @@ pub enum Contract {
     V1_12,
     /// 1.13: as 1.12, without `machine.network` (gone from the schema).
     V1_13,
+    /// 1.14 (from its release candidates): the v1alpha1 document keeps only the machine's
+    /// identity, CA and tokens; discovery, DNS, volumes, the install and all of Kubernetes are
+    /// documents, CAs in them as PEM text.
+    V1_14,
 }
 
 impl Contract {
@@ -44,6 +48,7 @@ impl Contract {
             Some((1, 8..=11)) => Ok(Contract::V1_8),
             Some((1, 12)) => Ok(Contract::V1_12),
             Some((1, 13)) => Ok(Contract::V1_13),
+            Some((1, 14)) => Ok(Contract::V1_14),
             _ => Err(RenderError::UnsupportedVersion(talos_version.to_string())),
         }
     }
@@ -54,6 +59,7 @@ impl Contract {
             Contract::V1_8 => "1.8 – 1.11",
             Contract::V1_12 => "1.12",
             Contract::V1_13 => "1.13",
+            Contract::V1_14 => "1.14",
         }
     }
 
@@ -72,6 +78,7 @@ pub fn default_kubernetes_version(talos_version: &str) -> Option<&'static str> {
         (1, 11) => Some("1.34.1"),
         (1, 12) => Some("1.35.4"),
         (1, 13) => Some("1.36.3"),
+        (1, 14) => Some("1.37.0-rc.0"),
         _ => None,
     }
 }
@@ -79,16 +86,21 @@ pub fn default_kubernetes_version(talos_version: &str) -> Option<&'static str> {
 /// The alias bootplane gives the NIC a node booted from (selected by its MAC) from 1.12 on.
 pub const BOOT_LINK: &str = "bootnic";
 
-/// talosctl's default installer image for a Talos version.
+/// talosctl's default installer image for a Talos version. From 1.14 no installer is published
+/// with releases and `gen config` names none: empty, the node installs its own version and
+/// schematic (which needs boot assets from the Image Factory).
 pub fn default_install_image(talos_version: &str) -> String {
-    format!("ghcr.io/siderolabs/installer:{talos_version}")
+    match Contract::of(talos_version) {
+        Ok(Contract::V1_14) => String::new(),
+        _ => format!("ghcr.io/siderolabs/installer:{talos_version}"),
+    }
 }
 
 pub const DEFAULT_INSTALL_DISK: &str = "/dev/sda";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("Talos {0} is not supported: bootplane renders configs for Talos 1.8 to 1.13")]
+    #[error("Talos {0} is not supported: bootplane renders configs for Talos {SUPPORTED_RANGE}")]
     UnsupportedVersion(String),
     #[error("{0}")]
     Patch(#[from] patch::PatchError),
@@ -224,6 +236,9 @@ pub fn base_config(
 ) -> Result<Vec<Value>, RenderError> {
     let contract = Contract::of(&cluster.talos_version)?;
     let host = endpoint_host(&cluster.endpoint)?;
+    if contract == Contract::V1_14 {
+        return base_documents_v1_14(cluster, secrets, role);
+    }
     let k8s = cluster.kubernetes_version.trim_start_matches('v');
     let controlplane = role == Role::Controlplane;
     let machine_type = if controlplane {
@@ -383,6 +398,220 @@ pub fn base_config(
     Ok(docs)
 }
 
+/// The PEM text of a base64-encoded PEM value of the secrets.
+fn pem(b64: &str, what: &str) -> Result<String, RenderError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| RenderError::Input(format!("the secrets bundle's {what} is not base64 PEM")))
+}
+
+/// The documents `talosctl gen config` writes for Talos 1.14, in its order (the install is
+/// per node, so it is added with the node's settings).
+fn base_documents_v1_14(
+    cluster: &ClusterSpec,
+    secrets: &ConfigSecrets,
+    role: Role,
+) -> Result<Vec<Value>, RenderError> {
+    let k8s = cluster.kubernetes_version.trim_start_matches('v');
+    let controlplane = role == Role::Controlplane;
+    let mut machine = Map::new();
+    machine.insert(
+        "type".into(),
+        json!(if controlplane {
+            "controlplane"
+        } else {
+            "worker"
+        }),
+    );
+    machine.insert("token".into(), json!(secrets.trustd_token));
+    machine.insert(
+        "ca".into(),
+        json!({
+            "crt": secrets.os_ca.crt,
+            "key": if controlplane { secrets.os_ca.key.as_str() } else { "" },
+        }),
+    );
+    machine.insert("certSANs".into(), json!([]));
+    machine.insert("features".into(), json!({ "diskQuotaSupport": true }));
+    let mut c = Map::new();
+    c.insert("token".into(), json!(secrets.bootstrap_token));
+    if controlplane {
+        c.insert(
+            "etcd".into(),
+            json!({ "ca": { "crt": secrets.etcd_ca.crt, "key": secrets.etcd_ca.key } }),
+        );
+    }
+    let v1alpha1 = json!({
+        "version": "v1alpha1",
+        "debug": false,
+        "persist": true,
+        "machine": machine,
+        "cluster": c,
+    });
+
+    let mut docs = vec![
+        v1alpha1,
+        document(
+            "DiscoveryServiceConfig",
+            json!({ "name": "default", "endpoint": "https://discovery.talos.dev/" }),
+        ),
+        document(
+            "DiscoveryIdentityConfig",
+            json!({ "clusterID": secrets.cluster_id, "clusterSecret": secrets.cluster_secret }),
+        ),
+        document(
+            "ResolverConfig",
+            json!({ "hostDNS": { "enabled": true, "forwardKubeDNSToHost": true } }),
+        ),
+        document(
+            "VolumeConfig",
+            json!({ "name": "EPHEMERAL", "mount": { "secure": true } }),
+        ),
+        document("FilesystemTrimConfig", json!({ "interval": "168h0m0s" })),
+        document(
+            "SecurityProfileConfig",
+            json!({ "workloadIsolation": true }),
+        ),
+        document("HostnameConfig", json!({ "auto": "stable" })),
+        document(
+            "KubeClusterConfig",
+            json!({ "clusterName": cluster.name, "endpoint": cluster.endpoint }),
+        ),
+    ];
+    let mut node = Map::new();
+    node.insert("nodeIP".into(), json!({}));
+    if controlplane {
+        node.insert(
+            "labels".into(),
+            json!({
+                "node-role.kubernetes.io/control-plane": "",
+                "node.kubernetes.io/exclude-from-external-load-balancers": "",
+            }),
+        );
+        node.insert(
+            "taints".into(),
+            json!({ "node-role.kubernetes.io/control-plane": "NoSchedule" }),
+        );
+    }
+    docs.push(document("KubeNodeConfig", Value::Object(node)));
+    docs.push(document(
+        "KubeletConfig",
+        json!({
+            "image": format!("ghcr.io/siderolabs/kubelet:v{k8s}"),
+            "config": {},
+            "defaultRuntimeSeccompProfileEnabled": true,
+        }),
+    ));
+    docs.push(document(
+        "KubeNetworkConfig",
+        json!({
+            "dnsDomain": cluster.dns_domain,
+            "podSubnets": cluster.pod_subnets,
+            "serviceSubnets": cluster.service_subnets,
+        }),
+    ));
+    let k8s_ca = pem(&secrets.k8s_ca.crt, "Kubernetes CA")?;
+    if !controlplane {
+        docs.push(document(
+            "KubeAPIServerCAConfig",
+            json!({ "acceptedCAs": [k8s_ca] }),
+        ));
+        docs.push(document("KubePrismConfig", json!({ "port": 7445 })));
+        return Ok(docs);
+    }
+    docs.push(document(
+        "KubeAPIServerCAConfig",
+        json!({ "issuingCA": {
+            "cert": k8s_ca,
+            "key": pem(&secrets.k8s_ca.key, "Kubernetes CA key")?,
+        } }),
+    ));
+    docs.push(document("KubePrismConfig", json!({ "port": 7445 })));
+    docs.push(document(
+        "KubeAggregatorCAConfig",
+        json!({ "issuingCA": {
+            "cert": pem(&secrets.aggregator_ca.crt, "aggregator CA")?,
+            "key": pem(&secrets.aggregator_ca.key, "aggregator CA key")?,
+        } }),
+    ));
+    let admission = admission_and_audit();
+    if let Some(plugin) = admission
+        .get("admissionControl")
+        .and_then(|list| list.get(0))
+    {
+        docs.push(document("KubeAdmissionControlConfig", plugin.clone()));
+    }
+    if let Some(policy) = admission.get("auditPolicy") {
+        docs.push(document(
+            "KubeAuditPolicyConfig",
+            json!({ "configuration": policy }),
+        ));
+    }
+    docs.push(document(
+        "KubeAuthenticationConfig",
+        json!({ "configuration": {
+            "anonymous": {
+                "conditions": [{ "path": "/livez" }, { "path": "/readyz" }, { "path": "/healthz" }],
+                "enabled": true,
+            },
+            "jwt": [],
+        } }),
+    ));
+    docs.push(document(
+        "KubeAuthorizerConfig",
+        json!({ "name": "node", "type": "Node" }),
+    ));
+    docs.push(document(
+        "KubeAuthorizerConfig",
+        json!({ "name": "rbac", "type": "RBAC" }),
+    ));
+    let provider = match (&secrets.secretbox_secret, &secrets.aescbc_secret) {
+        (Some(s), _) => json!({ "secretbox": { "keys": [{ "name": "key2", "secret": s }] } }),
+        (None, Some(s)) => json!({ "aescbc": { "keys": [{ "name": "key1", "secret": s }] } }),
+        (None, None) => {
+            return Err(RenderError::Input(
+                "the secrets bundle has no encryption secret".into(),
+            ))
+        }
+    };
+    docs.push(document(
+        "KubeEtcdEncryptionConfig",
+        json!({ "config": { "resources": [{ "providers": [provider], "resources": ["secrets"] }] } }),
+    ));
+    docs.push(document(
+        "KubeServiceAccountConfig",
+        json!({ "issuer": {
+            "privateKey": pem(&secrets.service_account_key, "service-account key")?,
+            "issuerURL": cluster.endpoint,
+        } }),
+    ));
+    docs.push(document(
+        "KubeAPIServerConfig",
+        json!({ "image": format!("registry.k8s.io/kube-apiserver:v{k8s}") }),
+    ));
+    docs.push(document(
+        "KubeControllerManagerConfig",
+        json!({ "image": format!("registry.k8s.io/kube-controller-manager:v{k8s}") }),
+    ));
+    docs.push(document(
+        "KubeSchedulerConfig",
+        json!({ "image": format!("registry.k8s.io/kube-scheduler:v{k8s}"), "config": {} }),
+    ));
+    docs.push(document(
+        "KubeProxyConfig",
+        json!({ "image": format!("registry.k8s.io/kube-proxy:v{k8s}"), "config": {} }),
+    ));
+    docs.push(document(
+        "KubeFlannelCNIConfig",
+        json!({ "backendType": "vxlan", "backendPort": 4789 }),
+    ));
+    docs.push(document("KubeCoreDNSConfig", json!({ "enabled": true })));
+    Ok(docs)
+}
+
 /// `machine.install` as `gen config` writes it (an empty image is left out).
 fn install(contract: Contract, disk: &str, image: &str, wipe: bool) -> Value {
     let mut install = Map::new();
@@ -441,20 +670,34 @@ fn apply_node(
     cluster: &ClusterSpec,
     node: &NodeSpec,
 ) -> Result<(), RenderError> {
-    let machine = docs
-        .first_mut()
-        .and_then(|doc| doc.get_mut("machine"))
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| RenderError::Input("base config has no machine section".into()))?;
-    machine.insert(
-        "install".into(),
-        install(
-            contract,
-            node.install_disk.as_deref().unwrap_or(DEFAULT_INSTALL_DISK),
-            &cluster.install_image,
-            node.wipe,
-        ),
-    );
+    let disk = node.install_disk.as_deref().unwrap_or(DEFAULT_INSTALL_DISK);
+    if contract == Contract::V1_14 {
+        let mut installer = Map::new();
+        if !cluster.install_image.is_empty() {
+            installer.insert("image".into(), json!(cluster.install_image));
+        }
+        let unattended = document(
+            "UnattendedInstallConfig",
+            json!({
+                "installer": installer,
+                "provisioning": {
+                    "diskSelector": { "match": format!("disk.dev_path == \"{disk}\"") },
+                    "wipe": node.wipe,
+                },
+            }),
+        );
+        // Where `gen config` puts it: after the discovery identity.
+        let at = docs
+            .iter()
+            .position(|d| kind_of(d) == Some("DiscoveryIdentityConfig"))
+            .map_or(docs.len(), |i| i + 1);
+        docs.insert(at, unattended);
+    } else {
+        machine_of(docs)?.insert(
+            "install".into(),
+            install(contract, disk, &cluster.install_image, node.wipe),
+        );
+    }
     let vip = match (node.role, cluster.vip) {
         (Role::Controlplane, Some(vip)) => Some(vip),
         _ => None,
@@ -483,7 +726,7 @@ fn apply_node(
         if !dns.is_empty() {
             network.insert("nameservers".into(), json!(dns));
         }
-        machine.insert("network".into(), Value::Object(network));
+        machine_of(docs)?.insert("network".into(), Value::Object(network));
         return Ok(());
     }
     docs.retain(|doc| kind_of(doc) != Some("HostnameConfig"));
@@ -519,12 +762,36 @@ fn apply_node(
     }
     if !dns.is_empty() {
         let nameservers: Vec<Value> = dns.iter().map(|d| json!({ "address": d })).collect();
-        docs.push(document(
-            "ResolverConfig",
-            json!({ "nameservers": nameservers }),
-        ));
+        // From 1.14 `gen config` writes a ResolverConfig (host DNS); the nameservers join it.
+        match docs
+            .iter_mut()
+            .find(|d| kind_of(d) == Some("ResolverConfig"))
+            .and_then(Value::as_object_mut)
+        {
+            Some(resolver) => {
+                let rest = std::mem::take(resolver);
+                for (key, value) in rest {
+                    resolver.insert(key.clone(), value);
+                    if key == "kind" {
+                        resolver.insert("nameservers".into(), json!(nameservers));
+                    }
+                }
+            }
+            None => docs.push(document(
+                "ResolverConfig",
+                json!({ "nameservers": nameservers }),
+            )),
+        }
     }
     Ok(())
+}
+
+/// The `machine` section of the v1alpha1 document.
+fn machine_of(docs: &mut [Value]) -> Result<&mut Map<String, Value>, RenderError> {
+    docs.first_mut()
+        .and_then(|doc| doc.get_mut("machine"))
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| RenderError::Input("base config has no machine section".into()))
 }
 
 fn kind_of(doc: &Value) -> Option<&str> {
@@ -587,6 +854,12 @@ pub fn to_yaml(docs: &[Value]) -> Result<String, RenderError> {
 const SCHEMA_V1_11: &str = include_str!("schema/config.schema.v1.11.json");
 const SCHEMA_V1_12: &str = include_str!("schema/config.schema.v1.12.11.json");
 const SCHEMA_V1_13: &str = include_str!("schema/config.schema.v1.13.9.json");
+const SCHEMA_V1_14: &str = include_str!("schema/config.schema.v1.14.0-rc.1.json");
+
+/// Document kinds a schema names differently from what Talos writes and reads: (schema's,
+/// Talos's). v1.14.0-rc.1's schema says `UnattendedInstall`, while `gen config` (its stability
+/// fixtures) and the config loader use `UnattendedInstallConfig`.
+const KIND_ALIASES: &[(&str, &str)] = &[("UnattendedInstall", "UnattendedInstallConfig")];
 
 /// One Talos line's schema, split per document kind.
 struct Validators {
@@ -599,7 +872,22 @@ struct Validators {
 
 impl Validators {
     fn build(text: &str) -> Result<Validators, String> {
-        let root: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut root: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let definitions = root
+            .get_mut("$defs")
+            .and_then(Value::as_object_mut)
+            .into_iter()
+            .flat_map(|defs| defs.values_mut());
+        for definition in definitions {
+            if let Some(Value::Array(names)) = definition.pointer_mut("/properties/kind/enum") {
+                for (schema_kind, talos_kind) in KIND_ALIASES {
+                    if names.iter().any(|n| n == schema_kind) {
+                        names.push(json!(talos_kind));
+                    }
+                }
+            }
+        }
+        let root = root;
         let for_definition = |reference: &str| {
             let mut schema = root.clone();
             if let Some(obj) = schema.as_object_mut() {
@@ -642,10 +930,12 @@ fn validators(contract: Contract) -> Result<&'static Validators, RenderError> {
     static V1_11: OnceLock<Result<Validators, String>> = OnceLock::new();
     static V1_12: OnceLock<Result<Validators, String>> = OnceLock::new();
     static V1_13: OnceLock<Result<Validators, String>> = OnceLock::new();
+    static V1_14: OnceLock<Result<Validators, String>> = OnceLock::new();
     let (cell, text) = match contract {
         Contract::V1_8 => (&V1_11, SCHEMA_V1_11),
         Contract::V1_12 => (&V1_12, SCHEMA_V1_12),
         Contract::V1_13 => (&V1_13, SCHEMA_V1_13),
+        Contract::V1_14 => (&V1_14, SCHEMA_V1_14),
     };
     cell.get_or_init(|| Validators::build(text))
         .as_ref()
@@ -699,7 +989,7 @@ pub fn validate(docs: &[Value], role: Role, contract: Contract) -> Result<(), Re
             )));
         }
         if is_v1alpha1 {
-            talos_rules(&doc, role)?;
+            talos_rules(&doc, role, contract, docs)?;
         }
     }
     if docs
@@ -770,8 +1060,20 @@ fn is_dns_name(name: &str) -> bool {
         })
 }
 
-/// A few of Talos's validation rules (v1alpha1_validation.go) that matter for metal nodes.
-fn talos_rules(doc: &Value, role: Role) -> Result<(), RenderError> {
+/// A few of Talos's validation rules (v1alpha1_validation.go) that matter for metal nodes;
+/// from 1.14 the endpoint, install and DNS domain are read from their documents in `docs`.
+fn talos_rules(
+    doc: &Value,
+    role: Role,
+    contract: Contract,
+    docs: &[Value],
+) -> Result<(), RenderError> {
+    let of_kind = |kind: &str, path: &str| {
+        docs.iter()
+            .filter(|d| kind_of(d) == Some(kind))
+            .find_map(|d| pointer_str(d, path))
+    };
+    let documents = contract == Contract::V1_14;
     let fail = |m: &str| Err(RenderError::Invalid(m.to_string()));
     let machine_type = pointer_str(doc, "/machine/type").unwrap_or_default();
     let expected = if role == Role::Controlplane {
@@ -784,15 +1086,39 @@ fn talos_rules(doc: &Value, role: Role) -> Result<(), RenderError> {
             "machine.type is '{machine_type}' but the machine is a {expected}"
         )));
     }
-    if pointer_str(doc, "/cluster/controlPlane/endpoint").is_none() {
-        return fail("cluster.controlPlane.endpoint is required");
+    if documents {
+        if of_kind("KubeClusterConfig", "/endpoint").is_none() {
+            return fail("a KubeClusterConfig document with the endpoint is required");
+        }
+        if of_kind(
+            "UnattendedInstallConfig",
+            "/provisioning/diskSelector/match",
+        )
+        .is_none()
+        {
+            return fail(
+                "an UnattendedInstallConfig document with provisioning.diskSelector is required \
+                 (bootplane installs Talos to disk)",
+            );
+        }
+    } else {
+        if pointer_str(doc, "/cluster/controlPlane/endpoint").is_none() {
+            return fail("cluster.controlPlane.endpoint is required");
+        }
+        if pointer_str(doc, "/machine/install/disk").is_none()
+            && doc.pointer("/machine/install/diskSelector").is_none()
+        {
+            return fail(
+                "machine.install.disk or machine.install.diskSelector is required on metal",
+            );
+        }
     }
-    if pointer_str(doc, "/machine/install/disk").is_none()
-        && doc.pointer("/machine/install/diskSelector").is_none()
-    {
-        return fail("machine.install.disk or machine.install.diskSelector is required on metal");
-    }
-    if let Some(domain) = pointer_str(doc, "/cluster/network/dnsDomain") {
+    let domain = if documents {
+        of_kind("KubeNetworkConfig", "/dnsDomain")
+    } else {
+        pointer_str(doc, "/cluster/network/dnsDomain")
+    };
+    if let Some(domain) = domain {
         if !is_dns_name(domain) {
             return Err(RenderError::Invalid(format!(
                 "cluster.network.dnsDomain '{domain}' is not a DNS name"
