@@ -863,3 +863,48 @@ fn assert_schema_valid_except_unattended(docs: &[Value], version: &str) {
         .collect();
     assert_schema_valid(&renamed, version);
 }
+
+#[test]
+fn redacted_configs_of_every_new_line_show_no_secret() {
+    use base64::Engine as _;
+    let s = secrets();
+    let pem = |b64: &str| {
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let mut hidden = vec![
+        s.cluster_secret.clone(),
+        s.bootstrap_token.clone(),
+        s.trustd_token.clone(),
+        s.secretbox_secret.clone().unwrap(),
+        s.os_ca.key.clone(),
+        s.etcd_ca.key.clone(),
+        s.k8s_ca.key.clone(),
+        s.aggregator_ca.key.clone(),
+        s.service_account_key.clone(),
+    ];
+    for b64 in [&s.k8s_ca.key, &s.aggregator_ca.key, &s.service_account_key] {
+        // A line of the PEM body is enough to leak it.
+        hidden.push(pem(b64).lines().nth(1).unwrap().to_string());
+    }
+    for version in ["v1.12.11", "v1.13.9", "v1.14.0-rc.1"] {
+        let yaml = render(
+            &cluster(version),
+            &s,
+            &node(Role::Controlplane, 1),
+            &Patches::default(),
+        )
+        .unwrap();
+        let shown = bootplane::ops::redact_config(&yaml).unwrap();
+        // Up to 1.13 keys are base64 PEM, from 1.14 CA and service-account keys are PEM text.
+        let rendered = hidden.iter().filter(|h| yaml.contains(h.as_str())).count();
+        assert!(rendered >= 9, "{version}: only {rendered} secrets rendered");
+        for secret in &hidden {
+            assert!(!shown.contains(secret.as_str()), "{version}: shown");
+        }
+    }
+}
