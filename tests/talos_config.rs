@@ -908,3 +908,20 @@ fn redacted_configs_of_every_new_line_show_no_secret() {
         }
     }
 }
+
+#[test]
+fn json_patches_apply_up_to_1_11_and_are_refused_on_multi_document_configs() {
+    let p = patches(
+        &["- op: add\n  path: /machine/nodeLabels\n  value: {zone: a}\n"],
+        &[],
+        &[],
+        &[],
+    );
+    let n = node(Role::Worker, 4);
+    let docs = render_documents(&cluster("v1.11.6"), &secrets(), &n, &p).unwrap();
+    assert_eq!(at(&docs[0], "/machine/nodeLabels/zone"), "a");
+    for version in ["v1.12.11", "v1.13.9", "v1.14.0-rc.1"] {
+        let err = render(&cluster(version), &secrets(), &n, &p).unwrap_err();
+        assert!(matches!(err, RenderError::Patch(_)), "{version}: {err:?}");
+    }
+}
