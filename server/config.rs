@@ -20,7 +20,7 @@ pub const DEFAULT_DHCP_PORT: u16 = 67;
 pub const DEFAULT_PXE_PORT: u16 = 4011;
 pub const DEFAULT_IPXE_DIR: &str = "/usr/lib/ipxe";
 pub const DEFAULT_IMAGES_DIR: &str = "./images";
-pub const DEFAULT_TALOS_VERSION: &str = "v1.11.6";
+pub const DEFAULT_TALOS_VERSION: &str = "v1.13.9";
 pub const DEFAULT_LEASE_SECS: u32 = 3600;
 pub const DEFAULT_ARM64_BINARY: &str = "ipxe-arm64.efi";
 pub const DEFAULT_RETRY_SECS: u32 = 10;
@@ -289,7 +289,7 @@ pub struct ServeOptions {
     /// Base URL of Talos release assets, <url>/<version>/vmlinuz-<arch>, for the web UI and API [default: GitHub releases]
     #[arg(long, env = "BOOTPLANE_RELEASE_URL")]
     pub release_url: Option<String>,
-    /// Talos version booted by machines whose cluster has no version and that pin none (selects assets and kernel arguments) [default: v1.11.6]
+    /// Talos version booted by machines whose cluster has no version and that pin none (selects assets and kernel arguments) [default: v1.13.9]
     #[arg(long, env = "BOOTPLANE_TALOS_VERSION")]
     pub talos_version: Option<String>,
     /// Extra kernel arguments appended for every machine (space-separated)
@@ -981,5 +981,15 @@ mod tests {
         for bad in ["1.11.6", "v1.11", "v1.11.6/..", "v1..6", "v1.11.6-", ""] {
             assert!(validate_talos_version(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_default_talos_version_is_1_13_9_and_bootplane_renders_its_configs() {
+        assert_eq!(DEFAULT_TALOS_VERSION, "v1.13.9");
+        assert!(crate::talos::config::Contract::of(DEFAULT_TALOS_VERSION).is_ok());
+        assert_eq!(
+            crate::talos::config::default_kubernetes_version(DEFAULT_TALOS_VERSION),
+            Some("1.36.3")
+        );
     }
 }

@@ -174,7 +174,8 @@ pub fn node_spec(m: &Machine) -> Result<NodeSpec, MaterialsError> {
 /// The cluster's settings as `m` is rendered with: a machine that pins its own Talos version
 /// gets that version's config contract, and the installer of that version when the cluster's
 /// installer image is tagged with the cluster's version (`…/installer:v1.11.6` becomes
-/// `…/installer:v1.10.9`, a factory installer keeps its schematic); another image is kept.
+/// `…/installer:v1.10.9`, a factory installer keeps its schematic; talosctl's default becomes
+/// the pinned version's default); another image is kept.
 pub fn spec_for<'a>(spec: &'a ClusterSpec, m: &Machine) -> std::borrow::Cow<'a, ClusterSpec> {
     let Some(pin) = m
         .talos_version
@@ -184,7 +185,11 @@ pub fn spec_for<'a>(spec: &'a ClusterSpec, m: &Machine) -> std::borrow::Cow<'a, 
         return std::borrow::Cow::Borrowed(spec);
     };
     let mut pinned = spec.clone();
-    if let Some(repo) = spec
+    if spec.install_image == default_install_image(&spec.talos_version) {
+        // talosctl's default for one version becomes its default for the other (from 1.14
+        // none: no installer is published with releases).
+        pinned.install_image = default_install_image(pin);
+    } else if let Some(repo) = spec
         .install_image
         .strip_suffix(spec.talos_version.as_str())
         .and_then(|rest| rest.strip_suffix(':'))
@@ -303,6 +308,13 @@ mod tests {
             pinned.kubernetes_version, "1.34.1",
             "one Kubernetes per cluster"
         );
+        m.talos_version = Some("v1.14.0-rc.1".into());
+        assert_eq!(
+            spec_for(&cluster, &m).install_image,
+            "",
+            "1.14 publishes no installer: the node installs its own version"
+        );
+        m.talos_version = Some("v1.10.9".into());
         let factory = spec("factory.talos.dev/installer/abc123:v1.11.6");
         assert_eq!(
             spec_for(&factory, &m).install_image,
@@ -314,5 +326,31 @@ mod tests {
             "registry.local/talos-installer:stable",
             "an image not tagged with the cluster's version is kept"
         );
+    }
+
+    #[test]
+    fn a_machine_pinned_to_another_line_is_checked_against_that_lines_schema() {
+        let cluster = spec("ghcr.io/siderolabs/installer:v1.11.6");
+        let bundle = SecretsBundle::generate("v1.11.6", SystemTime::now()).unwrap();
+        let secrets = config_secrets(&bundle);
+        // machine.network is in 1.11's schema and gone from 1.13's.
+        let records = [PatchRecord {
+            scope: PatchScope::Cluster,
+            mac: None,
+            position: 0,
+            name: "kubespan".into(),
+            body: "machine:\n  network:\n    kubespan:\n      enabled: true\n".into(),
+        }];
+        let mut m = Machine::discovered(Mac([0x52, 0x54, 0, 0, 0, 1]));
+        m.cluster = cluster.name.clone();
+        m.role = Role::Worker;
+        m.hostname = Some("w-1".into());
+        m.ip = Some("10.0.0.21/24".parse().unwrap());
+        let machines = [m.clone()];
+        check_cluster(&cluster, &secrets, &records, &machines).unwrap();
+        m.talos_version = Some("v1.13.9".into());
+        let err = check_cluster(&cluster, &secrets, &records, &[m]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("w-1") && msg.contains("network"), "{msg}");
     }
 }

@@ -747,7 +747,7 @@ async fn secrets_never_leave_without_an_explicit_reveal() {
         .call(
             Method::PUT,
             "/cluster/patches",
-            Some(json!({"scope": "cluster", "name": "ntp", "body": "machine:\n  time:\n    servers: [time.example.com]\n"})),
+            Some(json!({"scope": "cluster", "name": "ntp", "body": "apiVersion: v1alpha1\nkind: TimeSyncConfig\nntp:\n  servers: [time.example.com]\n"})),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -1,6 +1,7 @@
-//! Rendered machine configs validate against Talos's own JSON schema (v1.11, from shared/),
-//! document by document with `persist` removed as Talos's schema test does, and carry each
-//! node's own values.
+//! Rendered machine configs equal `talosctl gen config` output (Talos's own stability fixtures
+//! from shared/talos/stability/, made from its test secrets.yaml) for each line that has them,
+//! validate against Talos's own JSON schema (v1.11, from shared/) document by document with
+//! `persist` removed as Talos's schema test does, and carry each node's own values.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::Ipv4Addr;
@@ -11,9 +12,10 @@ use std::time::SystemTime;
 use bootplane::materials::config_secrets;
 use bootplane::model::{Mac, Role};
 use bootplane::talos::config::{
-    render, render_documents, ClusterSpec, ConfigSecrets, NodeSpec, Patches, RenderError,
+    base_config, render, render_documents, to_yaml, ClusterSpec, ConfigSecrets, NodeSpec, Patches,
+    RenderError,
 };
-use bootplane::talos::patch::Patch;
+use bootplane::talos::patch::{self, Patch};
 use bootplane::talos::secrets::SecretsBundle;
 use serde_json::Value;
 
@@ -26,29 +28,37 @@ fn secrets() -> ConfigSecrets {
     config_secrets(bundle())
 }
 
-/// Talos's published schema, read from the reference material beside the project.
-fn schema() -> &'static jsonschema::Validator {
-    static S: OnceLock<jsonschema::Validator> = OnceLock::new();
-    S.get_or_init(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/talos/config.schema.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (shared/ must sit beside the project)",
-                path.display()
-            )
-        });
-        let schema: Value = serde_json::from_str(&text).unwrap();
+/// Talos's published schema of `version`'s line, read from the reference material beside the
+/// project (shared/talos/config.schema.json is v1.11.6).
+fn schema(version: &str) -> &'static jsonschema::Validator {
+    static V1_11: OnceLock<jsonschema::Validator> = OnceLock::new();
+    static V1_12: OnceLock<jsonschema::Validator> = OnceLock::new();
+    static V1_13: OnceLock<jsonschema::Validator> = OnceLock::new();
+    static V1_14: OnceLock<jsonschema::Validator> = OnceLock::new();
+    let (cell, file) = match minor(version) {
+        14 => (&V1_14, "config.schema.v1.14.0-rc.1.json"),
+        12 => (&V1_12, "config.schema.v1.12.11.json"),
+        13 => (&V1_13, "config.schema.v1.13.9.json"),
+        _ => (&V1_11, "config.schema.json"),
+    };
+    cell.get_or_init(|| {
+        let schema: Value = serde_json::from_str(&shared(file)).unwrap();
         jsonschema::validator_for(&schema).unwrap()
     })
 }
 
-fn assert_schema_valid(docs: &[Value]) {
+/// The minor of `v1.<minor>.<patch>`.
+fn minor(version: &str) -> u32 {
+    version.split('.').nth(1).unwrap().parse().unwrap()
+}
+
+fn assert_schema_valid(docs: &[Value], version: &str) {
     for doc in docs {
         let mut doc = doc.clone();
         if let Some(obj) = doc.as_object_mut() {
             obj.remove("persist");
         }
-        let errors: Vec<String> = schema()
+        let errors: Vec<String> = schema(version)
             .iter_errors(&doc)
             .map(|e| format!("{}: {e}", e.instance_path()))
             .collect();
@@ -111,7 +121,6 @@ fn at<'a>(doc: &'a Value, pointer: &str) -> &'a Value {
 }
 
 fn assert_node_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
-    let s = secrets();
     assert_eq!(
         at(doc, "/machine/type"),
         if n.role == Role::Controlplane {
@@ -130,9 +139,20 @@ fn assert_node_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
     assert_eq!(at(iface, "/routes/0/network"), "0.0.0.0/0");
     assert_eq!(at(iface, "/routes/0/gateway"), "192.168.50.1");
     assert_eq!(at(doc, "/machine/network/nameservers/1"), "9.9.9.9");
+    if n.role == Role::Controlplane {
+        assert_eq!(at(iface, "/vip/ip"), "192.168.50.10");
+        assert_eq!(at(doc, "/cluster/apiServer/certSANs/0"), "192.168.50.10");
+    } else {
+        assert!(iface.get("vip").is_none(), "worker must not get the VIP");
+    }
+    assert_common_values(doc, cluster, n);
+}
+
+/// The values every line carries in its v1alpha1 document.
+fn assert_common_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
+    let s = secrets();
     match n.role {
         Role::Controlplane => {
-            assert_eq!(at(iface, "/vip/ip"), "192.168.50.10");
             assert_eq!(at(doc, "/machine/ca/key"), s.os_ca.key.as_str());
             assert_eq!(at(doc, "/cluster/etcd/ca/crt"), s.etcd_ca.crt.as_str());
             assert_eq!(
@@ -147,10 +167,8 @@ fn assert_node_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
                 at(doc, "/cluster/secretboxEncryptionSecret"),
                 s.secretbox_secret.as_deref().unwrap()
             );
-            assert_eq!(at(doc, "/cluster/apiServer/certSANs/0"), "192.168.50.10");
         }
         _ => {
-            assert!(iface.get("vip").is_none(), "worker must not get the VIP");
             assert_eq!(at(doc, "/machine/ca/key"), "");
             assert_eq!(at(doc, "/cluster/ca/key"), "");
             for absent in [
@@ -189,6 +207,98 @@ fn assert_node_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
     );
 }
 
+/// The one document of `kind` in `docs`.
+fn doc_of<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind} document expected in {docs:#?}");
+    found[0]
+}
+
+/// From 1.12 on: the node's settings are documents, value by value, and none of the
+/// v1alpha1 fields they deprecate is set.
+fn assert_node_documents(docs: &[Value], cluster: &ClusterSpec, n: &NodeSpec) {
+    let v1alpha1 = &docs[0];
+    assert_eq!(
+        at(v1alpha1, "/machine/type"),
+        if n.role == Role::Controlplane {
+            "controlplane"
+        } else {
+            "worker"
+        }
+    );
+    match minor(&cluster.talos_version) {
+        12 => assert_eq!(at(v1alpha1, "/machine/network"), &serde_json::json!({})),
+        _ => assert!(v1alpha1.pointer("/machine/network").is_none()),
+    }
+    for absent in [
+        "/machine/features/rbac",
+        "/machine/features/stableHostname",
+        "/machine/features/apidCheckExtKeyUsage",
+        "/cluster/apiServer/certSANs",
+        "/cluster/apiServer/disablePodSecurityPolicy",
+    ] {
+        assert!(v1alpha1.pointer(absent).is_none(), "{absent} is set");
+    }
+    assert_eq!(
+        at(v1alpha1, "/machine/install/grubUseUKICmdline"),
+        &Value::Bool(true)
+    );
+    assert_eq!(
+        doc_of(docs, "HostnameConfig"),
+        &serde_json::json!({
+            "apiVersion": "v1alpha1",
+            "kind": "HostnameConfig",
+            "hostname": n.hostname,
+        }),
+        "a static hostname and no auto"
+    );
+    assert_eq!(
+        doc_of(docs, "LinkAliasConfig"),
+        &serde_json::json!({
+            "apiVersion": "v1alpha1",
+            "kind": "LinkAliasConfig",
+            "name": "bootnic",
+            "selector": { "match": format!("mac(link.permanent_addr) == \"{}\"", n.mac) },
+        })
+    );
+    assert_eq!(
+        doc_of(docs, "LinkConfig"),
+        &serde_json::json!({
+            "apiVersion": "v1alpha1",
+            "kind": "LinkConfig",
+            "name": "bootnic",
+            "addresses": [{ "address": n.ip.to_string() }],
+            "routes": [{ "destination": "0.0.0.0/0", "gateway": "192.168.50.1" }],
+        })
+    );
+    assert_eq!(
+        doc_of(docs, "ResolverConfig"),
+        &serde_json::json!({
+            "apiVersion": "v1alpha1",
+            "kind": "ResolverConfig",
+            "nameservers": [{ "address": "192.168.50.1" }, { "address": "9.9.9.9" }],
+        })
+    );
+    let vips: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Layer2VIPConfig")
+        .collect();
+    if n.role == Role::Controlplane {
+        assert_eq!(
+            vips,
+            [&serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "Layer2VIPConfig",
+                "name": "192.168.50.10",
+                "link": "bootnic",
+            })]
+        );
+    } else {
+        assert!(vips.is_empty(), "worker must not get the VIP");
+    }
+    assert_common_values(v1alpha1, cluster, n);
+}
+
 #[test]
 fn every_supported_version_and_role_validates_against_talos_schema() {
     for version in ["v1.8.4", "v1.9.6", "v1.10.9", "v1.11.6"] {
@@ -198,10 +308,118 @@ fn every_supported_version_and_role_validates_against_talos_schema() {
             let docs = render_documents(&c, &secrets(), &node, &Patches::default()).unwrap();
             assert_eq!(docs.len(), 1);
             assert_eq!(docs[0]["persist"], Value::Bool(true));
-            assert_schema_valid(&docs);
+            assert_schema_valid(&docs, version);
             assert_node_values(&docs[0], &c, &node);
         }
     }
+}
+
+#[test]
+fn from_1_12_node_settings_are_documents_valid_for_the_line() {
+    for version in ["v1.12.11", "v1.13.9"] {
+        let c = cluster(version);
+        for (role, n) in [(Role::Controlplane, 1), (Role::Worker, 4)] {
+            let node = node(role, n);
+            let docs = render_documents(&c, &secrets(), &node, &Patches::default()).unwrap();
+            let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+            let mut expected = vec![
+                "HostnameConfig",
+                "LinkAliasConfig",
+                "LinkConfig",
+                "Layer2VIPConfig",
+                "ResolverConfig",
+            ];
+            if role == Role::Worker {
+                expected.retain(|k| *k != "Layer2VIPConfig");
+            }
+            assert_eq!(kinds, expected, "{version} {role}");
+            assert_eq!(docs[0]["persist"], Value::Bool(true));
+            assert_schema_valid(&docs, version);
+            assert_node_documents(&docs, &c, &node);
+        }
+    }
+}
+
+#[test]
+fn without_gateway_or_nameservers_no_route_or_resolver_document() {
+    let c = cluster("v1.13.9");
+    let mut n = node(Role::Worker, 4);
+    n.gateway = None;
+    n.dns.clear();
+    let docs = render_documents(&c, &secrets(), &n, &Patches::default()).unwrap();
+    assert!(doc_of(&docs, "LinkConfig").get("routes").is_none());
+    assert!(docs.iter().all(|d| d["kind"] != "ResolverConfig"));
+    assert_schema_valid(&docs, "v1.13.9");
+}
+
+#[test]
+fn configs_and_patches_validate_against_their_own_lines_schema() {
+    let hostname = "machine:\n  network:\n    hostname: other\n";
+    let n = node(Role::Worker, 4);
+    let p = patches(&[hostname], &[], &[], &[]);
+    assert!(render(&cluster("v1.11.6"), &secrets(), &n, &p).is_ok());
+    let err = render(&cluster("v1.13.9"), &secrets(), &n, &p).unwrap_err();
+    assert!(err.to_string().contains("network"), "{err}");
+
+    let kubespan = "apiVersion: v1alpha1\nkind: KubeSpanConfig\nenabled: true\n";
+    let p = patches(&[kubespan], &[], &[], &[]);
+    let docs = render_documents(&cluster("v1.13.9"), &secrets(), &n, &p).unwrap();
+    assert_eq!(
+        doc_of(&docs, "KubeSpanConfig")["enabled"],
+        Value::Bool(true)
+    );
+    assert_schema_valid(&docs, "v1.13.9");
+    let err = render(&cluster("v1.12.11"), &secrets(), &n, &p).unwrap_err();
+    assert!(
+        err.to_string().contains("Talos 1.12 has no KubeSpanConfig"),
+        "{err}"
+    );
+
+    let cases = [
+        (
+            "apiVersion: v1alpha1\nkind: HostnameConfig\nauto: sometimes\n",
+            "HostnameConfig",
+        ),
+        (
+            "apiVersion: v1alpha1\nkind: LinkConfig\nname: bootnic\naddresses:\n  - address: not-an-ip\n",
+            "LinkConfig",
+        ),
+        (
+            "apiVersion: v1alpha1\nkind: ResolverConfig\nnameservers: [9.9.9.9]\n",
+            "ResolverConfig",
+        ),
+    ];
+    for (text, expected) in cases {
+        let p = patches(&[text], &[], &[], &[]);
+        let err = render(&cluster("v1.12.11"), &secrets(), &n, &p).unwrap_err();
+        assert!(matches!(err, RenderError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains(expected), "{text}: {err}");
+    }
+}
+
+#[test]
+fn a_document_and_its_deprecated_v1alpha1_field_are_never_both_set() {
+    let c = cluster("v1.12.11");
+    let cases = [
+        ("machine:\n  network:\n    hostname: other\n", "hostname"),
+        (
+            "machine:\n  network:\n    nameservers: [1.1.1.1]\n",
+            "nameservers",
+        ),
+        (
+            "machine:\n  features:\n    stableHostname: true\n",
+            "stableHostname",
+        ),
+    ];
+    for (text, expected) in cases {
+        let p = patches(&[text], &[], &[], &[]);
+        let err = render(&c, &secrets(), &node(Role::Controlplane, 1), &p).unwrap_err();
+        assert!(err.to_string().contains(expected), "{text}: {err}");
+    }
+    let vip = "apiVersion: v1alpha1\nkind: Layer2VIPConfig\nname: 192.168.50.99\nlink: bootnic\n";
+    let p = patches(&[vip], &[], &[], &[]);
+    let err = render(&c, &secrets(), &node(Role::Worker, 4), &p).unwrap_err();
+    assert!(err.to_string().contains("control planes"), "{err}");
 }
 
 #[test]
@@ -214,7 +432,7 @@ fn patched_configs_validate_and_apply_in_order_cluster_role_machine() {
         &["machine:\n  install:\n    disk: /dev/sdc\n  certSANs: [cp-1.lab]\n"],
     );
     let cp = render_documents(&c, &secrets(), &node(Role::Controlplane, 1), &p).unwrap();
-    assert_schema_valid(&cp);
+    assert_schema_valid(&cp, "v1.11.6");
     assert_eq!(
         at(&cp[0], "/machine/install/disk"),
         "/dev/sdc",
@@ -227,7 +445,7 @@ fn patched_configs_validate_and_apply_in_order_cluster_role_machine() {
         "worker patch must not reach control planes"
     );
     let w = render_documents(&c, &secrets(), &node(Role::Worker, 4), &p).unwrap();
-    assert_schema_valid(&w);
+    assert_schema_valid(&w, "v1.11.6");
     assert_eq!(at(&w[0], "/machine/install/disk"), "/dev/sdc");
     assert_eq!(at(&w[0], "/machine/nodeLabels/role"), "worker");
 }
@@ -262,7 +480,7 @@ fn patches_that_break_the_config_are_refused_with_the_reason() {
 
 #[test]
 fn unsupported_versions_and_bad_endpoints_are_refused() {
-    let mut c = cluster("v1.13.9");
+    let mut c = cluster("v1.15.0");
     assert!(matches!(
         render(&c, &secrets(), &node(Role::Worker, 4), &Patches::default()),
         Err(RenderError::UnsupportedVersion(_))
@@ -295,5 +513,415 @@ fn rendered_yaml_parses_back_to_the_same_documents() {
         .map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap())
         .collect();
     assert_eq!(parsed, docs);
-    assert_schema_valid(&parsed);
+    assert_schema_valid(&parsed, "v1.11.6");
+}
+
+/// The reference material beside the project.
+fn shared(path: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/talos")
+        .join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (shared/ must sit beside the project)",
+            path.display()
+        )
+    })
+}
+
+/// A `talosctl gen config` fixture of Talos's stability test, as documents.
+fn fixture(line: &str, name: &str) -> Vec<Value> {
+    let text = shared(&format!("stability/{line}/{name}.yaml"));
+    // Each document keeps its final newline (a block scalar at its end keeps it too).
+    text.split("\n---\n")
+        .map(|doc| serde_yaml_ng::from_str::<Value>(&format!("{doc}\n")).unwrap())
+        .collect()
+}
+
+/// The secrets of Talos's stability fixtures.
+fn fixture_secrets() -> ConfigSecrets {
+    config_secrets(&SecretsBundle::from_yaml(&shared("stability/secrets.yaml")).unwrap())
+}
+
+/// The stability test's inputs: cluster `base`, endpoint `https://base:6443`, Kubernetes
+/// 1.28.0, no installer image.
+fn fixture_cluster(version: &str, dns_domain: &str) -> ClusterSpec {
+    ClusterSpec {
+        name: "base".into(),
+        endpoint: "https://base:6443".into(),
+        vip: None,
+        talos_version: version.into(),
+        kubernetes_version: "1.28.0".into(),
+        install_image: String::new(),
+        pod_subnets: vec!["10.244.0.0/16".into()],
+        service_subnets: vec!["10.96.0.0/12".into()],
+        dns_domain: dns_domain.into(),
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    if role == Role::Controlplane {
+        "controlplane"
+    } else {
+        "worker"
+    }
+}
+
+#[test]
+fn base_configs_equal_talosctl_gen_config_field_for_field_in_key_order() {
+    for (version, line) in [
+        ("v1.12.11", "v1.12"),
+        ("v1.13.9", "v1.13"),
+        ("v1.14.0-rc.1", "v1.14"),
+    ] {
+        let c = fixture_cluster(version, "cluster.local");
+        for role in [Role::Controlplane, Role::Worker] {
+            let mut docs = base_config(&c, &fixture_secrets(), role).unwrap();
+            // talosctl's CLI fills in /dev/sda; the stability test gives no disk. From 1.14
+            // the install is a document bootplane adds per node.
+            if let Some(install) = docs[0]
+                .pointer_mut("/machine/install")
+                .and_then(Value::as_object_mut)
+            {
+                assert_eq!(install.shift_remove("disk"), Some("/dev/sda".into()));
+            }
+            let expected = fixture(line, &format!("base-{}", role_name(role)));
+            assert_eq!(
+                to_yaml(&docs).unwrap(),
+                to_yaml(&expected).unwrap(),
+                "{version} {role}"
+            );
+        }
+    }
+}
+
+/// The stability test's "overrides" inputs other than the DNS domain, as patches.
+const OVERRIDES_MACHINE: &str = "machine:
+  certSANs: [foo, bar]
+  kubelet:
+    extraMounts:
+      - destination: /var/opt
+        type: bind
+        source: /var/opt
+        options: [rshared]
+  install:
+    disk: /dev/vda
+    extraKernelArgs: [foo=bar, bar=baz]
+  sysctls:
+    foo: bar
+cluster:
+  network:
+    cni:
+      name: custom
+      urls: [https://example.com/cni.yaml]
+---
+apiVersion: v1alpha1
+kind: RegistryMirrorConfig
+name: ghcr.io
+endpoints:
+  - url: https://ghcr.io.my-mirror.com
+";
+
+const OVERRIDES_CONTROLPLANE: &str = "cluster:
+  controlPlane:
+    localAPIServerPort: 5443
+  apiServer:
+    certSANs: [foo, bar]
+  allowSchedulingOnControlPlanes: true
+";
+
+fn by_kind(mut docs: Vec<Value>) -> Vec<Value> {
+    docs.sort_by_key(|d| d["kind"].as_str().unwrap_or_default().to_string());
+    docs
+}
+
+#[test]
+fn overridden_configs_equal_talosctl_gen_config_with_the_same_inputs() {
+    for (version, line) in [("v1.12.11", "v1.12"), ("v1.13.9", "v1.13")] {
+        let c = fixture_cluster(version, "example.com");
+        for role in [Role::Controlplane, Role::Worker] {
+            let mut docs = base_config(&c, &fixture_secrets(), role).unwrap();
+            patch::apply(&mut docs, &Patch::parse(OVERRIDES_MACHINE).unwrap()).unwrap();
+            if role == Role::Controlplane {
+                patch::apply(&mut docs, &Patch::parse(OVERRIDES_CONTROLPLANE).unwrap()).unwrap();
+            }
+            let expected = fixture(line, &format!("overrides-{}", role_name(role)));
+            assert_eq!(by_kind(docs), by_kind(expected), "{version} {role}");
+        }
+    }
+}
+
+/// The stability test's "overrides" inputs for 1.14 other than the DNS domain, as patches.
+const OVERRIDES_V1_14: &str = "machine:
+  certSANs: [foo, bar]
+---
+apiVersion: v1alpha1
+kind: UnattendedInstallConfig
+installer: {}
+provisioning:
+  diskSelector:
+    match: disk.dev_path == \"/dev/vda\"
+  wipe: false
+---
+apiVersion: v1alpha1
+kind: SysctlConfig
+params:
+  foo: bar
+---
+apiVersion: v1alpha1
+kind: RegistryMirrorConfig
+name: ghcr.io
+endpoints:
+  - url: https://ghcr.io.my-mirror.com
+---
+apiVersion: v1alpha1
+kind: KubeletConfig
+clusterDNS: [3.3.3.3]
+";
+
+const OVERRIDES_V1_14_CONTROLPLANE: &str = "apiVersion: v1alpha1
+kind: KubeAPIServerConfig
+apiPort: 5443
+certExtraSANs: [foo, bar]
+---
+apiVersion: v1alpha1
+kind: KubeExternalManifestConfig
+name: custom-cni
+url: https://example.com/cni.yaml
+";
+
+#[test]
+fn overridden_1_14_configs_equal_talosctl_gen_config_with_the_same_inputs() {
+    let c = fixture_cluster("v1.14.0-rc.1", "example.com");
+    for role in [Role::Controlplane, Role::Worker] {
+        let mut docs = base_config(&c, &fixture_secrets(), role).unwrap();
+        patch::apply(&mut docs, &Patch::parse(OVERRIDES_V1_14).unwrap()).unwrap();
+        if role == Role::Controlplane {
+            patch::apply(
+                &mut docs,
+                &Patch::parse(OVERRIDES_V1_14_CONTROLPLANE).unwrap(),
+            )
+            .unwrap();
+            // A custom CNI drops flannel; scheduling on control planes drops their taint.
+            docs.retain(|d| d["kind"] != "KubeFlannelCNIConfig");
+            let node = docs
+                .iter_mut()
+                .find(|d| d["kind"] == "KubeNodeConfig")
+                .unwrap();
+            node.as_object_mut().unwrap().shift_remove("taints");
+        }
+        let expected = fixture("v1.14", &format!("overrides-{}", role_name(role)));
+        assert_eq!(by_kind(docs), by_kind(expected), "{role}");
+    }
+}
+
+#[test]
+fn talos_1_14_fixtures_and_rendered_configs_validate_against_its_schema() {
+    for name in [
+        "base-controlplane",
+        "base-worker",
+        "overrides-controlplane",
+        "overrides-worker",
+    ] {
+        let docs = fixture("v1.14", name);
+        let role = if name.ends_with("controlplane") {
+            Role::Controlplane
+        } else {
+            Role::Worker
+        };
+        // Talos's own output passes bootplane's validation (the install is added per node).
+        let mut docs = docs;
+        if !docs.iter().any(|d| d["kind"] == "UnattendedInstallConfig") {
+            docs.push(serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "UnattendedInstallConfig",
+                "provisioning": { "diskSelector": { "match": "disk.dev_path == \"/dev/sda\"" } },
+            }));
+        }
+        bootplane::talos::config::validate(&docs, role, bootplane::talos::config::Contract::V1_14)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn talos_1_14_node_settings_are_documents() {
+    let version = "v1.14.0-rc.1";
+    let c = cluster(version);
+    for (role, n) in [(Role::Controlplane, 1), (Role::Worker, 4)] {
+        let node = node(role, n);
+        let docs = render_documents(&c, &secrets(), &node, &Patches::default()).unwrap();
+        let v1alpha1 = &docs[0];
+        assert!(v1alpha1.pointer("/machine/install").is_none());
+        assert!(v1alpha1.pointer("/machine/network").is_none());
+        assert_eq!(at(v1alpha1, "/machine/type"), role_name(role));
+        assert_eq!(
+            doc_of(&docs, "UnattendedInstallConfig"),
+            &serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "UnattendedInstallConfig",
+                "installer": { "image": c.install_image },
+                "provisioning": {
+                    "diskSelector": { "match": "disk.dev_path == \"/dev/nvme0n1\"" },
+                    "wipe": node.wipe,
+                },
+            })
+        );
+        assert_eq!(
+            docs[3]["kind"], "UnattendedInstallConfig",
+            "after the discovery identity, where gen config puts it"
+        );
+        assert_eq!(
+            doc_of(&docs, "ResolverConfig"),
+            &serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "ResolverConfig",
+                "nameservers": [{ "address": "192.168.50.1" }, { "address": "9.9.9.9" }],
+                "hostDNS": { "enabled": true, "forwardKubeDNSToHost": true },
+            }),
+            "the nameservers join gen config's resolver document"
+        );
+        assert_eq!(
+            doc_of(&docs, "HostnameConfig"),
+            &serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "HostnameConfig",
+                "hostname": node.hostname,
+            })
+        );
+        assert_eq!(
+            at(doc_of(&docs, "LinkAliasConfig"), "/selector/match"),
+            format!("mac(link.permanent_addr) == \"{}\"", node.mac).as_str()
+        );
+        assert_eq!(
+            at(doc_of(&docs, "LinkConfig"), "/addresses/0/address"),
+            node.ip.to_string().as_str()
+        );
+        let vips = docs
+            .iter()
+            .filter(|d| d["kind"] == "Layer2VIPConfig")
+            .count();
+        assert_eq!(vips, usize::from(role == Role::Controlplane));
+        assert_eq!(
+            at(doc_of(&docs, "KubeClusterConfig"), "/endpoint"),
+            c.endpoint.as_str()
+        );
+        assert_eq!(
+            at(doc_of(&docs, "KubeletConfig"), "/image"),
+            "ghcr.io/siderolabs/kubelet:v1.34.1"
+        );
+        let s = secrets();
+        assert_eq!(
+            at(doc_of(&docs, "DiscoveryIdentityConfig"), "/clusterID"),
+            s.cluster_id.as_str()
+        );
+        assert_eq!(at(v1alpha1, "/machine/token"), s.trustd_token.as_str());
+        assert_eq!(at(v1alpha1, "/cluster/token"), s.bootstrap_token.as_str());
+        if role == Role::Controlplane {
+            assert_eq!(at(v1alpha1, "/cluster/etcd/ca/key"), s.etcd_ca.key.as_str());
+            let issuing = at(doc_of(&docs, "KubeAPIServerCAConfig"), "/issuingCA/cert");
+            assert!(issuing
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----"));
+        } else {
+            assert!(v1alpha1.pointer("/cluster/etcd").is_none());
+            assert!(docs.iter().all(|d| d["kind"] != "KubeServiceAccountConfig"));
+        }
+        assert_schema_valid_except_unattended(&docs, version);
+    }
+    let mut n = node(Role::Worker, 4);
+    n.install_disk = None;
+    let mut c = c;
+    c.install_image = String::new();
+    let docs = render_documents(&c, &secrets(), &n, &Patches::default()).unwrap();
+    assert_eq!(
+        at(doc_of(&docs, "UnattendedInstallConfig"), "/installer"),
+        &serde_json::json!({}),
+        "no image: the node installs its own version and schematic"
+    );
+    assert_eq!(
+        at(
+            doc_of(&docs, "UnattendedInstallConfig"),
+            "/provisioning/diskSelector/match"
+        ),
+        "disk.dev_path == \"/dev/sda\""
+    );
+}
+
+/// Talos's schema, except that v1.14.0-rc.1's names the install document's kind
+/// `UnattendedInstall` while Talos writes and reads `UnattendedInstallConfig`.
+fn assert_schema_valid_except_unattended(docs: &[Value], version: &str) {
+    let renamed: Vec<Value> = docs
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            if d["kind"] == "UnattendedInstallConfig" {
+                d["kind"] = "UnattendedInstall".into();
+            }
+            d
+        })
+        .collect();
+    assert_schema_valid(&renamed, version);
+}
+
+#[test]
+fn redacted_configs_of_every_new_line_show_no_secret() {
+    use base64::Engine as _;
+    let s = secrets();
+    let pem = |b64: &str| {
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let mut hidden = vec![
+        s.cluster_secret.clone(),
+        s.bootstrap_token.clone(),
+        s.trustd_token.clone(),
+        s.secretbox_secret.clone().unwrap(),
+        s.os_ca.key.clone(),
+        s.etcd_ca.key.clone(),
+        s.k8s_ca.key.clone(),
+        s.aggregator_ca.key.clone(),
+        s.service_account_key.clone(),
+    ];
+    for b64 in [&s.k8s_ca.key, &s.aggregator_ca.key, &s.service_account_key] {
+        // A line of the PEM body is enough to leak it.
+        hidden.push(pem(b64).lines().nth(1).unwrap().to_string());
+    }
+    for version in ["v1.12.11", "v1.13.9", "v1.14.0-rc.1"] {
+        let yaml = render(
+            &cluster(version),
+            &s,
+            &node(Role::Controlplane, 1),
+            &Patches::default(),
+        )
+        .unwrap();
+        let shown = bootplane::ops::redact_config(&yaml).unwrap();
+        // Up to 1.13 keys are base64 PEM, from 1.14 CA and service-account keys are PEM text.
+        let rendered = hidden.iter().filter(|h| yaml.contains(h.as_str())).count();
+        assert!(rendered >= 9, "{version}: only {rendered} secrets rendered");
+        for secret in &hidden {
+            assert!(!shown.contains(secret.as_str()), "{version}: shown");
+        }
+    }
+}
+
+#[test]
+fn json_patches_apply_up_to_1_11_and_are_refused_on_multi_document_configs() {
+    let p = patches(
+        &["- op: add\n  path: /machine/nodeLabels\n  value: {zone: a}\n"],
+        &[],
+        &[],
+        &[],
+    );
+    let n = node(Role::Worker, 4);
+    let docs = render_documents(&cluster("v1.11.6"), &secrets(), &n, &p).unwrap();
+    assert_eq!(at(&docs[0], "/machine/nodeLabels/zone"), "a");
+    for version in ["v1.12.11", "v1.13.9", "v1.14.0-rc.1"] {
+        let err = render(&cluster(version), &secrets(), &n, &p).unwrap_err();
+        assert!(matches!(err, RenderError::Patch(_)), "{version}: {err:?}");
+    }
 }

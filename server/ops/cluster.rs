@@ -89,7 +89,8 @@ pub(crate) fn check_talos_version(v: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "Talos {v}: bootplane renders configs for Talos 1.8 to 1.11"
+            "Talos {v}: bootplane renders configs for Talos {}",
+            crate::talos::config::SUPPORTED_RANGE
         ))
     }
 }

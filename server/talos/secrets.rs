@@ -54,9 +54,12 @@ const RSA_BITS: usize = 4096;
 const TOKEN_ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 /// Random bytes at or above this are rejected so that `byte % 36` is unbiased (252 = 7 * 36).
 const TOKEN_BYTE_LIMIT: u8 = 252;
-/// Talos versions whose secrets contract this module generates (1.8 through 1.13 share it).
+/// Talos versions whose secrets contract this module generates (1.8 through 1.13 share it;
+/// 1.14 encodes the cluster ID in standard base64 instead of URL-safe).
 const OLDEST_SUPPORTED: (u32, u32) = (1, 8);
-const NEWEST_SUPPORTED: (u32, u32) = (1, 13);
+const NEWEST_SUPPORTED: (u32, u32) = (1, 14);
+/// The first version whose cluster ID is standard base64.
+const STANDARD_CLUSTER_ID_SINCE: (u32, u32) = (1, 14);
 
 /// DER prefix of a version-1 PKCS#8 `PrivateKeyInfo` for Ed25519 (RFC 8410), followed by the
 /// 32-byte seed: what Go's `x509.MarshalPKCS8PrivateKey` writes (48 bytes in all).
@@ -213,11 +216,13 @@ impl fmt::Debug for SecretsBundle {
 
 impl SecretsBundle {
     /// Generates a new bundle as `talosctl gen secrets --talos-version <talos_version>` does, with
-    /// `now` as the CAs' NotBefore. Versions 1.8 to 1.13 (`v1.11`, `v1.11.6`, `1.12.0-beta.1`…)
+    /// `now` as the CAs' NotBefore. Versions 1.8 to 1.14 (`v1.11`, `v1.11.6`, `1.12.0-beta.1`…)
     /// share one contract: secretbox encryption secret, RSA-4096 service-account key, ECDSA
-    /// P-256 etcd/Kubernetes/aggregator CAs and an Ed25519 OS CA. Other versions are refused.
+    /// P-256 etcd/Kubernetes/aggregator CAs and an Ed25519 OS CA; from 1.14 the cluster ID is
+    /// standard base64 (URL-safe before). Other versions are refused.
     pub fn generate(talos_version: &str, now: SystemTime) -> Result<SecretsBundle, SecretsError> {
         check_version(talos_version)?;
+        let id_engine = cluster_id_encoding(talos_version);
         let now = to_datetime(now)?;
         let etcd = new_ca(KeyAlg::EcdsaP256, Some("etcd"), now)?;
         let k8s = new_ca(KeyAlg::EcdsaP256, Some("kubernetes"), now)?;
@@ -225,7 +230,7 @@ impl SecretsBundle {
         let os = new_ca(KeyAlg::Ed25519, Some("talos"), now)?;
         let service_account = new_key(KeyAlg::Rsa)?;
         Ok(SecretsBundle {
-            cluster_id: Zeroizing::new(URL_SAFE.encode(random_bytes(RANDOM_SECRET_BYTES))),
+            cluster_id: Zeroizing::new(id_engine.encode(random_bytes(RANDOM_SECRET_BYTES))),
             cluster_secret: Zeroizing::new(STANDARD.encode(random_bytes(RANDOM_SECRET_BYTES))),
             bootstrap_token: Zeroizing::new(new_token()),
             encryption: EncryptionSecret::Secretbox(Zeroizing::new(
@@ -611,6 +616,14 @@ impl SecretsBundle {
 
 // ---------------------------------------------------------------------------------------------
 // Versions, time, randomness
+
+/// The base64 flavour of a new cluster ID for `version`.
+fn cluster_id_encoding(version: &str) -> GeneralPurpose {
+    match parse_minor(version) {
+        Some(v) if v >= STANDARD_CLUSTER_ID_SINCE => STANDARD,
+        _ => URL_SAFE,
+    }
+}
 
 /// `(major, minor)` of `v1.11`, `1.11.6`, `v1.12.0-beta.1`.
 fn parse_minor(version: &str) -> Option<(u32, u32)> {
@@ -1695,9 +1708,9 @@ mod tests {
     }
 
     #[test]
-    fn versions_outside_1_8_to_1_13_are_refused() {
+    fn versions_outside_1_8_to_1_14_are_refused() {
         for bad in [
-            "v1.7.6", "1.7", "v1.14.0", "v2.0.0", "", "latest", "v1", "1.x",
+            "v1.7.6", "1.7", "v1.15.0", "v2.0.0", "", "latest", "v1", "1.x",
         ] {
             assert!(
                 matches!(check_version(bad), Err(SecretsError::UnsupportedVersion(_))),
@@ -1711,10 +1724,20 @@ mod tests {
             "v1.11.6",
             "1.12.0-beta.1",
             "v1.13.9",
+            "v1.14.0-rc.1",
         ] {
             assert!(check_version(good).is_ok(), "{good:?}");
         }
-        assert!(SecretsBundle::generate("v1.14.0", t0()).is_err());
+        assert!(SecretsBundle::generate("v1.15.0", t0()).is_err());
+    }
+
+    #[test]
+    fn from_1_14_the_cluster_id_is_standard_base64() {
+        let bytes = [0xfb, 0xff, 0xfe];
+        assert_eq!(cluster_id_encoding("v1.14.0-rc.1").encode(bytes), "+//+");
+        assert_eq!(cluster_id_encoding("v1.13.9").encode(bytes), "-__-");
+        let new = SecretsBundle::generate("v1.14.0-rc.1", t0()).unwrap();
+        assert_eq!(STANDARD.decode(new.cluster_id()).unwrap().len(), 32);
     }
 
     #[test]
