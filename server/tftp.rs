@@ -92,23 +92,47 @@ impl IpxeFiles {
         self.load_with_time(name).map(|(data, _)| data)
     }
 
-    /// The file's bytes and its modification time. A symbolic link is not followed (the open
-    /// itself refuses it, so nothing can swap one in between a check and the read): nothing
-    /// outside the directory is reachable through a link placed in it.
+    /// The file's bytes and its modification time.
+    ///
+    /// A symbolic link is followed only to a public system file: a link owned by root (or by
+    /// bootplane's user) to a regular file owned by root (or bootplane's user) that everyone may
+    /// read and only its owner may write. Debian's `/usr/lib/ipxe/ipxe.efi` is such a link (to
+    /// `/boot/ipxe.efi`); a link to the database, a key or anything private is not followed,
+    /// so nothing secret outside the directory is reachable through a link placed in it.
     pub fn load_with_time(&self, name: &str) -> io::Result<(Bytes, Option<SystemTime>)> {
         use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let path = self.dir.join(name);
-        let mut file = std::fs::OpenOptions::new()
+        let opened = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(nix::libc::ELOOP) => {
-                    io::Error::new(io::ErrorKind::NotFound, "a symbolic link, not followed")
+            .open(&path);
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+                let me = nix::unistd::geteuid().as_raw();
+                let trusted = |uid: u32| uid == 0 || uid == me;
+                let link = std::fs::symlink_metadata(&path)?;
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_NONBLOCK)
+                    .open(&path)?;
+                let target = file.metadata()?;
+                let public = target.is_file()
+                    && trusted(link.uid())
+                    && trusted(target.uid())
+                    && target.mode() & 0o004 != 0
+                    && target.mode() & 0o022 == 0;
+                if !public {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "a symbolic link to a file that is not a public system file, not followed",
+                    ));
                 }
-                _ => e,
-            })?;
+                file
+            }
+            Err(e) => return Err(e),
+        };
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));

@@ -236,15 +236,36 @@ async fn one_address_holding_silent_transfers_cannot_starve_another() {
     app.stop().await;
 }
 
-/// A symbolic link in the iPXE directory to a file outside it is served neither over TFTP
-/// nor over `/ipxe/`.
+/// A symbolic link in the iPXE directory to a private file outside it (mode 0600, like the
+/// database) is served neither over TFTP nor over `/ipxe/`; a link to a public system file
+/// (Debian's `ipxe.efi -> /boot/ipxe.efi`) is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlink_out_of_the_ipxe_directory_is_not_served() {
+    use std::os::unix::fs::PermissionsExt;
     let app = Appliance::start().await;
     let outside = tempfile::tempdir().unwrap();
     let secret = outside.path().join("secret.bin");
     std::fs::write(&secret, b"outside the ipxe directory").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::symlink(&secret, app.ipxe.path().join("escape.efi")).unwrap();
+    // Writable by others: not followed either.
+    let shared = outside.path().join("shared.bin");
+    std::fs::write(&shared, b"outside and writable by anyone").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::symlink(&shared, app.ipxe.path().join("shared.efi")).unwrap();
+    // A public file, as Debian's package links ipxe.efi to /boot.
+    let public = outside.path().join("public.bin");
+    std::fs::write(&public, b"a public system file").unwrap();
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::symlink(&public, app.ipxe.path().join("linked.efi")).unwrap();
+    let response = reqwest::get(app.url("/ipxe/linked.efi")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        &response.bytes().await.unwrap()[..],
+        b"a public system file"
+    );
+    let response = reqwest::get(app.url("/ipxe/shared.efi")).await.unwrap();
+    assert_eq!(response.status(), 404);
 
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.send_to(&rrq("escape.efi", &[]), app.tftp)
