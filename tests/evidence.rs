@@ -144,28 +144,7 @@ async fn forged_full_dhcp_claims_never_open_a_machines_config() {
     // The victim's own exchange: its static address, bound by our ACK (retransmitted, as
     // firmware does, until the inventory the server reads holds the new machine). A request
     // from that address is the machine's (loopback has no neighbour entries to contradict it).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        send(
-            dhcp,
-            &pxe_packet(
-                MessageType::Request,
-                VICTIM,
-                Ipv4Addr::UNSPECIFIED,
-                Some(Ipv4Addr::new(127, 0, 0, 11)),
-            ),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let events = app.db.events(victim(), 1000).await.unwrap();
-        if events
-            .iter()
-            .any(|e| e.kind == EventKind::DhcpAck && e.detail.contains("ip=127.0.0.11"))
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{events:#?}");
-    }
+    app.lease(victim(), Ipv4Addr::new(127, 0, 0, 11)).await;
     let from_victim = reqwest::Client::builder()
         .local_address(Some(Ipv4Addr::new(127, 0, 0, 11).into()))
         .build()
@@ -351,28 +330,7 @@ async fn device_flow_gives_a_config_only_after_approval_and_only_for_that_machin
     );
     // The worker itself: its DHCP exchange binds its address, and its request comes from it.
     let worker_ip = Ipv4Addr::new(127, 0, 0, 21);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        send(
-            app.dhcp.unwrap(),
-            &pxe_packet(
-                MessageType::Request,
-                other.0,
-                Ipv4Addr::UNSPECIFIED,
-                Some(worker_ip),
-            ),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let events = app.db.events(other, 1000).await.unwrap();
-        if events
-            .iter()
-            .any(|e| e.kind == EventKind::DhcpAck && e.detail.contains("ip=127.0.0.21"))
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{events:#?}");
-    }
+    app.lease(other, worker_ip).await;
     let (_, code) = talos_device_request_from(&app, other, worker_ip).await;
     let token = talos_token_poll(&app, other, &code).await.unwrap();
     assert_eq!(config_with(&app, other, Some(&token)).await, 200);

@@ -308,31 +308,12 @@ impl World {
         if self.leased.lock().unwrap().contains(&i) {
             return;
         }
-        let dhcp = self
-            .app
-            .as_ref()
-            .and_then(|a| a.dhcp)
-            .expect("the appliance serves DHCP");
         let node = self.node(i);
-        self.wait("the node's lease", Duration::from_secs(10), || async {
-            common::send(
-                dhcp,
-                &common::pxe_packet(
-                    dhcproto::v4::MessageType::Request,
-                    node.mac.0,
-                    Ipv4Addr::UNSPECIFIED,
-                    Some(node.ip),
-                ),
-            )
+        self.app
+            .as_ref()
+            .expect("an appliance in process")
+            .lease(node.mac, node.ip)
             .await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            self.events(i)
-                .await
-                .iter()
-                .any(|e| e.kind == EventKind::DhcpAck && e.detail.contains(&node.ip.to_string()))
-                .then_some(())
-        })
-        .await;
         self.leased.lock().unwrap().insert(i);
     }
 

@@ -371,3 +371,38 @@ pub async fn send(to: SocketAddr, packet: &[u8]) {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.send_to(packet, to).await.unwrap();
 }
+
+impl Appliance {
+    /// What a machine's firmware does first when bootplane is the LAN's DHCP server: a REQUEST
+    /// for `ip`, retransmitted (as firmware does) until bootplane's ACK binding `ip` to `mac`
+    /// is in the event log. Needs `dhcp_mode` full.
+    pub async fn lease(&self, mac: Mac, ip: Ipv4Addr) {
+        let dhcp = self.dhcp.expect("the appliance serves DHCP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let bound = format!("ip={ip}");
+        loop {
+            send(
+                dhcp,
+                &pxe_packet(
+                    dhcproto::v4::MessageType::Request,
+                    mac.0,
+                    Ipv4Addr::UNSPECIFIED,
+                    Some(ip),
+                ),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let events = self.db.events(mac, 1000).await.unwrap();
+            if events
+                .iter()
+                .any(|e| e.kind == EventKind::DhcpAck && e.detail.contains(&bound))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no lease of {ip} for {mac}: {events:#?}"
+            );
+        }
+    }
+}
