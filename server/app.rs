@@ -547,7 +547,9 @@ pub async fn run(
     )
     .tap_io(|io| io.set_nodelay());
     let https = https.map(|(listener, tls)| {
-        tracing::info!(addr = ?listener.local_addr().ok(), "serving the web UI and API over https");
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving the web UI and API over https");
+        }
         // Its own caps, as large as the HTTP listener's; nothing recorded is sent from here.
         let listener = crate::boot::zerocopy::ZeroCopyListener::new(
             listener,
