@@ -546,9 +546,10 @@ struct ConfigQuery {
     mac: String,
 }
 
-/// The MAC bootplane has evidence for at the requester's address: the host's neighbour table
-/// (the source MAC of the frames that carried this very connection), else its own DHCP lease
-/// of the address (a routed requester). Never anything the request itself carries.
+/// The MAC bootplane has evidence for at the requester's address: the lease its own DHCP
+/// server bound for the address (until it ends), else the host's neighbour table. Never
+/// anything the request itself carries. (A lease comes first: it is bootplane's own record,
+/// and it names the machine even where one NIC carries many addresses, as in the bench.)
 pub(crate) fn address_owner(state: &AppState, from: SocketAddr) -> Result<Option<Mac>, String> {
     let ip = match from.ip() {
         IpAddr::V4(ip) => ip,
@@ -562,7 +563,10 @@ pub(crate) fn address_owner(state: &AppState, from: SocketAddr) -> Result<Option
             }
         },
     };
-    Ok(net::neighbour_mac(ip).or_else(|| state.neighbours.lookup(ip, state.recorder.now_ms())))
+    Ok(state
+        .neighbours
+        .lookup(ip, state.recorder.now_ms())
+        .or_else(|| net::neighbour_mac(ip)))
 }
 
 /// Whether `from` may fetch `mac`'s config under the configured policy.

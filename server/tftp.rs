@@ -192,11 +192,13 @@ impl TftpHandler {
             self.metrics.tftp_done("not-found");
             return None;
         };
-        // Attribution for the event only (a TFTP request carries no MAC): the host's
-        // neighbour table, else our own lease of the address.
+        // Attribution for the event only (a TFTP request carries no MAC): our own lease of
+        // the address, else the host's neighbour table.
         let mac = path_mac.or_else(|| match client.ip() {
-            IpAddr::V4(ip) => crate::net::neighbour_mac(ip)
-                .or_else(|| self.neighbours.lookup(ip, self.recorder.now_ms())),
+            IpAddr::V4(ip) => self
+                .neighbours
+                .lookup(ip, self.recorder.now_ms())
+                .or_else(|| crate::net::neighbour_mac(ip)),
             IpAddr::V6(_) => None,
         });
         match self.files.load(&name) {

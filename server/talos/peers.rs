@@ -2,10 +2,10 @@
 //! a peer is, and limits on the connections they hold.
 //!
 //! Both receivers are plaintext and unauthenticated, like Talos's own senders. A peer is
-//! attributed by its source address and what bootplane itself knows of that address: the
-//! host's neighbour (ARP) table, else the MAC its own DHCP server leased the address to, else
-//! the static address of a machine in the inventory (a routed peer, with no neighbour entry
-//! and no lease). Nothing the peer or a DHCP client wrote (a `ciaddr`, a
+//! attributed by its source address and what bootplane itself knows of that address: the MAC
+//! its own DHCP server leased the address to, else the host's neighbour (ARP) table, else the
+//! static address of a machine in the inventory (a routed peer, with no lease and no
+//! neighbour entry). Nothing the peer or a DHCP client wrote (a `ciaddr`, a
 //! requested address, a payload) ever attributes it. Whatever arrives this way is a hint,
 //! never evidence.
 
@@ -43,7 +43,7 @@ pub fn attribute(
     let ip = ipv4(ip)?;
     let snapshot = inventory.snapshot();
     let known = |mac: &Mac| snapshot.by_mac.contains_key(mac);
-    if let Some(mac) = arp.or_else(|| neighbours.lookup(ip, now_ms)) {
+    if let Some(mac) = neighbours.lookup(ip, now_ms).or(arp) {
         return known(&mac).then_some(mac);
     }
     snapshot.by_ip.get(&ip).copied()
@@ -151,7 +151,7 @@ mod tests {
     }
 
     #[test]
-    fn peers_are_attributed_by_arp_then_our_lease_then_static_address() {
+    fn peers_are_attributed_by_our_lease_then_arp_then_static_address() {
         let inventory = Inventory::default();
         let mut m = crate::model::Machine::discovered("52:54:00:00:00:01".parse().unwrap());
         m.ip = Some("10.0.0.11/24".parse().unwrap());
