@@ -101,6 +101,9 @@ pub struct Lan {
     pub subnet: Ipv4Cidr,
     /// Full mode's dynamic pool: static addresses must stay out of it.
     pub pool: Option<Pool>,
+    /// The appliance's own addresses (the one it advertises, its interface's): no machine
+    /// may be given one.
+    pub appliance: Vec<Ipv4Addr>,
 }
 
 impl Lan {
@@ -109,9 +112,12 @@ impl Lan {
             crate::config::DhcpMode::Full => config.dhcp.pool,
             _ => None,
         };
+        let mut appliance = vec![config.boot.advertise_ip, config.interface.cidr.addr];
+        appliance.dedup();
         Lan {
             subnet: config.dhcp.subnet,
             pool,
+            appliance,
         }
     }
 }
@@ -338,7 +344,12 @@ pub async fn check_against_inventory(
         }
     }
     if let (Some(lan), Some(ip)) = (lan, m.ip) {
-        if !lan.subnet.contains(ip.addr) {
+        if lan.appliance.contains(&ip.addr) {
+            errors.add(
+                "ip",
+                format!("{} is this appliance's own address: pick another", ip.addr),
+            );
+        } else if !lan.subnet.contains(ip.addr) {
             errors.add(
                 "ip",
                 format!(
@@ -714,6 +725,7 @@ mod tests {
                 start: "10.0.0.200".parse().unwrap(),
                 end: "10.0.0.250".parse().unwrap(),
             }),
+            appliance: vec!["10.0.0.2".parse().unwrap()],
         }
     }
 
@@ -765,6 +777,15 @@ mod tests {
             }
         };
         refused(node("controlplane", 4), "role", "three control planes").await;
+        refused(
+            MachineInput {
+                ip: Some("10.0.0.2/24".into()),
+                ..node("worker", 4)
+            },
+            "ip",
+            "this appliance's own address",
+        )
+        .await;
         refused(
             MachineInput {
                 hostname: Some("controlplane-1".into()),

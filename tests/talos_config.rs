@@ -925,3 +925,30 @@ fn json_patches_apply_up_to_1_11_and_are_refused_on_multi_document_configs() {
         assert!(matches!(err, RenderError::Patch(_)), "{version}: {err:?}");
     }
 }
+
+/// A Layer 2 VIP outside a control plane's subnet never comes up on it (Talos moves it onto
+/// the link holding an address of its subnet): refused for control planes on every line,
+/// while a worker, which never carries the VIP, is not concerned.
+#[test]
+fn a_vip_outside_a_control_planes_subnet_is_refused() {
+    for version in ["v1.11.6", "v1.12.11", "v1.13.9", "v1.14.0-rc.1"] {
+        let mut c = cluster(version);
+        c.vip = Some(Ipv4Addr::new(192, 168, 51, 10));
+        let err = render(
+            &c,
+            &secrets(),
+            &node(Role::Controlplane, 1),
+            &Patches::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("192.168.51.10") && err.contains("outside control plane cp-1's subnet"),
+            "{version}: {err}"
+        );
+        assert!(
+            render(&c, &secrets(), &node(Role::Worker, 4), &Patches::default()).is_ok(),
+            "{version}"
+        );
+    }
+}

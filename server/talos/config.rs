@@ -702,6 +702,16 @@ fn apply_node(
         (Role::Controlplane, Some(vip)) => Some(vip),
         _ => None,
     };
+    // Talos moves a Layer 2 VIP onto the link that holds an address of its subnet; on a control
+    // plane whose address is in another subnet it never comes up, and the API endpoint with it.
+    if let Some(vip) = vip {
+        if !node.ip.contains(vip) {
+            return Err(RenderError::Input(format!(
+                "the cluster's VIP {vip} is outside control plane {}'s subnet {}: a Layer 2 VIP must be in the subnet of every control plane's address",
+                node.hostname, node.ip
+            )));
+        }
+    }
     let dns: Vec<String> = node.dns.iter().map(|d| d.to_string()).collect();
     if !contract.network_documents() {
         let mut interface = Map::new();
