@@ -213,18 +213,28 @@ pub fn render_machine(loaded: &LoadedCluster, m: &Machine) -> Result<String, Mat
 }
 
 /// A stand-in node used to check cluster- and role-level settings when no real machine of
-/// that role exists yet.
-fn sample_node(role: Role) -> NodeSpec {
+/// that role exists yet: in the VIP's /24 when the cluster has one (a control plane must be in
+/// its VIP's subnet), else in 192.0.2.0/24.
+fn sample_node(role: Role, vip: Option<Ipv4Addr>) -> NodeSpec {
+    let [a, b, c, _] = vip.unwrap_or(Ipv4Addr::new(192, 0, 2, 0)).octets();
+    let host = |n: u8| {
+        let ip = Ipv4Addr::new(a, b, c, n);
+        if Some(ip) == vip {
+            Ipv4Addr::new(a, b, c, n + 1)
+        } else {
+            ip
+        }
+    };
     let last = if role == Role::Controlplane { 10 } else { 20 };
     NodeSpec {
         mac: Mac([0x02, 0, 0, 0, 0, last]),
         role,
         hostname: format!("sample-{role}"),
         ip: crate::model::Ipv4Cidr {
-            addr: Ipv4Addr::new(192, 0, 2, last),
+            addr: host(last),
             prefix: 24,
         },
-        gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        gateway: Some(host(1)),
         dns: vec![],
         install_disk: None,
         wipe: false,
@@ -242,7 +252,7 @@ pub fn check_cluster(
 ) -> Result<(), MaterialsError> {
     let parsed = parse_patches(records)?;
     for role in [Role::Controlplane, Role::Worker] {
-        let node = sample_node(role);
+        let node = sample_node(role, spec.vip);
         config::render_documents(spec, secrets, &node, &patches_for(&parsed, node.mac))
             .map_err(|e| MaterialsError::Invalid(format!("a {role}'s config: {e}")))?;
     }
