@@ -23,7 +23,6 @@ use crate::db::Observation;
 use crate::images::{Availability, ServeError, Unservable};
 use crate::materials::{self, MaterialsError};
 use crate::model::{DiskHandoff, EventKind, Lifecycle, Mac, Machine, Role};
-use crate::net;
 use crate::orchestrator::Signal;
 use crate::talos::{self, Arch};
 
@@ -563,10 +562,7 @@ pub(crate) fn address_owner(state: &AppState, from: SocketAddr) -> Result<Option
             }
         },
     };
-    Ok(state
-        .neighbours
-        .lookup(ip, state.recorder.now_ms())
-        .or_else(|| net::neighbour_mac(ip)))
+    Ok(state.neighbours.owner(ip, state.recorder.now_ms()))
 }
 
 /// Whether `from` may fetch `mac`'s config under the configured policy.

@@ -272,6 +272,14 @@ impl Neighbours {
             .map(|l| l.mac)
     }
 
+    /// The one evidence rule for who holds `ip`: our own lease of it (until it ends), else the
+    /// host's neighbour table. `/config`, the wipe decision, the device flow, TFTP and the push
+    /// receivers all ask this.
+    pub fn owner(&self, ip: Ipv4Addr, now_ms: i64) -> Option<Mac> {
+        self.lookup(ip, now_ms)
+            .or_else(|| crate::net::neighbour_mac(ip))
+    }
+
     pub fn len(&self) -> usize {
         match self.0.read() {
             Ok(guard) => guard.len(),

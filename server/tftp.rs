@@ -195,10 +195,7 @@ impl TftpHandler {
         // Attribution for the event only (a TFTP request carries no MAC): our own lease of
         // the address, else the host's neighbour table.
         let mac = path_mac.or_else(|| match client.ip() {
-            IpAddr::V4(ip) => self
-                .neighbours
-                .lookup(ip, self.recorder.now_ms())
-                .or_else(|| crate::net::neighbour_mac(ip)),
+            IpAddr::V4(ip) => self.neighbours.owner(ip, self.recorder.now_ms()),
             IpAddr::V6(_) => None,
         });
         match self.files.load(&name) {
