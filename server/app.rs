@@ -436,6 +436,10 @@ pub async fn run(
         clock.now_ms(),
     )
     .await?;
+    // Every render of a config (served, previewed, from the CLI) names these targets.
+    db.set_report_targets(&config.boot.report_targets(), clock.now_ms())
+        .await
+        .context("cannot record the report-in targets")?;
     let metrics = Metrics::default();
     let inventory = Inventory::default();
     inventory.reload(&db).await?;

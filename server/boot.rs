@@ -332,12 +332,7 @@ struct Target<'a> {
 /// `--kernel-args` last.
 fn install_args(boot: &crate::config::BootConfig, target: &Target<'_>, config_url: &str) -> String {
     let mut extra: Vec<String> = target.asset_args.to_vec();
-    extra.extend(talos::kernel::report_args(
-        boot.advertise_ip,
-        boot.events_port,
-        boot.kernel_log_port,
-        &boot.extra_kernel_args,
-    ));
+    extra.extend(talos::kernel::report_args(&boot.report_targets()));
     if boot.config_access == ConfigAccess::Oauth {
         // Talos then runs the device flow against `<config URL host>/device/code` and
         // `/token` before it downloads its config, sending the MAC as an extra variable.

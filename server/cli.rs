@@ -65,6 +65,14 @@ pub struct ClusterFields {
     /// Kubernetes DNS domain [default: cluster.local]
     #[arg(long)]
     pub dns_domain: Option<String>,
+    /// Subnets etcd advertises and the kubelet takes its node IP from: auto (each node's own
+    /// subnet), none (Talos picks), or comma-separated subnets [default: auto]
+    #[arg(long)]
+    pub node_subnets: Option<String>,
+    /// Nameservers of nodes without their own, comma-separated IPv4 addresses; auto (this
+    /// host's resolvers), none (Talos's defaults 1.1.1.1, 8.8.8.8) [default at init: auto]
+    #[arg(long)]
+    pub nameservers: Option<String>,
     /// Bootstrap with a single control plane instead of waiting for three (true/false)
     #[arg(long)]
     pub single_controlplane: Option<bool>,
@@ -621,6 +629,8 @@ impl ClusterFields {
             pod_subnets: self.pod_subnets.clone(),
             service_subnets: self.service_subnets.clone(),
             dns_domain: self.dns_domain.clone(),
+            node_subnets: self.node_subnets.clone(),
+            nameservers: self.nameservers.clone(),
             single_controlplane: self.single_controlplane,
         }
     }
@@ -719,6 +729,12 @@ pub async fn cluster(
                 text += &line("pod subnets", c.pod_subnets.join(", "));
                 text += &line("service subnets", c.service_subnets.join(", "));
                 text += &line("dns domain", c.dns_domain.clone());
+                let machines = db.list_machines().await?;
+                text += &line(
+                    "node subnets",
+                    crate::ops::cluster::describe_node_subnets(&c, &machines),
+                );
+                text += &line("nameservers", crate::ops::cluster::describe_nameservers(&c));
                 for p in patches {
                     let target = p.mac.map(|m| format!(" {m}")).unwrap_or_default();
                     text += &line("patch", format!("{}{} {}", p.scope, target, p.name));

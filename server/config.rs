@@ -511,6 +511,16 @@ impl BootConfig {
     pub fn script_url(&self) -> String {
         format!("{}/boot.ipxe", self.http_base())
     }
+
+    /// Where nodes push their events and kernel log (see `talos::kernel::report_targets`).
+    pub fn report_targets(&self) -> crate::model::ReportTargets {
+        crate::talos::kernel::report_targets(
+            self.advertise_ip,
+            self.events_port,
+            self.kernel_log_port,
+            &self.extra_kernel_args,
+        )
+    }
 }
 
 /// Where boot assets are fetched from when the web UI or the API adds them.

@@ -10,7 +10,7 @@ use sqlx::{Connection, Row, SqlitePool};
 
 use crate::model::{
     BootstrapRecord, Cluster, DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, Lifecycle, Mac,
-    Machine, PatchRecord, PatchScope,
+    Machine, NodeSubnets, PatchRecord, PatchScope, ReportTargets,
 };
 
 mod auth;
@@ -540,6 +540,44 @@ impl Db {
                 .await?;
         }
         write_cluster_settings(&mut tx, id, cluster).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Where nodes push their events and kernel log, as `serve` last advertised them (none
+    /// before the first `serve`).
+    pub async fn report_targets(&self) -> Result<ReportTargets, DbError> {
+        let row =
+            sqlx::query("SELECT events_endpoint, kernel_log_url FROM report_targets WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(row) => ReportTargets {
+                events_endpoint: row.try_get("events_endpoint")?,
+                kernel_log_url: row.try_get("kernel_log_url")?,
+            },
+            None => ReportTargets::default(),
+        })
+    }
+
+    /// Records where nodes push their events and kernel log; written by `serve` at start,
+    /// only when it changed.
+    pub async fn set_report_targets(&self, t: &ReportTargets, now: i64) -> Result<(), DbError> {
+        if self.report_targets().await? == *t {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO report_targets (id, events_endpoint, kernel_log_url, updated_at)
+             VALUES (1, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET events_endpoint = excluded.events_endpoint,
+                kernel_log_url = excluded.kernel_log_url, updated_at = excluded.updated_at",
+        )
+        .bind(&t.events_endpoint)
+        .bind(&t.kernel_log_url)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1097,8 +1135,8 @@ fn bootstrap_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BootstrapRecord, 
 }
 
 const CLUSTER_SELECT: &str = "SELECT name, endpoint, vip, talos_version, kubernetes_version,
-    install_image, pod_subnets, service_subnets, dns_domain, initialised_at, generation,
-    single_controlplane, bootstrapped_at FROM clusters";
+    install_image, pod_subnets, service_subnets, dns_domain, node_subnets, nameservers,
+    initialised_at, generation, single_controlplane, bootstrapped_at FROM clusters";
 
 fn cluster_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Cluster, DbError> {
     let name: String = row.try_get("name")?;
@@ -1125,6 +1163,17 @@ fn cluster_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Cluster, DbError> {
         pod_subnets: split(row.try_get("pod_subnets")?),
         service_subnets: split(row.try_get("service_subnets")?),
         dns_domain: row.try_get("dns_domain")?,
+        node_subnets: match row.try_get::<Option<String>, _>("node_subnets")? {
+            None => NodeSubnets::Auto,
+            Some(text) if text.is_empty() => NodeSubnets::Off,
+            Some(text) => NodeSubnets::Given(split(text)),
+        },
+        nameservers: split_ips(&row.try_get::<String, _>("nameservers")?).map_err(|why| {
+            DbError::Corrupt {
+                what: format!("cluster {name}"),
+                why: format!("bad nameservers: {why}"),
+            }
+        })?,
         initialised_at: row.try_get("initialised_at")?,
         generation: row.try_get("generation")?,
         single_controlplane: row.try_get::<bool, _>("single_controlplane")?,
@@ -1141,7 +1190,7 @@ async fn write_cluster_settings(
     sqlx::query(
         "UPDATE clusters SET endpoint = ?, vip = ?, talos_version = ?, kubernetes_version = ?,
             install_image = ?, pod_subnets = ?, service_subnets = ?, dns_domain = ?,
-            single_controlplane = ?
+            node_subnets = ?, nameservers = ?, single_controlplane = ?
          WHERE id = ?",
     )
     .bind(&c.endpoint)
@@ -1152,6 +1201,12 @@ async fn write_cluster_settings(
     .bind(c.pod_subnets.join(","))
     .bind(c.service_subnets.join(","))
     .bind(&c.dns_domain)
+    .bind(match &c.node_subnets {
+        NodeSubnets::Auto => None,
+        NodeSubnets::Off => Some(String::new()),
+        NodeSubnets::Given(list) => Some(list.join(",")),
+    })
+    .bind(join_ips(&c.nameservers))
     .bind(c.single_controlplane)
     .bind(id)
     .execute(&mut **tx)
@@ -1569,6 +1624,8 @@ mod tests {
             pod_subnets: vec!["10.244.0.0/16".into()],
             service_subnets: vec!["10.96.0.0/12".into()],
             dns_domain: "cluster.local".into(),
+            node_subnets: NodeSubnets::Auto,
+            nameservers: vec![],
             initialised_at: None,
             generation: 1,
             single_controlplane: false,
@@ -1609,6 +1666,36 @@ mod tests {
             db.get_machine(m.mac).await.unwrap().unwrap().cluster,
             "homelab"
         );
+    }
+
+    #[tokio::test]
+    async fn node_subnets_nameservers_and_report_targets_round_trip() {
+        let (_dir, db) = fresh().await;
+        let fresh_cluster = db.get_cluster(None).await.unwrap().unwrap();
+        assert_eq!(fresh_cluster.node_subnets, NodeSubnets::Auto);
+        assert!(fresh_cluster.nameservers.is_empty());
+        for subnets in [
+            NodeSubnets::Off,
+            NodeSubnets::Given(vec!["10.0.0.0/24".into(), "fd00::/64".into()]),
+            NodeSubnets::Auto,
+        ] {
+            let mut c = cluster("default");
+            c.node_subnets = subnets.clone();
+            c.nameservers = vec![Ipv4Addr::new(10, 0, 0, 53), Ipv4Addr::new(10, 0, 0, 54)];
+            db.update_cluster("default", &c).await.unwrap();
+            let back = db.get_cluster(None).await.unwrap().unwrap();
+            assert_eq!(
+                (back.node_subnets, back.nameservers),
+                (subnets, c.nameservers)
+            );
+        }
+        assert_eq!(db.report_targets().await.unwrap(), ReportTargets::default());
+        let targets = ReportTargets {
+            events_endpoint: Some("10.0.0.1:4002".into()),
+            kernel_log_url: None,
+        };
+        db.set_report_targets(&targets, 5).await.unwrap();
+        assert_eq!(db.report_targets().await.unwrap(), targets);
     }
 
     #[tokio::test]

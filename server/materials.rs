@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::time::SystemTime;
 
 use crate::db::{Db, DbError};
-use crate::model::{Cluster, Mac, Machine, PatchRecord, PatchScope, Role};
+use crate::model::{Cluster, Mac, Machine, PatchRecord, PatchScope, ReportTargets, Role};
 use crate::talos::config::{
     self, default_install_image, default_kubernetes_version, CertKey, ClusterSpec, ConfigSecrets,
     NodeSpec, Patches, RenderError,
@@ -93,6 +93,9 @@ pub fn cluster_spec(c: &Cluster) -> Result<ClusterSpec, MaterialsError> {
         pod_subnets: c.pod_subnets.clone(),
         service_subnets: c.service_subnets.clone(),
         dns_domain: c.dns_domain.clone(),
+        node_subnets: c.node_subnets.clone(),
+        report_to: ReportTargets::default(),
+        nameservers: c.nameservers.clone(),
     })
 }
 
@@ -107,7 +110,8 @@ pub async fn load_cluster(db: &Db, name: Option<&str>) -> Result<LoadedCluster, 
         .ok_or_else(|| MaterialsError::NotInitialised(cluster.name.clone()))?;
     let bundle = SecretsBundle::from_yaml(&yaml)?;
     let secrets = config_secrets(&bundle);
-    let spec = cluster_spec(&cluster)?;
+    let mut spec = cluster_spec(&cluster)?;
+    spec.report_to = db.report_targets().await?;
     let patches = db.list_patches(&cluster.name).await?;
     Ok(LoadedCluster {
         cluster,
@@ -149,7 +153,8 @@ fn patches_for(parsed: &[(PatchRecord, Patch)], mac: Mac) -> Patches {
     out
 }
 
-pub fn node_spec(m: &Machine) -> Result<NodeSpec, MaterialsError> {
+/// A machine's own settings; a machine without its own nameservers gets the cluster's.
+pub fn node_spec(m: &Machine, spec: &ClusterSpec) -> Result<NodeSpec, MaterialsError> {
     let (hostname, ip) = match (&m.hostname, m.ip) {
         (Some(h), Some(ip)) if m.is_assigned() => (h.clone(), ip),
         _ => {
@@ -165,7 +170,11 @@ pub fn node_spec(m: &Machine) -> Result<NodeSpec, MaterialsError> {
         hostname,
         ip,
         gateway: m.gateway,
-        dns: m.dns.clone(),
+        dns: if m.dns.is_empty() {
+            spec.nameservers.clone()
+        } else {
+            m.dns.clone()
+        },
         install_disk: m.install_disk.clone(),
         wipe: m.wipe,
     })
@@ -203,7 +212,7 @@ pub fn spec_for<'a>(spec: &'a ClusterSpec, m: &Machine) -> std::borrow::Cow<'a, 
 /// Renders the config of one machine of a loaded cluster.
 pub fn render_machine(loaded: &LoadedCluster, m: &Machine) -> Result<String, MaterialsError> {
     let parsed = parse_patches(&loaded.patches)?;
-    let node = node_spec(m)?;
+    let node = node_spec(m, &loaded.spec)?;
     Ok(config::render(
         &spec_for(&loaded.spec, m),
         &loaded.secrets,
@@ -215,7 +224,8 @@ pub fn render_machine(loaded: &LoadedCluster, m: &Machine) -> Result<String, Mat
 /// A stand-in node used to check cluster- and role-level settings when no real machine of
 /// that role exists yet: in the VIP's /24 when the cluster has one (a control plane must be in
 /// its VIP's subnet), else in 192.0.2.0/24.
-fn sample_node(role: Role, vip: Option<Ipv4Addr>) -> NodeSpec {
+fn sample_node(role: Role, spec: &ClusterSpec) -> NodeSpec {
+    let vip = spec.vip;
     let [a, b, c, _] = vip.unwrap_or(Ipv4Addr::new(192, 0, 2, 0)).octets();
     let host = |n: u8| {
         let ip = Ipv4Addr::new(a, b, c, n);
@@ -235,7 +245,7 @@ fn sample_node(role: Role, vip: Option<Ipv4Addr>) -> NodeSpec {
             prefix: 24,
         },
         gateway: Some(host(1)),
-        dns: vec![],
+        dns: spec.nameservers.clone(),
         install_disk: None,
         wipe: false,
     }
@@ -252,7 +262,7 @@ pub fn check_cluster(
 ) -> Result<(), MaterialsError> {
     let parsed = parse_patches(records)?;
     for role in [Role::Controlplane, Role::Worker] {
-        let node = sample_node(role, spec.vip);
+        let node = sample_node(role, spec);
         config::render_documents(spec, secrets, &node, &patches_for(&parsed, node.mac))
             .map_err(|e| MaterialsError::Invalid(format!("a {role}'s config: {e}")))?;
     }
@@ -260,7 +270,7 @@ pub fn check_cluster(
         .iter()
         .filter(|m| m.is_assigned() && m.cluster == spec.name)
     {
-        let node = node_spec(m)?;
+        let node = node_spec(m, spec)?;
         let spec = spec_for(spec, m);
         config::render_documents(&spec, secrets, &node, &patches_for(&parsed, m.mac)).map_err(
             |e| {
@@ -302,6 +312,9 @@ mod tests {
             pod_subnets: vec![],
             service_subnets: vec![],
             dns_domain: "cluster.local".into(),
+            node_subnets: Default::default(),
+            report_to: Default::default(),
+            nameservers: vec![],
         }
     }
 

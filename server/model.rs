@@ -412,6 +412,13 @@ pub struct Cluster {
     pub pod_subnets: Vec<String>,
     pub service_subnets: Vec<String>,
     pub dns_domain: String,
+    /// The subnets etcd advertises and the kubelet takes its node IP from.
+    #[schema(value_type = String, example = "auto")]
+    pub node_subnets: NodeSubnets,
+    /// Nameservers of nodes without their own (`machines set --dns`); empty: Talos's defaults
+    /// (1.1.1.1 and 8.8.8.8). `cluster init` fills in the appliance host's resolvers.
+    #[schema(value_type = Vec<String>)]
+    pub nameservers: Vec<Ipv4Addr>,
     /// When the secrets bundle was made or imported; `None` until then.
     pub initialised_at: Option<i64>,
     /// Bumped when every control plane was wiped: each generation is bootstrapped once.
@@ -419,6 +426,58 @@ pub struct Cluster {
     /// The operator chose a single control plane: bootstrap without waiting for three.
     pub single_controlplane: bool,
     pub bootstrapped_at: Option<i64>,
+}
+
+/// Which subnets a node's etcd advertises (`cluster.etcd.advertisedSubnets`, control planes)
+/// and its kubelet takes the node IP from (`nodeIP.validSubnets`): with more than one address
+/// on a node, Talos otherwise picks one by itself, and etcd peers or the kubelet may pick an
+/// address the other nodes cannot reach.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NodeSubnets {
+    /// The subnet of each node's own static address.
+    #[default]
+    Auto,
+    /// Not written: Talos picks.
+    Off,
+    /// These subnets (IPv4 or IPv6 CIDRs) on every node.
+    Given(Vec<String>),
+}
+
+impl NodeSubnets {
+    /// The subnets for a node whose own address is `ip`; empty when off.
+    pub fn for_node(&self, ip: Ipv4Cidr) -> Vec<String> {
+        match self {
+            NodeSubnets::Auto => vec![format!("{}/{}", ip.network(), ip.prefix)],
+            NodeSubnets::Off => Vec::new(),
+            NodeSubnets::Given(list) => list.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeSubnets {
+    /// `auto`, `none` or the comma-separated list, as operators type it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeSubnets::Auto => f.write_str("auto"),
+            NodeSubnets::Off => f.write_str("none"),
+            NodeSubnets::Given(list) => f.write_str(&list.join(",")),
+        }
+    }
+}
+
+impl Serialize for NodeSubnets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Where nodes push their events (`talos.events.sink`, `EventSinkConfig`: `host:port`) and
+/// kernel log (`talos.logging.kernel`, `KmsgLogConfig`: a URL); `None` where bootplane does
+/// not receive it (the receiver is off, or the operator's own kernel argument names another).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReportTargets {
+    pub events_endpoint: Option<String>,
+    pub kernel_log_url: Option<String>,
 }
 
 /// The bootstrap decision of one cluster generation.

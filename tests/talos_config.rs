@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use bootplane::materials::config_secrets;
-use bootplane::model::{Mac, Role};
+use bootplane::model::{Mac, NodeSubnets, ReportTargets, Role};
 use bootplane::talos::config::{
     base_config, render, render_documents, to_yaml, ClusterSpec, ConfigSecrets, NodeSpec, Patches,
     RenderError,
@@ -77,6 +77,12 @@ fn cluster(version: &str) -> ClusterSpec {
         pod_subnets: vec!["10.244.0.0/16".into()],
         service_subnets: vec!["10.96.0.0/12".into()],
         dns_domain: "cluster.local".into(),
+        node_subnets: NodeSubnets::Auto,
+        report_to: ReportTargets {
+            events_endpoint: Some("192.168.50.2:4002".into()),
+            kernel_log_url: Some("tcp://192.168.50.2:4001".into()),
+        },
+        nameservers: vec![],
     }
 }
 
@@ -205,6 +211,40 @@ fn assert_common_values(doc: &Value, cluster: &ClusterSpec, n: &NodeSpec) {
         at(doc, "/machine/kubelet/image"),
         "ghcr.io/siderolabs/kubelet:v1.34.1"
     );
+    assert_eq!(
+        at(doc, "/machine/kubelet/nodeIP/validSubnets"),
+        &serde_json::json!(["192.168.50.0/24"]),
+        "the kubelet takes its node IP from the node's own subnet"
+    );
+    if n.role == Role::Controlplane {
+        assert_eq!(
+            at(doc, "/cluster/etcd/advertisedSubnets"),
+            &serde_json::json!(["192.168.50.0/24"]),
+            "etcd advertises an address of the node's own subnet"
+        );
+    }
+}
+
+/// The report-in documents: bootplane's event sink and kernel log receiver, as `cluster()`
+/// names them, after every other document.
+fn assert_report_documents(docs: &[Value]) {
+    let n = docs.len();
+    assert_eq!(
+        &docs[n - 2..],
+        [
+            serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "EventSinkConfig",
+                "endpoint": "192.168.50.2:4002",
+            }),
+            serde_json::json!({
+                "apiVersion": "v1alpha1",
+                "kind": "KmsgLogConfig",
+                "name": "bootplane",
+                "url": "tcp://192.168.50.2:4001",
+            }),
+        ]
+    );
 }
 
 /// The one document of `kind` in `docs`.
@@ -306,10 +346,11 @@ fn every_supported_version_and_role_validates_against_talos_schema() {
         for (role, n) in [(Role::Controlplane, 1), (Role::Worker, 4)] {
             let node = node(role, n);
             let docs = render_documents(&c, &secrets(), &node, &Patches::default()).unwrap();
-            assert_eq!(docs.len(), 1);
+            assert_eq!(docs.len(), 3);
             assert_eq!(docs[0]["persist"], Value::Bool(true));
             assert_schema_valid(&docs, version);
             assert_node_values(&docs[0], &c, &node);
+            assert_report_documents(&docs);
         }
     }
 }
@@ -328,6 +369,8 @@ fn from_1_12_node_settings_are_documents_valid_for_the_line() {
                 "LinkConfig",
                 "Layer2VIPConfig",
                 "ResolverConfig",
+                "EventSinkConfig",
+                "KmsgLogConfig",
             ];
             if role == Role::Worker {
                 expected.retain(|k| *k != "Layer2VIPConfig");
@@ -336,6 +379,7 @@ fn from_1_12_node_settings_are_documents_valid_for_the_line() {
             assert_eq!(docs[0]["persist"], Value::Bool(true));
             assert_schema_valid(&docs, version);
             assert_node_documents(&docs, &c, &node);
+            assert_report_documents(&docs);
         }
     }
 }
@@ -507,7 +551,13 @@ fn rendered_yaml_parses_back_to_the_same_documents() {
     );
     let yaml = render(&c, &secrets(), &n, &p).unwrap();
     let docs = render_documents(&c, &secrets(), &n, &p).unwrap();
-    assert_eq!(docs.len(), 2, "the patch adds a second document");
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["EventSinkConfig", "KmsgLogConfig"],
+        "the patch's event sink stands in for bootplane's"
+    );
+    assert_eq!(docs[1]["endpoint"], "[192.168.50.2]:12345");
     let parsed: Vec<Value> = yaml
         .split("\n---\n")
         .map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap())
@@ -556,6 +606,9 @@ fn fixture_cluster(version: &str, dns_domain: &str) -> ClusterSpec {
         pod_subnets: vec!["10.244.0.0/16".into()],
         service_subnets: vec!["10.96.0.0/12".into()],
         dns_domain: dns_domain.into(),
+        node_subnets: NodeSubnets::Off,
+        report_to: ReportTargets::default(),
+        nameservers: vec![],
     }
 }
 
@@ -816,8 +869,17 @@ fn talos_1_14_node_settings_are_documents() {
         );
         assert_eq!(at(v1alpha1, "/machine/token"), s.trustd_token.as_str());
         assert_eq!(at(v1alpha1, "/cluster/token"), s.bootstrap_token.as_str());
+        assert_eq!(
+            at(doc_of(&docs, "KubeNodeConfig"), "/nodeIP/validSubnets"),
+            &serde_json::json!(["192.168.50.0/24"])
+        );
+        assert_report_documents(&docs);
         if role == Role::Controlplane {
             assert_eq!(at(v1alpha1, "/cluster/etcd/ca/key"), s.etcd_ca.key.as_str());
+            assert_eq!(
+                at(v1alpha1, "/cluster/etcd/advertisedSubnets"),
+                &serde_json::json!(["192.168.50.0/24"])
+            );
             let issuing = at(doc_of(&docs, "KubeAPIServerCAConfig"), "/issuingCA/cert");
             assert!(issuing
                 .as_str()
@@ -951,4 +1013,108 @@ fn a_vip_outside_a_control_planes_subnet_is_refused() {
             "{version}"
         );
     }
+}
+
+#[test]
+fn node_subnets_follow_the_setting_and_talos_key_order_on_every_line() {
+    for version in ["v1.8.4", "v1.11.6", "v1.12.11", "v1.13.9", "v1.14.0-rc.1"] {
+        let mut c = cluster(version);
+        let cp = node(Role::Controlplane, 1);
+        c.node_subnets = NodeSubnets::Given(vec!["192.168.0.0/16".into(), "fd00::/64".into()]);
+        let docs = render_documents(&c, &secrets(), &cp, &Patches::default()).unwrap();
+        let expected = serde_json::json!(["192.168.0.0/16", "fd00::/64"]);
+        let kubelet = if minor(version) >= 14 {
+            doc_of(&docs, "KubeNodeConfig")
+        } else {
+            let kubelet = at(&docs[0], "/machine/kubelet");
+            let keys: Vec<&String> = kubelet.as_object().unwrap().keys().collect();
+            assert_eq!(
+                keys,
+                [
+                    "image",
+                    "defaultRuntimeSeccompProfileEnabled",
+                    "nodeIP",
+                    "disableManifestsDirectory"
+                ],
+                "{version}: Talos's field order"
+            );
+            kubelet
+        };
+        assert_eq!(at(kubelet, "/nodeIP/validSubnets"), &expected, "{version}");
+        assert_eq!(
+            at(&docs[0], "/cluster/etcd/advertisedSubnets"),
+            &expected,
+            "{version}"
+        );
+        assert_schema_valid_except_unattended(&docs, version);
+
+        c.node_subnets = NodeSubnets::Off;
+        for role in [Role::Controlplane, Role::Worker] {
+            let docs =
+                render_documents(&c, &secrets(), &node(role, 4), &Patches::default()).unwrap();
+            let text = to_yaml(&docs).unwrap();
+            assert!(
+                !text.contains("validSubnets") && !text.contains("advertisedSubnets"),
+                "{version} {role}: none means Talos picks\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn report_documents_are_left_out_when_bootplane_does_not_receive_them() {
+    let mut c = cluster("v1.13.9");
+    c.report_to = ReportTargets {
+        events_endpoint: None,
+        kernel_log_url: Some("tcp://192.168.50.2:4001".into()),
+    };
+    let docs =
+        render_documents(&c, &secrets(), &node(Role::Worker, 4), &Patches::default()).unwrap();
+    assert!(docs.iter().all(|d| d["kind"] != "EventSinkConfig"));
+    assert_eq!(at(doc_of(&docs, "KmsgLogConfig"), "/name"), "bootplane");
+    c.report_to = ReportTargets::default();
+    let docs =
+        render_documents(&c, &secrets(), &node(Role::Worker, 4), &Patches::default()).unwrap();
+    assert!(docs
+        .iter()
+        .all(|d| d["kind"] != "EventSinkConfig" && d["kind"] != "KmsgLogConfig"));
+}
+
+#[test]
+fn patches_that_break_talos_rules_for_report_documents_are_refused() {
+    let n = node(Role::Worker, 4);
+    for (patch, why) in [
+        (
+            "apiVersion: v1alpha1\nkind: KmsgLogConfig\nname: bootplane\nurl: http://192.168.50.2:4001\n",
+            "tcp|udp",
+        ),
+        (
+            "apiVersion: v1alpha1\nkind: KmsgLogConfig\nname: other\nurl: udp://192.168.50.9\n",
+            "port is required",
+        ),
+        (
+            "apiVersion: v1alpha1\nkind: EventSinkConfig\nendpoint: 192.168.50.9\n",
+            "host:port",
+        ),
+    ] {
+        for version in ["v1.11.6", "v1.13.9"] {
+            let err = render(&cluster(version), &secrets(), &n, &patches(&[patch], &[], &[], &[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{version}: {err}");
+        }
+    }
+    // An operator's own event sink replaces bootplane's in place: one document.
+    let own = "apiVersion: v1alpha1\nkind: EventSinkConfig\nendpoint: 192.168.50.9:9000\n";
+    let docs = render_documents(
+        &cluster("v1.13.9"),
+        &secrets(),
+        &n,
+        &patches(&[own], &[], &[], &[]),
+    )
+    .unwrap();
+    assert_eq!(
+        at(doc_of(&docs, "EventSinkConfig"), "/endpoint"),
+        "192.168.50.9:9000"
+    );
 }

@@ -77,6 +77,12 @@ pub struct ClusterInit {
     pub service_subnets: Option<String>,
     /// Kubernetes DNS domain
     pub dns_domain: Option<String>,
+    /// Subnets etcd advertises and the kubelet takes its node IP from: "auto" (default, each
+    /// node's own subnet), "none", or comma-separated subnets
+    pub node_subnets: Option<String>,
+    /// Nameservers of nodes without their own, comma-separated IPv4 addresses, "auto" (the
+    /// default: the appliance host's resolvers) or "none" (Talos's defaults)
+    pub nameservers: Option<String>,
     /// Bootstrap with one control plane instead of waiting for three
     pub single_controlplane: Option<bool>,
     /// talosctl's secrets.yaml, to adopt an existing cluster instead of making new secrets
@@ -96,6 +102,8 @@ impl ClusterInit {
                 pod_subnets: self.pod_subnets,
                 service_subnets: self.service_subnets,
                 dns_domain: self.dns_domain,
+                node_subnets: self.node_subnets,
+                nameservers: self.nameservers,
                 single_controlplane: self.single_controlplane,
             },
             self.import_secrets,

@@ -10,7 +10,8 @@ use super::{cleared, Errors, OpsError};
 use crate::db::{Db, DbError};
 use crate::materials;
 use crate::model::{
-    validate_hostname, BootstrapRecord, Cluster, Mac, Machine, PatchRecord, PatchScope, Role,
+    validate_hostname, BootstrapRecord, Cluster, Mac, Machine, NodeSubnets, PatchRecord,
+    PatchScope, Role,
 };
 
 /// Cluster settings as an operator types them; `None` leaves a setting as it is.
@@ -35,6 +36,12 @@ pub struct ClusterInput {
     pub service_subnets: Option<String>,
     /// Kubernetes DNS domain
     pub dns_domain: Option<String>,
+    /// Subnets etcd advertises and the kubelet takes its node IP from: "auto" (each node's own
+    /// subnet), "none" (Talos picks), or comma-separated subnets
+    pub node_subnets: Option<String>,
+    /// Nameservers of nodes without their own, comma-separated IPv4 addresses; "auto" for the
+    /// appliance host's resolvers, "none" for Talos's defaults (1.1.1.1, 8.8.8.8)
+    pub nameservers: Option<String>,
     /// Bootstrap with one control plane instead of waiting for three
     pub single_controlplane: Option<bool>,
 }
@@ -64,6 +71,33 @@ pub fn parse_cidr_list(text: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(items)
+}
+
+/// Nameservers as an operator types them: "auto" (the appliance host's resolvers), "none" or
+/// empty (Talos's defaults), or comma-separated IPv4 addresses (at most 3, as resolvers read).
+fn parse_nameservers(text: &str) -> Result<Vec<Ipv4Addr>, String> {
+    match text.trim() {
+        "auto" => Ok(crate::net::host_nameservers()),
+        "none" | "" => Ok(Vec::new()),
+        list => {
+            let mut out = Vec::new();
+            for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let ip = item
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| format!("'{item}' is not an IPv4 address (or auto, or none)"))?;
+                if ip.is_loopback() || ip.is_unspecified() {
+                    return Err(format!("{ip} cannot be a node's nameserver"));
+                }
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+            if out.len() > 3 {
+                return Err("at most 3 nameservers".into());
+            }
+            Ok(out)
+        }
+    }
 }
 
 fn parse_kubernetes_version(v: &str) -> Result<String, String> {
@@ -176,6 +210,22 @@ pub fn apply_cluster_input(c: &mut Cluster, f: &ClusterInput) -> Result<(), OpsE
             errors.add("dns_domain", format!("'{d}' is not a DNS name"));
         }
     }
+    if let Some(text) = &f.node_subnets {
+        match text.trim() {
+            "auto" => c.node_subnets = NodeSubnets::Auto,
+            "none" => c.node_subnets = NodeSubnets::Off,
+            list => match parse_cidr_list(list) {
+                Ok(list) => c.node_subnets = NodeSubnets::Given(list),
+                Err(e) => errors.add("node_subnets", format!("{e} (or auto, or none)")),
+            },
+        }
+    }
+    if let Some(text) = &f.nameservers {
+        match parse_nameservers(text) {
+            Ok(list) => c.nameservers = list,
+            Err(e) => errors.add("nameservers", e),
+        }
+    }
     if let Some(single) = f.single_controlplane {
         c.single_controlplane = single;
     }
@@ -186,6 +236,46 @@ pub fn apply_cluster_input(c: &mut Cluster, f: &ClusterInput) -> Result<(), OpsE
         );
     }
     errors.into_result()
+}
+
+/// The node subnets setting as `cluster show` and the UI state it: with `auto`, the subnets
+/// the cluster's assigned machines are in.
+pub fn describe_node_subnets(c: &Cluster, machines: &[Machine]) -> String {
+    match &c.node_subnets {
+        NodeSubnets::Auto => {
+            let mut seen: Vec<String> = Vec::new();
+            let own = machines
+                .iter()
+                .filter(|m| m.cluster == c.name && m.is_assigned())
+                .filter_map(|m| m.ip);
+            for ip in own {
+                let subnet = format!("{}/{}", ip.network(), ip.prefix);
+                if !seen.contains(&subnet) {
+                    seen.push(subnet);
+                }
+            }
+            if seen.is_empty() {
+                "auto (each node's own subnet)".into()
+            } else {
+                format!("auto (each node's own subnet: {})", seen.join(", "))
+            }
+        }
+        NodeSubnets::Off => "none (Talos picks each node's address)".into(),
+        NodeSubnets::Given(list) => list.join(", "),
+    }
+}
+
+/// The cluster's nameservers as `cluster show` and the UI state them.
+pub fn describe_nameservers(c: &Cluster) -> String {
+    if c.nameservers.is_empty() {
+        "none set (nodes without their own use Talos's defaults 1.1.1.1, 8.8.8.8)".into()
+    } else {
+        c.nameservers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 fn system_time(now: i64) -> std::time::SystemTime {
@@ -228,9 +318,15 @@ pub async fn init_cluster(
     if c.talos_version.is_none() && input.talos_version.is_none() {
         c.talos_version = Some(crate::config::DEFAULT_TALOS_VERSION.to_string());
     }
+    if input.nameservers.is_none() {
+        // Nodes on a LAN without internet DNS cannot use Talos's defaults; the host's own
+        // resolvers are the best guess, shown by `cluster show` and changed with `cluster set`.
+        c.nameservers = crate::net::host_nameservers();
+    }
     apply_cluster_input(&mut c, input)?;
-    let spec =
+    let mut spec =
         materials::cluster_spec(&c).map_err(|e| OpsError::field("cluster", e.to_string()))?;
+    spec.report_to = db.report_targets().await?;
     let bundle = materials::new_bundle(&spec.talos_version, import_secrets, system_time(now))
         .map_err(|e| OpsError::field("secrets", e.to_string()))?;
     let mut machines = db.list_machines().await?;
@@ -250,8 +346,9 @@ pub async fn update_cluster(db: &Db, input: &ClusterInput, _now: i64) -> Result<
     let current = loaded.cluster.name.clone();
     let mut c = loaded.cluster.clone();
     apply_cluster_input(&mut c, input)?;
-    let spec =
+    let mut spec =
         materials::cluster_spec(&c).map_err(|e| OpsError::field("cluster", e.to_string()))?;
+    spec.report_to = loaded.spec.report_to.clone();
     let mut machines = db.list_machines().await?;
     for m in machines.iter_mut().filter(|m| m.cluster == current) {
         m.cluster = c.name.clone();
@@ -543,6 +640,8 @@ mod tests {
             pod_subnets: vec!["10.244.0.0/16".into()],
             service_subnets: vec!["10.96.0.0/12".into()],
             dns_domain: "cluster.local".into(),
+            node_subnets: NodeSubnets::Auto,
+            nameservers: vec![],
             initialised_at: None,
             generation: 1,
             single_controlplane: false,
@@ -563,6 +662,8 @@ mod tests {
             pod_subnets: Some("10.244.0.0/16, x".into()),
             service_subnets: Some(",".into()),
             dns_domain: Some("bad_domain".into()),
+            node_subnets: Some("10.0.0.0/33".into()),
+            nameservers: Some("10.0.0.53, 127.0.0.1".into()),
             single_controlplane: None,
         };
         let err = apply_cluster_input(&mut c, &input).unwrap_err();
@@ -576,10 +677,45 @@ mod tests {
             "pod_subnets",
             "service_subnets",
             "dns_domain",
+            "node_subnets",
+            "nameservers",
         ] {
             assert!(err.for_field(field).is_some(), "{field} missing in {err}");
         }
         assert_eq!(c, cluster(), "nothing bad is applied");
+    }
+
+    #[test]
+    fn node_subnets_and_nameservers_are_auto_none_or_a_list() {
+        let mut c = cluster();
+        let set = |c: &mut Cluster, subnets: &str, dns: &str| {
+            let input = ClusterInput {
+                vip: Some("10.0.0.5".into()),
+                node_subnets: Some(subnets.into()),
+                nameservers: Some(dns.into()),
+                ..Default::default()
+            };
+            apply_cluster_input(c, &input)
+        };
+        set(&mut c, "10.0.0.0/24, fd00::/64", "10.0.0.53, 10.0.0.54").unwrap();
+        assert_eq!(
+            c.node_subnets,
+            NodeSubnets::Given(vec!["10.0.0.0/24".into(), "fd00::/64".into()])
+        );
+        assert_eq!(
+            c.nameservers,
+            [Ipv4Addr::new(10, 0, 0, 53), Ipv4Addr::new(10, 0, 0, 54)]
+        );
+        set(&mut c, "none", "none").unwrap();
+        assert_eq!(
+            (c.node_subnets.clone(), c.nameservers.len()),
+            (NodeSubnets::Off, 0)
+        );
+        set(&mut c, "auto", "auto").unwrap();
+        assert_eq!(c.node_subnets, NodeSubnets::Auto);
+        assert_eq!(c.nameservers, crate::net::host_nameservers());
+        let err = set(&mut c, "auto", "1.1.1.1,8.8.8.8,9.9.9.9,10.0.0.1").unwrap_err();
+        assert!(err.for_field("nameservers").is_some(), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value};
 
-use crate::model::{Ipv4Cidr, Mac, Role};
+use crate::model::{Ipv4Cidr, Mac, NodeSubnets, ReportTargets, Role};
 use crate::talos::minor_version;
 use crate::talos::patch::{self, Patch};
 
@@ -163,6 +163,13 @@ pub struct ClusterSpec {
     pub pod_subnets: Vec<String>,
     pub service_subnets: Vec<String>,
     pub dns_domain: String,
+    /// etcd's advertised subnets and the kubelet's node IP subnets.
+    pub node_subnets: NodeSubnets,
+    /// Where nodes push their events and kernel log, written as `EventSinkConfig` and
+    /// `KmsgLogConfig` documents (installed systems may not keep the kernel arguments).
+    pub report_to: ReportTargets,
+    /// Nameservers of nodes without their own.
+    pub nameservers: Vec<Ipv4Addr>,
 }
 
 /// One node's own settings.
@@ -796,6 +803,109 @@ fn apply_node(
     Ok(())
 }
 
+/// The node's subnets as Talos's production notes ask for nodes with more than one address:
+/// the kubelet's `nodeIP.validSubnets` on every node (`machine.kubelet` up to 1.13, the
+/// `KubeNodeConfig` document from 1.14) and `cluster.etcd.advertisedSubnets` on control
+/// planes; nothing when `subnets` is empty. Keys go where Talos's own YAML puts them.
+fn apply_subnets(
+    docs: &mut [Value],
+    contract: Contract,
+    node: &NodeSpec,
+    subnets: &[String],
+) -> Result<(), RenderError> {
+    if subnets.is_empty() {
+        return Ok(());
+    }
+    let node_ip = json!({ "validSubnets": subnets });
+    if contract == Contract::V1_14 {
+        let kube_node = docs
+            .iter_mut()
+            .find(|d| kind_of(d) == Some("KubeNodeConfig"))
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| RenderError::Input("base config has no KubeNodeConfig".into()))?;
+        kube_node.insert("nodeIP".into(), node_ip);
+    } else {
+        let kubelet = machine_of(docs)?
+            .get_mut("kubelet")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| RenderError::Input("base config has no machine.kubelet".into()))?;
+        insert_before(
+            kubelet,
+            "nodeIP",
+            node_ip,
+            &["skipNodeRegistration", "disableManifestsDirectory"],
+        );
+    }
+    if node.role == Role::Controlplane {
+        let etcd = docs
+            .first_mut()
+            .and_then(|d| d.pointer_mut("/cluster/etcd"))
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| RenderError::Input("base config has no cluster.etcd".into()))?;
+        insert_before(
+            etcd,
+            "advertisedSubnets",
+            json!(subnets),
+            &["listenSubnets"],
+        );
+    }
+    Ok(())
+}
+
+/// Inserts `key` into `map` before the first of `later` present (Talos's field order), else at
+/// the end; a key already there keeps its place.
+fn insert_before(map: &mut Map<String, Value>, key: &str, value: Value, later: &[&str]) {
+    if map.contains_key(key) {
+        map.insert(key.into(), value);
+        return;
+    }
+    let rest = std::mem::take(map);
+    let mut placed = false;
+    for (k, v) in rest {
+        if !placed && later.contains(&k.as_str()) {
+            map.insert(key.into(), value.clone());
+            placed = true;
+        }
+        map.insert(k, v);
+    }
+    if !placed {
+        map.insert(key.into(), value);
+    }
+}
+
+/// `EventSinkConfig` and `KmsgLogConfig` documents for bootplane's receivers, so a node keeps
+/// reporting after an install whose bootloader drops the extra kernel arguments (Talos's UEFI
+/// installs with systemd-boot, and GRUB with `grubUseUKICmdline` from 1.12). Talos takes the
+/// document's event sink over the kernel argument (the same endpoint here) and drops a kernel
+/// log URL given both ways, so a node booted with both sends once. An operator's patch that
+/// adds its own event sink (Talos takes one) or a kernel log named like bootplane's wins.
+fn apply_report_targets(docs: &mut Vec<Value>, targets: &ReportTargets) {
+    let has = |docs: &[Value], kind: &str, name: Option<&str>| {
+        docs.iter().any(|d| {
+            kind_of(d) == Some(kind)
+                && name.is_none_or(|name| d.get("name").and_then(Value::as_str) == Some(name))
+        })
+    };
+    if let Some(endpoint) = &targets.events_endpoint {
+        if !has(docs, "EventSinkConfig", None) {
+            docs.push(document("EventSinkConfig", json!({ "endpoint": endpoint })));
+        }
+    }
+    if let Some(url) = targets
+        .kernel_log_url
+        .as_ref()
+        .filter(|_| !has(docs, "KmsgLogConfig", Some(REPORT_LOG_NAME)))
+    {
+        docs.push(document(
+            "KmsgLogConfig",
+            json!({ "name": REPORT_LOG_NAME, "url": url }),
+        ));
+    }
+}
+
+/// The name of the `KmsgLogConfig` document that sends the kernel log to bootplane.
+pub const REPORT_LOG_NAME: &str = "bootplane";
+
 /// The `machine` section of the v1alpha1 document.
 fn machine_of(docs: &mut [Value]) -> Result<&mut Map<String, Value>, RenderError> {
     docs.first_mut()
@@ -825,6 +935,12 @@ pub fn render_documents(
     let contract = Contract::of(&cluster.talos_version)?;
     let mut docs = base_config(cluster, secrets, node.role)?;
     apply_node(&mut docs, contract, cluster, node)?;
+    apply_subnets(
+        &mut docs,
+        contract,
+        node,
+        &cluster.node_subnets.for_node(node.ip),
+    )?;
     let role_patches = match node.role {
         Role::Controlplane => &patches.controlplane,
         _ => &patches.worker,
@@ -832,6 +948,8 @@ pub fn render_documents(
     for level in [&patches.cluster, role_patches, &patches.machine] {
         patch::apply_all(&mut docs, level)?;
     }
+    // After the patches, so a one-document config (up to 1.11) still takes JSON patches.
+    apply_report_targets(&mut docs, &cluster.report_to);
     validate(&docs, node.role, contract)?;
     Ok(docs)
 }
@@ -1045,10 +1163,70 @@ fn document_rules(docs: &[Value], role: Role) -> Result<(), RenderError> {
             "a ResolverConfig document and machine.network.nameservers both set nameservers".into(),
         ));
     }
+    for doc in docs {
+        match kind_of(doc) {
+            Some("EventSinkConfig") => {
+                let endpoint = pointer_str(doc, "/endpoint").unwrap_or_default();
+                let port = endpoint
+                    .rsplit_once(':')
+                    .filter(|(host, _)| !host.is_empty())
+                    .and_then(|(_, port)| port.parse::<u16>().ok());
+                if port.is_none() {
+                    return Err(RenderError::Invalid(format!(
+                        "EventSinkConfig endpoint '{endpoint}' must be host:port"
+                    )));
+                }
+            }
+            Some("KmsgLogConfig") => kmsg_log_rules(doc)?,
+            _ => {}
+        }
+    }
+    if docs
+        .iter()
+        .filter(|d| kind_of(d) == Some("EventSinkConfig"))
+        .count()
+        > 1
+    {
+        return Err(RenderError::Invalid(
+            "more than one EventSinkConfig document (Talos takes one event sink)".into(),
+        ));
+    }
     if role != Role::Controlplane && has("Layer2VIPConfig") {
         return Err(RenderError::Invalid(
             "a VIP (Layer2VIPConfig) can only be configured on control planes".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Talos's checks of a `KmsgLogConfig`: a name, and a `tcp://` or `udp://` URL with a port and
+/// no path.
+fn kmsg_log_rules(doc: &Value) -> Result<(), RenderError> {
+    let name = pointer_str(doc, "/name").unwrap_or_default();
+    let url = pointer_str(doc, "/url").unwrap_or_default();
+    let fail = |why: &str| {
+        Err(RenderError::Invalid(format!(
+            "KmsgLogConfig '{name}': {why}"
+        )))
+    };
+    if name.is_empty() {
+        return fail("name is required");
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return fail("url is required (tcp://host:port or udp://host:port)");
+    };
+    if scheme != "tcp" && scheme != "udp" {
+        return fail("url scheme must be tcp:// or udp://");
+    }
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !path.is_empty() {
+        return fail("url path must be empty");
+    }
+    let port = authority
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok());
+    if port.is_none() {
+        return fail("url port is required");
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::model::ReportTargets;
+
 /// CPU architecture of boot assets, as Talos names them in release file names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -82,25 +84,39 @@ pub fn kernel_args(version: &str, arch: Arch, config_url: &str, extra: &[String]
     args
 }
 
-/// Kernel arguments that make a node push its events and kernel log to bootplane:
-/// `talos.events.sink=<ip>:<port>` (a gRPC endpoint, host:port) and
-/// `talos.logging.kernel=tcp://<ip>:<port>` (a URL; JSON lines over TCP). Every supported
-/// Talos version (1.8 and later) reads both, and its installer keeps them on the installed
-/// system's command line. An argument the operator already passes in `extra` wins: Talos
-/// reads the first occurrence, so bootplane's is left out rather than shadowing it.
-pub fn report_args(
+/// Where a node is told to push its events and kernel log: `<ip>:<port>` for the event sink
+/// (a gRPC endpoint, host:port) and `tcp://<ip>:<port>` for the kernel log (a URL; JSON lines
+/// over TCP). A target the operator already names in `extra` (their own `--kernel-args`) is
+/// theirs: bootplane's is left out, on the command line (Talos reads the first occurrence) and
+/// in the config documents (an `EventSinkConfig` would override their argument).
+pub fn report_targets(
     advertise: Ipv4Addr,
     events_port: Option<u16>,
     kernel_log_port: Option<u16>,
     extra: &[String],
-) -> Vec<String> {
+) -> ReportTargets {
     let given = |key: &str| extra.iter().any(|a| a.starts_with(&format!("{key}=")));
-    let mut args = Vec::new();
-    if let Some(port) = events_port.filter(|_| !given(EVENTS_SINK_ARG)) {
-        args.push(format!("{EVENTS_SINK_ARG}={advertise}:{port}"));
+    ReportTargets {
+        events_endpoint: events_port
+            .filter(|_| !given(EVENTS_SINK_ARG))
+            .map(|port| format!("{advertise}:{port}")),
+        kernel_log_url: kernel_log_port
+            .filter(|_| !given(KERNEL_LOG_ARG))
+            .map(|port| format!("tcp://{advertise}:{port}")),
     }
-    if let Some(port) = kernel_log_port.filter(|_| !given(KERNEL_LOG_ARG)) {
-        args.push(format!("{KERNEL_LOG_ARG}=tcp://{advertise}:{port}"));
+}
+
+/// Kernel arguments that make a node push its events and kernel log to `targets`. Every
+/// supported Talos version (1.8 and later) reads both; installs that drop extra kernel
+/// arguments (systemd-boot, and GRUB with `grubUseUKICmdline` from 1.12) keep pushing through
+/// the same targets as `EventSinkConfig` and `KmsgLogConfig` documents in the config.
+pub fn report_args(targets: &ReportTargets) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(endpoint) = &targets.events_endpoint {
+        args.push(format!("{EVENTS_SINK_ARG}={endpoint}"));
+    }
+    if let Some(url) = &targets.kernel_log_url {
+        args.push(format!("{KERNEL_LOG_ARG}={url}"));
     }
     args
 }
@@ -152,22 +168,31 @@ mod tests {
     #[test]
     fn report_args_point_at_bootplane_unless_the_operator_set_them() {
         let ip = Ipv4Addr::new(10, 0, 0, 1);
+        let args = |e, k, extra: &[String]| report_args(&report_targets(ip, e, k, extra));
         assert_eq!(
-            report_args(ip, Some(4002), Some(4001), &[]),
+            args(Some(4002), Some(4001), &[]),
             vec![
                 "talos.events.sink=10.0.0.1:4002",
                 "talos.logging.kernel=tcp://10.0.0.1:4001"
             ]
         );
         assert_eq!(
-            report_args(ip, None, Some(4001), &[]),
+            args(None, Some(4001), &[]),
             vec!["talos.logging.kernel=tcp://10.0.0.1:4001"]
         );
-        assert!(report_args(ip, None, None, &[]).is_empty());
+        assert!(args(None, None, &[]).is_empty());
         let own = ["talos.events.sink=192.0.2.9:9000".to_string()];
         assert_eq!(
-            report_args(ip, Some(4002), Some(4001), &own),
+            args(Some(4002), Some(4001), &own),
             vec!["talos.logging.kernel=tcp://10.0.0.1:4001"]
+        );
+        assert_eq!(
+            report_targets(ip, Some(4002), Some(4001), &own),
+            ReportTargets {
+                events_endpoint: None,
+                kernel_log_url: Some("tcp://10.0.0.1:4001".into()),
+            },
+            "the operator's own sink is not overridden by a document either"
         );
     }
 

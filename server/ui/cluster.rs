@@ -37,6 +37,10 @@ pub struct ClusterForm {
     #[serde(default)]
     pub dns_domain: String,
     #[serde(default)]
+    pub node_subnets: String,
+    #[serde(default)]
+    pub nameservers: String,
+    #[serde(default)]
     pub single_controlplane: Option<String>,
 }
 
@@ -52,12 +56,20 @@ impl ClusterForm {
             pod_subnets: c.pod_subnets.join(", "),
             service_subnets: c.service_subnets.join(", "),
             dns_domain: c.dns_domain.clone(),
+            node_subnets: c.node_subnets.to_string(),
+            nameservers: c
+                .nameservers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             single_controlplane: c.single_controlplane.then(|| "true".into()),
         }
     }
 
-    /// Empty optional fields mean "the default"; empty required ones are left unchanged.
-    fn input(&self) -> ClusterInput {
+    /// Empty optional fields mean "the default"; empty required ones are left unchanged. Empty
+    /// nameservers are the host's resolvers at init and none afterwards.
+    fn input(&self, initialised: bool) -> ClusterInput {
         let given = |s: &String| (!s.trim().is_empty()).then(|| s.trim().to_string());
         let or_default = |s: &String| {
             Some(if s.trim().is_empty() {
@@ -76,6 +88,9 @@ impl ClusterForm {
             pod_subnets: given(&self.pod_subnets),
             service_subnets: given(&self.service_subnets),
             dns_domain: given(&self.dns_domain),
+            node_subnets: Some(given(&self.node_subnets).unwrap_or_else(|| "auto".into())),
+            // Empty at init: the host's resolvers; empty in settings: none.
+            nameservers: given(&self.nameservers).or(initialised.then(|| "none".into())),
             single_controlplane: Some(self.single_controlplane.is_some()),
         }
     }
@@ -384,7 +399,7 @@ pub async fn ui_cluster_init_post(
     Form(form): Form<ClusterForm>,
 ) -> Response {
     let now = state.recorder.now_ms();
-    match cops::init_cluster(&state.db, &form.input(), None, now).await {
+    match cops::init_cluster(&state.db, &form.input(false), None, now).await {
         Ok(c) => {
             state.changed();
             tracing::info!(cluster = %c.name, by = %op.name(), "cluster initialised");
@@ -406,7 +421,7 @@ pub async fn ui_cluster_post(
     Form(form): Form<ClusterForm>,
 ) -> Response {
     let now = state.recorder.now_ms();
-    match cops::update_cluster(&state.db, &form.input(), now).await {
+    match cops::update_cluster(&state.db, &form.input(true), now).await {
         Ok(c) => {
             state.changed();
             tracing::info!(cluster = %c.name, by = %op.name(), "cluster settings saved");
