@@ -1207,3 +1207,113 @@ async fn patches_preview_their_diff_before_they_are_saved() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     api.app.stop().await;
 }
+
+/// The worker's config as the API renders it.
+async fn config(api: &Api) -> String {
+    let path = format!("/machines/{WORKER_MAC}/config");
+    let (status, body) = api.call(Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["config"].as_str().unwrap().to_string()
+}
+
+/// The documents of a rendered config, by kind (`v1alpha1` for the machine config).
+fn kinds(yaml: &str) -> Vec<String> {
+    yaml.split("\n---\n")
+        .map(|doc| {
+            let v: Value = serde_yaml_ng::from_str(doc).unwrap();
+            v["kind"].as_str().unwrap_or("v1alpha1").to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cluster_moves_to_a_newer_talos_line_only_when_every_config_still_holds() {
+    let api = Api::start().await;
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/cluster/init",
+            Some(json!({
+                "name": "lab", "vip": "127.0.0.10", "talos_version": "v1.11.6",
+                "nameservers": "10.0.0.53", "node_subnets": "auto",
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["nameservers"], json!(["10.0.0.53"]));
+    assert_eq!(body["node_subnets"], "auto");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/machines",
+            Some(json!({"mac": WORKER_MAC, "role": "worker", "hostname": "w-1", "ip": "127.0.0.31/8"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // machine.network is Talos 1.11's; 1.13's schema has no such field.
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/cluster/patches",
+            Some(json!({"scope": "cluster", "name": "kubespan",
+                        "body": "machine:\n  network:\n    kubespan:\n      enabled: true\n"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v1_11 = config(&api).await;
+    assert_eq!(kinds(&v1_11)[0], "v1alpha1");
+    assert!(v1_11.contains("hostname: w-1") && v1_11.contains("- 10.0.0.53"));
+    assert!(
+        v1_11.contains("validSubnets:\n      - 127.0.0.0/8"),
+        "{v1_11}"
+    );
+
+    let (status, body) = api
+        .call(
+            Method::PATCH,
+            "/cluster",
+            Some(json!({"talos_version": "v1.13.9"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let refusal = body.to_string();
+    assert!(
+        refusal.contains("'network' was unexpected"),
+        "the refusal names the field: {refusal}"
+    );
+    assert_eq!(config(&api).await, v1_11, "nothing changed");
+
+    let (status, body) = api
+        .call(
+            Method::DELETE,
+            "/cluster/patches?scope=cluster&name=kubespan",
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let (status, body) = api
+        .call(
+            Method::PATCH,
+            "/cluster",
+            Some(json!({"talos_version": "v1.13.9", "node_subnets": "127.0.0.0/8"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v1_13 = config(&api).await;
+    let kinds = kinds(&v1_13);
+    for kind in [
+        "HostnameConfig",
+        "LinkAliasConfig",
+        "LinkConfig",
+        "ResolverConfig",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
+    }
+    assert!(
+        !v1_13.contains("\n    network:"),
+        "1.13 has no machine.network"
+    );
+    assert!(v1_13.contains("grubUseUKICmdline: true"));
+    assert!(v1_13.contains("address: 10.0.0.53"));
+    api.app.stop().await;
+}
