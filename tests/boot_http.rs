@@ -285,7 +285,20 @@ async fn assigned_machine_gets_its_own_rendered_config_with_a_hash_event() {
     app.db.add_machine(&m, 1).await.unwrap();
     let (code, body) = get_text(&app, "/config?mac=52-54-00-12-34-56").await;
     assert_eq!(code, 200, "{body}");
-    let doc: serde_json::Value = serde_yaml_ng::from_str(&body).unwrap();
+    let docs: Vec<serde_json::Value> = body
+        .split("\n---\n")
+        .map(|d| serde_yaml_ng::from_str(d).unwrap())
+        .collect();
+    let doc = &docs[0];
+    // Where this appliance receives events and kernel logs, as the served config names it.
+    let kinds: Vec<&str> = docs[1..]
+        .iter()
+        .filter_map(|d| d["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["EventSinkConfig", "KmsgLogConfig"]);
+    let (events, kmsg) = (app.events.unwrap(), app.kmsg.unwrap());
+    assert_eq!(docs[1]["endpoint"], format!("127.0.0.1:{}", events.port()));
+    assert_eq!(docs[2]["url"], format!("tcp://127.0.0.1:{}", kmsg.port()));
     assert_eq!(doc["machine"]["network"]["hostname"], "cp-1");
     assert_eq!(
         doc["machine"]["network"]["interfaces"][0]["addresses"][0],
