@@ -2189,170 +2189,137 @@ fn config_judge_passes_rendered_v1_13_configs_and_names_each_wrong_value() {
         Vec::<String>::new()
     );
 
-    let index = |docs: &[serde_json::Value], kind: &str| {
-        docs.iter().position(|d| d["kind"] == kind).unwrap()
+    use serde_json::json;
+    type Docs = Vec<serde_json::Value>;
+    // `change` applied to a copy of `docs`: the judge's problems, one per line.
+    let judged = |vm: &Vm, docs: &Docs, change: &dyn Fn(&mut Docs)| {
+        let mut docs = docs.clone();
+        change(&mut docs);
+        judge_config(vm, &lan, &docs).join("\n")
     };
-    let judged =
-        |vm: &Vm, docs: &[serde_json::Value], change: &dyn Fn(&mut Vec<serde_json::Value>)| {
-            let mut docs = docs.to_vec();
-            change(&mut docs);
-            judge_config(vm, &lan, &docs).join("\n")
-        };
-    let cases: Vec<(
-        &Vm,
-        &[serde_json::Value],
-        Box<dyn Fn(&mut Vec<serde_json::Value>)>,
-        &str,
-    )> = vec![
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                let i = index(d, "HostnameConfig");
-                d[i]["hostname"] = "cp-9".into();
-            }),
-            "names the host \"cp-9\"",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                let i = index(d, "LinkAliasConfig");
-                d[i]["selector"]["match"] =
-                    "mac(link.permanent_addr) == \"52:54:00:e2:09:02\"".into();
-            }),
-            "aliases the link",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                let i = index(d, "LinkConfig");
-                d[i]["addresses"][0]["address"] = "10.77.0.12/24".into();
-            }),
-            "registered address is 10.77.0.11/24",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                let i = index(d, "LinkConfig");
-                d[i]["routes"] = serde_json::json!([]);
-            }),
-            "no default route via 10.77.0.1",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                let i = index(d, "Layer2VIPConfig");
-                d.remove(i);
-            }),
-            "has 0 Layer2VIPConfig documents",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                let i = index(d, "Layer2VIPConfig");
-                d[i]["name"] = "10.77.0.9".into();
-            }),
-            "the cluster's VIP is 10.77.0.10",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                let i = index(d, "ResolverConfig");
-                d.remove(i);
-            }),
-            "has 0 ResolverConfig documents",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                d[0]["machine"]["network"] = serde_json::json!({ "hostname": "cp-1" });
-            }),
-            "still has machine.network",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                d[0]["machine"]["network"] = serde_json::json!({ "hostname": "cp-1" });
-            }),
-            "document 1 (v1alpha1) is invalid",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                let i = index(d, "HostnameConfig");
-                d[i]["name"] = "x".into();
-            }),
-            "(HostnameConfig) is invalid",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                d[0]["persist"] = false.into();
-            }),
-            "persist is false",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                d.push(serde_json::json!({ "apiVersion": "v1alpha1", "kind": "NoSuchConfig" }));
-            }),
-            "has no NoSuchConfig document",
-        ),
-        (
-            &cp,
-            &cp_docs,
-            Box::new(|d| {
-                d[0]["cluster"]["etcd"]["advertisedSubnets"] = serde_json::json!(["10.0.0.0/8"]);
-            }),
-            "has /cluster/etcd/advertisedSubnets [\"10.0.0.0/8\"]",
-        ),
-        (
-            &worker,
-            &worker_docs,
-            Box::new(|d| {
-                d[0]["machine"]["kubelet"]["nodeIP"] =
-                    serde_json::json!({ "validSubnets": ["10.78.0.0/24"] });
-            }),
-            "has /machine/kubelet/nodeIP/validSubnets",
-        ),
-        (
-            &worker,
-            &worker_docs,
-            Box::new(|d| {
-                d[0]["machine"]["type"] = "controlplane".into();
-            }),
-            "has machine.type \"controlplane\"",
-        ),
-        (
-            &worker,
-            &worker_docs,
-            {
-                let vip = cp_docs[index(&cp_docs, "Layer2VIPConfig")].clone();
-                Box::new(move |d| d.push(vip.clone()))
-            },
-            "of a worker has a Layer2VIPConfig",
-        ),
-    ];
-    for (vm, docs, change, want) in &cases {
-        let problems = judged(vm, docs, change.as_ref());
+    let named = |vm: &Vm, docs: &Docs, change: &dyn Fn(&mut Docs), want: &str| {
+        let problems = judged(vm, docs, change);
         assert!(problems.contains(want), "want {want:?} in:\n{problems}");
-    }
+    };
+    let at = |docs: &Docs, kind: &str| docs.iter().position(|d| d["kind"] == kind).unwrap_or(0);
+    // Sets `pointer` in the document of `kind` ("" for the v1alpha1 config).
+    let set = |kind: &'static str, pointer: &'static str, value: serde_json::Value| {
+        move |d: &mut Docs| {
+            let i = at(d, kind);
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            d[i].pointer_mut(parent).unwrap()[key] = value.clone();
+        }
+    };
+    let without = |kind: &'static str| move |d: &mut Docs| drop(d.remove(at(d, kind)));
+    let (cp_, w_) = (&cp, &worker);
+    let (c, w) = (&cp_docs, &worker_docs);
+    let other_mac = json!("mac(link.permanent_addr) == \"52:54:00:e2:09:02\"");
+    let network = json!({ "hostname": "cp-1" });
+    named(
+        cp_,
+        c,
+        &set("HostnameConfig", "/hostname", json!("cp-9")),
+        "names the host \"cp-9\"",
+    );
+    named(
+        cp_,
+        c,
+        &set("LinkAliasConfig", "/selector/match", other_mac),
+        "aliases the link",
+    );
+    named(
+        cp_,
+        c,
+        &set("LinkConfig", "/addresses/0/address", json!("10.77.0.12/24")),
+        "registered address is 10.77.0.11/24",
+    );
+    named(
+        cp_,
+        c,
+        &set("LinkConfig", "/routes", json!([])),
+        "no default route via 10.77.0.1",
+    );
+    named(
+        cp_,
+        c,
+        &without("Layer2VIPConfig"),
+        "has 0 Layer2VIPConfig documents",
+    );
+    named(
+        cp_,
+        c,
+        &set("Layer2VIPConfig", "/name", json!("10.77.0.9")),
+        "the cluster's VIP is 10.77.0.10",
+    );
+    named(
+        cp_,
+        c,
+        &without("ResolverConfig"),
+        "has 0 ResolverConfig documents",
+    );
+    named(
+        cp_,
+        c,
+        &set("", "/machine/network", network.clone()),
+        "still has machine.network",
+    );
+    named(
+        cp_,
+        c,
+        &set("", "/machine/network", network),
+        "document 1 (v1alpha1) is invalid",
+    );
+    named(
+        cp_,
+        c,
+        &set("HostnameConfig", "/name", json!("x")),
+        "(HostnameConfig) is invalid",
+    );
+    named(
+        cp_,
+        c,
+        &set("", "/persist", json!(false)),
+        "persist is false",
+    );
+    named(
+        cp_,
+        c,
+        &|d| d.push(json!({ "apiVersion": "v1alpha1", "kind": "NoSuchConfig" })),
+        "has no NoSuchConfig document",
+    );
+    named(
+        cp_,
+        c,
+        &set("", "/cluster/etcd/advertisedSubnets", json!(["10.0.0.0/8"])),
+        "has /cluster/etcd/advertisedSubnets [\"10.0.0.0/8\"]",
+    );
+    named(
+        w_,
+        w,
+        &set(
+            "",
+            "/machine/kubelet/nodeIP",
+            json!({ "validSubnets": ["10.78.0.0/24"] }),
+        ),
+        "has /machine/kubelet/nodeIP/validSubnets",
+    );
+    named(
+        w_,
+        w,
+        &set("", "/machine/type", json!("controlplane")),
+        "has machine.type \"controlplane\"",
+    );
+    let vip = c[at(c, "Layer2VIPConfig")].clone();
+    named(
+        w_,
+        w,
+        &|d| d.push(vip.clone()),
+        "of a worker has a Layer2VIPConfig",
+    );
     // The cluster subnets, where present, pass when they are the machines' subnet.
     let subnets = judged(&cp, &cp_docs, &|d| {
-        d[0]["machine"]["kubelet"]["nodeIP"] =
-            serde_json::json!({ "validSubnets": ["10.77.0.0/24"] });
-        d[0]["cluster"]["etcd"]["advertisedSubnets"] = serde_json::json!(["10.77.0.0/24"]);
+        d[0]["machine"]["kubelet"]["nodeIP"] = json!({ "validSubnets": ["10.77.0.0/24"] });
+        d[0]["cluster"]["etcd"]["advertisedSubnets"] = json!(["10.77.0.0/24"]);
     });
     assert_eq!(subnets, "");
 }
