@@ -4,8 +4,12 @@
 //! VMs), runs the real `bootplane` binary on it, registers the VMs with the CLI, boots QEMU
 //! VMs with SeaBIOS + QEMU's iPXE ROM or OVMF with its own PXE, and waits for the stand-in
 //! "Talos" (tests/lab/build-standin.sh) to print its marker on the serial console. A VM passes
-//! when its marker shows its own MAC (and, in full DHCP mode, its registered IP) and bootplane's
-//! event log shows the whole boot chain for that MAC.
+//! when its marker shows its own MAC (and, in full DHCP mode, its registered IP), bootplane's
+//! event log shows the whole boot chain for that MAC, and the config it fetched is its own: the
+//! SHA-256 the stand-in printed is the one bootplane logged serving to that MAC and the one of
+//! `bootplane cluster config --mac` for it, and those bytes are Talos v1.13.9 documents that
+//! validate against that line's schema and carry the machine's hostname, address, VIP and
+//! nameservers.
 //!
 //! Privileged (root, `ip netns`, QEMU), so gated: run with
 //! `BOOTPLANE_E2E=1 cargo test --test firmware_e2e -- --nocapture --test-threads 1`.
@@ -26,7 +30,9 @@ use std::time::{Duration, Instant};
 /// The scenarios share the machine's CPU and QEMU is slow under TCG: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const TALOS_VERSION: &str = "v1.9.0";
+const TALOS_VERSION: &str = "v1.13.9";
+/// Talos's JSON schema of that line (Talos's file unchanged; see its README).
+const TALOS_SCHEMA: &str = "server/talos/schema/config.schema.v1.13.9.json";
 const HTTP_PORT: u16 = 8080;
 const IPXE_DIR: &str = "/usr/lib/ipxe";
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -62,6 +68,12 @@ fn full_dhcp_bios_and_uefi_ovmf_pxe() {
     let mut lab = Lab::new("full_dhcp_bios_and_uefi_ovmf_pxe");
     let ns = lab.namespace("full");
     lab.bridge(&ns, "10.77.0.1/24");
+    let lan = Lan {
+        subnet: "10.77.0.0/24",
+        gateway: "10.77.0.1",
+        vip: "10.77.0.10",
+        dns: Some("10.77.0.1"),
+    };
 
     #[rustfmt::skip]
     let vms = [
@@ -75,9 +87,9 @@ fn full_dhcp_bios_and_uefi_ovmf_pxe() {
              hostname: "worker-1", role: Role::Worker, ip: "10.77.0.14" },
     ];
     for vm in &vms {
-        lab.register(vm, "10.77.0.1");
+        lab.register(vm, &lan);
     }
-    lab.init_cluster("10.77.0.10");
+    lab.init_cluster(lan.vip);
     lab.serve(
         &ns,
         "10.77.0.1",
@@ -98,8 +110,9 @@ fn full_dhcp_bios_and_uefi_ovmf_pxe() {
     let outcomes = lab.boot_all(&ns, &vms);
     let mut problems = Vec::new();
     for (vm, outcome) in vms.iter().zip(&outcomes) {
-        problems.extend(lab.check_vm(vm, outcome, DhcpMode::Full));
+        problems.extend(lab.check_vm(vm, outcome, DhcpMode::Full, &lan));
     }
+    problems.extend(configs_are_distinct(&vms, &outcomes));
     if problems.is_empty() {
         // The stand-ins stop at the config; Talos doubles take over their addresses, as the
         // installed nodes would, and bootplane must see them report in and bootstrap once.
@@ -116,6 +129,13 @@ fn proxy_dhcp_beside_site_router() {
     let router = lab.namespace("proxy-r");
     lab.bridge(&ns, "10.78.0.2/24");
     lab.site_router(&ns, &router);
+    // No nameservers registered: the machines' configs carry none of their own.
+    let lan = Lan {
+        subnet: "10.78.0.0/24",
+        gateway: "10.78.0.1",
+        vip: "10.78.0.10",
+        dns: None,
+    };
 
     // The CLI takes a static address; in proxy mode the site router leases one instead.
     #[rustfmt::skip]
@@ -126,15 +146,15 @@ fn proxy_dhcp_beside_site_router() {
              hostname: "worker-1", role: Role::Worker, ip: "10.78.0.22" },
     ];
     for vm in &vms {
-        lab.register(vm, "10.78.0.1");
+        lab.register(vm, &lan);
     }
-    lab.init_cluster("10.78.0.10");
+    lab.init_cluster(lan.vip);
     lab.serve(&ns, "10.78.0.2", &["--dhcp-mode", "proxy"]);
 
     let outcomes = lab.boot_all(&ns, &vms);
     let mut problems = Vec::new();
     for (vm, outcome) in vms.iter().zip(&outcomes) {
-        problems.extend(lab.check_vm(vm, outcome, DhcpMode::Proxy));
+        problems.extend(lab.check_vm(vm, outcome, DhcpMode::Proxy, &lan));
         if let Outcome::Marker(marker) = outcome {
             if !in_router_range(&marker.ip) {
                 problems.push(format!(
@@ -144,6 +164,7 @@ fn proxy_dhcp_beside_site_router() {
             }
         }
     }
+    problems.extend(configs_are_distinct(&vms, &outcomes));
     lab.finish(problems);
 }
 
@@ -187,14 +208,29 @@ struct Vm {
     ip: &'static str,
 }
 
+/// The LAN a scenario registers its machines on.
+#[derive(Debug)]
+struct Lan {
+    /// The machines' subnet (every registered address is a /24 in it).
+    subnet: &'static str,
+    gateway: &'static str,
+    /// The cluster's Layer 2 VIP (API endpoint).
+    vip: &'static str,
+    /// Nameservers registered with every machine, if any.
+    dns: Option<&'static str>,
+}
+
 #[derive(Debug)]
 struct Marker {
     line: String,
     mac: String,
     ip: String,
     config_status: Option<String>,
-    hostname_line: Option<String>,
-    address_line: Option<String>,
+    config_bytes: Option<String>,
+    /// SHA-256 (hex) of the config the stand-in fetched, `none` without one.
+    config_sha256: Option<String>,
+    /// The `config-kinds:` line: the kind of each document after the first.
+    kinds: Option<Vec<String>>,
     seconds: f64,
 }
 
@@ -204,8 +240,8 @@ enum Outcome {
     Failed(String),
 }
 
-/// Parses `BOOTPLANE-MARKER mac=.. ip=.. config_status=.. config_bytes=..` and the
-/// `hostname:` and `config-address:` lines the stand-in prints from the config it fetched.
+/// Parses `BOOTPLANE-MARKER mac=.. ip=.. config_status=.. config_bytes=.. config_sha256=..` and
+/// the `config-kinds:` line the stand-in prints from the config it fetched.
 fn parse_marker(serial: &str, seconds: f64) -> Option<Marker> {
     let mut lines = serial.lines().map(|l| l.trim_end_matches('\r'));
     let line = lines.by_ref().find_map(|l| {
@@ -216,21 +252,18 @@ fn parse_marker(serial: &str, seconds: f64) -> Option<Marker> {
         .split_whitespace()
         .filter_map(|word| word.split_once('='))
         .collect();
-    let rest: Vec<&str> = lines.map(str::trim).collect();
-    let hostname_line = rest
-        .iter()
-        .find(|l| l.starts_with("hostname:"))
-        .map(|l| (*l).to_owned());
-    let address_line = rest
-        .iter()
-        .find(|l| l.starts_with("config-address:"))
-        .map(|l| l.trim_start_matches("config-address:").trim().to_owned());
+    let kinds = lines.map(str::trim).find_map(|l| {
+        l.strip_prefix("config-kinds:")
+            .map(|kinds| kinds.split_whitespace().map(str::to_owned).collect())
+    });
+    let field = |name: &str| fields.get(name).map(|s| (*s).to_owned());
     Some(Marker {
-        mac: fields.get("mac").copied().unwrap_or_default().to_owned(),
-        ip: fields.get("ip").copied().unwrap_or_default().to_owned(),
-        config_status: fields.get("config_status").map(|s| (*s).to_owned()),
-        hostname_line,
-        address_line,
+        mac: field("mac").unwrap_or_default(),
+        ip: field("ip").unwrap_or_default(),
+        config_status: field("config_status"),
+        config_bytes: field("config_bytes"),
+        config_sha256: field("config_sha256"),
+        kinds,
         line,
         seconds,
     })
@@ -515,14 +548,14 @@ impl Lab {
         self.spawn_in(router, "router-dnsmasq", &argv);
     }
 
-    fn register(&mut self, vm: &Vm, gateway: &str) {
+    fn register(&mut self, vm: &Vm, lan: &Lan) {
         let ip = format!("{}/24", vm.ip);
         let role = match vm.role {
             Role::Controlplane => "controlplane",
             Role::Worker => "worker",
         };
         let data_dir = self.data_dir.display().to_string();
-        let args = [
+        let mut args = vec![
             "machines",
             "add",
             "--data-dir",
@@ -536,8 +569,11 @@ impl Lab {
             "--ip",
             &ip,
             "--gateway",
-            gateway,
+            lan.gateway,
         ];
+        if let Some(dns) = lan.dns {
+            args.extend(["--dns", dns]);
+        }
         let out = self.cli(&args);
         assert!(
             out.status.success(),
@@ -960,7 +996,7 @@ impl Lab {
     }
 
     /// Everything one VM must show; returns the problems found.
-    fn check_vm(&mut self, vm: &Vm, outcome: &Outcome, mode: DhcpMode) -> Vec<String> {
+    fn check_vm(&mut self, vm: &Vm, outcome: &Outcome, mode: DhcpMode, lan: &Lan) -> Vec<String> {
         let mut problems = Vec::new();
         let marker = match outcome {
             Outcome::Marker(marker) => Some(marker),
@@ -986,41 +1022,126 @@ impl Lab {
                     vm.name, m.line
                 )),
             }
-            let want = format!("{}/24", vm.ip);
-            if m.address_line.as_deref() != Some(want.as_str()) {
-                problems.push(format!(
-                    "{}: config served to {} has address {:?}, registered address is {want}",
-                    vm.name, vm.mac, m.address_line
-                ));
-            }
-            if m.hostname_line.is_none() {
-                problems.push(format!(
-                    "{}: the config served to {} has no hostname",
-                    vm.name, vm.mac
-                ));
-            }
             if mode == DhcpMode::Full && m.ip != vm.ip {
                 problems.push(format!(
                     "{}: booted OS leased ip={} but the machine is registered with {}",
                     vm.name, m.ip, vm.ip
                 ));
             }
-            if let Some(line) = &m.hostname_line {
-                if !line.contains(vm.hostname) {
-                    problems.push(format!(
-                        "{}: config served to {} says `{line}`, registered hostname is {}",
-                        vm.name, vm.mac, vm.hostname
-                    ));
-                }
-            }
         }
         // A VM that failed to boot gets no grace period for late events.
-        problems.extend(self.check_events(vm, mode, marker.is_some()));
+        let (events_problems, events) = self.check_events(vm, mode, marker.is_some());
+        problems.extend(events_problems);
+        if let (Some(m), Some(events)) = (marker, events) {
+            problems.extend(self.check_fetched_config(vm, m, &events, lan));
+        }
         problems
     }
 
-    /// `bootplane machines events --mac MAC --json` must show the boot chain in order.
-    fn check_events(&mut self, vm: &Vm, mode: DhcpMode, booted: bool) -> Vec<String> {
+    /// The config the stand-in fetched is the one bootplane served to this MAC (its SHA-256 in
+    /// the `config-fetched` event) and the one `bootplane cluster config --mac` renders for it;
+    /// those bytes are then judged document by document (`judge_config`).
+    fn check_fetched_config(
+        &mut self,
+        vm: &Vm,
+        m: &Marker,
+        events: &json::Value,
+        lan: &Lan,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Some(sha) = m
+            .config_sha256
+            .as_deref()
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        else {
+            return vec![format!(
+                "{}: the stand-in printed no SHA-256 of its config (marker: {})",
+                vm.name, m.line
+            )];
+        };
+        let served: Vec<&str> = events
+            .as_array()
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.get("kind").and_then(json::Value::as_str) == Some("config-fetched"))
+            .filter_map(|e| e.get("detail")?.as_str())
+            .collect();
+        let bytes = m.config_bytes.as_deref().unwrap_or("?");
+        let want = format!("served {bytes} bytes sha256:{sha}");
+        if !served.contains(&want.as_str()) {
+            problems.push(format!(
+                "{}: the stand-in fetched {bytes} bytes with sha256 {sha}, but bootplane's \
+                 config-fetched events for {} say {served:?}",
+                vm.name, vm.mac
+            ));
+        }
+        let data_dir = self.data_dir.display().to_string();
+        let args = [
+            "cluster",
+            "config",
+            "--data-dir",
+            &data_dir,
+            "--mac",
+            vm.mac,
+        ];
+        let out = self.cli(&args);
+        if !out.status.success() {
+            problems.push(format!(
+                "{}: `bootplane {}` failed ({}): {}",
+                vm.name,
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            return problems;
+        }
+        let _ = fs::write(
+            self.artifacts.join(format!("{}.config.yaml", vm.name)),
+            &out.stdout,
+        );
+        let rendered = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(&out.stdout))
+        };
+        if rendered != sha {
+            problems.push(format!(
+                "{}: the stand-in fetched sha256 {sha}, `bootplane cluster config --mac {}` \
+                 renders sha256 {rendered} (saved as {}.config.yaml)",
+                vm.name, vm.mac, vm.name
+            ));
+            return problems;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let docs = match config_documents(&text) {
+            Ok(docs) => docs,
+            Err(e) => {
+                problems.push(format!("{}: the fetched config is no YAML: {e}", vm.name));
+                return problems;
+            }
+        };
+        let kinds: Vec<String> = docs
+            .iter()
+            .skip(1)
+            .map(|d| d["kind"].as_str().unwrap_or("?").to_owned())
+            .collect();
+        if m.kinds.as_ref() != Some(&kinds) {
+            problems.push(format!(
+                "{}: the stand-in saw documents {:?}, the config has {kinds:?}",
+                vm.name, m.kinds
+            ));
+        }
+        problems.extend(judge_config(vm, lan, &docs));
+        problems
+    }
+
+    /// `bootplane machines events --mac MAC --json` must show the boot chain in order; returns
+    /// the problems and the events last read.
+    fn check_events(
+        &mut self,
+        vm: &Vm,
+        mode: DhcpMode,
+        booted: bool,
+    ) -> (Vec<String>, Option<json::Value>) {
         let dhcp: &[&str] = match mode {
             DhcpMode::Full => &["dhcp-ack"],
             DhcpMode::Proxy => &["proxy-offer", "proxy-ack"],
@@ -1057,27 +1178,31 @@ impl Lab {
         loop {
             let out = self.cli(&args);
             let _ = fs::write(&artifact, &out.stdout);
-            let verdict = if out.status.success() {
+            let (verdict, events) = if out.status.success() {
                 let text = String::from_utf8_lossy(&out.stdout);
                 match json::parse(&text) {
-                    Ok(value) => judge_events(vm, &value, &chain),
-                    Err(e) => vec![format!(
-                        "{}: `bootplane {}` printed invalid JSON ({e}): {text}",
-                        vm.name,
-                        args.join(" ")
-                    )],
+                    Ok(value) => (judge_events(vm, &value, &chain), Some(value)),
+                    Err(e) => (
+                        vec![format!(
+                            "{}: `bootplane {}` printed invalid JSON ({e}): {text}",
+                            vm.name,
+                            args.join(" ")
+                        )],
+                        None,
+                    ),
                 }
             } else {
-                vec![format!(
+                let problem = format!(
                     "{}: `bootplane {}` failed ({}): {}",
                     vm.name,
                     args.join(" "),
                     out.status,
                     String::from_utf8_lossy(&out.stderr).trim()
-                )]
+                );
+                (vec![problem], None)
             };
             if verdict.is_empty() || Instant::now() > deadline {
-                return verdict;
+                return (verdict, events);
             }
             sleep(Duration::from_millis(500));
         }
@@ -1244,6 +1369,259 @@ fn judge_events(vm: &Vm, value: &json::Value, chain: &[&[&str]]) -> Vec<String> 
                     kinds.join(", ")
                 ));
                 break;
+            }
+        }
+    }
+    problems
+}
+
+/// Every VM that fetched a config fetched a different one (each is rendered for its MAC).
+fn configs_are_distinct(vms: &[Vm], outcomes: &[Outcome]) -> Vec<String> {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (vm, outcome) in vms.iter().zip(outcomes) {
+        let Outcome::Marker(m) = outcome else {
+            continue;
+        };
+        let Some(sha) = m.config_sha256.as_deref().filter(|s| *s != "none") else {
+            continue;
+        };
+        if let Some(other) = seen.insert(sha, vm.name) {
+            problems.push(format!(
+                "{} and {other} fetched the same config (sha256 {sha})",
+                vm.name
+            ));
+        }
+    }
+    problems
+}
+
+/// A rendered config's YAML documents, in order.
+fn config_documents(text: &str) -> Result<Vec<serde_json::Value>, String> {
+    use serde::Deserialize as _;
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|doc| serde_json::Value::deserialize(doc).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Talos's v1.13.9 schema, with a validator per document: `v1alpha1` for the machine config,
+/// and each kind the schema's `oneOf` lists against its own definition (clearer errors than
+/// the whole `oneOf`).
+struct TalosSchema {
+    root: serde_json::Value,
+}
+
+impl TalosSchema {
+    fn load() -> TalosSchema {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(TALOS_SCHEMA);
+        let text =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        TalosSchema {
+            root: serde_json::from_str(&text).unwrap(),
+        }
+    }
+
+    /// The `$defs` entry describing `kind` (`None`: the v1alpha1 config).
+    fn definition(&self, kind: Option<&str>) -> Option<String> {
+        let Some(kind) = kind else {
+            return Some("v1alpha1.Config".to_owned());
+        };
+        self.root["$defs"]
+            .as_object()?
+            .iter()
+            .find_map(|(name, def)| {
+                def.pointer("/properties/kind/enum")?
+                    .as_array()?
+                    .iter()
+                    .any(|k| k == kind)
+                    .then(|| name.clone())
+            })
+    }
+
+    /// Why `doc` is not a valid document of this line. Talos's schema does not describe
+    /// `persist` (Talos's own schema test removes it too), which must then be true.
+    fn errors(&self, doc: &serde_json::Value) -> Vec<String> {
+        let mut doc = doc.clone();
+        let kind = doc
+            .get("kind")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        if kind.is_none() {
+            if let Some(persist) = doc.as_object_mut().and_then(|o| o.remove("persist")) {
+                if persist != serde_json::Value::Bool(true) {
+                    return vec![format!("persist is {persist}, Talos requires true")];
+                }
+            }
+        }
+        let Some(definition) = self.definition(kind.as_deref()) else {
+            let kind = kind.unwrap_or_default();
+            return vec![format!("Talos {TALOS_VERSION} has no {kind} document")];
+        };
+        let mut schema = self.root.clone();
+        let obj = schema.as_object_mut().unwrap();
+        obj.remove("oneOf");
+        obj.insert(
+            "$ref".into(),
+            serde_json::Value::String(format!("#/$defs/{definition}")),
+        );
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        validator
+            .iter_errors(&doc)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect()
+    }
+}
+
+/// Judges the documents of the config `vm` fetched: each valid against Talos v1.13.9's schema,
+/// the v1alpha1 config first and without `machine.network` (gone in 1.13), and the machine's
+/// own values as Talos 1.12+ documents: `HostnameConfig`, a `LinkAliasConfig` selecting its MAC,
+/// that link's `LinkConfig` with its address and default route, a `Layer2VIPConfig` with the
+/// VIP on control planes only, and a `ResolverConfig` with the registered nameservers.
+fn judge_config(vm: &Vm, lan: &Lan, docs: &[serde_json::Value]) -> Vec<String> {
+    use serde_json::json;
+    let mut problems = Vec::new();
+    let mut problem = |what: String| problems.push(format!("{}: config {what}", vm.name));
+    let schema = TalosSchema::load();
+    for (i, doc) in docs.iter().enumerate() {
+        let errors = schema.errors(doc);
+        if !errors.is_empty() {
+            problem(format!(
+                "document {} ({}) is invalid for Talos {TALOS_VERSION}: {}",
+                i + 1,
+                doc["kind"].as_str().unwrap_or("v1alpha1"),
+                errors.join("; ")
+            ));
+        }
+    }
+    let Some(v1alpha1) = docs.first().filter(|d| d["version"] == "v1alpha1") else {
+        problem("does not start with the v1alpha1 document".into());
+        return problems;
+    };
+    let role = match vm.role {
+        Role::Controlplane => "controlplane",
+        Role::Worker => "worker",
+    };
+    if v1alpha1["machine"]["type"] != role {
+        problem(format!(
+            "has machine.type {}, the machine is a {role}",
+            v1alpha1["machine"]["type"]
+        ));
+    }
+    if let Some(network) = v1alpha1["machine"].get("network") {
+        problem(format!(
+            "still has machine.network (gone in 1.13): {network}"
+        ));
+    }
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        docs.iter().filter(|d| d["kind"] == kind).collect()
+    };
+    let one = |kind: &str| match of_kind(kind)[..] {
+        [doc] => Ok(doc),
+        ref found => Err(format!("has {} {kind} documents, not one", found.len())),
+    };
+    match one("HostnameConfig") {
+        Ok(doc) if doc["hostname"] == vm.hostname => {}
+        Ok(doc) => problem(format!(
+            "names the host {}, registered hostname is {}",
+            doc["hostname"], vm.hostname
+        )),
+        Err(e) => problem(e),
+    }
+    let alias = match one("LinkAliasConfig") {
+        Ok(doc) => {
+            let want = format!("mac(link.permanent_addr) == \"{}\"", vm.mac);
+            if doc["selector"]["match"] != want.as_str() {
+                problem(format!(
+                    "aliases the link {}, not the one with the VM's MAC ({want})",
+                    doc["selector"]
+                ));
+            }
+            doc["name"].as_str()
+        }
+        Err(e) => {
+            problem(e);
+            None
+        }
+    };
+    match one("LinkConfig") {
+        Ok(doc) => {
+            if doc["name"].as_str() != alias {
+                problem(format!(
+                    "configures link {}, the booting NIC's alias is {alias:?}",
+                    doc["name"]
+                ));
+            }
+            let address = json!([{ "address": format!("{}/24", vm.ip) }]);
+            if doc["addresses"] != address {
+                problem(format!(
+                    "gives the link {}, registered address is {}/24",
+                    doc["addresses"], vm.ip
+                ));
+            }
+            let route = json!({ "destination": "0.0.0.0/0", "gateway": lan.gateway });
+            if !doc["routes"]
+                .as_array()
+                .is_some_and(|routes| routes.contains(&route))
+            {
+                problem(format!(
+                    "has routes {}, no default route via {}",
+                    doc["routes"], lan.gateway
+                ));
+            }
+        }
+        Err(e) => problem(e),
+    }
+    match (vm.role, one("Layer2VIPConfig")) {
+        (Role::Controlplane, Ok(doc)) => {
+            if doc["name"] != lan.vip || doc["link"].as_str() != alias {
+                problem(format!(
+                    "has VIP {} on link {}, the cluster's VIP is {} on {alias:?}",
+                    doc["name"], doc["link"], lan.vip
+                ));
+            }
+        }
+        (Role::Controlplane, Err(e)) => problem(e),
+        (Role::Worker, _) => {
+            if !of_kind("Layer2VIPConfig").is_empty() {
+                problem("of a worker has a Layer2VIPConfig (control planes only)".into());
+            }
+        }
+    }
+    if let Some(dns) = lan.dns {
+        match one("ResolverConfig") {
+            Ok(doc) if doc["nameservers"] == json!([{ "address": dns }]) => {}
+            Ok(doc) => problem(format!(
+                "has nameservers {}, registered are [{dns}]",
+                doc["nameservers"]
+            )),
+            Err(e) => problem(e),
+        }
+    }
+    problems.extend(
+        cluster_subnets_where_rendered(vm, lan, v1alpha1)
+            .into_iter()
+            .map(|p| format!("{}: config {p}", vm.name)),
+    );
+    problems
+}
+
+/// With more than one address on a node, etcd and the kubelet pick the cluster's subnet only
+/// if told: `machine.kubelet.nodeIP.validSubnets` (every node) and
+/// `cluster.etcd.advertisedSubnets` (control planes). Checked where the config has them: each
+/// must be exactly the machines' subnet. A config without them passes this check.
+fn cluster_subnets_where_rendered(vm: &Vm, lan: &Lan, v1alpha1: &serde_json::Value) -> Vec<String> {
+    let want = serde_json::json!([lan.subnet]);
+    let mut problems = Vec::new();
+    let mut pointers = vec!["/machine/kubelet/nodeIP/validSubnets"];
+    if matches!(vm.role, Role::Controlplane) {
+        pointers.push("/cluster/etcd/advertisedSubnets");
+    }
+    for pointer in pointers {
+        if let Some(value) = v1alpha1.pointer(pointer) {
+            if *value != want {
+                problems.push(format!(
+                    "has {pointer} {value}, the machines' subnet is {want}"
+                ));
             }
         }
     }
@@ -1634,14 +2012,21 @@ mod json {
 // The harness's own parsing, checked without privileges.
 
 #[test]
-fn marker_line_is_parsed_with_its_hostname_line() {
-    let serial = "iPXE 1.0\r\n[ 3.1] e1000: Intel\r\nBOOTPLANE-MARKER mac=52:54:00:e2:01:01 ip=10.77.0.11 \
-                  config_status=404 config_bytes=0\r\nhostname: cp-1\r\n[ 3.5] reboot: Power down\r\n";
+fn marker_line_is_parsed_with_the_configs_digest_and_kinds() {
+    let serial =
+        "iPXE 1.0\r\n[ 3.1] e1000: Intel\r\nBOOTPLANE-MARKER mac=52:54:00:e2:01:01 ip=10.77.0.11 \
+                  config_status=200 config_bytes=123 config_sha256=ab12\r\n\
+                  config-kinds: HostnameConfig LinkAliasConfig \r\n[ 3.5] reboot: Power down\r\n";
     let m = parse_marker(serial, 1.0).unwrap();
     assert_eq!(m.mac, "52:54:00:e2:01:01");
     assert_eq!(m.ip, "10.77.0.11");
-    assert_eq!(m.config_status.as_deref(), Some("404"));
-    assert_eq!(m.hostname_line.as_deref(), Some("hostname: cp-1"));
+    assert_eq!(m.config_status.as_deref(), Some("200"));
+    assert_eq!(m.config_bytes.as_deref(), Some("123"));
+    assert_eq!(m.config_sha256.as_deref(), Some("ab12"));
+    assert_eq!(
+        m.kinds,
+        Some(vec!["HostnameConfig".into(), "LinkAliasConfig".into()])
+    );
     assert!(parse_marker("MARKER-FAILED udhcpc got no lease\r\n", 1.0).is_none());
 }
 
@@ -1729,4 +2114,212 @@ fn event_chain_must_be_complete_and_in_order() {
             .unwrap()[4],
         json::Value::String("😀".into())
     );
+}
+
+/// `judge_config` passes the configs bootplane renders for Talos v1.13.9 (the real CLI on a
+/// scratch data dir, as the lab registers its machines) and names each wrong value.
+#[test]
+fn config_judge_passes_rendered_v1_13_configs_and_names_each_wrong_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    let cli = |args: &[&str]| {
+        let mut argv = vec![env!("CARGO_BIN_EXE_bootplane")];
+        argv.extend_from_slice(args);
+        argv.extend(["--data-dir", &data_dir]);
+        let out = run_timeout(&argv, Duration::from_secs(60)).unwrap();
+        assert!(
+            out.status.success(),
+            "bootplane {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let lan = Lan {
+        subnet: "10.77.0.0/24",
+        gateway: "10.77.0.1",
+        vip: "10.77.0.10",
+        dns: Some("10.77.0.1"),
+    };
+    #[rustfmt::skip]
+    let (cp, worker) = (
+        Vm { name: "cp", firmware: Firmware::SeaBios, mac: "52:54:00:e2:09:01",
+             hostname: "cp-1", role: Role::Controlplane, ip: "10.77.0.11" },
+        Vm { name: "w", firmware: Firmware::SeaBios, mac: "52:54:00:e2:09:02",
+             hostname: "worker-1", role: Role::Worker, ip: "10.77.0.14" },
+    );
+    for vm in [&cp, &worker] {
+        let role = match vm.role {
+            Role::Controlplane => "controlplane",
+            Role::Worker => "worker",
+        };
+        let ip = format!("{}/24", vm.ip);
+        cli(&[
+            "machines",
+            "add",
+            "--mac",
+            vm.mac,
+            "--role",
+            role,
+            "--hostname",
+            vm.hostname,
+            "--ip",
+            &ip,
+            "--gateway",
+            lan.gateway,
+            "--dns",
+            "10.77.0.1",
+        ]);
+    }
+    cli(&[
+        "cluster",
+        "init",
+        "--name",
+        "lab",
+        "--vip",
+        lan.vip,
+        "--talos-version",
+        TALOS_VERSION,
+    ]);
+    let config = |vm: &Vm| config_documents(&cli(&["cluster", "config", "--mac", vm.mac])).unwrap();
+    let (cp_docs, worker_docs) = (config(&cp), config(&worker));
+    assert_eq!(judge_config(&cp, &lan, &cp_docs), Vec::<String>::new());
+    assert_eq!(
+        judge_config(&worker, &lan, &worker_docs),
+        Vec::<String>::new()
+    );
+
+    use serde_json::json;
+    type Docs = Vec<serde_json::Value>;
+    // `change` applied to a copy of `docs`: the judge's problems, one per line.
+    let judged = |vm: &Vm, docs: &Docs, change: &dyn Fn(&mut Docs)| {
+        let mut docs = docs.clone();
+        change(&mut docs);
+        judge_config(vm, &lan, &docs).join("\n")
+    };
+    let named = |vm: &Vm, docs: &Docs, change: &dyn Fn(&mut Docs), want: &str| {
+        let problems = judged(vm, docs, change);
+        assert!(problems.contains(want), "want {want:?} in:\n{problems}");
+    };
+    let at = |docs: &Docs, kind: &str| docs.iter().position(|d| d["kind"] == kind).unwrap_or(0);
+    // Sets `pointer` in the document of `kind` ("" for the v1alpha1 config).
+    let set = |kind: &'static str, pointer: &'static str, value: serde_json::Value| {
+        move |d: &mut Docs| {
+            let i = at(d, kind);
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            d[i].pointer_mut(parent).unwrap()[key] = value.clone();
+        }
+    };
+    let without = |kind: &'static str| move |d: &mut Docs| drop(d.remove(at(d, kind)));
+    let (cp_, w_) = (&cp, &worker);
+    let (c, w) = (&cp_docs, &worker_docs);
+    let other_mac = json!("mac(link.permanent_addr) == \"52:54:00:e2:09:02\"");
+    let network = json!({ "hostname": "cp-1" });
+    named(
+        cp_,
+        c,
+        &set("HostnameConfig", "/hostname", json!("cp-9")),
+        "names the host \"cp-9\"",
+    );
+    named(
+        cp_,
+        c,
+        &set("LinkAliasConfig", "/selector/match", other_mac),
+        "aliases the link",
+    );
+    named(
+        cp_,
+        c,
+        &set("LinkConfig", "/addresses/0/address", json!("10.77.0.12/24")),
+        "registered address is 10.77.0.11/24",
+    );
+    named(
+        cp_,
+        c,
+        &set("LinkConfig", "/routes", json!([])),
+        "no default route via 10.77.0.1",
+    );
+    named(
+        cp_,
+        c,
+        &without("Layer2VIPConfig"),
+        "has 0 Layer2VIPConfig documents",
+    );
+    named(
+        cp_,
+        c,
+        &set("Layer2VIPConfig", "/name", json!("10.77.0.9")),
+        "the cluster's VIP is 10.77.0.10",
+    );
+    named(
+        cp_,
+        c,
+        &without("ResolverConfig"),
+        "has 0 ResolverConfig documents",
+    );
+    named(
+        cp_,
+        c,
+        &set("", "/machine/network", network.clone()),
+        "still has machine.network",
+    );
+    named(
+        cp_,
+        c,
+        &set("", "/machine/network", network),
+        "document 1 (v1alpha1) is invalid",
+    );
+    named(
+        cp_,
+        c,
+        &set("HostnameConfig", "/name", json!("x")),
+        "(HostnameConfig) is invalid",
+    );
+    named(
+        cp_,
+        c,
+        &set("", "/persist", json!(false)),
+        "persist is false",
+    );
+    named(
+        cp_,
+        c,
+        &|d| d.push(json!({ "apiVersion": "v1alpha1", "kind": "NoSuchConfig" })),
+        "has no NoSuchConfig document",
+    );
+    named(
+        cp_,
+        c,
+        &set("", "/cluster/etcd/advertisedSubnets", json!(["10.0.0.0/8"])),
+        "has /cluster/etcd/advertisedSubnets [\"10.0.0.0/8\"]",
+    );
+    named(
+        w_,
+        w,
+        &set(
+            "",
+            "/machine/kubelet/nodeIP",
+            json!({ "validSubnets": ["10.78.0.0/24"] }),
+        ),
+        "has /machine/kubelet/nodeIP/validSubnets",
+    );
+    named(
+        w_,
+        w,
+        &set("", "/machine/type", json!("controlplane")),
+        "has machine.type \"controlplane\"",
+    );
+    let vip = c[at(c, "Layer2VIPConfig")].clone();
+    named(
+        w_,
+        w,
+        &|d| d.push(vip.clone()),
+        "of a worker has a Layer2VIPConfig",
+    );
+    // The cluster subnets, where present, pass when they are the machines' subnet.
+    let subnets = judged(&cp, &cp_docs, &|d| {
+        d[0]["machine"]["kubelet"]["nodeIP"] = json!({ "validSubnets": ["10.77.0.0/24"] });
+        d[0]["cluster"]["etcd"]["advertisedSubnets"] = json!(["10.77.0.0/24"]);
+    });
+    assert_eq!(subnets, "");
 }

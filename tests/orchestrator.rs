@@ -50,11 +50,13 @@ struct Node {
     double: TalosDouble,
     /// Where the double is served (the test's runtime unless the test needs it apart).
     rt: Handle,
-    server: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    /// The double's server while it runs (a lock, so one node can reboot while the test
+    /// network-boots others).
+    server: std::sync::Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Node {
-    fn serve(&mut self, listener: std::net::TcpListener) {
+    fn serve(&self, listener: std::net::TcpListener) {
         let (stop, stopped) = oneshot::channel::<()>();
         let double = self.double.clone();
         let task = self.rt.spawn(async move {
@@ -66,12 +68,13 @@ impl Node {
                 .await
                 .unwrap();
         });
-        self.server = Some((stop, task));
+        *self.server.lock().unwrap() = Some((stop, task));
     }
 
     /// The node's Talos API goes away (it is powered off, or its disk no longer boots).
-    async fn stop(&mut self) {
-        if let Some((stop, task)) = self.server.take() {
+    async fn stop(&self) {
+        let server = self.server.lock().unwrap().take();
+        if let Some((stop, task)) = server {
             let _ = stop.send(());
             tokio::time::timeout(Duration::from_secs(10), task)
                 .await
@@ -81,8 +84,8 @@ impl Node {
     }
 
     /// The node's Talos API answers again, on the same address and port.
-    async fn restart(&mut self, port: u16) {
-        assert!(self.server.is_none());
+    async fn restart(&self, port: u16) {
+        assert!(self.server.lock().unwrap().is_none());
         let listener = std::net::TcpListener::bind((self.ip, port)).unwrap();
         listener.set_nonblocking(true).unwrap();
         self.serve(listener);
@@ -135,14 +138,14 @@ impl Lab {
             let mut config = DoubleConfig::new(name, node_role, (ip, port).into());
             config.etcd = store.clone();
             let double = TalosDouble::new(common::cached_bundle(), config).unwrap();
-            let mut node = Node {
+            let node = Node {
                 name,
                 mac: Mac([0x52, 0x54, 0x00, net, 0x00, host]),
                 ip,
                 role,
                 double,
                 rt: rt.clone(),
-                server: None,
+                server: Default::default(),
             };
             node.serve(listener);
             nodes.push(node);
@@ -529,7 +532,7 @@ impl World {
     }
 
     async fn stop(mut self) {
-        for n in &mut self.lab.nodes {
+        for n in &self.lab.nodes {
             n.stop().await;
         }
         if let Some(app) = self.app.take() {
@@ -967,7 +970,7 @@ async fn crash_between_marking_and_calling_never_bootstraps_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_wiped_control_plane_has_its_stale_member_removed_and_no_bootstrap() {
-    let mut w = World::start(46, |_| {}).await;
+    let w = World::start(46, |_| {}).await;
     w.bootstrap_cluster().await;
     let stale = w
         .lab
@@ -981,7 +984,7 @@ async fn one_wiped_control_plane_has_its_stale_member_removed_and_no_bootstrap()
 
     // cp2's disk is wiped: its firmware falls through to the network and its Talos API never
     // answers again. First network boot: disk hand-off; the second within the window: wiped.
-    w.lab.nodes[CP2].stop().await;
+    w.node(CP2).stop().await;
     w.node(CP2).double.set_etcd(EtcdChange::Empty).unwrap();
     let first = w.netboot(CP2).await;
     assert!(is_disk_handoff(&first), "{first}");
@@ -1017,7 +1020,7 @@ async fn one_wiped_control_plane_has_its_stale_member_removed_and_no_bootstrap()
     // etcd joins (the double refuses while a member with its peer URL is still listed).
     w.fetch_config(CP2).await;
     let port = w.lab.port;
-    w.lab.nodes[CP2].restart(port).await;
+    w.node(CP2).restart(port).await;
     let m = w.wait_state(CP2, Lifecycle::Ready).await;
     assert!(m.installed);
     w.node(CP2).double.set_etcd(EtcdChange::Member).unwrap();
@@ -1113,7 +1116,7 @@ async fn all_control_planes_wiped_bootstraps_the_next_generation_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_worker_is_reinstalled_without_etcd_calls() {
-    let mut w = World::start(48, |_| {}).await;
+    let w = World::start(48, |_| {}).await;
     // A running cluster whose etcd bootplane adopts: no Bootstrap ever reaches a node here.
     w.node(CP1)
         .double
@@ -1129,7 +1132,7 @@ async fn wiped_worker_is_reinstalled_without_etcd_calls() {
     w.wait_state(W1, Lifecycle::Ready).await;
 
     // The worker's disk is wiped: two network boots within the window.
-    w.lab.nodes[W1].stop().await;
+    w.node(W1).stop().await;
     let first = w.netboot(W1).await;
     assert!(is_disk_handoff(&first), "{first}");
     let second = w.netboot_until_reinstalled(W1).await;
@@ -1147,7 +1150,7 @@ async fn wiped_worker_is_reinstalled_without_etcd_calls() {
     // It installs again and reports in.
     w.fetch_config(W1).await;
     let port = w.lab.port;
-    w.lab.nodes[W1].restart(port).await;
+    w.node(W1).restart(port).await;
     w.wait_state(W1, Lifecycle::Ready).await;
 
     tokio::time::sleep(tick_and_a_bit()).await;
@@ -1219,13 +1222,124 @@ async fn installed_machine_booting_from_network_first_gets_its_disk() {
     w.stop().await;
 }
 
+/// Talos 1.12+ leaves the UEFI boot order alone, so a PXE-first machine network-boots at every
+/// reboot. A healthy control plane rebooted ten times in a row, for many times `wipe_confirm`
+/// (1 s here) in all, is handed to its disk at every boot and never reinstalled, also after the
+/// disk boots that keep its Talos API silent for longer than `wipe_confirm` (as Talos's own boot
+/// does). A worker whose disk is wiped during the same run is still reinstalled once, when its
+/// API has been silent for `wipe_confirm` since its hand-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_network_boots_at_every_reboot_keeps_its_disk_while_a_wiped_one_is_reinstalled()
+{
+    const REBOOTS: usize = 10;
+    /// How long Talos stays up between reboots (hours in life): longer than the probe interval
+    /// of a hand-off (1 s), shorter than any backed-off probe.
+    const UP: Duration = Duration::from_millis(1500);
+    let wipe_confirm = Duration::from_secs(1);
+    let w = World::start(60, |o| o.wipe_confirm = Some(1)).await;
+    w.bootstrap_cluster().await;
+    w.fetch_config(W1).await;
+    w.wait_state(W1, Lifecycle::Ready).await;
+    let port = w.lab.port;
+
+    let rebooting = async {
+        let started = Instant::now();
+        for boot in 1..=REBOOTS {
+            // A reboot: Talos stops answering and the firmware boots the network first.
+            w.node(CP2).stop().await;
+            let script = w.netboot(CP2).await;
+            assert!(
+                is_disk_handoff(&script),
+                "reboot {boot} of cp2 after {:?}: {script}\n{}",
+                started.elapsed(),
+                w.dump().await
+            );
+            // Talos boots from its disk: quickly, or (every third boot) in 2 s, long enough
+            // for the probes to fail more than WIPE_MIN_FAILED_PROBES times over more than
+            // `wipe_confirm`.
+            let disk_boot = if boot % 3 == 1 {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_millis(300)
+            };
+            tokio::time::sleep(disk_boot).await;
+            w.node(CP2).restart(port).await;
+            tokio::time::sleep(UP).await;
+        }
+        started.elapsed()
+    };
+    let wiped = async {
+        // The worker's disk is wiped: its API is gone, it comes back to the network each time
+        // it is handed to its disk.
+        w.node(W1).stop().await;
+        let first_boot = Instant::now();
+        let script = w.netboot_until_reinstalled(W1).await;
+        (script, first_boot.elapsed())
+    };
+    let (rebooted_for, (install, silent_for)) = tokio::join!(rebooting, wiped);
+    println!(
+        "cp2 rebooted {REBOOTS} times in {rebooted_for:?}; w1 reinstalled {silent_for:?} after \
+         its first network boot"
+    );
+    assert!(rebooted_for > 10 * wipe_confirm, "{rebooted_for:?}");
+    assert!(install.contains("as worker w1"), "{install}");
+    assert!(
+        silent_for >= wipe_confirm,
+        "w1 reinstalled {silent_for:?} after its hand-off\n{}",
+        w.dump().await
+    );
+
+    // cp2: up, installed, handed to its disk at every reboot, never marked for reinstall.
+    let events = w
+        .wait(
+            "cp2 ready after its last reboot, with every hand-off logged",
+            Duration::from_secs(8),
+            || async {
+                let m = w.machine(CP2).await;
+                let events = w.events(CP2).await;
+                let handoffs = events
+                    .iter()
+                    .filter(|e| {
+                        e.kind == EventKind::ScriptServed
+                            && e.detail == "installed: disk hand-off exit"
+                    })
+                    .count();
+                (m.state == Lifecycle::Ready && m.handoff_at.is_none() && handoffs == REBOOTS)
+                    .then_some(events)
+            },
+        )
+        .await;
+    assert!(
+        !events.iter().any(|e| e.kind == EventKind::Reinstall),
+        "{events:#?}"
+    );
+
+    // w1: reinstalled once, for its wiped disk; it installs and reports in again.
+    let events = w.events(W1).await;
+    let reinstalls: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Reinstall)
+        .collect();
+    assert!(
+        reinstalls.len() == 1 && reinstalls[0].detail.contains("wiped"),
+        "{events:#?}"
+    );
+    w.fetch_config(W1).await;
+    w.node(W1).restart(port).await;
+    let m = w.wait_state(W1, Lifecycle::Ready).await;
+    assert!(m.installed, "{m:?}");
+    // Every control plane installed and never marked, etcd as it was, one Bootstrap.
+    assert_cluster_untouched(&w, "after ten reboots of cp2 and w1's reinstall").await;
+    w.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_boot_after_the_wipe_window_is_a_handoff_again() {
-    let mut w = World::start(50, |o| o.wipe_window = Some(1)).await;
+    let w = World::start(50, |o| o.wipe_window = Some(1)).await;
     w.fetch_config(W1).await;
     w.wait_state(W1, Lifecycle::Ready).await;
     // Powered off after a hand-off; it network-boots again only after the window.
-    w.lab.nodes[W1].stop().await;
+    w.node(W1).stop().await;
     let first = w.netboot(W1).await;
     assert!(is_disk_handoff(&first), "{first}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1354,11 +1468,11 @@ async fn bootstrap_refused_while_the_target_boots_is_retried_on_the_same_node() 
 /// is gone all the same, so the next generation must be bootstrapped, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_planes_wiped_together_but_back_one_after_another_bootstrap_the_next_generation() {
-    let mut w = World::start(52, |o| o.etcd_lost_confirm = Some(2)).await;
+    let w = World::start(52, |o| o.etcd_lost_confirm = Some(2)).await;
     w.bootstrap_cluster().await;
     let port = w.lab.port;
     for i in [CP1, CP2, CP3] {
-        w.lab.nodes[i].stop().await;
+        w.node(i).stop().await;
         w.node(i).double.set_etcd(EtcdChange::Empty).unwrap();
     }
     w.node(CP1).double.set_members(Vec::new()).unwrap();
@@ -1368,7 +1482,7 @@ async fn control_planes_wiped_together_but_back_one_after_another_bootstrap_the_
         assert!(is_disk_handoff(&first), "{first}");
         w.netboot_until_reinstalled(i).await;
         w.fetch_config(i).await;
-        w.lab.nodes[i].restart(port).await;
+        w.node(i).restart(port).await;
         w.wait_state(i, Lifecycle::Ready).await;
     }
     let record = w.wait_outcome(2).await;
@@ -1386,18 +1500,18 @@ async fn control_planes_wiped_together_but_back_one_after_another_bootstrap_the_
 /// disk, and etcd's data, intact): etcd is not lost, and no second Bootstrap may happen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_control_planes_wiped_and_the_third_unreachable_is_not_a_lost_etcd() {
-    let mut w = World::start(55, |o| o.etcd_lost_confirm = Some(1)).await;
+    let w = World::start(55, |o| o.etcd_lost_confirm = Some(1)).await;
     w.bootstrap_cluster().await;
     let port = w.lab.port;
     for i in [CP1, CP2, CP3] {
-        w.lab.nodes[i].stop().await;
+        w.node(i).stop().await;
     }
     for i in [CP1, CP2] {
         w.node(i).double.set_etcd(EtcdChange::Empty).unwrap();
         assert!(is_disk_handoff(&w.netboot(i).await));
         w.netboot_until_reinstalled(i).await;
         w.fetch_config(i).await;
-        w.lab.nodes[i].restart(port).await;
+        w.node(i).restart(port).await;
         w.wait_state(i, Lifecycle::Ready).await;
     }
     tokio::time::sleep(tick_and_a_bit() * 2).await;
@@ -1413,12 +1527,12 @@ async fn two_control_planes_wiped_and_the_third_unreachable_is_not_a_lost_etcd()
 /// still no Bootstrap is called again (guards a fix of the test above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_reinstall_of_every_control_plane_keeps_etcd_and_never_bootstraps_again() {
-    let mut w = World::start(53, |_| {}).await;
+    let w = World::start(53, |_| {}).await;
     w.bootstrap_cluster().await;
     let port = w.lab.port;
     for (n, i) in [CP1, CP2, CP3].into_iter().enumerate() {
         let name = w.node(i).name;
-        w.lab.nodes[i].stop().await;
+        w.node(i).stop().await;
         w.node(i).double.set_etcd(EtcdChange::Empty).unwrap();
         assert!(is_disk_handoff(&w.netboot(i).await));
         w.netboot_until_reinstalled(i).await;
@@ -1430,7 +1544,7 @@ async fn rolling_reinstall_of_every_control_plane_keeps_etcd_and_never_bootstrap
         })
         .await;
         w.fetch_config(i).await;
-        w.lab.nodes[i].restart(port).await;
+        w.node(i).restart(port).await;
         w.wait_state(i, Lifecycle::Ready).await;
         w.node(i).double.set_etcd(EtcdChange::Member).unwrap();
         assert_eq!(w.lab.member_names(), ["cp1", "cp2", "cp3"]);
@@ -1448,17 +1562,17 @@ async fn rolling_reinstall_of_every_control_plane_keeps_etcd_and_never_bootstrap
 /// (network first). Its disk booted: this is a hand-off, not a wipe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_boot_missed_by_a_backed_off_probe_is_not_taken_for_a_wipe() {
-    let mut w = World::start(54, |_| {}).await;
+    let w = World::start(54, |_| {}).await;
     w.fetch_config(W1).await;
     w.wait_state(W1, Lifecycle::Ready).await;
     let port = w.lab.port;
 
     // Reboot, network first: hand-off; Talos takes 9 s to come up from the disk.
-    w.lab.nodes[W1].stop().await;
+    w.node(W1).stop().await;
     let handed_off = Instant::now();
     assert!(is_disk_handoff(&w.netboot(W1).await));
     tokio::time::sleep_until((handed_off + Duration::from_secs(9)).into()).await;
-    w.lab.nodes[W1].restart(port).await;
+    w.node(W1).restart(port).await;
     // Up and answering for 4 s, then rebooted again (an upgrade, an operator's reboot).
     tokio::time::sleep_until((handed_off + Duration::from_secs(13)).into()).await;
     let answered: Vec<CallRecord> = w.node(W1).double.calls_of("Version");
@@ -1566,7 +1680,7 @@ async fn pipelined_network_boots_never_reinstall_a_healthy_control_plane() {
 /// member is alive and stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_etcd_member_is_never_removed() {
-    let mut w = World::start(58, |_| {}).await;
+    let w = World::start(58, |_| {}).await;
     w.bootstrap_cluster().await;
     let out = w
         .cli(&[
@@ -1582,7 +1696,7 @@ async fn a_live_etcd_member_is_never_removed() {
     assert!(removals.is_empty(), "{removals:#?}\n{}", w.dump().await);
     assert_eq!(w.lab.member_names(), ["cp1", "cp2", "cp3"]);
     // The node goes down for its reinstall: now its member is stale and goes.
-    w.lab.nodes[CP2].stop().await;
+    w.node(CP2).stop().await;
     w.wait("cp2's member removed", Duration::from_secs(15), || async {
         (w.lab.member_names() == ["cp1", "cp3"]).then_some(())
     })

@@ -3,8 +3,10 @@
 #   OUT_DIR/vmlinuz-amd64        a copy of Debian's /boot/vmlinuz-*-amd64
 #   OUT_DIR/initramfs-amd64.xz   busybox + NIC modules; its /init brings up eth0 with
 #                                DHCP, fetches talos.config= from /proc/cmdline and prints
-#   BOOTPLANE-MARKER mac=<mac> ip=<ip> config_status=<status|error> config_bytes=<n>
-# on the serial console (or MARKER-FAILED <reason>), then powers off.
+#   BOOTPLANE-MARKER mac=<mac> ip=<ip> config_status=<status|error> config_bytes=<n> config_sha256=<hex|none>
+#   config-kinds: <the kind of each document after the first, in order>
+# on the serial console (or MARKER-FAILED <reason>), then powers off. The SHA-256 names the
+# exact bytes fetched, so the test can hold them against what bootplane logged and renders.
 # Needs the Debian packages linux-image-amd64 busybox-static kmod cpio xz-utils.
 # Idempotent: rebuilds only when an input (this script, kernel, busybox, modules) changed.
 set -eu
@@ -59,7 +61,7 @@ mkdir -p "$ROOT/bin" "$ROOT/sbin" "$ROOT/dev" "$ROOT/proc" "$ROOT/sys" "$ROOT/tm
 
 cp "$BUSYBOX" "$ROOT/bin/busybox"
 for applet in sh mount insmod ip udhcpc wget cat grep sed head tr wc sleep poweroff \
-    dmesg ifconfig route echo ls mkdir stat awk cut timeout; do
+    dmesg ifconfig route echo ls mkdir stat awk cut timeout sha256sum; do
     ln -s busybox "$ROOT/bin/$applet"
 done
 
@@ -163,17 +165,17 @@ status=$(grep -o 'HTTP/[0-9.]* [0-9][0-9][0-9]' /tmp/wget.log | tail -n 1 | cut 
 bytes=0
 [ -f /tmp/config ] && bytes=$(wc -c < /tmp/config | tr -d ' ')
 
+sha=none
+[ -s /tmp/config ] && sha=$(sha256sum /tmp/config | cut -d' ' -f1)
+
 dmesg -n 1 2>/dev/null
-say "BOOTPLANE-MARKER mac=$mac ip=$ip config_status=$status config_bytes=$bytes"
+say "BOOTPLANE-MARKER mac=$mac ip=$ip config_status=$status config_bytes=$bytes config_sha256=$sha"
 if [ "$status" = error ]; then
     say "stand-in: wget $config_url: $(tr '\n' ' ' < /tmp/wget.log)"
 fi
 if [ -s /tmp/config ]; then
-    line=$(grep -m 1 -E '^[[:space:]]*hostname:' /tmp/config | sed -e 's/^[[:space:]]*//')
-    [ -n "$line" ] && say "$line"
-    # The first static address in the config (machine.network.interfaces[].addresses).
-    addr=$(grep -A 1 -E '^[[:space:]]*addresses:' /tmp/config | grep -m 1 -o -E '[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+')
-    [ -n "$addr" ] && say "config-address: $addr"
+    # Talos 1.12+ configs are several YAML documents; each after the first names its kind.
+    say "config-kinds: $(grep -E '^kind:' /tmp/config | sed -e 's/^kind:[[:space:]]*//' | tr '\n' ' ')"
 fi
 finish
 INIT
