@@ -73,6 +73,7 @@ fn full_dhcp_bios_and_uefi_ovmf_pxe() {
         gateway: "10.77.0.1",
         vip: "10.77.0.10",
         dns: Some("10.77.0.1"),
+        appliance: Some("10.77.0.1"),
     };
 
     #[rustfmt::skip]
@@ -135,6 +136,7 @@ fn proxy_dhcp_beside_site_router() {
         gateway: "10.78.0.1",
         vip: "10.78.0.10",
         dns: None,
+        appliance: Some("10.78.0.2"),
     };
 
     // The CLI takes a static address; in proxy mode the site router leases one instead.
@@ -218,6 +220,9 @@ struct Lan {
     vip: &'static str,
     /// Nameservers registered with every machine, if any.
     dns: Option<&'static str>,
+    /// The appliance's address when it serves (the configs then name its event sink and
+    /// kernel log receiver on their default ports).
+    appliance: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -1597,8 +1602,25 @@ fn judge_config(vm: &Vm, lan: &Lan, docs: &[serde_json::Value]) -> Vec<String> {
             Err(e) => problem(e),
         }
     }
+    if let Some(appliance) = lan.appliance {
+        let sink = format!("{appliance}:{}", bootplane::config::DEFAULT_EVENTS_PORT);
+        match one("EventSinkConfig") {
+            Ok(doc) if doc["endpoint"] == sink.as_str() => {}
+            Ok(doc) => problem(format!("sends events to {}, not {sink}", doc["endpoint"])),
+            Err(e) => problem(e),
+        }
+        let log = format!(
+            "tcp://{appliance}:{}",
+            bootplane::config::DEFAULT_KERNEL_LOG_PORT
+        );
+        match one("KmsgLogConfig") {
+            Ok(doc) if doc["url"] == log.as_str() && doc["name"] == "bootplane" => {}
+            Ok(doc) => problem(format!("sends its kernel log to {doc}, not {log}")),
+            Err(e) => problem(e),
+        }
+    }
     problems.extend(
-        cluster_subnets_where_rendered(vm, lan, v1alpha1)
+        cluster_subnets(vm, lan, v1alpha1)
             .into_iter()
             .map(|p| format!("{}: config {p}", vm.name)),
     );
@@ -1607,9 +1629,8 @@ fn judge_config(vm: &Vm, lan: &Lan, docs: &[serde_json::Value]) -> Vec<String> {
 
 /// With more than one address on a node, etcd and the kubelet pick the cluster's subnet only
 /// if told: `machine.kubelet.nodeIP.validSubnets` (every node) and
-/// `cluster.etcd.advertisedSubnets` (control planes). Checked where the config has them: each
-/// must be exactly the machines' subnet. A config without them passes this check.
-fn cluster_subnets_where_rendered(vm: &Vm, lan: &Lan, v1alpha1: &serde_json::Value) -> Vec<String> {
+/// `cluster.etcd.advertisedSubnets` (control planes): each must be exactly the machines' subnet.
+fn cluster_subnets(vm: &Vm, lan: &Lan, v1alpha1: &serde_json::Value) -> Vec<String> {
     let want = serde_json::json!([lan.subnet]);
     let mut problems = Vec::new();
     let mut pointers = vec!["/machine/kubelet/nodeIP/validSubnets"];
@@ -1617,12 +1638,12 @@ fn cluster_subnets_where_rendered(vm: &Vm, lan: &Lan, v1alpha1: &serde_json::Val
         pointers.push("/cluster/etcd/advertisedSubnets");
     }
     for pointer in pointers {
-        if let Some(value) = v1alpha1.pointer(pointer) {
-            if *value != want {
-                problems.push(format!(
-                    "has {pointer} {value}, the machines' subnet is {want}"
-                ));
-            }
+        match v1alpha1.pointer(pointer) {
+            Some(value) if *value == want => {}
+            Some(value) => problems.push(format!(
+                "has {pointer} {value}, the machines' subnet is {want}"
+            )),
+            None => problems.push(format!("has no {pointer} (the machines' subnet {want})")),
         }
     }
     problems
@@ -2140,6 +2161,7 @@ fn config_judge_passes_rendered_v1_13_configs_and_names_each_wrong_value() {
         gateway: "10.77.0.1",
         vip: "10.77.0.10",
         dns: Some("10.77.0.1"),
+        appliance: None,
     };
     #[rustfmt::skip]
     let (cp, worker) = (
@@ -2302,6 +2324,17 @@ fn config_judge_passes_rendered_v1_13_configs_and_names_each_wrong_value() {
             json!({ "validSubnets": ["10.78.0.0/24"] }),
         ),
         "has /machine/kubelet/nodeIP/validSubnets",
+    );
+    named(
+        w_,
+        w,
+        &|d| {
+            d[0]["machine"]["kubelet"]
+                .as_object_mut()
+                .unwrap()
+                .shift_remove("nodeIP");
+        },
+        "has no /machine/kubelet/nodeIP/validSubnets",
     );
     named(
         w_,
