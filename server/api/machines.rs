@@ -108,6 +108,9 @@ pub struct MachineCreate {
     pub cluster: Option<String>,
     /// Talos version this machine boots and installs, e.g. v1.10.9 (its cluster's otherwise)
     pub talos_version: Option<String>,
+    /// Run Talos from the network at every boot, never installed (Talos 1.14 or newer,
+    /// workers only)
+    pub diskless: Option<bool>,
 }
 
 impl MachineCreate {
@@ -124,6 +127,7 @@ impl MachineCreate {
             wipe: self.wipe,
             cluster: self.cluster,
             talos_version: self.talos_version,
+            diskless: self.diskless,
         }
     }
 }

@@ -229,19 +229,44 @@ pub async fn init_cluster(
         c.talos_version = Some(crate::config::DEFAULT_TALOS_VERSION.to_string());
     }
     apply_cluster_input(&mut c, input)?;
-    let spec =
-        materials::cluster_spec(&c).map_err(|e| OpsError::field("cluster", e.to_string()))?;
+    let spec = materials::cluster_spec(&c, &db.factory_schematics().await?)
+        .map_err(|e| OpsError::field("cluster", e.to_string()))?;
     let bundle = materials::new_bundle(&spec.talos_version, import_secrets, system_time(now))
         .map_err(|e| OpsError::field("secrets", e.to_string()))?;
     let mut machines = db.list_machines().await?;
     for m in machines.iter_mut().filter(|m| m.cluster == current.name) {
         m.cluster = c.name.clone();
     }
+    check_diskless(&c, &machines)?;
     materials::check_cluster(&spec, &materials::config_secrets(&bundle), &[], &machines)
         .map_err(|e| OpsError::field("config", e.to_string()))?;
     db.init_cluster(&current.name, &c, &bundle.to_yaml(), now)
         .await?;
     first_cluster(db).await
+}
+
+/// Refuses a cluster Talos version older than 1.14 while a diskless machine of the cluster
+/// follows it.
+fn check_diskless(c: &Cluster, machines: &[Machine]) -> Result<(), OpsError> {
+    let stuck: Vec<String> = machines
+        .iter()
+        .filter(|m| m.cluster == c.name && m.diskless)
+        .filter(|m| crate::ops::diskless_version_problem(m, c.talos_version.as_deref()).is_some())
+        .map(|m| m.hostname.clone().unwrap_or_else(|| m.mac.to_string()))
+        .collect();
+    if stuck.is_empty() {
+        return Ok(());
+    }
+    Err(OpsError::field(
+        "talos_version",
+        format!(
+            "diskless machines need Talos 1.14 or newer, and {} {} diskless: pin {} to a 1.14 version or let {} install first",
+            stuck.join(", "),
+            if stuck.len() == 1 { "is" } else { "are" },
+            if stuck.len() == 1 { "it" } else { "them" },
+            if stuck.len() == 1 { "it" } else { "them" },
+        ),
+    ))
 }
 
 /// Changes the cluster's settings; refused if any machine's config would no longer render.
@@ -250,8 +275,8 @@ pub async fn update_cluster(db: &Db, input: &ClusterInput, _now: i64) -> Result<
     let current = loaded.cluster.name.clone();
     let mut c = loaded.cluster.clone();
     apply_cluster_input(&mut c, input)?;
-    let spec =
-        materials::cluster_spec(&c).map_err(|e| OpsError::field("cluster", e.to_string()))?;
+    let spec = materials::cluster_spec(&c, &loaded.spec.installers.factory)
+        .map_err(|e| OpsError::field("cluster", e.to_string()))?;
     let mut machines = db.list_machines().await?;
     for m in machines.iter_mut().filter(|m| m.cluster == current) {
         m.cluster = c.name.clone();
@@ -265,6 +290,7 @@ pub async fn update_cluster(db: &Db, input: &ClusterInput, _now: i64) -> Result<
             }
         }
     }
+    check_diskless(&c, &machines)?;
     materials::check_cluster(&spec, &loaded.secrets, &loaded.patches, &machines)
         .map_err(|e| OpsError::field("config", e.to_string()))?;
     db.update_cluster(&current, &c).await?;
