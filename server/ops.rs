@@ -943,6 +943,33 @@ mod tests {
         assert!(!saved.machine.installed, "marked for reinstall");
     }
 
+    #[tokio::test]
+    async fn a_diskless_machine_that_ran_is_installed_at_its_next_boot_once_it_may_install() {
+        let (_dir, db) = fresh().await;
+        let diskless = MachineInput {
+            diskless: Some(true),
+            talos_version: Some("v1.14.0-rc.1".into()),
+            ..node("worker", 4)
+        };
+        let saved = save_machine(&db, None, mac_n(4), &diskless, true, false, 1)
+            .await
+            .unwrap();
+        assert!(saved.machine.diskless);
+        db.set_state(mac_n(4), Lifecycle::Ready, "reported in", 2)
+            .await
+            .unwrap();
+        let installs = MachineInput {
+            diskless: Some(false),
+            ..Default::default()
+        };
+        let saved = save_machine(&db, None, mac_n(4), &installs, false, false, 3)
+            .await
+            .unwrap();
+        assert!(saved.reinstall, "nothing is on its disk");
+        assert!(!saved.machine.installed && !saved.machine.diskless);
+        assert_eq!(saved.machine.state, Lifecycle::Booting);
+    }
+
     #[test]
     fn secrets_are_hidden_in_displayed_configs() {
         let yaml = "machine:\n  token: abc.def\n  ca:\n    crt: PUBLIC\n    key: PRIVATE\ncluster:\n  secret: s3cr3t\n  secretboxEncryptionSecret: B0XVAL\n  token: t0k\n  serviceAccount:\n    key: |\n      SA-LINE-1\n      SA-LINE-2\n  id: clusterid\n---\nkind: Other\ntoken: doc2\n";

@@ -1355,3 +1355,55 @@ fn talos_rules(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn factory(version: &str, arch: Arch, schematic: &str) -> Installers {
+        let mut installers = Installers::default();
+        installers.factory.insert(
+            (version.to_string(), arch),
+            FactorySchematic {
+                host: "factory.talos.dev".into(),
+                schematic: schematic.into(),
+            },
+        );
+        installers
+    }
+
+    #[test]
+    fn the_installer_is_the_clusters_then_the_boot_assets_schematics_then_talosctls() {
+        let mut installers = factory("v1.13.9", Arch::Amd64, "abc");
+        assert_eq!(
+            installers.pick("v1.13.9", Arch::Amd64),
+            (
+                "factory.talos.dev/metal-installer/abc:v1.13.9".to_string(),
+                InstallerSource::Factory {
+                    schematic: "abc".into()
+                }
+            )
+        );
+        assert_eq!(
+            installers.pick("v1.13.9", Arch::Arm64),
+            (
+                "ghcr.io/siderolabs/installer:v1.13.9".to_string(),
+                InstallerSource::TalosDefault
+            ),
+            "arm64 assets not from the factory: the vanilla installer"
+        );
+        assert_eq!(installers.pick("v1.14.0-rc.1", Arch::Amd64).0, "");
+        installers.cluster = Some((
+            "factory.talos.dev/installer/def:v1.13.9".into(),
+            "v1.13.9".into(),
+        ));
+        assert_eq!(
+            installers.pick("v1.12.11", Arch::Amd64),
+            (
+                "factory.talos.dev/installer/def:v1.12.11".to_string(),
+                InstallerSource::Cluster
+            ),
+            "the cluster's, retagged for a pinned version"
+        );
+    }
+}
