@@ -277,7 +277,8 @@ pub struct MachineFields {
     /// DNS servers, comma-separated; "none" clears them
     #[arg(long)]
     pub dns: Option<String>,
-    /// Disk Talos installs to, e.g. /dev/sda or /dev/nvme0n1; "none" clears it
+    /// Disk Talos installs to, e.g. /dev/sda or /dev/nvme0n1; "none" clears it (then Talos picks
+    /// the first disk of 6 GiB or more that is not read-only or a CD drive)
     #[arg(long)]
     pub install_disk: Option<String>,
     /// How an installed machine leaves network boot: exit, http-404 or sanboot
@@ -736,7 +737,7 @@ pub async fn cluster(
                     text += &line("kubernetes version", spec.kubernetes_version.clone());
                     for (arches, image, source) in materials::installers_shown(&spec) {
                         let image = if image.is_empty() {
-                            "none (the node installs its own version and schematic)".to_string()
+                            "none, the node installs its own version and schematic".to_string()
                         } else {
                             image
                         };
@@ -1013,7 +1014,11 @@ mod tests {
                 && err.contains("v1.13.9, its cluster's version"),
             "{err}"
         );
-        assert!(db.get_machine("52:54:00:00:00:21".parse().unwrap()).await.unwrap().is_none());
+        assert!(db
+            .get_machine("52:54:00:00:00:21".parse().unwrap())
+            .await
+            .unwrap()
+            .is_none());
         add_worker(dir.path(), worker(Some("v1.14.0-rc.1")))
             .await
             .unwrap();
@@ -1023,6 +1028,68 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(m.diskless);
+    }
+
+    #[tokio::test]
+    async fn cluster_show_names_the_installer_of_the_boot_assets_schematic() {
+        use crate::images::{Asset, AssetFile, AssetSource, AssetState, Digest};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let init = crate::ops::cluster::ClusterInput {
+            endpoint: Some("https://10.0.0.10:6443".into()),
+            talos_version: Some("v1.13.9".into()),
+            ..Default::default()
+        };
+        crate::ops::cluster::init_cluster(&db, &init, None, 1)
+            .await
+            .unwrap();
+        let schematic = "a".repeat(64);
+        let file = |name: &str| AssetFile {
+            origin: format!("https://factory.talos.dev/image/{schematic}/v1.13.9/{name}"),
+            digest: Some(Digest {
+                size: 1,
+                sha256: "b".repeat(64),
+            }),
+        };
+        db.put_image(&Asset {
+            version: "v1.13.9".into(),
+            arch: crate::talos::Arch::Amd64,
+            source: AssetSource::Factory {
+                schematic: schematic.clone(),
+            },
+            kernel: file("kernel-amd64"),
+            initramfs: file("initramfs-amd64.xz"),
+            kernel_args: vec![],
+            state: AssetState::Ready,
+            updated_at: 1,
+        })
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        let show = ClusterCommand::Show {
+            data: DataDir {
+                data_dir: dir.path().to_path_buf(),
+            },
+            json: false,
+        };
+        cluster(show, &crate::clock::SystemClock, &mut out)
+            .await
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(&format!(
+                "{:<20} factory.talos.dev/metal-installer/{schematic}:v1.13.9 (from Image Factory schematic {schematic} of the boot assets)",
+                "installer amd64"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "{:<20} ghcr.io/siderolabs/installer:v1.13.9 (from Talos's default)",
+                "installer arm64"
+            )),
+            "{text}"
+        );
     }
 
     #[test]

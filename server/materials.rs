@@ -73,7 +73,10 @@ pub fn config_secrets(bundle: &SecretsBundle) -> ConfigSecrets {
 /// an amd64 node of the cluster's version gets (`spec_for` picks each machine's own): the
 /// cluster's setting, else the metal installer of the Image Factory schematic in `factory`
 /// that version's boot assets came from, else talosctl's default.
-pub fn cluster_spec(c: &Cluster, factory: &FactorySchematics) -> Result<ClusterSpec, MaterialsError> {
+pub fn cluster_spec(
+    c: &Cluster,
+    factory: &FactorySchematics,
+) -> Result<ClusterSpec, MaterialsError> {
     let talos_version = c
         .talos_version
         .clone()
@@ -374,8 +377,7 @@ mod tests {
         let pinned = spec_for(&spec, &m);
         assert_eq!(pinned.talos_version, "v1.13.9");
         assert_eq!(
-            pinned.install_image,
-            "factory.talos.dev/metal-installer/ccc:v1.13.9",
+            pinned.install_image, "factory.talos.dev/metal-installer/ccc:v1.13.9",
             "a pinned version's own schematic"
         );
         m.talos_version = Some("v1.10.9".into());
@@ -386,8 +388,8 @@ mod tests {
         );
         m.talos_version = Some("v1.14.0-rc.1".into());
         assert_eq!(spec_for(&spec, &m).install_image, "");
-        let chosen = cluster_spec(&cluster(Some("registry.local/installer:v1.11.6")), &assets)
-            .unwrap();
+        let chosen =
+            cluster_spec(&cluster(Some("registry.local/installer:v1.11.6")), &assets).unwrap();
         m.talos_version = None;
         assert_eq!(
             spec_for(&chosen, &m).install_image,
@@ -400,7 +402,10 @@ mod tests {
     fn a_pinned_machine_renders_with_its_version_and_installer() {
         let mut m = Machine::discovered(Mac([0x52, 0x54, 0, 0, 0, 1]));
         let cluster = cluster_spec(&cluster(None), &FactorySchematics::new()).unwrap();
-        assert_eq!(cluster.install_image, "ghcr.io/siderolabs/installer:v1.11.6");
+        assert_eq!(
+            cluster.install_image,
+            "ghcr.io/siderolabs/installer:v1.11.6"
+        );
         assert_eq!(*spec_for(&cluster, &m), cluster, "no pin: the cluster's");
         m.talos_version = Some("v1.10.9".into());
         let pinned = spec_for(&cluster, &m);

@@ -1070,7 +1070,9 @@ async fn diskless_needs_talos_1_14_for_the_machine_and_keeps_its_cluster_there()
     api.with_cluster().await;
     let diskless = "52:54:00:aa:00:07";
     let worker = json!({"mac": diskless, "role": "worker", "hostname": "w-7", "ip": "127.0.0.37/8", "diskless": true});
-    let (status, body) = api.call(Method::POST, "/machines", Some(worker.clone())).await;
+    let (status, body) = api
+        .call(Method::POST, "/machines", Some(worker.clone()))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["fields"][0]["field"], "diskless", "{body}");
     let message = body["fields"][0]["message"].as_str().unwrap();

@@ -969,7 +969,12 @@ fn without_an_install_disk_the_default_is_a_selector_on_every_line_never_dev_sda
                 "{version} {role}"
             );
             assert_eq!(
-                install.as_object().unwrap().keys().next().map(String::as_str),
+                install
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .next()
+                    .map(String::as_str),
                 Some("diskSelector"),
                 "where Talos writes the disk"
             );
@@ -995,7 +1000,12 @@ fn an_install_disk_given_by_flag_or_patch_wins_over_the_default_selector() {
     let c = cluster("v1.13.9");
     let mut n = node(Role::Worker, 4);
     n.install_disk = None;
-    let p = patches(&[], &[], &[], &["machine:\n  install:\n    disk: /dev/sdb\n"]);
+    let p = patches(
+        &[],
+        &[],
+        &[],
+        &["machine:\n  install:\n    disk: /dev/sdb\n"],
+    );
     let docs = render_documents(&c, &secrets(), &n, &p).unwrap();
     let install = at(&docs[0], "/machine/install");
     assert_eq!(install["disk"], "/dev/sdb");
@@ -1011,8 +1021,13 @@ fn an_install_disk_given_by_flag_or_patch_wins_over_the_default_selector() {
         "a patched selector is the operator's"
     );
     n.install_disk = Some("/dev/vda".into());
-    let docs = render_documents(&cluster("v1.14.0-rc.1"), &secrets(), &n, &Patches::default())
-        .unwrap();
+    let docs = render_documents(
+        &cluster("v1.14.0-rc.1"),
+        &secrets(),
+        &n,
+        &Patches::default(),
+    )
+    .unwrap();
     assert_eq!(
         at(
             doc_of(&docs, "UnattendedInstallConfig"),
@@ -1058,16 +1073,14 @@ fn a_factory_schematic_versions_config_names_that_schematics_metal_installer() {
     let mut m = Machine::discovered(Mac([0x52, 0x54, 0, 0x77, 0, 4]));
     m.role = Role::Worker;
     let n = node(Role::Worker, 4);
-    let docs = render_documents(&spec_for(&spec, &m), &secrets(), &n, &Patches::default())
-        .unwrap();
+    let docs = render_documents(&spec_for(&spec, &m), &secrets(), &n, &Patches::default()).unwrap();
     assert_eq!(
         at(&docs[0], "/machine/install/image"),
         format!("factory.talos.dev/metal-installer/{schematic}:v1.13.9").as_str()
     );
     assert_schema_valid(&docs, "v1.13.9");
     m.talos_version = Some("v1.14.0-rc.1".into());
-    let docs = render_documents(&spec_for(&spec, &m), &secrets(), &n, &Patches::default())
-        .unwrap();
+    let docs = render_documents(&spec_for(&spec, &m), &secrets(), &n, &Patches::default()).unwrap();
     assert_eq!(
         at(doc_of(&docs, "UnattendedInstallConfig"), "/installer/image"),
         format!("factory.talos.dev/metal-installer/{schematic}:v1.14.0-rc.1").as_str(),
@@ -1082,8 +1095,8 @@ fn a_factory_schematic_versions_config_names_that_schematics_metal_installer() {
     )
     .unwrap();
     m.talos_version = None;
-    let docs = render_documents(&spec_for(&chosen, &m), &secrets(), &n, &Patches::default())
-        .unwrap();
+    let docs =
+        render_documents(&spec_for(&chosen, &m), &secrets(), &n, &Patches::default()).unwrap();
     assert_eq!(
         at(&docs[0], "/machine/install/image"),
         "registry.lan/installer:v1.13.9",
@@ -1123,8 +1136,8 @@ fn diskless_is_refused_before_1_14_and_for_control_planes() {
     let mut n = node(Role::Worker, 4);
     n.diskless = true;
     for version in ["v1.11.6", "v1.13.9"] {
-        let err = render_documents(&cluster(version), &secrets(), &n, &Patches::default())
-            .unwrap_err();
+        let err =
+            render_documents(&cluster(version), &secrets(), &n, &Patches::default()).unwrap_err();
         assert!(err.to_string().contains("needs Talos 1.14"), "{err}");
     }
     let mut cp = node(Role::Controlplane, 1);

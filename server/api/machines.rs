@@ -96,7 +96,8 @@ pub struct MachineCreate {
     pub gateway: Option<String>,
     /// DNS servers, comma-separated
     pub dns: Option<String>,
-    /// Disk Talos installs to, e.g. /dev/sda
+    /// Disk Talos installs to, e.g. /dev/sda; empty lets Talos pick the first disk of 6 GiB or
+    /// more that is not read-only or a CD drive
     pub install_disk: Option<String>,
     /// exit, http-404 or sanboot
     pub disk_handoff: Option<String>,

@@ -16,8 +16,8 @@ use std::sync::OnceLock;
 use serde_json::{json, Map, Value};
 
 use crate::model::{Ipv4Cidr, Mac, Role};
-use crate::talos::{minor_version, Arch};
 use crate::talos::patch::{self, Patch};
+use crate::talos::{minor_version, Arch};
 
 /// Talos versions whose config contract bootplane renders.
 pub const SUPPORTED: &[(u32, u32)] = &[(1, 8), (1, 9), (1, 10), (1, 11), (1, 12), (1, 13), (1, 14)];
@@ -119,10 +119,9 @@ impl std::fmt::Display for InstallerSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             InstallerSource::Cluster => f.write_str("the cluster's installer image setting"),
-            InstallerSource::Factory { schematic } => write!(
-                f,
-                "Image Factory schematic {schematic} of the boot assets"
-            ),
+            InstallerSource::Factory { schematic } => {
+                write!(f, "Image Factory schematic {schematic} of the boot assets")
+            }
             InstallerSource::TalosDefault => f.write_str("Talos's default"),
         }
     }
@@ -187,10 +186,10 @@ impl Installers {
 pub const MIN_INSTALL_DISK: &str = "6GiB";
 
 /// The default install disk up to 1.13 (`machine.install.diskSelector`): the first disk in
-/// Talos's device-name order of at least [`MIN_INSTALL_DISK`]. From 1.10 Talos adds to any
+/// Talos's device-name order of at least [`MIN_INSTALL_DISK`]. From 1.9 Talos adds to any
 /// selector that the disk is not read-only, not a CD/DVD drive and on a transport it knows
-/// (so no device-mapper or loop device); 1.8 and 1.9 list no CD drive, loop, RAM, md or dm
-/// device to begin with.
+/// (so no device-mapper or loop device); 1.8 lists no CD drive, loop, RAM, md or dm device to
+/// begin with.
 pub fn default_disk_selector() -> Value {
     json!({ "size": format!(">= {MIN_INSTALL_DISK}") })
 }
