@@ -207,9 +207,12 @@ async fn boot_machine_get(
     );
     let mac_text = mac.to_string();
     let (detail, response) = match machine {
+        // A diskless machine has no disk to hand off to: every network boot gets Talos again,
+        // and none is watched as a wipe.
         Some(m)
             if m.role != Role::Unassigned
                 && m.installed
+                && !m.diskless
                 && !reinstall_now(&state, &m, from).await? =>
         {
             let detail = format!("installed: disk hand-off {}", m.disk_handoff);
@@ -252,11 +255,12 @@ async fn boot_machine_get(
                 arch,
                 asset_args: &asset_args,
             };
+            let talos_served = availability == Availability::Available;
             let (detail, response) =
                 install_script(&state, &m, &target, availability, &retry_url, &mac_text);
             // Only a change is written: a machine retrying its script while it boots must not
             // take SQLite's write lock on every request.
-            if response.is_ok() && detail.starts_with("install") && m.state != Lifecycle::Booting {
+            if response.is_ok() && talos_served && m.state != Lifecycle::Booting {
                 state
                     .db
                     .set_state(
@@ -380,8 +384,14 @@ fn install_script(
     let config_url = format!("{base}/config?mac={}", m.mac);
     let args = install_args(boot, target, &config_url);
     let hostname = m.hostname.clone().unwrap_or_default();
+    let what = if m.diskless { "run" } else { "install" };
+    let diskless = if m.diskless { ", diskless" } else { "" };
     (
-        format!("install Talos {version} {} as {}", arch.as_str(), m.role),
+        format!(
+            "{what} Talos {version} {} as {}{diskless}",
+            arch.as_str(),
+            m.role
+        ),
         script(
             InstallScript {
                 mac: mac_text,
@@ -665,7 +675,8 @@ async fn boot_config_get(
         )
         .await
         .map_err(|e| BootError::Internal(e.to_string()))?;
-    if !m.installed {
+    // A diskless node fetches its config at every boot: it is waited for (probed) each time.
+    if !m.installed || m.diskless {
         state
             .db
             .set_state(

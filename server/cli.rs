@@ -285,7 +285,8 @@ pub struct MachineFields {
     /// DNS servers, comma-separated; "none" clears them
     #[arg(long)]
     pub dns: Option<String>,
-    /// Disk Talos installs to, e.g. /dev/sda or /dev/nvme0n1; "none" clears it
+    /// Disk Talos installs to, e.g. /dev/sda or /dev/nvme0n1; "none" clears it (then Talos picks
+    /// the first disk of 6 GiB or more that is not read-only or a CD drive)
     #[arg(long)]
     pub install_disk: Option<String>,
     /// How an installed machine leaves network boot: exit, http-404 or sanboot
@@ -300,6 +301,10 @@ pub struct MachineFields {
     /// Talos version this machine boots and installs (its cluster's otherwise); "none" clears it
     #[arg(long)]
     pub talos_version: Option<String>,
+    /// Run Talos from the network at every boot, never installed (Talos 1.14 or newer, workers
+    /// only); --diskless false installs it again
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub diskless: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -377,6 +382,7 @@ pub fn apply_fields(m: &mut Machine, f: &MachineFields) -> Result<(), CliError> 
         wipe: None,
         cluster: f.cluster.clone(),
         talos_version: f.talos_version.clone(),
+        diskless: f.diskless,
     };
     crate::ops::apply_machine_input(m, &input).map_err(flag_error)
 }
@@ -463,7 +469,8 @@ pub async fn machines(
         MachinesCommand::Set(set) => {
             let db = Db::open(&set.data.data_dir).await?;
             let mac = parse_mac(&set.mac)?;
-            let mut m = db.get_machine(mac).await?.ok_or(DbError::NotFound(mac))?;
+            let old = db.get_machine(mac).await?.ok_or(DbError::NotFound(mac))?;
+            let mut m = old.clone();
             apply_fields(&mut m, &set.fields)?;
             if let Some(installed) = set.installed {
                 m.installed = installed;
@@ -473,7 +480,20 @@ pub async fn machines(
             }
             check_machine_config(&db, &m).await?;
             db.update_machine(&m, clock.now_ms()).await?;
-            w(out, format!("updated {}\n", m.mac))?;
+            if set.installed.is_none() && crate::ops::installs_now(&old, &m) {
+                db.mark_reinstall(
+                    mac,
+                    "operator made a diskless machine install to disk",
+                    clock.now_ms(),
+                )
+                .await?;
+                w(
+                    out,
+                    format!("updated {mac}: it installs Talos at its next network boot\n"),
+                )?;
+            } else {
+                w(out, format!("updated {}\n", m.mac))?;
+            }
         }
         MachinesCommand::List { data, json } => {
             let db = Db::open(&data.data_dir).await?;
@@ -682,7 +702,8 @@ pub async fn cluster(
             )
             .await
             .map_err(flag_error)?;
-            let spec = materials::cluster_spec(&c).map_err(|e| invalid(e.to_string()))?;
+            let spec = materials::cluster_spec(&c, &db.factory_schematics().await?)
+                .map_err(|e| invalid(e.to_string()))?;
             w(
                 out,
                 format!(
@@ -712,7 +733,7 @@ pub async fn cluster(
                 .map_err(|e| CliError::Output(e.to_string()))?;
                 w(out, text + "\n")?;
             } else {
-                let spec = materials::cluster_spec(&c).ok();
+                let spec = materials::cluster_spec(&c, &db.factory_schematics().await?).ok();
                 let line = |k: &str, v: String| format!("{k:<20} {v}\n");
                 let mut text = line("name", c.name.clone());
                 text += &line("initialised", format_time(c.initialised_at));
@@ -722,9 +743,19 @@ pub async fn cluster(
                     c.vip.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                 );
                 if let Some(spec) = spec {
-                    text += &line("talos version", spec.talos_version);
-                    text += &line("kubernetes version", spec.kubernetes_version);
-                    text += &line("installer image", spec.install_image);
+                    text += &line("talos version", spec.talos_version.clone());
+                    text += &line("kubernetes version", spec.kubernetes_version.clone());
+                    for (arches, image, source) in materials::installers_shown(&spec) {
+                        let image = if image.is_empty() {
+                            "none, the node installs its own version and schematic".to_string()
+                        } else {
+                            image
+                        };
+                        text += &line(
+                            &format!("installer{arches}"),
+                            format!("{image} (from {source})"),
+                        );
+                    }
                 }
                 text += &line("pod subnets", c.pod_subnets.join(", "));
                 text += &line("service subnets", c.service_subnets.join(", "));
@@ -928,6 +959,7 @@ mod tests {
             efi_binary: None,
             cluster: None,
             talos_version: None,
+            diskless: None,
         }
     }
 
@@ -948,6 +980,132 @@ mod tests {
         assert!(err.starts_with("--talos-version: "), "{err}");
         apply_fields(&mut m, &pin("none")).unwrap();
         assert_eq!(m.talos_version, None);
+    }
+
+    /// Runs `machines add` for a worker with `extra` fields against `dir`'s database.
+    async fn add_worker(dir: &std::path::Path, extra: MachineFields) -> Result<String, CliError> {
+        let mut out = Vec::new();
+        let add = MachineAdd {
+            data: DataDir {
+                data_dir: dir.to_path_buf(),
+            },
+            mac: "52:54:00:00:00:21".into(),
+            fields: extra,
+        };
+        machines(
+            MachinesCommand::Add(add),
+            &crate::clock::SystemClock,
+            &mut out,
+        )
+        .await?;
+        Ok(String::from_utf8(out).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn diskless_is_refused_by_its_flag_before_talos_1_14_and_taken_on_a_1_14_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let init = crate::ops::cluster::ClusterInput {
+            endpoint: Some("https://10.0.0.10:6443".into()),
+            talos_version: Some("v1.13.9".into()),
+            ..Default::default()
+        };
+        crate::ops::cluster::init_cluster(&db, &init, None, 1)
+            .await
+            .unwrap();
+        let worker = |pin: Option<&str>| MachineFields {
+            role: Some("worker".into()),
+            hostname: Some("w-1".into()),
+            ip: Some("10.0.0.21/24".into()),
+            diskless: Some(true),
+            talos_version: pin.map(str::to_string),
+            ..fields()
+        };
+        let err = add_worker(dir.path(), worker(None))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--diskless: diskless machines need Talos 1.14 or newer")
+                && err.contains("v1.13.9, its cluster's version"),
+            "{err}"
+        );
+        assert!(db
+            .get_machine("52:54:00:00:00:21".parse().unwrap())
+            .await
+            .unwrap()
+            .is_none());
+        add_worker(dir.path(), worker(Some("v1.14.0-rc.1")))
+            .await
+            .unwrap();
+        let m = db
+            .get_machine("52:54:00:00:00:21".parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(m.diskless);
+    }
+
+    #[tokio::test]
+    async fn cluster_show_names_the_installer_of_the_boot_assets_schematic() {
+        use crate::images::{Asset, AssetFile, AssetSource, AssetState, Digest};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let init = crate::ops::cluster::ClusterInput {
+            endpoint: Some("https://10.0.0.10:6443".into()),
+            talos_version: Some("v1.13.9".into()),
+            ..Default::default()
+        };
+        crate::ops::cluster::init_cluster(&db, &init, None, 1)
+            .await
+            .unwrap();
+        let schematic = "a".repeat(64);
+        let file = |name: &str| AssetFile {
+            origin: format!("https://factory.talos.dev/image/{schematic}/v1.13.9/{name}"),
+            digest: Some(Digest {
+                size: 1,
+                sha256: "b".repeat(64),
+            }),
+        };
+        db.put_image(&Asset {
+            version: "v1.13.9".into(),
+            arch: crate::talos::Arch::Amd64,
+            source: AssetSource::Factory {
+                schematic: schematic.clone(),
+            },
+            kernel: file("kernel-amd64"),
+            initramfs: file("initramfs-amd64.xz"),
+            kernel_args: vec![],
+            state: AssetState::Ready,
+            updated_at: 1,
+        })
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        let show = ClusterCommand::Show {
+            data: DataDir {
+                data_dir: dir.path().to_path_buf(),
+            },
+            json: false,
+        };
+        cluster(show, &crate::clock::SystemClock, &mut out)
+            .await
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(&format!(
+                "{:<20} factory.talos.dev/metal-installer/{schematic}:v1.13.9 (from Image Factory schematic {schematic} of the boot assets)",
+                "installer amd64"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "{:<20} ghcr.io/siderolabs/installer:v1.13.9 (from Talos's default)",
+                "installer arm64"
+            )),
+            "{text}"
+        );
     }
 
     #[test]

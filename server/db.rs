@@ -213,8 +213,8 @@ impl Db {
         check_unique(&mut tx, machine).await?;
         sqlx::query(
             "INSERT INTO machines (mac, cluster_id, role, hostname, ip, prefix, gateway, dns,
-                install_disk, disk_handoff, efi_binary, installed, wipe, talos_version)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                install_disk, disk_handoff, efi_binary, installed, wipe, talos_version, diskless)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(machine.mac.to_string())
         .bind(cluster_id)
@@ -230,6 +230,7 @@ impl Db {
         .bind(machine.installed)
         .bind(machine.wipe)
         .bind(&machine.talos_version)
+        .bind(machine.diskless)
         .execute(&mut *tx)
         .await?;
         insert_event(
@@ -263,7 +264,7 @@ impl Db {
         let done = sqlx::query(
             "UPDATE machines SET cluster_id = ?, role = ?, hostname = ?, ip = ?, prefix = ?,
                 gateway = ?, dns = ?, install_disk = ?, disk_handoff = ?, efi_binary = ?,
-                installed = ?, wipe = ?, talos_version = ?
+                installed = ?, wipe = ?, talos_version = ?, diskless = ?
              WHERE mac = ?",
         )
         .bind(cluster_id)
@@ -279,6 +280,7 @@ impl Db {
         .bind(machine.installed)
         .bind(machine.wipe)
         .bind(&machine.talos_version)
+        .bind(machine.diskless)
         .bind(machine.mac.to_string())
         .execute(&mut *tx)
         .await?;
@@ -973,20 +975,20 @@ fn restrict_permissions(file: &Path) -> std::io::Result<()> {
 const MACHINE_SELECT: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip, m.prefix,
     m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed, m.first_seen,
     m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state, m.state_since, m.handoff_at,
-    m.talos_version
+    m.talos_version, m.diskless
     FROM machines m JOIN clusters c ON c.id = m.cluster_id";
 
 const MACHINE_SELECT_ORDERED: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
     m.prefix, m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed,
     m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state,
-    m.state_since, m.handoff_at, m.talos_version
+    m.state_since, m.handoff_at, m.talos_version, m.diskless
     FROM machines m JOIN clusters c ON c.id = m.cluster_id
     ORDER BY m.role = 'unassigned', m.hostname, m.mac";
 
 const MACHINE_SELECT_ASSIGNED: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
     m.prefix, m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed,
     m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state,
-    m.state_since, m.handoff_at, m.talos_version
+    m.state_since, m.handoff_at, m.talos_version, m.diskless
     FROM machines m JOIN clusters c ON c.id = m.cluster_id
     WHERE m.role != 'unassigned'
     ORDER BY m.hostname, m.mac";
@@ -1064,6 +1066,7 @@ fn machine_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Machine, DbError> {
             .transpose()
             .map_err(corrupt)?,
         talos_version: row.try_get("talos_version")?,
+        diskless: row.try_get::<bool, _>("diskless")?,
         installed: row.try_get::<bool, _>("installed")?,
         state: {
             let state: String = row.try_get("state")?;

@@ -339,10 +339,7 @@ pub async fn machine_version(db: &Db, m: &Machine, default: &str) -> Result<Stri
 /// The boot asset architecture of a machine from its DHCP client architecture (option 93):
 /// ARM64 UEFI (11, and 19 for HTTP boot) is arm64, everything else (and not seen yet) amd64.
 pub fn arch_of_client(last_arch: Option<u16>) -> Arch {
-    match last_arch {
-        Some(11 | 19) => Arch::Arm64,
-        _ => Arch::Amd64,
-    }
+    Arch::of_dhcp_client(last_arch)
 }
 
 /// What one `verify` pass found.

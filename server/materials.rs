@@ -7,9 +7,14 @@ use std::time::SystemTime;
 use crate::db::{Db, DbError};
 use crate::model::{Cluster, Mac, Machine, PatchRecord, PatchScope, ReportTargets, Role};
 use crate::talos::config::{
-    self, default_install_image, default_kubernetes_version, CertKey, ClusterSpec, ConfigSecrets,
-    NodeSpec, Patches, RenderError,
+    self, default_kubernetes_version, CertKey, ClusterSpec, ConfigSecrets, FactorySchematic,
+    Installers, NodeSpec, Patches, RenderError,
 };
+use crate::talos::Arch;
+
+/// The Image Factory schematics of the recorded boot assets, by Talos version and architecture
+/// (`Db::factory_schematics`).
+pub type FactorySchematics = std::collections::BTreeMap<(String, Arch), FactorySchematic>;
 use crate::talos::patch::Patch;
 use crate::talos::secrets::{SecretsBundle, SecretsError};
 
@@ -64,8 +69,14 @@ pub fn config_secrets(bundle: &SecretsBundle) -> ConfigSecrets {
     }
 }
 
-/// Settings with Talos's defaults filled in, as a render input.
-pub fn cluster_spec(c: &Cluster) -> Result<ClusterSpec, MaterialsError> {
+/// Settings with Talos's defaults filled in, as a render input. The installer image is the one
+/// an amd64 node of the cluster's version gets (`spec_for` picks each machine's own): the
+/// cluster's setting, else the metal installer of the Image Factory schematic in `factory`
+/// that version's boot assets came from, else talosctl's default.
+pub fn cluster_spec(
+    c: &Cluster,
+    factory: &FactorySchematics,
+) -> Result<ClusterSpec, MaterialsError> {
     let talos_version = c
         .talos_version
         .clone()
@@ -80,14 +91,19 @@ pub fn cluster_spec(c: &Cluster) -> Result<ClusterSpec, MaterialsError> {
             .ok_or_else(|| RenderError::UnsupportedVersion(talos_version.clone()))?
             .to_string(),
     };
+    let installers = Installers {
+        cluster: c
+            .install_image
+            .clone()
+            .map(|image| (image, talos_version.clone())),
+        factory: factory.clone(),
+    };
     Ok(ClusterSpec {
         name: c.name.clone(),
         endpoint,
         vip: c.vip,
-        install_image: c
-            .install_image
-            .clone()
-            .unwrap_or_else(|| default_install_image(&talos_version)),
+        install_image: installers.pick(&talos_version, Arch::Amd64).0,
+        installers,
         talos_version,
         kubernetes_version,
         pod_subnets: c.pod_subnets.clone(),
@@ -110,7 +126,7 @@ pub async fn load_cluster(db: &Db, name: Option<&str>) -> Result<LoadedCluster, 
         .ok_or_else(|| MaterialsError::NotInitialised(cluster.name.clone()))?;
     let bundle = SecretsBundle::from_yaml(&yaml)?;
     let secrets = config_secrets(&bundle);
-    let mut spec = cluster_spec(&cluster)?;
+    let mut spec = cluster_spec(&cluster, &db.factory_schematics().await?)?;
     spec.report_to = db.report_targets().await?;
     let patches = db.list_patches(&cluster.name).await?;
     Ok(LoadedCluster {
@@ -177,36 +193,43 @@ pub fn node_spec(m: &Machine, spec: &ClusterSpec) -> Result<NodeSpec, MaterialsE
         },
         install_disk: m.install_disk.clone(),
         wipe: m.wipe,
+        diskless: m.diskless,
     })
 }
 
 /// The cluster's settings as `m` is rendered with: a machine that pins its own Talos version
-/// gets that version's config contract, and the installer of that version when the cluster's
-/// installer image is tagged with the cluster's version (`…/installer:v1.11.6` becomes
-/// `…/installer:v1.10.9`, a factory installer keeps its schematic; talosctl's default becomes
-/// the pinned version's default); another image is kept.
+/// gets that version's config contract, and every machine the installer of its version and
+/// architecture (`Installers::pick`: the cluster's setting, retagged for a pinned version when
+/// tagged with the cluster's; else the factory schematic that version's boot assets of the
+/// machine's architecture came from; else talosctl's default for that version). The
+/// architecture is the one bootplane saw in the machine's DHCP requests, amd64 until then.
 pub fn spec_for<'a>(spec: &'a ClusterSpec, m: &Machine) -> std::borrow::Cow<'a, ClusterSpec> {
-    let Some(pin) = m
-        .talos_version
-        .as_deref()
-        .filter(|v| *v != spec.talos_version)
-    else {
+    let version = m.talos_version.as_deref().unwrap_or(&spec.talos_version);
+    let (image, _) = spec
+        .installers
+        .pick(version, Arch::of_dhcp_client(m.last_arch));
+    if version == spec.talos_version && image == spec.install_image {
         return std::borrow::Cow::Borrowed(spec);
-    };
-    let mut pinned = spec.clone();
-    if spec.install_image == default_install_image(&spec.talos_version) {
-        // talosctl's default for one version becomes its default for the other (from 1.14
-        // none: no installer is published with releases).
-        pinned.install_image = default_install_image(pin);
-    } else if let Some(repo) = spec
-        .install_image
-        .strip_suffix(spec.talos_version.as_str())
-        .and_then(|rest| rest.strip_suffix(':'))
-    {
-        pinned.install_image = format!("{repo}:{pin}");
     }
-    pinned.talos_version = pin.to_string();
-    std::borrow::Cow::Owned(pinned)
+    let mut own = spec.clone();
+    own.talos_version = version.to_string();
+    own.install_image = image;
+    std::borrow::Cow::Owned(own)
+}
+
+/// The installers nodes of the cluster's version install, for people: one line when every
+/// architecture gets the same, else one per architecture (`" amd64"`, `" arm64"`), each with
+/// the image (empty: none named) and where it comes from.
+pub fn installers_shown(spec: &ClusterSpec) -> Vec<(String, String, config::InstallerSource)> {
+    let amd64 = spec.installers.pick(&spec.talos_version, Arch::Amd64);
+    let arm64 = spec.installers.pick(&spec.talos_version, Arch::Arm64);
+    if amd64 == arm64 {
+        return vec![(String::new(), amd64.0, amd64.1)];
+    }
+    vec![
+        (" amd64".into(), amd64.0, amd64.1),
+        (" arm64".into(), arm64.0, arm64.1),
+    ]
 }
 
 /// Renders the config of one machine of a loaded cluster.
@@ -248,6 +271,7 @@ fn sample_node(role: Role, spec: &ClusterSpec) -> NodeSpec {
         dns: spec.nameservers.clone(),
         install_disk: None,
         wipe: false,
+        diskless: false,
     }
 }
 
@@ -301,27 +325,99 @@ pub fn new_bundle(
 mod tests {
     use super::*;
 
-    fn spec(install_image: &str) -> ClusterSpec {
-        ClusterSpec {
+    fn cluster(install_image: Option<&str>) -> Cluster {
+        Cluster {
             name: "lab".into(),
-            endpoint: "https://10.0.0.10:6443".into(),
+            endpoint: Some("https://10.0.0.10:6443".into()),
             vip: None,
-            talos_version: "v1.11.6".into(),
-            kubernetes_version: "1.34.1".into(),
-            install_image: install_image.into(),
+            talos_version: Some("v1.11.6".into()),
+            kubernetes_version: Some("1.34.1".into()),
+            install_image: install_image.map(str::to_string),
             pod_subnets: vec![],
             service_subnets: vec![],
             dns_domain: "cluster.local".into(),
             node_subnets: Default::default(),
-            report_to: Default::default(),
             nameservers: vec![],
+            initialised_at: None,
+            generation: 1,
+            single_controlplane: false,
+            bootstrapped_at: None,
         }
+    }
+
+    fn spec(install_image: &str) -> ClusterSpec {
+        cluster_spec(&cluster(Some(install_image)), &FactorySchematics::new()).unwrap()
+    }
+
+    fn factory(entries: &[(&str, Arch, &str)]) -> FactorySchematics {
+        entries
+            .iter()
+            .map(|(version, arch, schematic)| {
+                (
+                    (version.to_string(), *arch),
+                    FactorySchematic {
+                        host: "factory.talos.dev".into(),
+                        schematic: schematic.to_string(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_a_cluster_setting_the_installer_is_the_boot_assets_factory_schematics() {
+        let assets = factory(&[
+            ("v1.11.6", Arch::Amd64, "aaa"),
+            ("v1.11.6", Arch::Arm64, "bbb"),
+            ("v1.13.9", Arch::Amd64, "ccc"),
+        ]);
+        let spec = cluster_spec(&cluster(None), &assets).unwrap();
+        assert_eq!(
+            spec.install_image, "factory.talos.dev/metal-installer/aaa:v1.11.6",
+            "the cluster's version on amd64"
+        );
+        let mut m = Machine::discovered(Mac([0x52, 0x54, 0, 0, 0, 1]));
+        assert_eq!(*spec_for(&spec, &m), spec);
+        m.last_arch = Some(11);
+        assert_eq!(
+            spec_for(&spec, &m).install_image,
+            "factory.talos.dev/metal-installer/bbb:v1.11.6",
+            "an arm64 machine installs the schematic its arm64 assets came from"
+        );
+        m.last_arch = Some(7);
+        m.talos_version = Some("v1.13.9".into());
+        let pinned = spec_for(&spec, &m);
+        assert_eq!(pinned.talos_version, "v1.13.9");
+        assert_eq!(
+            pinned.install_image, "factory.talos.dev/metal-installer/ccc:v1.13.9",
+            "a pinned version's own schematic"
+        );
+        m.talos_version = Some("v1.10.9".into());
+        assert_eq!(
+            spec_for(&spec, &m).install_image,
+            "ghcr.io/siderolabs/installer:v1.10.9",
+            "no factory assets for that version: talosctl's default"
+        );
+        m.talos_version = Some("v1.14.0-rc.1".into());
+        assert_eq!(spec_for(&spec, &m).install_image, "");
+        let chosen =
+            cluster_spec(&cluster(Some("registry.local/installer:v1.11.6")), &assets).unwrap();
+        m.talos_version = None;
+        assert_eq!(
+            spec_for(&chosen, &m).install_image,
+            "registry.local/installer:v1.11.6",
+            "the cluster's setting wins over the factory"
+        );
     }
 
     #[test]
     fn a_pinned_machine_renders_with_its_version_and_installer() {
         let mut m = Machine::discovered(Mac([0x52, 0x54, 0, 0, 0, 1]));
-        let cluster = spec("ghcr.io/siderolabs/installer:v1.11.6");
+        let cluster = cluster_spec(&cluster(None), &FactorySchematics::new()).unwrap();
+        assert_eq!(
+            cluster.install_image,
+            "ghcr.io/siderolabs/installer:v1.11.6"
+        );
         assert_eq!(*spec_for(&cluster, &m), cluster, "no pin: the cluster's");
         m.talos_version = Some("v1.10.9".into());
         let pinned = spec_for(&cluster, &m);

@@ -340,6 +340,11 @@ pub struct Machine {
     pub efi_binary: Option<EfiBinary>,
     /// Talos version pinned for this machine; `None` follows its cluster's version.
     pub talos_version: Option<String>,
+    /// Runs Talos from the network at every boot, never installed (Talos 1.14 on, workers
+    /// only): every network boot gets Talos again, never the disk hand-off.
+    pub diskless: bool,
+    /// Talos has run with the cluster's certificates (its API answered): installed on disk,
+    /// or for a diskless machine up since it was assigned.
     pub installed: bool,
     pub state: Lifecycle,
     pub state_since: Option<i64>,
@@ -370,6 +375,7 @@ impl Machine {
             disk_handoff: DiskHandoff::Exit,
             efi_binary: None,
             talos_version: None,
+            diskless: false,
             installed: false,
             state: Lifecycle::Discovered,
             state_since: None,

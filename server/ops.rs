@@ -137,7 +137,8 @@ pub struct MachineInput {
     pub gateway: Option<String>,
     /// DNS servers, comma-separated
     pub dns: Option<String>,
-    /// Disk Talos installs to, e.g. /dev/sda
+    /// Disk Talos installs to, e.g. /dev/sda; empty lets Talos pick the first disk of 6 GiB or
+    /// more that is not read-only or a CD drive
     pub install_disk: Option<String>,
     /// exit, http-404 or sanboot
     pub disk_handoff: Option<String>,
@@ -150,6 +151,9 @@ pub struct MachineInput {
     /// Talos version this machine boots and installs, e.g. v1.10.9; empty (or "none") follows
     /// the cluster's version
     pub talos_version: Option<String>,
+    /// Run Talos from the network at every boot, never installed (Talos 1.14 or newer,
+    /// workers only)
+    pub diskless: Option<bool>,
 }
 
 fn cleared(value: &str) -> bool {
@@ -249,6 +253,9 @@ pub fn apply_machine_input(m: &mut Machine, f: &MachineInput) -> Result<(), OpsE
     if let Some(wipe) = f.wipe {
         m.wipe = wipe;
     }
+    if let Some(diskless) = f.diskless {
+        m.diskless = diskless;
+    }
     if let Some(cluster) = &f.cluster {
         if !cleared(cluster) {
             m.cluster = cluster.trim().to_string();
@@ -271,6 +278,13 @@ pub fn apply_machine_input(m: &mut Machine, f: &MachineInput) -> Result<(), OpsE
 
 /// Rules every stored machine keeps (fields already parsed).
 fn check_machine_rules(m: &Machine, errors: &mut Errors) {
+    if m.diskless && m.role == Role::Controlplane && !errors.has("role") {
+        errors.add(
+            "diskless",
+            "a control plane cannot be diskless: it keeps its etcd member's data on its disk, \
+             which a diskless machine loses at every reboot; make it a worker, or let it install",
+        );
+    }
     if m.role != Role::Unassigned {
         if m.hostname.is_none() && !errors.has("hostname") {
             errors.add("hostname", format!("a {} needs a hostname", m.role));
@@ -390,10 +404,36 @@ pub async fn check_against_inventory(
             );
         }
     }
+    if m.diskless {
+        let cluster_version = db.cluster_talos_version(&m.cluster).await?;
+        if let Some(problem) = diskless_version_problem(m, cluster_version.as_deref()) {
+            errors.add("diskless", problem);
+        }
+    }
     if !errors.0.is_empty() {
         return errors.into_result();
     }
     check_renders(db, m).await
+}
+
+/// The first Talos line that runs a machine without installing it (no install document).
+pub const DISKLESS_SINCE: (u32, u32) = (1, 14);
+
+/// Why diskless machine `m` cannot run the Talos version it would boot (its pin, else
+/// `cluster_version`, else bootplane's default), if it cannot.
+pub fn diskless_version_problem(m: &Machine, cluster_version: Option<&str>) -> Option<String> {
+    let (version, whose) = match (&m.talos_version, cluster_version) {
+        (Some(pin), _) => (pin.as_str(), "its pinned version"),
+        (None, Some(v)) => (v, "its cluster's version"),
+        (None, None) => (crate::config::DEFAULT_TALOS_VERSION, "bootplane's default"),
+    };
+    let supported =
+        crate::talos::minor_version(version).is_some_and(|minor| minor >= DISKLESS_SINCE);
+    (!supported).then(|| {
+        format!(
+            "diskless machines need Talos 1.14 or newer (older Talos installs to disk before it runs); this machine would run Talos {version}, {whose}"
+        )
+    })
 }
 
 /// Refuses a machine whose config would not render, once its cluster is initialised.
@@ -489,17 +529,32 @@ pub async fn save_machine(
             }
         }
     }
+    let installs_now = !create && installs_now(&old, &m);
+    if installs_now {
+        reinstall = true;
+    }
     if create {
         db.add_machine(&m, now).await?;
     } else {
         db.update_machine(&m, now).await?;
     }
     if reinstall {
-        db.mark_reinstall(mac, "operator changed the role of a control plane", now)
-            .await?;
+        let cause = if installs_now {
+            "operator made a diskless machine install to disk"
+        } else {
+            "operator changed the role of a control plane"
+        };
+        db.mark_reinstall(mac, cause, now).await?;
     }
     let machine = db.get_machine(mac).await?.ok_or(OpsError::NotFound(mac))?;
     Ok(Saved { machine, reinstall })
+}
+
+/// Whether a change from `old` to `new` makes a diskless machine that Talos ran on install to
+/// disk: nothing is on its disk, so it is marked for install at its next network boot (a
+/// worker: no etcd member is involved).
+pub fn installs_now(old: &Machine, new: &Machine) -> bool {
+    old.diskless && !new.diskless && new.is_assigned() && old.installed
 }
 
 /// Marks an assigned machine for reinstall at its next network boot.
@@ -887,6 +942,33 @@ mod tests {
         assert!(saved.reinstall);
         assert_eq!(saved.machine.role, Role::Worker);
         assert!(!saved.machine.installed, "marked for reinstall");
+    }
+
+    #[tokio::test]
+    async fn a_diskless_machine_that_ran_is_installed_at_its_next_boot_once_it_may_install() {
+        let (_dir, db) = fresh().await;
+        let diskless = MachineInput {
+            diskless: Some(true),
+            talos_version: Some("v1.14.0-rc.1".into()),
+            ..node("worker", 4)
+        };
+        let saved = save_machine(&db, None, mac_n(4), &diskless, true, false, 1)
+            .await
+            .unwrap();
+        assert!(saved.machine.diskless);
+        db.set_state(mac_n(4), Lifecycle::Ready, "reported in", 2)
+            .await
+            .unwrap();
+        let installs = MachineInput {
+            diskless: Some(false),
+            ..Default::default()
+        };
+        let saved = save_machine(&db, None, mac_n(4), &installs, false, false, 3)
+            .await
+            .unwrap();
+        assert!(saved.reinstall, "nothing is on its disk");
+        assert!(!saved.machine.installed && !saved.machine.diskless);
+        assert_eq!(saved.machine.state, Lifecycle::Booting);
     }
 
     #[test]

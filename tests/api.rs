@@ -1065,6 +1065,84 @@ async fn machines_are_managed_with_field_errors() {
 }
 
 #[tokio::test]
+async fn diskless_needs_talos_1_14_for_the_machine_and_keeps_its_cluster_there() {
+    let api = Api::start().await;
+    api.with_cluster().await;
+    let diskless = "52:54:00:aa:00:07";
+    let worker = json!({"mac": diskless, "role": "worker", "hostname": "w-7", "ip": "127.0.0.37/8", "diskless": true});
+    let (status, body) = api
+        .call(Method::POST, "/machines", Some(worker.clone()))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["fields"][0]["field"], "diskless", "{body}");
+    let message = body["fields"][0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("diskless machines need Talos 1.14 or newer")
+            && message.contains("v1.13.9, its cluster's version"),
+        "{message}"
+    );
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/machines",
+            Some(json!({"mac": diskless, "role": "controlplane", "hostname": "cp-7", "ip": "127.0.0.37/8", "diskless": true, "talos_version": "v1.14.0-rc.1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["fields"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a control plane cannot be diskless"),
+        "{body}"
+    );
+    let mut pinned = worker.clone();
+    pinned["talos_version"] = json!("v1.14.0-rc.1");
+    let (status, body) = api.call(Method::POST, "/machines", Some(pinned)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["diskless"], true, "{body}");
+    let (status, body) = api
+        .call(
+            Method::PATCH,
+            &format!("/machines/{diskless}"),
+            Some(json!({"talos_version": "v1.13.9"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["fields"][0]["field"], "diskless", "{body}");
+    // Following a 1.14 cluster, the cluster may not go back below 1.14.
+    let (status, body) = api
+        .call(
+            Method::PATCH,
+            "/cluster",
+            Some(json!({"talos_version": "v1.14.0-rc.1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .call(
+            Method::PATCH,
+            &format!("/machines/{diskless}"),
+            Some(json!({"talos_version": "none"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .call(
+            Method::PATCH,
+            "/cluster",
+            Some(json!({"talos_version": "v1.13.9"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["fields"][0]["field"], "talos_version", "{body}");
+    assert!(body.to_string().contains("w-7"), "{body}");
+    let (_, c) = api.call(Method::GET, "/cluster", None).await;
+    assert_eq!(c["talos_version"], "v1.14.0-rc.1", "{c}");
+    api.app.stop().await;
+}
+
+#[tokio::test]
 async fn a_role_change_on_a_bootstrapped_control_plane_needs_confirmation() {
     let api = Api::start().await;
     api.with_cluster().await;

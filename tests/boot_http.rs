@@ -110,6 +110,75 @@ async fn installed_machines_get_their_disk_handoff() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diskless_machine_gets_talos_at_every_network_boot_and_is_never_taken_for_wiped() {
+    // An installed machine here would be handed to its disk and watched for a wipe; a
+    // diskless one has no disk to hand off to.
+    let app = Appliance::start().await;
+    app.add_assets(10, 10);
+    let mut m = Machine::discovered(mac());
+    m.role = Role::Worker;
+    m.hostname = Some("w-1".into());
+    m.ip = Some("10.77.0.21/24".parse().unwrap());
+    m.diskless = true;
+    m.installed = true;
+    app.db.add_machine(&m, 1).await.unwrap();
+    let path = "/machine.ipxe?mac=52:54:00:12:34:56";
+    for boot in 1..=2 {
+        let (code, body) = get_text(&app, path).await;
+        assert_eq!(code, 200);
+        assert!(body.contains("\nkernel "), "boot {boot}: {body}");
+        assert!(!body.contains("\nexit\n"), "boot {boot}: {body}");
+        app.wait_events(mac(), |e| {
+            e.kind == EventKind::ScriptServed && e.detail.contains("diskless")
+        })
+        .await;
+    }
+    let after = app.db.get_machine(mac()).await.unwrap().unwrap();
+    assert!(after.installed, "a diskless boot is no reinstall");
+    assert_eq!(after.handoff_at, None, "never handed off to a disk");
+    let events = app.db.events(mac(), 100).await.unwrap();
+    assert!(
+        events.iter().all(|e| e.kind != EventKind::Reinstall),
+        "{events:#?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diskless_1_14_node_is_served_a_config_without_an_install_at_every_boot() {
+    let app = Appliance::start().await;
+    let version = "v1.14.0-rc.1";
+    let bundle =
+        bootplane::talos::secrets::SecretsBundle::generate(version, std::time::SystemTime::now())
+            .unwrap();
+    let mut c = app.db.get_cluster(None).await.unwrap().unwrap();
+    c.endpoint = Some("https://10.77.0.10:6443".into());
+    c.talos_version = Some(version.into());
+    app.db
+        .init_cluster("default", &c, &bundle.to_yaml(), 1)
+        .await
+        .unwrap();
+    let mut m = Machine::discovered(mac());
+    m.role = Role::Worker;
+    m.hostname = Some("w-1".into());
+    m.ip = Some("10.77.0.21/24".parse().unwrap());
+    m.diskless = true;
+    m.installed = true;
+    app.db.add_machine(&m, 1).await.unwrap();
+    let (code, body) = get_text(&app, "/config?mac=52-54-00-12-34-56").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("kind: KubeletConfig"), "{body}");
+    assert!(!body.contains("UnattendedInstallConfig"), "{body}");
+    let after = app.db.get_machine(mac()).await.unwrap().unwrap();
+    assert_eq!(
+        after.state,
+        bootplane::model::Lifecycle::ConfigServed,
+        "waited for again: probed until its Talos API answers"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_assets_are_said_on_the_console_and_retried() {
     let app = Appliance::start().await;
     app.db.add_machine(&controlplane(), 1).await.unwrap();

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 use bootplane::materials::config_secrets;
 use bootplane::model::{Mac, NodeSubnets, ReportTargets, Role};
 use bootplane::talos::config::{
-    base_config, render, render_documents, to_yaml, ClusterSpec, ConfigSecrets, NodeSpec, Patches,
-    RenderError,
+    base_config, render, render_documents, to_yaml, ClusterSpec, ConfigSecrets, Installers,
+    NodeSpec, Patches, RenderError, DEFAULT_INSTALL_DISK_MATCH,
 };
 use bootplane::talos::patch::{self, Patch};
 use bootplane::talos::secrets::SecretsBundle;
@@ -74,6 +74,7 @@ fn cluster(version: &str) -> ClusterSpec {
         talos_version: version.into(),
         kubernetes_version: "1.34.1".into(),
         install_image: format!("ghcr.io/siderolabs/installer:{version}"),
+        installers: Installers::default(),
         pod_subnets: vec!["10.244.0.0/16".into()],
         service_subnets: vec!["10.96.0.0/12".into()],
         dns_domain: "cluster.local".into(),
@@ -103,6 +104,7 @@ fn node(role: Role, n: u8) -> NodeSpec {
         dns: vec![Ipv4Addr::new(192, 168, 50, 1), Ipv4Addr::new(9, 9, 9, 9)],
         install_disk: Some("/dev/nvme0n1".into()),
         wipe: n.is_multiple_of(2),
+        diskless: false,
     }
 }
 
@@ -603,6 +605,7 @@ fn fixture_cluster(version: &str, dns_domain: &str) -> ClusterSpec {
         talos_version: version.into(),
         kubernetes_version: "1.28.0".into(),
         install_image: String::new(),
+        installers: Installers::default(),
         pod_subnets: vec!["10.244.0.0/16".into()],
         service_subnets: vec!["10.96.0.0/12".into()],
         dns_domain: dns_domain.into(),
@@ -629,15 +632,10 @@ fn base_configs_equal_talosctl_gen_config_field_for_field_in_key_order() {
     ] {
         let c = fixture_cluster(version, "cluster.local");
         for role in [Role::Controlplane, Role::Worker] {
-            let mut docs = base_config(&c, &fixture_secrets(), role).unwrap();
-            // talosctl's CLI fills in /dev/sda; the stability test gives no disk. From 1.14
-            // the install is a document bootplane adds per node.
-            if let Some(install) = docs[0]
-                .pointer_mut("/machine/install")
-                .and_then(Value::as_object_mut)
-            {
-                assert_eq!(install.shift_remove("disk"), Some("/dev/sda".into()));
-            }
+            // The install disk is per node (bootplane adds the operator's disk or its default
+            // selector with the node's settings), so the base has none, as the stability
+            // test's inputs give none. From 1.14 the whole install is a per-node document.
+            let docs = base_config(&c, &fixture_secrets(), role).unwrap();
             let expected = fixture(line, &format!("base-{}", role_name(role)));
             assert_eq!(
                 to_yaml(&docs).unwrap(),
@@ -906,8 +904,10 @@ fn talos_1_14_node_settings_are_documents() {
             doc_of(&docs, "UnattendedInstallConfig"),
             "/provisioning/diskSelector/match"
         ),
-        "disk.dev_path == \"/dev/sda\""
+        "disk.size >= 6u * GiB && !disk.readonly && !disk.cdrom && disk.transport != \"\"",
+        "no install disk given: the first disk of 6 GiB or more on any known transport"
     );
+    assert_schema_valid_except_unattended(&docs, version);
 }
 
 /// Talos's schema, except that v1.14.0-rc.1's names the install document's kind
@@ -1117,4 +1117,205 @@ fn patches_that_break_talos_rules_for_report_documents_are_refused() {
         at(doc_of(&docs, "EventSinkConfig"), "/endpoint"),
         "192.168.50.9:9000"
     );
+}
+
+#[test]
+fn without_an_install_disk_the_default_is_a_selector_on_every_line_never_dev_sda() {
+    for version in ["v1.8.4", "v1.10.9", "v1.11.6", "v1.12.11", "v1.13.9"] {
+        let c = cluster(version);
+        for (role, n) in [(Role::Controlplane, 1), (Role::Worker, 4)] {
+            let mut node = node(role, n);
+            node.install_disk = None;
+            let docs = render_documents(&c, &secrets(), &node, &Patches::default()).unwrap();
+            let install = at(&docs[0], "/machine/install");
+            assert!(install.get("disk").is_none(), "{version}: {install:#}");
+            assert_eq!(
+                install["diskSelector"],
+                serde_json::json!({ "size": ">= 6GiB" }),
+                "{version} {role}"
+            );
+            assert_eq!(
+                install
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .next()
+                    .map(String::as_str),
+                Some("diskSelector"),
+                "where Talos writes the disk"
+            );
+            assert_schema_valid(&docs, version);
+        }
+    }
+    let c = cluster("v1.14.0-rc.1");
+    let mut node = node(Role::Worker, 4);
+    node.install_disk = None;
+    let docs = render_documents(&c, &secrets(), &node, &Patches::default()).unwrap();
+    assert_eq!(
+        at(
+            doc_of(&docs, "UnattendedInstallConfig"),
+            "/provisioning/diskSelector/match"
+        ),
+        DEFAULT_INSTALL_DISK_MATCH
+    );
+    assert_schema_valid_except_unattended(&docs, "v1.14.0-rc.1");
+}
+
+#[test]
+fn an_install_disk_given_by_flag_or_patch_wins_over_the_default_selector() {
+    let c = cluster("v1.13.9");
+    let mut n = node(Role::Worker, 4);
+    n.install_disk = None;
+    let p = patches(
+        &[],
+        &[],
+        &[],
+        &["machine:\n  install:\n    disk: /dev/sdb\n"],
+    );
+    let docs = render_documents(&c, &secrets(), &n, &p).unwrap();
+    let install = at(&docs[0], "/machine/install");
+    assert_eq!(install["disk"], "/dev/sdb");
+    assert!(
+        install.get("diskSelector").is_none(),
+        "Talos follows a selector over a disk: {install:#}"
+    );
+    let own = "machine:\n  install:\n    diskSelector:\n      type: nvme\n";
+    let docs = render_documents(&c, &secrets(), &n, &patches(&[own], &[], &[], &[])).unwrap();
+    assert_eq!(
+        at(&docs[0], "/machine/install/diskSelector"),
+        &serde_json::json!({ "size": ">= 6GiB", "type": "nvme" }),
+        "a patched selector is the operator's"
+    );
+    n.install_disk = Some("/dev/vda".into());
+    let docs = render_documents(
+        &cluster("v1.14.0-rc.1"),
+        &secrets(),
+        &n,
+        &Patches::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        at(
+            doc_of(&docs, "UnattendedInstallConfig"),
+            "/provisioning/diskSelector/match"
+        ),
+        "disk.dev_path == \"/dev/vda\""
+    );
+}
+
+#[test]
+fn a_factory_schematic_versions_config_names_that_schematics_metal_installer() {
+    use bootplane::materials::{cluster_spec, spec_for, FactorySchematics};
+    use bootplane::model::{Cluster, Machine};
+    use bootplane::talos::config::FactorySchematic;
+    use bootplane::talos::Arch;
+    let schematic = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba";
+    let mut factory = FactorySchematics::new();
+    for version in ["v1.13.9", "v1.14.0-rc.1"] {
+        factory.insert(
+            (version.to_string(), Arch::Amd64),
+            FactorySchematic {
+                host: "factory.talos.dev".into(),
+                schematic: schematic.into(),
+            },
+        );
+    }
+    let c = Cluster {
+        name: "homelab".into(),
+        endpoint: Some("https://192.168.50.10:6443".into()),
+        vip: None,
+        talos_version: Some("v1.13.9".into()),
+        kubernetes_version: None,
+        install_image: None,
+        pod_subnets: vec!["10.244.0.0/16".into()],
+        service_subnets: vec!["10.96.0.0/12".into()],
+        dns_domain: "cluster.local".into(),
+        node_subnets: NodeSubnets::Auto,
+        nameservers: vec![],
+        initialised_at: None,
+        generation: 1,
+        single_controlplane: false,
+        bootstrapped_at: None,
+    };
+    let spec = cluster_spec(&c, &factory).unwrap();
+    let mut m = Machine::discovered(Mac([0x52, 0x54, 0, 0x77, 0, 4]));
+    m.role = Role::Worker;
+    let n = node(Role::Worker, 4);
+    let docs = render_documents(&spec_for(&spec, &m), &secrets(), &n, &Patches::default()).unwrap();
+    assert_eq!(
+        at(&docs[0], "/machine/install/image"),
+        format!("factory.talos.dev/metal-installer/{schematic}:v1.13.9").as_str()
+    );
+    assert_schema_valid(&docs, "v1.13.9");
+    m.talos_version = Some("v1.14.0-rc.1".into());
+    let docs = render_documents(&spec_for(&spec, &m), &secrets(), &n, &Patches::default()).unwrap();
+    assert_eq!(
+        at(doc_of(&docs, "UnattendedInstallConfig"), "/installer/image"),
+        format!("factory.talos.dev/metal-installer/{schematic}:v1.14.0-rc.1").as_str(),
+        "a pinned version installs its own version's schematic"
+    );
+    let chosen = cluster_spec(
+        &Cluster {
+            install_image: Some("registry.lan/installer:v1.13.9".into()),
+            ..c
+        },
+        &factory,
+    )
+    .unwrap();
+    m.talos_version = None;
+    let docs =
+        render_documents(&spec_for(&chosen, &m), &secrets(), &n, &Patches::default()).unwrap();
+    assert_eq!(
+        at(&docs[0], "/machine/install/image"),
+        "registry.lan/installer:v1.13.9",
+        "the operator's installer wins"
+    );
+}
+
+#[test]
+fn a_diskless_1_14_node_has_no_install_document_and_validates() {
+    let version = "v1.14.0-rc.1";
+    let mut n = node(Role::Worker, 4);
+    n.diskless = true;
+    let docs = render_documents(&cluster(version), &secrets(), &n, &Patches::default()).unwrap();
+    assert!(
+        docs.iter().all(|d| d["kind"] != "UnattendedInstallConfig"),
+        "{docs:#?}"
+    );
+    assert!(docs[0].pointer("/machine/install").is_none());
+    assert_eq!(
+        at(doc_of(&docs, "HostnameConfig"), "/hostname"),
+        n.hostname.as_str()
+    );
+    assert_schema_valid_except_unattended(&docs, version);
+    let adds_install = "apiVersion: v1alpha1\nkind: UnattendedInstallConfig\nprovisioning:\n  diskSelector:\n    match: disk.dev_path == \"/dev/sda\"\n";
+    let err = render_documents(
+        &cluster(version),
+        &secrets(),
+        &n,
+        &patches(&[adds_install], &[], &[], &[]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("diskless"), "{err}");
+}
+
+#[test]
+fn diskless_is_refused_before_1_14_and_for_control_planes() {
+    let mut n = node(Role::Worker, 4);
+    n.diskless = true;
+    for version in ["v1.11.6", "v1.13.9"] {
+        let err =
+            render_documents(&cluster(version), &secrets(), &n, &Patches::default()).unwrap_err();
+        assert!(err.to_string().contains("needs Talos 1.14"), "{err}");
+    }
+    let mut cp = node(Role::Controlplane, 1);
+    cp.diskless = true;
+    let err = render_documents(
+        &cluster("v1.14.0-rc.1"),
+        &secrets(),
+        &cp,
+        &Patches::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("etcd"), "{err}");
 }

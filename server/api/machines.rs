@@ -96,7 +96,8 @@ pub struct MachineCreate {
     pub gateway: Option<String>,
     /// DNS servers, comma-separated
     pub dns: Option<String>,
-    /// Disk Talos installs to, e.g. /dev/sda
+    /// Disk Talos installs to, e.g. /dev/sda; empty lets Talos pick the first disk of 6 GiB or
+    /// more that is not read-only or a CD drive
     pub install_disk: Option<String>,
     /// exit, http-404 or sanboot
     pub disk_handoff: Option<String>,
@@ -108,6 +109,9 @@ pub struct MachineCreate {
     pub cluster: Option<String>,
     /// Talos version this machine boots and installs, e.g. v1.10.9 (its cluster's otherwise)
     pub talos_version: Option<String>,
+    /// Run Talos from the network at every boot, never installed (Talos 1.14 or newer,
+    /// workers only)
+    pub diskless: Option<bool>,
 }
 
 impl MachineCreate {
@@ -124,6 +128,7 @@ impl MachineCreate {
             wipe: self.wipe,
             cluster: self.cluster,
             talos_version: self.talos_version,
+            diskless: self.diskless,
         }
     }
 }

@@ -1,10 +1,13 @@
 //! Boot assets per Talos version and architecture: their origin, size, SHA-256 and state.
 
+use std::collections::BTreeMap;
+
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{Db, DbError};
 use crate::images::{Asset, AssetFile, AssetSource, AssetState, Digest};
+use crate::talos::config::FactorySchematic;
 use crate::talos::Arch;
 
 const COLUMNS: &str = "version, arch, source, schematic, kernel_origin, initramfs_origin,
@@ -68,6 +71,27 @@ impl Db {
         Ok(())
     }
 
+    /// The Image Factory schematic each version's boot assets of each architecture came from,
+    /// with the factory's registry host (from the kernel's download URL), whatever the
+    /// assets' state.
+    pub async fn factory_schematics(
+        &self,
+    ) -> Result<BTreeMap<(String, Arch), FactorySchematic>, DbError> {
+        let mut out = BTreeMap::new();
+        for asset in self.list_images().await? {
+            let AssetSource::Factory { schematic } = asset.source else {
+                continue;
+            };
+            if let Some(host) = url_host(&asset.kernel.origin) {
+                out.insert(
+                    (asset.version, asset.arch),
+                    FactorySchematic { host, schematic },
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// Changes only the state of a recorded asset; false if none is recorded.
     pub async fn set_image_state(
         &self,
@@ -99,6 +123,16 @@ impl Db {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+/// The `host[:port]` of an `http(s)://` URL: the Image Factory's registry is served there.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit('@').next()?;
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 fn state_columns(state: &AssetState) -> (&'static str, &str) {
@@ -220,6 +254,39 @@ mod tests {
         assert_eq!(got[0].state, broken);
         assert!(db.remove_image("v1.11.6", Arch::Amd64).await.unwrap());
         assert!(!db.remove_image("v1.11.6", Arch::Amd64).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn factory_schematics_name_the_factorys_registry_host_per_version_and_arch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let mut a = asset(AssetState::Ready);
+        a.kernel.origin = "https://factory.talos.dev/image/bbb/v1.11.6/kernel-amd64".into();
+        db.put_image(&a).await.unwrap();
+        let mut mirror = asset(AssetState::Downloading);
+        mirror.arch = Arch::Arm64;
+        mirror.source = AssetSource::Factory {
+            schematic: "c".repeat(64),
+        };
+        mirror.kernel.origin = "http://10.0.0.5:8080/image/ccc/v1.11.6/kernel-arm64".into();
+        db.put_image(&mirror).await.unwrap();
+        let mut release = asset(AssetState::Ready);
+        release.version = "v1.10.9".into();
+        release.source = AssetSource::Release;
+        db.put_image(&release).await.unwrap();
+        let got = db.factory_schematics().await.unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            got[&("v1.11.6".to_string(), Arch::Amd64)],
+            FactorySchematic {
+                host: "factory.talos.dev".into(),
+                schematic: "b".repeat(64)
+            }
+        );
+        assert_eq!(
+            got[&("v1.11.6".to_string(), Arch::Arm64)].host,
+            "10.0.0.5:8080"
+        );
     }
 
     #[tokio::test]

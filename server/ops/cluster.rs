@@ -324,8 +324,8 @@ pub async fn init_cluster(
         c.nameservers = crate::net::host_nameservers();
     }
     apply_cluster_input(&mut c, input)?;
-    let mut spec =
-        materials::cluster_spec(&c).map_err(|e| OpsError::field("cluster", e.to_string()))?;
+    let mut spec = materials::cluster_spec(&c, &db.factory_schematics().await?)
+        .map_err(|e| OpsError::field("cluster", e.to_string()))?;
     spec.report_to = db.report_targets().await?;
     let bundle = materials::new_bundle(&spec.talos_version, import_secrets, system_time(now))
         .map_err(|e| OpsError::field("secrets", e.to_string()))?;
@@ -333,11 +333,36 @@ pub async fn init_cluster(
     for m in machines.iter_mut().filter(|m| m.cluster == current.name) {
         m.cluster = c.name.clone();
     }
+    check_diskless(&c, &machines)?;
     materials::check_cluster(&spec, &materials::config_secrets(&bundle), &[], &machines)
         .map_err(|e| OpsError::field("config", e.to_string()))?;
     db.init_cluster(&current.name, &c, &bundle.to_yaml(), now)
         .await?;
     first_cluster(db).await
+}
+
+/// Refuses a cluster Talos version older than 1.14 while a diskless machine of the cluster
+/// follows it.
+fn check_diskless(c: &Cluster, machines: &[Machine]) -> Result<(), OpsError> {
+    let stuck: Vec<String> = machines
+        .iter()
+        .filter(|m| m.cluster == c.name && m.diskless)
+        .filter(|m| crate::ops::diskless_version_problem(m, c.talos_version.as_deref()).is_some())
+        .map(|m| m.hostname.clone().unwrap_or_else(|| m.mac.to_string()))
+        .collect();
+    if stuck.is_empty() {
+        return Ok(());
+    }
+    Err(OpsError::field(
+        "talos_version",
+        format!(
+            "diskless machines need Talos 1.14 or newer, and {} {} diskless: pin {} to a 1.14 version or let {} install first",
+            stuck.join(", "),
+            if stuck.len() == 1 { "is" } else { "are" },
+            if stuck.len() == 1 { "it" } else { "them" },
+            if stuck.len() == 1 { "it" } else { "them" },
+        ),
+    ))
 }
 
 /// Changes the cluster's settings; refused if any machine's config would no longer render.
@@ -346,8 +371,8 @@ pub async fn update_cluster(db: &Db, input: &ClusterInput, _now: i64) -> Result<
     let current = loaded.cluster.name.clone();
     let mut c = loaded.cluster.clone();
     apply_cluster_input(&mut c, input)?;
-    let mut spec =
-        materials::cluster_spec(&c).map_err(|e| OpsError::field("cluster", e.to_string()))?;
+    let mut spec = materials::cluster_spec(&c, &loaded.spec.installers.factory)
+        .map_err(|e| OpsError::field("cluster", e.to_string()))?;
     spec.report_to = loaded.spec.report_to.clone();
     let mut machines = db.list_machines().await?;
     for m in machines.iter_mut().filter(|m| m.cluster == current) {
@@ -362,6 +387,7 @@ pub async fn update_cluster(db: &Db, input: &ClusterInput, _now: i64) -> Result<
             }
         }
     }
+    check_diskless(&c, &machines)?;
     materials::check_cluster(&spec, &loaded.secrets, &loaded.patches, &machines)
         .map_err(|e| OpsError::field("config", e.to_string()))?;
     db.update_cluster(&current, &c).await?;

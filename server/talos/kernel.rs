@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use crate::model::ReportTargets;
 
 /// CPU architecture of boot assets, as Talos names them in release file names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Arch {
     Amd64,
     Arm64,
@@ -17,6 +17,15 @@ impl Arch {
     pub fn from_ipxe_buildarch(buildarch: &str) -> Arch {
         match buildarch {
             "arm64" | "aarch64" => Arch::Arm64,
+            _ => Arch::Amd64,
+        }
+    }
+
+    /// The architecture of a machine from its DHCP client architecture (option 93): ARM64 UEFI
+    /// (11, and 19 for HTTP boot) is arm64, everything else (and not seen yet) amd64.
+    pub fn of_dhcp_client(client_arch: Option<u16>) -> Arch {
+        match client_arch {
+            Some(11 | 19) => Arch::Arm64,
             _ => Arch::Amd64,
         }
     }

@@ -168,6 +168,33 @@ struct ClusterPage {
     errors: FieldErrors,
     /// The cluster version's boot assets per arch in use: (words, in service).
     assets: Vec<(String, bool)>,
+    /// The installer nodes of the cluster's version install, and where it comes from.
+    installers: Vec<String>,
+}
+
+/// The installer lines of the cluster page (none before the cluster has a version and an
+/// endpoint).
+async fn installers_shown(state: &AppState, cluster: &crate::model::Cluster) -> Vec<String> {
+    let Ok(factory) = state.db.factory_schematics().await else {
+        return vec!["cannot read the boot asset records".into()];
+    };
+    let Ok(spec) = crate::materials::cluster_spec(cluster, &factory) else {
+        return Vec::new();
+    };
+    crate::materials::installers_shown(&spec)
+        .into_iter()
+        .map(|(arches, image, source)| {
+            let image = if image.is_empty() {
+                "none named (the node installs its own version and schematic)".to_string()
+            } else {
+                image
+            };
+            match arches.trim() {
+                "" => format!("{image}, from {source}"),
+                arch => format!("{arch}: {image}, from {source}"),
+            }
+        })
+        .collect()
 }
 
 /// Whether the boot assets of the cluster's version exist for the arches its machines use
@@ -287,8 +314,10 @@ async fn page(state: &AppState, op: &Operator, extras: Extras) -> Response {
         extras.patch.scope.clone()
     };
     let assets = asset_status(state, &cluster, &machines).await;
+    let installers = installers_shown(state, &cluster).await;
     let page = ClusterPage {
         assets,
+        installers,
         nav: "cluster",
         user: chrome.user,
         csrf: chrome.csrf,

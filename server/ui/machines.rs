@@ -104,10 +104,11 @@ async fn boot_version(
     })
 }
 
-/// Why a machine that would boot Talos next cannot: its selected version's assets for its
-/// arch are missing or out of service. Derived from the assets, not from its last event.
+/// Why a machine that would boot Talos next cannot (one not installed yet, or a diskless one,
+/// which boots Talos every time): its selected version's assets for its arch are missing or
+/// out of service. Derived from the assets, not from its last event.
 async fn boot_problem(state: &AppState, m: &Machine) -> Option<String> {
-    if !m.is_assigned() || m.installed {
+    if !m.is_assigned() || (m.installed && !m.diskless) {
         return None;
     }
     let (version, _) = boot_version(state, m).await.ok()?;
@@ -185,7 +186,7 @@ async fn rows(state: &AppState, filters: &Filters) -> Result<(Vec<Row>, String),
     let mut rows = Vec::with_capacity(list.len());
     for m in list {
         let mut r = row(m, latest.get(&m.mac), now);
-        if m.is_assigned() && !m.installed {
+        if m.is_assigned() && (!m.installed || m.diskless) {
             let key = (m.cluster.clone(), m.talos_version.clone());
             let version = match versions.get(&key) {
                 Some(v) => v.clone(),
@@ -236,6 +237,8 @@ pub struct MachineForm {
     #[serde(default)]
     pub wipe: Option<String>,
     #[serde(default)]
+    pub diskless: Option<String>,
+    #[serde(default)]
     pub talos_version: String,
     #[serde(default)]
     pub confirm: Option<String>,
@@ -258,6 +261,7 @@ impl MachineForm {
             install_disk: m.install_disk.clone().unwrap_or_default(),
             disk_handoff: m.disk_handoff.to_string(),
             wipe: m.wipe.then(|| "true".into()),
+            diskless: m.diskless.then(|| "true".into()),
             talos_version: m.talos_version.clone().unwrap_or_default(),
             confirm: None,
         }
@@ -280,6 +284,7 @@ impl MachineForm {
             wipe: Some(self.wipe.is_some()),
             cluster: None,
             talos_version: Some(self.talos_version.clone()),
+            diskless: Some(self.diskless.is_some()),
         }
     }
 }
@@ -505,6 +510,7 @@ struct MachinePage {
     title: String,
     m: Row,
     installed: bool,
+    diskless: bool,
     assigned: bool,
     first_seen: String,
     last_seen: String,
@@ -616,6 +622,7 @@ async fn machine_page(
         title: m.hostname.clone().unwrap_or_else(|| m.mac.to_string()),
         m: row(&m, events.last(), now),
         installed: m.installed,
+        diskless: m.diskless,
         assigned: m.is_assigned(),
         first_seen: when(m.first_seen),
         last_seen: match m.last_seen {
