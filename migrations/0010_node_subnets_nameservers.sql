@@ -5,11 +5,16 @@
 ALTER TABLE clusters ADD COLUMN node_subnets TEXT;
 ALTER TABLE clusters ADD COLUMN nameservers TEXT NOT NULL DEFAULT '';
 
--- Where nodes push their events and kernel log (what `serve` advertises), kept so every
--- render of a config (the served one, previews, the CLI) carries the same documents.
-CREATE TABLE report_targets (
+-- What the last `serve` put on the LAN, kept so every surface (the served config, previews,
+-- the CLI) applies the same documents and rules: where nodes push their events and kernel
+-- log, and the LAN a machine address must fit (subnet, full DHCP's pool as "start-end",
+-- the appliance's own addresses, comma-separated).
+CREATE TABLE appliance_facts (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     events_endpoint TEXT,
     kernel_log_url TEXT,
+    lan_subnet TEXT NOT NULL,
+    lan_pool TEXT,
+    own_addresses TEXT NOT NULL,
     updated_at INTEGER NOT NULL
 );

@@ -436,10 +436,15 @@ pub async fn run(
         clock.now_ms(),
     )
     .await?;
-    // Every render of a config (served, previewed, from the CLI) names these targets.
-    db.set_report_targets(&config.boot.report_targets(), clock.now_ms())
-        .await
-        .context("cannot record the report-in targets")?;
+    // Every render of a config (served, previewed, from the CLI) names these targets, and the
+    // CLI checks machine addresses against this LAN.
+    db.set_appliance_facts(
+        &config.boot.report_targets(),
+        &crate::ops::Lan::facts(&config),
+        clock.now_ms(),
+    )
+    .await
+    .context("cannot record the appliance's report-in targets and LAN")?;
     let metrics = Metrics::default();
     let inventory = Inventory::default();
     inventory.reload(&db).await?;

@@ -616,10 +616,15 @@ pub fn write_private(path: &std::path::Path, contents: &str) -> Result<(), CliEr
 }
 
 /// Inventory-wide rules (unique names and addresses, three control planes, VIP, the config
-/// renders). The LAN subnet and pool rules need the serve configuration: the UI and API apply them.
+/// renders), and the LAN's (subnet, pool, the appliance's own addresses) as the last `serve`
+/// recorded them: before the first `serve` there is no LAN to check against yet.
 async fn check_machine_config(db: &Db, m: &Machine) -> Result<(), CliError> {
     let others = db.list_machines().await?;
-    crate::ops::check_against_inventory(db, None, m, &others)
+    let lan = db
+        .lan_facts()
+        .await?
+        .map(|facts| crate::ops::Lan::from_facts(&facts));
+    crate::ops::check_against_inventory(db, lan.as_ref(), m, &others)
         .await
         .map_err(flag_error)
 }

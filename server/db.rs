@@ -9,8 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, Row, SqlitePool};
 
 use crate::model::{
-    BootstrapRecord, Cluster, DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, Lifecycle, Mac,
-    Machine, NodeSubnets, PatchRecord, PatchScope, ReportTargets,
+    BootstrapRecord, Cluster, DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, LanFacts,
+    Lifecycle, Mac, Machine, NodeSubnets, PatchRecord, PatchScope, ReportTargets,
 };
 
 mod auth;
@@ -550,7 +550,7 @@ impl Db {
     /// before the first `serve`).
     pub async fn report_targets(&self) -> Result<ReportTargets, DbError> {
         let row =
-            sqlx::query("SELECT events_endpoint, kernel_log_url FROM report_targets WHERE id = 1")
+            sqlx::query("SELECT events_endpoint, kernel_log_url FROM appliance_facts WHERE id = 1")
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(match row {
@@ -562,21 +562,64 @@ impl Db {
         })
     }
 
-    /// Records where nodes push their events and kernel log; written by `serve` at start,
-    /// only when it changed.
-    pub async fn set_report_targets(&self, t: &ReportTargets, now: i64) -> Result<(), DbError> {
-        if self.report_targets().await? == *t {
+    /// The LAN the last `serve` answered on (none before the first `serve`).
+    pub async fn lan_facts(&self) -> Result<Option<LanFacts>, DbError> {
+        let row = sqlx::query(
+            "SELECT lan_subnet, lan_pool, own_addresses FROM appliance_facts WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let corrupt = |why: String| DbError::Corrupt {
+            what: "appliance facts".into(),
+            why,
+        };
+        let subnet: String = row.try_get("lan_subnet")?;
+        let pool: Option<String> = row.try_get("lan_pool")?;
+        let pool = match pool {
+            None => None,
+            Some(text) => {
+                let parsed = text
+                    .split_once('-')
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+                Some(parsed.ok_or_else(|| corrupt(format!("bad pool {text}")))?)
+            }
+        };
+        Ok(Some(LanFacts {
+            subnet: subnet.parse().map_err(corrupt)?,
+            pool,
+            own: split_ips(&row.try_get::<String, _>("own_addresses")?).map_err(corrupt)?,
+        }))
+    }
+
+    /// Records what `serve` puts on the LAN: where nodes report, and the LAN's rules for
+    /// machine addresses. Written at start, only when it changed.
+    pub async fn set_appliance_facts(
+        &self,
+        targets: &ReportTargets,
+        lan: &LanFacts,
+        now: i64,
+    ) -> Result<(), DbError> {
+        if self.report_targets().await? == *targets && self.lan_facts().await?.as_ref() == Some(lan)
+        {
             return Ok(());
         }
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "INSERT INTO report_targets (id, events_endpoint, kernel_log_url, updated_at)
-             VALUES (1, ?, ?, ?)
+            "INSERT INTO appliance_facts
+                (id, events_endpoint, kernel_log_url, lan_subnet, lan_pool, own_addresses,
+                 updated_at)
+             VALUES (1, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET events_endpoint = excluded.events_endpoint,
-                kernel_log_url = excluded.kernel_log_url, updated_at = excluded.updated_at",
+                kernel_log_url = excluded.kernel_log_url, lan_subnet = excluded.lan_subnet,
+                lan_pool = excluded.lan_pool, own_addresses = excluded.own_addresses,
+                updated_at = excluded.updated_at",
         )
-        .bind(&t.events_endpoint)
-        .bind(&t.kernel_log_url)
+        .bind(&targets.events_endpoint)
+        .bind(&targets.kernel_log_url)
+        .bind(lan.subnet.to_string())
+        .bind(lan.pool.map(|(a, b)| format!("{a}-{b}")))
+        .bind(join_ips(&lan.own))
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -1697,8 +1740,15 @@ mod tests {
             events_endpoint: Some("10.0.0.1:4002".into()),
             kernel_log_url: None,
         };
-        db.set_report_targets(&targets, 5).await.unwrap();
+        assert_eq!(db.lan_facts().await.unwrap(), None);
+        let lan = LanFacts {
+            subnet: "10.0.0.1/24".parse().unwrap(),
+            pool: Some((Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 199))),
+            own: vec![Ipv4Addr::new(10, 0, 0, 1)],
+        };
+        db.set_appliance_facts(&targets, &lan, 5).await.unwrap();
         assert_eq!(db.report_targets().await.unwrap(), targets);
+        assert_eq!(db.lan_facts().await.unwrap(), Some(lan));
     }
 
     #[tokio::test]

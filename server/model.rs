@@ -486,6 +486,16 @@ pub struct ReportTargets {
     pub kernel_log_url: Option<String>,
 }
 
+/// The LAN the last `serve` answered on: a machine's static address must be in `subnet`,
+/// outside full DHCP's dynamic `pool`, and none of the appliance's `own` addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LanFacts {
+    pub subnet: Ipv4Cidr,
+    /// First and last address of the dynamic pool (full DHCP mode only).
+    pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub own: Vec<Ipv4Addr>,
+}
+
 /// The bootstrap decision of one cluster generation.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BootstrapRecord {

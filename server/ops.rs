@@ -108,16 +108,29 @@ pub struct Lan {
 
 impl Lan {
     pub fn from_config(config: &crate::config::Config) -> Lan {
+        Lan::from_facts(&Lan::facts(config))
+    }
+
+    /// What `serve` records so the CLI applies the same rules (`Db::lan_facts`).
+    pub fn facts(config: &crate::config::Config) -> crate::model::LanFacts {
         let pool = match config.dhcp.mode {
             crate::config::DhcpMode::Full => config.dhcp.pool,
             _ => None,
         };
-        let mut appliance = vec![config.boot.advertise_ip, config.interface.cidr.addr];
-        appliance.dedup();
-        Lan {
+        let mut own = vec![config.boot.advertise_ip, config.interface.cidr.addr];
+        own.dedup();
+        crate::model::LanFacts {
             subnet: config.dhcp.subnet,
-            pool,
-            appliance,
+            pool: pool.map(|p| (p.start, p.end)),
+            own,
+        }
+    }
+
+    pub fn from_facts(facts: &crate::model::LanFacts) -> Lan {
+        Lan {
+            subnet: facts.subnet,
+            pool: facts.pool.map(|(start, end)| Pool { start, end }),
+            appliance: facts.own.clone(),
         }
     }
 }

@@ -1395,3 +1395,59 @@ async fn a_cluster_moves_to_a_newer_talos_line_only_when_every_config_still_hold
     assert!(v1_13.contains("address: 10.0.0.53"));
     api.app.stop().await;
 }
+
+/// The CLI checks a machine's address against the LAN the last `serve` recorded, as the UI and
+/// the API do: the appliance's own address is refused with the same message.
+#[tokio::test]
+async fn the_cli_refuses_the_appliances_own_address_as_the_api_does() {
+    use bootplane::cli::{Cli, Command};
+    use clap::Parser;
+    let api = Api::start().await;
+    api.with_cluster().await;
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/machines",
+            Some(json!({"mac": "52:54:00:aa:00:09", "role": "worker", "hostname": "w-9", "ip": "127.0.0.1/8"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.to_string().contains("this appliance's own address"),
+        "{body}"
+    );
+    let data = api.app.data.path().to_str().unwrap().to_string();
+    let argv = [
+        "bootplane",
+        "machines",
+        "add",
+        "--mac",
+        "52:54:00:aa:00:09",
+        "--role",
+        "worker",
+        "--hostname",
+        "w-9",
+        "--ip",
+        "127.0.0.1/8",
+        "--data-dir",
+        &data,
+    ];
+    let Command::Machines(cmd) = Cli::parse_from(argv).command else {
+        panic!("not a machines command");
+    };
+    let mut out = Vec::new();
+    let err = bootplane::cli::machines(cmd, &bootplane::clock::SystemClock, &mut out)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--ip") && err.contains("this appliance's own address"),
+        "{err}"
+    );
+    let mac: bootplane::model::Mac = "52:54:00:aa:00:09".parse().unwrap();
+    assert!(
+        api.app.db.get_machine(mac).await.unwrap().is_none(),
+        "nothing stored"
+    );
+    api.app.stop().await;
+}
