@@ -507,14 +507,7 @@ pub async fn machines(
                     out,
                     format!(
                         "{:<17}  {:<12}  {:<16}  {:<18}  {:<13}  {:<9}  {:<4}  {}\n",
-                        "MAC",
-                        "ROLE",
-                        "HOSTNAME",
-                        "IP",
-                        "STATE",
-                        "INSTALLED",
-                        "ARCH",
-                        "LAST SEEN"
+                        "MAC", "ROLE", "HOSTNAME", "IP", "STATE", "INSTALLED", "ARCH", "LAST SEEN"
                     ),
                 )?;
                 for m in machines {

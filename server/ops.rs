@@ -910,9 +910,17 @@ mod tests {
     async fn a_vip_outside_a_control_planes_subnet_is_refused_beside_the_vip_or_the_address() {
         let (_dir, db) = fresh().await;
         for n in 1..=2 {
-            save_machine(&db, None, mac_n(n), &node("controlplane", n), true, false, 1)
-                .await
-                .unwrap();
+            save_machine(
+                &db,
+                None,
+                mac_n(n),
+                &node("controlplane", n),
+                true,
+                false,
+                1,
+            )
+            .await
+            .unwrap();
         }
         let with_vip = |vip: &str| cluster::ClusterInput {
             vip: Some(vip.into()),
@@ -939,7 +947,10 @@ mod tests {
             .await
             .unwrap_err();
         let msg = err.for_field("ip").unwrap_or_else(|| panic!("ip: {err}"));
-        assert!(msg.contains("VIP 10.0.0.5") && msg.contains("10.1.0.0/24"), "{msg}");
+        assert!(
+            msg.contains("VIP 10.0.0.5") && msg.contains("10.1.0.0/24"),
+            "{msg}"
+        );
         let worker = MachineInput {
             role: Some("worker".into()),
             ..moved
