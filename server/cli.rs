@@ -506,19 +506,20 @@ pub async fn machines(
                 w(
                     out,
                     format!(
-                        "{:<17}  {:<12}  {:<16}  {:<18}  {:<9}  {:<4}  {}\n",
-                        "MAC", "ROLE", "HOSTNAME", "IP", "INSTALLED", "ARCH", "LAST SEEN"
+                        "{:<17}  {:<12}  {:<16}  {:<18}  {:<13}  {:<9}  {:<4}  {}\n",
+                        "MAC", "ROLE", "HOSTNAME", "IP", "STATE", "INSTALLED", "ARCH", "LAST SEEN"
                     ),
                 )?;
                 for m in machines {
                     w(
                         out,
                         format!(
-                            "{:<17}  {:<12}  {:<16}  {:<18}  {:<9}  {:<4}  {}\n",
+                            "{:<17}  {:<12}  {:<16}  {:<18}  {:<13}  {:<9}  {:<4}  {}\n",
                             m.mac,
                             m.role,
                             m.hostname.as_deref().unwrap_or("-"),
                             m.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                            m.state,
                             if m.installed { "yes" } else { "no" },
                             m.last_arch
                                 .map(|a| a.to_string())
@@ -1004,6 +1005,40 @@ mod tests {
         )
         .await?;
         Ok(String::from_utf8(out).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn machines_list_lines_up_every_column_under_its_heading() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = MachineFields {
+            role: Some("worker".into()),
+            hostname: Some("w-1".into()),
+            ip: Some("10.0.0.21/24".into()),
+            ..fields()
+        };
+        add_worker(dir.path(), worker).await.unwrap();
+        let mut out = Vec::new();
+        let list = MachinesCommand::List {
+            data: DataDir {
+                data_dir: dir.path().to_path_buf(),
+            },
+            json: false,
+        };
+        machines(list, &crate::clock::SystemClock, &mut out)
+            .await
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        let head = lines.next().unwrap();
+        let row = lines.next().unwrap();
+        for (heading, value) in [
+            ("HOSTNAME", "w-1"),
+            ("IP", "10.0.0.21/24"),
+            ("STATE", "assigned"),
+            ("INSTALLED", "no"),
+        ] {
+            assert_eq!(head.find(heading), row.find(value), "{heading}:\n{text}");
+        }
     }
 
     #[tokio::test]

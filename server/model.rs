@@ -128,7 +128,8 @@ macro_rules! text_enum {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
+                // `pad`, so a width such as `{:<12}` lines up table columns.
+                f.pad(self.as_str())
             }
         }
 

@@ -117,6 +117,37 @@ pub fn neighbour_mac(ip: Ipv4Addr) -> Option<crate::model::Mac> {
         .map(|(_, mac)| mac)
 }
 
+/// The IPv4 nameservers of a resolv.conf text that nodes could use: loopback ones (a local
+/// stub such as systemd-resolved's 127.0.0.53) and unspecified ones are left out; at most 3,
+/// as the resolver reads.
+pub fn parse_resolv_conf(text: &str) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        let Some(Ok(ip)) = words.next().map(str::parse::<Ipv4Addr>) else {
+            continue;
+        };
+        if !ip.is_loopback() && !ip.is_unspecified() && !out.contains(&ip) && out.len() < 3 {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// The appliance host's own non-loopback IPv4 resolvers: `/etc/resolv.conf`, and when that
+/// names only a local stub, systemd-resolved's upstream list. Empty when there are none.
+pub fn host_nameservers() -> Vec<Ipv4Addr> {
+    ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|text| parse_resolv_conf(&text))
+        .find(|list| !list.is_empty())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -154,35 +185,4 @@ mod tests {
         assert_eq!(info.cidr.addr, Ipv4Addr::LOCALHOST);
         assert!(interface(Some("no-such-if0")).is_err());
     }
-}
-
-/// The IPv4 nameservers of a resolv.conf text that nodes could use: loopback ones (a local
-/// stub such as systemd-resolved's 127.0.0.53) and unspecified ones are left out; at most 3,
-/// as the resolver reads.
-pub fn parse_resolv_conf(text: &str) -> Vec<Ipv4Addr> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() != Some("nameserver") {
-            continue;
-        }
-        let Some(Ok(ip)) = words.next().map(str::parse::<Ipv4Addr>) else {
-            continue;
-        };
-        if !ip.is_loopback() && !ip.is_unspecified() && !out.contains(&ip) && out.len() < 3 {
-            out.push(ip);
-        }
-    }
-    out
-}
-
-/// The appliance host's own non-loopback IPv4 resolvers: `/etc/resolv.conf`, and when that
-/// names only a local stub, systemd-resolved's upstream list. Empty when there are none.
-pub fn host_nameservers() -> Vec<Ipv4Addr> {
-    ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"]
-        .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .map(|text| parse_resolv_conf(&text))
-        .find(|list| !list.is_empty())
-        .unwrap_or_default()
 }

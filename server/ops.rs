@@ -462,6 +462,18 @@ async fn check_renders(db: &Db, m: &Machine) -> Result<(), OpsError> {
     if loaded.cluster.vip.is_some() && m.ip.map(|i| i.addr) == loaded.cluster.vip {
         return Err(OpsError::field("ip", "this is the cluster's VIP address"));
     }
+    if let (Role::Controlplane, Some(vip), Some(ip)) = (m.role, loaded.cluster.vip, m.ip) {
+        if !ip.contains(vip) {
+            return Err(OpsError::field(
+                "ip",
+                format!(
+                    "the cluster's VIP {vip} is outside this address's subnet {}/{}: a control plane needs an address in the VIP's subnet",
+                    ip.network(),
+                    ip.prefix
+                ),
+            ));
+        }
+    }
     materials::check_cluster(
         &loaded.spec,
         &loaded.secrets,
@@ -905,6 +917,60 @@ mod tests {
         )
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_vip_outside_a_control_planes_subnet_is_refused_beside_the_vip_or_the_address() {
+        let (_dir, db) = fresh().await;
+        for n in 1..=2 {
+            save_machine(
+                &db,
+                None,
+                mac_n(n),
+                &node("controlplane", n),
+                true,
+                false,
+                1,
+            )
+            .await
+            .unwrap();
+        }
+        let with_vip = |vip: &str| cluster::ClusterInput {
+            vip: Some(vip.into()),
+            nameservers: Some("none".into()),
+            ..Default::default()
+        };
+        let err = cluster::init_cluster(&db, &with_vip("192.168.50.10"), None, 2)
+            .await
+            .unwrap_err();
+        let msg = err.for_field("vip").unwrap_or_else(|| panic!("vip: {err}"));
+        assert!(msg.contains("controlplane-1's subnet 10.0.0.0/24"), "{msg}");
+        cluster::init_cluster(&db, &with_vip("10.0.0.5"), None, 3)
+            .await
+            .unwrap();
+        let err = cluster::update_cluster(&db, &with_vip("192.168.50.10"), 4)
+            .await
+            .unwrap_err();
+        assert!(err.for_field("vip").is_some(), "{err}");
+        let moved = MachineInput {
+            ip: Some("10.1.0.12/24".into()),
+            ..node("controlplane", 2)
+        };
+        let err = save_machine(&db, None, mac_n(2), &moved, false, false, 5)
+            .await
+            .unwrap_err();
+        let msg = err.for_field("ip").unwrap_or_else(|| panic!("ip: {err}"));
+        assert!(
+            msg.contains("VIP 10.0.0.5") && msg.contains("10.1.0.0/24"),
+            "{msg}"
+        );
+        let worker = MachineInput {
+            role: Some("worker".into()),
+            ..moved
+        };
+        save_machine(&db, None, mac_n(2), &worker, false, false, 6)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

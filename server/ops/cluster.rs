@@ -334,6 +334,7 @@ pub async fn init_cluster(
         m.cluster = c.name.clone();
     }
     check_diskless(&c, &machines)?;
+    check_vip_subnets(&c, &machines)?;
     materials::check_cluster(&spec, &materials::config_secrets(&bundle), &[], &machines)
         .map_err(|e| OpsError::field("config", e.to_string()))?;
     db.init_cluster(&current.name, &c, &bundle.to_yaml(), now)
@@ -365,6 +366,30 @@ fn check_diskless(c: &Cluster, machines: &[Machine]) -> Result<(), OpsError> {
     ))
 }
 
+/// Refuses, beside the VIP field, a Layer 2 VIP outside a control plane's subnet: Talos raises
+/// it only on a link holding an address of its subnet, so it would never come up there.
+fn check_vip_subnets(c: &Cluster, machines: &[Machine]) -> Result<(), OpsError> {
+    let Some(vip) = c.vip else {
+        return Ok(());
+    };
+    let outside = machines
+        .iter()
+        .filter(|m| m.cluster == c.name && m.role == Role::Controlplane)
+        .find_map(|m| m.ip.filter(|ip| !ip.contains(vip)).map(|ip| (m, ip)));
+    match outside {
+        None => Ok(()),
+        Some((m, ip)) => Err(OpsError::field(
+            "vip",
+            format!(
+                "{vip} is outside control plane {}'s subnet {}/{}: a Layer 2 VIP must be in the subnet of every control plane's address",
+                m.hostname.clone().unwrap_or_else(|| m.mac.to_string()),
+                ip.network(),
+                ip.prefix
+            ),
+        )),
+    }
+}
+
 /// Changes the cluster's settings; refused if any machine's config would no longer render.
 pub async fn update_cluster(db: &Db, input: &ClusterInput, _now: i64) -> Result<Cluster, OpsError> {
     let loaded = loaded(db).await?;
@@ -388,6 +413,7 @@ pub async fn update_cluster(db: &Db, input: &ClusterInput, _now: i64) -> Result<
         }
     }
     check_diskless(&c, &machines)?;
+    check_vip_subnets(&c, &machines)?;
     materials::check_cluster(&spec, &loaded.secrets, &loaded.patches, &machines)
         .map_err(|e| OpsError::field("config", e.to_string()))?;
     db.update_cluster(&current, &c).await?;

@@ -328,14 +328,16 @@ async fn page(state: &AppState, op: &Operator, extras: Extras) -> Response {
         status_class,
         summary: if initialised {
             format!(
-                "{} · Talos {} · {} control planes, {} workers",
+                "{} · Talos {} · {} control plane{}, {} worker{}",
                 cluster.endpoint.as_deref().unwrap_or("no endpoint"),
                 cluster
                     .talos_version
                     .as_deref()
                     .unwrap_or("default version"),
                 cps.len(),
-                workers
+                if cps.len() == 1 { "" } else { "s" },
+                workers,
+                if workers == 1 { "" } else { "s" }
             )
         } else {
             "Not initialised yet: give it an endpoint (or a VIP) and bootplane makes its secrets."
