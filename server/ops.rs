@@ -409,6 +409,14 @@ async fn check_renders(db: &Db, m: &Machine) -> Result<(), OpsError> {
     if loaded.cluster.vip.is_some() && m.ip.map(|i| i.addr) == loaded.cluster.vip {
         return Err(OpsError::field("ip", "this is the cluster's VIP address"));
     }
+    if m.talos_version.is_some() {
+        let spec = materials::spec_for(&loaded.spec, m);
+        crate::talos::config::check_kubernetes_version(
+            &spec.talos_version,
+            &spec.kubernetes_version,
+        )
+        .map_err(|e| OpsError::field("talos_version", e.to_string()))?;
+    }
     materials::check_cluster(
         &loaded.spec,
         &loaded.secrets,
