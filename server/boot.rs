@@ -762,6 +762,8 @@ mod tests {
             version: "v1.11.6",
             ..target
         };
-        assert!(!command_line(&boot(), &v11, mac).args().contains("ima_template"));
+        assert!(!command_line(&boot(), &v11, mac)
+            .args()
+            .contains("ima_template"));
     }
 }

@@ -64,7 +64,12 @@ async fn api(
 }
 
 /// A UI form post with the session; returns the status and the page.
-async fn ui(app: &Appliance, s: &Session, path: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
+async fn ui(
+    app: &Appliance,
+    s: &Session,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (StatusCode, String) {
     let mut fields = form.to_vec();
     fields.push(("csrf", &s.csrf));
     let r = no_redirects()
@@ -106,7 +111,8 @@ async fn a_kubernetes_version_outside_the_talos_lines_range_is_refused_on_every_
     let app = Appliance::start().await;
     let s = app.login().await;
     let data = app.data.path();
-    let too_new = "Kubernetes 1.36.3 is not supported by Talos 1.11 (it runs Kubernetes 1.29 to 1.34)";
+    let too_new =
+        "Kubernetes 1.36.3 is not supported by Talos 1.11 (it runs Kubernetes 1.29 to 1.34)";
 
     // cluster init
     let (ok, out) = cli(
@@ -126,8 +132,12 @@ async fn a_kubernetes_version_outside_the_talos_lines_range_is_refused_on_every_
     )
     .await;
     assert!(!ok, "{out}");
-    assert!(out.contains(&format!("--kubernetes-version: {too_new}")), "{out}");
-    let init = json!({"vip": "127.0.0.10", "talos_version": "v1.11.6", "kubernetes_version": "1.36.3"});
+    assert!(
+        out.contains(&format!("--kubernetes-version: {too_new}")),
+        "{out}"
+    );
+    let init =
+        json!({"vip": "127.0.0.10", "talos_version": "v1.11.6", "kubernetes_version": "1.36.3"});
     let (status, body) = api(&app, &s, reqwest::Method::POST, "/cluster/init", init).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(field(&body, "kubernetes_version"), too_new);
@@ -138,7 +148,14 @@ async fn a_kubernetes_version_outside_the_talos_lines_range_is_refused_on_every_
     ];
     let (_, page) = ui(&app, &s, "/ui/cluster/init", &form).await;
     assert!(page.contains(too_new), "{page}");
-    assert!(app.db.get_cluster(None).await.unwrap().unwrap().initialised_at.is_none());
+    assert!(app
+        .db
+        .get_cluster(None)
+        .await
+        .unwrap()
+        .unwrap()
+        .initialised_at
+        .is_none());
 
     // A cluster on 1.11 with Kubernetes 1.33.0 (which 1.9 does not run).
     let (ok, out) = cli(
@@ -162,7 +179,10 @@ async fn a_kubernetes_version_outside_the_talos_lines_range_is_refused_on_every_
     // cluster set --kubernetes-version
     let (ok, out) = cli(data, &["cluster", "set", "--kubernetes-version", "1.36.3"]).await;
     assert!(!ok, "{out}");
-    assert!(out.contains(&format!("--kubernetes-version: {too_new}")), "{out}");
+    assert!(
+        out.contains(&format!("--kubernetes-version: {too_new}")),
+        "{out}"
+    );
     let (status, body) = api(
         &app,
         &s,
@@ -181,7 +201,10 @@ async fn a_kubernetes_version_outside_the_talos_lines_range_is_refused_on_every_
         "Kubernetes 1.33.0 is not supported by Talos 1.9 (it runs Kubernetes 1.27 to 1.32)";
     let (ok, out) = cli(data, &["cluster", "set", "--talos-version", "v1.9.6"]).await;
     assert!(!ok, "{out}");
-    assert!(out.contains(&format!("--talos-version: {too_new_for_1_9}")), "{out}");
+    assert!(
+        out.contains(&format!("--talos-version: {too_new_for_1_9}")),
+        "{out}"
+    );
     let (status, body) = api(
         &app,
         &s,
@@ -213,7 +236,10 @@ async fn a_kubernetes_version_outside_the_talos_lines_range_is_refused_on_every_
     ];
     let (ok, out) = cli(data, &[&["machines", "add"][..], &machine[..]].concat()).await;
     assert!(!ok, "{out}");
-    assert!(out.contains(&format!("--talos-version: {too_new_for_1_9}")), "{out}");
+    assert!(
+        out.contains(&format!("--talos-version: {too_new_for_1_9}")),
+        "{out}"
+    );
     let add = json!({"mac": MAC, "role": "worker", "hostname": "w-1", "ip": "127.0.0.31/8", "talos_version": "v1.9.6"});
     let (status, body) = api(&app, &s, reqwest::Method::POST, "/machines", add).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -236,9 +262,20 @@ async fn a_kubernetes_version_outside_the_talos_lines_range_is_refused_on_every_
     )
     .await;
     assert!(!ok, "{out}");
-    assert!(out.contains(&format!("--talos-version: {too_new_for_1_9}")), "{out}");
+    assert!(
+        out.contains(&format!("--talos-version: {too_new_for_1_9}")),
+        "{out}"
+    );
     let mac = MAC.parse().unwrap();
-    assert_eq!(app.db.get_machine(mac).await.unwrap().unwrap().talos_version, None);
+    assert_eq!(
+        app.db
+            .get_machine(mac)
+            .await
+            .unwrap()
+            .unwrap()
+            .talos_version,
+        None
+    );
     app.stop().await;
 }
 
@@ -251,21 +288,25 @@ fn long_args() -> Vec<String> {
     ]
 }
 
-const LIMIT_TEXT: &str = "bytes, over the 2,047 bytes the kernel keeps (it drops what is past them without a word)";
+const LIMIT_TEXT: &str =
+    "bytes, over the 2,047 bytes the kernel keeps (it drops what is past them without a word)";
 
 #[tokio::test]
 async fn serve_refuses_kernel_args_that_leave_no_machine_a_whole_command_line() {
     let data = tempfile::tempdir().unwrap();
     let args = long_args().join(" ");
-    let out = tokio::process::Command::new(BIN)
+    let serve = tokio::process::Command::new(BIN)
         .args(["serve", "--interface", "lo", "--advertise-ip", "127.0.0.1"])
         .args(["--dhcp-mode", "off", "--http-port", "0", "--tftp-port", "0"])
         .arg("--kernel-args")
         .arg(&args)
         .arg("--data-dir")
         .arg(data.path())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), serve)
         .await
+        .expect("serve started instead of refusing its --kernel-args")
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -310,9 +351,18 @@ async fn a_schematic_whose_arguments_no_machine_can_boot_with_is_refused_on_ever
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let message = field(&body, "kernel_args");
-    assert!(message.contains(LIMIT_TEXT) && message.contains("schematic arguments 1,9"), "{message}");
+    assert!(
+        message.contains(LIMIT_TEXT) && message.contains("schematic arguments 1,9"),
+        "{message}"
+    );
     let joined = args.join(" ");
-    let (_, page) = ui(&app, &s, "/ui/images/schematic", &[("kernel_args", &joined)]).await;
+    let (_, page) = ui(
+        &app,
+        &s,
+        "/ui/images/schematic",
+        &[("kernel_args", &joined)],
+    )
+    .await;
     assert!(page.contains(LIMIT_TEXT), "{page}");
     app.stop().await;
 }
@@ -348,7 +398,14 @@ async fn a_factory_add_whose_schematic_makes_the_command_line_too_long_is_refuse
     let s = app.login().await;
     let schematic = "a".repeat(64);
     let (ok, out) = tokio::process::Command::new(BIN)
-        .args(["images", "add", "--version", "v1.11.6", "--schematic", &schematic])
+        .args([
+            "images",
+            "add",
+            "--version",
+            "v1.11.6",
+            "--schematic",
+            &schematic,
+        ])
         .args(["--factory-url", &factory_url])
         .arg("--data-dir")
         .arg(app.data.path())
@@ -364,7 +421,8 @@ async fn a_factory_add_whose_schematic_makes_the_command_line_too_long_is_refuse
         })
         .unwrap();
     assert!(!ok, "{out}");
-    let refused = format!("schematic {schematic} for Talos v1.11.6: the kernel command line would be");
+    let refused =
+        format!("schematic {schematic} for Talos v1.11.6: the kernel command line would be");
     assert!(out.contains(&refused) && out.contains(LIMIT_TEXT), "{out}");
     let (status, body) = api(
         &app,
@@ -384,7 +442,10 @@ async fn a_factory_add_whose_schematic_makes_the_command_line_too_long_is_refuse
     ];
     let (_, page) = ui(&app, &s, "/ui/images", &form).await;
     assert!(page.contains(&refused), "{page}");
-    assert!(app.db.list_images().await.unwrap().is_empty(), "nothing recorded");
+    assert!(
+        app.db.list_images().await.unwrap().is_empty(),
+        "nothing recorded"
+    );
     app.stop().await;
 }
 
@@ -464,11 +525,21 @@ async fn a_pin_to_assets_that_make_the_command_line_too_long_is_refused_on_every
     assert!(ok, "{out}");
     let (ok, out) = cli(
         data,
-        &["machines", "set", "--mac", MAC, "--talos-version", "v1.11.5"],
+        &[
+            "machines",
+            "set",
+            "--mac",
+            MAC,
+            "--talos-version",
+            "v1.11.5",
+        ],
     )
     .await;
     assert!(!ok, "{out}");
-    assert!(out.contains(&format!("--talos-version: {refused}")), "{out}");
+    assert!(
+        out.contains(&format!("--talos-version: {refused}")),
+        "{out}"
+    );
     app.stop().await;
 }
 
@@ -480,7 +551,15 @@ async fn a_boot_is_never_given_a_cut_command_line() {
     let (ok, out) = cli(
         app.data.path(),
         &[
-            "machines", "add", "--mac", MAC, "--role", "worker", "--hostname", "w-1", "--ip",
+            "machines",
+            "add",
+            "--mac",
+            MAC,
+            "--role",
+            "worker",
+            "--hostname",
+            "w-1",
+            "--ip",
             "127.0.0.31/8",
         ],
     )
@@ -503,7 +582,9 @@ async fn a_boot_is_never_given_a_cut_command_line() {
     );
     assert!(script.contains("chain --replace --autofree"), "{script}");
     let events = app
-        .wait_events(mac, |e| e.detail.contains("the kernel command line would be"))
+        .wait_events(mac, |e| {
+            e.detail.contains("the kernel command line would be")
+        })
         .await;
     assert!(!events.is_empty());
     let m = app.db.get_machine(mac).await.unwrap().unwrap();

@@ -279,8 +279,8 @@ mod tests {
         let offline = crate::talos::kernel::Additions::offline();
         let c = parse_schematic_input(
             &SchematicInput {
-            extensions: vec!["siderolabs/iscsi-tools, siderolabs/util-linux-tools".into()],
-            kernel_args: vec!["net.ifnames=0 talos.dashboard.disabled=1".into()],
+                extensions: vec!["siderolabs/iscsi-tools, siderolabs/util-linux-tools".into()],
+                kernel_args: vec!["net.ifnames=0 talos.dashboard.disabled=1".into()],
             },
             &offline,
         )

@@ -83,6 +83,9 @@ pub fn default_kubernetes_version(talos_version: &str) -> Option<&'static str> {
     }
 }
 
+/// major.minor.patch.
+pub type Semver = (u32, u32, u32);
+
 /// The Kubernetes versions a Talos line runs: `(line, oldest, first refused)`, as
 /// `MinimumKubernetesVersion` and `MaximumKubernetesVersion` in Talos's
 /// `pkg/machinery/compatibility/talos1<minor>/talos1<minor>.go`. Talos compares the
@@ -99,7 +102,7 @@ pub fn default_kubernetes_version(talos_version: &str) -> Option<&'static str> {
 /// - 1.12: v1.12.11 `talos112/talos112.go` (1.30.0, 1.35.99)
 /// - 1.13: v1.13.9 `talos113/talos113.go` (1.31.0, 1.36.99)
 /// - 1.14: v1.14.0-rc.1 `talos114/talos114.go` (1.32.0, 1.37.99)
-pub const KUBERNETES_RANGES: &[((u32, u32), (u32, u32, u32), (u32, u32, u32))] = &[
+pub const KUBERNETES_RANGES: &[((u32, u32), Semver, Semver)] = &[
     ((1, 8), (1, 26, 0), (1, 31, 99)),
     ((1, 9), (1, 27, 0), (1, 32, 99)),
     ((1, 10), (1, 28, 0), (1, 33, 99)),

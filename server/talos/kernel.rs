@@ -221,7 +221,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -450,7 +450,11 @@ mod tests {
             "v1.11.6",
             Arch::Amd64,
             "http://0.0.0.0/config?mac=52:54:00:00:00:01",
-            &s(&["net.ifnames=0", "talos.events.sink=10.0.0.1:4002", "console=ttyS1"]),
+            &s(&[
+                "net.ifnames=0",
+                "talos.events.sink=10.0.0.1:4002",
+                "console=ttyS1",
+            ]),
         )
         .join(" ");
         assert_eq!(line.args(), expected);
