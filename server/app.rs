@@ -428,7 +428,8 @@ pub async fn run(
     };
     // Before anything is served: every recorded boot asset is hashed again, and one that does
     // not match its record is out of service.
-    let images = crate::images::Images::new(config.boot.images_dir.clone(), db.clone());
+    let images = crate::images::Images::new(config.boot.images_dir.clone(), db.clone())
+        .with_additions(config.boot.kernel_additions());
     images.verify_at_start().await;
     crate::auth::ensure_admin(
         &db,

@@ -83,6 +83,16 @@ struct MissingScript<'a> {
 }
 
 #[derive(Template)]
+#[template(path = "ipxe/too_long.ipxe")]
+struct TooLongScript<'a> {
+    version: &'a str,
+    arch: &'a str,
+    problem: &'a str,
+    retry_secs: u32,
+    retry_url: &'a str,
+}
+
+#[derive(Template)]
 #[template(path = "ipxe/disk.ipxe")]
 struct DiskScript<'a> {
     mac: &'a str,
@@ -255,9 +265,11 @@ async fn boot_machine_get(
                 arch,
                 asset_args: &asset_args,
             };
-            let talos_served = availability == Availability::Available;
             let (detail, response) =
                 install_script(&state, &m, &target, availability, &retry_url, &mac_text);
+            // Talos was handed out only by a script that boots it (not one that explains why
+            // it cannot: missing assets, a command line the kernel would cut).
+            let talos_served = detail.starts_with("install ") || detail.starts_with("run ");
             // Only a change is written: a machine retrying its script while it boots must not
             // take SQLite's write lock on every request.
             if response.is_ok() && talos_served && m.state != Lifecycle::Booting {
@@ -331,20 +343,17 @@ struct Target<'a> {
     asset_args: &'a [String],
 }
 
-/// The kernel command line of an install boot: the version's base arguments and config URL,
-/// then the schematic's extra arguments, bootplane's report-in arguments, and the operator's
+/// The kernel command line of an install boot of `m` (`talos::kernel::Additions`, the one
+/// assembly every check shares): the version's base arguments and config URL, then the
+/// schematic's extra arguments, bootplane's report-in arguments, and the operator's
 /// `--kernel-args` last.
-fn install_args(boot: &crate::config::BootConfig, target: &Target<'_>, config_url: &str) -> String {
-    let mut extra: Vec<String> = target.asset_args.to_vec();
-    extra.extend(talos::kernel::report_args(&boot.report_targets()));
-    if boot.config_access == ConfigAccess::Oauth {
-        // Talos then runs the device flow against `<config URL host>/device/code` and
-        // `/token` before it downloads its config, sending the MAC as an extra variable.
-        extra.push(format!("talos.config.oauth.client_id={}", oauth::CLIENT_ID));
-        extra.push("talos.config.oauth.extra_variable=mac".into());
-    }
-    extra.extend(boot.extra_kernel_args.iter().cloned());
-    talos::kernel_args(target.version, target.arch, config_url, &extra).join(" ")
+fn command_line(
+    boot: &crate::config::BootConfig,
+    target: &Target<'_>,
+    mac: Mac,
+) -> talos::kernel::CommandLine {
+    boot.kernel_additions()
+        .command_line(target.version, target.arch, mac, target.asset_args)
 }
 
 fn install_script(
@@ -379,11 +388,30 @@ fn install_script(
             ),
         );
     }
+    let command_line = command_line(boot, target, m.mac);
+    if let Err(too_long) = command_line.check() {
+        // Served cut, the arguments past the limit would vanish without a word.
+        let problem = too_long.to_string();
+        tracing::warn!(mac = %m.mac, %version, problem, "kernel command line too long");
+        return (
+            problem.clone(),
+            script(
+                TooLongScript {
+                    version,
+                    arch: arch.as_str(),
+                    problem: &problem,
+                    retry_secs: boot.retry_secs,
+                    retry_url,
+                }
+                .render(),
+            ),
+        );
+    }
+    let args = command_line.args();
     let base = boot.http_base();
     let asset = |file: String| format!("{base}/assets/{version}/{file}?mac={}", m.mac);
-    let config_url = format!("{base}/config?mac={}", m.mac);
-    let args = install_args(boot, target, &config_url);
     let hostname = m.hostname.clone().unwrap_or_default();
+    // The boot handler reads these first words: only a detail starting so booted Talos.
     let what = if m.diskless { "run" } else { "install" };
     let diskless = if m.diskless { ", diskless" } else { "" };
     (
@@ -731,10 +759,15 @@ mod tests {
             arch: Arch::Amd64,
             asset_args: &schematic,
         };
-        let args = install_args(&boot(), &target, "http://10.0.0.2:8080/config?mac=x");
+        let mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        let args = command_line(&boot(), &target, mac).args();
         let words: Vec<&str> = args.split(' ').collect();
         // v1.10 has the IMA arguments that v1.11 dropped.
         assert!(words.contains(&"ima_template=ima-ng"), "{args}");
+        assert!(
+            words.contains(&"talos.config=http://10.0.0.2:8080/config?mac=52:54:00:00:00:01"),
+            "{args}"
+        );
         let at = |w: &str| words.iter().position(|x| x.starts_with(w)).unwrap();
         assert!(at("talos.config=") < at("net.ifnames=0"), "{args}");
         assert!(at("net.ifnames=0") < at("talos.events.sink="), "{args}");
@@ -743,6 +776,8 @@ mod tests {
             version: "v1.11.6",
             ..target
         };
-        assert!(!install_args(&boot(), &v11, "u").contains("ima_template"));
+        assert!(!command_line(&boot(), &v11, mac)
+            .args()
+            .contains("ima_template"));
     }
 }

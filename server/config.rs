@@ -507,6 +507,23 @@ impl BootConfig {
         }
     }
 
+    /// What this appliance adds to every install command line: the config URL's prefix, the
+    /// report-in arguments, the OAuth arguments under `--config-access oauth`, the operator's
+    /// `--kernel-args`.
+    pub fn kernel_additions(&self) -> crate::talos::kernel::Additions {
+        use crate::talos::kernel;
+        kernel::Additions {
+            http_base: self.http_base(),
+            report: kernel::report_args(&self.report_targets()),
+            oauth: if self.config_access == ConfigAccess::Oauth {
+                kernel::oauth_args()
+            } else {
+                Vec::new()
+            },
+            operator: self.extra_kernel_args.clone(),
+        }
+    }
+
     /// The URL iPXE is sent to first.
     pub fn script_url(&self) -> String {
         format!("{}/boot.ipxe", self.http_base())
@@ -809,7 +826,7 @@ impl Config {
                 crate::images::DEFAULT_RELEASE_URL,
             )?,
         };
-        Ok(Config {
+        let config = Config {
             sources,
             ui: UiConfig {
                 admin_password: o.admin_password.clone(),
@@ -896,7 +913,15 @@ impl Config {
                 }
             },
             log_format: o.log_format.unwrap_or(LogFormat::Text),
-        })
+        };
+        // Operator arguments that leave no machine a command line Talos receives whole.
+        config
+            .boot
+            .kernel_additions()
+            .shortest(&[])
+            .check()
+            .map_err(|e| invalid(format!("--kernel-args: {e}")))?;
+        Ok(config)
     }
 }
 

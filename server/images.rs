@@ -371,6 +371,9 @@ pub struct Images {
     /// CLI) is seen within the TTL, a new record at once (absent records are not kept).
     /// `servable` never uses it: what goes out is checked against the database.
     records: Arc<Mutex<RecordCache>>,
+    /// What the appliance adds to every kernel command line, for the check of a schematic's
+    /// arguments (`serve` sets its own; a process without them counts `Additions::offline`).
+    additions: crate::talos::kernel::Additions,
 }
 
 /// Asset records by (version, arch), with when they were read.
@@ -388,7 +391,33 @@ impl Images {
             verified: Arc::default(),
             in_flight: Arc::default(),
             records: Arc::default(),
+            additions: crate::talos::kernel::Additions::offline(),
         }
+    }
+
+    /// The store with `additions` counted on every kernel command line it checks.
+    pub fn with_additions(mut self, additions: crate::talos::kernel::Additions) -> Images {
+        self.additions = additions;
+        self
+    }
+
+    /// The extra kernel arguments of a factory schematic for `version` and `arch`, refused
+    /// when they make a machine's command line longer than the kernel keeps.
+    async fn checked_schematic_args(
+        &self,
+        base: &str,
+        schematic: &str,
+        version: &str,
+        arch: Arch,
+    ) -> Result<Vec<String>, ImagesError> {
+        let args = schematic_args(base, schematic, version, arch).await?;
+        self.additions
+            .command_line(version, arch, crate::model::Mac([0; 6]), &args)
+            .check()
+            .map_err(|e| {
+                ImagesError::Invalid(format!("schematic {schematic} for Talos {version}: {e}"))
+            })?;
+        Ok(args)
     }
 
     pub fn dir(&self) -> &Path {
@@ -470,6 +499,16 @@ impl Images {
         req: &AddRequest,
         progress: Option<ProgressFn>,
     ) -> Result<AddOutcome, ImagesError> {
+        self.add_with(req, progress, None).await
+    }
+
+    /// `add`, with the schematic's arguments when they were fetched and checked already.
+    async fn add_with(
+        &self,
+        req: &AddRequest,
+        progress: Option<ProgressFn>,
+        checked_args: Option<Vec<String>>,
+    ) -> Result<AddOutcome, ImagesError> {
         validate_version(&req.version)?;
         if let SourceSpec::Factory { schematic, .. } = &req.source {
             validate_schematic(schematic)?;
@@ -481,6 +520,16 @@ impl Images {
             .map(parse_sha256)
             .transpose()?;
         let (version, arch) = (req.version.as_str(), req.arch);
+        // A schematic whose arguments no machine could boot with is refused before any
+        // download.
+        let asset_args = match (&req.source, checked_args) {
+            (SourceSpec::Factory { .. }, Some(args)) => args,
+            (SourceSpec::Factory { base, schematic }, None) => {
+                self.checked_schematic_args(base, schematic, version, arch)
+                    .await?
+            }
+            _ => Vec::new(),
+        };
         let _in_flight = InFlight::enter(self, version, arch);
         let progress = Some(self.progress_feed(version, arch, progress));
         let lock = self.lock_for(format!("add {version} {}", arch.as_str()));
@@ -541,7 +590,7 @@ impl Images {
                 origin: initramfs_origin,
                 digest: None,
             },
-            kernel_args: Vec::new(),
+            kernel_args: asset_args,
             state: AssetState::Downloading,
             updated_at: Self::now_ms(),
         };
@@ -556,14 +605,6 @@ impl Images {
                 progress,
             )
             .await;
-        let result = match (result, &req.source) {
-            (Ok(()), SourceSpec::Factory { base, schematic }) => {
-                schematic_args(base, schematic, version, arch)
-                    .await
-                    .map(|args| asset.kernel_args = args)
-            }
-            (other, _) => other,
-        };
         match result {
             Ok(()) => {
                 asset.state = AssetState::Ready;
@@ -1069,6 +1110,14 @@ impl Images {
         if let Some(p) = self.progress(&req.version, req.arch) {
             return Ok(Started::AlreadyDownloading(p));
         }
+        let checked_args = match &req.source {
+            // Refused here, the operator sees why (a background add only logs it).
+            SourceSpec::Factory { base, schematic } => Some(
+                self.checked_schematic_args(base, schematic, &req.version, req.arch)
+                    .await?,
+            ),
+            _ => None,
+        };
         if let Some(existing) = self.db.get_image(&req.version, req.arch).await? {
             let other =
                 existing.source != req.source.source() && existing.source != AssetSource::Found;
@@ -1091,7 +1140,7 @@ impl Images {
         tokio::spawn(async move {
             // Held until the download ends, so the asset shows as in flight from now on.
             let _entered = entered;
-            match store.add(&req, None).await {
+            match store.add_with(&req, None, checked_args).await {
                 // A failed transfer is logged (and recorded as broken) by `add` itself.
                 Ok(_)
                 | Err(

@@ -275,8 +275,9 @@ fn sample_node(role: Role, spec: &ClusterSpec) -> NodeSpec {
     }
 }
 
-/// Checks that every assigned machine of the cluster (and a sample node of each role) still
-/// renders a valid config with `spec` and `records`. Returns the first problem, naming the
+/// Checks that the cluster's Kubernetes version runs on its Talos line and on every line a
+/// machine is pinned to, and that every assigned machine of the cluster (and a sample node of
+/// each role) still renders a valid config with `spec` and `records`. Returns the first problem, naming the
 /// machine, so a bad setting or patch is refused before it is stored.
 pub fn check_cluster(
     spec: &ClusterSpec,
@@ -285,6 +286,7 @@ pub fn check_cluster(
     machines: &[Machine],
 ) -> Result<(), MaterialsError> {
     let parsed = parse_patches(records)?;
+    config::check_kubernetes_version(&spec.talos_version, &spec.kubernetes_version)?;
     for role in [Role::Controlplane, Role::Worker] {
         let node = sample_node(role, spec);
         config::render_documents(spec, secrets, &node, &patches_for(&parsed, node.mac))
@@ -296,6 +298,16 @@ pub fn check_cluster(
     {
         let node = node_spec(m, spec)?;
         let spec = spec_for(spec, m);
+        let who = || format!("{} ({})", m.hostname.as_deref().unwrap_or("?"), m.mac);
+        config::check_kubernetes_version(&spec.talos_version, &spec.kubernetes_version).map_err(
+            |e| {
+                MaterialsError::Invalid(format!(
+                    "{} is pinned to Talos {}: {e}",
+                    who(),
+                    spec.talos_version
+                ))
+            },
+        )?;
         config::render_documents(&spec, secrets, &node, &patches_for(&parsed, m.mac)).map_err(
             |e| {
                 MaterialsError::Invalid(format!(

@@ -104,11 +104,19 @@ pub struct Lan {
     /// The appliance's own addresses (the one it advertises, its interface's): no machine
     /// may be given one.
     pub appliance: Vec<Ipv4Addr>,
+    /// What `serve` adds to every kernel command line, and the Talos version a machine boots
+    /// without a pin or a cluster version: a machine's whole command line is checked with them.
+    pub kernel: crate::talos::kernel::Additions,
+    pub default_version: String,
 }
 
 impl Lan {
     pub fn from_config(config: &crate::config::Config) -> Lan {
-        Lan::from_facts(&Lan::facts(config))
+        Lan {
+            kernel: config.boot.kernel_additions(),
+            default_version: config.boot.talos_version.clone(),
+            ..Lan::from_facts(&Lan::facts(config))
+        }
     }
 
     /// What `serve` records so the CLI applies the same rules (`Db::lan_facts`).
@@ -126,11 +134,15 @@ impl Lan {
         }
     }
 
+    /// The LAN the last `serve` recorded, for the CLI: it counts the offline kernel additions
+    /// and the default Talos version, as it does not know `serve`'s flags.
     pub fn from_facts(facts: &crate::model::LanFacts) -> Lan {
         Lan {
             subnet: facts.subnet,
             pool: facts.pool.map(|(start, end)| Pool { start, end }),
             appliance: facts.own.clone(),
+            kernel: crate::talos::kernel::Additions::offline(),
+            default_version: crate::config::DEFAULT_TALOS_VERSION.to_string(),
         }
     }
 }
@@ -426,6 +438,7 @@ pub async fn check_against_inventory(
     if !errors.0.is_empty() {
         return errors.into_result();
     }
+    check_command_line(db, lan, m).await?;
     check_renders(db, m).await
 }
 
@@ -447,6 +460,50 @@ pub fn diskless_version_problem(m: &Machine, cluster_version: Option<&str>) -> O
             "diskless machines need Talos 1.14 or newer (older Talos installs to disk before it runs); this machine would run Talos {version}, {whose}"
         )
     })
+}
+
+/// Refuses an assigned machine whose whole kernel command line (its Talos version's
+/// arguments, its assets' schematic, what the appliance adds) would be longer than the kernel
+/// keeps, on its version pin when it has one. Without `serve`'s settings (the CLI) the
+/// offline additions and the default Talos version are counted.
+async fn check_command_line(db: &Db, lan: Option<&Lan>, m: &Machine) -> Result<(), OpsError> {
+    use crate::talos::kernel::{Additions, Arch};
+    if !m.is_assigned() {
+        return Ok(());
+    }
+    let offline = Additions::offline();
+    let (additions, default) = match lan {
+        Some(lan) => (&lan.kernel, lan.default_version.as_str()),
+        None => (&offline, crate::config::DEFAULT_TALOS_VERSION),
+    };
+    let version = crate::images::machine_version(db, m, default).await?;
+    // An architecture the machine never showed could be either.
+    let arches = match m.last_arch {
+        Some(_) => vec![crate::images::arch_of_client(m.last_arch)],
+        None => vec![Arch::Amd64, Arch::Arm64],
+    };
+    for arch in arches {
+        let schematic = db
+            .get_image(&version, arch)
+            .await?
+            .map(|a| a.kernel_args)
+            .unwrap_or_default();
+        if let Err(e) = additions
+            .command_line(&version, arch, m.mac, &schematic)
+            .check()
+        {
+            let field = if m.talos_version.is_some() {
+                "talos_version"
+            } else {
+                "config"
+            };
+            return Err(OpsError::field(
+                field,
+                format!("Talos {version} {}: {e}", arch.as_str()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a machine whose config would not render, once its cluster is initialised.
@@ -473,6 +530,14 @@ async fn check_renders(db: &Db, m: &Machine) -> Result<(), OpsError> {
                 ),
             ));
         }
+    }
+    if m.talos_version.is_some() {
+        let spec = materials::spec_for(&loaded.spec, m);
+        crate::talos::config::check_kubernetes_version(
+            &spec.talos_version,
+            &spec.kubernetes_version,
+        )
+        .map_err(|e| OpsError::field("talos_version", e.to_string()))?;
     }
     materials::check_cluster(
         &loaded.spec,
@@ -806,6 +871,8 @@ mod tests {
                 end: "10.0.0.250".parse().unwrap(),
             }),
             appliance: vec!["10.0.0.2".parse().unwrap()],
+            kernel: crate::talos::kernel::Additions::offline(),
+            default_version: crate::config::DEFAULT_TALOS_VERSION.into(),
         }
     }
 

@@ -1319,3 +1319,44 @@ fn diskless_is_refused_before_1_14_and_for_control_planes() {
     .unwrap_err();
     assert!(err.to_string().contains("etcd"), "{err}");
 }
+
+/// Each line runs the Kubernetes minors of Talos's compatibility package: the oldest and newest
+/// patch of its range pass, the minor below and above (pre-releases compared by their core
+/// version, as Talos does) are refused with the range, and each line's default is inside it.
+#[test]
+fn each_talos_line_runs_only_its_kubernetes_range() {
+    use bootplane::talos::config::{check_kubernetes_version, default_kubernetes_version};
+    for (version, line, oldest, newest) in [
+        ("v1.8.4", "1.8", 26, 31),
+        ("v1.9.6", "1.9", 27, 32),
+        ("v1.10.9", "1.10", 28, 33),
+        ("v1.11.6", "1.11", 29, 34),
+        ("v1.12.11", "1.12", 30, 35),
+        ("v1.13.9", "1.13", 31, 36),
+        ("v1.14.0-rc.1", "1.14", 32, 37),
+    ] {
+        for ok in [
+            format!("1.{oldest}.0"),
+            format!("v1.{newest}.98"),
+            format!("1.{newest}.0-rc.0"),
+        ] {
+            check_kubernetes_version(version, &ok)
+                .unwrap_or_else(|e| panic!("{version} {ok}: {e}"));
+        }
+        check_kubernetes_version(version, default_kubernetes_version(version).unwrap()).unwrap();
+        for refused in [
+            format!("1.{}.9", oldest - 1),
+            format!("1.{}.0-alpha.0", newest + 1),
+        ] {
+            let err = check_kubernetes_version(version, &refused)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "Kubernetes {refused} is not supported by Talos {line} (it runs Kubernetes 1.{oldest} to 1.{newest})"
+                )
+            );
+        }
+    }
+}

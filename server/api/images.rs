@@ -317,7 +317,7 @@ pub async fn images_schematic_post(
     Extension(op): Extension<Operator>,
     ApiJson(input): ApiJson<SchematicInput>,
 ) -> ApiResult<(StatusCode, Json<SchematicCreated>)> {
-    let c = parse_schematic_input(&input)?;
+    let c = parse_schematic_input(&input, &state.config.boot.kernel_additions())?;
     let id = images::create_schematic(&state.config.sources.factory_url, &c).await?;
     tracing::info!(schematic = %id, by = %op.name(), "api: schematic created");
     Ok((StatusCode::CREATED, Json(SchematicCreated { id })))

@@ -26,7 +26,7 @@ use crate::auth::{random_secret, sha256_hex};
 use crate::model::{EventKind, Mac};
 
 /// The `client_id` Talos is given (`talos.config.oauth.client_id=`).
-pub const CLIENT_ID: &str = "bootplane";
+pub const CLIENT_ID: &str = crate::talos::kernel::OAUTH_CLIENT_ID;
 /// The device-code grant type (RFC 8628 §3.4).
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 /// How long a device request waits for approval.

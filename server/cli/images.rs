@@ -262,10 +262,14 @@ pub async fn images(cmd: ImagesCommand, out: &mut dyn Write) -> Result<(), CliEr
             kernel_args,
             factory_url,
         } => {
-            let c = parse_schematic_input(&SchematicInput {
-                extensions,
-                kernel_args,
-            })
+            // `serve`'s own additions are not known here: the offline ones are counted.
+            let c = parse_schematic_input(
+                &SchematicInput {
+                    extensions,
+                    kernel_args,
+                },
+                &crate::talos::kernel::Additions::offline(),
+            )
             .map_err(flag_error)?;
             let id = images::create_schematic(&factory_url, &c)
                 .await

@@ -278,6 +278,25 @@ pub fn describe_nameservers(c: &Cluster) -> String {
     }
 }
 
+/// Refuses settings whose Kubernetes version the cluster's Talos line does not run, on the
+/// field the operator changed (the rule is `talos::config::check_kubernetes_version`).
+fn check_kubernetes(
+    spec: &crate::talos::config::ClusterSpec,
+    input: &ClusterInput,
+) -> Result<(), OpsError> {
+    crate::talos::config::check_kubernetes_version(&spec.talos_version, &spec.kubernetes_version)
+        .map_err(|e| {
+            let field = if input.kubernetes_version.is_some() {
+                "kubernetes_version"
+            } else if input.talos_version.is_some() {
+                "talos_version"
+            } else {
+                "config"
+            };
+            OpsError::field(field, e.to_string())
+        })
+}
+
 fn system_time(now: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(now).unwrap_or(0))
 }
@@ -327,6 +346,7 @@ pub async fn init_cluster(
     let mut spec = materials::cluster_spec(&c, &db.factory_schematics().await?)
         .map_err(|e| OpsError::field("cluster", e.to_string()))?;
     spec.report_to = db.report_targets().await?;
+    check_kubernetes(&spec, input)?;
     let bundle = materials::new_bundle(&spec.talos_version, import_secrets, system_time(now))
         .map_err(|e| OpsError::field("secrets", e.to_string()))?;
     let mut machines = db.list_machines().await?;
@@ -399,6 +419,7 @@ pub async fn update_cluster(db: &Db, input: &ClusterInput, _now: i64) -> Result<
     let mut spec = materials::cluster_spec(&c, &loaded.spec.installers.factory)
         .map_err(|e| OpsError::field("cluster", e.to_string()))?;
     spec.report_to = loaded.spec.report_to.clone();
+    check_kubernetes(&spec, input)?;
     let mut machines = db.list_machines().await?;
     for m in machines.iter_mut().filter(|m| m.cluster == current) {
         m.cluster = c.name.clone();

@@ -167,7 +167,10 @@ pub struct SchematicInput {
 
 /// Parses a schematic: every extension and kernel argument checked, errors per field. Items
 /// may also be given space- or comma-separated (as a form field holds them).
-pub fn parse_schematic_input(input: &SchematicInput) -> Result<Customization, OpsError> {
+pub fn parse_schematic_input(
+    input: &SchematicInput,
+    additions: &crate::talos::kernel::Additions,
+) -> Result<Customization, OpsError> {
     let mut errors = Errors::default();
     let split = |items: &[String]| -> Vec<String> {
         items
@@ -192,6 +195,12 @@ pub fn parse_schematic_input(input: &SchematicInput) -> Result<Customization, Op
     for a in &kernel_args {
         if let Err(err) = images::validate_kernel_arg(a) {
             errors.add("kernel_args", err.to_string());
+        }
+    }
+    if !errors.has("kernel_args") {
+        // Arguments no machine could boot with (on any line or architecture) are refused.
+        if let Err(e) = additions.shortest(&kernel_args).check() {
+            errors.add("kernel_args", e.to_string());
         }
     }
     errors.into_result()?;
@@ -267,17 +276,24 @@ mod tests {
 
     #[test]
     fn schematic_items_are_checked_and_split() {
-        let c = parse_schematic_input(&SchematicInput {
-            extensions: vec!["siderolabs/iscsi-tools, siderolabs/util-linux-tools".into()],
-            kernel_args: vec!["net.ifnames=0 talos.dashboard.disabled=1".into()],
-        })
+        let offline = crate::talos::kernel::Additions::offline();
+        let c = parse_schematic_input(
+            &SchematicInput {
+                extensions: vec!["siderolabs/iscsi-tools, siderolabs/util-linux-tools".into()],
+                kernel_args: vec!["net.ifnames=0 talos.dashboard.disabled=1".into()],
+            },
+            &offline,
+        )
         .unwrap();
         assert_eq!(c.extensions.len(), 2);
         assert_eq!(c.kernel_args.len(), 2);
-        let err = parse_schematic_input(&SchematicInput {
-            extensions: vec!["../etc".into()],
-            kernel_args: vec!["a\"b".into()],
-        })
+        let err = parse_schematic_input(
+            &SchematicInput {
+                extensions: vec!["../etc".into()],
+                kernel_args: vec!["a\"b".into()],
+            },
+            &offline,
+        )
         .unwrap_err();
         assert!(err.for_field("extensions").is_some(), "{err}");
         assert!(err.for_field("kernel_args").is_some(), "{err}");

@@ -423,16 +423,17 @@ pub async fn ui_images_schematic_post(
         extensions: vec![form.extensions.clone()],
         kernel_args: vec![form.kernel_args.clone()],
     };
-    let result: Result<(Customization, String), FieldErrors> = match parse_schematic_input(&input) {
-        Err(e) => Err(FieldErrors::from_ops(&e)),
-        Ok(c) => match images::create_schematic(&state.config.sources.factory_url, &c).await {
-            Ok(id) => Ok((c, id)),
-            Err(e) => Err(FieldErrors::one(
-                "schematic_factory",
-                format!("the Image Factory did not make it: {e}"),
-            )),
-        },
-    };
+    let result: Result<(Customization, String), FieldErrors> =
+        match parse_schematic_input(&input, &state.config.boot.kernel_additions()) {
+            Err(e) => Err(FieldErrors::from_ops(&e)),
+            Ok(c) => match images::create_schematic(&state.config.sources.factory_url, &c).await {
+                Ok(id) => Ok((c, id)),
+                Err(e) => Err(FieldErrors::one(
+                    "schematic_factory",
+                    format!("the Image Factory did not make it: {e}"),
+                )),
+            },
+        };
     let extras = match result {
         Ok((c, id)) => {
             tracing::info!(schematic = %id, extensions = c.extensions.len(), by = %op.name(),
