@@ -13,10 +13,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
 use crate::db::{Db, DbError, Observation};
-use crate::metrics::Metrics;
 use crate::model::{EventKind, Mac, Machine};
+use crate::support::clock::SharedClock;
+use crate::support::metrics::Metrics;
 
 /// An immutable snapshot of the inventory.
 #[derive(Debug, Default)]

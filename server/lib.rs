@@ -1,28 +1,28 @@
 //! bootplane: network boot and provisioning for Talos Linux clusters.
 //!
-//! See ARCHITECTURE.md for the map of modules and the invariants they keep.
+//! See ARCHITECTURE.md for the map of modules, the layer order their imports follow, and the
+//! invariants they keep.
 
 pub mod api;
 pub mod app;
+pub mod assets;
 pub mod auth;
 pub mod boot;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod db;
 pub mod dhcp;
-pub mod images;
+pub mod http;
 pub mod inventory;
-pub mod materials;
-pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod ops;
 pub mod orchestrator;
-pub mod oui;
-pub mod ra;
-pub mod serve;
+pub mod receivers;
+pub mod state;
+pub mod support;
 pub mod talos;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod tftp;
-pub mod tls;
 pub mod ui;

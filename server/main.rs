@@ -8,7 +8,8 @@ use tracing_subscriber::EnvFilter;
 
 use bootplane::cli::{Cli, Command};
 use bootplane::config::{Config, LogFormat};
-use bootplane::{app, clock, db::Db};
+use bootplane::support::clock;
+use bootplane::{app, db::Db};
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("BOOTPLANE_LOG")

@@ -1436,7 +1436,7 @@ async fn the_cli_refuses_the_appliances_own_address_as_the_api_does() {
         panic!("not a machines command");
     };
     let mut out = Vec::new();
-    let err = bootplane::cli::machines(cmd, &bootplane::clock::SystemClock, &mut out)
+    let err = bootplane::cli::machines(cmd, &bootplane::support::clock::SystemClock, &mut out)
         .await
         .unwrap_err()
         .to_string();

@@ -18,11 +18,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bootplane::app::{self, Listeners};
-use bootplane::config::{Config, DhcpMode, PortSetting, ServeOptions};
-use bootplane::db::Db;
-use bootplane::images::{
+use bootplane::assets::{
     AddOutcome, AddRequest, AssetSource, AssetState, Images, ImagesError, SourceSpec,
 };
+use bootplane::config::{Config, DhcpMode, PortSetting, ServeOptions};
+use bootplane::db::Db;
 use bootplane::model::{Machine, Role};
 use bootplane::net::InterfaceInfo;
 use bootplane::talos::Arch;
@@ -497,7 +497,7 @@ async fn start_on(
     let task = tokio::spawn(app::run(
         config,
         db,
-        bootplane::clock::system(),
+        bootplane::support::clock::system(),
         listeners,
         async move {
             let _ = stopped.await;

@@ -20,7 +20,7 @@ use bootplane::model::{
     BootstrapRecord, Event, EventKind, Ipv4Cidr, Lifecycle, Mac, Machine, Role,
 };
 use bootplane::orchestrator::Settings;
-use bootplane::talos::double::{
+use bootplane::testkit::double::{
     CallRecord, DoubleConfig, EtcdChange, EtcdStore, NodeRole, Phase, PhaseChange, TalosDouble,
 };
 use common::{Appliance, VERSION};

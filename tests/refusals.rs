@@ -13,7 +13,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use bootplane::images::{Asset, AssetFile, AssetSource, AssetState};
+use bootplane::assets::{Asset, AssetFile, AssetSource, AssetState};
 use bootplane::talos::Arch;
 use common::{no_redirects, Appliance, Session};
 use reqwest::StatusCode;
@@ -456,7 +456,7 @@ async fn record_long_assets(app: &Appliance, version: &str) {
     use sha2::Digest as _;
     let file = |name: &str, bytes: &[u8]| AssetFile {
         origin: format!("http://factory.test/{name}"),
-        digest: Some(bootplane::images::Digest {
+        digest: Some(bootplane::assets::Digest {
             size: bytes.len() as u64,
             sha256: hex::encode(sha2::Sha256::digest(bytes)),
         }),

@@ -9,11 +9,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use bootplane::talos::api::{ApiError, BootstrapOutcome, TalosApi};
-use bootplane::talos::double::{
+use bootplane::talos::secrets::SecretsBundle;
+use bootplane::testkit::double::{
     control_router, issue_cert, DoubleConfig, EmbeddedError, EtcdChange, EtcdState, EtcdStore,
     LeafSpec, NodeRole, Phase, PhaseChange, TalosDouble,
 };
-use bootplane::talos::secrets::SecretsBundle;
 use rcgen::ExtendedKeyUsagePurpose as Eku;
 use tokio::net::TcpListener;
 use tonic::Code;

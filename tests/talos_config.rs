@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use bootplane::materials::config_secrets;
 use bootplane::model::{Mac, NodeSubnets, ReportTargets, Role};
+use bootplane::ops::materials::config_secrets;
 use bootplane::talos::config::{
     base_config, render, render_documents, to_yaml, ClusterSpec, ConfigSecrets, Installers,
     NodeSpec, Patches, RenderError, DEFAULT_INSTALL_DISK_MATCH,
@@ -1205,8 +1205,8 @@ fn an_install_disk_given_by_flag_or_patch_wins_over_the_default_selector() {
 
 #[test]
 fn a_factory_schematic_versions_config_names_that_schematics_metal_installer() {
-    use bootplane::materials::{cluster_spec, spec_for, FactorySchematics};
     use bootplane::model::{Cluster, Machine};
+    use bootplane::ops::materials::{cluster_spec, spec_for, FactorySchematics};
     use bootplane::talos::config::FactorySchematic;
     use bootplane::talos::Arch;
     let schematic = "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba";

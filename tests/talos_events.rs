@@ -16,7 +16,7 @@ use bootplane::model::{BootLogLine, Event, EventKind, Ipv4Cidr, Lifecycle, Mac, 
 use bootplane::talos::api::pb::events::event_sink_service_client::EventSinkServiceClient;
 use bootplane::talos::api::pb::events::EventRequest;
 use bootplane::talos::api::pb::machine as m;
-use bootplane::talos::double::{DoubleConfig, NodeRole, TalosDouble};
+use bootplane::testkit::double::{DoubleConfig, NodeRole, TalosDouble};
 use clap::Parser;
 use common::{Appliance, VERSION};
 use hyper_util::rt::TokioIo;
@@ -464,7 +464,7 @@ async fn cli(app: &Appliance, args: &[&str]) -> String {
         panic!("not a machines command");
     };
     let mut out = Vec::new();
-    bootplane::cli::machines(cmd, &bootplane::clock::SystemClock, &mut out)
+    bootplane::cli::machines(cmd, &bootplane::support::clock::SystemClock, &mut out)
         .await
         .unwrap();
     String::from_utf8(out).unwrap()

@@ -8,10 +8,10 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiQuery, ApiResult, Failure};
-use crate::app::AppState;
 use crate::auth::Operator;
 use crate::model::{Cluster, PatchRecord};
 use crate::ops::cluster::{self as cops, BootstrapStatus, ClusterInput, PatchInput, PatchPreview};
+use crate::state::AppState;
 
 /// The cluster's settings (never its secrets).
 #[utoipa::path(

@@ -7,12 +7,12 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiResult, Failure};
-use crate::app::AppState;
+use crate::assets::{self, Asset, AssetSource, AssetState, ImagesError, Progress, Started};
 use crate::auth::Operator;
-use crate::images::{self, Asset, AssetSource, AssetState, ImagesError, Progress, Started};
 use crate::ops::images::{
     parse_image_input, parse_schematic_input, Bases, ImageInput, LocalFiles, SchematicInput,
 };
+use crate::state::AppState;
 use crate::talos::Arch;
 
 /// Where progress shows.
@@ -70,7 +70,7 @@ pub struct ImageView {
 }
 
 pub fn view(a: Asset, progress: Option<Progress>) -> ImageView {
-    let file = |f: crate::images::AssetFile| FileView {
+    let file = |f: crate::assets::AssetFile| FileView {
         origin: f.origin,
         size: f.digest.as_ref().map(|d| d.size),
         sha256: f.digest.map(|d| d.sha256),
@@ -187,9 +187,9 @@ pub async fn images_add_post(
 }
 
 fn path_asset(version: &str, arch: &str) -> ApiResult<(String, Arch)> {
-    images::validate_version(version)
+    assets::validate_version(version)
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let arch = images::parse_arch(arch)
+    let arch = assets::parse_arch(arch)
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     Ok((version.to_string(), arch))
 }
@@ -318,7 +318,7 @@ pub async fn images_schematic_post(
     ApiJson(input): ApiJson<SchematicInput>,
 ) -> ApiResult<(StatusCode, Json<SchematicCreated>)> {
     let c = parse_schematic_input(&input, &state.config.boot.kernel_additions())?;
-    let id = images::create_schematic(&state.config.sources.factory_url, &c).await?;
+    let id = assets::create_schematic(&state.config.sources.factory_url, &c).await?;
     tracing::info!(schematic = %id, by = %op.name(), "api: schematic created");
     Ok((StatusCode::CREATED, Json(SchematicCreated { id })))
 }

@@ -6,10 +6,10 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::{path_mac, ApiError, ApiJson, ApiQuery, ApiResult, Failure};
-use crate::app::AppState;
 use crate::auth::Operator;
 use crate::model::{BootLogLine, Event, Lifecycle, Machine, Role};
 use crate::ops::{self, Lan, MachineInput};
+use crate::state::AppState;
 
 /// A machine with what the list shows beside it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -72,7 +72,7 @@ pub async fn machines_list_get(
             .filter(|m| want_state.is_none_or(|s| m.state == s))
             .filter(|m| want_role.is_none_or(|r| m.role == r))
             .map(|m| MachineView {
-                vendor: crate::oui::vendor(m.mac),
+                vendor: crate::net::oui::vendor(m.mac),
                 last_event: latest.remove(&m.mac),
                 machine: m,
             })
@@ -192,7 +192,7 @@ pub async fn machine_get(
         .ok_or(ops::OpsError::NotFound(mac))?;
     let last_event = state.db.events(mac, 1).await?.pop();
     Ok(Json(MachineView {
-        vendor: crate::oui::vendor(mac),
+        vendor: crate::net::oui::vendor(mac),
         last_event,
         machine,
     }))

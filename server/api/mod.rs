@@ -24,10 +24,10 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::db::DbError;
 use crate::model::Mac;
 use crate::ops::{FieldError, OpsError};
+use crate::state::AppState;
 
 /// Where the API is mounted; the document's server URL.
 pub const BASE: &str = "/api/v1";

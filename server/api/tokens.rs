@@ -6,9 +6,9 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiResult, Failure};
-use crate::app::AppState;
 use crate::auth::Operator;
 use crate::ops::OpsError;
+use crate::state::AppState;
 
 /// An API token as listed (never the token itself).
 #[derive(Debug, Serialize, utoipa::ToSchema)]

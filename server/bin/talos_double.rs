@@ -1,6 +1,6 @@
 //! `bootplane-talos-double`: a test tool that plays one Talos node's API (apid on :50000):
 //! `machine.MachineService` over gRPC with Talos's mutual-TLS checks and simulated etcd
-//! state. See `bootplane::talos::double` for the behaviour, the state file and the HTTP
+//! state. See `bootplane::testkit::double` for the behaviour, the state file and the HTTP
 //! control API.
 
 use std::net::SocketAddr;
@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 
-use bootplane::talos::double::{
+use bootplane::talos::secrets::SecretsBundle;
+use bootplane::testkit::double::{
     control_router, DoubleConfig, EtcdStore, NodeRole, TalosDouble, DEFAULT_TALOS_VERSION,
 };
-use bootplane::talos::secrets::SecretsBundle;
 
 /// A Talos node double for tests: answers Talos's machine API (Version, ServiceList,
 /// EtcdMemberList, EtcdRemoveMemberByID, Bootstrap) on Talos's wire protocol, with the

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use super::{CliError, DataDir};
-use crate::config::DEFAULT_IMAGES_DIR;
-use crate::db::Db;
-use crate::images::{
+use crate::assets::{
     self, AddOutcome, AddRequest, Asset, AssetState, Images, ImagesError, ProgressFn,
     DEFAULT_FACTORY_URL, DEFAULT_RELEASE_URL,
 };
+use crate::config::DEFAULT_IMAGES_DIR;
+use crate::db::Db;
 use crate::ops::images::{
     parse_image_input, parse_schematic_input, Bases, ImageInput, LocalFiles, SchematicInput,
 };
@@ -196,7 +196,7 @@ fn progress_line() -> ProgressFn {
 }
 
 fn describe(a: &Asset) -> String {
-    let digest = |f: &images::AssetFile| match &f.digest {
+    let digest = |f: &assets::AssetFile| match &f.digest {
         Some(d) => format!("{} bytes sha256:{}", d.size, d.sha256),
         None => "-".into(),
     };
@@ -252,7 +252,7 @@ pub async fn images(cmd: ImagesCommand, out: &mut dyn Write) -> Result<(), CliEr
             version,
             arch,
         } => {
-            let arch = images::parse_arch(&arch).map_err(failed)?;
+            let arch = assets::parse_arch(&arch).map_err(failed)?;
             let store = Images::new(images.images_dir, Db::open(&data.data_dir).await?);
             store.remove(&version, arch).await.map_err(failed)?;
             write(out, format!("removed {version} {}\n", arch.as_str()))?;
@@ -271,7 +271,7 @@ pub async fn images(cmd: ImagesCommand, out: &mut dyn Write) -> Result<(), CliEr
                 &crate::talos::kernel::Additions::offline(),
             )
             .map_err(flag_error)?;
-            let id = images::create_schematic(&factory_url, &c)
+            let id = assets::create_schematic(&factory_url, &c)
                 .await
                 .map_err(failed)?;
             write(out, format!("{id}\n"))?;

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{BootConfig, DhcpConfig, DhcpMode};
 use crate::db::Db;
 use crate::inventory::{Inventory, Neighbours, Recorder};
-use crate::metrics::Metrics;
 use crate::net::InterfaceInfo;
+use crate::support::metrics::Metrics;
 
 mod decide;
 mod leases;

@@ -10,11 +10,11 @@ use super::decide::{respond, Ctx, Dest, Outcome, Outgoing, Via};
 use super::fixtures::{self, Packet, DECLINE, DISCOVER, INFORM, RELEASE, REQUEST};
 use super::leases::LeaseTable;
 use super::wire::{self, RawOptions};
-use crate::clock::{Clock, ManualClock};
 use crate::config::{BootConfig, DhcpConfig, DhcpMode, Pool};
 use crate::db::Db;
 use crate::inventory::Snapshot;
 use crate::model::{EfiBinary, EventKind, Mac, Machine};
+use crate::support::clock::{Clock, ManualClock};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x77, 0x00, 0x01];
 const OTHER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x77, 0x00, 0x02];
@@ -1239,10 +1239,10 @@ mod udp {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::clock::SharedClock;
     use crate::dhcp::{bind, run, DhcpDeps, DhcpSockets};
     use crate::inventory::{Inventory, Neighbours, Recorder};
-    use crate::metrics::Metrics;
+    use crate::support::clock::SharedClock;
+    use crate::support::metrics::Metrics;
 
     const LO_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x10, 0x00, 0x01];
 
@@ -1426,7 +1426,7 @@ mod udp {
     async fn run_answers_proxy_discover_on_67_and_request_on_4011() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).await.unwrap();
-        let app = start(&db, DhcpMode::Proxy, crate::clock::system()).await;
+        let app = start(&db, DhcpMode::Proxy, crate::support::clock::system()).await;
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let offer = exchange(
             &client,
@@ -1491,7 +1491,7 @@ mod udp {
         const N: u32 = 10_000;
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).await.unwrap();
-        let app = start(&db, DhcpMode::Proxy, crate::clock::system()).await;
+        let app = start(&db, DhcpMode::Proxy, crate::support::clock::system()).await;
         // A receive buffer large enough for a window of replies.
         let client = {
             let sock = socket2::Socket::new(

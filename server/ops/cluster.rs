@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{cleared, Errors, OpsError};
 use crate::db::{Db, DbError};
-use crate::materials;
 use crate::model::{
     validate_hostname, BootstrapRecord, Cluster, Mac, Machine, NodeSubnets, PatchRecord,
     PatchScope, Role,
 };
+use crate::ops::materials;
 
 /// Cluster settings as an operator types them; `None` leaves a setting as it is.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{Errors, OpsError};
-use crate::images::{self, AddRequest, Customization, SourceSpec};
+use crate::assets::{self, AddRequest, Customization, SourceSpec};
 
 /// An asset to add, as an operator gives it. Exactly one source: `schematic` (Image Factory),
 /// `release`, or `kernel_path` with `initramfs_path` (files on the appliance).
@@ -62,7 +62,7 @@ pub fn parse_image_input(
 ) -> Result<AddRequest, OpsError> {
     let mut errors = Errors::default();
     let version = match given(&input.version) {
-        Some(v) => match images::validate_version(&v) {
+        Some(v) => match assets::validate_version(&v) {
             Ok(()) => v,
             Err(e) => {
                 errors.add("version", e.to_string());
@@ -74,7 +74,7 @@ pub fn parse_image_input(
             String::new()
         }
     };
-    let arch = match images::parse_arch(given(&input.arch).as_deref().unwrap_or("amd64")) {
+    let arch = match assets::parse_arch(given(&input.arch).as_deref().unwrap_or("amd64")) {
         Ok(a) => Some(a),
         Err(e) => {
             errors.add("arch", e.to_string());
@@ -86,7 +86,7 @@ pub fn parse_image_input(
     let (kernel, initramfs) = (given(&input.kernel_path), given(&input.initramfs_path));
     let source = match (schematic, release, kernel, initramfs) {
         (Some(schematic), false, None, None) => {
-            if let Err(e) = images::validate_schematic(&schematic) {
+            if let Err(e) = assets::validate_schematic(&schematic) {
                 errors.add("schematic", e.to_string());
             }
             Some(SourceSpec::Factory {
@@ -129,7 +129,7 @@ pub fn parse_image_input(
         }
     };
     let mut sha = |field: &str, v: &Option<String>| match given(v) {
-        Some(text) => match images::parse_sha256(&text) {
+        Some(text) => match assets::parse_sha256(&text) {
             Ok(s) => Some(s),
             Err(e) => {
                 errors.add(field, e.to_string());
@@ -188,12 +188,12 @@ pub fn parse_schematic_input(
         .map(str::to_string)
         .collect();
     for e in &extensions {
-        if let Err(err) = images::validate_extension(e) {
+        if let Err(err) = assets::validate_extension(e) {
             errors.add("extensions", err.to_string());
         }
     }
     for a in &kernel_args {
-        if let Err(err) = images::validate_kernel_arg(a) {
+        if let Err(err) = assets::validate_kernel_arg(a) {
             errors.add("kernel_args", err.to_string());
         }
     }

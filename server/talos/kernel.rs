@@ -5,47 +5,7 @@ use std::net::Ipv4Addr;
 use crate::model::Mac;
 use crate::model::ReportTargets;
 
-/// CPU architecture of boot assets, as Talos names them in release file names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Arch {
-    Amd64,
-    Arm64,
-}
-
-impl Arch {
-    /// Maps iPXE's `${buildarch}` (x86_64, i386, arm64, arm32) to a Talos asset arch.
-    /// 32-bit x86 iPXE (undionly.kpxe) runs on 64-bit machines, so it maps to amd64.
-    pub fn from_ipxe_buildarch(buildarch: &str) -> Arch {
-        match buildarch {
-            "arm64" | "aarch64" => Arch::Arm64,
-            _ => Arch::Amd64,
-        }
-    }
-
-    /// The architecture of a machine from its DHCP client architecture (option 93): ARM64 UEFI
-    /// (11, and 19 for HTTP boot) is arm64, everything else (and not seen yet) amd64.
-    pub fn of_dhcp_client(client_arch: Option<u16>) -> Arch {
-        match client_arch {
-            Some(11 | 19) => Arch::Arm64,
-            _ => Arch::Amd64,
-        }
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-
-    pub fn kernel_file(&self) -> String {
-        format!("vmlinuz-{}", self.as_str())
-    }
-
-    pub fn initramfs_file(&self) -> String {
-        format!("initramfs-{}.xz", self.as_str())
-    }
-}
+pub use crate::model::assets::Arch;
 
 /// (major, minor) of a `vX.Y.Z` version; `None` if it does not parse.
 pub fn minor_version(version: &str) -> Option<(u32, u32)> {

@@ -3,12 +3,8 @@
 
 pub mod api;
 pub mod config;
-pub mod double;
 pub mod kernel;
-pub mod kmsg;
 pub mod patch;
-pub mod peers;
 pub mod secrets;
-pub mod sink;
 
 pub use kernel::{kernel_args, minor_version, Arch};

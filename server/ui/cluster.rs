@@ -9,11 +9,11 @@ use axum::{Extension, Form};
 use serde::Deserialize;
 
 use super::{flash_message, ops_error_page, render, when, Chrome, FieldErrors, Op};
-use crate::app::AppState;
 use crate::auth::Operator;
 use crate::model::{Cluster, Lifecycle, PatchScope, Role};
 use crate::ops::cluster::{self as cops, ClusterInput, PatchInput};
 use crate::ops::{self, OpsError};
+use crate::state::AppState;
 
 /// The cluster settings form (strings as typed).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -178,10 +178,10 @@ async fn installers_shown(state: &AppState, cluster: &crate::model::Cluster) -> 
     let Ok(factory) = state.db.factory_schematics().await else {
         return vec!["cannot read the boot asset records".into()];
     };
-    let Ok(spec) = crate::materials::cluster_spec(cluster, &factory) else {
+    let Ok(spec) = crate::ops::materials::cluster_spec(cluster, &factory) else {
         return Vec::new();
     };
-    crate::materials::installers_shown(&spec)
+    crate::ops::materials::installers_shown(&spec)
         .into_iter()
         .map(|(arches, image, source)| {
             let image = if image.is_empty() {
@@ -213,7 +213,7 @@ async fn asset_status(
         .iter()
         .filter(|m| m.cluster == cluster.name && m.is_assigned() && m.talos_version.is_none())
     {
-        let a = crate::images::arch_of_client(m.last_arch);
+        let a = crate::assets::arch_of_client(m.last_arch);
         if !arches.contains(&a) {
             arches.push(a);
         }

@@ -10,11 +10,11 @@ use axum::{Extension, Form};
 use serde::Deserialize;
 
 use super::{error_page, render, when, Chrome, Op};
-use crate::app::AppState;
+use crate::auth::devices::{normalise_code, ArmScope, Decision, Evidence, MAX_ARM_MINUTES};
 use crate::auth::Operator;
-use crate::boot::oauth::{normalise_code, ArmScope, Decision, Evidence, MAX_ARM_MINUTES};
 use crate::config::ConfigAccess;
 use crate::model::{EventKind, Mac};
+use crate::state::AppState;
 
 pub struct RequestView {
     pub code: String,
@@ -105,7 +105,7 @@ async fn page(
             highlighted: !code.is_empty() && r.user_code == code,
             code: r.user_code,
             mac: r.mac.to_string(),
-            vendor: crate::oui::vendor(r.mac).unwrap_or_else(|| "unknown vendor".into()),
+            vendor: crate::net::oui::vendor(r.mac).unwrap_or_else(|| "unknown vendor".into()),
             machine,
             from: r
                 .from

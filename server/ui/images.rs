@@ -9,12 +9,12 @@ use axum::{Extension, Form};
 use serde::Deserialize;
 
 use super::{ago, error_page, render, Chrome, FieldErrors, Op};
-use crate::app::AppState;
-use crate::images::{self, Asset, AssetSource, AssetState, Customization, ImagesError, Started};
+use crate::assets::{self, Asset, AssetSource, AssetState, Customization, ImagesError, Started};
 use crate::ops::images::{
     parse_image_input, parse_schematic_input, ImageInput, LocalFiles, SchematicInput,
 };
 use crate::ops::OpsError;
+use crate::state::AppState;
 
 /// The Image Factory's schematic without customisations (talos-anchors.md).
 pub const VANILLA_SCHEMATIC: &str =
@@ -40,7 +40,7 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-fn file_words(f: &images::AssetFile) -> String {
+fn file_words(f: &assets::AssetFile) -> String {
     match &f.digest {
         Some(d) => format!(
             "{} · sha256:{}…",
@@ -359,7 +359,7 @@ pub async fn ui_images_remove_post(
     Extension(op): Op,
     Form(form): Form<AssetForm>,
 ) -> Response {
-    let arch = match images::parse_arch(&form.arch) {
+    let arch = match assets::parse_arch(&form.arch) {
         Ok(a) => a,
         Err(e) => return error_page(StatusCode::BAD_REQUEST, &e.to_string()),
     };
@@ -426,7 +426,7 @@ pub async fn ui_images_schematic_post(
     let result: Result<(Customization, String), FieldErrors> =
         match parse_schematic_input(&input, &state.config.boot.kernel_additions()) {
             Err(e) => Err(FieldErrors::from_ops(&e)),
-            Ok(c) => match images::create_schematic(&state.config.sources.factory_url, &c).await {
+            Ok(c) => match assets::create_schematic(&state.config.sources.factory_url, &c).await {
                 Ok(id) => Ok((c, id)),
                 Err(e) => Err(FieldErrors::one(
                     "schematic_factory",

@@ -13,9 +13,9 @@ use super::{
 };
 use std::collections::HashMap;
 
-use crate::app::AppState;
 use crate::model::{DiskHandoff, Event, Lifecycle, Mac, Machine, Role};
 use crate::ops::{self, Lan, MachineInput, OpsError};
+use crate::state::AppState;
 use axum::Extension;
 
 /// Firmware named from DHCP option 93.
@@ -64,7 +64,7 @@ pub struct Row {
 fn row(m: &Machine, last: Option<&Event>, now: i64) -> Row {
     Row {
         mac: m.mac.to_string(),
-        vendor: crate::oui::vendor(m.mac).unwrap_or_else(|| "unknown vendor".into()),
+        vendor: crate::net::oui::vendor(m.mac).unwrap_or_else(|| "unknown vendor".into()),
         arch: arch_name(m.last_arch),
         role: m.role.as_str(),
         hostname: m.hostname.clone().unwrap_or_else(|| "—".into()),
@@ -112,7 +112,7 @@ async fn boot_problem(state: &AppState, m: &Machine) -> Option<String> {
         return None;
     }
     let (version, _) = boot_version(state, m).await.ok()?;
-    let arch = crate::images::arch_of_client(m.last_arch);
+    let arch = crate::assets::arch_of_client(m.last_arch);
     match state.images.availability(&version, arch).await {
         Ok(a) => a.problem(&version, arch),
         Err(e) => {
@@ -196,7 +196,7 @@ async fn rows(state: &AppState, filters: &Filters) -> Result<(Vec<Row>, String),
                     v
                 }
             };
-            let arch = crate::images::arch_of_client(m.last_arch);
+            let arch = crate::assets::arch_of_client(m.last_arch);
             let key = (version.clone(), arch.as_str());
             if !problems.contains_key(&key) {
                 let problem = match state.images.availability(&version, arch).await {

@@ -21,9 +21,9 @@ use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use serde::Deserialize;
 
-use crate::app::AppState;
 use crate::auth::{self, Operator};
 use crate::ops::OpsError;
+use crate::state::AppState;
 
 /// Pages behind the login.
 pub fn router() -> Router<AppState> {
@@ -248,7 +248,7 @@ pub fn ago(now: i64, at: Option<i64>) -> String {
 /// An absolute UTC time for detail pages.
 pub fn when(at: Option<i64>) -> String {
     match at {
-        Some(_) => format!("{} UTC", crate::cli::format_time(at)),
+        Some(_) => format!("{} UTC", crate::support::time::format_time(at)),
         None => "never".into(),
     }
 }
@@ -306,7 +306,7 @@ struct LoginForm {
 async fn ui_login_post(
     State(state): State<AppState>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-    over_tls: Option<Extension<crate::serve::OverTls>>,
+    over_tls: Option<Extension<crate::http::serve::OverTls>>,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let now = state.recorder.now_ms();

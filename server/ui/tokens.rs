@@ -8,8 +8,8 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::{error_page, render, when, Chrome, FieldErrors, Op};
-use crate::app::AppState;
 use crate::auth::Operator;
+use crate::state::AppState;
 use axum::Extension;
 
 pub struct TokenView {

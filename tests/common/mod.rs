@@ -120,7 +120,7 @@ impl Appliance {
         // The HTTPS certificate is made here, the way `run` makes it on a first start, so a
         // test can read it at once; `run` then reuses it.
         if let Some(https) = &config.https {
-            bootplane::tls::server_config(&https.cert).unwrap();
+            bootplane::app::tls::server_config(&https.cert).unwrap();
         }
         let db = Db::open(data.path()).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -136,7 +136,7 @@ impl Appliance {
         let task = tokio::spawn(app::run(
             config,
             db.clone(),
-            bootplane::clock::system(),
+            bootplane::support::clock::system(),
             listeners,
             async move {
                 let _ = stopped.await;

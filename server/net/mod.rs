@@ -1,6 +1,9 @@
 //! Host network facts: which interface holds the default route and what its address is, the
 //! neighbour table, and the host's DNS resolvers.
 
+pub mod oui;
+pub mod ra;
+
 use std::net::Ipv4Addr;
 
 use crate::model::Ipv4Cidr;

@@ -28,14 +28,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
-use super::api::pb::events::event_sink_service_server::{EventSinkService, EventSinkServiceServer};
-use super::api::pb::events::{EventRequest, EventResponse};
-use super::api::pb::machine as m;
 use super::peers::{self, ConnLimits, ConnPermit};
 use crate::inventory::{Inventory, Neighbours, Recorder};
-use crate::metrics::Metrics;
 use crate::model::{EventKind, Mac};
 use crate::orchestrator::{self, Signal};
+use crate::support::metrics::Metrics;
+use crate::talos::api::pb::events::event_sink_service_server::{
+    EventSinkService, EventSinkServiceServer,
+};
+use crate::talos::api::pb::events::{EventRequest, EventResponse};
+use crate::talos::api::pb::machine as m;
 
 /// Connections held at most, in all and per peer address.
 const MAX_CONNECTIONS: usize = 256;

@@ -14,54 +14,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
 use crate::db::Db;
-use crate::materials;
 use crate::model::{EventKind, Lifecycle, Mac, Machine, Role};
+use crate::ops::materials;
+use crate::support::clock::SharedClock;
 use crate::talos::api::{ApiError, BootstrapOutcome, TalosApi};
 
-/// Timings and limits; defaults suit real clusters, tests shorten them.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Port of the Talos API on every node.
-    pub api_port: u16,
-    /// How long after a Bootstrap call whose outcome is unknown no other call is made.
-    pub bootstrap_holdoff: Duration,
-    /// Longest wait between two report-in probes of one machine.
-    pub probe_max_backoff: Duration,
-    /// A machine sent to its disk that network-boots again within this window, without its
-    /// Talos API answering in between, may have a disk that does not boot.
-    pub wipe_window: Duration,
-    /// ...and it is reinstalled only once its Talos API has failed the cluster's mTLS on every
-    /// probe for at least this long since the hand-off (and at least [`WIPE_MIN_FAILED_PROBES`]
-    /// times). A network boot is an unauthenticated request: it never decides by itself.
-    pub wipe_confirm: Duration,
-    /// How long every control plane must be seen reinstalled since the bootstrap and without a
-    /// running etcd before the cluster's etcd counts as lost (and a new generation starts).
-    pub etcd_lost_confirm: Duration,
-    /// How often clusters are re-evaluated without any signal.
-    pub tick: Duration,
-    /// Probes in flight at most.
-    pub max_probes: usize,
-    /// Test hook: exit the process right after the Bootstrap call is marked, before it is sent.
-    pub crash_before_bootstrap_call: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            api_port: 50000,
-            bootstrap_holdoff: Duration::from_secs(300),
-            probe_max_backoff: Duration::from_secs(30),
-            wipe_window: Duration::from_secs(600),
-            wipe_confirm: Duration::from_secs(30),
-            etcd_lost_confirm: Duration::from_secs(30),
-            tick: Duration::from_secs(5),
-            max_probes: 32,
-            crash_before_bootstrap_call: false,
-        }
-    }
-}
+pub use crate::config::OrchestratorSettings as Settings;
 
 /// Longest gap between probes of a machine handed to its disk.
 const HANDOFF_PROBE_INTERVAL: Duration = Duration::from_secs(1);

@@ -65,12 +65,14 @@ use tonic::transport::server::Connected;
 use tonic::{Code, Request, Response, Status};
 use x509_parser::extensions::ParsedExtension;
 
-use super::api::pb::common::Metadata;
-use super::api::pb::google::rpc::Status as RpcStatus;
-use super::api::pb::machine as m;
-use super::api::pb::machine::machine_service_server::{MachineService, MachineServiceServer};
-use super::api::{pem_certificates, pem_private_key};
-use super::secrets::{CertAndKey, SecretsBundle};
+use crate::talos::api::pb::common::Metadata;
+use crate::talos::api::pb::google::rpc::Status as RpcStatus;
+use crate::talos::api::pb::machine as m;
+use crate::talos::api::pb::machine::machine_service_server::{
+    MachineService, MachineServiceServer,
+};
+use crate::talos::api::{pem_certificates, pem_private_key};
+use crate::talos::secrets::{CertAndKey, SecretsBundle};
 
 /// The Talos release the double claims to be unless told otherwise.
 pub const DEFAULT_TALOS_VERSION: &str = "v1.11.6";

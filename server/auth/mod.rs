@@ -2,6 +2,8 @@
 //! sessions in HttpOnly SameSite cookies with a CSRF token each, API bearer tokens, and a login
 //! rate limit. Booting machines never pass through here (their routes are public).
 
+pub mod devices;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -18,8 +20,8 @@ use base64::Engine as _;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
 use crate::db::{Db, DbError};
+use crate::support::clock::SharedClock;
 
 pub const SESSION_COOKIE: &str = "bootplane_session";
 /// Header carrying the CSRF token for requests made by the UI's own scripts.
@@ -134,7 +136,6 @@ async fn dummy_verify(password: &str) {
 }
 
 pub const ADMIN_USER: &str = "admin";
-pub const MIN_PASSWORD_LEN: usize = 12;
 
 /// Makes sure an admin account exists. With no account yet: the configured password, or a
 /// generated one printed once in the log. With a configured password that differs from the
@@ -299,18 +300,30 @@ pub enum Surface {
     Ui,
 }
 
-fn refuse(surface: Surface, status: StatusCode, message: &str, uri: &axum::http::Uri) -> Response {
-    match (surface, status) {
-        (Surface::Ui, StatusCode::UNAUTHORIZED) => {
+/// Renders a refusal in the surface's own format (the UI's error page, the API's JSON error);
+/// each surface passes its own, so this layer never imports the surfaces above it.
+pub type RenderRefusal = fn(StatusCode, &str) -> Response;
+
+/// What `require_operator` needs: where sessions live, the time, and how to say no.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    pub db: Db,
+    pub clock: SharedClock,
+    pub surface: Surface,
+    pub render: RenderRefusal,
+}
+
+impl Gate {
+    fn refuse(&self, status: StatusCode, message: &str, uri: &axum::http::Uri) -> Response {
+        if self.surface == Surface::Ui && status == StatusCode::UNAUTHORIZED {
             let next = uri
                 .path_and_query()
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_else(|| "/ui".into());
             let target = format!("/login?next={}", urlencode(&next));
-            Redirect::to(&target).into_response()
+            return Redirect::to(&target).into_response();
         }
-        (Surface::Ui, _) => crate::ui::error_page(status, message),
-        (Surface::Api, _) => crate::api::error_response(status, message),
+        (self.render)(status, message)
     }
 }
 
@@ -320,20 +333,15 @@ pub fn urlencode(text: &str) -> String {
 
 /// Middleware: every request needs an operator; requests that change something and come with
 /// a session cookie also need the session's CSRF token (header or form field).
-pub async fn require_operator(
-    State((state, surface)): State<(AppState, Surface)>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let now = state.recorder.now_ms();
+pub async fn require_operator(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    let now = gate.clock.now_ms();
     let uri = request.uri().clone();
-    let operator = match identify(&state.db, request.headers(), now).await {
+    let operator = match identify(&gate.db, request.headers(), now).await {
         Ok(Some(op)) => op,
-        Ok(None) => return refuse(surface, StatusCode::UNAUTHORIZED, "log in first", &uri),
+        Ok(None) => return gate.refuse(StatusCode::UNAUTHORIZED, "log in first", &uri),
         Err(e) => {
             tracing::error!(error = %e, "cannot check the session");
-            return refuse(
-                surface,
+            return gate.refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the database is not answering; try again",
                 &uri,
@@ -358,14 +366,13 @@ pub async fn require_operator(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
             if !is_form {
-                return refuse(surface, StatusCode::FORBIDDEN, "missing CSRF token", &uri);
+                return gate.refuse(StatusCode::FORBIDDEN, "missing CSRF token", &uri);
             }
             let (parts, body) = request.into_parts();
             let bytes: Bytes = match axum::body::to_bytes(body, MAX_FORM).await {
                 Ok(b) => b,
                 Err(_) => {
-                    return refuse(
-                        surface,
+                    return gate.refuse(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "the form is too large",
                         &uri,
@@ -374,9 +381,7 @@ pub async fn require_operator(
             };
             let ok = form_field(&bytes, CSRF_FIELD).is_some_and(|v| constant_time_eq(&v, csrf));
             if !ok {
-                return refuse(
-                    surface,
-                    StatusCode::FORBIDDEN,
+                return gate.refuse(StatusCode::FORBIDDEN,
                     "the form's CSRF token does not match your session (reload the page and try again)",
                     &uri,
                 );

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 use super::zerocopy::Regions;
-use crate::metrics::Metrics;
+use crate::support::metrics::Metrics;
 
 /// Bytes mapped per body chunk: big enough that the per-chunk map and unmap cost nothing next
 /// to copying it, small enough that many parallel transfers keep little mapped.

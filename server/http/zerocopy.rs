@@ -37,7 +37,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::config::HttpLimits;
-use crate::metrics::ReasonLabel;
+use crate::support::metrics::ReasonLabel;
 
 /// Most bytes one `sendfile` call is asked for; a socket takes less when its buffer is full.
 const MAX_SENDFILE: usize = 4 << 20;
@@ -256,7 +256,7 @@ impl ZeroCopyListener {
         listener: TcpListener,
         regions: Regions,
         limits: &HttpLimits,
-        metrics: &crate::metrics::Metrics,
+        metrics: &crate::support::metrics::Metrics,
     ) -> ZeroCopyListener {
         let caps = ConnectionCaps::new(
             limits.max_connections,

@@ -17,18 +17,17 @@ use serde::Deserialize;
 
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
+use crate::assets::{Availability, ServeError, Unservable};
 use crate::config::ConfigAccess;
 use crate::db::Observation;
-use crate::images::{Availability, ServeError, Unservable};
-use crate::materials::{self, MaterialsError};
+use crate::http::files;
 use crate::model::{DiskHandoff, EventKind, Lifecycle, Mac, Machine, Role};
+use crate::ops::materials::{self, MaterialsError};
 use crate::orchestrator::Signal;
+use crate::state::AppState;
 use crate::talos::{self, Arch};
 
-pub mod files;
 pub mod oauth;
-pub mod zerocopy;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -247,7 +246,7 @@ async fn boot_machine_get(
         }
         Some(m) if m.role != Role::Unassigned => {
             let version =
-                crate::images::machine_version(&state.db, &m, &state.config.boot.talos_version)
+                crate::assets::machine_version(&state.db, &m, &state.config.boot.talos_version)
                     .await
                     .map_err(|e| BootError::Internal(e.to_string()))?;
             let availability = state

@@ -21,10 +21,7 @@ use crate::db::{Db, DbError};
 use crate::model::Machine;
 use crate::talos::Arch;
 
-/// The public Image Factory; an air-gapped mirror is given with `--factory-url`.
-pub const DEFAULT_FACTORY_URL: &str = "https://factory.talos.dev";
-/// Where Talos releases publish `vmlinuz-<arch>` and `initramfs-<arch>.xz`.
-pub const DEFAULT_RELEASE_URL: &str = "https://github.com/siderolabs/talos/releases/download";
+pub use crate::config::{DEFAULT_FACTORY_URL, DEFAULT_RELEASE_URL};
 /// Attempts per file before a download is given up (it resumes on the next `add`).
 const DOWNLOAD_ATTEMPTS: u32 = 5;
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
@@ -32,75 +29,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// No byte for this long breaks the transfer (and the next attempt resumes it).
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A file's size and SHA-256 (lowercase hex).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Digest {
-    pub size: u64,
-    pub sha256: String,
-}
-
-/// One of an asset's two files: where it came from and, once complete, its digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AssetFile {
-    pub origin: String,
-    pub digest: Option<Digest>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AssetSource {
-    /// The Talos Image Factory, by schematic ID.
-    Factory { schematic: String },
-    /// A release URL (GitHub release assets by default).
-    Release,
-    /// Local files, copied in.
-    Local,
-    /// Files found in the images directory without a record, adopted with the hash they had.
-    Found,
-}
-
-impl std::fmt::Display for AssetSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AssetSource::Factory { schematic } => write!(f, "factory schematic {schematic}"),
-            AssetSource::Release => f.write_str("release"),
-            AssetSource::Local => f.write_str("local files"),
-            AssetSource::Found => f.write_str("found on disk"),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AssetState {
-    Downloading,
-    Ready,
-    /// Out of service, with the reason.
-    Broken(String),
-}
-
-impl std::fmt::Display for AssetState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AssetState::Downloading => f.write_str("downloading"),
-            AssetState::Ready => f.write_str("ready"),
-            AssetState::Broken(_) => f.write_str("broken"),
-        }
-    }
-}
-
-/// The kernel and initramfs of one Talos version and architecture.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Asset {
-    pub version: String,
-    pub arch: Arch,
-    pub source: AssetSource,
-    pub kernel: AssetFile,
-    pub initramfs: AssetFile,
-    /// Extra kernel arguments the factory schematic bakes in (its cmdline beyond what
-    /// bootplane puts on every command line); empty for other sources.
-    pub kernel_args: Vec<String>,
-    pub state: AssetState,
-    pub updated_at: i64,
-}
+pub use crate::model::assets::{Asset, AssetFile, AssetSource, AssetState, Digest};
 
 /// Where to get an asset from.
 #[derive(Clone, Debug)]

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where the generated certificate and key live, under the data directory.
-pub const GENERATED_DIR: &str = "tls";
+pub use crate::config::TLS_GENERATED_DIR as GENERATED_DIR;
 const GENERATED_CERT: &str = "cert.pem";
 const GENERATED_KEY: &str = "key.pem";
 /// How long a generated certificate is valid.

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::inventory::{Neighbours, Recorder};
-use crate::metrics::Metrics;
 use crate::model::{EventKind, Mac};
+use crate::support::metrics::Metrics;
 
 /// Silence after which a window (or the OACK) is sent again, unless the client asked for
 /// another timeout.
@@ -980,7 +980,8 @@ mod tests {
         std::fs::write(dir.path().join("ipxe.efi"), &data).unwrap();
         let db = crate::db::Db::open(dir.path()).await.unwrap();
         let metrics = Metrics::default();
-        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        let clock: crate::support::clock::SharedClock =
+            Arc::new(crate::support::clock::SystemClock);
         let (recorder, _writer) = Recorder::new(db, clock, metrics.clone());
         let handler = TftpHandler::new(
             IpxeFiles::new(dir.path().to_path_buf()),

@@ -6,9 +6,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{Db, DbError};
-use crate::images::{Asset, AssetFile, AssetSource, AssetState, Digest};
+use crate::model::assets::{Arch, Asset, AssetFile, AssetSource, AssetState, Digest};
 use crate::talos::config::FactorySchematic;
-use crate::talos::Arch;
 
 const COLUMNS: &str = "version, arch, source, schematic, kernel_origin, initramfs_origin,
     kernel_size, kernel_sha256, initramfs_size, initramfs_sha256, state, reason, updated_at,

@@ -13,9 +13,9 @@ use crate::model::{
     Lifecycle, Mac, Machine, NodeSubnets, PatchRecord, PatchScope, ReportTargets,
 };
 
+mod assets;
 mod auth;
 mod boot_log;
-mod images;
 mod views;
 pub use auth::{SessionRow, TokenRow, UserRow};
 

@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -608,7 +609,7 @@ pub struct Config {
     pub tftp_port: u16,
     pub dhcp: DhcpConfig,
     pub boot: BootConfig,
-    pub orchestrator: crate::orchestrator::Settings,
+    pub orchestrator: OrchestratorSettings,
     pub log_format: LogFormat,
 }
 
@@ -772,7 +773,7 @@ impl Config {
                             }
                         }
                         TlsCert::Generated {
-                            dir: data_dir.join(crate::tls::GENERATED_DIR),
+                            dir: data_dir.join(TLS_GENERATED_DIR),
                             ips: ips.into_iter().collect(),
                             names,
                         }
@@ -797,10 +798,10 @@ impl Config {
             return Err(invalid("--boot-log-lines must be at least 1".into()));
         }
         if let Some(p) = &o.admin_password {
-            if p.0.chars().count() < crate::auth::MIN_PASSWORD_LEN {
+            if p.0.chars().count() < MIN_PASSWORD_LEN {
                 return Err(invalid(format!(
                     "--admin-password must have at least {} characters",
-                    crate::auth::MIN_PASSWORD_LEN
+                    MIN_PASSWORD_LEN
                 )));
             }
         }
@@ -815,16 +816,8 @@ impl Config {
             }
         };
         let sources = AssetSources {
-            factory_url: url(
-                "factory-url",
-                o.factory_url.clone(),
-                crate::images::DEFAULT_FACTORY_URL,
-            )?,
-            release_url: url(
-                "release-url",
-                o.release_url.clone(),
-                crate::images::DEFAULT_RELEASE_URL,
-            )?,
+            factory_url: url("factory-url", o.factory_url.clone(), DEFAULT_FACTORY_URL)?,
+            release_url: url("release-url", o.release_url.clone(), DEFAULT_RELEASE_URL)?,
         };
         let config = Config {
             sources,
@@ -885,8 +878,8 @@ impl Config {
             },
             interface,
             orchestrator: {
-                let defaults = crate::orchestrator::Settings::default();
-                crate::orchestrator::Settings {
+                let defaults = OrchestratorSettings::default();
+                OrchestratorSettings {
                     api_port: o.talos_api_port.unwrap_or(defaults.api_port),
                     bootstrap_holdoff: o
                         .bootstrap_holdoff
@@ -922,6 +915,59 @@ impl Config {
             .check()
             .map_err(|e| invalid(format!("--kernel-args: {e}")))?;
         Ok(config)
+    }
+}
+
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// The public Image Factory; an air-gapped mirror is given with `--factory-url`.
+pub const DEFAULT_FACTORY_URL: &str = "https://factory.talos.dev";
+/// Where Talos releases publish `vmlinuz-<arch>` and `initramfs-<arch>.xz`.
+pub const DEFAULT_RELEASE_URL: &str = "https://github.com/siderolabs/talos/releases/download";
+
+/// Where the generated certificate and key live, under the data directory.
+pub const TLS_GENERATED_DIR: &str = "tls";
+
+/// Timings and limits; defaults suit real clusters, tests shorten them.
+#[derive(Clone, Debug)]
+pub struct OrchestratorSettings {
+    /// Port of the Talos API on every node.
+    pub api_port: u16,
+    /// How long after a Bootstrap call whose outcome is unknown no other call is made.
+    pub bootstrap_holdoff: Duration,
+    /// Longest wait between two report-in probes of one machine.
+    pub probe_max_backoff: Duration,
+    /// A machine sent to its disk that network-boots again within this window, without its
+    /// Talos API answering in between, may have a disk that does not boot.
+    pub wipe_window: Duration,
+    /// ...and it is reinstalled only once its Talos API has failed the cluster's mTLS on every
+    /// probe for at least this long since the hand-off (and at least `orchestrator::WIPE_MIN_FAILED_PROBES`
+    /// times). A network boot is an unauthenticated request: it never decides by itself.
+    pub wipe_confirm: Duration,
+    /// How long every control plane must be seen reinstalled since the bootstrap and without a
+    /// running etcd before the cluster's etcd counts as lost (and a new generation starts).
+    pub etcd_lost_confirm: Duration,
+    /// How often clusters are re-evaluated without any signal.
+    pub tick: Duration,
+    /// Probes in flight at most.
+    pub max_probes: usize,
+    /// Test hook: exit the process right after the Bootstrap call is marked, before it is sent.
+    pub crash_before_bootstrap_call: bool,
+}
+
+impl Default for OrchestratorSettings {
+    fn default() -> Self {
+        OrchestratorSettings {
+            api_port: 50000,
+            bootstrap_holdoff: Duration::from_secs(300),
+            probe_max_backoff: Duration::from_secs(30),
+            wipe_window: Duration::from_secs(600),
+            wipe_confirm: Duration::from_secs(30),
+            etcd_lost_confirm: Duration::from_secs(30),
+            tick: Duration::from_secs(5),
+            max_probes: 32,
+            crash_before_bootstrap_call: false,
+        }
     }
 }
 

@@ -21,11 +21,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::peers::{self, ConnLimits, ConnPermit, Warned};
-use crate::clock::SharedClock;
 use crate::db::Db;
 use crate::inventory::{Inventory, Neighbours};
-use crate::metrics::Metrics;
 use crate::model::{BootLogLine, Mac};
+use crate::support::clock::SharedClock;
+use crate::support::metrics::Metrics;
 
 /// Longest line accepted, in bytes (kernel messages are at most about 1 KiB before escaping).
 pub const MAX_LINE: usize = 16 * 1024;

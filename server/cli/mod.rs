@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::clock::Clock;
 use crate::config::{ServeOptions, DEFAULT_DATA_DIR};
 use crate::db::{Db, DbError};
-use crate::materials;
 use crate::model::{Mac, Machine};
+use crate::ops::materials;
+use crate::support::clock::Clock;
+use crate::support::time::format_time;
 
 mod images;
 pub use images::{images, ImagesAdd, ImagesCommand, ImagesDir};
@@ -411,37 +412,6 @@ fn boot_log_text(line: &crate::model::BootLogLine) -> String {
         "{time}  {:<7}  {msg}\n",
         line.priority.as_deref().unwrap_or("-")
     )
-}
-
-pub fn format_time(ms: Option<i64>) -> String {
-    match ms {
-        None => "-".into(),
-        Some(ms) => {
-            let secs = ms / 1000;
-            let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-            let (y, mo, d) = civil_from_days(days);
-            format!(
-                "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
-                rem / 3600,
-                rem % 3600 / 60,
-                rem % 60
-            )
-        }
-    }
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Runs a `machines` command, writing its output to `out`.
@@ -1000,7 +970,7 @@ mod tests {
         };
         machines(
             MachinesCommand::Add(add),
-            &crate::clock::SystemClock,
+            &crate::support::clock::SystemClock,
             &mut out,
         )
         .await?;
@@ -1024,7 +994,7 @@ mod tests {
             },
             json: false,
         };
-        machines(list, &crate::clock::SystemClock, &mut out)
+        machines(list, &crate::support::clock::SystemClock, &mut out)
             .await
             .unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -1088,7 +1058,7 @@ mod tests {
 
     #[tokio::test]
     async fn cluster_show_names_the_installer_of_the_boot_assets_schematic() {
-        use crate::images::{Asset, AssetFile, AssetSource, AssetState, Digest};
+        use crate::assets::{Asset, AssetFile, AssetSource, AssetState, Digest};
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).await.unwrap();
         let init = crate::ops::cluster::ClusterInput {
@@ -1128,7 +1098,7 @@ mod tests {
             },
             json: false,
         };
-        cluster(show, &crate::clock::SystemClock, &mut out)
+        cluster(show, &crate::support::clock::SystemClock, &mut out)
             .await
             .unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -1221,12 +1191,5 @@ mod tests {
             let err = apply_fields(&mut m, &f).unwrap_err().to_string();
             assert!(err.contains(expected), "{err} should mention {expected}");
         }
-    }
-
-    #[test]
-    fn times_print_as_utc() {
-        assert_eq!(format_time(Some(0)), "1970-01-01 00:00:00");
-        assert_eq!(format_time(Some(1_763_731_200_000)), "2025-11-21 13:20:00");
-        assert_eq!(format_time(None), "-");
     }
 }

@@ -3,6 +3,8 @@
 //! These types carry no SQL and no wire format; `db` converts rows to them and the protocol
 //! modules read them.
 
+pub mod assets;
+
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;

@@ -27,30 +27,22 @@
 //! a transfer that does not verify, unanswered DHCP, a failed machine, an appliance that does
 //! not stop cleanly.
 
-/// The bench's modules, in server/bin/bench/.
-mod bench {
-    pub mod dhcp_load;
-    pub mod full_dhcp;
-    pub mod http_assets;
-    pub mod http_client;
-    pub mod http_scripts;
-    pub mod link;
-    pub mod memory;
-    pub mod netns;
-    pub mod proxy_dhcp;
-    pub mod report;
-    pub mod servers;
-    pub mod stats;
-    pub mod storm;
-    pub mod sys;
-    pub mod tftp_bench;
-    pub mod tftp_client;
-}
-
-use bench::{
-    dhcp_load, full_dhcp, http_assets, http_client, http_scripts, link, memory, netns, proxy_dhcp,
-    report, servers, stats, storm, sys, tftp_bench, tftp_client,
-};
+mod dhcp_load;
+mod full_dhcp;
+mod http_assets;
+mod http_client;
+mod http_scripts;
+mod link;
+mod memory;
+mod netns;
+mod proxy_dhcp;
+mod report;
+mod servers;
+mod stats;
+mod storm;
+mod sys;
+mod tftp_bench;
+mod tftp_client;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

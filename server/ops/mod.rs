@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod images;
+pub mod materials;
 
 use std::net::Ipv4Addr;
 
@@ -10,10 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Pool;
 use crate::db::{Db, DbError};
-use crate::materials::{self, MaterialsError};
 use crate::model::{
     validate_hostname, DiskHandoff, EfiBinary, Ipv4Cidr, Lifecycle, Mac, Machine, Role,
 };
+use materials::MaterialsError;
 
 /// A problem with one input field (`field` is the form/JSON name, e.g. `ip`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -476,10 +477,10 @@ async fn check_command_line(db: &Db, lan: Option<&Lan>, m: &Machine) -> Result<(
         Some(lan) => (&lan.kernel, lan.default_version.as_str()),
         None => (&offline, crate::config::DEFAULT_TALOS_VERSION),
     };
-    let version = crate::images::machine_version(db, m, default).await?;
+    let version = crate::assets::machine_version(db, m, default).await?;
     // An architecture the machine never showed could be either.
     let arches = match m.last_arch {
-        Some(_) => vec![crate::images::arch_of_client(m.last_arch)],
+        Some(_) => vec![crate::assets::arch_of_client(m.last_arch)],
         None => vec![Arch::Amd64, Arch::Arm64],
     };
     for arch in arches {

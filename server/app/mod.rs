@@ -1,5 +1,7 @@
 //! Wiring and lifecycle: binds the sockets, starts every service, shuts them down in order.
 
+pub mod tls;
+
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -16,43 +18,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
-use crate::clock::SharedClock;
 use crate::config::{Config, DhcpMode};
 use crate::db::Db;
 use crate::dhcp::{self, DhcpDeps, DhcpSockets};
 use crate::inventory::{Inventory, Neighbours, Recorder};
-use crate::metrics::Metrics;
-use crate::ra;
+use crate::net::ra;
+use crate::state::AppState;
+use crate::support::clock::SharedClock;
+use crate::support::metrics::Metrics;
 use crate::tftp::{self, IpxeFiles, TftpHandler};
-
-/// Shared by every HTTP handler; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub db: Db,
-    pub inventory: Inventory,
-    pub recorder: Recorder,
-    pub neighbours: Neighbours,
-    pub metrics: Metrics,
-    pub orchestrator: crate::orchestrator::Handle,
-    pub login_limiter: crate::auth::LoginLimiter,
-    /// Boot assets: `/assets/` serves only what this store verified.
-    pub images: crate::images::Images,
-    /// Asset files open for `/assets/`, one per verified inode.
-    pub open_assets: crate::boot::files::OpenAssets,
-    /// The iPXE binaries in memory, shared by TFTP and `/ipxe/`.
-    pub ipxe_files: IpxeFiles,
-    /// OAuth2 device requests, approvals and tokens (`--config-access oauth`).
-    pub devices: crate::boot::oauth::DeviceFlow,
-}
-
-impl AppState {
-    /// After an operator's write: refresh the snapshot and let the orchestrator look again.
-    pub fn changed(&self) {
-        self.inventory.mark_changed();
-        self.orchestrator.signal(crate::orchestrator::Signal::Kick);
-    }
-}
 
 /// Open files bootplane needs at its caps: HTTP and HTTPS connections, TFTP transfers (a socket
 /// each), the push receivers' connections, the database and asset files, with room to spare.
@@ -263,14 +237,20 @@ pub fn https_router(state: AppState) -> Router {
 }
 
 fn operator_routes(state: &AppState) -> Router<AppState> {
-    use crate::auth::{require_operator, Surface};
+    use crate::auth::{require_operator, Gate, Surface};
+    let gate = |surface, render| Gate {
+        db: state.db.clone(),
+        clock: state.recorder.clock().clone(),
+        surface,
+        render,
+    };
     let ui = crate::ui::router().route_layer(axum::middleware::from_fn_with_state(
-        (state.clone(), Surface::Ui),
+        gate(Surface::Ui, crate::ui::error_page),
         require_operator,
     ));
     // `layer`, not `route_layer`: unknown paths under /api/v1 need an operator too.
     let api = crate::api::router().layer(axum::middleware::from_fn_with_state(
-        (state.clone(), Surface::Api),
+        gate(Surface::Api, crate::api::error_response),
         require_operator,
     ));
     Router::new()
@@ -329,9 +309,9 @@ async fn check_boot_files(state: &AppState) {
 
     let mut wanted = std::collections::BTreeMap::new();
     for m in snapshot.by_mac.values().filter(|m| m.is_assigned()) {
-        match crate::images::machine_version(&state.db, m, &boot.talos_version).await {
+        match crate::assets::machine_version(&state.db, m, &boot.talos_version).await {
             Ok(version) => {
-                let arch = crate::images::arch_of_client(m.last_arch);
+                let arch = crate::assets::arch_of_client(m.last_arch);
                 wanted.insert((version, arch.as_str()), arch);
             }
             Err(e) => {
@@ -381,7 +361,7 @@ fn spawn_receivers(
     deps: ReceiverDeps<'_>,
     cancel: &CancellationToken,
 ) -> (Task, Task, Task) {
-    use crate::talos::{kmsg, sink};
+    use crate::receivers::{kmsg, sink};
     let sink_task = events.map(|listener| {
         let deps = sink::SinkDeps {
             inventory: deps.inventory.clone(),
@@ -422,13 +402,13 @@ pub async fn run(
     let https = match (listeners.https, &config.https) {
         (Some(listener), Some(https)) => Some((
             listener,
-            crate::tls::server_config(&https.cert).context("cannot set up https")?,
+            crate::app::tls::server_config(&https.cert).context("cannot set up https")?,
         )),
         _ => None,
     };
     // Before anything is served: every recorded boot asset is hashed again, and one that does
     // not match its record is out of service.
-    let images = crate::images::Images::new(config.boot.images_dir.clone(), db.clone())
+    let images = crate::assets::Images::new(config.boot.images_dir.clone(), db.clone())
         .with_additions(config.boot.kernel_additions());
     images.verify_at_start().await;
     crate::auth::ensure_admin(
@@ -526,9 +506,9 @@ pub async fn run(
         orchestrator,
         login_limiter: crate::auth::LoginLimiter::default(),
         images,
-        open_assets: crate::boot::files::OpenAssets::new(metrics.http_sendfile_bytes.clone()),
+        open_assets: crate::http::files::OpenAssets::new(metrics.http_sendfile_bytes.clone()),
         ipxe_files,
-        devices: crate::boot::oauth::DeviceFlow::default(),
+        devices: crate::auth::devices::DeviceFlow::default(),
     };
     drop(recorder);
     check_boot_files(&state).await;
@@ -549,7 +529,7 @@ pub async fn run(
     });
     // Connections send asset chunks with sendfile (boot::zerocopy), within the connection caps
     // and idle timeout; `tap_io` only sets TCP_NODELAY.
-    let listener = crate::boot::zerocopy::ZeroCopyListener::new(
+    let listener = crate::http::zerocopy::ZeroCopyListener::new(
         listeners.http,
         state.open_assets.regions(),
         &config.http,
@@ -561,14 +541,14 @@ pub async fn run(
             tracing::info!(%addr, "serving the web UI and API over https");
         }
         // Its own caps, as large as the HTTP listener's; nothing recorded is sent from here.
-        let listener = crate::boot::zerocopy::ZeroCopyListener::new(
+        let listener = crate::http::zerocopy::ZeroCopyListener::new(
             listener,
-            crate::boot::zerocopy::Regions::default(),
+            crate::http::zerocopy::Regions::default(),
             &config.http,
             &metrics,
         )
         .tap_io(|io| io.set_nodelay());
-        crate::serve::serve_tls(
+        crate::http::serve::serve_tls(
             listener,
             https_router(state.clone()),
             config.http.header_timeout,
@@ -576,7 +556,7 @@ pub async fn run(
             stop.clone().cancelled_owned(),
         )
     });
-    let http = crate::serve::serve(
+    let http = crate::http::serve::serve(
         listener,
         router(state),
         config.http.header_timeout,

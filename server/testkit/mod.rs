@@ -1,0 +1,3 @@
+//! Test doubles that are not part of the appliance (built only with the `testkit` feature).
+
+pub mod double;
