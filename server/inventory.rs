@@ -10,11 +10,11 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, DbError, Observation};
-use crate::model::{EventKind, Mac, Machine};
+use crate::model::{Event, EventKind, Mac, Machine};
 use crate::support::clock::SharedClock;
 use crate::support::metrics::Metrics;
 
@@ -124,10 +124,22 @@ impl Inventory {
 /// of 200 machines queues a few thousand; a full queue holds about 3 MiB.
 pub const RECORDER_QUEUE: usize = 16_384;
 
-/// Hands observations to the database writer without waiting on it.
+/// What the recorder queues, in order.
+#[derive(Debug)]
+enum Entry {
+    /// A machine seen on the network: may discover it, refreshes its last-seen facts.
+    Seen(Observation),
+    /// bootplane's own news about a machine, written as it is; `done` hears when it is stored.
+    News(Event, Option<oneshot::Sender<bool>>),
+}
+
+/// The one way events reach the event log (lifecycle steps aside, which the database logs in
+/// the transaction that takes them): sightings are handed over without waiting and dropped
+/// (and counted) when the queue is full; bootplane's own news waits for room and for its write,
+/// so what is logged next comes after it.
 #[derive(Clone, Debug)]
 pub struct Recorder {
-    tx: mpsc::Sender<Observation>,
+    tx: mpsc::Sender<Entry>,
     clock: SharedClock,
     metrics: Metrics,
 }
@@ -167,36 +179,103 @@ impl Recorder {
     }
 
     pub fn observe(&self, obs: Observation) {
-        if self.tx.try_send(obs).is_err() {
+        if self.tx.try_send(Entry::Seen(obs)).is_err() {
             self.metrics.events_dropped.inc();
         }
     }
+
+    /// Logs bootplane's own news about `mac` and returns once it is stored (false if it could
+    /// not be: the writer stopped or the database refused it, which the writer logs).
+    pub async fn news(&self, mac: Mac, kind: EventKind, detail: impl Into<String>) -> bool {
+        let event = Event {
+            mac,
+            at: self.clock.now_ms(),
+            kind,
+            detail: detail.into(),
+        };
+        let (done, stored) = oneshot::channel();
+        if self.tx.send(Entry::News(event, Some(done))).await.is_err() {
+            return false;
+        }
+        stored.await.unwrap_or(false)
+    }
 }
 
-async fn write_loop(db: Db, mut rx: mpsc::Receiver<Observation>) {
+async fn write_loop(db: Db, mut rx: mpsc::Receiver<Entry>) {
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
         // Give a burst a moment to gather into one transaction.
         tokio::time::sleep(Duration::from_millis(20)).await;
         while batch.len() < 4096 {
             match rx.try_recv() {
-                Ok(obs) => batch.push(obs),
+                Ok(entry) => batch.push(entry),
                 Err(_) => break,
             }
         }
-        // A write can fail while the disk or another process holds SQLite up; keep the batch
-        // and try again a few times before giving it up.
-        let mut attempt = 0u32;
-        while let Err(e) = db.record(&batch).await {
-            attempt += 1;
-            if attempt >= 5 {
-                tracing::error!(error = %e, events = batch.len(), "could not store machine events; dropping them");
-                break;
+        // In queue order: each run of sightings, then each run of news, as one write.
+        let mut entries = batch.drain(..).peekable();
+        while let Some(first) = entries.next() {
+            match first {
+                Entry::Seen(obs) => {
+                    let mut seen = vec![obs];
+                    while let Some(Entry::Seen(_)) = entries.peek() {
+                        if let Some(Entry::Seen(obs)) = entries.next() {
+                            seen.push(obs);
+                        }
+                    }
+                    let stored = with_retries(|| db.record(&seen)).await;
+                    if !stored {
+                        tracing::error!(
+                            events = seen.len(),
+                            "could not store machine events; dropping them"
+                        );
+                    }
+                }
+                Entry::News(event, done) => {
+                    let mut news = vec![event];
+                    let mut waiting: Vec<oneshot::Sender<bool>> = done.into_iter().collect();
+                    while let Some(Entry::News(..)) = entries.peek() {
+                        if let Some(Entry::News(event, done)) = entries.next() {
+                            news.push(event);
+                            waiting.extend(done);
+                        }
+                    }
+                    let stored = with_retries(|| db.append_events(&news)).await;
+                    if !stored {
+                        tracing::error!(
+                            events = news.len(),
+                            "could not store bootplane's events; dropping them"
+                        );
+                    }
+                    for done in waiting {
+                        let _ = done.send(stored);
+                    }
+                }
             }
-            tracing::warn!(error = %e, attempt, "storing machine events failed; retrying");
-            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
         }
-        batch.clear();
+    }
+}
+
+/// A write can fail while the disk or another process holds SQLite up: try a few times.
+async fn with_retries<F, Fut>(mut write: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), DbError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match write().await {
+            Ok(()) => return true,
+            Err(e) => {
+                attempt += 1;
+                if attempt >= 5 {
+                    tracing::error!(error = %e, "storing events failed {attempt} times");
+                    return false;
+                }
+                tracing::warn!(error = %e, attempt, "storing events failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
     }
 }
 
@@ -296,7 +375,6 @@ impl Neighbours {
 mod tests {
     use super::*;
     use crate::db::LeaseRow;
-    use crate::model::Lifecycle;
 
     fn seen(mac: Mac, at: i64, arch: Option<u16>) -> Observation {
         Observation {
@@ -323,9 +401,13 @@ mod tests {
         db.record(&[seen(mac, 2, Some(7)), seen(mac, 3, None)])
             .await
             .unwrap();
-        db.log_event(mac, EventKind::TftpServed, "ipxe.efi", 4)
-            .await
-            .unwrap();
+        let served = Event {
+            mac,
+            at: 4,
+            kind: EventKind::TftpServed,
+            detail: "ipxe.efi".into(),
+        };
+        db.append_events(&[served]).await.unwrap();
         let lease = LeaseRow {
             mac,
             ip: "10.0.0.50".parse().unwrap(),
@@ -338,9 +420,10 @@ mod tests {
         db.record(&[seen(mac, 5, Some(0))]).await.unwrap();
         let v2 = db.inventory_version().await.unwrap();
         assert!(v2 > v1);
-        db.set_state(mac, Lifecycle::Booting, "test", 6)
-            .await
-            .unwrap();
+        let assigned = crate::model::lifecycle::Step::Edited {
+            role: crate::model::Role::Worker,
+        };
+        db.step(mac, assigned, "test", 6).await.unwrap();
         assert!(db.inventory_version().await.unwrap() > v2);
     }
 

@@ -120,9 +120,15 @@ impl Api {
         db.decide_bootstrap(&c.name, c.generation, mac, ip, 2)
             .await
             .unwrap();
-        db.finish_bootstrap(&c.name, c.generation, "bootstrapped", "etcd is up", 3)
-            .await
-            .unwrap();
+        db.finish_bootstrap(
+            &c.name,
+            c.generation,
+            bootplane::model::BootstrapResult::Bootstrapped,
+            "etcd is up",
+            3,
+        )
+        .await
+        .unwrap();
     }
 
     /// Everything an operator could change, to prove a refused request changed nothing.
@@ -1147,9 +1153,13 @@ async fn a_role_change_on_a_bootstrapped_control_plane_needs_confirmation() {
     let api = Api::start().await;
     api.with_cluster().await;
     let mac: bootplane::model::Mac = CP_MAC.parse().unwrap();
-    let mut m = api.app.db.get_machine(mac).await.unwrap().unwrap();
-    m.installed = true;
-    api.app.db.update_machine(&m, 2).await.unwrap();
+    // The node's evidence: its Talos API answered.
+    let evidence = bootplane::model::lifecycle::Step::ReportedIn;
+    api.app
+        .db
+        .step(mac, evidence, "reported in", 2)
+        .await
+        .unwrap();
     api.bootstrapped().await;
     let path = format!("/machines/{CP_MAC}");
     let change = json!({"role": "worker"});

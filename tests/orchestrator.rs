@@ -459,7 +459,7 @@ impl World {
         }
         let record = self.wait_outcome(1).await;
         assert_eq!(
-            record.outcome.as_deref(),
+            record.outcome.map(|o| o.as_str()),
             Some("bootstrapped"),
             "{record:?}"
         );
@@ -605,7 +605,7 @@ async fn bootstraps_once_when_three_of_three_report_in() {
 
     let record = w.wait_outcome(1).await;
     assert_eq!(
-        record.outcome.as_deref(),
+        record.outcome.map(|o| o.as_str()),
         Some("bootstrapped"),
         "{record:?}"
     );
@@ -709,7 +709,7 @@ async fn already_exists_counts_as_done() {
     }
     let record = w.wait_outcome(1).await;
     assert_eq!(
-        record.outcome.as_deref(),
+        record.outcome.map(|o| o.as_str()),
         Some("already-bootstrapped"),
         "{record:?}\n{}",
         w.dump().await
@@ -741,7 +741,7 @@ async fn adopts_a_cluster_whose_etcd_already_runs() {
     }
     let record = w.wait_outcome(1).await;
     assert_eq!(
-        record.outcome.as_deref(),
+        record.outcome.map(|o| o.as_str()),
         Some("adopted"),
         "{record:?}\n{}",
         w.dump().await
@@ -954,7 +954,7 @@ async fn crash_between_marking_and_calling_never_bootstraps_twice() {
     assert_eq!(calls[0].0, "cp1", "{calls:#?}");
     assert_eq!(calls[0].1.code, "Ok");
     assert_eq!(
-        record.outcome.as_deref(),
+        record.outcome.map(|o| o.as_str()),
         Some("bootstrapped"),
         "{record:?}"
     );
@@ -1074,7 +1074,7 @@ async fn all_control_planes_wiped_bootstraps_the_next_generation_once() {
     }
     let record = w.wait_outcome(2).await;
     assert_eq!(
-        record.outcome.as_deref(),
+        record.outcome.map(|o| o.as_str()),
         Some("bootstrapped"),
         "{record:?}"
     );
@@ -1128,7 +1128,11 @@ async fn wiped_worker_is_reinstalled_without_etcd_calls() {
         w.fetch_config(i).await;
     }
     let record = w.wait_outcome(1).await;
-    assert_eq!(record.outcome.as_deref(), Some("adopted"), "{record:?}");
+    assert_eq!(
+        record.outcome.map(|o| o.as_str()),
+        Some("adopted"),
+        "{record:?}"
+    );
     w.wait_state(W1, Lifecycle::Ready).await;
 
     // The worker's disk is wiped: two network boots within the window.
@@ -1440,7 +1444,7 @@ async fn bootstrap_refused_while_the_target_boots_is_retried_on_the_same_node() 
     }
     let record = w.wait_outcome(1).await;
     assert_eq!(
-        record.outcome.as_deref(),
+        record.outcome.map(|o| o.as_str()),
         Some("bootstrapped"),
         "{record:?}"
     );
@@ -1487,7 +1491,7 @@ async fn control_planes_wiped_together_but_back_one_after_another_bootstrap_the_
     }
     let record = w.wait_outcome(2).await;
     assert_eq!(
-        record.outcome.as_deref(),
+        record.outcome.map(|o| o.as_str()),
         Some("bootstrapped"),
         "{record:?}"
     );
@@ -1732,7 +1736,7 @@ async fn random_unauthenticated_requests_never_touch_a_healthy_cluster() {
         assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     }
     let record = w.wait_outcome(1).await;
-    assert_eq!(record.outcome.as_deref(), Some("bootstrapped"));
+    assert_eq!(record.outcome.map(|o| o.as_str()), Some("bootstrapped"));
     w.node(CP2).double.set_etcd(EtcdChange::Member).unwrap();
     w.node(CP3).double.set_etcd(EtcdChange::Member).unwrap();
     for i in [CP1, CP2, CP3] {

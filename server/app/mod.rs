@@ -478,7 +478,7 @@ pub async fn run(
 
     let (orchestrator, orchestrator_task) = crate::orchestrator::spawn(
         db.clone(),
-        Arc::clone(recorder.clock()),
+        recorder.clone(),
         config.orchestrator.clone(),
         cancel.clone(),
     );

@@ -21,6 +21,7 @@ use crate::assets::{Availability, ServeError, Unservable};
 use crate::config::ConfigAccess;
 use crate::db::Observation;
 use crate::http::files;
+use crate::model::lifecycle::Step;
 use crate::model::{DiskHandoff, EventKind, Lifecycle, Mac, Machine, Role};
 use crate::ops::materials::{self, MaterialsError};
 use crate::orchestrator::Signal;
@@ -274,9 +275,9 @@ async fn boot_machine_get(
             if response.is_ok() && talos_served && m.state != Lifecycle::Booting {
                 state
                     .db
-                    .set_state(
+                    .step(
                         mac,
-                        Lifecycle::Booting,
+                        Step::TalosHandedOut,
                         "install script served",
                         state.recorder.now_ms(),
                     )
@@ -317,7 +318,7 @@ async fn reinstall_now(
     m: &Machine,
     from: Option<SocketAddr>,
 ) -> Result<bool, BootError> {
-    use crate::orchestrator::Requester;
+    use crate::model::lifecycle::Requester;
     let requester = match from.map(|from| address_owner(state, from)) {
         Some(Ok(Some(seen))) if seen == m.mac => Requester::Itself,
         Some(Ok(Some(seen))) => Requester::Other(seen),
@@ -689,26 +690,24 @@ async fn boot_config_get(
     let digest = hex::encode(Sha256::digest(config.as_bytes()));
     tracing::info!(mac = %mac, bytes = config.len(), sha256 = %digest, "config served");
     state.metrics.http_sent("config", config.len() as u64);
-    // Written directly (not through the recorder queue) so the log shows the fetch before
-    // the state change it causes.
-    let now = state.recorder.now_ms();
-    state
-        .db
-        .log_event(
-            mac,
-            EventKind::ConfigFetched,
-            &format!("served {} bytes sha256:{digest}", config.len()),
-            now,
-        )
+    // Waited for, so the log shows the fetch before the state change it causes.
+    let detail = format!("served {} bytes sha256:{digest}", config.len());
+    if !state
+        .recorder
+        .news(mac, EventKind::ConfigFetched, detail)
         .await
-        .map_err(|e| BootError::Internal(e.to_string()))?;
+    {
+        return Err(BootError::Internal(
+            "the event log is not accepting events".into(),
+        ));
+    }
     // A diskless node fetches its config at every boot: it is waited for (probed) each time.
     if !m.installed || m.diskless {
         state
             .db
-            .set_state(
+            .step(
                 mac,
-                Lifecycle::ConfigServed,
+                Step::ConfigFetched,
                 "config fetched by the node",
                 state.recorder.now_ms(),
             )

@@ -847,7 +847,7 @@ pub async fn cluster(
                             b.target_ip,
                             format_time(Some(b.decided_at)),
                             b.calls,
-                            b.outcome.as_deref().unwrap_or("pending"),
+                            b.outcome.map_or("pending", |o| o.as_str()),
                             b.detail
                         ),
                     )?;

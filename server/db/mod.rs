@@ -8,9 +8,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row, SqlitePool};
 
+use crate::model::lifecycle::{transition, Forbidden, Step};
 use crate::model::{
-    BootstrapRecord, Cluster, DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr, LanFacts,
-    Lifecycle, Mac, Machine, NodeSubnets, PatchRecord, PatchScope, ReportTargets,
+    BootstrapRecord, BootstrapResult, Cluster, DiskHandoff, EfiBinary, Event, EventKind, Ipv4Cidr,
+    LanFacts, Lifecycle, Mac, Machine, NodeSubnets, PatchRecord, PatchScope, ReportTargets,
 };
 
 mod assets;
@@ -61,6 +62,8 @@ pub enum DbError {
     NoPatch(String),
     #[error("stored row for {what} is corrupt: {why}")]
     Corrupt { what: String, why: String },
+    #[error("{0}")]
+    Lifecycle(#[from] Forbidden),
 }
 
 /// A lease handed out in full-DHCP mode.
@@ -241,30 +244,22 @@ impl Db {
             &format!("added as {}", machine.role),
         )
         .await?;
-        apply_edit_state(&mut tx, machine, Lifecycle::Discovered, now).await?;
+        let edit = Step::Edited { role: machine.role };
+        apply_step(&mut tx, machine.mac, edit, "operator edit", now).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Replaces the operator-owned fields of a known machine.
+    /// Replaces the operator-owned fields of a known machine (not `installed`: only its node's
+    /// evidence sets that, through a lifecycle step).
     pub async fn update_machine(&self, machine: &Machine, now: i64) -> Result<(), DbError> {
         let mut tx = self.write_tx().await?;
-        let old: Option<String> = sqlx::query("SELECT state FROM machines WHERE mac = ?")
-            .bind(machine.mac.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row| row.try_get(0))
-            .transpose()?;
-        let old: Lifecycle = match old {
-            Some(text) => parse_col(&text, "machine state")?,
-            None => return Err(DbError::NotFound(machine.mac)),
-        };
         let cluster_id = cluster_id(&mut tx, &machine.cluster).await?;
         check_unique(&mut tx, machine).await?;
         let done = sqlx::query(
             "UPDATE machines SET cluster_id = ?, role = ?, hostname = ?, ip = ?, prefix = ?,
                 gateway = ?, dns = ?, install_disk = ?, disk_handoff = ?, efi_binary = ?,
-                installed = ?, wipe = ?, talos_version = ?, diskless = ?
+                wipe = ?, talos_version = ?, diskless = ?
              WHERE mac = ?",
         )
         .bind(cluster_id)
@@ -277,7 +272,6 @@ impl Db {
         .bind(&machine.install_disk)
         .bind(machine.disk_handoff.as_str())
         .bind(machine.efi_binary.map(|e| e.as_str()))
-        .bind(machine.installed)
         .bind(machine.wipe)
         .bind(&machine.talos_version)
         .bind(machine.diskless)
@@ -295,7 +289,8 @@ impl Db {
             &format!("set: role {}", machine.role),
         )
         .await?;
-        apply_edit_state(&mut tx, machine, old, now).await?;
+        let edit = Step::Edited { role: machine.role };
+        apply_step(&mut tx, machine.mac, edit, "operator edit", now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -746,50 +741,15 @@ impl Db {
         Ok(())
     }
 
-    /// Moves a machine to `state`, logging the transition with its cause. No-op (and no
-    /// event) when it is already there. Returns whether it changed.
-    pub async fn set_state(
-        &self,
-        mac: Mac,
-        state: Lifecycle,
-        cause: &str,
-        now: i64,
-    ) -> Result<bool, DbError> {
+    /// Applies a lifecycle step to a machine (the transition table in `model::lifecycle`),
+    /// logging the transition with its cause. Writes nothing (and logs nothing) when the
+    /// machine stays where it is, except a reinstall, which is always logged. A step the table
+    /// refuses is an error and changes nothing. Returns whether the state changed.
+    pub async fn step(&self, mac: Mac, step: Step, cause: &str, now: i64) -> Result<bool, DbError> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT state FROM machines WHERE mac = ?")
-            .bind(mac.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(DbError::NotFound(mac))?;
-        let from: String = row.try_get(0)?;
-        if from == state.as_str() {
-            return Ok(false);
-        }
-        let installed = match state {
-            Lifecycle::Installed | Lifecycle::Ready => Some(true),
-            Lifecycle::Booting => None,
-            _ => None,
-        };
-        sqlx::query(
-            "UPDATE machines SET state = ?, state_since = ?, installed = COALESCE(?, installed)
-             WHERE mac = ?",
-        )
-        .bind(state.as_str())
-        .bind(now)
-        .bind(installed)
-        .bind(mac.to_string())
-        .execute(&mut *tx)
-        .await?;
-        insert_event(
-            &mut tx,
-            mac,
-            now,
-            EventKind::State,
-            &format!("{from} -> {state}: {cause}"),
-        )
-        .await?;
+        let changed = apply_step(&mut tx, mac, step, cause, now).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(changed)
     }
 
     /// Records that an installed machine was sent to its disk now.
@@ -802,35 +762,26 @@ impl Db {
         Ok(())
     }
 
-    /// A wiped machine: no longer installed, back to booting, with the reason logged.
+    /// A machine to be installed again: no longer installed, back to booting, its disk hand-off
+    /// ended, with the reason logged (the lifecycle's reinstall step).
     pub async fn mark_reinstall(&self, mac: Mac, cause: &str, now: i64) -> Result<(), DbError> {
-        let mut tx = self.write_tx().await?;
-        let done = sqlx::query(
-            "UPDATE machines SET installed = 0, handoff_at = NULL, state = 'booting', state_since = ?
-             WHERE mac = ?",
-        )
-        .bind(now)
-        .bind(mac.to_string())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(DbError::NotFound(mac));
-        }
-        insert_event(&mut tx, mac, now, EventKind::Reinstall, cause).await?;
-        tx.commit().await?;
-        Ok(())
+        self.step(mac, Step::Reinstall, cause, now)
+            .await
+            .map(|_| ())
     }
 
-    /// Appends an event directly (for the orchestrator's own, rare events).
-    pub async fn log_event(
-        &self,
-        mac: Mac,
-        kind: EventKind,
-        detail: &str,
-        now: i64,
-    ) -> Result<(), DbError> {
+    /// Appends events about machines in one transaction: bootplane's own news (a probe's
+    /// answer, a bootstrap, a config fetched), as opposed to sightings on the network.
+    /// (Only `inventory::Recorder` calls this, so events reach the log in the order they were
+    /// queued.) Unlike [`Db::record`], nothing is discovered and no last-seen stamp changes.
+    pub async fn append_events(&self, events: &[Event]) -> Result<(), DbError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.write_tx().await?;
-        insert_event(&mut tx, mac, now, kind, detail).await?;
+        for e in events {
+            insert_event(&mut tx, e.mac, e.at, e.kind, &e.detail).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -947,7 +898,7 @@ impl Db {
         &self,
         cluster: &str,
         generation: i64,
-        outcome: &str,
+        outcome: BootstrapResult,
         detail: &str,
         now: i64,
     ) -> Result<(), DbError> {
@@ -958,14 +909,14 @@ impl Db {
             "UPDATE bootstraps SET outcome = ?, detail = ?, finished_at = ?
              WHERE cluster_id = ? AND generation = ?",
         )
-        .bind(outcome)
+        .bind(outcome.as_str())
         .bind(detail)
         .bind(now)
         .bind(id)
         .bind(generation)
         .execute(&mut *tx)
         .await?;
-        if outcome != "failed" {
+        if outcome.started_etcd() {
             sqlx::query(
                 "UPDATE clusters SET bootstrapped_at = COALESCE(bootstrapped_at, ?) WHERE id = ?",
             )
@@ -1125,43 +1076,54 @@ fn machine_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Machine, DbError> {
     })
 }
 
-/// The lifecycle state that follows an operator's edit of a machine.
-pub fn state_after_edit(old: Lifecycle, m: &Machine) -> Lifecycle {
-    match (m.role, m.installed, old) {
-        (crate::model::Role::Unassigned, _, _) => Lifecycle::Discovered,
-        (_, true, Lifecycle::Installed | Lifecycle::Ready) => old,
-        (_, true, _) => Lifecycle::Installed,
-        (_, false, Lifecycle::Installed | Lifecycle::Ready | Lifecycle::Discovered) => {
-            Lifecycle::Assigned
-        }
-        (_, false, other) => other,
-    }
-}
-
-async fn apply_edit_state(
+/// The one writer of a machine's lifecycle state: reads it, asks the transition table where
+/// `step` leads, writes the state with what the step does to the installed flag and the disk
+/// hand-off, and logs it, inside the caller's transaction.
+async fn apply_step(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    m: &Machine,
-    old: Lifecycle,
+    mac: Mac,
+    step: Step,
+    cause: &str,
     now: i64,
-) -> Result<(), DbError> {
-    let new = state_after_edit(old, m);
-    if new != old {
-        sqlx::query("UPDATE machines SET state = ?, state_since = ? WHERE mac = ?")
-            .bind(new.as_str())
-            .bind(now)
-            .bind(m.mac.to_string())
-            .execute(&mut **tx)
-            .await?;
+) -> Result<bool, DbError> {
+    let row = sqlx::query("SELECT state, installed FROM machines WHERE mac = ?")
+        .bind(mac.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(DbError::NotFound(mac))?;
+    let from: String = row.try_get("state")?;
+    let from: Lifecycle = parse_col(&from, "machine state")?;
+    let installed: bool = row.try_get("installed")?;
+    let to = transition(from, installed, step)?;
+    let reinstall = step == Step::Reinstall;
+    if to == from && !reinstall {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE machines SET state = ?, state_since = ?, installed = COALESCE(?, installed),
+            handoff_at = CASE WHEN ? THEN NULL ELSE handoff_at END
+         WHERE mac = ?",
+    )
+    .bind(to.as_str())
+    .bind(now)
+    .bind(step.installed_after())
+    .bind(reinstall)
+    .bind(mac.to_string())
+    .execute(&mut **tx)
+    .await?;
+    if reinstall {
+        insert_event(tx, mac, now, EventKind::Reinstall, cause).await?;
+    } else {
         insert_event(
             tx,
-            m.mac,
+            mac,
             now,
             EventKind::State,
-            &format!("{old} -> {new}: operator edit"),
+            &format!("{from} -> {to}: {cause}"),
         )
         .await?;
     }
-    Ok(())
+    Ok(to != from)
 }
 
 fn bootstrap_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BootstrapRecord, DbError> {
@@ -1174,7 +1136,12 @@ fn bootstrap_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BootstrapRecord, 
         decided_at: row.try_get("decided_at")?,
         called_at: row.try_get("called_at")?,
         calls: row.try_get("calls")?,
-        outcome: row.try_get("outcome")?,
+        outcome: {
+            let outcome: Option<String> = row.try_get("outcome")?;
+            outcome
+                .map(|o| parse_col(&o, "bootstrap outcome"))
+                .transpose()?
+        },
         detail: row.try_get("detail")?,
         finished_at: row.try_get("finished_at")?,
     })
@@ -1816,14 +1783,14 @@ mod tests {
         db.bootstrap_calling("default", 1, 7).await.unwrap();
         let marked = db.get_bootstrap("default", 1).await.unwrap().unwrap();
         assert_eq!((marked.called_at, marked.calls), (Some(7), 1));
-        db.finish_bootstrap("default", 1, "bootstrapped", "ok", 8)
+        db.finish_bootstrap("default", 1, BootstrapResult::Bootstrapped, "ok", 8)
             .await
             .unwrap();
         // A finished generation is not marked again.
         db.bootstrap_calling("default", 1, 9).await.unwrap();
         let done = db.get_bootstrap("default", 1).await.unwrap().unwrap();
         assert_eq!(
-            (done.calls, done.outcome.as_deref()),
+            (done.calls, done.outcome.map(|o| o.as_str())),
             (1, Some("bootstrapped"))
         );
         assert!(db.new_generation("default", 1).await.unwrap());
@@ -1838,6 +1805,9 @@ mod tests {
 
     #[test]
     fn operator_edits_move_the_lifecycle() {
+        let state_after_edit = |old: Lifecycle, m: &Machine| {
+            transition(old, m.installed, Step::Edited { role: m.role }).unwrap()
+        };
         let mut m = Machine::discovered(mac("52:54:00:00:00:01"));
         assert_eq!(
             state_after_edit(Lifecycle::Discovered, &m),

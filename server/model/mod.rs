@@ -4,6 +4,7 @@
 //! modules read them.
 
 pub mod assets;
+pub mod lifecycle;
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -509,9 +510,27 @@ pub struct BootstrapRecord {
     pub decided_at: i64,
     pub called_at: Option<i64>,
     pub calls: i64,
-    pub outcome: Option<String>,
+    pub outcome: Option<BootstrapResult>,
     pub detail: String,
     pub finished_at: Option<i64>,
+}
+
+text_enum!(
+    /// How a cluster generation's bootstrap ended (`adopted`: etcd already ran, no call was
+    /// needed). An unknown outcome is no result: the call stays marked, the hold-off applies.
+    BootstrapResult {
+        Bootstrapped => "bootstrapped",
+        AlreadyBootstrapped => "already-bootstrapped",
+        Adopted => "adopted",
+        Failed => "failed",
+    }
+);
+
+impl BootstrapResult {
+    /// Whether etcd runs on the target after it: the cluster counts as bootstrapped.
+    pub fn started_etcd(&self) -> bool {
+        !matches!(self, BootstrapResult::Failed)
+    }
 }
 
 /// A stored config patch.

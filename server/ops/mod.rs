@@ -1055,9 +1055,11 @@ mod tests {
         )
         .await
         .unwrap();
-        let mut m = saved.machine;
-        m.installed = true;
-        db.update_machine(&m, 2).await.unwrap();
+        // The node's evidence: its Talos API answered.
+        let evidence = crate::model::lifecycle::Step::ReportedIn;
+        db.step(saved.machine.mac, evidence, "reported in", 2)
+            .await
+            .unwrap();
         let worker = MachineInput {
             role: Some("worker".into()),
             ..Default::default()
@@ -1067,9 +1069,15 @@ mod tests {
         db.decide_bootstrap(&cluster, 1, mac_n(1), ip, 3)
             .await
             .unwrap();
-        db.finish_bootstrap(&cluster, 1, "bootstrapped", "test", 4)
-            .await
-            .unwrap();
+        db.finish_bootstrap(
+            &cluster,
+            1,
+            crate::model::BootstrapResult::Bootstrapped,
+            "test",
+            4,
+        )
+        .await
+        .unwrap();
         let err = save_machine(&db, None, mac_n(1), &worker, false, false, 5)
             .await
             .unwrap_err();
@@ -1103,9 +1111,14 @@ mod tests {
             .await
             .unwrap();
         assert!(saved.machine.diskless);
-        db.set_state(mac_n(4), Lifecycle::Ready, "reported in", 2)
-            .await
-            .unwrap();
+        db.step(
+            mac_n(4),
+            crate::model::lifecycle::Step::ReportedIn,
+            "reported in",
+            2,
+        )
+        .await
+        .unwrap();
         let installs = MachineInput {
             diskless: Some(false),
             ..Default::default()

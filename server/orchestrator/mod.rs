@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
-use crate::model::{EventKind, Lifecycle, Mac, Machine, Role};
+use crate::inventory::Recorder;
+use crate::model::lifecycle::{self, Netboot, Requester, Step, WipeRule};
+use crate::model::{BootstrapResult, EventKind, Lifecycle, Mac, Machine, Role};
 use crate::ops::materials;
 use crate::support::clock::SharedClock;
 use crate::talos::api::{ApiError, BootstrapOutcome, TalosApi};
@@ -128,6 +130,8 @@ impl Handle {
 
 struct Inner {
     db: Db,
+    /// The event log's one way in (bootplane's own news waits for its write).
+    recorder: Recorder,
     clock: SharedClock,
     settings: Arc<Settings>,
     /// Machines being probed, each with the bell that cuts its backoff short.
@@ -160,7 +164,7 @@ const API_CLIENT_REISSUE: Duration = Duration::from_secs(24 * 3600);
 /// Starts the orchestrator; it runs until `cancel` fires.
 pub fn spawn(
     db: Db,
-    clock: SharedClock,
+    recorder: Recorder,
     settings: Settings,
     cancel: CancellationToken,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
@@ -170,7 +174,8 @@ pub fn spawn(
     let inner = Arc::new(Inner {
         silences: silences.clone(),
         db,
-        clock,
+        clock: recorder.clock().clone(),
+        recorder,
         probes: Semaphore::new(settings.max_probes),
         settings: Arc::clone(&settings),
         probing: Mutex::default(),
@@ -335,15 +340,15 @@ async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &Cancellatio
                     ip.addr, version.tag
                 );
                 tracing::info!(mac = %mac, %cause, "node reported in");
-                let _ = inner
-                    .db
-                    .log_event(mac, EventKind::ReportedIn, &cause, now)
+                inner
+                    .recorder
+                    .news(mac, EventKind::ReportedIn, &cause)
                     .await;
                 // The silence goes first: a network boot read between the two must not see
                 // an ended hand-off's failures.
                 inner.silences.answered(mac);
                 let _ = inner.db.set_handoff(mac, None).await;
-                if let Err(e) = inner.db.set_state(mac, Lifecycle::Ready, &cause, now).await {
+                if let Err(e) = inner.db.step(mac, Step::ReportedIn, &cause, now).await {
                     tracing::warn!(mac = %mac, error = %e, "cannot mark machine ready");
                 }
                 let _ = inner.tx.try_send(Signal::Kick);
@@ -453,7 +458,7 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
         .await
         .map_err(|e| e.to_string())?;
 
-    if let Some(done) = record.as_ref().and_then(|r| r.outcome.as_deref()) {
+    if let Some(done) = record.as_ref().and_then(|r| r.outcome) {
         // Finished generation. If every control plane has since been wiped, etcd is gone with
         // them: the next bootstrap belongs to a new generation. Seen as every one reinstalled
         // since the bootstrap, answering, and none running etcd (`etcd_lost`).
@@ -465,9 +470,9 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
         // only once they are back, answer with the cluster's certificates and run no etcd, for
         // `etcd_lost_confirm` (whoever marked them, a rebuild or the wipe rule).
         let all_wiped = cps.len() >= need
-            && done != "failed"
+            && done.started_etcd()
             && etcd_lost(inner, &cluster.name, &cps, since).await;
-        if done != "failed" && !all_wiped {
+        if done.started_etcd() && !all_wiped {
             // Some control planes are being reinstalled while others run etcd: their old
             // members must go before they join again.
             for (m, _) in &cps {
@@ -481,7 +486,7 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
                 }
             }
         }
-        if done != "failed"
+        if done.started_etcd()
             && all_wiped
             && db
                 .new_generation(&cluster.name, generation)
@@ -494,15 +499,15 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
                 // Evaluate the new generation now rather than at the next tick.
                 let _ = inner.tx.try_send(Signal::Kick);
                 for (m, _) in &cps {
-                    let _ = db
-                        .log_event(
+                    inner
+                        .recorder
+                        .news(
                             m.mac,
                             EventKind::Bootstrap,
                             &format!(
                                 "all control planes wiped: cluster generation {}",
                                 generation + 1
                             ),
-                            inner.clock.now_ms(),
                         )
                         .await;
                 }
@@ -538,11 +543,18 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
                         db.decide_bootstrap(&cluster.name, generation, m.mac, *ip, now)
                             .await
                             .map_err(|e| e.to_string())?;
-                        db.finish_bootstrap(&cluster.name, generation, "adopted", &detail, now)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        let _ = db
-                            .log_event(m.mac, EventKind::Bootstrap, &detail, now)
+                        db.finish_bootstrap(
+                            &cluster.name,
+                            generation,
+                            BootstrapResult::Adopted,
+                            &detail,
+                            now,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        inner
+                            .recorder
+                            .news(m.mac, EventKind::Bootstrap, &detail)
                             .await;
                         return Ok(());
                     }
@@ -554,15 +566,15 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
                 .decide_bootstrap(&cluster.name, generation, target.mac, *ip, now)
                 .await
                 .map_err(|e| e.to_string())?;
-            let _ = db
-                .log_event(
+            inner
+                .recorder
+                .news(
                     record.target_mac,
                     EventKind::Bootstrap,
                     &format!(
                         "chosen to bootstrap etcd for cluster {} generation {generation}",
                         cluster.name
                     ),
-                    now,
                 )
                 .await;
             record
@@ -580,11 +592,18 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
                     record.target_ip,
                     members.len()
                 );
-                db.finish_bootstrap(&cluster.name, generation, "bootstrapped", &detail, now)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = db
-                    .log_event(record.target_mac, EventKind::Bootstrap, &detail, now)
+                db.finish_bootstrap(
+                    &cluster.name,
+                    generation,
+                    BootstrapResult::Bootstrapped,
+                    &detail,
+                    now,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                inner
+                    .recorder
+                    .news(record.target_mac, EventKind::Bootstrap, &detail)
                     .await;
                 return Ok(());
             }
@@ -608,11 +627,11 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
     let now = inner.clock.now_ms();
     let (outcome, detail) = match result {
         Ok(BootstrapOutcome::Bootstrapped) => (
-            Some("bootstrapped"),
+            Some(BootstrapResult::Bootstrapped),
             format!("Bootstrap on {target}: etcd started"),
         ),
         Ok(BootstrapOutcome::AlreadyBootstrapped) => (
-            Some("already-bootstrapped"),
+            Some(BootstrapResult::AlreadyBootstrapped),
             format!("Bootstrap on {target}: AlreadyExists (etcd data directory is not empty)"),
         ),
         Err(ApiError::Unreachable(why)) => {
@@ -640,11 +659,15 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
                 format!("Bootstrap on {target}: outcome unknown ({why}); waiting out the hold-off"),
             )
         }
-        Err(e) => (Some("failed"), format!("Bootstrap on {target} failed: {e}")),
+        Err(e) => (
+            Some(BootstrapResult::Failed),
+            format!("Bootstrap on {target} failed: {e}"),
+        ),
     };
     tracing::info!(cluster = %cluster.name, %detail, "bootstrap");
-    let _ = db
-        .log_event(record.target_mac, EventKind::Bootstrap, &detail, now)
+    inner
+        .recorder
+        .news(record.target_mac, EventKind::Bootstrap, &detail)
         .await;
     if let Some(outcome) = outcome {
         db.finish_bootstrap(&cluster.name, generation, outcome, &detail, now)
@@ -766,7 +789,6 @@ async fn forget_stale_member(inner: &Arc<Inner>, mac: Mac) -> Result<(), String>
         let Ok(members) = api.etcd_members(addr).await else {
             continue;
         };
-        let now = inner.clock.now_ms();
         match members.iter().find(|m| m.hostname == hostname) {
             Some(member) => {
                 api.etcd_remove_member(addr, member.id)
@@ -778,17 +800,18 @@ async fn forget_stale_member(inner: &Arc<Inner>, mac: Mac) -> Result<(), String>
                     peer.hostname.as_deref().unwrap_or("?")
                 );
                 tracing::info!(mac = %mac, %detail, "etcd member removed");
-                let _ = db
-                    .log_event(mac, EventKind::EtcdMemberRemoved, &detail, now)
+                inner
+                    .recorder
+                    .news(mac, EventKind::EtcdMemberRemoved, &detail)
                     .await;
             }
             None => {
-                let _ = db
-                    .log_event(
+                inner
+                    .recorder
+                    .news(
                         mac,
                         EventKind::EtcdMemberRemoved,
                         &format!("no etcd member named {hostname} on {ip}; nothing to remove"),
-                        now,
                     )
                     .await;
             }
@@ -798,30 +821,17 @@ async fn forget_stale_member(inner: &Arc<Inner>, mac: Mac) -> Result<(), String>
     Ok(())
 }
 
-/// Who the requester of a network boot is, by the evidence bootplane has for its address (its
-/// own DHCP lease, or the host's neighbour table).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Requester {
-    /// The evidence names this machine.
-    Itself,
-    /// No evidence either way (a routed requester, loopback).
-    Unknown,
-    /// The evidence names another MAC: the request is not the machine's.
-    Other(Mac),
-}
-
-/// Decides what a network boot of an installed machine means: a disk hand-off, or a reinstall
-/// because its disk does not boot. Returns true to reinstall.
+/// Applies what a network boot of an installed machine means (`model::lifecycle::netboot`,
+/// the one decision): a disk hand-off, or a reinstall because its disk does not boot. Returns
+/// true to reinstall.
 ///
-/// The request is unauthenticated, so it decides nothing by itself. A reinstall needs, besides
-/// a network boot within `wipe_window` of the hand-off, evidence from the cluster: the probes
-/// of the machine's Talos API have failed the cluster's mTLS since the hand-off, at least
-/// [`WIPE_MIN_FAILED_PROBES`] times and for at least `wipe_confirm`. A healthy node answers its
-/// probe, which ends the hand-off, so no sequence of requests can get it reinstalled. A
-/// machine whose disk really is wiped comes back to the network each time it is handed off,
-/// and is reinstalled once the silence has lasted long enough. Only a request whose address
-/// evidence names the machine itself (the host's neighbour table, or our own lease) starts or
-/// continues a hand-off; any other is answered with the disk hand-off and changes nothing.
+/// The request is unauthenticated, so it decides nothing by itself: only a requester whose
+/// address evidence names the machine itself (the host's neighbour table, or our own lease)
+/// starts or continues a hand-off, and a reinstall also needs the probes of the machine's Talos
+/// API to have failed the cluster's mTLS since the hand-off, at least
+/// [`WIPE_MIN_FAILED_PROBES`] times and for at least `wipe_confirm`. A machine whose disk
+/// really is wiped comes back to the network each time it is handed off, and is reinstalled
+/// once the silence has lasted long enough.
 pub async fn installed_machine_netbooted(
     db: &Db,
     handle: &Handle,
@@ -830,49 +840,56 @@ pub async fn installed_machine_netbooted(
     now: i64,
 ) -> Result<bool, crate::db::DbError> {
     let settings = handle.settings();
-    match requester {
-        Requester::Itself => {}
-        Requester::Other(other) => {
-            tracing::warn!(mac = %machine.mac, requester = %other,
-                "network boot for an installed machine from an address that is another MAC's; disk hand-off, nothing changed");
-            return Ok(false);
-        }
-        Requester::Unknown => {
-            // No evidence that the machine itself asked (a routed requester): its disk, and
-            // nothing starts or counts toward a wipe. Such sites rebuild on request.
-            tracing::info!(mac = %machine.mac,
-                "network boot of an installed machine from an address with no neighbour entry or lease of ours; disk hand-off, not watched for a wipe");
-            return Ok(false);
-        }
-    }
-    let window = i64::try_from(settings.wipe_window.as_millis()).unwrap_or(i64::MAX);
-    let confirm = i64::try_from(settings.wipe_confirm.as_millis()).unwrap_or(i64::MAX);
-    match machine.handoff_at {
-        Some(at) if now - at < window => {
-            let silence = handle
+    let rule = WipeRule {
+        window_ms: i64::try_from(settings.wipe_window.as_millis()).unwrap_or(i64::MAX),
+        confirm_ms: i64::try_from(settings.wipe_confirm.as_millis()).unwrap_or(i64::MAX),
+        min_failures: WIPE_MIN_FAILED_PROBES,
+    };
+    let silence = machine
+        .handoff_at
+        .and_then(|at| {
+            handle
                 .silences
                 .get(machine.mac)
-                .filter(|s| s.handoff_at == at);
-            let (failures, silent_ms) = silence
-                .map(|s| (s.failures, s.last_failure_ms - at))
-                .unwrap_or((0, 0));
-            if failures >= WIPE_MIN_FAILED_PROBES && silent_ms >= confirm {
-                let cause = format!(
-                    "network-booted again {} s after being sent to its disk, and its Talos API failed the cluster's mTLS on all {failures} probes since: the disk does not boot (wiped)",
-                    (now - at) / 1000
-                );
-                db.mark_reinstall(machine.mac, &cause, now).await?;
-                handle.signal(Signal::Reinstalled(machine.mac));
-                return Ok(true);
+                .filter(|s| s.handoff_at == at)
+                .map(|s| lifecycle::Silence {
+                    failures: s.failures,
+                    silent_ms: s.last_failure_ms - at,
+                })
+        })
+        .unwrap_or_default();
+    match lifecycle::netboot(requester, machine.handoff_at, silence, rule, now) {
+        Netboot::DiskUntouched => {
+            match requester {
+                Requester::Other(other) => tracing::warn!(mac = %machine.mac, requester = %other,
+                    "network boot for an installed machine from an address that is another MAC's; disk hand-off, nothing changed"),
+                // No evidence that the machine itself asked (a routed requester): its disk,
+                // and nothing starts or counts toward a wipe. Such sites rebuild on request.
+                _ => tracing::info!(mac = %machine.mac,
+                    "network boot of an installed machine from an address with no neighbour entry or lease of ours; disk hand-off, not watched for a wipe"),
             }
+            Ok(false)
+        }
+        Netboot::Reinstall => {
+            let at = machine.handoff_at.unwrap_or(now);
+            let cause = format!(
+                "network-booted again {} s after being sent to its disk, and its Talos API failed the cluster's mTLS on all {} probes since: the disk does not boot (wiped)",
+                (now - at) / 1000,
+                silence.failures
+            );
+            db.mark_reinstall(machine.mac, &cause, now).await?;
+            handle.signal(Signal::Reinstalled(machine.mac));
+            Ok(true)
+        }
+        Netboot::DiskDuringHandoff => {
             // Not enough evidence yet: to the disk again, keeping the first hand-off's time.
             // A disk that boots answers the probe; a wiped one brings the machine back here.
-            tracing::info!(mac = %machine.mac, failures, silent_s = silent_ms / 1000,
+            tracing::info!(mac = %machine.mac, failures = silence.failures, silent_s = silence.silent_ms / 1000,
                 "network boot during a disk hand-off; its Talos API has not been silent long enough to call it wiped");
             handle.signal(Signal::HandedOff(machine.mac));
             Ok(false)
         }
-        _ => {
+        Netboot::DiskStartHandoff => {
             db.set_handoff(machine.mac, Some(now)).await?;
             handle.signal(Signal::HandedOff(machine.mac));
             Ok(false)

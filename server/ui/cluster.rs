@@ -357,7 +357,7 @@ async fn page(state: &AppState, op: &Operator, extras: Extras) -> Response {
                 target: format!("{} ({})", b.target_ip, b.target_mac),
                 decided: when(Some(b.decided_at)),
                 calls: b.calls,
-                outcome: b.outcome.clone().unwrap_or_else(|| "pending".into()),
+                outcome: b.outcome.map_or("pending", |o| o.as_str()).into(),
                 detail: b.detail.clone(),
             })
             .collect(),
