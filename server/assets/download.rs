@@ -18,6 +18,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// No byte for this long breaks the transfer (and the next attempt resumes it).
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub(super) fn client() -> Result<reqwest::Client, ImagesError> {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)

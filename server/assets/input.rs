@@ -42,6 +42,7 @@ pub enum AddOutcome {
     /// The same source was already in service; nothing was fetched.
     AlreadyPresent(Asset),
 }
+
 /// A Talos version as a directory name: `vX.Y.Z` (and pre-release suffixes), nothing else.
 pub fn validate_version(version: &str) -> Result<(), ImagesError> {
     crate::config::validate_talos_version(version).map_err(ImagesError::Invalid)

@@ -107,6 +107,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImagesE
     let path = path.to_path_buf();
     move |source| ImagesError::Io { what, path, source }
 }
+
 /// The asset store: cheap to clone, shared by the boot surface, start-up and the CLI.
 #[derive(Clone, Debug)]
 pub struct Images {

@@ -11,6 +11,7 @@ use crate::talos::Arch;
 
 /// Called as bytes arrive: file name, bytes so far, total if known.
 pub type ProgressFn = Arc<dyn Fn(&str, u64, Option<u64>) + Send + Sync>;
+
 /// A download in flight: the file being fetched and how far it got.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Progress {

@@ -12,6 +12,7 @@ pub(super) type RecordCache = HashMap<(String, &'static str), (Instant, Option<A
 
 /// How long a boot script may use an asset record read earlier.
 pub const RECORD_CACHE_TTL: Duration = Duration::from_secs(1);
+
 impl Images {
     /// The extra kernel arguments recorded with the assets of `version` and `arch` (from their
     /// factory schematic); none when nothing is recorded.

@@ -167,6 +167,7 @@ pub fn extra_args(cmdline: &str, version: &str, arch: Arch) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
 impl Images {
     /// The extra kernel arguments of a factory schematic for `version` and `arch`, refused
     /// when they make a machine's command line longer than the kernel keeps.

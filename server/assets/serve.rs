@@ -55,6 +55,7 @@ impl From<DbError> for ServeError {
         ServeError::Images(ImagesError::Db(e))
     }
 }
+
 impl Images {
     /// The file to serve for `/assets/<version>/<file>`, verified against its record first.
     pub async fn servable(&self, version: &str, file: &str) -> Result<PathBuf, ServeError> {

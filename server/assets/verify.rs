@@ -22,6 +22,7 @@ pub struct VerifyReport {
 
 /// What was verified this run: a file's path → the digest it had and its metadata then.
 pub(super) type Verified = HashMap<PathBuf, (String, u64, Option<SystemTime>)>;
+
 impl Images {
     pub(super) fn forget_verified(&self, path: &Path) {
         let mut v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
