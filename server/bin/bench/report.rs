@@ -3,12 +3,12 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::memory::Usage;
-use crate::stats::{fmt_kib, fmt_ratio};
+use crate::stats::{fmt_kib, fmt_latency, fmt_ratio, Latencies};
 use crate::sys::{machine_busy_secs, own_cpu_secs, MachineFacts};
 
 /// One line of the table.
@@ -185,6 +185,36 @@ pub fn usage_rows(
         );
     }
     report.row(row);
+}
+
+/// A row of latency p50 / p99, ours beside the reference's, with the ratio as speed (their
+/// p99 over ours); and our p99.
+pub fn latency_row(
+    scenario: String,
+    ours: &mut Latencies,
+    theirs: &mut Latencies,
+) -> (Row, Option<Duration>) {
+    let p99 = ours.percentile(99.0);
+    let row = Row::new(
+        scenario,
+        format!(
+            "{} / {}",
+            fmt_latency(ours.percentile(50.0)),
+            fmt_latency(p99)
+        ),
+    )
+    .reference(
+        format!(
+            "{} / {}",
+            fmt_latency(theirs.percentile(50.0)),
+            fmt_latency(theirs.percentile(99.0))
+        ),
+        fmt_ratio(
+            theirs.percentile(99.0).map(|d| d.as_secs_f64()),
+            p99.map(|d| d.as_secs_f64()),
+        ),
+    );
+    (row, p99)
 }
 
 /// The idle-memory target over every appliance instance of the run.
