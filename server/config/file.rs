@@ -98,4 +98,26 @@ mod tests {
         let err = toml::from_str::<FileOptions>("http_prot = 1").unwrap_err();
         assert!(err.to_string().contains("http_prot"), "{err}");
     }
+
+    #[test]
+    fn a_config_file_sets_the_options_of_the_same_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootplane.toml");
+        std::fs::write(
+            &path,
+            "http_port = 9000\ndhcp_dns = [\"10.0.0.53\"]\nadmin_password = \"a long password\"\n",
+        )
+        .unwrap();
+        let o = read_file(&path).unwrap();
+        assert_eq!(o.http_port, Some(9000));
+        assert_eq!(o.dhcp_dns, Some(vec![Ipv4Addr::new(10, 0, 0, 53)]));
+        assert_eq!(o.admin_password, Some(Secret("a long password".into())));
+        assert_eq!(o.tftp_port, None);
+        std::fs::write(&path, "http_prot = 1\n").unwrap();
+        let err = read_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("bootplane.toml") && err.contains("http_prot"),
+            "{err}"
+        );
+    }
 }
