@@ -618,6 +618,7 @@ async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(), String> 
     db.bootstrap_calling(&cluster.name, generation, now)
         .await
         .map_err(|e| e.to_string())?;
+    #[cfg(feature = "testkit")]
     if inner.settings.crash_before_bootstrap_call {
         tracing::error!("test hook: exiting after marking the Bootstrap call, before sending it");
         std::process::exit(86);

@@ -615,7 +615,7 @@ pub fn flow_rows(
     unit: &str,
     [a, b, c]: [&FlowResult; 3],
 ) -> (Option<f64>, Option<Duration>) {
-    use crate::report::Row;
+    use crate::report::{latency_row, Row};
     use crate::stats::{fmt_latency, fmt_ratio};
 
     report.row(
@@ -636,24 +636,13 @@ pub fn flow_rows(
         b.reply_latency.clone(),
         c.reply_latency.clone(),
     );
-    let p99 = al.percentile(99.0);
+    let (row, p99) = latency_row(
+        format!("{label}: reply latency p50 / p99"),
+        &mut al,
+        &mut bl,
+    );
     report.row(
-        Row::new(
-            format!("{label}: reply latency p50 / p99"),
-            format!("{} / {}", fmt_latency(al.percentile(50.0)), fmt_latency(p99)),
-        )
-        .reference(
-            format!(
-                "{} / {}",
-                fmt_latency(bl.percentile(50.0)),
-                fmt_latency(bl.percentile(99.0))
-            ),
-            fmt_ratio(
-                bl.percentile(99.0).map(|d| d.as_secs_f64()),
-                p99.map(|d| d.as_secs_f64()),
-            ),
-        )
-        .notes(format!(
+        row.notes(format!(
             "each request to its reply; ratio as speed (dnsmasq p99 / bootplane p99); trivial responder {} / {}",
             fmt_latency(cl.percentile(50.0)),
             fmt_latency(cl.percentile(99.0))

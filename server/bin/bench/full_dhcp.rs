@@ -180,7 +180,7 @@ fn rows(
             format!("ratio {}", fmt_ratio(a.per_sec(), b.per_sec())),
         );
     }
-    crate::usage_rows(
+    crate::report::usage_rows(
         report,
         "full DHCP",
         ours_usage,

@@ -162,7 +162,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         rows(ctx, clients, file.len(), &ours, &theirs);
     }
     let (ours_usage, nginx_usage) = (ours_meter.since(ours_mark), nginx_meter.since(nginx_mark));
-    crate::usage_rows(
+    crate::report::usage_rows(
         &mut ctx.report,
         "HTTP big file",
         ours_usage,
@@ -173,7 +173,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     let (ours_mark, nginx_mark) = (ours_meter.mark(), nginx_meter.mark());
     http_scripts::run(ctx, &machines, &www, nginx_addr).await?;
     let (ours_usage, nginx_usage) = (ours_meter.since(ours_mark), nginx_meter.since(nginx_mark));
-    crate::usage_rows(
+    crate::report::usage_rows(
         &mut ctx.report,
         "HTTP scripts",
         ours_usage,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::http_client::{get_small, KeepAlive};
-use crate::report::{Row, Verdict};
+use crate::report::{latency_row, Row, Verdict};
 use crate::servers::http_addr;
 use crate::stats::{fmt_count, fmt_latency, fmt_ratio, Latencies};
 use crate::sys::own_cpu_secs;
@@ -93,25 +93,8 @@ pub async fn run(
             )),
     );
     let (mut a, mut b) = (ours.latency.clone(), theirs.latency.clone());
-    let p99 = a.percentile(99.0);
-    report.row(
-        Row::new(
-            format!("{label}: latency p50 / p99"),
-            format!("{} / {}", fmt_latency(a.percentile(50.0)), fmt_latency(p99)),
-        )
-        .reference(
-            format!(
-                "{} / {}",
-                fmt_latency(b.percentile(50.0)),
-                fmt_latency(b.percentile(99.0))
-            ),
-            fmt_ratio(
-                b.percentile(99.0).map(|d| d.as_secs_f64()),
-                p99.map(|d| d.as_secs_f64()),
-            ),
-        )
-        .notes("ratio as speed (nginx p99 / bootplane p99)"),
-    );
+    let (row, p99) = latency_row(format!("{label}: latency p50 / p99"), &mut a, &mut b);
+    report.row(row.notes("ratio as speed (nginx p99 / bootplane p99)"));
     report.target(
         "per-machine scripts p99 under 5 ms",
         Verdict::from_check(p99.map(|p| p < P99_TARGET)),

@@ -148,7 +148,7 @@ fn rows(
         Verdict::from_check(worst_p99.map(|p| p < P99_TARGET)),
         format!("worst p99 {}", fmt_latency(worst_p99)),
     );
-    crate::usage_rows(
+    crate::report::usage_rows(
         report,
         "proxyDHCP",
         ours_usage,

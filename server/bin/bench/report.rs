@@ -1,8 +1,15 @@
-//! The Markdown report: parameters, machine facts, one table, target checks, problems.
+//! The Markdown report: parameters, machine facts, one table, target checks, problems; the
+//! rows and findings every scenario adds (memory and CPU), and the file it is written to.
 
 use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use crate::sys::MachineFacts;
+use anyhow::{Context, Result};
+
+use crate::memory::Usage;
+use crate::stats::{fmt_kib, fmt_latency, fmt_ratio, Latencies};
+use crate::sys::{machine_busy_secs, own_cpu_secs, MachineFacts};
 
 /// One line of the table.
 #[derive(Debug, Clone)]
@@ -144,6 +151,142 @@ impl Report {
 /// A table cell: pipes escaped, line breaks flattened.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
+}
+
+/// Above this share of the machine's CPU used by other processes, the report calls the run noisy.
+const OTHER_WORK_NOISY: f64 = 0.10;
+/// Idle RSS target.
+const RSS_IDLE_TARGET_KIB: u64 = 30 * 1024;
+
+/// A row with bootplane's memory and CPU in one scenario beside the reference's.
+pub fn usage_rows(
+    report: &mut Report,
+    scenario: &str,
+    ours: Usage,
+    reference: Option<(&str, Usage)>,
+) {
+    let text = |u: &Usage| {
+        format!(
+            "{} / {}, {:.2} CPU s",
+            fmt_kib(Some(u.idle_kib)),
+            fmt_kib(Some(u.peak_kib)),
+            u.cpu_secs
+        )
+    };
+    let mut row = Row::new(
+        format!("{scenario}: server RSS idle / peak, CPU seconds"),
+        text(&ours),
+    )
+    .notes("RSS summed over the server's processes, sampled every 20 ms; ratio of peaks");
+    if let Some((name, theirs)) = reference {
+        row = row.reference(
+            format!("{name} {}", text(&theirs)),
+            fmt_ratio(Some(ours.peak_kib as f64), Some(theirs.peak_kib as f64)),
+        );
+    }
+    report.row(row);
+}
+
+/// A row of latency p50 / p99, ours beside the reference's, with the ratio as speed (their
+/// p99 over ours); and our p99.
+pub fn latency_row(
+    scenario: String,
+    ours: &mut Latencies,
+    theirs: &mut Latencies,
+) -> (Row, Option<Duration>) {
+    let p99 = ours.percentile(99.0);
+    let row = Row::new(
+        scenario,
+        format!(
+            "{} / {}",
+            fmt_latency(ours.percentile(50.0)),
+            fmt_latency(p99)
+        ),
+    )
+    .reference(
+        format!(
+            "{} / {}",
+            fmt_latency(theirs.percentile(50.0)),
+            fmt_latency(theirs.percentile(99.0))
+        ),
+        fmt_ratio(
+            theirs.percentile(99.0).map(|d| d.as_secs_f64()),
+            p99.map(|d| d.as_secs_f64()),
+        ),
+    );
+    (row, p99)
+}
+
+/// The idle-memory target over every appliance instance of the run.
+pub fn memory_targets(report: &mut Report, usage: &[(&'static str, Usage)]) {
+    let idle = usage.iter().map(|(_, u)| u.idle_kib).max();
+    let which = usage
+        .iter()
+        .max_by_key(|(_, u)| u.idle_kib)
+        .map_or("", |(s, _)| *s);
+    report.target(
+        "RSS under 30 MB idle",
+        Verdict::from_check(idle.map(|i| i < RSS_IDLE_TARGET_KIB)),
+        format!(
+            "highest idle RSS of the run's appliances {} ({which})",
+            fmt_kib(idle)
+        ),
+    );
+}
+
+/// Who used the machine's CPU during the run, so the reader knows whether other work (on two
+/// cores, a compiler) moved the numbers.
+pub struct CpuAccount {
+    start: Instant,
+    machine_busy: Option<f64>,
+    bench: f64,
+}
+
+impl CpuAccount {
+    pub fn start() -> Self {
+        Self {
+            start: Instant::now(),
+            machine_busy: machine_busy_secs(),
+            bench: own_cpu_secs(),
+        }
+    }
+
+    pub fn note(&self, report: &mut Report, facts: &MachineFacts, load_before: Option<f64>) {
+        let wall = self.start.elapsed().as_secs_f64();
+        let available = wall * facts.cpus as f64;
+        let load = load_before.map_or("?".into(), |l| format!("{l:.2}"));
+        let Some(busy) = machine_busy_secs()
+            .zip(self.machine_busy)
+            .map(|(b, a)| b - a)
+        else {
+            report.finding(format!("1-minute load average before the run: {load}"));
+            return;
+        };
+        // The servers were this process's children and have been reaped: their CPU is in ours.
+        let ours = own_cpu_secs() - self.bench;
+        let other = (busy - ours).max(0.0);
+        let share = if available > 0.0 {
+            other / available
+        } else {
+            0.0
+        };
+        let text = format!(
+            "CPU during the {wall:.0} s run: the bench with every server it ran {ours:.1} s, other processes {other:.1} s ({:.0}% of the machine); 1-minute load average before the run {load}",
+            share * 100.0
+        );
+        report.finding(if share > OTHER_WORK_NOISY {
+            format!("{text}. Other work shared this machine: treat the numbers as noisy and rerun on a quiet machine")
+        } else {
+            text
+        });
+    }
+}
+
+pub fn write_report(out: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))
 }
 
 #[cfg(test)]

@@ -117,7 +117,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
             }
         }
     }
-    crate::usage_rows(
+    crate::report::usage_rows(
         &mut ctx.report,
         "TFTP",
         ours_usage,

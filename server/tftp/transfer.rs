@@ -1,0 +1,375 @@
+//! One read transfer: the file opened for the machine asking, the OACK, windows of blocks
+//! sent and acknowledged (RFC 7440), and what is reported when it ends.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket as TokioUdpSocket;
+
+use super::files::{resolve_request, IpxeFiles};
+use super::wire::{
+    error_packet, negotiate, oack_packet, Request, ERR_ACCESS, ERR_ILLEGAL, ERR_NOT_FOUND, OP_DATA,
+};
+use crate::inventory::{Neighbours, Recorder};
+use crate::model::{EventKind, Mac};
+use crate::support::metrics::Metrics;
+
+/// Everything a transfer reports to; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct TftpHandler {
+    files: IpxeFiles,
+    recorder: Recorder,
+    neighbours: Neighbours,
+    metrics: Metrics,
+}
+
+impl TftpHandler {
+    pub fn new(
+        files: IpxeFiles,
+        recorder: Recorder,
+        neighbours: Neighbours,
+        metrics: Metrics,
+    ) -> Self {
+        TftpHandler {
+            files,
+            recorder,
+            neighbours,
+            metrics,
+        }
+    }
+
+    /// The file a read request names, and the machine asking; `None` is "file not found".
+    fn open(&self, client: SocketAddr, path: &str) -> Option<(Bytes, String, Option<Mac>)> {
+        let Some((path_mac, name)) = resolve_request(Path::new(path)) else {
+            tracing::info!(client = %client, path, "tftp request refused");
+            self.metrics.tftp_done("not-found");
+            return None;
+        };
+        // Attribution for the event only (a TFTP request carries no MAC): our own lease of
+        // the address, else the host's neighbour table.
+        let mac = path_mac.or_else(|| match client.ip() {
+            IpAddr::V4(ip) => self.neighbours.owner(ip, self.recorder.now_ms()),
+            IpAddr::V6(_) => None,
+        });
+        match self.files.load(&name) {
+            Ok(data) => {
+                tracing::info!(mac = ?mac, client = %client, file = %name, "tftp read request");
+                Some((data, name, mac))
+            }
+            Err(e) => {
+                tracing::info!(mac = ?mac, client = %client, file = %name, error = %e,
+                    "tftp file not available");
+                self.metrics.tftp_done("not-found");
+                None
+            }
+        }
+    }
+
+    fn finished(&self, done: &Transfer, client: SocketAddr, result: Result<(), &'static str>) {
+        let bytes = done.data.len();
+        match result {
+            Ok(()) => {
+                self.metrics.tftp_done("ok");
+                self.metrics.tftp_bytes.inc_by(bytes as u64);
+                tracing::info!(mac = ?done.mac, file = %done.name, client = %client, bytes,
+                    blksize = done.blksize, windowsize = done.window, "tftp transfer complete");
+                if let Some(mac) = done.mac {
+                    self.recorder.event(
+                        mac,
+                        EventKind::TftpServed,
+                        format!("{} ({bytes} bytes)", done.name),
+                    );
+                }
+            }
+            Err(why) => {
+                self.metrics.tftp_done("failed");
+                tracing::info!(mac = ?done.mac, file = %done.name, client = %client, reason = why,
+                    "tftp transfer not completed");
+            }
+        }
+    }
+}
+
+/// Sends of one window (or of the OACK) before a silent client is given up: with
+/// [`MAX_TIMEOUT`](super::MAX_TIMEOUT), a silent client frees its slot within 30 s.
+const MAX_SENDS: u32 = 6;
+
+/// One read transfer in progress.
+struct Transfer {
+    data: Bytes,
+    name: String,
+    mac: Option<Mac>,
+    blksize: u16,
+    window: u16,
+    timeout: Duration,
+    /// Set at the client's first acknowledgement: a transfer never heard from gives way when
+    /// every slot is taken (see `run`).
+    heard: Arc<AtomicBool>,
+}
+
+impl Transfer {
+    /// Blocks in the file: the last one is short, possibly empty.
+    fn blocks(&self) -> u64 {
+        self.data.len() as u64 / u64::from(self.blksize) + 1
+    }
+
+    /// Writes DATA packet `index` (1-based, not wrapped) into `buf`.
+    fn data_packet(&self, index: u64, buf: &mut Vec<u8>) {
+        let size = u64::from(self.blksize);
+        let len = self.data.len() as u64;
+        let start = (index.saturating_sub(1) * size).min(len);
+        let end = (start + size).min(len);
+        buf.clear();
+        buf.extend_from_slice(&OP_DATA.to_be_bytes());
+        // Block numbers wrap at 2^16 (files over 32 MiB with 512-byte blocks).
+        buf.extend_from_slice(&((index & 0xffff) as u16).to_be_bytes());
+        buf.extend_from_slice(&self.data[start as usize..end as usize]);
+    }
+}
+
+/// What came back from the client while waiting for an acknowledgement.
+enum Reply {
+    /// ACK of wire block number `n`.
+    Ack(u16),
+    /// The client gave up (ERROR, or its port is closed).
+    Gone,
+    Silence,
+}
+
+async fn await_reply(
+    sock: &TokioUdpSocket,
+    deadline: tokio::time::Instant,
+    buf: &mut [u8],
+) -> io::Result<Reply> {
+    loop {
+        let n = match tokio::time::timeout_at(deadline, sock.recv(buf)).await {
+            Err(_) => return Ok(Reply::Silence),
+            // ICMP port unreachable after an earlier send: the client is gone.
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(Reply::Gone),
+            Ok(r) => r?,
+        };
+        match &buf[..n] {
+            [0, 4, a, b, ..] => return Ok(Reply::Ack(u16::from_be_bytes([*a, *b]))),
+            [0, 5, ..] => return Ok(Reply::Gone),
+            // Anything else from the client is ignored.
+            _ => {}
+        }
+    }
+}
+
+/// How far an ACK of wire block `n` moves a window that starts at block `base` and ends at
+/// `end` (inclusive, unwrapped): `Some(k)` acknowledges k blocks, `Some(0)` is an ACK of the
+/// block just before the window, `None` anything else.
+fn acked(base: u64, end: u64, n: u16) -> Option<u64> {
+    let before = (base.wrapping_sub(1) & 0xffff) as u16;
+    let k = u64::from(n.wrapping_sub(before));
+    (k <= end + 1 - base).then_some(k)
+}
+
+/// Sends `transfer` to the connected client: the OACK first when options were settled, then
+/// windows of `window` blocks, each answered by an ACK of the last block received in order
+/// (RFC 7440). An ACK inside the window slides it to there at once; with windows of several
+/// blocks, an ACK of the block before the window (the client missed its start) resends it
+/// at once; silence resends it after the timeout.
+async fn send_file(
+    sock: &TokioUdpSocket,
+    transfer: &Transfer,
+    oack: Option<Vec<u8>>,
+) -> Result<(), &'static str> {
+    let mut recv_buf = [0u8; 516];
+    let io_err = |_| "socket error";
+    if let Some(oack) = oack {
+        let mut sends = 0;
+        'oack: loop {
+            if sends == MAX_SENDS {
+                return Err("no acknowledgement of the options");
+            }
+            sends += 1;
+            sock.send(&oack).await.map_err(io_err)?;
+            let deadline = tokio::time::Instant::now() + transfer.timeout;
+            loop {
+                match await_reply(sock, deadline, &mut recv_buf)
+                    .await
+                    .map_err(io_err)?
+                {
+                    Reply::Ack(0) => {
+                        transfer.heard.store(true, Ordering::Relaxed);
+                        break 'oack;
+                    }
+                    Reply::Ack(_) => {}
+                    Reply::Silence => continue 'oack,
+                    Reply::Gone => return Err("the client refused the options"),
+                }
+            }
+        }
+    }
+    let blocks = transfer.blocks();
+    let window = u64::from(transfer.window.max(1));
+    let mut packet = Vec::with_capacity(usize::from(transfer.blksize) + 4);
+    // The first block not acknowledged yet (1-based, unwrapped).
+    let mut base: u64 = 1;
+    let mut sends = 0;
+    while base <= blocks {
+        if sends == MAX_SENDS {
+            return Err("the client stopped acknowledging");
+        }
+        sends += 1;
+        let end = blocks.min(base + window - 1);
+        for index in base..=end {
+            transfer.data_packet(index, &mut packet);
+            sock.send(&packet).await.map_err(io_err)?;
+        }
+        let deadline = tokio::time::Instant::now() + transfer.timeout;
+        loop {
+            match await_reply(sock, deadline, &mut recv_buf)
+                .await
+                .map_err(io_err)?
+            {
+                Reply::Ack(n) => {
+                    transfer.heard.store(true, Ordering::Relaxed);
+                    match acked(base, end, n) {
+                        Some(0) if window > 1 => break,
+                        Some(k) if k > 0 => {
+                            base += k;
+                            sends = 0;
+                            break;
+                        }
+                        // A duplicate ACK in lock-step is not answered (Sorcerer's Apprentice).
+                        _ => {}
+                    }
+                }
+                Reply::Silence => break,
+                Reply::Gone => return Err("the client gave up"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Answers one request from a new socket (the transfer's own port, RFC 1350).
+pub(super) async fn serve_request(
+    handler: TftpHandler,
+    local: IpAddr,
+    client: SocketAddr,
+    request: Request,
+    limits: Limits,
+    heard: Arc<AtomicBool>,
+) {
+    let sock = match std::net::UdpSocket::bind(SocketAddr::new(local, 0))
+        .and_then(|s| s.connect(client).map(|()| s))
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .and_then(TokioUdpSocket::from_std)
+    {
+        Ok(sock) => sock,
+        Err(e) => {
+            tracing::warn!(client = %client, error = %e, "cannot open a tftp transfer socket");
+            return;
+        }
+    };
+    let refusal = if request.write {
+        tracing::info!(client = %client, path = %request.path, "tftp write refused");
+        Some((ERR_ACCESS, "read-only server"))
+    } else if !matches!(request.mode.as_str(), "octet" | "netascii") {
+        Some((ERR_ILLEGAL, "unsupported transfer mode"))
+    } else {
+        None
+    };
+    if let Some((code, message)) = refusal {
+        let _ = sock.send(&error_packet(code, message)).await;
+        return;
+    }
+    let Some((data, name, mac)) = handler.open(client, &request.path) else {
+        let _ = sock
+            .send(&error_packet(ERR_NOT_FOUND, "file not found"))
+            .await;
+        return;
+    };
+    let n = negotiate(
+        &request.options,
+        data.len() as u64,
+        limits.block,
+        limits.window,
+        limits.timeout,
+    );
+    let oack = (!n.oack.is_empty()).then(|| oack_packet(&n.oack));
+    let transfer = Transfer {
+        data,
+        name,
+        mac,
+        blksize: n.blksize,
+        window: n.window,
+        timeout: n.timeout,
+        heard,
+    };
+    let result = send_file(&sock, &transfer, oack).await;
+    handler.finished(&transfer, client, result);
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    pub(super) block: u16,
+    pub(super) window: u16,
+    pub(super) timeout: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::wire::MAX_TIMEOUT;
+    use super::*;
+
+    /// A client that asks for the longest timeout and never answers is given up after
+    /// `MAX_SENDS` sends, each waiting the default timeout (here 50 ms), not its 255 s; with the
+    /// largest timeout granted that is at most 30 s.
+    #[tokio::test]
+    async fn a_silent_client_is_given_up_after_a_bounded_number_of_sends() {
+        const { assert!(MAX_SENDS as u64 * MAX_TIMEOUT.as_secs() <= 30) };
+        let server = TokioUdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let client = TokioUdpSocket::bind("127.0.0.1:0").await.unwrap();
+        server.connect(client.local_addr().unwrap()).await.unwrap();
+        let asked = vec![("timeout".to_string(), "255".to_string())];
+        let n = negotiate(&asked, 1_000_000, 1468, 16, Duration::from_millis(50));
+        let transfer = Transfer {
+            data: Bytes::from(vec![0u8; 1_000_000]),
+            name: "ipxe.efi".into(),
+            mac: None,
+            blksize: n.blksize,
+            window: n.window,
+            timeout: n.timeout,
+            heard: Arc::default(),
+        };
+        let started = tokio::time::Instant::now();
+        let result = send_file(&server, &transfer, None).await;
+        assert_eq!(result, Err("the client stopped acknowledging"));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let mut sends = 0;
+        let mut buf = [0u8; 600];
+        while client.try_recv(&mut buf).is_ok() {
+            sends += 1;
+        }
+        assert_eq!(sends, MAX_SENDS);
+    }
+
+    #[test]
+    fn acks_slide_the_window_across_the_block_number_wrap() {
+        assert_eq!(acked(1, 16, 16), Some(16));
+        assert_eq!(acked(1, 16, 3), Some(3));
+        assert_eq!(acked(1, 16, 0), Some(0));
+        assert_eq!(acked(17, 32, 16), Some(0));
+        assert_eq!(acked(17, 32, 5), None);
+        assert_eq!(acked(17, 32, 40), None);
+        // Blocks 65530..=65545 go out as 65530..=65535, 0..=9.
+        assert_eq!(acked(65530, 65545, 65535), Some(6));
+        assert_eq!(acked(65530, 65545, 9), Some(16));
+        assert_eq!(acked(65536, 65551, 65535), Some(0));
+        assert_eq!(acked(65536, 65551, 0), Some(1));
+    }
+}
