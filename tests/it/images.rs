@@ -1,32 +1,25 @@
 //! Boot assets: fetched from a local double of the Talos Image Factory (its real URL paths),
 //! verified, and served by a running appliance only when they match their SHA-256.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::kit::{self, pattern, Appliance, VERSION};
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use bootplane::app::{self, Listeners};
 use bootplane::assets::{
     AddOutcome, AddRequest, AssetSource, AssetState, Images, ImagesError, SourceSpec,
 };
-use bootplane::config::{Config, DhcpMode, PortSetting, ServeOptions};
+use bootplane::config::PortSetting;
 use bootplane::db::Db;
 use bootplane::model::{Machine, Role};
-use bootplane::net::InterfaceInfo;
 use bootplane::talos::Arch;
-use common::{pattern, Appliance, VERSION};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
@@ -448,64 +441,6 @@ async fn adds_from_two_processes_download_once() {
     app.stop().await;
 }
 
-/// An appliance on `data` and `images` (so assets can be recorded before it starts).
-async fn start_on(
-    data: &Path,
-    images: &Path,
-    db: Db,
-) -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let ipxe = tempfile::tempdir().unwrap();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tftp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr: SocketAddr = http.local_addr().unwrap();
-    let options = ServeOptions {
-        data_dir: Some(data.to_path_buf()),
-        advertise_ip: Some(Ipv4Addr::LOCALHOST),
-        http_port: Some(addr.port()),
-        tftp_port: Some(tftp.local_addr().unwrap().port()),
-        dhcp_mode: Some(DhcpMode::Off),
-        ipxe_dir: Some(ipxe.path().to_path_buf()),
-        images_dir: Some(images.to_path_buf()),
-        talos_version: Some(VERSION.into()),
-        events_port: Some(PortSetting::Off),
-        kernel_log_port: Some(PortSetting::Off),
-        https_port: Some(PortSetting::Off),
-        admin_password: Some(bootplane::config::Secret("test-admin-password".into())),
-        ..Default::default()
-    };
-    let iface = InterfaceInfo {
-        name: "lo".into(),
-        index: 1,
-        cidr: "127.0.0.1/8".parse().unwrap(),
-        gateway: None,
-    };
-    let config = Config::resolve(options, iface).unwrap();
-    let listeners = Listeners {
-        http,
-        https: None,
-        tftp,
-        dhcp: None,
-        ra: None,
-        talos_events: None,
-        kernel_logs: None,
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app::run(
-        config,
-        db,
-        bootplane::support::clock::system(),
-        listeners,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    (format!("http://{addr}"), stop, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_corrupted_on_disk_is_detected_at_start_and_not_served() {
     let data = tempfile::tempdir().unwrap();
@@ -537,7 +472,13 @@ async fn file_corrupted_on_disk_is_detected_at_start_and_not_served() {
     bytes[450_000] ^= 0x01;
     std::fs::write(&on_disk, &bytes).unwrap();
 
-    let (base, stop, task) = start_on(data.path(), images.path(), db.clone()).await;
+    let app = Appliance::start_in(data, images, |o| {
+        o.events_port = Some(PortSetting::Off);
+        o.kernel_log_port = Some(PortSetting::Off);
+        o.https_port = Some(PortSetting::Off);
+    })
+    .await;
+    let base = app.url("");
     // The first answer comes after start-up verification; nothing asked for the asset yet.
     let (code, _) = http_get(format!("{base}/healthz")).await;
     assert_eq!(code, 200);
@@ -552,8 +493,7 @@ async fn file_corrupted_on_disk_is_detected_at_start_and_not_served() {
     assert!(body != bytes);
     let (code, _) = http_get(format!("{base}/assets/{VERSION}/vmlinuz-amd64")).await;
     assert_eq!(code, 503, "the pair is out of service together");
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,7 +502,7 @@ async fn cli_adds_lists_verifies_and_removes() {
     let data = tempfile::tempdir().unwrap();
     let images = tempfile::tempdir().unwrap();
     let cli = |args: &[&str]| {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootplane"));
+        let mut cmd = tokio::process::Command::new(kit::BIN);
         cmd.arg("images")
             .args(args)
             .arg("--data-dir")
@@ -727,7 +667,7 @@ async fn a_machine_boots_its_pinned_version_else_its_clusters_else_the_default()
 /// A JSON API call with a logged-in session.
 async fn api(
     app: &Appliance,
-    session: &common::Session,
+    session: &kit::Session,
     method: reqwest::Method,
     path: &str,
     body: Option<serde_json::Value>,
@@ -751,7 +691,7 @@ async fn api(
 /// Polls the list until `version`'s amd64 asset is ready; returns whether progress was seen.
 async fn wait_ready(
     app: &Appliance,
-    session: &common::Session,
+    session: &kit::Session,
     version: &str,
 ) -> (bool, serde_json::Value) {
     let mut saw_progress = false;
@@ -870,7 +810,7 @@ async fn the_api_adds_in_the_background_once_with_progress_and_schematic_args_re
     .await;
     assert_eq!(status, 422, "{bad}");
     // The CLI makes the same schematic (same content, same ID).
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootplane"))
+    let out = tokio::process::Command::new(kit::BIN)
         .args(["images", "schematic", "--factory-url", &base])
         .args([
             "--extension",
@@ -952,7 +892,7 @@ async fn the_ui_adds_shows_progress_and_says_why_machines_wait() {
     let factory_url = base.clone();
     let app = Appliance::start_with(move |o| o.factory_url = Some(factory_url)).await;
     let s = app.login().await;
-    let client = common::no_redirects();
+    let client = kit::no_redirects();
     let get = |path: &str| {
         let req = client.get(app.url(path)).header("cookie", &s.cookie).send();
         async move {
@@ -1098,7 +1038,7 @@ async fn start_reports_missing_ipxe_binaries_per_arch_and_missing_assets_in_use(
     let ipxe = dir.path().join("ipxe");
     std::fs::create_dir_all(&ipxe).unwrap();
     std::fs::write(ipxe.join("undionly.kpxe"), b"bios ipxe").unwrap();
-    let bin = env!("CARGO_BIN_EXE_bootplane");
+    let bin = kit::BIN;
     let out = tokio::process::Command::new(bin)
         .args(["machines", "add", "--data-dir", data.to_str().unwrap()])
         .args([

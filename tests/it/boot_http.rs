@@ -1,10 +1,7 @@
 //! HTTP boot surface against a running appliance, with curl as the client.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
+use crate::kit::{self, run_client, s, Appliance, VERSION};
 use bootplane::model::{DiskHandoff, EventKind, Mac, Machine, Role};
-use common::{run_client, s, Appliance, VERSION};
 
 fn mac() -> Mac {
     "52:54:00:12:34:56".parse().unwrap()
@@ -431,11 +428,9 @@ async fn config_is_refused_to_a_requester_that_is_not_the_machine() {
 
 /// A TCP connection to the appliance's HTTP port from `source` (any 127.0.0.0/8 address).
 async fn connect_from(app: &Appliance, source: &str) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(std::net::SocketAddr::new(source.parse().unwrap(), 0))
-        .unwrap();
-    socket.connect(app.http).await.unwrap()
+    kit::connect_from(source.parse().unwrap(), app.http)
+        .await
+        .unwrap()
 }
 
 /// Reads until the server closes the connection; how long that took, or `None` if it was
@@ -511,12 +506,7 @@ async fn half_open_connections_are_capped_per_address_and_closed_after_the_heade
     assert_eq!(closed_at_once, PER_ADDRESS * 2);
     // Meanwhile the appliance answers everyone else.
     assert_eq!(healthz_from(&app, "127.0.0.1").await, "HTTP/1.1 200 OK");
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert_eq!(
         metric(
             &metrics,

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The Talos API client against Talos node doubles (in process, on loopback aliases
 //! 127.0.0.1-3 and ephemeral ports, and once as the real `bootplane-talos-double` binary):
 //! calls, status codes, and the mutual-TLS checks in both directions.

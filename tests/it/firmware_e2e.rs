@@ -12,23 +12,19 @@
 //! nameservers.
 //!
 //! Privileged (root, `ip netns`, QEMU), so gated: run with
-//! `BOOTPLANE_E2E=1 cargo test --test firmware_e2e -- --nocapture --test-threads 1`.
+//! `BOOTPLANE_E2E=1 cargo test --test it firmware_e2e:: -- --nocapture`.
 //! Serial logs, bootplane's log and the data dir are kept under `tests/artifacts/<test>/`.
 //! Facts behind the QEMU command lines: ../shared/research/firmware-lab.md.
-
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// The scenarios share the machine's CPU and QEMU is slow under TCG: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+use crate::kit::{self, turns};
 
 const TALOS_VERSION: &str = "v1.13.9";
 /// Talos's JSON schema of that line (Talos's file unchanged; see its README).
@@ -50,16 +46,15 @@ const FAILURE_TEXTS: &[&str] = &[
     "Shell>",
 ];
 
-fn e2e_enabled() -> Option<MutexGuard<'static, ()>> {
+/// `None` (the test is skipped) without `BOOTPLANE_E2E=1`; else the machine for this test
+/// alone: QEMU is slow under TCG, so the scenarios run one at a time, and no other test's
+/// appliance runs beside them (`kit::turns`).
+fn e2e_enabled() -> Option<turns::Alone> {
     if std::env::var("BOOTPLANE_E2E").as_deref() != Ok("1") {
         println!("skipped: set BOOTPLANE_E2E=1");
         return None;
     }
-    Some(
-        SERIAL
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()),
-    )
+    Some(turns::alone())
 }
 
 #[test]
@@ -770,7 +765,7 @@ impl Lab {
         let images_dir = self.images_dir.display().to_string();
         let port = HTTP_PORT.to_string();
         let mut argv = vec![
-            env!("CARGO_BIN_EXE_bootplane"),
+            kit::BIN,
             "serve",
             "--data-dir",
             &data_dir,
@@ -1050,7 +1045,7 @@ impl Lab {
         &mut self,
         vm: &Vm,
         m: &Marker,
-        events: &json::Value,
+        events: &serde_json::Value,
         lan: &Lan,
     ) -> Vec<String> {
         let mut problems = Vec::new();
@@ -1066,9 +1061,9 @@ impl Lab {
         };
         let served: Vec<&str> = events
             .as_array()
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| e.get("kind").and_then(json::Value::as_str) == Some("config-fetched"))
+            .into_iter()
+            .flatten()
+            .filter(|e| e.get("kind").and_then(serde_json::Value::as_str) == Some("config-fetched"))
             .filter_map(|e| e.get("detail")?.as_str())
             .collect();
         let bytes = m.config_bytes.as_deref().unwrap_or("?");
@@ -1146,7 +1141,7 @@ impl Lab {
         vm: &Vm,
         mode: DhcpMode,
         booted: bool,
-    ) -> (Vec<String>, Option<json::Value>) {
+    ) -> (Vec<String>, Option<serde_json::Value>) {
         let dhcp: &[&str] = match mode {
             DhcpMode::Full => &["dhcp-ack"],
             DhcpMode::Proxy => &["proxy-offer", "proxy-ack"],
@@ -1185,7 +1180,7 @@ impl Lab {
             let _ = fs::write(&artifact, &out.stdout);
             let (verdict, events) = if out.status.success() {
                 let text = String::from_utf8_lossy(&out.stdout);
-                match json::parse(&text) {
+                match serde_json::from_str::<serde_json::Value>(&text) {
                     Ok(value) => (judge_events(vm, &value, &chain), Some(value)),
                     Err(e) => (
                         vec![format!(
@@ -1241,7 +1236,7 @@ impl Lab {
 
     /// Runs the CLI (outside the namespace: it only needs the data dir).
     fn cli(&self, args: &[&str]) -> Output {
-        let mut argv = vec![env!("CARGO_BIN_EXE_bootplane")];
+        let mut argv = vec![kit::BIN];
         argv.extend_from_slice(args);
         run_timeout(&argv, Duration::from_secs(30))
             .unwrap_or_else(|| panic!("`bootplane {}` did not finish within 30 s", args.join(" ")))
@@ -1308,7 +1303,7 @@ impl Drop for Lab {
 }
 
 /// Judges one machine's event log (a JSON array of {mac, at, kind, detail}, oldest first).
-fn judge_events(vm: &Vm, value: &json::Value, chain: &[&[&str]]) -> Vec<String> {
+fn judge_events(vm: &Vm, value: &serde_json::Value, chain: &[&[&str]]) -> Vec<String> {
     let Some(events) = value.as_array() else {
         return vec![format!("{}: events output is not a JSON array", vm.name)];
     };
@@ -1320,7 +1315,7 @@ fn judge_events(vm: &Vm, value: &json::Value, chain: &[&[&str]]) -> Vec<String> 
     for event in events {
         let mac = event
             .get("mac")
-            .and_then(json::Value::as_str)
+            .and_then(serde_json::Value::as_str)
             .unwrap_or("<none>");
         if mac != vm.mac {
             problems.push(format!(
@@ -1813,223 +1808,6 @@ fn first_line(text: &str) -> &str {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Just enough JSON to read the CLI's output (the test uses std only).
-
-mod json {
-    #[derive(Debug, PartialEq)]
-    pub enum Value {
-        Null,
-        Bool(bool),
-        Number(f64),
-        String(String),
-        Array(Vec<Value>),
-        Object(Vec<(String, Value)>),
-    }
-
-    impl Value {
-        pub fn as_array(&self) -> Option<&[Value]> {
-            match self {
-                Value::Array(items) => Some(items),
-                _ => None,
-            }
-        }
-
-        pub fn as_str(&self) -> Option<&str> {
-            match self {
-                Value::String(s) => Some(s),
-                _ => None,
-            }
-        }
-
-        pub fn get(&self, key: &str) -> Option<&Value> {
-            match self {
-                Value::Object(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-                _ => None,
-            }
-        }
-    }
-
-    pub fn parse(text: &str) -> Result<Value, String> {
-        let mut p = Parser {
-            bytes: text.as_bytes(),
-            at: 0,
-        };
-        let value = p.value()?;
-        p.space();
-        if p.at != p.bytes.len() {
-            return Err(format!("trailing characters at byte {}", p.at));
-        }
-        Ok(value)
-    }
-
-    struct Parser<'a> {
-        bytes: &'a [u8],
-        at: usize,
-    }
-
-    impl Parser<'_> {
-        fn space(&mut self) {
-            while self
-                .bytes
-                .get(self.at)
-                .is_some_and(|b| b.is_ascii_whitespace())
-            {
-                self.at += 1;
-            }
-        }
-
-        fn eat(&mut self, byte: u8) -> Result<(), String> {
-            self.space();
-            if self.bytes.get(self.at) == Some(&byte) {
-                self.at += 1;
-                Ok(())
-            } else {
-                Err(format!("expected '{}' at byte {}", byte as char, self.at))
-            }
-        }
-
-        fn literal(&mut self, word: &str, value: Value) -> Result<Value, String> {
-            if self.bytes[self.at..].starts_with(word.as_bytes()) {
-                self.at += word.len();
-                Ok(value)
-            } else {
-                Err(format!("unexpected input at byte {}", self.at))
-            }
-        }
-
-        fn value(&mut self) -> Result<Value, String> {
-            self.space();
-            match self.bytes.get(self.at) {
-                None => Err("unexpected end of input".into()),
-                Some(b'{') => {
-                    self.at += 1;
-                    let mut fields = Vec::new();
-                    self.space();
-                    if self.bytes.get(self.at) == Some(&b'}') {
-                        self.at += 1;
-                        return Ok(Value::Object(fields));
-                    }
-                    loop {
-                        self.space();
-                        let key = self.string()?;
-                        self.eat(b':')?;
-                        fields.push((key, self.value()?));
-                        self.space();
-                        match self.bytes.get(self.at) {
-                            Some(b',') => self.at += 1,
-                            Some(b'}') => {
-                                self.at += 1;
-                                return Ok(Value::Object(fields));
-                            }
-                            _ => return Err(format!("expected ',' or '}}' at byte {}", self.at)),
-                        }
-                    }
-                }
-                Some(b'[') => {
-                    self.at += 1;
-                    let mut items = Vec::new();
-                    self.space();
-                    if self.bytes.get(self.at) == Some(&b']') {
-                        self.at += 1;
-                        return Ok(Value::Array(items));
-                    }
-                    loop {
-                        items.push(self.value()?);
-                        self.space();
-                        match self.bytes.get(self.at) {
-                            Some(b',') => self.at += 1,
-                            Some(b']') => {
-                                self.at += 1;
-                                return Ok(Value::Array(items));
-                            }
-                            _ => return Err(format!("expected ',' or ']' at byte {}", self.at)),
-                        }
-                    }
-                }
-                Some(b'"') => Ok(Value::String(self.string()?)),
-                Some(b't') => self.literal("true", Value::Bool(true)),
-                Some(b'f') => self.literal("false", Value::Bool(false)),
-                Some(b'n') => self.literal("null", Value::Null),
-                Some(_) => {
-                    let start = self.at;
-                    while self
-                        .bytes
-                        .get(self.at)
-                        .is_some_and(|b| b.is_ascii_digit() || b"+-.eE".contains(b))
-                    {
-                        self.at += 1;
-                    }
-                    let text = std::str::from_utf8(&self.bytes[start..self.at]).unwrap_or("");
-                    text.parse()
-                        .map(Value::Number)
-                        .map_err(|_| format!("bad value at byte {start}"))
-                }
-            }
-        }
-
-        fn string(&mut self) -> Result<String, String> {
-            if self.bytes.get(self.at) != Some(&b'"') {
-                return Err(format!("expected a string at byte {}", self.at));
-            }
-            self.at += 1;
-            let mut out: Vec<u8> = Vec::new();
-            loop {
-                let Some(&b) = self.bytes.get(self.at) else {
-                    return Err("unterminated string".into());
-                };
-                self.at += 1;
-                match b {
-                    b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
-                    b'\\' => {
-                        let Some(&esc) = self.bytes.get(self.at) else {
-                            return Err("unterminated escape".into());
-                        };
-                        self.at += 1;
-                        let c = match esc {
-                            b'"' => '"',
-                            b'\\' => '\\',
-                            b'/' => '/',
-                            b'b' => '\u{8}',
-                            b'f' => '\u{c}',
-                            b'n' => '\n',
-                            b'r' => '\r',
-                            b't' => '\t',
-                            b'u' => {
-                                let mut code = self.hex4()?;
-                                if (0xd800..0xdc00).contains(&code)
-                                    && self.bytes[self.at..].starts_with(b"\\u")
-                                {
-                                    self.at += 2;
-                                    let low = self.hex4()?;
-                                    code = 0x10000
-                                        + ((code - 0xd800) << 10)
-                                        + (low.wrapping_sub(0xdc00) & 0x3ff);
-                                }
-                                char::from_u32(code).unwrap_or('\u{fffd}')
-                            }
-                            _ => return Err(format!("bad escape at byte {}", self.at)),
-                        };
-                        let mut buf = [0; 4];
-                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                    }
-                    _ => out.push(b),
-                }
-            }
-        }
-
-        fn hex4(&mut self) -> Result<u32, String> {
-            let digits = self
-                .bytes
-                .get(self.at..self.at + 4)
-                .ok_or("short \\u escape")?;
-            self.at += 4;
-            u32::from_str_radix(std::str::from_utf8(digits).unwrap_or("x"), 16)
-                .map_err(|_| "bad \\u escape".into())
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The harness's own parsing, checked without privileges.
 
 #[test]
@@ -2085,7 +1863,7 @@ fn event_chain_must_be_complete_and_in_order() {
     };
     let log = |kinds: &[&str]| {
         let items: Vec<String> = kinds.iter().map(|k| event(k)).collect();
-        json::parse(&format!("[{}]", items.join(","))).unwrap()
+        serde_json::from_str::<serde_json::Value>(&format!("[{}]", items.join(","))).unwrap()
     };
     let full = [
         "dhcp-offer",
@@ -2127,13 +1905,13 @@ fn event_chain_must_be_complete_and_in_order() {
         "{problems:?}"
     );
     assert_eq!(
-        json::parse(r#"{"a":[1,-2.5e3,true,null,"\ud83d\ude00"]}"#)
+        serde_json::from_str::<serde_json::Value>(r#"{"a":[1,-2.5e3,true,null,"\ud83d\ude00"]}"#)
             .unwrap()
             .get("a")
             .unwrap()
             .as_array()
             .unwrap()[4],
-        json::Value::String("😀".into())
+        serde_json::Value::String("😀".into())
     );
 }
 
@@ -2144,7 +1922,7 @@ fn config_judge_passes_rendered_v1_13_configs_and_names_each_wrong_value() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().display().to_string();
     let cli = |args: &[&str]| {
-        let mut argv = vec![env!("CARGO_BIN_EXE_bootplane")];
+        let mut argv = vec![kit::BIN];
         argv.extend_from_slice(args);
         argv.extend(["--data-dir", &data_dir]);
         let out = run_timeout(&argv, Duration::from_secs(60)).unwrap();

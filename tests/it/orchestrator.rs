@@ -1,12 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The orchestrator end to end: a running appliance (in process, or the real binary for the
 //! crash test), three Talos node doubles as control planes and one as a worker, each on its
 //! own loopback address (127.0.N.11-13 and 127.0.N.21, N distinct per test) and all on the
 //! appliance's Talos API port, sharing one etcd member list like a real cluster. Machines
 //! "boot" the way nodes do: by GETting their iPXE script and `/config?mac=` over HTTP; the
 //! orchestrator then probes their Talos API with the cluster's certificates.
-
-mod common;
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -15,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::kit::{self, Appliance, VERSION};
 use bootplane::db::Db;
 use bootplane::model::{
     BootstrapRecord, Event, EventKind, Ipv4Cidr, Lifecycle, Mac, Machine, Role,
@@ -23,7 +21,6 @@ use bootplane::orchestrator::Settings;
 use bootplane::testkit::double::{
     CallRecord, DoubleConfig, EtcdChange, EtcdStore, NodeRole, Phase, PhaseChange, TalosDouble,
 };
-use common::{Appliance, VERSION};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -137,7 +134,7 @@ impl Lab {
             };
             let mut config = DoubleConfig::new(name, node_role, (ip, port).into());
             config.etcd = store.clone();
-            let double = TalosDouble::new(common::cached_bundle(), config).unwrap();
+            let double = TalosDouble::new(kit::cached_bundle(), config).unwrap();
             let node = Node {
                 name,
                 mac: Mac([0x52, 0x54, 0x00, net, 0x00, host]),
@@ -250,25 +247,9 @@ struct World {
 /// Initialises the cluster through the database (with the shared bundle, so the doubles and
 /// bootplane trust the same OS CA) and adds the lab's machines with their static addresses.
 async fn provision(db: &Db, lab: &Lab) {
-    let mut c = db.get_cluster(None).await.unwrap().unwrap();
-    c.name = CLUSTER.into();
-    let vip = Ipv4Addr::new(127, 0, lab.net, 10);
-    c.endpoint = Some(format!("https://{vip}:6443"));
-    c.vip = Some(vip);
-    c.talos_version = Some(VERSION.into());
-    db.init_cluster(
-        "default",
-        &c,
-        &common::cached_bundle().to_yaml(),
-        common::now_ms(),
-    )
-    .await
-    .unwrap();
-    for n in &lab.nodes {
-        db.add_machine(&n.machine(), common::now_ms())
-            .await
-            .unwrap();
-    }
+    let machines: Vec<Machine> = lab.nodes.iter().map(Node::machine).collect();
+    let machines: Vec<&Machine> = machines.iter().collect();
+    kit::init_lab_cluster(db, Some(CLUSTER), lab.net, &machines).await;
 }
 
 impl World {
@@ -472,7 +453,7 @@ impl World {
 
     /// Runs the real `bootplane` CLI on this world's database.
     async fn cli(&self, args: &[&str]) -> String {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootplane"))
+        let out = tokio::process::Command::new(kit::BIN)
             .args(args)
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -573,7 +554,7 @@ async fn bootstraps_once_when_three_of_three_report_in() {
     assert!(w.lab.calls_of("Bootstrap").is_empty());
     assert!(w.record(1).await.is_none(), "{}", w.dump().await);
 
-    let last_fetch = common::now_ms();
+    let last_fetch = kit::now_ms();
     w.fetch_config(CP3).await;
     let (node, call) = w
         .wait("the Bootstrap call", Duration::from_secs(10), || async {
@@ -761,6 +742,8 @@ async fn adopts_a_cluster_whose_etcd_already_runs() {
 struct Serve {
     child: tokio::process::Child,
     log: PathBuf,
+    /// Held while the process runs: heavy tests wait for it (`kit::turns`).
+    _turn: kit::turns::Shared,
 }
 
 impl Serve {
@@ -779,7 +762,7 @@ impl Serve {
             })
             .count();
         let log = dirs.join(format!("serve-{n}.log"));
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootplane"));
+        let mut cmd = tokio::process::Command::new(kit::BIN);
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&w.data_dir)
@@ -807,6 +790,7 @@ impl Serve {
             cmd.env("BOOTPLANE_TEST_CRASH_BEFORE_BOOTSTRAP_CALL", "1");
         }
         let mut serve = Serve {
+            _turn: kit::turns::shared_async().await,
             child: cmd.spawn().unwrap(),
             log,
         };
@@ -899,7 +883,7 @@ async fn crash_between_marking_and_calling_never_bootstraps_twice() {
 
     // Run 2, default hold-off (300 s): the call may have gone out, so none follows. The
     // orchestrator checks the target's etcd (evidence it re-evaluated) and holds off.
-    let restarted = common::now_ms();
+    let restarted = kit::now_ms();
     let serve = Serve::start(&w, dirs.path(), http_port, &[], false).await;
     w.wait(
         "a re-evaluation after the restart (EtcdMemberList on the target)",
@@ -1404,7 +1388,7 @@ async fn bootstrap_call_without_an_answer_is_not_repeated_within_the_holdoff() {
     let gave_up =
         called_at + i64::try_from(bootplane::talos::api::CALL_TIMEOUT.as_millis()).unwrap() + 1000;
     tokio::time::sleep(Duration::from_millis(
-        u64::try_from(gave_up - common::now_ms()).unwrap_or(0),
+        u64::try_from(gave_up - kit::now_ms()).unwrap_or(0),
     ))
     .await;
     // The node finishes: etcd now runs on cp1, but bootplane never heard the answer.
@@ -1595,7 +1579,7 @@ async fn disk_boot_missed_by_a_backed_off_probe_is_not_taken_for_a_wipe() {
 /// was fetched, so the machine became config-served, then it reported in and became ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_log_lists_a_machines_path_in_the_order_it_happened() {
-    let w = World::start(55, |_| {}).await;
+    let w = World::start(51, |_| {}).await;
     w.fetch_config(W1).await;
     w.wait_state(W1, Lifecycle::Ready).await;
     w.wait_event(W1, EventKind::ConfigFetched).await;
@@ -1780,7 +1764,7 @@ async fn random_unauthenticated_requests_never_touch_a_healthy_cluster() {
                 let requested = rng
                     .gen_bool(0.5)
                     .then(|| addresses[rng.gen_range(0..addresses.len())]);
-                common::send(dhcp, &common::pxe_packet(kind, mac.0, ciaddr, requested)).await;
+                kit::send(dhcp, &kit::pxe_packet(kind, mac.0, ciaddr, requested)).await;
             }
             2 => {
                 let mut rrq = vec![0, 1];

@@ -6,13 +6,9 @@
 //! serves (its router and document come from one list), the UI's from `ui::router`'s source, so
 //! a route added later is covered without touching these tests.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{no_redirects, session_cookie, Appliance, Session, ADMIN_PASSWORD};
+use crate::kit::{self, no_redirects, session_cookie, Appliance, Session, ADMIN_PASSWORD};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -176,7 +172,7 @@ fn is_mutating(m: &Method) -> bool {
 fn fill(path: &str, mac: &str, id: &str) -> String {
     path.replace("{mac}", mac)
         .replace("{id}", id)
-        .replace("{version}", common::VERSION)
+        .replace("{version}", kit::VERSION)
         .replace("{arch}", "amd64")
 }
 
@@ -455,12 +451,7 @@ async fn a_wrong_password_creates_no_session_and_repeated_failures_are_limited()
 
 /// `bootplane_login_attempts_total{result="<result>"}` as `/metrics` shows it now.
 async fn login_attempts(app: &Appliance, result: &str) -> u64 {
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let prefix = format!("bootplane_login_attempts_total{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

@@ -1,15 +1,12 @@
 //! Attacks from the provisioning LAN against the evidence rules (ARCHITECTURE.md, "Evidence"):
 //! what a DHCP client writes into its packets never proves who it is.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::kit::{self, pxe_packet, send, Appliance, VERSION};
 use bootplane::config::{ConfigAccess, DhcpMode};
 use bootplane::model::{EventKind, Mac, Machine, Role};
-use common::{pxe_packet, send, Appliance, VERSION};
 use dhcproto::v4::MessageType;
 
 const VICTIM: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -265,7 +262,7 @@ async fn device_flow_gives_a_config_only_after_approval_and_only_for_that_machin
 
     // The operator sees the request, with the MAC, and approves its code.
     let session = app.login().await;
-    let client = common::no_redirects();
+    let client = kit::no_redirects();
     let page = client
         .get(app.url(&format!("/ui/devices?code={user_code}")))
         .header("cookie", &session.cookie)

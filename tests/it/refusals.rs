@@ -6,20 +6,15 @@
 //!   schematic creation, at a factory add, at a machine's pin, and at boot (an explaining
 //!   script, never a cut line).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 
+use crate::kit::{self, no_redirects, Appliance, Session, BIN};
 use bootplane::assets::{Asset, AssetFile, AssetSource, AssetState};
 use bootplane::talos::Arch;
-use common::{no_redirects, Appliance, Session};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bootplane");
 const MAC: &str = "52:54:00:aa:00:01";
 
 /// Runs the real CLI on `data` and returns (success, stdout and stderr).
@@ -461,7 +456,7 @@ async fn record_long_assets(app: &Appliance, version: &str) {
             sha256: hex::encode(sha2::Sha256::digest(bytes)),
         }),
     };
-    let (kernel, initramfs) = (common::pattern(1000, 11), common::pattern(1000, 12));
+    let (kernel, initramfs) = (kit::pattern(1000, 11), kit::pattern(1000, 12));
     app.db
         .put_image(&Asset {
             version: version.into(),
@@ -566,7 +561,7 @@ async fn a_boot_is_never_given_a_cut_command_line() {
     .await;
     assert!(ok, "{out}");
     // Assets recorded afterwards (by another process) with a schematic too long for it.
-    record_long_assets(&app, common::VERSION).await;
+    record_long_assets(&app, kit::VERSION).await;
     let r = reqwest::get(app.url(&format!("/machine.ipxe?mac={MAC}&arch=x86_64")))
         .await
         .unwrap();

@@ -1,9 +1,6 @@
 //! A running appliance on loopback ephemeral ports, for black-box tests with real clients.
-#![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bootplane::app::{self, Listeners};
@@ -14,9 +11,10 @@ use bootplane::net::InterfaceInfo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-pub const VERSION: &str = "v1.11.6";
-/// The admin password every test appliance starts with (`ServeOptions.admin_password`).
-pub const ADMIN_PASSWORD: &str = "test-admin-password";
+use super::dhcp::{pxe_packet, send};
+use super::http::{no_redirects, session_cookie, Session};
+use super::turns::{self, Shared};
+use super::{pattern, ADMIN_PASSWORD, VERSION};
 
 pub struct Appliance {
     pub http: SocketAddr,
@@ -37,19 +35,8 @@ pub struct Appliance {
     pub db: Db,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-/// Deterministic pseudo-random bytes, so a corrupted byte anywhere is noticed.
-pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
+    /// Held while the appliance runs: heavy tests wait for it (`turns`).
+    _turn: Shared,
 }
 
 impl Appliance {
@@ -60,6 +47,17 @@ impl Appliance {
     pub async fn start_with(customise: impl FnOnce(&mut ServeOptions)) -> Appliance {
         let data = tempfile::tempdir().unwrap();
         let images = tempfile::tempdir().unwrap();
+        Self::start_in(data, images, customise).await
+    }
+
+    /// An appliance on data and images directories a test prepared (a database written and
+    /// boot assets stored before the appliance starts).
+    pub async fn start_in(
+        data: tempfile::TempDir,
+        images: tempfile::TempDir,
+        customise: impl FnOnce(&mut ServeOptions),
+    ) -> Appliance {
+        let turn = turns::shared_async().await;
         let ipxe = tempfile::tempdir().unwrap();
         std::fs::write(ipxe.path().join("undionly.kpxe"), pattern(70_000, 1)).unwrap();
         std::fs::write(ipxe.path().join("ipxe.efi"), pattern(1_000_000, 2)).unwrap();
@@ -156,11 +154,27 @@ impl Appliance {
             db,
             stop: Some(stop),
             task: Some(task),
+            _turn: turn,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// The body of a plain GET of `path` over HTTP.
+    pub async fn text(&self, path: &str) -> String {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `/metrics` as it reads now.
+    pub async fn metrics(&self) -> String {
+        self.text("/metrics").await
     }
 
     /// Logs in as admin over HTTP and returns the session cookie and its CSRF token.
@@ -231,145 +245,6 @@ impl Appliance {
             task.await.unwrap().unwrap();
         }
     }
-}
-
-/// A logged-in browser session: the `Cookie` header value and the session's CSRF token.
-#[derive(Clone, Debug)]
-pub struct Session {
-    pub cookie: String,
-    pub csrf: String,
-}
-
-/// An HTTP client that shows redirects instead of following them.
-pub fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// The `bootplane_session=…` pair a response sets, if any.
-pub fn session_cookie(r: &reqwest::Response) -> Option<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next())
-        .find(|kv| kv.starts_with("bootplane_session=") && kv.len() > "bootplane_session=".len())
-        .map(str::to_string)
-}
-
-/// Runs a real client program and returns (success, stdout, stderr).
-pub fn run(program: &str, args: &[&str], cwd: Option<&Path>) -> (bool, Vec<u8>, String) {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    if let Some(dir) = cwd {
-        cmd.current_dir(dir);
-    }
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("cannot run {program}: {e} (is it installed? .ci/run installs it)")
-    });
-    (
-        out.status.success(),
-        out.stdout,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-pub fn tmp_file(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
-}
-
-/// `run` on a blocking thread, so the appliance keeps serving meanwhile.
-pub async fn run_client(
-    program: &'static str,
-    args: Vec<String>,
-    cwd: Option<PathBuf>,
-) -> (bool, Vec<u8>, String) {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(program, &args, cwd.as_deref())
-    })
-    .await
-    .unwrap()
-}
-
-pub fn s(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
-
-/// One secrets bundle for every orchestrator-style test; each test has its own database, so
-/// sharing it changes nothing else. Making one takes seconds (its RSA key), so the first run
-/// keeps it for later runs in Cargo's scratch directory for integration tests.
-pub fn cached_bundle() -> &'static bootplane::talos::secrets::SecretsBundle {
-    use bootplane::talos::secrets::SecretsBundle;
-    static B: std::sync::OnceLock<SecretsBundle> = std::sync::OnceLock::new();
-    B.get_or_init(|| {
-        let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("orchestrator-secrets.yaml");
-        if let Some(bundle) = std::fs::read_to_string(&kept)
-            .ok()
-            .and_then(|text| SecretsBundle::from_yaml(&text).ok())
-        {
-            return bundle;
-        }
-        let bundle = SecretsBundle::generate(VERSION, std::time::SystemTime::now()).unwrap();
-        let partial = kept.with_extension(format!("{}.partial", std::process::id()));
-        if std::fs::write(&partial, bundle.to_yaml()).is_ok() {
-            let _ = std::fs::rename(&partial, &kept);
-        }
-        bundle
-    })
-}
-
-/// Milliseconds since the Unix epoch, as the appliance's clock gives them.
-pub fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
-
-/// A PXE client's packet (UEFI x64, option 60/93/97) with the fields an attacker chooses.
-pub fn pxe_packet(
-    kind: dhcproto::v4::MessageType,
-    mac: [u8; 6],
-    ciaddr: Ipv4Addr,
-    requested: Option<Ipv4Addr>,
-) -> Vec<u8> {
-    use dhcproto::v4::{DhcpOption, Message, Opcode, UnknownOption};
-    use dhcproto::{Encodable, Encoder};
-    let mut msg = Message::default();
-    msg.set_opcode(Opcode::BootRequest)
-        .set_xid(rand::random())
-        .set_chaddr(&mac)
-        .set_ciaddr(ciaddr);
-    let opts = msg.opts_mut();
-    opts.insert(DhcpOption::MessageType(kind));
-    opts.insert(DhcpOption::ClassIdentifier(
-        b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
-    ));
-    opts.insert(DhcpOption::Unknown(UnknownOption::new(
-        93.into(),
-        vec![0, 7],
-    )));
-    opts.insert(DhcpOption::Unknown(UnknownOption::new(
-        97.into(),
-        [0u8; 17].to_vec(),
-    )));
-    if let Some(ip) = requested {
-        opts.insert(DhcpOption::RequestedIpAddress(ip));
-    }
-    let mut buf = Vec::new();
-    msg.encode(&mut Encoder::new(&mut buf)).unwrap();
-    buf
-}
-
-pub async fn send(to: SocketAddr, packet: &[u8]) {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    sock.send_to(packet, to).await.unwrap();
 }
 
 impl Appliance {

@@ -2,7 +2,6 @@
 //! from shared/talos/stability/, made from its test secrets.yaml) for each line that has them,
 //! validate against Talos's own JSON schema (v1.11, from shared/) document by document with
 //! `persist` removed as Talos's schema test does, and carry each node's own values.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::Ipv4Addr;
 use std::path::Path;

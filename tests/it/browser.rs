@@ -10,16 +10,15 @@
 //! Gated by `BOOTPLANE_E2E=1` (set by `.ci/run`, which installs chromium); needs node and npm
 //! (`npm ci` runs in `tests/browser` when its `node_modules` is missing). Screenshots land in
 //! `tests/artifacts/screenshots/`, the appliance's log in `tests/artifacts/browser/`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bootplane");
+use crate::kit::served::{ProxyPorts, Served};
+use crate::kit::{turns, BIN};
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 const ENDPOINT: &str = "https://192.0.2.5:6443";
 /// The subnet of `lo`, which the appliance sits on.
@@ -29,47 +28,6 @@ const NODE_LIMIT: Duration = Duration::from_secs(300);
 /// Whether the script fails when the cluster page has no kubeconfig download yet ("required") or
 /// only skips that step ("optional"); `BOOTPLANE_CLUSTER_PAGE` in the environment overrides it.
 const CLUSTER_PAGE: &str = "required";
-
-/// The appliance process; killed when dropped, so a failing test leaves nothing running.
-struct Appliance {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Appliance {
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A UDP port free on every address (the DHCP sockets bind 0.0.0.0).
-fn free_udp_port(taken: &[u16]) -> u16 {
-    loop {
-        let port = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !taken.contains(&port) {
-            return port;
-        }
-    }
-}
 
 fn run_ok(cmd: &mut Command, what: &str) {
     let out = cmd
@@ -82,37 +40,6 @@ fn run_ok(cmd: &mut Command, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Polls `/healthz` until the appliance answers; the server binds every socket before serving
-/// HTTP, so an answer means DHCP listens too.
-fn wait_healthy(app: &mut Appliance, http: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = app.child.try_wait().unwrap() {
-            panic!(
-                "bootplane serve exited ({status}) before serving:\n{}",
-                app.log_text()
-            );
-        }
-        if let Ok(mut stream) = TcpStream::connect_timeout(&http, Duration::from_millis(200)) {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-            let mut answer = String::new();
-            if stream.write_all(request.as_bytes()).is_ok()
-                && stream.read_to_string(&mut answer).is_ok()
-                && answer.starts_with("HTTP/1.1 200")
-            {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "bootplane did not answer /healthz within 60 s:\n{}",
-            app.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn tool_works(program: &str) -> bool {
@@ -132,6 +59,7 @@ fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_do
         );
         return;
     }
+    let _alone = turns::alone();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let browser_dir = root.join("tests/browser");
     assert!(
@@ -173,10 +101,7 @@ fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_do
         "bootplane cluster init",
     );
 
-    let http_port = free_tcp_port();
-    let dhcp_port = free_udp_port(&[]);
-    let pxe_port = free_udp_port(&[dhcp_port]);
-    let tftp_port = free_udp_port(&[dhcp_port, pxe_port]);
+    let ports = ProxyPorts::free();
     let password = format!(
         "e2e-{}-{}",
         std::process::id(),
@@ -185,39 +110,15 @@ fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_do
             .unwrap()
             .as_nanos()
     );
-    let log = artifacts.join("browser/bootplane.log");
-    let log_file = fs::File::create(&log).unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--data-dir", data_dir])
-        .args(["--dhcp-mode", "proxy", "--interface", "lo"])
-        .args(["--advertise-ip", "127.0.0.1", "--http-bind", "127.0.0.1"])
-        .args(["--http-port", &http_port.to_string()])
-        .args(["--dhcp-port", &dhcp_port.to_string()])
-        .args(["--pxe-port", &pxe_port.to_string()])
-        .args(["--tftp-port", &tftp_port.to_string()])
-        .args([
-            "--ipv6-ra",
-            "off",
-            "--events-port",
-            "off",
-            "--kernel-log-port",
-            "off",
-            // A fixed default port would collide with other appliances on this host.
-            "--https-port",
-            "off",
-        ])
+    let mut serve = ports.serve(data.path());
+    serve
         .args(["--images-dir", data.path().join("images").to_str().unwrap()])
         .args(["--config-access", "oauth"])
         .env("BOOTPLANE_ADMIN_PASSWORD", &password)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .expect("cannot start bootplane serve");
-    let mut app = Appliance { child, log };
-    let http = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
-    wait_healthy(&mut app, http);
+        .env("RUST_LOG", "info");
+    let http = ports.http_addr();
+    let dhcp_port = ports.dhcp;
+    let app = Served::start(&mut serve, artifacts.join("browser/bootplane.log"), http);
 
     let started = Instant::now();
     let mut node = Command::new("node")

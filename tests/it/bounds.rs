@@ -2,47 +2,31 @@
 //! prints figures (README, Bounds), not a timed test. Run it with
 //!
 //! ```sh
-//! cargo test --release --test bounds -- --ignored --nocapture
+//! cargo test --release --test it bounds:: -- --ignored --nocapture
 //! ```
 //!
 //! `BOOTPLANE_FLOOD=N` changes the number of DISCOVERs (100,000 by default). The other two
 //! hold 200 concurrent wrong logins, and 2,000 half-open HTTP connections with 2,000 silent
 //! TFTP read requests from many loopback addresses, while a real client is served.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bootplane::db::{Db, DISCOVERED_CAP};
 use bootplane::model::Mac;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bootplane");
+use crate::kit::served::{http_get, ProxyPorts, Served};
+use crate::kit::turns;
+
 const FLOOD: usize = 100_000;
 /// DISCOVERs sent before waiting for their offers.
 const IN_FLIGHT: usize = 64;
 
-/// The appliance process; killed when dropped, so a failing run leaves nothing behind.
-struct Appliance {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Appliance {
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
+impl Served {
     fn status_kib(&self, field: &str) -> u64 {
         let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status
@@ -61,85 +45,20 @@ impl Appliance {
     }
 }
 
-fn free_tcp_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A UDP port free on every address (the DHCP sockets bind 0.0.0.0).
-fn free_udp_port(taken: &[u16]) -> u16 {
-    loop {
-        let port = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !taken.contains(&port) {
-            return port;
-        }
-    }
-}
-
-fn http_get(http: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&http, Duration::from_millis(500)).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer.starts_with("HTTP/1.1 200").then_some(answer)
-}
-
-fn start(data: &Path, ipxe: &Path) -> (Appliance, SocketAddr, u16) {
-    let http_port = free_tcp_port();
-    let dhcp_port = free_udp_port(&[]);
-    let pxe_port = free_udp_port(&[dhcp_port]);
-    let tftp_port = free_udp_port(&[dhcp_port, pxe_port]);
-    let log = data.join("bootplane.log");
-    let log_file = fs::File::create(&log).unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--data-dir", data.to_str().unwrap()])
-        .args(["--dhcp-mode", "proxy", "--interface", "lo"])
-        .args(["--advertise-ip", "127.0.0.1", "--http-bind", "127.0.0.1"])
-        .args(["--http-port", &http_port.to_string()])
-        .args(["--dhcp-port", &dhcp_port.to_string()])
-        .args(["--pxe-port", &pxe_port.to_string()])
-        .args(["--tftp-port", &tftp_port.to_string()])
-        .args([
-            "--ipv6-ra",
-            "off",
-            "--events-port",
-            "off",
-            "--https-port",
-            "off",
-        ])
-        .args(["--kernel-log-port", "off"])
-        .args(["--ipxe-dir", ipxe.to_str().unwrap()])
-        .args(["--images-dir", data.join("images").to_str().unwrap()])
+/// The real binary in proxyDHCP mode, logging only warnings, with `ipxe`'s binaries: the
+/// process, its HTTP address and its DHCP port.
+fn start(data: &Path, ipxe: &Path) -> (Served, SocketAddr, u16) {
+    let ports = ProxyPorts::free();
+    let mut cmd = ports.serve(data);
+    cmd.arg("--ipxe-dir")
+        .arg(ipxe)
+        .arg("--images-dir")
+        .arg(data.join("images"))
         .env("BOOTPLANE_ADMIN_PASSWORD", "bounds-bench-password")
-        .env("BOOTPLANE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .expect("cannot start bootplane serve");
-    let mut app = Appliance { child, log };
-    let http = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get(http, "/healthz").is_none() {
-        if let Some(status) = app.child.try_wait().unwrap() {
-            panic!("bootplane exited ({status}):\n{}", app.log_text());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no /healthz:\n{}",
-            app.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (app, http, dhcp_port)
+        .env("BOOTPLANE_LOG", "warn");
+    let http = ports.http_addr();
+    let app = Served::start(&mut cmd, data.join("bootplane.log"), http);
+    (app, http, ports.dhcp)
 }
 
 /// A BIOS PXE ROM's DHCPDISCOVER (option 93 arch 0, option 60 PXEClient).
@@ -172,8 +91,9 @@ fn mib(kib: u64) -> String {
 }
 
 #[test]
-#[ignore = "benchmark (about a minute): cargo test --release --test bounds -- --ignored --nocapture"]
+#[ignore = "benchmark (about a minute): cargo test --release --test it bounds:: -- --ignored --nocapture"]
 fn random_mac_discover_flood_keeps_rss_and_database_bounded() {
+    let _alone = turns::alone();
     let flood: usize = std::env::var("BOOTPLANE_FLOOD")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -310,8 +230,9 @@ fn ipxe_dir() -> tempfile::TempDir {
 }
 
 #[test]
-#[ignore = "benchmark: cargo test --release --test bounds -- --ignored --nocapture"]
+#[ignore = "benchmark: cargo test --release --test it bounds:: -- --ignored --nocapture"]
 fn two_hundred_concurrent_wrong_logins_keep_rss_bounded() {
+    let _alone = turns::alone();
     let data = tempfile::tempdir().unwrap();
     let ipxe = ipxe_dir();
     let (app, http, _) = start(data.path(), ipxe.path());
@@ -375,8 +296,9 @@ fn two_hundred_concurrent_wrong_logins_keep_rss_bounded() {
 }
 
 #[test]
-#[ignore = "benchmark: cargo test --release --test bounds -- --ignored --nocapture"]
+#[ignore = "benchmark: cargo test --release --test it bounds:: -- --ignored --nocapture"]
 fn half_open_connections_and_silent_tftp_requests_leave_healthz_and_a_fetch_served() {
+    let _alone = turns::alone();
     let data = tempfile::tempdir().unwrap();
     let ipxe = ipxe_dir();
     let (app, http, dhcp_port) = start(data.path(), ipxe.path());
@@ -453,7 +375,7 @@ fn half_open_connections_and_silent_tftp_requests_leave_healthz_and_a_fetch_serv
 
 /// The TFTP port of a bootplane started by `start` (the port its process has bound besides
 /// the DHCP ones), from /proc/net/udp.
-fn tftp_port_of(app: &Appliance, dhcp_port: u16) -> u16 {
+fn tftp_port_of(app: &Served, dhcp_port: u16) -> u16 {
     let inodes: Vec<String> = fs::read_dir(format!("/proc/{}/fd", app.child.id()))
         .unwrap()
         .filter_map(|e| fs::read_link(e.ok()?.path()).ok())

@@ -1,12 +1,9 @@
 //! TFTP against a running appliance, with tftp-hpa, curl and atftp as clients.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
+use crate::kit::{run_client, s, Appliance};
 use bootplane::model::{EventKind, Mac};
-use common::{run_client, s, Appliance};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tftp_hpa_downloads_undionly_byte_for_byte() {

@@ -1,15 +1,12 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! What Talos nodes push to bootplane: events on the event sink (a real tonic client speaking
 //! Talos's `events.EventSinkService`, Any-wrapped `machine.*Event` payloads) and kernel logs
 //! as JSON lines over TCP. Each "node" talks from its own loopback address (127.0.7x.y), which
 //! is how bootplane tells machines apart. Talos API doubles play the node's authenticated API.
 
-mod common;
-
-use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::kit::{self, connect_from, Appliance};
 use bootplane::cli::{Cli, Command};
 use bootplane::config::PortSetting;
 use bootplane::model::{BootLogLine, Event, EventKind, Ipv4Cidr, Lifecycle, Mac, Machine, Role};
@@ -18,11 +15,9 @@ use bootplane::talos::api::pb::events::EventRequest;
 use bootplane::talos::api::pb::machine as m;
 use bootplane::testkit::double::{DoubleConfig, NodeRole, TalosDouble};
 use clap::Parser;
-use common::{Appliance, VERSION};
 use hyper_util::rt::TokioIo;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::{Channel, Endpoint};
 
 fn node(ip: Ipv4Addr, host: u8) -> Machine {
@@ -36,30 +31,7 @@ fn node(ip: Ipv4Addr, host: u8) -> Machine {
 /// Initialises the default cluster with the shared bundle (so doubles and bootplane trust
 /// the same OS CA) and adds `machines`.
 async fn provision(app: &Appliance, net: u8, machines: &[&Machine]) {
-    let mut c = app.db.get_cluster(None).await.unwrap().unwrap();
-    let vip = Ipv4Addr::new(127, 0, net, 10);
-    c.endpoint = Some(format!("https://{vip}:6443"));
-    c.vip = Some(vip);
-    c.talos_version = Some(VERSION.into());
-    app.db
-        .init_cluster(
-            "default",
-            &c,
-            &common::cached_bundle().to_yaml(),
-            common::now_ms(),
-        )
-        .await
-        .unwrap();
-    for m in machines {
-        app.db.add_machine(m, common::now_ms()).await.unwrap();
-    }
-}
-
-/// A TCP connection to `to` from the loopback address `from`.
-async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::from((from, 0)))?;
-    socket.connect(to).await
+    kit::init_lab_cluster(&app.db, None, net, machines).await;
 }
 
 /// A gRPC channel to the event sink whose connections come from `from`.
@@ -189,7 +161,7 @@ fn serve_double(socket: socket2::Socket, name: &str, ip: Ipv4Addr, port: u16) ->
     let listener: std::net::TcpListener = socket.into();
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let config = DoubleConfig::new(name, NodeRole::Controlplane, (ip, port).into());
-    let double = TalosDouble::new(common::cached_bundle(), config).unwrap();
+    let double = TalosDouble::new(kit::cached_bundle(), config).unwrap();
     let serving = double.clone();
     tokio::spawn(async move {
         let _ = serving.serve(listener, std::future::pending()).await;
@@ -202,7 +174,7 @@ async fn install_script_tells_talos_where_to_send_events_and_kernel_logs() {
     let app = Appliance::start().await;
     app.add_assets(1000, 1000);
     let cp = node(Ipv4Addr::new(127, 0, 70, 11), 11);
-    app.db.add_machine(&cp, common::now_ms()).await.unwrap();
+    app.db.add_machine(&cp, kit::now_ms()).await.unwrap();
     let script = |app: &Appliance| {
         let url = app.url(&format!(
             "/machine.ipxe?mac={}&arch=x86_64",
@@ -231,7 +203,7 @@ async fn install_script_tells_talos_where_to_send_events_and_kernel_logs() {
     })
     .await;
     app.add_assets(1000, 1000);
-    app.db.add_machine(&cp, common::now_ms()).await.unwrap();
+    app.db.add_machine(&cp, kit::now_ms()).await.unwrap();
     let body = script(&app).await;
     assert!(body.contains("talos.config="), "{body}");
     assert!(!body.contains("talos.events.sink"), "{body}");
@@ -294,12 +266,7 @@ async fn a_node_publishing_events_is_probed_at_once_and_turns_ready_long_before_
         ],
         "{events:#?}"
     );
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for kind in ["sequence", "phase", "task", "service", "machine-status"] {
         assert!(
             metrics.contains(&format!(
@@ -370,7 +337,7 @@ async fn sink_events_alone_never_mark_a_machine_ready() {
 async fn sink_ignores_unknown_peers_and_payloads_it_cannot_read() {
     let app = Appliance::start().await;
     let known = node(Ipv4Addr::new(127, 0, 73, 11), 11);
-    app.db.add_machine(&known, common::now_ms()).await.unwrap();
+    app.db.add_machine(&known, kit::now_ms()).await.unwrap();
     let sink = app.events.unwrap();
 
     // An address that is no machine: the connection is closed, nothing is recorded.
@@ -423,12 +390,7 @@ async fn sink_ignores_unknown_peers_and_payloads_it_cannot_read() {
     );
     let stranger_mac = Mac([0x52, 0x54, 0x00, 73, 0x00, 99]);
     assert!(app.db.get_machine(stranger_mac).await.unwrap().is_none());
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("bootplane_talos_events_dropped_total{reason=\"undecodable\"} 2"),
         "{metrics}"
@@ -475,7 +437,7 @@ async fn kernel_log_lines_land_in_the_boot_log_in_order() {
     let app = Appliance::start().await;
     let ip = Ipv4Addr::new(127, 0, 74, 11);
     let cp = node(ip, 11);
-    app.db.add_machine(&cp, common::now_ms()).await.unwrap();
+    app.db.add_machine(&cp, kit::now_ms()).await.unwrap();
     let mut tcp = connect_from(ip, app.kmsg.unwrap()).await.unwrap();
     let text: String = (0..300)
         .map(|i| kmsg_line(i, &format!("line {i} \u{1b}[1m\tä")))
@@ -531,7 +493,7 @@ async fn kernel_log_drops_garbage_oversize_lines_and_strangers_and_keeps_going()
     let app = Appliance::start().await;
     let ip = Ipv4Addr::new(127, 0, 75, 11);
     let cp = node(ip, 11);
-    app.db.add_machine(&cp, common::now_ms()).await.unwrap();
+    app.db.add_machine(&cp, kit::now_ms()).await.unwrap();
     let kmsg = app.kmsg.unwrap();
 
     // A stranger is hung up on and stores nothing.
@@ -576,12 +538,7 @@ async fn kernel_log_drops_garbage_oversize_lines_and_strangers_and_keeps_going()
         .await
         .unwrap()
         .is_none());
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for expected in [
         "bootplane_kernel_log_dropped_total{reason=\"malformed\"} 4",
         "bootplane_kernel_log_dropped_total{reason=\"oversize\"} 1",
@@ -598,7 +555,7 @@ async fn boot_log_keeps_only_the_newest_lines_per_machine() {
     let app = Appliance::start_with(|o| o.boot_log_lines = Some(50)).await;
     let ip = Ipv4Addr::new(127, 0, 76, 11);
     let cp = node(ip, 11);
-    app.db.add_machine(&cp, common::now_ms()).await.unwrap();
+    app.db.add_machine(&cp, kit::now_ms()).await.unwrap();
     let mut tcp = connect_from(ip, app.kmsg.unwrap()).await.unwrap();
     for batch in 0..5u64 {
         let text: String = (batch * 100..batch * 100 + 100)

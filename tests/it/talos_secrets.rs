@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The Talos secrets bundle checked with real tools: every generated certificate and key is
 //! inspected and verified by `openssl`, and bundles written by the test in talosctl's
 //! `secrets.yaml` format from keys and certificates made by `openssl` are imported, exported
