@@ -14,6 +14,7 @@
 mod kit;
 
 mod api;
+mod architecture;
 mod boot_http;
 mod bounds;
 mod browser;
