@@ -169,27 +169,33 @@ pub async fn machines(
             let mac = parse_mac(&set.mac)?;
             let lan = recorded_lan(&db).await?;
             let now = clock.now_ms();
-            let saved = ops::machines::save_machine(
-                &db,
-                lan.as_ref(),
-                mac,
-                &set.fields,
-                false,
-                set.confirm,
-                now,
-            )
-            .await
-            .map_err(|e| match e {
-                OpsError::NeedsConfirmation(question) => invalid(format!(
-                    "{question}\nnothing was changed: repeat with --confirm to go ahead"
-                )),
-                other => flag_error(other),
-            })?;
-            let reinstall = saved.reinstall || set.installed == Some(false);
-            if set.installed == Some(false) && !saved.reinstall {
+            // `--installed false` alone changes no field: nothing to save.
+            let saves = set.installed.is_none() || set.fields != MachineInput::default();
+            let mut reinstall = false;
+            if saves {
+                let saved = ops::machines::save_machine(
+                    &db,
+                    lan.as_ref(),
+                    mac,
+                    &set.fields,
+                    false,
+                    set.confirm,
+                    now,
+                )
+                .await
+                .map_err(|e| match e {
+                    OpsError::NeedsConfirmation(question) => invalid(format!(
+                        "{question}\nnothing was changed: repeat with --confirm to go ahead"
+                    )),
+                    other => flag_error(other),
+                })?;
+                reinstall = saved.reinstall;
+            }
+            if set.installed == Some(false) && !reinstall {
                 ops::machines::reinstall_machine(&db, mac, now)
                     .await
                     .map_err(flag_error)?;
+                reinstall = true;
             }
             if reinstall {
                 write(

@@ -12,7 +12,9 @@ use crate::model::{validate_hostname, DiskHandoff, EfiBinary, Ipv4Cidr, Machine,
 /// Machine fields as an operator types them: the CLI's `machines add|set` flags
 /// (`--install-disk`, …), the API's JSON body and, converted from its form, the UI's. `None`
 /// leaves a field as it is; an empty string (or "none") clears it.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema, clap::Args)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema, clap::Args,
+)]
 #[serde(deny_unknown_fields)]
 pub struct MachineInput {
     /// controlplane, worker or unassigned
