@@ -614,6 +614,14 @@ enum Change {
     Set(&'static str),
 }
 
+/// A change, its fields as typed, the field refused, and the message beside it.
+type MachineCase = (
+    Change,
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+    String,
+);
+
 const CP: [(&str, &str, &str); 3] = [
     ("52:54:00:aa:00:11", "cp-1", "127.0.0.11/8"),
     ("52:54:00:aa:00:12", "cp-2", "127.0.0.12/8"),
@@ -692,7 +700,7 @@ async fn bad_machine_input_is_refused_with_the_same_message_by_the_cli_the_api_a
     let new = "52:54:00:aa:00:31";
     let worker = |ip: &'static str| vec![("role", "worker"), ("hostname", "w-2"), ("ip", ip)];
     #[rustfmt::skip]
-    let cases: Vec<(Change, Vec<(&str, &str)>, &str, String)> = vec![
+    let cases: Vec<MachineCase> = vec![
         (Change::Add(WORKER.0), worker("127.0.0.22/8"), "mac",
             format!("{} is already in the inventory", WORKER.0)),
         (Change::Add(new), vec![("role", "master"), ("hostname", "w-2"), ("ip", "127.0.0.22/8")], "role",

@@ -217,7 +217,8 @@ async fn rows(state: &AppState, filters: &Filters) -> Result<(Vec<Row>, String),
     Ok((rows, summary))
 }
 
-/// The form's view of machine fields (strings as typed).
+/// The machine form as the page shows it (text as typed, checkboxes present or absent);
+/// `input` hands it over as the operator's machine input, which `ops` parses.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct MachineForm {
     #[serde(default)]
@@ -269,6 +270,8 @@ impl MachineForm {
         }
     }
 
+    /// Every field the form shows is given (an unchecked box is false); the form has no
+    /// cluster or iPXE build field, so those stay as they are.
     fn input(&self) -> MachineInput {
         MachineInput {
             role: Some(self.role.clone()),
