@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, ApiJson, ApiQuery, ApiResult, Failure};
 use crate::auth::Operator;
 use crate::model::{Cluster, PatchRecord};
-use crate::ops::cluster::{self as cops, BootstrapStatus, ClusterInput, PatchInput, PatchPreview};
+use crate::ops::cluster::{self as cops, BootstrapStatus, ClusterInput};
+use crate::ops::patches::{self, PatchInput, PatchPreview};
 use crate::state::AppState;
 
 /// The cluster's settings (never its secrets).
@@ -159,7 +160,7 @@ pub async fn cluster_init_post(
 pub async fn cluster_patches_get(
     State(state): State<AppState>,
 ) -> ApiResult<Json<Vec<PatchRecord>>> {
-    Ok(Json(cops::list_patches(&state.db).await?))
+    Ok(Json(patches::list_patches(&state.db).await?))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -203,14 +204,14 @@ pub async fn cluster_patch_put(
     ApiQuery(q): ApiQuery<DryRunQuery>,
     ApiJson(input): ApiJson<PatchInput>,
 ) -> ApiResult<Json<PatchOutcome>> {
-    let previews = cops::preview_patch(&state.db, &input).await?;
+    let previews = patches::preview_patch(&state.db, &input).await?;
     if q.dry_run.unwrap_or(false) {
         return Ok(Json(PatchOutcome {
             saved: false,
             previews,
         }));
     }
-    let saved = cops::save_patch(&state.db, &input, state.recorder.now_ms()).await?;
+    let saved = patches::save_patch(&state.db, &input, state.recorder.now_ms()).await?;
     state.changed();
     tracing::info!(patch = %saved.name, scope = %saved.scope, by = %op.name(), "api: patch saved");
     Ok(Json(PatchOutcome {
@@ -256,13 +257,13 @@ pub async fn cluster_patch_delete(
         name: key.name,
         body: String::new(),
     };
-    if !cops::patch_exists(&state.db, &input).await? {
+    if !patches::patch_exists(&state.db, &input).await? {
         return Err(Failure::new(
             StatusCode::NOT_FOUND,
             format!("no patch named '{}' at that scope", input.name.trim()),
         ));
     }
-    cops::remove_patch(&state.db, &input, state.recorder.now_ms()).await?;
+    patches::remove_patch(&state.db, &input, state.recorder.now_ms()).await?;
     state.changed();
     tracing::info!(patch = %input.name, by = %op.name(), "api: patch removed");
     Ok(StatusCode::NO_CONTENT)
@@ -378,8 +379,7 @@ pub async fn cluster_rebuild_post(
     Extension(op): Extension<Operator>,
     ApiJson(body): ApiJson<RebuildInput>,
 ) -> ApiResult<(StatusCode, Json<Rebuilding>)> {
-    let count =
-        crate::ops::rebuild_cluster(&state.db, &body.confirm, state.recorder.now_ms()).await?;
+    let count = cops::rebuild_cluster(&state.db, &body.confirm, state.recorder.now_ms()).await?;
     state.changed();
     tracing::warn!(machines = count, by = %op.name(), "api: cluster rebuild requested");
     Ok((

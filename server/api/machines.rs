@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use super::{path_mac, ApiError, ApiJson, ApiQuery, ApiResult, Failure};
 use crate::auth::Operator;
 use crate::model::{BootLogLine, Event, Lifecycle, Machine, Role};
-use crate::ops::{self, Lan, MachineInput};
+use crate::ops::input::MachineInput;
+use crate::ops::lan::Lan;
+use crate::ops::{self, configs, machines};
 use crate::state::AppState;
 
 /// A machine with what the list shows beside it.
@@ -80,56 +82,29 @@ pub async fn machines_list_get(
     ))
 }
 
-/// A new machine: its MAC and the fields to assign.
-#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// A new machine: its MAC and the fields to assign (the operator's machine input).
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct MachineCreate {
     /// The machine's MAC address
     pub mac: String,
-    /// controlplane, worker or unassigned
-    pub role: Option<String>,
-    /// One DNS label, e.g. cp-1
-    pub hostname: Option<String>,
-    /// Static address with prefix, e.g. 192.168.1.21/24
-    pub ip: Option<String>,
-    /// Default gateway, inside the machine's subnet
-    pub gateway: Option<String>,
-    /// DNS servers, comma-separated
-    pub dns: Option<String>,
-    /// Disk Talos installs to, e.g. /dev/sda; empty lets Talos pick the first disk of 6 GiB or
-    /// more that is not read-only or a CD drive
-    pub install_disk: Option<String>,
-    /// exit, http-404 or sanboot
-    pub disk_handoff: Option<String>,
-    /// ipxe.efi or snponly.efi; empty for the default
-    pub efi_binary: Option<String>,
-    /// Wipe the install disk when Talos installs
-    pub wipe: Option<bool>,
-    /// Cluster name (one cluster is the common case)
-    pub cluster: Option<String>,
-    /// Talos version this machine boots and installs, e.g. v1.10.9 (its cluster's otherwise)
-    pub talos_version: Option<String>,
-    /// Run Talos from the network at every boot, never installed (Talos 1.14 or newer,
-    /// workers only)
-    pub diskless: Option<bool>,
+    #[serde(flatten)]
+    pub fields: MachineInput,
 }
 
-impl MachineCreate {
-    fn input(self) -> MachineInput {
-        MachineInput {
-            role: self.role,
-            hostname: self.hostname,
-            ip: self.ip,
-            gateway: self.gateway,
-            dns: self.dns,
-            install_disk: self.install_disk,
-            disk_handoff: self.disk_handoff,
-            efi_binary: self.efi_binary,
-            wipe: self.wipe,
-            cluster: self.cluster,
-            talos_version: self.talos_version,
-            diskless: self.diskless,
-        }
+/// `mac` beside the input's own fields, whose unknown names stay refused.
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for MachineCreate {
+    type Error = String;
+
+    fn try_from(mut body: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        let mac = match body.remove("mac") {
+            Some(serde_json::Value::String(mac)) => mac,
+            Some(other) => return Err(format!("mac: expected a string, got {other}")),
+            None => return Err("missing field `mac`".into()),
+        };
+        let fields = MachineInput::deserialize(serde_json::Value::Object(body))
+            .map_err(|e| e.to_string())?;
+        Ok(MachineCreate { mac, fields })
     }
 }
 
@@ -161,7 +136,7 @@ pub async fn machines_create_post(
     let lan = Lan::from_config(&state.config);
     let now = state.recorder.now_ms();
     let saved =
-        ops::save_machine(&state.db, Some(&lan), mac, &body.input(), true, false, now).await?;
+        machines::save_machine(&state.db, Some(&lan), mac, &body.fields, true, false, now).await?;
     state.changed();
     tracing::info!(%mac, role = %saved.machine.role, by = %op.name(), "api: machine added");
     Ok((StatusCode::CREATED, Json(saved.machine)))
@@ -243,7 +218,8 @@ pub async fn machine_update_patch(
     let lan = Lan::from_config(&state.config);
     let now = state.recorder.now_ms();
     let confirm = q.confirm.unwrap_or(false);
-    let saved = ops::save_machine(&state.db, Some(&lan), mac, &input, false, confirm, now).await?;
+    let saved =
+        machines::save_machine(&state.db, Some(&lan), mac, &input, false, confirm, now).await?;
     state.changed();
     tracing::info!(%mac, role = %saved.machine.role, by = %op.name(), "api: machine saved");
     Ok(Json(SavedMachine {
@@ -272,10 +248,7 @@ pub async fn machine_remove_delete(
     Path(mac): Path<String>,
 ) -> ApiResult<StatusCode> {
     let mac = path_mac(&mac)?;
-    state
-        .db
-        .remove_machine(mac, state.recorder.now_ms())
-        .await?;
+    machines::remove_machine(&state.db, mac, state.recorder.now_ms()).await?;
     state.changed();
     tracing::info!(%mac, by = %op.name(), "api: machine removed");
     Ok(StatusCode::NO_CONTENT)
@@ -303,7 +276,7 @@ pub async fn machine_reinstall_post(
     Path(mac): Path<String>,
 ) -> ApiResult<Json<Machine>> {
     let mac = path_mac(&mac)?;
-    let m = ops::reinstall_machine(&state.db, mac, state.recorder.now_ms()).await?;
+    let m = machines::reinstall_machine(&state.db, mac, state.recorder.now_ms()).await?;
     state.changed();
     tracing::info!(%mac, by = %op.name(), "api: reinstall requested");
     Ok(Json(m))
@@ -404,7 +377,7 @@ pub async fn machine_config_get(
 ) -> ApiResult<Json<RenderedConfig>> {
     let mac = path_mac(&mac)?;
     let reveal = q.reveal.unwrap_or(false);
-    let config = ops::rendered_config(&state.db, mac, reveal).await?;
+    let config = configs::rendered_config(&state.db, mac, reveal).await?;
     if reveal {
         tracing::info!(%mac, by = %op.name(), "api: machine config revealed with secrets");
     }

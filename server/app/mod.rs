@@ -421,7 +421,7 @@ pub async fn run(
     // CLI checks machine addresses against this LAN.
     db.set_appliance_facts(
         &config.boot.report_targets(),
-        &crate::ops::Lan::facts(&config),
+        &crate::ops::lan::Lan::facts(&config),
         clock.now_ms(),
     )
     .await

@@ -11,8 +11,9 @@ use serde::Deserialize;
 use super::{flash_message, ops_error_page, render, when, Chrome, FieldErrors, Op};
 use crate::auth::Operator;
 use crate::model::{Cluster, Lifecycle, PatchScope, Role};
-use crate::ops::cluster::{self as cops, ClusterInput, PatchInput};
-use crate::ops::{self, OpsError};
+use crate::ops::cluster::{self as cops, ClusterInput};
+use crate::ops::patches::{self, PatchInput};
+use crate::ops::OpsError;
 use crate::state::AppState;
 
 /// The cluster settings form (strings as typed).
@@ -476,7 +477,7 @@ pub async fn ui_cluster_patches_post(
     let input = form.input();
     let now = state.recorder.now_ms();
     if form.action == "preview" {
-        return match cops::preview_patch(&state.db, &input).await {
+        return match patches::preview_patch(&state.db, &input).await {
             Ok(previews) => {
                 let previews = previews
                     .into_iter()
@@ -505,7 +506,7 @@ pub async fn ui_cluster_patches_post(
             }
         };
     }
-    match cops::save_patch(&state.db, &input, now).await {
+    match patches::save_patch(&state.db, &input, now).await {
         Ok(_) => {
             state.changed();
             tracing::info!(patch = %input.name, scope = %input.scope, by = %op.name(), "patch saved");
@@ -527,7 +528,7 @@ pub async fn ui_cluster_patch_remove_post(
     Form(form): Form<PatchForm>,
 ) -> Response {
     let input = form.input();
-    match cops::remove_patch(&state.db, &input, state.recorder.now_ms()).await {
+    match patches::remove_patch(&state.db, &input, state.recorder.now_ms()).await {
         Ok(()) => {
             state.changed();
             tracing::info!(patch = %input.name, by = %op.name(), "patch removed");
@@ -548,7 +549,7 @@ pub async fn ui_cluster_rebuild_post(
     Extension(op): Op,
     Form(form): Form<RebuildForm>,
 ) -> Response {
-    match ops::rebuild_cluster(&state.db, &form.confirm, state.recorder.now_ms()).await {
+    match cops::rebuild_cluster(&state.db, &form.confirm, state.recorder.now_ms()).await {
         Ok(count) => {
             state.changed();
             tracing::warn!(machines = count, by = %op.name(), "cluster rebuild started");

@@ -14,7 +14,9 @@ use super::{
 use std::collections::HashMap;
 
 use crate::model::{DiskHandoff, Event, Lifecycle, Mac, Machine, Role};
-use crate::ops::{self, Lan, MachineInput, OpsError};
+use crate::ops::input::MachineInput;
+use crate::ops::lan::Lan;
+use crate::ops::{configs, machines, OpsError};
 use crate::state::AppState;
 use axum::Extension;
 
@@ -215,7 +217,8 @@ async fn rows(state: &AppState, filters: &Filters) -> Result<(Vec<Row>, String),
     Ok((rows, summary))
 }
 
-/// The form's view of machine fields (strings as typed).
+/// The machine form as the page shows it (text as typed, checkboxes present or absent);
+/// `input` hands it over as the operator's machine input, which `ops` parses.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct MachineForm {
     #[serde(default)]
@@ -267,6 +270,8 @@ impl MachineForm {
         }
     }
 
+    /// Every field the form shows is given (an unchecked box is false); the form has no
+    /// cluster or iPXE build field, so those stay as they are.
     fn input(&self) -> MachineInput {
         MachineInput {
             role: Some(self.role.clone()),
@@ -275,11 +280,7 @@ impl MachineForm {
             gateway: Some(self.gateway.clone()),
             dns: Some(self.dns.clone()),
             install_disk: Some(self.install_disk.clone()),
-            disk_handoff: Some(if self.disk_handoff.is_empty() {
-                DiskHandoff::Exit.to_string()
-            } else {
-                self.disk_handoff.clone()
-            }),
+            disk_handoff: Some(self.disk_handoff.clone()),
             efi_binary: None,
             wipe: Some(self.wipe.is_some()),
             cluster: None,
@@ -466,7 +467,8 @@ pub async fn ui_machines_post(
     };
     let lan = Lan::from_config(&state.config);
     let now = state.recorder.now_ms();
-    match ops::save_machine(&state.db, Some(&lan), mac, &form.input(), true, false, now).await {
+    match machines::save_machine(&state.db, Some(&lan), mac, &form.input(), true, false, now).await
+    {
         Ok(_) => {
             state.changed();
             tracing::info!(%mac, by = %op.name(), "machine added");
@@ -585,7 +587,7 @@ async fn machine_page(
         Err(e) => return ops_error_page(&OpsError::Db(e)),
     };
     let now = state.recorder.now_ms();
-    let config = match ops::rendered_config(&state.db, mac, extras.reveal).await {
+    let config = match configs::rendered_config(&state.db, mac, extras.reveal).await {
         Ok(text) => Ok(text),
         Err(OpsError::Db(e)) => return ops_error_page(&OpsError::Db(e)),
         Err(e) => Err(e.to_string()),
@@ -684,7 +686,7 @@ pub async fn ui_machine_post(
     let lan = Lan::from_config(&state.config);
     let now = state.recorder.now_ms();
     let confirm = form.confirm.is_some();
-    match ops::save_machine(
+    match machines::save_machine(
         &state.db,
         Some(&lan),
         mac,
@@ -734,7 +736,7 @@ pub async fn ui_machine_reinstall_post(
     Extension(op): Op,
     MacPath(mac): MacPath,
 ) -> Response {
-    match ops::reinstall_machine(&state.db, mac, state.recorder.now_ms()).await {
+    match machines::reinstall_machine(&state.db, mac, state.recorder.now_ms()).await {
         Ok(_) => {
             state.changed();
             tracing::info!(%mac, by = %op.name(), "reinstall requested");
@@ -749,14 +751,13 @@ pub async fn ui_machine_remove_post(
     Extension(op): Op,
     MacPath(mac): MacPath,
 ) -> Response {
-    match state.db.remove_machine(mac, state.recorder.now_ms()).await {
+    match machines::remove_machine(&state.db, mac, state.recorder.now_ms()).await {
         Ok(()) => {
             state.changed();
             tracing::info!(%mac, by = %op.name(), "machine removed");
             Redirect::to("/ui?flash=removed").into_response()
         }
-        Err(crate::db::DbError::NotFound(mac)) => ops_error_page(&OpsError::NotFound(mac)),
-        Err(e) => ops_error_page(&OpsError::Db(e)),
+        Err(e) => ops_error_page(&e),
     }
 }
 

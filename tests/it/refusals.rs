@@ -5,6 +5,10 @@
 //! - A kernel command line longer than the kernel keeps (2,047 bytes): at `serve` start, at
 //!   schematic creation, at a factory add, at a machine's pin, and at boot (an explaining
 //!   script, never a cut line).
+//! - Bad machine input (`machines add|set`, `POST|PATCH /machines`, the machine forms): one
+//!   table, the same refusal from each surface; the confirmation a bootstrapped control
+//!   plane's role change needs (`--confirm` on the CLI, with the UI's effect); and no way on
+//!   the CLI to mark a machine installed.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -584,5 +588,420 @@ async fn a_boot_is_never_given_a_cut_command_line() {
     assert!(!events.is_empty());
     let m = app.db.get_machine(mac).await.unwrap().unwrap();
     assert_ne!(m.state, bootplane::model::Lifecycle::Booting);
+    app.stop().await;
+}
+
+/// A page's text as a reader sees it: the entities the templates escape, unescaped.
+fn unescape(page: &str) -> String {
+    page.replace("&#x27;", "'")
+        .replace("&#39;", "'")
+        .replace("&quot;", "\"")
+        .replace("&#34;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// What a machine case does: add a new machine, or change a known one.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Add(&'static str),
+    Set(&'static str),
+}
+
+/// A change, its fields as typed, the field refused, and the message beside it.
+type MachineCase = (
+    Change,
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+    String,
+);
+
+const CP: [(&str, &str, &str); 3] = [
+    ("52:54:00:aa:00:11", "cp-1", "127.0.0.11/8"),
+    ("52:54:00:aa:00:12", "cp-2", "127.0.0.12/8"),
+    ("52:54:00:aa:00:13", "cp-3", "127.0.0.13/8"),
+];
+const WORKER: (&str, &str, &str) = ("52:54:00:aa:00:21", "w-1", "127.0.0.21/8");
+
+/// A cluster with the VIP 127.0.0.10, three control planes and a worker, added by the CLI.
+async fn inventory(app: &Appliance, s: &Session) {
+    let init = json!({"name": "lab", "vip": "127.0.0.10", "talos_version": "v1.11.6"});
+    let (status, body) = api(app, s, reqwest::Method::POST, "/cluster/init", init).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let workers = [("worker", WORKER)];
+    let cps = CP.iter().map(|m| ("controlplane", *m));
+    for (role, (mac, host, ip)) in cps.chain(workers) {
+        let args = [
+            "machines",
+            "add",
+            "--mac",
+            mac,
+            "--role",
+            role,
+            "--hostname",
+            host,
+            "--ip",
+            ip,
+        ];
+        let (ok, out) = cli(app.data.path(), &args).await;
+        assert!(ok, "{out}");
+    }
+}
+
+/// The machine form of `mac`'s page, filled in as stored, with `changes` made.
+async fn detail_form(
+    app: &Appliance,
+    mac: &str,
+    changes: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let m = app
+        .db
+        .get_machine(mac.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut form: Vec<(String, String)> = [
+        ("role", m.role.to_string()),
+        ("hostname", m.hostname.clone().unwrap_or_default()),
+        ("ip", m.ip.map(|i| i.to_string()).unwrap_or_default()),
+        (
+            "gateway",
+            m.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        ),
+        ("dns", String::new()),
+        ("install_disk", m.install_disk.clone().unwrap_or_default()),
+        ("disk_handoff", m.disk_handoff.to_string()),
+        ("talos_version", m.talos_version.clone().unwrap_or_default()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in changes {
+        match form.iter_mut().find(|(name, _)| name == k) {
+            Some(field) => field.1 = v.to_string(),
+            None => form.push((k.to_string(), v.to_string())),
+        }
+    }
+    form
+}
+
+#[tokio::test]
+async fn bad_machine_input_is_refused_with_the_same_message_by_the_cli_the_api_and_the_ui() {
+    let app = Appliance::start().await;
+    let s = app.login().await;
+    let data = app.data.path();
+    inventory(&app, &s).await;
+    let new = "52:54:00:aa:00:31";
+    let worker = |ip: &'static str| vec![("role", "worker"), ("hostname", "w-2"), ("ip", ip)];
+    #[rustfmt::skip]
+    let cases: Vec<MachineCase> = vec![
+        (Change::Add(WORKER.0), worker("127.0.0.22/8"), "mac",
+            format!("{} is already in the inventory", WORKER.0)),
+        (Change::Add(new), vec![("role", "master"), ("hostname", "w-2"), ("ip", "127.0.0.22/8")], "role",
+            "'master' is not one of: unassigned, controlplane, worker".into()),
+        (Change::Add(new), worker("192.168.7.44/24"), "ip",
+            "192.168.7.44 is outside the LAN subnet 127.0.0.0/8 that bootplane serves".into()),
+        (Change::Add(new), worker("127.0.0.1/8"), "ip",
+            "127.0.0.1 is this appliance's own address: pick another".into()),
+        (Change::Add(new), worker("127.0.0.21/8"), "ip",
+            format!("127.0.0.21 is already used by {}", WORKER.0)),
+        (Change::Add(new), vec![("role", "worker"), ("hostname", "cp-1"), ("ip", "127.0.0.22/8")], "hostname",
+            format!("cp-1 is already used by {}", CP[0].0)),
+        (Change::Add(new), vec![("role", "controlplane"), ("hostname", "cp-4"), ("ip", "127.0.0.14/8")], "role",
+            "the cluster already has three control planes (cp-1, cp-2, cp-3); make this machine a worker".into()),
+        (Change::Add(new), worker("127.0.0.10/8"), "ip", "this is the cluster's VIP address".into()),
+        (Change::Add(new), vec![("role", "worker"), ("hostname", "w-2"), ("ip", "127.0.0.22/8"), ("gateway", "10.0.0.1")], "gateway",
+            "10.0.0.1 is outside the machine's subnet 127.0.0.0/8".into()),
+        (Change::Set(CP[0].0), vec![("ip", "127.1.0.11/24")], "ip",
+            "the cluster's VIP 127.0.0.10 is outside this address's subnet 127.1.0.0/24: a control plane needs an address in the VIP's subnet".into()),
+        (Change::Set(WORKER.0), vec![("install_disk", "sda")], "install_disk",
+            "'sda' must be a device path such as /dev/sda".into()),
+        (Change::Set(WORKER.0), vec![("role", "unassigned"), ("ip", "none"), ("gateway", "127.0.0.1")], "gateway",
+            "a gateway needs a static address".into()),
+    ];
+    for (change, fields, field_name, message) in cases {
+        let case = format!("{change:?} {fields:?}");
+        let before = format!("{:?}", app.db.list_machines().await.unwrap());
+        // The CLI, with the field's flag.
+        let mut args: Vec<String> = match change {
+            Change::Add(mac) => vec!["machines".into(), "add".into(), "--mac".into(), mac.into()],
+            Change::Set(mac) => vec!["machines".into(), "set".into(), "--mac".into(), mac.into()],
+        };
+        for (k, v) in &fields {
+            args.push(format!("--{}", k.replace('_', "-")));
+            args.push(v.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out) = cli(data, &args).await;
+        assert!(!ok, "{case}: {out}");
+        let flag = field_name.replace('_', "-");
+        assert!(
+            out.contains(&format!("--{flag}: {message}")),
+            "{case}: CLI said {out}"
+        );
+        // The API, with the field's name.
+        let mut body = serde_json::Map::new();
+        for (k, v) in &fields {
+            body.insert(k.to_string(), json!(v));
+        }
+        let (status, body) = match change {
+            Change::Add(mac) => {
+                body.insert("mac".into(), json!(mac));
+                api(
+                    &app,
+                    &s,
+                    reqwest::Method::POST,
+                    "/machines",
+                    Value::Object(body),
+                )
+                .await
+            }
+            Change::Set(mac) => {
+                let path = format!("/machines/{mac}");
+                api(&app, &s, reqwest::Method::PATCH, &path, Value::Object(body)).await
+            }
+        };
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{case}: {body}");
+        assert_eq!(field(&body, field_name), message, "{case}");
+        // The UI's forms, beside the field.
+        let (status, page) = match change {
+            Change::Add(mac) => {
+                let mut form = fields.clone();
+                form.push(("mac", mac));
+                ui(&app, &s, "/ui/machines", &form).await
+            }
+            Change::Set(mac) => {
+                let form = detail_form(&app, mac, &fields).await;
+                let form: Vec<(&str, &str)> =
+                    form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                ui(&app, &s, &format!("/ui/machines/{mac}"), &form).await
+            }
+        };
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{case}");
+        let page = unescape(&page);
+        assert!(
+            page.contains(&format!("<span class=\"field-error\">{message}</span>")),
+            "{case}: the UI did not show {message}"
+        );
+        let after = format!("{:?}", app.db.list_machines().await.unwrap());
+        assert_eq!(before, after, "{case}: nothing changed");
+    }
+    app.stop().await;
+}
+
+/// Marks `mac` installed and the cluster bootstrapped through cp-1, as the node's report and
+/// the orchestrator would.
+async fn installed_and_bootstrapped(app: &Appliance, macs: &[&str]) {
+    for mac in macs {
+        let mac = mac.parse().unwrap();
+        let evidence = bootplane::model::lifecycle::Step::ReportedIn;
+        app.db
+            .step(mac, evidence, "reported in", 2)
+            .await
+            .unwrap();
+    }
+    let c = app.db.get_cluster(None).await.unwrap().unwrap();
+    let ip = "127.0.0.11".parse().unwrap();
+    app.db
+        .decide_bootstrap(&c.name, c.generation, CP[0].0.parse().unwrap(), ip, 3)
+        .await
+        .unwrap();
+    app.db
+        .finish_bootstrap(
+            &c.name,
+            c.generation,
+            bootplane::model::BootstrapResult::Bootstrapped,
+            "etcd is up",
+            4,
+        )
+        .await
+        .unwrap();
+}
+
+/// What a change left: the machine's role, installed flag and state, and the events it added.
+async fn effect(app: &Appliance, mac: &str, events_before: usize) -> String {
+    let mac: bootplane::model::Mac = mac.parse().unwrap();
+    let m = app.db.get_machine(mac).await.unwrap().unwrap();
+    let events = app.db.events(mac, 1000).await.unwrap();
+    let added: Vec<String> = events[events_before..]
+        .iter()
+        .map(|e| format!("{}: {}", e.kind, e.detail))
+        .collect();
+    format!("{} installed={} {} {added:?}", m.role, m.installed, m.state)
+}
+
+async fn event_count(app: &Appliance, mac: &str) -> usize {
+    app.db
+        .events(mac.parse().unwrap(), 1000)
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn the_cli_asks_for_confirm_where_the_ui_and_the_api_ask_and_then_does_what_the_ui_does() {
+    let app = Appliance::start().await;
+    let s = app.login().await;
+    let data = app.data.path();
+    inventory(&app, &s).await;
+    let (cp1, cp2, cp3) = (CP[0].0, CP[1].0, CP[2].0);
+    installed_and_bootstrapped(&app, &[cp1, cp2, cp3]).await;
+    let stored = format!("{:?}", app.db.list_machines().await.unwrap());
+
+    // Each surface asks the same question about cp-1, and changes nothing.
+    let (ok, out) = cli(data, &["machines", "set", "--mac", cp1, "--role", "worker"]).await;
+    assert!(!ok, "{out}");
+    let (status, body) = api(
+        &app,
+        &s,
+        reqwest::Method::PATCH,
+        &format!("/machines/{cp1}"),
+        json!({"role": "worker"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let question = body["error"].as_str().unwrap().to_string();
+    assert!(
+        question.starts_with("cp-1 is a control plane of a bootstrapped cluster"),
+        "{question}"
+    );
+    assert!(
+        out.contains(&question),
+        "the CLI asks as the API does: {out}"
+    );
+    assert!(out.contains("repeat with --confirm"), "{out}");
+    let form = detail_form(&app, cp1, &[("role", "worker")]).await;
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (status, page) = ui(&app, &s, &format!("/ui/machines/{cp1}"), &form).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(unescape(&page).contains(&question), "the UI asks the same");
+    assert_eq!(
+        stored,
+        format!("{:?}", app.db.list_machines().await.unwrap()),
+        "nothing changed before the confirmation"
+    );
+
+    // Confirmed: the CLI on cp-1, the UI on cp-2, the API on cp-3 do the same.
+    let counts = [
+        event_count(&app, cp1).await,
+        event_count(&app, cp2).await,
+        event_count(&app, cp3).await,
+    ];
+    let (ok, out) = cli(
+        data,
+        &[
+            "machines",
+            "set",
+            "--mac",
+            cp1,
+            "--role",
+            "worker",
+            "--confirm",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("at its next network boot"), "{out}");
+    let form = detail_form(&app, cp2, &[("role", "worker"), ("confirm", "true")]).await;
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (status, _) = ui(&app, &s, &format!("/ui/machines/{cp2}"), &form).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, body) = api(
+        &app,
+        &s,
+        reqwest::Method::PATCH,
+        &format!("/machines/{cp3}?confirm=true"),
+        json!({"role": "worker"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ui_effect = effect(&app, cp2, counts[1]).await;
+    assert!(
+        ui_effect.starts_with("worker installed=false"),
+        "{ui_effect}"
+    );
+    assert!(ui_effect.contains("reinstall"), "{ui_effect}");
+    assert_eq!(effect(&app, cp1, counts[0]).await, ui_effect, "CLI and UI");
+    assert_eq!(effect(&app, cp3, counts[2]).await, ui_effect, "API and UI");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_on_the_cli_marks_a_machine_installed() {
+    let app = Appliance::start().await;
+    let s = app.login().await;
+    let data = app.data.path();
+    inventory(&app, &s).await;
+    let mac: bootplane::model::Mac = WORKER.0.parse().unwrap();
+    let refused = "only its node marks a machine installed";
+    for args in [
+        &["machines", "set", "--mac", WORKER.0, "--installed", "true"][..],
+        &[
+            "machines",
+            "set",
+            "--mac",
+            WORKER.0,
+            "--installed=true",
+            "--role",
+            "worker",
+        ][..],
+        &[
+            "machines",
+            "add",
+            "--mac",
+            "52:54:00:aa:00:31",
+            "--installed",
+            "true",
+        ][..],
+    ] {
+        let (ok, out) = cli(data, args).await;
+        assert!(!ok, "{args:?}: {out}");
+        assert!(
+            out.contains(refused) || out.contains("unexpected argument '--installed'"),
+            "{args:?}: {out}"
+        );
+    }
+    let (_, out) = cli(
+        data,
+        &["machines", "set", "--mac", WORKER.0, "--installed", "true"],
+    )
+    .await;
+    assert!(out.contains(refused), "set explains: {out}");
+    let m = app.db.get_machine(mac).await.unwrap().unwrap();
+    assert!(!m.installed, "not installed");
+    assert!(app
+        .db
+        .get_machine("52:54:00:aa:00:31".parse().unwrap())
+        .await
+        .unwrap()
+        .is_none());
+
+    // --installed false reinstalls, as the UI's reinstall action does.
+    installed_and_bootstrapped(&app, &[WORKER.0, CP[0].0]).await;
+    let counts = [
+        event_count(&app, WORKER.0).await,
+        event_count(&app, CP[0].0).await,
+    ];
+    let (ok, out) = cli(
+        data,
+        &["machines", "set", "--mac", WORKER.0, "--installed", "false"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let path = format!("/ui/machines/{}/reinstall", CP[0].0);
+    let (status, _) = ui(&app, &s, &path, &[]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let by_cli = effect(&app, WORKER.0, counts[0]).await;
+    let by_ui = effect(&app, CP[0].0, counts[1]).await;
+    assert!(
+        by_cli.starts_with("worker installed=false booting"),
+        "{by_cli}"
+    );
+    assert_eq!(
+        by_cli.split_once(' ').unwrap().1,
+        by_ui.split_once(' ').unwrap().1,
+        "CLI and UI"
+    );
     app.stop().await;
 }

@@ -960,7 +960,7 @@ fn redacted_configs_of_every_new_line_show_no_secret() {
             &Patches::default(),
         )
         .unwrap();
-        let shown = bootplane::ops::redact_config(&yaml).unwrap();
+        let shown = bootplane::ops::configs::redact_config(&yaml).unwrap();
         // Up to 1.13 keys are base64 PEM, from 1.14 CA and service-account keys are PEM text.
         let rendered = hidden.iter().filter(|h| yaml.contains(h.as_str())).count();
         assert!(rendered >= 9, "{version}: only {rendered} secrets rendered");
