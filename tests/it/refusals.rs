@@ -796,10 +796,7 @@ async fn installed_and_bootstrapped(app: &Appliance, macs: &[&str]) {
     for mac in macs {
         let mac = mac.parse().unwrap();
         let evidence = bootplane::model::lifecycle::Step::ReportedIn;
-        app.db
-            .step(mac, evidence, "reported in", 2)
-            .await
-            .unwrap();
+        app.db.step(mac, evidence, "reported in", 2).await.unwrap();
     }
     let c = app.db.get_cluster(None).await.unwrap().unwrap();
     let ip = "127.0.0.11".parse().unwrap();

@@ -1,0 +1,172 @@
+//! What was seen on the network and what bootplane did: discovery from sightings, the
+//! append-only event log, and the cap on machines nobody claimed.
+
+use sqlx::Row;
+
+use crate::model::{Event, EventKind, Mac};
+
+use super::{parse_col, Db, DbError};
+
+/// How many never-assigned discovered machines are kept (the newest seen); older ones are
+/// pruned with their events. Anyone on the LAN can invent MACs, so this bounds what strangers
+/// can make bootplane store and load into its inventory.
+pub const DISCOVERED_CAP: i64 = 1000;
+
+/// Machines nobody ever claimed: unassigned, still `discovered`, and never written by an
+/// operator (every operator write logs a `changed` event). Only these are pruned by the cap.
+const UNCLAIMED: &str = "SELECT m.mac FROM machines m
+    WHERE m.role = 'unassigned' AND m.state = 'discovered'
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.mac = m.mac AND e.kind = 'changed')";
+
+/// What a protocol handler saw of a machine; applied in batches by the event writer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    pub mac: Mac,
+    pub at: i64,
+    pub kind: EventKind,
+    pub detail: String,
+    pub arch: Option<u16>,
+    pub smbios_uuid: Option<String>,
+    pub serial: Option<String>,
+}
+
+impl Db {
+    /// Applies a batch of observations in one transaction: unknown MACs become discovered
+    /// machines, known ones get their last-seen facts refreshed, every observation is logged.
+    /// Beyond [`DISCOVERED_CAP`] unclaimed machines, the ones seen longest ago go, with their
+    /// events.
+    pub async fn record(&self, batch: &[Observation]) -> Result<(), DbError> {
+        self.record_capped(batch, DISCOVERED_CAP).await
+    }
+
+    pub(super) async fn record_capped(
+        &self,
+        batch: &[Observation],
+        cap: i64,
+    ) -> Result<(), DbError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        // Discovered machines join the first cluster (the only one, in the common case).
+        let default_cluster: i64 = sqlx::query("SELECT id FROM clusters ORDER BY id LIMIT 1")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let mut discovered = false;
+        for obs in batch {
+            let mac = obs.mac.to_string();
+            let inserted = sqlx::query(
+                "INSERT INTO machines (mac, cluster_id, first_seen, last_seen)
+                 VALUES (?, ?, ?, ?) ON CONFLICT (mac) DO NOTHING",
+            )
+            .bind(&mac)
+            .bind(default_cluster)
+            .bind(obs.at)
+            .bind(obs.at)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                discovered = true;
+                insert_event(&mut tx, obs.mac, obs.at, EventKind::Discovered, "").await?;
+            }
+            sqlx::query(
+                "UPDATE machines SET
+                    first_seen = COALESCE(first_seen, ?),
+                    last_seen = MAX(COALESCE(last_seen, 0), ?),
+                    last_arch = COALESCE(?, last_arch),
+                    smbios_uuid = COALESCE(?, smbios_uuid),
+                    serial = COALESCE(?, serial)
+                 WHERE mac = ?",
+            )
+            .bind(obs.at)
+            .bind(obs.at)
+            .bind(obs.arch.map(i64::from))
+            .bind(&obs.smbios_uuid)
+            .bind(&obs.serial)
+            .bind(&mac)
+            .execute(&mut *tx)
+            .await?;
+            insert_event(&mut tx, obs.mac, obs.at, obs.kind, &obs.detail).await?;
+        }
+        if discovered {
+            prune_unclaimed(&mut tx, cap).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn events(&self, mac: Mac, limit: i64) -> Result<Vec<Event>, DbError> {
+        let rows = sqlx::query(
+            "SELECT mac, at, kind, detail FROM
+                (SELECT id, mac, at, kind, detail FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?)
+             ORDER BY at, id",
+        )
+        .bind(mac.to_string())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(Event {
+                    mac,
+                    at: row.try_get("at")?,
+                    kind: parse_col(&kind, "event kind")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Appends events about machines in one transaction: bootplane's own news (a probe's
+    /// answer, a bootstrap, a config fetched), as opposed to sightings on the network.
+    /// (Only `inventory::Recorder` calls this, so events reach the log in the order they were
+    /// queued.) Unlike [`Db::record`], nothing is discovered and no last-seen stamp changes.
+    pub async fn append_events(&self, events: &[Event]) -> Result<(), DbError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        for e in events {
+            insert_event(&mut tx, e.mac, e.at, e.kind, &e.detail).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Keeps the `cap` unclaimed machines seen most recently; the rest go, their events with them.
+pub(super) async fn prune_unclaimed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    cap: i64,
+) -> Result<(), DbError> {
+    let doomed = format!(
+        "{UNCLAIMED} ORDER BY m.last_seen DESC, m.first_seen DESC, m.mac LIMIT -1 OFFSET ?"
+    );
+    // The same machines each time: deleting their events removes no `changed` event.
+    for table in ["events", "boot_log", "machines"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE mac IN ({doomed})"))
+            .bind(cap)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    mac: Mac,
+    at: i64,
+    kind: EventKind,
+    detail: &str,
+) -> Result<(), DbError> {
+    sqlx::query("INSERT INTO events (mac, at, kind, detail) VALUES (?, ?, ?, ?)")
+        .bind(mac.to_string())
+        .bind(at)
+        .bind(kind.as_str())
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
