@@ -59,8 +59,8 @@ fn without_test_modules(src: &str) -> String {
         };
         out.push_str(&rest[..at]);
         let body = &trimmed[open..];
-        if body.starts_with(';') {
-            rest = &body[1..];
+        if let Some(after_decl) = body.strip_prefix(';') {
+            rest = after_decl;
             continue;
         }
         let mut depth = 0usize;
@@ -318,8 +318,8 @@ fn a_machines_lifecycle_state_has_one_writer_and_the_event_log_one_insert() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    assert_eq!(writes, vec!["db/mod.rs".to_string()], "state writes");
-    let db = std::fs::read_to_string(root().join("server/db/mod.rs")).unwrap();
+    assert_eq!(writes, vec!["db/machines.rs".to_string()], "state writes");
+    let db = std::fs::read_to_string(root().join("server/db/machines.rs")).unwrap();
     let writer = db
         .split("async fn apply_step(")
         .nth(1)
