@@ -174,9 +174,7 @@ impl Db {
     }
 }
 
-pub(super) fn bootstrap_from_row(
-    row: &sqlx::sqlite::SqliteRow,
-) -> Result<BootstrapRecord, DbError> {
+fn bootstrap_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BootstrapRecord, DbError> {
     let mac: String = row.try_get("target_mac")?;
     let ip: String = row.try_get("target_ip")?;
     Ok(BootstrapRecord {

@@ -194,12 +194,11 @@ impl Db {
     }
 }
 
-pub(super) const CLUSTER_SELECT: &str =
-    "SELECT name, endpoint, vip, talos_version, kubernetes_version,
+const CLUSTER_SELECT: &str = "SELECT name, endpoint, vip, talos_version, kubernetes_version,
     install_image, pod_subnets, service_subnets, dns_domain, node_subnets, nameservers,
     initialised_at, generation, single_controlplane, bootstrapped_at FROM clusters";
 
-pub(super) fn cluster_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Cluster, DbError> {
+fn cluster_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Cluster, DbError> {
     let name: String = row.try_get("name")?;
     let vip: Option<String> = row.try_get("vip")?;
     let vip = vip
@@ -243,7 +242,7 @@ pub(super) fn cluster_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Cluster,
     })
 }
 
-pub(super) async fn write_cluster_settings(
+async fn write_cluster_settings(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     id: i64,
     c: &Cluster,

@@ -137,7 +137,7 @@ impl Db {
 }
 
 /// Keeps the `cap` unclaimed machines seen most recently; the rest go, their events with them.
-pub(super) async fn prune_unclaimed(
+async fn prune_unclaimed(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     cap: i64,
 ) -> Result<(), DbError> {

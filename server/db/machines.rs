@@ -70,16 +70,7 @@ impl Db {
         .bind(machine.diskless)
         .execute(&mut *tx)
         .await?;
-        insert_event(
-            &mut tx,
-            machine.mac,
-            now,
-            EventKind::Changed,
-            &format!("added as {}", machine.role),
-        )
-        .await?;
-        let edit = Step::Edited { role: machine.role };
-        apply_step(&mut tx, machine.mac, edit, "operator edit", now).await?;
+        operator_edit(&mut tx, machine, &format!("added as {}", machine.role), now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -115,16 +106,13 @@ impl Db {
         if done.rows_affected() == 0 {
             return Err(DbError::NotFound(machine.mac));
         }
-        insert_event(
+        operator_edit(
             &mut tx,
-            machine.mac,
-            now,
-            EventKind::Changed,
+            machine,
             &format!("set: role {}", machine.role),
+            now,
         )
         .await?;
-        let edit = Step::Edited { role: machine.role };
-        apply_step(&mut tx, machine.mac, edit, "operator edit", now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -178,23 +166,20 @@ impl Db {
     }
 }
 
-pub(super) const MACHINE_SELECT: &str =
-    "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip, m.prefix,
+const MACHINE_SELECT: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip, m.prefix,
     m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed, m.first_seen,
     m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state, m.state_since, m.handoff_at,
     m.talos_version, m.diskless
     FROM machines m JOIN clusters c ON c.id = m.cluster_id";
 
-pub(super) const MACHINE_SELECT_ORDERED: &str =
-    "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
+const MACHINE_SELECT_ORDERED: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
     m.prefix, m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed,
     m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state,
     m.state_since, m.handoff_at, m.talos_version, m.diskless
     FROM machines m JOIN clusters c ON c.id = m.cluster_id
     ORDER BY m.role = 'unassigned', m.hostname, m.mac";
 
-pub(super) const MACHINE_SELECT_ASSIGNED: &str =
-    "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
+const MACHINE_SELECT_ASSIGNED: &str = "SELECT m.mac, c.name AS cluster, m.role, m.hostname, m.ip,
     m.prefix, m.gateway, m.dns, m.install_disk, m.disk_handoff, m.efi_binary, m.installed,
     m.first_seen, m.last_seen, m.last_arch, m.smbios_uuid, m.serial, m.wipe, m.state,
     m.state_since, m.handoff_at, m.talos_version, m.diskless
@@ -202,7 +187,7 @@ pub(super) const MACHINE_SELECT_ASSIGNED: &str =
     WHERE m.role != 'unassigned'
     ORDER BY m.hostname, m.mac";
 
-pub(super) fn machine_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Machine, DbError> {
+fn machine_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Machine, DbError> {
     let mac: String = row.try_get("mac")?;
     let mac: Mac = parse_col(&mac, "machine mac")?;
     let what = format!("machine {mac}");
@@ -266,7 +251,7 @@ pub(super) fn machine_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Machine,
 /// The one writer of a machine's lifecycle state: reads it, asks the transition table where
 /// `step` leads, writes the state with what the step does to the installed flag and the disk
 /// hand-off, and logs it, inside the caller's transaction.
-pub(super) async fn apply_step(
+async fn apply_step(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     mac: Mac,
     step: Step,
@@ -313,7 +298,7 @@ pub(super) async fn apply_step(
     Ok(to != from)
 }
 
-pub(super) async fn check_unique(
+async fn check_unique(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     machine: &Machine,
 ) -> Result<(), DbError> {
@@ -345,5 +330,20 @@ pub(super) async fn check_unique(
             });
         }
     }
+    Ok(())
+}
+
+/// What every operator write of a machine ends with, inside its transaction: the `changed`
+/// event (which also keeps the machine from the cap on unclaimed ones) and the lifecycle step
+/// an edit is.
+async fn operator_edit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    machine: &Machine,
+    detail: &str,
+    now: i64,
+) -> Result<(), DbError> {
+    insert_event(tx, machine.mac, now, EventKind::Changed, detail).await?;
+    let edit = Step::Edited { role: machine.role };
+    apply_step(tx, machine.mac, edit, "operator edit", now).await?;
     Ok(())
 }

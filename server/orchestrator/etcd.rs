@@ -47,7 +47,7 @@ pub(super) async fn etcd_lost(
     true
 }
 
-pub(super) async fn etcd_lost_now(
+async fn etcd_lost_now(
     inner: &Arc<Inner>,
     cluster: &str,
     cps: &[(Machine, Ipv4Addr)],

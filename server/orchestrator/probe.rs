@@ -13,7 +13,7 @@ use crate::model::lifecycle::Step;
 use crate::model::{EventKind, Lifecycle, Mac};
 
 /// Longest gap between probes of a machine handed to its disk.
-pub(super) const HANDOFF_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const HANDOFF_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the probes saw of a machine's Talos API since its latest disk hand-off: failures only,
 /// each one a probe that got no answer with the cluster's certificates. An answer removes the
