@@ -56,68 +56,12 @@ pub async fn cluster_update_patch(
     Ok(Json(c))
 }
 
-/// Cluster settings for initialisation, optionally adopting an existing cluster's secrets.
-#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterInit {
-    /// Cluster name (one DNS label)
-    pub name: Option<String>,
-    /// Kubernetes API endpoint, https://<vip-or-load-balancer>:6443
-    pub endpoint: Option<String>,
-    /// Layer-2 VIP Talos keeps on one healthy control plane
-    pub vip: Option<String>,
-    /// Talos version, e.g. v1.11.6
-    pub talos_version: Option<String>,
-    /// Kubernetes version, e.g. 1.34.1; "default" for the Talos version's default
-    pub kubernetes_version: Option<String>,
-    /// Installer image; "default" for ghcr.io/siderolabs/installer:<talos-version>
-    pub install_image: Option<String>,
-    /// Pod subnets, comma-separated
-    pub pod_subnets: Option<String>,
-    /// Service subnets, comma-separated
-    pub service_subnets: Option<String>,
-    /// Kubernetes DNS domain
-    pub dns_domain: Option<String>,
-    /// Subnets etcd advertises and the kubelet takes its node IP from: "auto" (default, each
-    /// node's own subnet), "none", or comma-separated subnets
-    pub node_subnets: Option<String>,
-    /// Nameservers of nodes without their own, comma-separated IPv4 addresses, "auto" (the
-    /// default: the appliance host's resolvers) or "none" (Talos's defaults)
-    pub nameservers: Option<String>,
-    /// Bootstrap with one control plane instead of waiting for three
-    pub single_controlplane: Option<bool>,
-    /// talosctl's secrets.yaml, to adopt an existing cluster instead of making new secrets
-    pub import_secrets: Option<String>,
-}
-
-impl ClusterInit {
-    fn split(self) -> (ClusterInput, Option<String>) {
-        (
-            ClusterInput {
-                name: self.name,
-                endpoint: self.endpoint,
-                vip: self.vip,
-                talos_version: self.talos_version,
-                kubernetes_version: self.kubernetes_version,
-                install_image: self.install_image,
-                pod_subnets: self.pod_subnets,
-                service_subnets: self.service_subnets,
-                dns_domain: self.dns_domain,
-                node_subnets: self.node_subnets,
-                nameservers: self.nameservers,
-                single_controlplane: self.single_controlplane,
-            },
-            self.import_secrets,
-        )
-    }
-}
-
 /// Makes the cluster's secrets bundle (or adopts one) and stores its settings.
 #[utoipa::path(
     post,
     path = "/cluster/init",
     tag = "cluster",
-    request_body = ClusterInit,
+    request_body = ClusterInput,
     responses(
         (status = 201, description = "Initialised", body = Cluster),
         (status = 400, description = "Not JSON", body = ApiError),
@@ -131,18 +75,11 @@ impl ClusterInit {
 pub async fn cluster_init_post(
     State(state): State<AppState>,
     Extension(op): Extension<Operator>,
-    ApiJson(body): ApiJson<ClusterInit>,
+    ApiJson(input): ApiJson<ClusterInput>,
 ) -> ApiResult<(StatusCode, Json<Cluster>)> {
-    let (input, import) = body.split();
-    let c = cops::init_cluster(
-        &state.db,
-        &input,
-        import.as_deref(),
-        state.recorder.now_ms(),
-    )
-    .await?;
+    let c = cops::init_cluster(&state.db, &input, state.recorder.now_ms()).await?;
     state.changed();
-    tracing::info!(cluster = %c.name, imported = import.is_some(), by = %op.name(), "api: cluster initialised");
+    tracing::info!(cluster = %c.name, imported = input.import_secrets.is_some(), by = %op.name(), "api: cluster initialised");
     Ok((StatusCode::CREATED, Json(c)))
 }
 

@@ -185,6 +185,7 @@ impl ClusterFields {
             node_subnets: self.node_subnets.clone(),
             nameservers: self.nameservers.clone(),
             single_controlplane: self.single_controlplane,
+            import_secrets: None,
         }
     }
 }
@@ -210,15 +211,13 @@ pub async fn cluster(
             import_secrets,
         } => {
             let db = Db::open(&data.data_dir).await?;
-            let import = import_secrets.as_deref().map(read_input).transpose()?;
-            let c = cops::init_cluster(
-                &db,
-                &fields.input(Some(name)),
-                import.as_deref(),
-                clock.now_ms(),
-            )
-            .await
-            .map_err(flag_error)?;
+            let input = cops::ClusterInput {
+                import_secrets: import_secrets.as_deref().map(read_input).transpose()?,
+                ..fields.input(Some(name))
+            };
+            let c = cops::init_cluster(&db, &input, clock.now_ms())
+                .await
+                .map_err(flag_error)?;
             let spec = materials::cluster_spec(&c, &db.factory_schematics().await?)
                 .map_err(|e| invalid(e.to_string()))?;
             write(
@@ -229,7 +228,7 @@ pub async fn cluster(
                     spec.talos_version,
                     spec.kubernetes_version,
                     spec.endpoint,
-                    if import.is_some() {
+                    if input.import_secrets.is_some() {
                         " (secrets imported)"
                     } else {
                         ""
@@ -455,7 +454,7 @@ mod tests {
             talos_version: Some("v1.13.9".into()),
             ..Default::default()
         };
-        crate::ops::cluster::init_cluster(&db, &init, None, 1)
+        crate::ops::cluster::init_cluster(&db, &init, 1)
             .await
             .unwrap();
         let schematic = "a".repeat(64);

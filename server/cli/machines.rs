@@ -422,7 +422,7 @@ mod tests {
             talos_version: Some("v1.13.9".into()),
             ..Default::default()
         };
-        crate::ops::cluster::init_cluster(&db, &init, None, 1)
+        crate::ops::cluster::init_cluster(&db, &init, 1)
             .await
             .unwrap();
         let worker = |pin: Option<&str>| MachineInput {

@@ -48,28 +48,17 @@ impl Db {
         }
         let cluster_id = cluster_id(&mut tx, &machine.cluster).await?;
         check_unique(&mut tx, machine).await?;
-        sqlx::query(
-            "INSERT INTO machines (mac, cluster_id, role, hostname, ip, prefix, gateway, dns,
-                install_disk, disk_handoff, efi_binary, installed, wipe, talos_version, diskless)
+        let insert = sqlx::query(
+            "INSERT INTO machines (cluster_id, role, hostname, ip, prefix, gateway, dns,
+                install_disk, disk_handoff, efi_binary, wipe, talos_version, diskless,
+                installed, mac)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(machine.mac.to_string())
-        .bind(cluster_id)
-        .bind(machine.role.as_str())
-        .bind(&machine.hostname)
-        .bind(machine.ip.map(|c| c.addr.to_string()))
-        .bind(machine.ip.map(|c| i64::from(c.prefix)))
-        .bind(machine.gateway.map(|g| g.to_string()))
-        .bind(join_ips(&machine.dns))
-        .bind(&machine.install_disk)
-        .bind(machine.disk_handoff.as_str())
-        .bind(machine.efi_binary.map(|e| e.as_str()))
-        .bind(machine.installed)
-        .bind(machine.wipe)
-        .bind(&machine.talos_version)
-        .bind(machine.diskless)
-        .execute(&mut *tx)
-        .await?;
+        );
+        bind_operator_fields(insert, cluster_id, machine)
+            .bind(machine.installed)
+            .bind(machine.mac.to_string())
+            .execute(&mut *tx)
+            .await?;
         operator_edit(&mut tx, machine, &format!("added as {}", machine.role), now).await?;
         tx.commit().await?;
         Ok(())
@@ -81,28 +70,16 @@ impl Db {
         let mut tx = self.write_tx().await?;
         let cluster_id = cluster_id(&mut tx, &machine.cluster).await?;
         check_unique(&mut tx, machine).await?;
-        let done = sqlx::query(
+        let update = sqlx::query(
             "UPDATE machines SET cluster_id = ?, role = ?, hostname = ?, ip = ?, prefix = ?,
                 gateway = ?, dns = ?, install_disk = ?, disk_handoff = ?, efi_binary = ?,
                 wipe = ?, talos_version = ?, diskless = ?
              WHERE mac = ?",
-        )
-        .bind(cluster_id)
-        .bind(machine.role.as_str())
-        .bind(&machine.hostname)
-        .bind(machine.ip.map(|c| c.addr.to_string()))
-        .bind(machine.ip.map(|c| i64::from(c.prefix)))
-        .bind(machine.gateway.map(|g| g.to_string()))
-        .bind(join_ips(&machine.dns))
-        .bind(&machine.install_disk)
-        .bind(machine.disk_handoff.as_str())
-        .bind(machine.efi_binary.map(|e| e.as_str()))
-        .bind(machine.wipe)
-        .bind(&machine.talos_version)
-        .bind(machine.diskless)
-        .bind(machine.mac.to_string())
-        .execute(&mut *tx)
-        .await?;
+        );
+        let done = bind_operator_fields(update, cluster_id, machine)
+            .bind(machine.mac.to_string())
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(DbError::NotFound(machine.mac));
         }
@@ -346,4 +323,26 @@ async fn operator_edit(
     let edit = Step::Edited { role: machine.role };
     apply_step(tx, machine.mac, edit, "operator edit", now).await?;
     Ok(())
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds the fields an operator owns, in the order both the insert and the update name them:
+/// cluster, role, hostname, address and prefix, gateway, DNS, install disk, disk hand-off, EFI
+/// binary, wipe, Talos version, diskless.
+fn bind_operator_fields<'q>(query: Query<'q>, cluster_id: i64, machine: &'q Machine) -> Query<'q> {
+    query
+        .bind(cluster_id)
+        .bind(machine.role.as_str())
+        .bind(&machine.hostname)
+        .bind(machine.ip.map(|c| c.addr.to_string()))
+        .bind(machine.ip.map(|c| i64::from(c.prefix)))
+        .bind(machine.gateway.map(|g| g.to_string()))
+        .bind(join_ips(&machine.dns))
+        .bind(&machine.install_disk)
+        .bind(machine.disk_handoff.as_str())
+        .bind(machine.efi_binary.map(|e| e.as_str()))
+        .bind(machine.wipe)
+        .bind(&machine.talos_version)
+        .bind(machine.diskless)
 }

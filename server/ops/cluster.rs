@@ -41,6 +41,9 @@ pub struct ClusterInput {
     pub nameservers: Option<String>,
     /// Bootstrap with one control plane instead of waiting for three
     pub single_controlplane: Option<bool>,
+    /// talosctl's secrets.yaml, to adopt an existing cluster instead of making new secrets;
+    /// only when initialising (a settings change refuses it)
+    pub import_secrets: Option<String>,
 }
 
 /// A comma-separated list of IPv4 or IPv6 subnets.
@@ -315,14 +318,9 @@ pub(super) async fn loaded(db: &Db) -> Result<materials::LoadedCluster, OpsError
         })
 }
 
-/// Makes the cluster's secrets bundle (or adopts `import_secrets`, talosctl's secrets.yaml)
-/// and stores its settings. Every assigned machine's config must render.
-pub async fn init_cluster(
-    db: &Db,
-    input: &ClusterInput,
-    import_secrets: Option<&str>,
-    now: i64,
-) -> Result<Cluster, OpsError> {
+/// Makes the cluster's secrets bundle (or adopts `input.import_secrets`, talosctl's
+/// secrets.yaml) and stores its settings. Every assigned machine's config must render.
+pub async fn init_cluster(db: &Db, input: &ClusterInput, now: i64) -> Result<Cluster, OpsError> {
     let current = first_cluster(db).await?;
     if current.initialised_at.is_some() {
         return Err(OpsError::Refused(format!(
@@ -344,8 +342,12 @@ pub async fn init_cluster(
         .map_err(|e| OpsError::field("cluster", e.to_string()))?;
     spec.report_to = db.report_targets().await?;
     check_kubernetes(&spec, input)?;
-    let bundle = materials::new_bundle(&spec.talos_version, import_secrets, system_time(now))
-        .map_err(|e| OpsError::field("secrets", e.to_string()))?;
+    let bundle = materials::new_bundle(
+        &spec.talos_version,
+        input.import_secrets.as_deref(),
+        system_time(now),
+    )
+    .map_err(|e| OpsError::field("secrets", e.to_string()))?;
     let mut machines = db.list_machines().await?;
     for m in machines.iter_mut().filter(|m| m.cluster == current.name) {
         m.cluster = c.name.clone();
@@ -411,6 +413,12 @@ fn check_vip_subnets(c: &Cluster, machines: &[Machine]) -> Result<(), OpsError> 
 
 /// Changes the cluster's settings; refused if any machine's config would no longer render.
 pub async fn update_cluster(db: &Db, input: &ClusterInput, _now: i64) -> Result<Cluster, OpsError> {
+    if input.import_secrets.is_some() {
+        return Err(OpsError::field(
+            "import_secrets",
+            "secrets are adopted only when the cluster is initialised",
+        ));
+    }
     let loaded = loaded(db).await?;
     let current = loaded.cluster.name.clone();
     let mut c = loaded.cluster.clone();
@@ -559,6 +567,7 @@ mod tests {
             node_subnets: Some("10.0.0.0/33".into()),
             nameservers: Some("10.0.0.53, 127.0.0.1".into()),
             single_controlplane: None,
+            import_secrets: None,
         };
         let err = apply_cluster_input(&mut c, &input).unwrap_err();
         for field in [

@@ -279,18 +279,29 @@ mod tests {
             nameservers: Some("none".into()),
             ..Default::default()
         };
-        let err = cluster::init_cluster(&db, &with_vip("192.168.50.10"), None, 2)
+        let err = cluster::init_cluster(&db, &with_vip("192.168.50.10"), 2)
             .await
             .unwrap_err();
         let msg = err.for_field("vip").unwrap_or_else(|| panic!("vip: {err}"));
         assert!(msg.contains("controlplane-1's subnet 10.0.0.0/24"), "{msg}");
-        cluster::init_cluster(&db, &with_vip("10.0.0.5"), None, 3)
+        cluster::init_cluster(&db, &with_vip("10.0.0.5"), 3)
             .await
             .unwrap();
         let err = cluster::update_cluster(&db, &with_vip("192.168.50.10"), 4)
             .await
             .unwrap_err();
         assert!(err.for_field("vip").is_some(), "{err}");
+        // Secrets are adopted at initialisation only, whichever surface sends them.
+        let adopt = cluster::ClusterInput {
+            import_secrets: Some("cluster:\n  id: x\n".into()),
+            ..Default::default()
+        };
+        let err = cluster::update_cluster(&db, &adopt, 4).await.unwrap_err();
+        let msg = err.for_field("import_secrets").unwrap_or_default();
+        assert!(
+            msg.contains("only when the cluster is initialised"),
+            "{err}"
+        );
         let moved = MachineInput {
             ip: Some("10.1.0.12/24".into()),
             ..node("controlplane", 2)

@@ -106,7 +106,6 @@ pub(super) async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &
         };
         match answer {
             Ok(version) => {
-                let now = inner.clock.now_ms();
                 let cause = format!(
                     "Talos API at {} answered with the cluster's certificates (Talos {})",
                     ip.addr, version.tag
@@ -116,6 +115,9 @@ pub(super) async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &
                     .recorder
                     .news(mac, EventKind::ReportedIn, &cause)
                     .await;
+                // Read after the news is stored, so the step it causes never carries an earlier
+                // time than the report (the log lists events by time).
+                let now = inner.clock.now_ms();
                 // The silence goes first: a network boot read between the two must not see
                 // an ended hand-off's failures.
                 inner.silences.answered(mac);

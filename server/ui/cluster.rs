@@ -93,6 +93,7 @@ impl ClusterForm {
             // Empty at init: the host's resolvers; empty in settings: none.
             nameservers: given(&self.nameservers).or(initialised.then(|| "none".into())),
             single_controlplane: Some(self.single_controlplane.is_some()),
+            import_secrets: None,
         }
     }
 }
@@ -431,7 +432,7 @@ pub async fn ui_cluster_init_post(
     Form(form): Form<ClusterForm>,
 ) -> Response {
     let now = state.recorder.now_ms();
-    match cops::init_cluster(&state.db, &form.input(false), None, now).await {
+    match cops::init_cluster(&state.db, &form.input(false), now).await {
         Ok(c) => {
             state.changed();
             tracing::info!(cluster = %c.name, by = %op.name(), "cluster initialised");
