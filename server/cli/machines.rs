@@ -31,6 +31,7 @@ pub enum MachinesCommand {
     Remove {
         #[command(flatten)]
         data: DataDir,
+        /// The machine's MAC address, e.g. 52:54:00:12:34:56
         #[arg(long)]
         mac: String,
     },
@@ -39,6 +40,7 @@ pub enum MachinesCommand {
     Reinstall {
         #[command(flatten)]
         data: DataDir,
+        /// The machine's MAC address, e.g. 52:54:00:12:34:56
         #[arg(long)]
         mac: String,
     },
@@ -46,6 +48,7 @@ pub enum MachinesCommand {
     Events {
         #[command(flatten)]
         data: DataDir,
+        /// The machine's MAC address, e.g. 52:54:00:12:34:56
         #[arg(long)]
         mac: String,
         /// How many of the newest events to show
@@ -59,6 +62,7 @@ pub enum MachinesCommand {
     Log {
         #[command(flatten)]
         data: DataDir,
+        /// The machine's MAC address, e.g. 52:54:00:12:34:56
         #[arg(long)]
         mac: String,
         /// How many of the newest lines to show
@@ -74,6 +78,7 @@ pub enum MachinesCommand {
 pub struct MachineAdd {
     #[command(flatten)]
     pub data: DataDir,
+    /// The machine's MAC address, e.g. 52:54:00:12:34:56
     #[arg(long)]
     pub mac: String,
     #[command(flatten)]
@@ -84,6 +89,7 @@ pub struct MachineAdd {
 pub struct MachineSet {
     #[command(flatten)]
     pub data: DataDir,
+    /// The machine's MAC address, e.g. 52:54:00:12:34:56
     #[arg(long)]
     pub mac: String,
     #[command(flatten)]
