@@ -130,7 +130,7 @@ enum Entry {
     /// A machine seen on the network: may discover it, refreshes its last-seen facts.
     Seen(Observation),
     /// bootplane's own news about a machine, written as it is; `done` hears when it is stored.
-    News(Event, Option<oneshot::Sender<bool>>),
+    News(Event, oneshot::Sender<bool>),
 }
 
 /// The one way events reach the event log (lifecycle steps aside, which the database logs in
@@ -194,7 +194,7 @@ impl Recorder {
             detail: detail.into(),
         };
         let (done, stored) = oneshot::channel();
-        if self.tx.send(Entry::News(event, Some(done))).await.is_err() {
+        if self.tx.send(Entry::News(event, done)).await.is_err() {
             return false;
         }
         stored.await.unwrap_or(false)
@@ -204,8 +204,12 @@ impl Recorder {
 async fn write_loop(db: Db, mut rx: mpsc::Receiver<Entry>) {
     let mut batch = Vec::with_capacity(512);
     while rx.recv_many(&mut batch, 512).await > 0 {
-        // Give a burst a moment to gather into one transaction.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Give a burst of sightings a moment to gather into one transaction; news someone
+        // waits for (a `/config` answer, a probe's report-in) is written at once.
+        let waited_for = batch.iter().any(|e| matches!(e, Entry::News(..)));
+        if !waited_for {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         while batch.len() < 4096 {
             match rx.try_recv() {
                 Ok(entry) => batch.push(entry),
@@ -233,11 +237,11 @@ async fn write_loop(db: Db, mut rx: mpsc::Receiver<Entry>) {
                 }
                 Entry::News(event, done) => {
                     let mut news = vec![event];
-                    let mut waiting: Vec<oneshot::Sender<bool>> = done.into_iter().collect();
+                    let mut waiting = vec![done];
                     while let Some(Entry::News(..)) = entries.peek() {
                         if let Some(Entry::News(event, done)) = entries.next() {
                             news.push(event);
-                            waiting.extend(done);
+                            waiting.push(done);
                         }
                     }
                     let stored = with_retries(|| db.append_events(&news)).await;

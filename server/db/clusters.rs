@@ -59,13 +59,7 @@ impl Db {
         }
         let id: i64 = row.try_get("id")?;
         if cluster.name != current {
-            let taken = sqlx::query("SELECT 1 FROM clusters WHERE name = ?")
-                .bind(&cluster.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if taken.is_some() {
-                return Err(DbError::ClusterNameTaken(cluster.name.clone()));
-            }
+            refuse_taken_name(&mut tx, &cluster.name).await?;
         }
         sqlx::query("UPDATE clusters SET name = ?, secrets = ?, initialised_at = ? WHERE id = ?")
             .bind(&cluster.name)
@@ -84,13 +78,7 @@ impl Db {
         let mut tx = self.write_tx().await?;
         let id = cluster_id(&mut tx, current).await?;
         if cluster.name != current {
-            let taken = sqlx::query("SELECT 1 FROM clusters WHERE name = ?")
-                .bind(&cluster.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if taken.is_some() {
-                return Err(DbError::ClusterNameTaken(cluster.name.clone()));
-            }
+            refuse_taken_name(&mut tx, &cluster.name).await?;
             sqlx::query("UPDATE clusters SET name = ? WHERE id = ?")
                 .bind(&cluster.name)
                 .bind(id)
@@ -272,4 +260,19 @@ async fn write_cluster_settings(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A cluster is renamed only to a name no other cluster has.
+async fn refuse_taken_name(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    name: &str,
+) -> Result<(), DbError> {
+    let taken = sqlx::query("SELECT 1 FROM clusters WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match taken {
+        Some(_) => Err(DbError::ClusterNameTaken(name.to_string())),
+        None => Ok(()),
+    }
 }
