@@ -330,9 +330,9 @@ async fn check_boot_files(state: &AppState) {
         match state.images.availability(&version, arch).await {
             Ok(a) => {
                 if let Some(problem) = a.problem(&version, arch) {
+                    let command = state.config.images_add_command(&version, arch.as_str());
                     tracing::warn!(version = %version, arch = arch.as_str(),
-                        "{problem}: machines that boot it wait and retry (bootplane images add --version {version} --arch {})",
-                        arch.as_str());
+                        "{problem}: machines that boot it wait and retry (add it: {command}; or an Image Factory build with --schematic <id> in place of --release)");
                 }
             }
             Err(e) => tracing::warn!(version = %version, error = %e, "cannot check boot assets"),

@@ -22,6 +22,7 @@ pub struct ClusterFields {
     #[arg(long)]
     pub vip: Option<String>,
     /// Talos version of the cluster's machines (sets the config contract and kernel arguments)
+    /// [default at init: v1.13.9]
     #[arg(long)]
     pub talos_version: Option<String>,
     /// Kubernetes version [default: the Talos version's default]; "default" clears it
@@ -71,6 +72,7 @@ pub enum ClusterCommand {
     Show {
         #[command(flatten)]
         data: DataDir,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -88,6 +90,7 @@ pub enum ClusterCommand {
     ExportSecrets {
         #[command(flatten)]
         data: DataDir,
+        /// File to write (mode 0600)
         #[arg(long)]
         out: PathBuf,
     },
@@ -95,6 +98,7 @@ pub enum ClusterCommand {
     Talosconfig {
         #[command(flatten)]
         data: DataDir,
+        /// File to write (mode 0600) instead of printing
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -102,6 +106,7 @@ pub enum ClusterCommand {
     Kubeconfig {
         #[command(flatten)]
         data: DataDir,
+        /// File to write (mode 0600) instead of printing
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -109,6 +114,7 @@ pub enum ClusterCommand {
     Config {
         #[command(flatten)]
         data: DataDir,
+        /// The machine's MAC address, e.g. 52:54:00:12:34:56
         #[arg(long)]
         mac: String,
     },
@@ -116,6 +122,7 @@ pub enum ClusterCommand {
     Bootstrap {
         #[command(flatten)]
         data: DataDir,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -145,6 +152,7 @@ pub enum PatchCommand {
         /// The machine, for --scope machine
         #[arg(long)]
         mac: Option<String>,
+        /// The patch's name, unique within its scope (adding one with a name in use replaces it)
         #[arg(long)]
         name: String,
         /// File holding the patch (YAML or JSON); - for standard input
@@ -160,10 +168,13 @@ pub enum PatchCommand {
     Remove {
         #[command(flatten)]
         data: DataDir,
+        /// cluster, controlplane, worker or machine
         #[arg(long)]
         scope: String,
+        /// The machine, for --scope machine
         #[arg(long)]
         mac: Option<String>,
+        /// The patch's name (`cluster patch list` shows them)
         #[arg(long)]
         name: String,
     },

@@ -251,6 +251,8 @@ pub async fn machines(
             let events = db.events(mac, limit).await?;
             if json {
                 write_json(out, &events)?;
+            } else if events.is_empty() {
+                write(out, format!("no events for {mac}: bootplane has not seen or changed this machine\n"))?;
             } else {
                 for e in events {
                     write(
@@ -276,6 +278,13 @@ pub async fn machines(
             let lines = db.boot_log(mac, limit.max(0)).await?;
             if json {
                 write_json(out, &lines)?;
+            } else if lines.is_empty() {
+                write(
+                    out,
+                    format!(
+                        "no boot log for {mac} yet: Talos streams its kernel messages to bootplane once it boots with this machine's kernel arguments (talos.logging.kernel)\n"
+                    ),
+                )?;
             } else {
                 for line in lines {
                     write(out, boot_log_text(&line))?;
@@ -392,6 +401,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_set_is_logged_with_what_it_changed_and_an_empty_boot_log_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = MachineInput {
+            role: Some("worker".into()),
+            hostname: Some("w-1".into()),
+            ip: Some("10.0.0.21/24".into()),
+            ..fields()
+        };
+        add_worker(dir.path(), worker).await.unwrap();
+        let rename = MachineInput {
+            hostname: Some("w-9".into()),
+            install_disk: Some("/dev/sdb".into()),
+            ..Default::default()
+        };
+        set(dir.path(), rename).await.unwrap();
+        let events = run(MachinesCommand::Events {
+            data: data(dir.path()),
+            mac: MAC.into(),
+            limit: 10,
+            json: false,
+        })
+        .await
+        .unwrap();
+        let last = events.lines().last().unwrap();
+        assert!(
+            last.ends_with("set: hostname w-1 -> w-9, install disk none -> /dev/sdb"),
+            "{events}"
+        );
+        let log = run(MachinesCommand::Log {
+            data: data(dir.path()),
+            mac: MAC.into(),
+            limit: 10,
+            json: false,
+        })
+        .await
+        .unwrap();
+        assert!(log.starts_with(&format!("no boot log for {MAC} yet")), "{log}");
+    }
+
+    #[tokio::test]
     async fn machines_list_lines_up_every_column_under_its_heading() {
         let dir = tempfile::tempdir().unwrap();
         let worker = MachineInput {
@@ -410,6 +459,7 @@ mod tests {
         let head = lines.next().unwrap();
         let row = lines.next().unwrap();
         for (heading, value) in [
+            ("ROLE", "worker"),
             ("HOSTNAME", "w-1"),
             ("IP", "10.0.0.21/24"),
             ("STATE", "assigned"),

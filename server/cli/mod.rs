@@ -101,3 +101,92 @@ fn parse_mac(text: &str) -> Result<Mac, CliError> {
     text.parse::<Mac>()
         .map_err(|e| invalid(format!("--mac {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag of every command says what it takes in `--help`.
+    #[test]
+    fn every_flag_of_every_command_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, bare: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    bare.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), bare);
+            }
+        }
+        let mut bare = Vec::new();
+        walk(&Cli::command(), "bootplane", &mut bare);
+        assert!(bare.is_empty(), "flags without help: {bare:#?}");
+    }
+
+    /// `cluster init --help` names the Talos version a cluster gets when none is given.
+    #[test]
+    fn cluster_init_help_names_the_default_talos_version() {
+        let mut cli = Cli::command();
+        let init = cli
+            .find_subcommand_mut("cluster")
+            .and_then(|c| c.find_subcommand_mut("init"))
+            .expect("cluster init")
+            .render_help()
+            .to_string();
+        let line = init
+            .lines()
+            .skip_while(|l| !l.contains("--talos-version"))
+            .take(3)
+            .collect::<String>();
+        assert!(
+            line.contains(crate::config::DEFAULT_TALOS_VERSION),
+            "{line}"
+        );
+    }
+
+    /// The start-up hint for missing boot assets is a command that runs as printed: it names
+    /// a source, and the data and images directories `serve` was given.
+    #[test]
+    fn the_missing_assets_hint_is_a_command_that_parses_with_serves_directories() {
+        let options = ServeOptions {
+            data_dir: Some("/srv/boot data".into()),
+            images_dir: Some("/srv/images".into()),
+            ..Default::default()
+        };
+        let interface = crate::net::InterfaceInfo {
+            name: "br0".into(),
+            index: 3,
+            cidr: "10.77.0.1/24".parse().unwrap(),
+            gateway: None,
+        };
+        let config = crate::config::Config::resolve(options, interface).unwrap();
+        let hint = config.images_add_command("v1.13.9", "amd64");
+        // A shell's word splitting, for the quoting the hint uses.
+        let mut argv = Vec::new();
+        let mut word = String::new();
+        let mut quoted = false;
+        for c in hint.chars() {
+            match c {
+                '\'' => quoted = !quoted,
+                ' ' if !quoted => argv.push(std::mem::take(&mut word)),
+                c => word.push(c),
+            }
+        }
+        argv.push(word);
+        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{hint}: {e}"));
+        let Command::Images(ImagesCommand::Add(add)) = cli.command else {
+            panic!("{hint} is no images add");
+        };
+        assert_eq!(add.version, "v1.13.9");
+        assert_eq!(add.arch, "amd64");
+        assert!(add.release, "{hint} names a source");
+        assert_eq!(add.data.data_dir, PathBuf::from("/srv/boot data"), "{hint}");
+        assert_eq!(add.images.images_dir, PathBuf::from("/srv/images"), "{hint}");
+    }
+}

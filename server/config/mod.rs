@@ -196,6 +196,33 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+impl Config {
+    /// The `bootplane images add` command that fetches a version's release assets into the
+    /// database and images directory this `serve` uses (their flags only when not the
+    /// defaults), for start-up hints.
+    pub fn images_add_command(&self, version: &str, arch: &str) -> String {
+        fn quoted(path: &std::path::Path) -> String {
+            let text = path.display().to_string();
+            if text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
+                text
+            } else {
+                format!("'{}'", text.replace('\'', r"'\''"))
+            }
+        }
+        let mut command = format!("bootplane images add --version {version} --arch {arch} --release");
+        if self.sources.release_url != DEFAULT_RELEASE_URL {
+            command += &format!(" --release-url {}", self.sources.release_url);
+        }
+        if self.data_dir != std::path::Path::new(DEFAULT_DATA_DIR) {
+            command += &format!(" --data-dir {}", quoted(&self.data_dir));
+        }
+        if self.boot.images_dir != std::path::Path::new(DEFAULT_IMAGES_DIR) {
+            command += &format!(" --images-dir {}", quoted(&self.boot.images_dir));
+        }
+        command
+    }
+}
+
 /// Timings and limits; defaults suit real clusters, tests shorten them.
 #[derive(Clone, Debug)]
 pub struct OrchestratorSettings {

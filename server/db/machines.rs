@@ -70,6 +70,14 @@ impl Db {
         let mut tx = self.write_tx().await?;
         let cluster_id = cluster_id(&mut tx, &machine.cluster).await?;
         check_unique(&mut tx, machine).await?;
+        let before = sqlx::query(&format!("{MACHINE_SELECT} WHERE m.mac = ?"))
+            .bind(machine.mac.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(machine_from_row)
+            .transpose()?
+            .ok_or(DbError::NotFound(machine.mac))?;
         let update = sqlx::query(
             "UPDATE machines SET cluster_id = ?, role = ?, hostname = ?, ip = ?, prefix = ?,
                 gateway = ?, dns = ?, install_disk = ?, disk_handoff = ?, efi_binary = ?,
@@ -86,7 +94,7 @@ impl Db {
         operator_edit(
             &mut tx,
             machine,
-            &format!("set: role {}", machine.role),
+            &format!("set: {}", machine.changes_from(&before)),
             now,
         )
         .await?;

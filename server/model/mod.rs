@@ -364,6 +364,48 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// What an operator's edit changed, field by field ("hostname w-1 -> w-9, role worker ->
+    /// controlplane"), for the machine's event log; "no change" when nothing did.
+    pub fn changes_from(&self, before: &Machine) -> String {
+        fn text<T: ToString>(v: &Option<T>) -> String {
+            v.as_ref().map_or_else(|| "none".to_string(), T::to_string)
+        }
+        fn list(v: &[Ipv4Addr]) -> String {
+            if v.is_empty() {
+                return "none".into();
+            }
+            v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        }
+        let fields = [
+            ("cluster", before.cluster.clone(), self.cluster.clone()),
+            ("role", before.role.to_string(), self.role.to_string()),
+            ("hostname", text(&before.hostname), text(&self.hostname)),
+            ("ip", text(&before.ip), text(&self.ip)),
+            ("gateway", text(&before.gateway), text(&self.gateway)),
+            ("dns", list(&before.dns), list(&self.dns)),
+            ("install disk", text(&before.install_disk), text(&self.install_disk)),
+            ("wipe", before.wipe.to_string(), self.wipe.to_string()),
+            (
+                "disk hand-off",
+                before.disk_handoff.to_string(),
+                self.disk_handoff.to_string(),
+            ),
+            ("efi binary", text(&before.efi_binary), text(&self.efi_binary)),
+            ("talos version", text(&before.talos_version), text(&self.talos_version)),
+            ("diskless", before.diskless.to_string(), self.diskless.to_string()),
+        ];
+        let changed: Vec<String> = fields
+            .into_iter()
+            .filter(|(_, old, new)| old != new)
+            .map(|(name, old, new)| format!("{name} {old} -> {new}"))
+            .collect();
+        if changed.is_empty() {
+            "no change".into()
+        } else {
+            changed.join(", ")
+        }
+    }
+
     /// A freshly discovered machine with nothing assigned.
     pub fn discovered(mac: Mac) -> Self {
         Machine {
