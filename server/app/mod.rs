@@ -512,6 +512,9 @@ pub async fn run(
     };
     drop(recorder);
     check_boot_files(&state).await;
+    for warning in config.startup_warnings() {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(
         interface = %config.interface.name,
         advertise = %config.boot.advertise_ip,

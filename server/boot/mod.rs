@@ -26,6 +26,7 @@ use crate::model::{DiskHandoff, EventKind, Lifecycle, Mac, Machine, Role};
 use crate::ops::materials::{self, MaterialsError};
 use crate::orchestrator::Signal;
 use crate::state::AppState;
+use crate::support::metrics::Metrics;
 use crate::talos::{self, Arch};
 
 pub mod oauth;
@@ -133,8 +134,10 @@ impl IntoResponse for BootError {
     }
 }
 
-fn script(body: Result<String, askama::Error>) -> Result<Response, BootError> {
+/// An iPXE script response, its bytes counted as `http_bytes{asset="script"}`.
+fn script(metrics: &Metrics, body: Result<String, askama::Error>) -> Result<Response, BootError> {
     let body = body.map_err(|e| BootError::Internal(e.to_string()))?;
+    metrics.http_sent("script", body.len() as u64);
     Ok((
         [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
         body,
@@ -144,8 +147,7 @@ fn script(body: Result<String, askama::Error>) -> Result<Response, BootError> {
 
 async fn boot_chain_get(State(state): State<AppState>) -> Result<Response, BootError> {
     let base = state.config.boot.http_base();
-    state.metrics.http_sent("script", 0);
-    script(ChainScript { base: &base }.render())
+    script(&state.metrics, ChainScript { base: &base }.render())
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +231,7 @@ async fn boot_machine_get(
             let response = match m.disk_handoff {
                 DiskHandoff::Http404 => Err(BootError::NotFound),
                 DiskHandoff::Exit => script(
+                    &state.metrics,
                     DiskScript {
                         mac: &mac_text,
                         sanboot: false,
@@ -236,6 +239,7 @@ async fn boot_machine_get(
                     .render(),
                 ),
                 DiskHandoff::Sanboot => script(
+                    &state.metrics,
                     DiskScript {
                         mac: &mac_text,
                         sanboot: true,
@@ -289,6 +293,7 @@ async fn boot_machine_get(
         _ => (
             "waiting for assignment".to_string(),
             script(
+                &state.metrics,
                 WaitScript {
                     mac: &mac_text,
                     retry_secs: boot.retry_secs,
@@ -376,6 +381,7 @@ fn install_script(
         return (
             format!("boot assets {problem}: {missing}"),
             script(
+                &state.metrics,
                 MissingScript {
                     version,
                     arch: arch.as_str(),
@@ -396,6 +402,7 @@ fn install_script(
         return (
             problem.clone(),
             script(
+                &state.metrics,
                 TooLongScript {
                     version,
                     arch: arch.as_str(),
@@ -421,6 +428,7 @@ fn install_script(
             m.role
         ),
         script(
+            &state.metrics,
             InstallScript {
                 mac: mac_text,
                 version,

@@ -252,7 +252,12 @@ pub async fn machines(
             if json {
                 write_json(out, &events)?;
             } else if events.is_empty() {
-                write(out, format!("no events for {mac}: bootplane has not seen or changed this machine\n"))?;
+                write(
+                    out,
+                    format!(
+                        "no events for {mac}: bootplane has not seen or changed this machine\n"
+                    ),
+                )?;
             } else {
                 for e in events {
                     write(
@@ -437,7 +442,10 @@ mod tests {
         })
         .await
         .unwrap();
-        assert!(log.starts_with(&format!("no boot log for {MAC} yet")), "{log}");
+        assert!(
+            log.starts_with(&format!("no boot log for {MAC} yet")),
+            "{log}"
+        );
     }
 
     #[tokio::test]

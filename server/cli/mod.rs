@@ -187,6 +187,10 @@ mod tests {
         assert_eq!(add.arch, "amd64");
         assert!(add.release, "{hint} names a source");
         assert_eq!(add.data.data_dir, PathBuf::from("/srv/boot data"), "{hint}");
-        assert_eq!(add.images.images_dir, PathBuf::from("/srv/images"), "{hint}");
+        assert_eq!(
+            add.images.images_dir,
+            PathBuf::from("/srv/images"),
+            "{hint}"
+        );
     }
 }

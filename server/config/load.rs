@@ -304,6 +304,39 @@ mod tests {
     }
 
     #[test]
+    fn full_mode_without_a_router_or_pool_says_so_at_start() {
+        let full = ServeOptions {
+            dhcp_mode: Some(DhcpMode::Full),
+            ..ServeOptions::default()
+        };
+        let c = Config::resolve(full, iface()).unwrap();
+        let warnings = c.startup_warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("no router") && w.contains("br0")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("--dhcp-pool")),
+            "{warnings:?}"
+        );
+        let routed = ServeOptions {
+            dhcp_mode: Some(DhcpMode::Full),
+            dhcp_pool: Some("10.77.0.100-10.77.0.150".parse().unwrap()),
+            ..ServeOptions::default()
+        };
+        let with_gateway = InterfaceInfo {
+            gateway: Some(Ipv4Addr::new(10, 77, 0, 254)),
+            ..iface()
+        };
+        let c = Config::resolve(routed, with_gateway).unwrap();
+        assert_eq!(c.startup_warnings(), Vec::<String>::new());
+        let proxy = Config::resolve(ServeOptions::default(), iface()).unwrap();
+        assert_eq!(proxy.startup_warnings(), Vec::<String>::new());
+    }
+
+    #[test]
     fn defaults_follow_the_interface() {
         let c = Config::resolve(ServeOptions::default(), iface()).unwrap();
         assert_eq!(c.boot.advertise_ip, Ipv4Addr::new(10, 77, 0, 1));

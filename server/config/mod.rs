@@ -197,19 +197,40 @@ pub struct Config {
 }
 
 impl Config {
+    /// What this configuration will do that an operator would not guess, said once at start.
+    pub fn startup_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.dhcp.mode == DhcpMode::Full && self.dhcp.router.is_none() {
+            warnings.push(format!(
+                "full DHCP hands out no router: {} has no default route and no --dhcp-router was given, so machines without their own --gateway get none (pass --dhcp-router if the LAN has one)",
+                self.interface.name
+            ));
+        }
+        if self.dhcp.mode == DhcpMode::Full && self.dhcp.pool.is_none() {
+            warnings.push(
+                "full DHCP without --dhcp-pool: machines not in the inventory get no address, so they cannot network-boot to be discovered".into(),
+            );
+        }
+        warnings
+    }
+
     /// The `bootplane images add` command that fetches a version's release assets into the
     /// database and images directory this `serve` uses (their flags only when not the
     /// defaults), for start-up hints.
     pub fn images_add_command(&self, version: &str, arch: &str) -> String {
         fn quoted(path: &std::path::Path) -> String {
             let text = path.display().to_string();
-            if text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
+            if text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c))
+            {
                 text
             } else {
                 format!("'{}'", text.replace('\'', r"'\''"))
             }
         }
-        let mut command = format!("bootplane images add --version {version} --arch {arch} --release");
+        let mut command =
+            format!("bootplane images add --version {version} --arch {arch} --release");
         if self.sources.release_url != DEFAULT_RELEASE_URL {
             command += &format!(" --release-url {}", self.sources.release_url);
         }

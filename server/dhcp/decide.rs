@@ -289,8 +289,11 @@ fn proxy(ctx: &Ctx<'_>, req: &Request) -> Outcome {
     let boot = match choose_boot(ctx.boot, req, machine) {
         BootChoice::Boot(boot) => boot,
         BootChoice::NotNetboot => return Outcome::dropped("not-pxe"),
+        // Not answered, but recorded: the machine shows up in the inventory with why, so an
+        // operator sees the arm64 box that cannot boot rather than nothing at all.
         BootChoice::Refused { reason, why } => {
             return Outcome {
+                event: Some((EventKind::NotServed, why.clone())),
                 warn: (reason != "unknown-arch").then_some(why),
                 ..Outcome::dropped(reason)
             }

@@ -255,9 +255,11 @@ impl Shared {
             return None;
         };
         deps.metrics.dhcp_reply(out.kind.label());
-        // One info line per finished exchange; offers (and their retransmissions) at debug.
+        // One info line per finished exchange: an ACK, a NAK, or in proxy mode the offer (most
+        // firmware boots from the proxy offer alone, without a REQUEST on 4011); full mode's
+        // offers (and their retransmissions) at debug.
         match out.kind {
-            ReplyKind::Ack | ReplyKind::Nak | ReplyKind::ProxyAck => {
+            ReplyKind::Ack | ReplyKind::Nak | ReplyKind::ProxyOffer | ReplyKind::ProxyAck => {
                 tracing::info!(reply = out.kind.label(), dest = ?out.dest, detail, "reply")
             }
             _ => tracing::debug!(reply = out.kind.label(), dest = ?out.dest, detail, "reply"),

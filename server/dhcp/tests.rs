@@ -543,6 +543,10 @@ fn arm64_without_binary_gets_no_reply() {
         ..Case::proxy(fixtures::arm64_pxe(DISCOVER, MAC))
     });
     assert!(outcome.warn.unwrap().contains("ipxe-arm64.efi"));
+    // Recorded all the same, with why: the operator sees the machine that cannot boot.
+    let (kind, detail) = outcome.event.expect("a not-served event");
+    assert_eq!(kind, EventKind::NotServed);
+    assert!(detail.contains("ipxe-arm64.efi"), "{detail}");
 }
 
 #[test]

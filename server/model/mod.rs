@@ -249,6 +249,7 @@ text_enum!(
         EtcdMemberRemoved => "etcd-member-removed",
         Reinstall => "reinstall",
         TalosEvent => "talos-event",
+        NotServed => "not-served",
     }
 );
 
@@ -374,7 +375,10 @@ impl Machine {
             if v.is_empty() {
                 return "none".into();
             }
-            v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
         }
         let fields = [
             ("cluster", before.cluster.clone(), self.cluster.clone()),
@@ -383,16 +387,32 @@ impl Machine {
             ("ip", text(&before.ip), text(&self.ip)),
             ("gateway", text(&before.gateway), text(&self.gateway)),
             ("dns", list(&before.dns), list(&self.dns)),
-            ("install disk", text(&before.install_disk), text(&self.install_disk)),
+            (
+                "install disk",
+                text(&before.install_disk),
+                text(&self.install_disk),
+            ),
             ("wipe", before.wipe.to_string(), self.wipe.to_string()),
             (
                 "disk hand-off",
                 before.disk_handoff.to_string(),
                 self.disk_handoff.to_string(),
             ),
-            ("efi binary", text(&before.efi_binary), text(&self.efi_binary)),
-            ("talos version", text(&before.talos_version), text(&self.talos_version)),
-            ("diskless", before.diskless.to_string(), self.diskless.to_string()),
+            (
+                "efi binary",
+                text(&before.efi_binary),
+                text(&self.efi_binary),
+            ),
+            (
+                "talos version",
+                text(&before.talos_version),
+                text(&self.talos_version),
+            ),
+            (
+                "diskless",
+                before.diskless.to_string(),
+                self.diskless.to_string(),
+            ),
         ];
         let changed: Vec<String> = fields
             .into_iter()

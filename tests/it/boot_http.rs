@@ -38,6 +38,13 @@ async fn chain_script_points_at_the_machine_script_by_booting_nic() {
         app.url("")
     );
     assert!(body.contains(&expected), "{body}");
+    // Its bytes are counted, as every script's.
+    let (_, second) = get_text(&app, "/machine.ipxe?mac=52-54-00-aa-bb-01").await;
+    let counted = metric(
+        &app.metrics().await,
+        "bootplane_http_bytes_total{asset=\"script\"}",
+    );
+    assert_eq!(counted, (body.len() + second.len()) as u64);
     app.stop().await;
 }
 

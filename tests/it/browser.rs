@@ -115,7 +115,9 @@ fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_do
         .args(["--images-dir", data.path().join("images").to_str().unwrap()])
         .args(["--config-access", "oauth"])
         .env("BOOTPLANE_ADMIN_PASSWORD", &password)
-        .env("RUST_LOG", "info");
+        // The default log level, as a user runs it.
+        .env_remove("RUST_LOG")
+        .env_remove("BOOTPLANE_LOG");
     let http = ports.http_addr();
     let dhcp_port = ports.dhcp;
     let app = Served::start(&mut serve, artifacts.join("browser/bootplane.log"), http);
@@ -161,5 +163,12 @@ fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_do
         "the browser test failed ({status}); screenshots in {}; appliance log:\n{}",
         screenshots.display(),
         app.log_text()
+    );
+    // At the default level, the proxy offer the script's PXE DISCOVER got is in the log.
+    let log = app.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reply") && l.contains("proxy-offer")),
+        "no proxy-offer line at the default log level:\n{log}"
     );
 }
