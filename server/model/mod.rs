@@ -5,6 +5,7 @@
 
 pub mod assets;
 pub mod lifecycle;
+pub mod timeline;
 
 use std::fmt;
 use std::net::Ipv4Addr;
