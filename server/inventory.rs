@@ -290,6 +290,69 @@ where
 /// a proxyDHCP exchange, which the client writes itself). `/config` (`--config-access mac`), the
 /// push receivers and TFTP attribution read it; the host's neighbour table is the other source
 /// of evidence they accept.
+/// Boot asset downloads in flight, per machine (the `?mac=` of the asset URL, which is a
+/// claim: this is for the operator's timeline only, never evidence). The HTTP body holds the
+/// counter it adds to; once it is dropped (the transfer ended or broke) only this registry
+/// holds it, and the entry is gone.
+#[derive(Clone, Debug, Default)]
+pub struct Transfers(Arc<std::sync::Mutex<HashMap<Mac, InFlight>>>);
+
+#[derive(Debug)]
+struct InFlight {
+    asset: &'static str,
+    total: u64,
+    started_ms: i64,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Machines whose transfers are remembered at most (a flood of made-up MACs stays bounded).
+const TRANSFERS_CAP: usize = 4096;
+
+impl Transfers {
+    /// A download of `total` bytes of `asset` ("kernel", "initramfs") to `mac` started, its
+    /// body adding the bytes it sends to `sent`.
+    pub fn track(
+        &self,
+        mac: Mac,
+        asset: &'static str,
+        total: u64,
+        now: i64,
+        sent: Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= TRANSFERS_CAP {
+            map.retain(|_, t| Arc::strong_count(&t.sent) > 1);
+        }
+        if map.len() < TRANSFERS_CAP || map.contains_key(&mac) {
+            map.insert(
+                mac,
+                InFlight {
+                    asset,
+                    total,
+                    started_ms: now,
+                    sent,
+                },
+            );
+        }
+    }
+
+    /// `mac`'s download in flight, if one is.
+    pub fn get(&self, mac: Mac) -> Option<crate::model::timeline::Transfer> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let t = map.get(&mac)?;
+        if Arc::strong_count(&t.sent) == 1 {
+            map.remove(&mac);
+            return None;
+        }
+        Some(crate::model::timeline::Transfer {
+            asset: t.asset.to_string(),
+            sent: t.sent.load(std::sync::atomic::Ordering::Relaxed),
+            total: t.total,
+            started_ms: t.started_ms,
+        })
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Neighbours(Arc<RwLock<HashMap<Ipv4Addr, Leased>>>);
 

@@ -28,6 +28,8 @@ pub struct AppState {
     pub ipxe_files: IpxeFiles,
     /// OAuth2 device requests, approvals and tokens (`--config-access oauth`).
     pub devices: crate::auth::devices::DeviceFlow,
+    /// Boot asset downloads in flight per machine, for the boot timeline.
+    pub transfers: crate::inventory::Transfers,
 }
 
 impl AppState {

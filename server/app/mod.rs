@@ -509,6 +509,7 @@ pub async fn run(
         open_assets: crate::http::files::OpenAssets::new(metrics.http_sendfile_bytes.clone()),
         ipxe_files,
         devices: crate::auth::devices::DeviceFlow::default(),
+        transfers: crate::inventory::Transfers::default(),
     };
     drop(recorder);
     check_boot_files(&state).await;

@@ -5,6 +5,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
@@ -479,6 +481,7 @@ async fn boot_ipxe_binary_get(
         "application/octet-stream",
         state.metrics.clone(),
         "ipxe",
+        None,
     ))
 }
 
@@ -558,15 +561,25 @@ async fn boot_asset_get(
     let open = open_asset(&state, &version, &file).await?;
     let is_get = req.method() == Method::GET;
     let range = req.headers().get(header::RANGE).is_some();
+    let sent = Arc::new(AtomicU64::new(0));
     let response = files::respond(
         req.headers(),
         files::Source::Asset(open),
         content_type,
         state.metrics.clone(),
         asset,
+        Some(Arc::clone(&sent)),
     );
     let mac = q.mac.as_deref().and_then(|m| m.parse::<Mac>().ok());
     if let (true, Some(mac)) = (is_get && response.status().is_success(), mac) {
+        let total = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        state
+            .transfers
+            .track(mac, asset, total, state.recorder.now_ms(), sent);
         tracing::info!(mac = %mac, file = %file, range, "boot asset served");
         let detail = match response.headers().get(header::CONTENT_LENGTH) {
             Some(len) => format!(

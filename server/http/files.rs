@@ -20,6 +20,7 @@ use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -242,6 +243,7 @@ pub fn respond(
     content_type: &'static str,
     metrics: Metrics,
     asset: &'static str,
+    progress: Option<Arc<AtomicU64>>,
 ) -> Response {
     let len = source.len();
     let modified = source.modified();
@@ -289,6 +291,7 @@ pub fn respond(
         since_yield: 0,
         metrics,
         asset,
+        progress,
     };
     response
         .header(header::CONTENT_LENGTH, end - start)
@@ -331,6 +334,8 @@ struct Chunks {
     since_yield: u64,
     metrics: Metrics,
     asset: &'static str,
+    /// Bytes handed to the connection so far, for whoever watches this transfer.
+    progress: Option<Arc<AtomicU64>>,
 }
 
 impl Stream for Chunks {
@@ -351,6 +356,9 @@ impl Stream for Chunks {
             self.pos = stop;
             self.since_yield += bytes.len() as u64;
             self.metrics.http_sent(self.asset, bytes.len() as u64);
+            if let Some(progress) = &self.progress {
+                progress.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
         } else {
             self.pos = self.end;
         }

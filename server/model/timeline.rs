@@ -54,10 +54,6 @@ impl Phase {
         }
     }
 
-    fn index(self) -> usize {
-        self as usize
-    }
-
     /// How long a machine may stay at this step before the next one is overdue, in seconds
     /// (before scaling), and the likely causes when it is. `None`: no time limit (ready).
     fn limit(self) -> Option<(i64, &'static [&'static str])> {

@@ -27,7 +27,7 @@ mod netboot;
 mod probe;
 
 use bootstrap::evaluate_all;
-use probe::{start_probe, Silences};
+use probe::{start_probe, ProbeViews, Silences};
 
 pub use netboot::{installed_machine_netbooted, WIPE_MIN_FAILED_PROBES};
 pub use probe::Silence;
@@ -57,9 +57,15 @@ pub struct Handle {
     tx: mpsc::Sender<Signal>,
     settings: Arc<Settings>,
     silences: Silences,
+    probe_views: ProbeViews,
 }
 
 impl Handle {
+    /// What the running probe of `mac`'s Talos API has seen (none once it answered).
+    pub fn probe_view(&self, mac: Mac) -> Option<crate::model::timeline::ProbeView> {
+        self.probe_views.get(mac)
+    }
+
     pub fn signal(&self, signal: Signal) {
         if self.tx.try_send(signal).is_err() {
             tracing::warn!(
@@ -80,6 +86,7 @@ impl Handle {
             tx,
             settings: Arc::new(Settings::default()),
             silences: Silences::default(),
+            probe_views: ProbeViews::default(),
         }
     }
 }
@@ -102,6 +109,7 @@ struct Inner {
     /// Each cluster's Talos API client, kept while its secrets stay the same (`api_for`).
     apis: Mutex<HashMap<String, ApiClient>>,
     silences: Silences,
+    probe_views: ProbeViews,
     tx: mpsc::Sender<Signal>,
 }
 
@@ -127,8 +135,10 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(4096);
     let settings = Arc::new(settings);
     let silences = Silences::default();
+    let probe_views = ProbeViews::default();
     let inner = Arc::new(Inner {
         silences: silences.clone(),
+        probe_views: probe_views.clone(),
         db,
         clock: recorder.clock().clone(),
         recorder,
@@ -147,6 +157,7 @@ pub fn spawn(
             tx,
             settings,
             silences,
+            probe_views,
         },
         task,
     )

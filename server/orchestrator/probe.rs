@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{api_for, lock, node_addr, Inner, Signal};
 use crate::model::lifecycle::Step;
+use crate::model::timeline::ProbeView;
 use crate::model::{EventKind, Lifecycle, Mac};
 
 /// Longest gap between probes of a machine handed to its disk.
@@ -62,6 +63,40 @@ impl Silences {
     }
 }
 
+/// What each machine's running probe has seen so far, for the operator's boot timeline.
+#[derive(Clone, Debug, Default)]
+pub(super) struct ProbeViews(Arc<Mutex<HashMap<Mac, ProbeView>>>);
+
+impl ProbeViews {
+    fn failed(&self, mac: Mac, target: String, error: String, now: i64) {
+        let mut map = lock(&self.0);
+        let view = map.entry(mac).or_insert_with(|| ProbeView {
+            target: target.clone(),
+            since_ms: now,
+            attempts: 0,
+            last_error: None,
+        });
+        if view.target != target {
+            *view = ProbeView {
+                target,
+                since_ms: now,
+                attempts: 0,
+                last_error: None,
+            };
+        }
+        view.attempts = view.attempts.saturating_add(1);
+        view.last_error = Some(error);
+    }
+
+    fn ended(&self, mac: Mac) {
+        lock(&self.0).remove(&mac);
+    }
+
+    pub(super) fn get(&self, mac: Mac) -> Option<ProbeView> {
+        lock(&self.0).get(&mac).cloned()
+    }
+}
+
 /// Probes `mac`'s Talos API with backoff until it answers with the cluster's certificates,
 /// or the machine no longer waits for it.
 pub(super) fn start_probe(inner: &Arc<Inner>, mac: Mac, cancel: &CancellationToken) {
@@ -78,6 +113,7 @@ pub(super) fn start_probe(inner: &Arc<Inner>, mac: Mac, cancel: &CancellationTok
     let cancel = cancel.clone();
     tokio::spawn(async move {
         probe(&inner, mac, &bell, &cancel).await;
+        inner.probe_views.ended(mac);
         lock(&inner.probing).remove(&mac);
     });
 }
@@ -130,6 +166,10 @@ pub(super) async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &
             }
             Err((e, node_failed)) => {
                 tracing::debug!(mac = %mac, error = %e, "Talos API not answering yet");
+                let target = node_addr(inner, ip.addr).to_string();
+                inner
+                    .probe_views
+                    .failed(mac, target, probe_error(&e), inner.clock.now_ms());
                 if let (Some(handoff_at), true) = (machine.handoff_at, node_failed) {
                     inner.silences.failed(mac, handoff_at, inner.clock.now_ms());
                 }
@@ -151,5 +191,22 @@ pub(super) async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &
             inner.settings.probe_max_backoff
         };
         backoff = (backoff * 2).min(cap);
+    }
+}
+
+/// A probe failure as an operator reads it: the innermost cause of a transport error ("connection
+/// refused", "deadline has elapsed"), not tonic's wrapping of it.
+fn probe_error(error: &str) -> String {
+    let last = error.rsplit(": ").next().unwrap_or(error).trim();
+    let text = if last.is_empty() { error } else { last };
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("connection refused") {
+        "connection refused".into()
+    } else if lower.contains("timed out") || lower.contains("deadline") {
+        "timed out".into()
+    } else if lower.contains("no route") || lower.contains("unreachable") {
+        "no route to host".into()
+    } else {
+        error.chars().take(200).collect()
     }
 }
