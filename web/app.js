@@ -14,41 +14,42 @@
         !window.confirm(form.getAttribute("data-confirm"))) { event.preventDefault(); }
   });
 
-  // Live lists refresh themselves: new machines appear and downloads progress without a reload.
-  var body = document.querySelector("tbody[data-live]");
-  if (!body) { return; }
-  var url = body.getAttribute("data-live");
+  // Live lists refresh themselves: new machines appear, downloads progress and boot timelines
+  // advance without a reload (every tbody[data-live] on the page, from its own URL).
   var live = document.getElementById("live");
   var summary = document.querySelector(".summary");
-  var last = body.innerHTML;
-  function known() {
-    var macs = {};
-    body.querySelectorAll("tr[data-mac], tr[data-asset]").forEach(function (tr) { macs[tr.getAttribute("data-mac") || tr.getAttribute("data-asset")] = true; });
-    return macs;
-  }
-  function refresh() {
-    fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-      .then(function (response) {
-        if (response.redirected || response.status === 401) { window.location.reload(); return null; }
-        if (!response.ok) { throw new Error(String(response.status)); }
-        var text = response.headers.get("x-summary");
-        if (text && summary) { summary.textContent = text; }
-        return response.text();
-      })
-      .then(function (html) {
-        if (html === null) { return; }
-        if (live) { live.classList.remove("stale"); live.textContent = "live"; }
-        if (html === last) { return; }
-        var before = known();
-        body.innerHTML = html;
-        last = html;
-        body.querySelectorAll("tr[data-mac], tr[data-asset]").forEach(function (tr) {
-          if (!before[tr.getAttribute("data-mac") || tr.getAttribute("data-asset")]) { tr.classList.add("fresh"); }
+  document.querySelectorAll("tbody[data-live]").forEach(function (body) {
+    var url = body.getAttribute("data-live");
+    var last = body.innerHTML;
+    function known() {
+      var macs = {};
+      body.querySelectorAll("tr[data-mac], tr[data-asset]").forEach(function (tr) { macs[tr.getAttribute("data-mac") || tr.getAttribute("data-asset")] = true; });
+      return macs;
+    }
+    function refresh() {
+      fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+        .then(function (response) {
+          if (response.redirected || response.status === 401) { window.location.reload(); return null; }
+          if (!response.ok) { throw new Error(String(response.status)); }
+          var text = response.headers.get("x-summary");
+          if (text && summary) { summary.textContent = text; }
+          return response.text();
+        })
+        .then(function (html) {
+          if (html === null) { return; }
+          if (live) { live.classList.remove("stale"); live.textContent = "live"; }
+          if (html === last) { return; }
+          var before = known();
+          body.innerHTML = html;
+          last = html;
+          body.querySelectorAll("tr[data-mac], tr[data-asset]").forEach(function (tr) {
+            if (!before[tr.getAttribute("data-mac") || tr.getAttribute("data-asset")]) { tr.classList.add("fresh"); }
+          });
+        })
+        .catch(function () {
+          if (live) { live.classList.add("stale"); live.textContent = "reconnecting"; }
         });
-      })
-      .catch(function () {
-        if (live) { live.classList.add("stale"); live.textContent = "reconnecting"; }
-      });
-  }
-  setInterval(refresh, 2000);
+    }
+    setInterval(refresh, 2000);
+  });
 })();

@@ -194,6 +194,7 @@ impl Config {
             ui: UiConfig {
                 admin_password: o.admin_password.clone(),
                 secure_cookies: o.secure_cookies.unwrap_or(false),
+                step_limit_ms_per_second: step_limit_ms_per_second(),
             },
             data_dir,
             http_bind: SocketAddr::new(bind_ip, http_port),
@@ -288,6 +289,21 @@ impl Config {
             .map_err(|e| invalid(format!("--kernel-args: {e}")))?;
         Ok(config)
     }
+}
+
+/// 1000: a boot step's time limit is in real seconds. Builds with the `testkit` feature read
+/// `BOOTPLANE_TEST_STEP_LIMIT_MS_PER_SECOND` so the browser test sees a machine flagged in
+/// seconds; nothing configures it otherwise.
+fn step_limit_ms_per_second() -> i64 {
+    #[cfg(feature = "testkit")]
+    if let Some(ms) = std::env::var("BOOTPLANE_TEST_STEP_LIMIT_MS_PER_SECOND")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|ms| *ms > 0)
+    {
+        return ms;
+    }
+    1000
 }
 
 #[cfg(test)]

@@ -136,6 +136,9 @@ pub struct AssetSources {
 pub struct UiConfig {
     pub admin_password: Option<Secret>,
     pub secure_cookies: bool,
+    /// Milliseconds per second of a boot step's time limit before the boot timeline flags a
+    /// machine: 1000 (tests built with `testkit` may shorten it).
+    pub step_limit_ms_per_second: i64,
 }
 
 /// Where the HTTPS certificate comes from.

@@ -172,6 +172,8 @@ struct ClusterPage {
     assets: Vec<(String, bool)>,
     /// The installer nodes of the cluster's version install, and where it comes from.
     installers: Vec<String>,
+    /// The boot timeline: its status line and a row per machine.
+    timeline: super::timeline::TimelineRows,
 }
 
 /// The installer lines of the cluster page (none before the cluster has a version and an
@@ -294,6 +296,10 @@ async fn page(state: &AppState, op: &Operator, extras: Extras) -> Response {
         .count();
     let needed = if cluster.single_controlplane { 1 } else { 3 };
     let initialised = cluster.initialised_at.is_some();
+    let timeline = match super::timeline::rows(state, &cluster).await {
+        Ok(t) => t,
+        Err(e) => return ops_error_page(&e),
+    };
     let (status, status_class) = if cluster.bootstrapped_at.is_some() {
         ("bootstrapped".to_string(), "ready")
     } else if !history.is_empty() {
@@ -320,6 +326,7 @@ async fn page(state: &AppState, op: &Operator, extras: Extras) -> Response {
     let page = ClusterPage {
         assets,
         installers,
+        timeline,
         nav: "cluster",
         user: chrome.user,
         csrf: chrome.csrf,
