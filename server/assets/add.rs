@@ -136,8 +136,11 @@ impl Images {
             }
             Err(e) => {
                 let reason = match &e {
+                    ImagesError::Unreachable { .. } => {
+                        format!("download failed: {e}; add it again once this host can reach it")
+                    }
                     e if e.transient() => {
-                        format!("download incomplete ({e}); add it again to resume")
+                        format!("download failed partway ({e}); add it again to resume")
                     }
                     e => e.to_string(),
                 };

@@ -42,7 +42,12 @@ pub(super) async fn download(
         match download_once(&client, url, part, name, progress.as_ref()).await {
             Ok(d) => return Ok(d),
             Err(e) if e.transient() && attempt < DOWNLOAD_ATTEMPTS => {
-                tracing::warn!(url, attempt, error = %e, "download interrupted: resuming");
+                let what = if matches!(e, ImagesError::Unreachable { .. }) {
+                    "download not started: trying again"
+                } else {
+                    "download interrupted: resuming"
+                };
+                tracing::warn!(url, attempt, of = DOWNLOAD_ATTEMPTS, error = %e, "{what}");
                 tokio::time::sleep(RETRY_PAUSE * attempt).await;
                 attempt += 1;
             }
@@ -75,6 +80,32 @@ pub(super) fn transfer_error(url: &str, e: reqwest::Error) -> ImagesError {
     transfer(url, reason)
 }
 
+/// A connection that never opened, said plainly: "no DNS answer for factory.talos.dev" rather
+/// than a chain of client errors.
+fn unreachable(url: &str, e: reqwest::Error) -> ImagesError {
+    let host = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| url.to_string());
+    let ImagesError::Download { reason, .. } = transfer_error(url, e) else {
+        return ImagesError::Internal("unexpected error shape".into());
+    };
+    let lower = reason.to_ascii_lowercase();
+    let said = if lower.contains("dns") || lower.contains("lookup") || lower.contains("resolve") {
+        "no DNS answer for it (does this host have a resolver and a route to the internet?)"
+            .to_string()
+    } else if lower.contains("refused") {
+        "connection refused".to_string()
+    } else if lower.contains("unreachable") || lower.contains("no route") {
+        "no route to it".to_string()
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        "the connection timed out".to_string()
+    } else {
+        reason
+    };
+    ImagesError::Unreachable { host, reason: said }
+}
+
 async fn download_once(
     client: &reqwest::Client,
     url: &str,
@@ -90,7 +121,13 @@ async fn download_once(
     if have > 0 {
         request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
-    let response = request.send().await.map_err(|e| transfer_error(url, e))?;
+    let response = request.send().await.map_err(|e| {
+        if e.is_connect() {
+            unreachable(url, e)
+        } else {
+            transfer_error(url, e)
+        }
+    })?;
     let status = response.status().as_u16();
     let resumed = match status {
         206 if have > 0 => {

@@ -71,6 +71,9 @@ pub enum ImagesError {
     Client(String),
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
+    /// No connection at all (no DNS, no route, refused): nothing was transferred.
+    #[error("cannot reach {host}: {reason}")]
+    Unreachable { host: String, reason: String },
     #[error("{url} answered {status}")]
     Status { url: String, status: u16 },
     #[error("{file} sha256 mismatch: expected {expected}, got {actual}; the asset is not served")]
@@ -96,7 +99,7 @@ impl ImagesError {
     /// Worth another attempt (the next one resumes).
     fn transient(&self) -> bool {
         match self {
-            ImagesError::Download { .. } => true,
+            ImagesError::Download { .. } | ImagesError::Unreachable { .. } => true,
             ImagesError::Status { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }

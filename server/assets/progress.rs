@@ -105,6 +105,23 @@ impl Images {
         })
     }
 
+    /// Every download in flight in this process: version, arch and progress.
+    pub fn in_flight(&self) -> Vec<(String, Arch, Progress)> {
+        let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = map
+            .iter()
+            .filter_map(|(key, p)| {
+                let (version, arch) = key.rsplit_once(' ')?;
+                let arch = [Arch::Amd64, Arch::Arm64]
+                    .into_iter()
+                    .find(|a| a.as_str() == arch)?;
+                Some((version.to_string(), arch, p.clone()))
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        all
+    }
+
     /// The downloads in flight in this process, by version and arch.
     pub fn progress(&self, version: &str, arch: Arch) -> Option<Progress> {
         let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,8 +1,6 @@
 //! The per-machine boot log: kernel messages nodes stream to bootplane, kept as a ring of the
 //! newest lines per machine.
 
-use std::collections::BTreeSet;
-
 use sqlx::Row;
 
 use super::{parse_col, Db, DbError};
@@ -16,9 +14,11 @@ impl Db {
             return Ok(());
         }
         let mut tx = self.write_tx().await?;
-        let mut macs = BTreeSet::new();
+        // Each machine's newest line: a node streaming its kernel log is a node seen.
+        let mut macs = std::collections::BTreeMap::new();
         for line in lines {
-            macs.insert(line.mac);
+            let newest = macs.entry(line.mac).or_insert(line.at);
+            *newest = (*newest).max(line.at);
             sqlx::query(
                 "INSERT INTO boot_log (mac, at, talos_time, facility, priority, seq, clock, msg)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -34,8 +34,15 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
-        for mac in macs {
+        for (mac, newest) in macs {
             let mac = mac.to_string();
+            sqlx::query(
+                "UPDATE machines SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE mac = ?",
+            )
+            .bind(newest)
+            .bind(&mac)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "DELETE FROM boot_log WHERE mac = ? AND id <= (
                     SELECT id FROM boot_log WHERE mac = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
@@ -119,5 +126,26 @@ mod tests {
             .collect();
         assert_eq!(newest_two, vec!["line 8", "line 9"]);
         assert_eq!(db.boot_log(b, 100).await.unwrap(), vec![line(b, 0)]);
+    }
+
+    #[tokio::test]
+    async fn kernel_log_lines_move_a_known_machines_last_seen_forward_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let a: Mac = "52:54:00:00:00:0a".parse().unwrap();
+        let mut m = crate::model::Machine::discovered(a);
+        m.last_seen = Some(1_004);
+        db.add_machine(&m, 1_000).await.unwrap();
+        let seen = |db: Db| async move { db.get_machine(a).await.unwrap().unwrap().last_seen };
+        db.append_boot_log(&[line(a, 2), line(a, 9), line(a, 5)], 100)
+            .await
+            .unwrap();
+        assert_eq!(seen(db.clone()).await, Some(1_009));
+        db.append_boot_log(&[line(a, 1)], 100).await.unwrap();
+        assert_eq!(
+            seen(db.clone()).await,
+            Some(1_009),
+            "an older line moved it back"
+        );
     }
 }

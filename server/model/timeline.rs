@@ -311,11 +311,17 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
             (format!("not served: {why}"), Some(stuck))
         }
         Some(Phase::Dhcp) => (
-            format!("waiting for iPXE to load (DHCP answered {} ago)", span(waited)),
+            format!(
+                "waiting for iPXE to load (DHCP answered {} ago)",
+                span(waited)
+            ),
             overdue(Phase::Dhcp),
         ),
         Some(Phase::Ipxe) => (
-            format!("waiting for iPXE to fetch its script ({} since iPXE)", span(waited)),
+            format!(
+                "waiting for iPXE to fetch its script ({} since iPXE)",
+                span(waited)
+            ),
             overdue(Phase::Ipxe),
         ),
         Some(Phase::Script) => {
@@ -331,7 +337,10 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
                 (format!("cannot boot Talos: {detail}"), Some(stuck))
             } else {
                 (
-                    format!("waiting for the kernel download ({} since the script)", span(waited)),
+                    format!(
+                        "waiting for the kernel download ({} since the script)",
+                        span(waited)
+                    ),
                     overdue(Phase::Script),
                 )
             }
@@ -346,7 +355,10 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
                     t.sent.saturating_mul(100) / t.total.max(1)
                 ),
                 None if phase == Phase::Kernel => {
-                    format!("waiting for the initramfs download ({} since the kernel)", span(waited))
+                    format!(
+                        "waiting for the initramfs download ({} since the kernel)",
+                        span(waited)
+                    )
                 }
                 None => format!(
                     "waiting for Talos to fetch its config ({} since the initramfs)",
@@ -366,7 +378,11 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
                 None => format!(
                     "waiting for the Talos API to answer ({} since the {})",
                     span(waited),
-                    if phase == Phase::Config { "config" } else { "last Talos event" }
+                    if phase == Phase::Config {
+                        "config"
+                    } else {
+                        "last Talos event"
+                    }
                 ),
             };
             let stuck = overdue(phase).map(|mut s| {
@@ -423,8 +439,16 @@ mod tests {
         vec![
             ev(0, EventKind::ProxyOffer, "file=undionly.kpxe arch=0"),
             ev(2, EventKind::TftpServed, "undionly.kpxe"),
-            ev(4, EventKind::ProxyOffer, "file=http://10.0.0.1:8080/boot.ipxe"),
-            ev(5, EventKind::ScriptServed, "install Talos v1.13.9 amd64 as worker"),
+            ev(
+                4,
+                EventKind::ProxyOffer,
+                "file=http://10.0.0.1:8080/boot.ipxe",
+            ),
+            ev(
+                5,
+                EventKind::ScriptServed,
+                "install Talos v1.13.9 amd64 as worker",
+            ),
             ev(6, EventKind::KernelFetched, "v1.13.9/vmlinuz-amd64"),
             ev(9, EventKind::InitramfsFetched, "v1.13.9/initramfs-amd64.xz"),
             ev(30, EventKind::ConfigFetched, "sha256=…"),
@@ -435,20 +459,35 @@ mod tests {
     fn every_step_is_marked_once_at_its_first_sighting_in_order() {
         let m = machine(Role::Worker, Lifecycle::ConfigServed);
         let mut events = boot_to_config();
-        events.insert(4, ev(4, EventKind::ProxyAck, "file=http://10.0.0.1:8080/boot.ipxe"));
+        events.insert(
+            4,
+            ev(
+                4,
+                EventKind::ProxyAck,
+                "file=http://10.0.0.1:8080/boot.ipxe",
+            ),
+        );
         let t = timeline(&m, &events, &live(), T0 + 40_000);
         let phases: Vec<Phase> = t.marks.iter().map(|m| m.phase).collect();
         assert_eq!(&phases, &Phase::ALL[..6]);
         assert_eq!(t.marks[1].at, T0 + 2000, "iPXE at the TFTP transfer");
         assert!(t.stuck.is_none());
-        assert!(t.wait.starts_with("waiting for the Talos API"), "{}", t.wait);
+        assert!(
+            t.wait.starts_with("waiting for the Talos API"),
+            "{}",
+            t.wait
+        );
     }
 
     #[test]
     fn a_new_firmware_dhcp_request_starts_a_new_boot() {
         let m = machine(Role::Worker, Lifecycle::ConfigServed);
         let mut events = boot_to_config();
-        events.push(ev(100, EventKind::DhcpAck, "file=ipxe.efi arch=7 ip=10.0.0.50"));
+        events.push(ev(
+            100,
+            EventKind::DhcpAck,
+            "file=ipxe.efi arch=7 ip=10.0.0.50",
+        ));
         let t = timeline(&m, &events, &live(), T0 + 101_000);
         assert_eq!(
             t.marks,
@@ -475,14 +514,20 @@ mod tests {
         };
         // Eight minutes: the wait is spelled out, not yet flagged.
         let t = timeline(&m, &boot_to_config(), &l, T0 + 30_000 + 480_000);
-        assert_eq!(t.wait, "probing 10.66.0.22:50000 for 8 min: connection refused");
+        assert_eq!(
+            t.wait,
+            "probing 10.66.0.22:50000 for 8 min: connection refused"
+        );
         assert!(t.stuck.is_none());
         // Past the config step's ten minutes: flagged, with the causes for that step.
         let t = timeline(&m, &boot_to_config(), &l, T0 + 30_000 + 601_000);
         let stuck = t.stuck.expect("stuck after the config");
         assert_eq!(stuck.after, Phase::Config);
         assert!(stuck.causes[0].contains("boot log"), "{:?}", stuck.causes);
-        assert!(stuck.causes.iter().any(|c| c.contains("connection refused")));
+        assert!(stuck
+            .causes
+            .iter()
+            .any(|c| c.contains("connection refused")));
     }
 
     #[test]
@@ -502,7 +547,11 @@ mod tests {
             assert!(before.stuck.is_none(), "{upto}: flagged at its limit");
             let after = timeline(&m, seen, &live(), last + limit_s * 1000 + 1);
             let stuck = after.stuck.unwrap_or_else(|| panic!("{upto}: not flagged"));
-            assert!(stuck.causes[0].contains(cause), "{upto}: {:?}", stuck.causes);
+            assert!(
+                stuck.causes[0].contains(cause),
+                "{upto}: {:?}",
+                stuck.causes
+            );
         }
     }
 
@@ -530,7 +579,10 @@ mod tests {
             ..live()
         };
         let t = timeline(&m, &boot_to_config()[..6], &l, T0 + 20_000);
-        assert_eq!(t.wait, "downloading the initramfs: 23.1 MB of 80.0 MB (28 %)");
+        assert_eq!(
+            t.wait,
+            "downloading the initramfs: 23.1 MB of 80.0 MB (28 %)"
+        );
         assert_eq!(t.transfer.map(|t| t.sent), Some(23_100_000));
     }
 
@@ -546,7 +598,11 @@ mod tests {
         assert!(t.stuck.is_none());
 
         let m = machine(Role::Worker, Lifecycle::Assigned);
-        let events = [ev(0, EventKind::NotServed, "arm64 client, but ipxe-arm64.efi is not in /usr/lib/ipxe")];
+        let events = [ev(
+            0,
+            EventKind::NotServed,
+            "arm64 client, but ipxe-arm64.efi is not in /usr/lib/ipxe",
+        )];
         let t = timeline(&m, &events, &live(), T0 + 1000);
         assert!(t.wait.starts_with("not served: arm64 client"), "{}", t.wait);
         assert!(t.stuck.expect("flagged").causes[0].contains("ipxe-arm64.efi"));
@@ -560,7 +616,10 @@ mod tests {
         assert!(t.stuck.is_none());
         let t = timeline(&m, &[], &live(), T0 + 601_000);
         let causes = t.stuck.expect("flagged").causes.join(" ");
-        assert!(causes.contains("boot order") && causes.contains("VLAN"), "{causes}");
+        assert!(
+            causes.contains("boot order") && causes.contains("VLAN"),
+            "{causes}"
+        );
     }
 
     #[test]

@@ -79,6 +79,9 @@ fn image_row(state: &AppState, a: &Asset, now: i64) -> ImageRow {
         (p.done, total.max(p.done), words)
     });
     let (state_word, reason) = match &a.state {
+        // A download that failed is not a tampered file: "failed" says the first, "broken" the
+        // second (a hash mismatch, a file changed or gone).
+        AssetState::Broken(r) if is_download_failure(r) => ("failed".to_string(), r.clone()),
         AssetState::Broken(r) => ("broken".to_string(), r.clone()),
         AssetState::Downloading if progress.is_none() => (
             "downloading".to_string(),
@@ -101,6 +104,11 @@ fn image_row(state: &AppState, a: &Asset, now: i64) -> ImageRow {
     }
 }
 
+/// Whether an out-of-service reason is a download that did not complete (as `assets` words it).
+fn is_download_failure(reason: &str) -> bool {
+    reason.starts_with("download ")
+}
+
 async fn rows(state: &AppState) -> Result<(Vec<ImageRow>, String), ImagesError> {
     let assets = state.images.list().await?;
     let now = state.recorder.now_ms();
@@ -112,10 +120,30 @@ async fn rows(state: &AppState) -> Result<(Vec<ImageRow>, String), ImagesError> 
         count(&|s| *s == AssetState::Downloading),
         count(&|s| matches!(s, AssetState::Broken(_))),
     );
-    Ok((
-        assets.iter().map(|a| image_row(state, a, now)).collect(),
-        summary,
-    ))
+    let mut rows: Vec<ImageRow> = assets.iter().map(|a| image_row(state, a, now)).collect();
+    // A download asked for a moment ago may have no record yet (it is checking the schematic,
+    // or waiting for another process): it shows at once, as starting.
+    for (version, arch, p) in state.images.in_flight() {
+        if !assets
+            .iter()
+            .any(|a| a.version == version && a.arch == arch)
+        {
+            rows.push(ImageRow {
+                version,
+                arch: arch.as_str(),
+                source: "…".into(),
+                origin: String::new(),
+                kernel: "-".into(),
+                initramfs: "-".into(),
+                kernel_args: String::new(),
+                state: "downloading".into(),
+                reason: String::new(),
+                progress: Some((0, 0, "starting".into())),
+                updated: ago(now, Some(p.started_at)),
+            });
+        }
+    }
+    Ok((rows, summary))
 }
 
 /// The add form as typed.
@@ -295,7 +323,10 @@ pub async fn ui_image_rows_get(State(state): State<AppState>, Extension(op): Op)
 fn add_failed(e: ImagesError) -> Option<FieldErrors> {
     match e {
         ImagesError::Invalid(m) => Some(FieldErrors::one("source", m)),
-        e @ ImagesError::Exists { .. } => Some(FieldErrors::one("source", e.to_string())),
+        e @ (ImagesError::Exists { .. }
+        | ImagesError::Unreachable { .. }
+        | ImagesError::Status { .. }
+        | ImagesError::Download { .. }) => Some(FieldErrors::one("source", e.to_string())),
         other => {
             tracing::error!(error = %other, "cannot start a boot asset download");
             None

@@ -78,7 +78,10 @@ pub fn router() -> Router<AppState> {
             get(images::ui_images_get).post(images::ui_images_add_post),
         )
         .route("/ui/images/rows", get(images::ui_image_rows_get))
-        .route("/ui/cluster/timeline", get(timeline::ui_cluster_timeline_get))
+        .route(
+            "/ui/cluster/timeline",
+            get(timeline::ui_cluster_timeline_get),
+        )
         .route("/ui/images/remove", post(images::ui_images_remove_post))
         .route("/ui/images/verify", post(images::ui_images_verify_post))
         .route(

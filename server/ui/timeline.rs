@@ -251,7 +251,10 @@ fn phase_class(phase: Phase) -> &'static str {
 }
 
 /// The timeline's rows for `cluster`, and its status line.
-pub async fn rows(state: &AppState, cluster: &crate::model::Cluster) -> Result<TimelineRows, OpsError> {
+pub async fn rows(
+    state: &AppState,
+    cluster: &crate::model::Cluster,
+) -> Result<TimelineRows, OpsError> {
     let boots = boots(state, &cluster.name).await?;
     let needed = if cluster.single_controlplane { 1 } else { 3 };
     let now = state.recorder.now_ms();

@@ -356,6 +356,53 @@ async fn checksum_mismatch_is_refused_and_nothing_is_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_cannot_be_reached_is_said_plainly_and_not_called_broken() {
+    let app = Appliance::start().await;
+    // A port nothing listens on: the connection is refused before any byte.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let store = Images::new(app.images.path().to_path_buf(), app.db.clone());
+    let req = AddRequest {
+        source: SourceSpec::Release { base: base.clone() },
+        ..from_factory(&base)
+    };
+    let err = store.add(&req, None).await.unwrap_err();
+    assert!(
+        matches!(&err, ImagesError::Unreachable { host, reason } if host == "127.0.0.1" && reason == "connection refused"),
+        "{err}"
+    );
+    let recorded = app
+        .db
+        .get_image(VERSION, Arch::Amd64)
+        .await
+        .unwrap()
+        .unwrap();
+    let AssetState::Broken(reason) = &recorded.state else {
+        panic!("{recorded:?}");
+    };
+    assert!(
+        reason.starts_with("download failed: cannot reach 127.0.0.1: connection refused"),
+        "{reason}"
+    );
+    assert!(!reason.contains("resume"), "{reason}");
+    // The boot assets page says "failed", not "broken" (which means a tampered or changed file).
+    let session = app.login().await;
+    let rows = kit::http::no_redirects()
+        .get(app.url("/ui/images/rows"))
+        .header("cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(rows.contains("state-asset-failed"), "{rows}");
+    assert!(!rows.contains("state-asset-broken"), "{rows}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_download_resumes_with_a_range_and_completes() {
     let app = Appliance::start().await;
     let (base, f, kernel, _initramfs) = factory(true, false).await;
