@@ -14,6 +14,33 @@
         !window.confirm(form.getAttribute("data-confirm"))) { event.preventDefault(); }
   });
 
+  // Copy buttons (shown only where this script runs): the clipboard API where the page is a
+  // secure context (HTTPS, localhost), else a selection and the copy command (plain HTTP).
+  document.querySelectorAll("button[data-copy]").forEach(function (button) {
+    var source = document.querySelector(button.getAttribute("data-copy"));
+    if (!source) { return; }
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      var text = source.textContent.trim();
+      function done(ok) {
+        button.textContent = ok ? "Copied" : "Select and copy it by hand";
+        setTimeout(function () { button.textContent = "Copy token"; }, 2500);
+      }
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(text).then(function () { done(true); }, function () { done(false); });
+        return;
+      }
+      var range = document.createRange();
+      range.selectNodeContents(source);
+      var selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      done(ok);
+    });
+  });
+
   // Live lists refresh themselves: new machines appear, downloads progress and boot timelines
   // advance without a reload (every tbody[data-live] on the page, from its own URL).
   var live = document.getElementById("live");

@@ -57,11 +57,12 @@ impl Db {
         for obs in batch {
             let mac = obs.mac.to_string();
             let inserted = sqlx::query(
-                "INSERT INTO machines (mac, cluster_id, first_seen, last_seen)
-                 VALUES (?, ?, ?, ?) ON CONFLICT (mac) DO NOTHING",
+                "INSERT INTO machines (mac, cluster_id, first_seen, last_seen, state_since)
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (mac) DO NOTHING",
             )
             .bind(&mac)
             .bind(default_cluster)
+            .bind(obs.at)
             .bind(obs.at)
             .bind(obs.at)
             .execute(&mut *tx)

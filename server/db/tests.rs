@@ -173,6 +173,8 @@ async fn observations_discover_unknown_machines_and_log_events() {
     assert_eq!(machine.first_seen, Some(100));
     assert_eq!(machine.last_seen, Some(200));
     assert_eq!(machine.last_arch, Some(7));
+    // Discovered since it was first seen (the UI says "waiting for a role since …", not "never").
+    assert_eq!(machine.state_since, Some(100));
     let kinds: Vec<_> = db
         .events(m, 100)
         .await

@@ -100,6 +100,23 @@ pub async fn save_machine(
     Ok(Saved { machine, reinstall })
 }
 
+/// Checks the fields of a machine to add as `save_machine` would, without a MAC address and
+/// without saving: a form whose MAC is refused still hears about every other field.
+pub async fn check_new_machine(
+    db: &Db,
+    lan: Option<&Lan>,
+    input: &MachineInput,
+) -> Result<(), OpsError> {
+    // A locally administered address no NIC ships with, so it matches no stored machine.
+    let mut m = Machine::discovered(Mac([0x02, 0, 0, 0, 0, 0]));
+    if let Some(first) = db.get_cluster(None).await? {
+        m.cluster = first.name;
+    }
+    apply_machine_input(&mut m, input)?;
+    let others = db.list_machines().await?;
+    check_against_inventory(db, lan, &m, &others).await
+}
+
 /// Whether a change from `old` to `new` makes a diskless machine that Talos ran on install to
 /// disk: nothing is on its disk, so it is marked for install at its next network boot (a
 /// worker: no etcd member is involved).

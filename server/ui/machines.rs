@@ -73,7 +73,8 @@ fn row(m: &Machine, last: Option<&Event>, now: i64) -> Row {
         ip: m.ip.map(|i| i.to_string()).unwrap_or_else(|| "—".into()),
         state: m.state.as_str(),
         state_words: state_words(m),
-        state_since: when(m.state_since),
+        // Discovered before state times were kept: since it was first seen.
+        state_since: when(m.state_since.or(m.first_seen)),
         last_event: last
             .map(|e| {
                 if e.detail.is_empty() {
@@ -455,14 +456,15 @@ pub async fn ui_machines_post(
     let mac = match form.mac.parse::<Mac>() {
         Ok(mac) => mac,
         Err(e) => {
-            return machines_page(
-                &state,
-                &op,
-                Filters::default(),
-                form,
-                FieldErrors::one("mac", e.to_string()),
-            )
-            .await
+            // Every other field is checked too, so the form shows all its errors at once.
+            let lan = Lan::from_config(&state.config);
+            let mut errors = FieldErrors::one("mac", e.to_string());
+            match machines::check_new_machine(&state.db, Some(&lan), &form.input()).await {
+                Ok(()) => {}
+                Err(e @ OpsError::Invalid(_)) => errors = errors.and(FieldErrors::from_ops(&e)),
+                Err(e) => return ops_error_page(&e),
+            }
+            return machines_page(&state, &op, Filters::default(), form, errors).await;
         }
     };
     let lan = Lan::from_config(&state.config);

@@ -106,13 +106,21 @@ pub fn public_router() -> Router<AppState> {
         .route("/login", get(ui_login_get).post(ui_login_post))
         .route("/static/app.css", get(static_css_get))
         .route("/static/app.js", get(static_js_get))
+        // Browsers ask for /favicon.ico on every page; an SVG answers it (and the icon link).
+        .route("/favicon.ico", get(favicon_get))
+        .route("/static/favicon.svg", get(favicon_get))
 }
 
 const APP_CSS: &str = include_str!("../../web/app.css");
+const FAVICON: &str = include_str!("../../web/favicon.svg");
 const APP_JS: &str = include_str!("../../web/app.js");
 
 async fn static_css_get() -> Response {
     static_asset(APP_CSS, "text/css; charset=utf-8")
+}
+
+async fn favicon_get() -> Response {
+    static_asset(FAVICON, "image/svg+xml")
 }
 
 async fn static_js_get() -> Response {
@@ -228,6 +236,21 @@ impl FieldErrors {
 
     pub fn get(&self, field: &str) -> Option<&str> {
         self.0.get(field).map(String::as_str)
+    }
+
+    /// These errors and `other`'s (a field named in both keeps this one's message).
+    pub fn and(mut self, other: FieldErrors) -> FieldErrors {
+        for (field, message) in other.0 {
+            self.0.entry(field).or_insert(message);
+        }
+        self
+    }
+
+    /// Every message, field first, sorted by field: for the banner atop a refused form.
+    pub fn all(&self) -> Vec<(String, String)> {
+        let mut all: Vec<_> = self.0.iter().map(|(f, m)| (f.clone(), m.clone())).collect();
+        all.sort();
+        all
     }
 
     pub fn is_empty(&self) -> bool {
