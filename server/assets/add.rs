@@ -139,6 +139,7 @@ impl Images {
                     ImagesError::Unreachable { .. } => {
                         format!("download failed: {e}; add it again once this host can reach it")
                     }
+                    ImagesError::Status { .. } => format!("download failed: {e}"),
                     e if e.transient() => {
                         format!("download failed partway ({e}); add it again to resume")
                     }

@@ -211,7 +211,10 @@ fn phase_of(event: &Event) -> Option<Phase> {
         EventKind::ScriptServed => Phase::Script,
         EventKind::KernelFetched => Phase::Kernel,
         EventKind::InitramfsFetched => Phase::Initramfs,
-        EventKind::ConfigFetched => Phase::Config,
+        // Only a config served: a refusal or a device-flow request is logged under the same
+        // kind, with why.
+        EventKind::ConfigFetched if event.detail.starts_with("served ") => Phase::Config,
+        EventKind::ConfigFetched => return None,
         EventKind::TalosEvent => Phase::Talos,
         EventKind::ReportedIn => Phase::Ready,
         _ => return None,
@@ -223,15 +226,24 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
     let mut marks: Vec<Mark> = Vec::new();
     let mut last_script = None;
     let mut not_served = None;
+    // The latest config request that got no config, while none was served since.
+    let mut config_refused: Option<String> = None;
     for event in events {
+        if event.kind == EventKind::ConfigFetched && !event.detail.starts_with("served ") {
+            config_refused = Some(event.detail.clone());
+        }
         let Some(phase) = phase_of(event) else {
             continue;
         };
+        if phase == Phase::Config {
+            config_refused = None;
+        }
         // A firmware DHCP request after later steps is a new boot.
         if phase == Phase::Dhcp && marks.iter().any(|m| m.phase > Phase::Dhcp) {
             marks.clear();
             last_script = None;
             not_served = None;
+            config_refused = None;
         }
         if phase == Phase::Dhcp {
             not_served = (event.kind == EventKind::NotServed).then(|| event.detail.clone());
@@ -345,6 +357,19 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
                 )
             }
         }
+        Some(Phase::Kernel | Phase::Initramfs)
+            if config_refused.is_some() && transfer.is_none() =>
+        {
+            let why = config_refused.unwrap_or_default();
+            let stuck = Stuck {
+                after: Phase::Initramfs,
+                for_ms: waited,
+                causes: vec![format!(
+                    "Talos asked for its config and got none: {why} (see --config-access)"
+                )],
+            };
+            (format!("config not served: {why}"), Some(stuck))
+        }
         Some(phase @ (Phase::Kernel | Phase::Initramfs)) => {
             let wait = match &transfer {
                 Some(t) => format!(
@@ -451,7 +476,7 @@ mod tests {
             ),
             ev(6, EventKind::KernelFetched, "v1.13.9/vmlinuz-amd64"),
             ev(9, EventKind::InitramfsFetched, "v1.13.9/initramfs-amd64.xz"),
-            ev(30, EventKind::ConfigFetched, "sha256=…"),
+            ev(30, EventKind::ConfigFetched, "served 2931 bytes sha256:ab"),
         ]
     }
 
@@ -553,6 +578,34 @@ mod tests {
                 stuck.causes
             );
         }
+    }
+
+    #[test]
+    fn a_refused_config_request_is_no_config_and_says_why_at_once() {
+        let m = machine(Role::Worker, Lifecycle::Booting);
+        let mut events = boot_to_config();
+        events.pop();
+        events.push(ev(
+            30,
+            EventKind::ConfigFetched,
+            "refused (403): no bearer token (--config-access oauth)",
+        ));
+        let t = timeline(&m, &events, &live(), T0 + 31_000);
+        assert_eq!(t.marks.last().map(|m| m.phase), Some(Phase::Initramfs));
+        assert_eq!(
+            t.wait,
+            "config not served: refused (403): no bearer token (--config-access oauth)"
+        );
+        assert!(t.stuck.expect("flagged").causes[0].contains("no bearer token"));
+        // Served afterwards: the refusal is history.
+        events.push(ev(
+            40,
+            EventKind::ConfigFetched,
+            "served 2931 bytes sha256:ab",
+        ));
+        let t = timeline(&m, &events, &live(), T0 + 41_000);
+        assert_eq!(t.marks.last().map(|m| m.phase), Some(Phase::Config));
+        assert!(t.stuck.is_none());
     }
 
     #[test]

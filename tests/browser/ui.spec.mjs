@@ -14,6 +14,8 @@
 //   BOOTPLANE_SCREENSHOTS     where screenshots go [default: tests/artifacts/screenshots]
 //   BOOTPLANE_CLUSTER_PAGE    "required" (default) or "optional": whether a missing cluster page
 //                             fails the run or only skips the kubeconfig download
+//   BOOTPLANE_TALOS_VERSION   the Talos version whose boot assets are in place [default: v1.13.9]
+//   BOOTPLANE_INITRAMFS_BYTES the size of that initramfs (checked byte for byte) [default: not checked]
 //   CHROMIUM                  the browser [default: /usr/bin/chromium]
 //
 // The steps run in order, in one browser session; each depends on the ones before, so the first
@@ -23,6 +25,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -47,6 +50,8 @@ const ENDPOINT = process.env.BOOTPLANE_ENDPOINT || '';
 const SHOTS = path.resolve(process.env.BOOTPLANE_SCREENSHOTS || path.join(here, '..', 'artifacts', 'screenshots'));
 const CLUSTER_PAGE_REQUIRED = (process.env.BOOTPLANE_CLUSTER_PAGE || 'required') !== 'optional';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const TALOS_VERSION = process.env.BOOTPLANE_TALOS_VERSION || 'v1.13.9';
+const INITRAMFS_BYTES = Number(process.env.BOOTPLANE_INITRAMFS_BYTES || 0);
 
 // ---------------------------------------------------------------------------------------------
 // Addresses and MACs
@@ -87,10 +92,11 @@ function freshMac() {
 // ---------------------------------------------------------------------------------------------
 // A real PXE DHCPDISCOVER over UDP
 
-const OPT = { msgType: 53, vendorClass: 60, clientArch: 93, nicVersion: 94, guid: 97, end: 255 };
+const OPT = { msgType: 53, vendorClass: 60, userClass: 77, clientArch: 93, nicVersion: 94, guid: 97, end: 255 };
 
-/** A DHCPDISCOVER as BIOS PXE firmware sends it (RFC 2131 header, RFC 4578 options). */
-function pxeDiscover(mac, xid, guid) {
+/** A DHCPDISCOVER as BIOS PXE firmware sends it (RFC 2131 header, RFC 4578 options); with
+ * `ipxe`, as the iPXE it loaded sends its own (user class "iPXE", option 77). */
+function pxeDiscover(mac, xid, guid, ipxe = false) {
   const header = Buffer.alloc(240);
   header[0] = 1; // BOOTREQUEST
   header[1] = 1; // Ethernet
@@ -108,6 +114,7 @@ function pxeDiscover(mac, xid, guid) {
     option(OPT.clientArch, [0, 0]), // x86 BIOS
     option(OPT.nicVersion, [1, 2, 1]), // UNDI 2.1
     option(OPT.guid, Buffer.concat([Buffer.from([0]), guid])), // type 0 + 16-byte UUID
+    ...(ipxe ? [option(OPT.userClass, Buffer.from('iPXE'))] : []),
     Buffer.from([OPT.end]),
   ]);
 }
@@ -128,7 +135,7 @@ function options(packet) {
 }
 
 /** Sends the DISCOVER from an ephemeral port and returns bootplane's reply (proxy offer). */
-async function sendDiscover(mac) {
+async function sendDiscover(mac, ipxe = false) {
   const xid = crypto.randomBytes(4).readUInt32BE(0);
   const guid = crypto.randomBytes(16);
   const socket = dgram.createSocket('udp4');
@@ -143,7 +150,7 @@ async function sendDiscover(mac) {
         if (msg.length >= 240 && msg.readUInt32BE(4) === xid) { clearTimeout(timer); resolve(msg); }
       });
     });
-    socket.send(pxeDiscover(mac, xid, guid), Number(DHCP_PORT), DHCP_HOST);
+    socket.send(pxeDiscover(mac, xid, guid, ipxe), Number(DHCP_PORT), DHCP_HOST);
     const msg = await reply;
     return { msg, xid };
   } finally {
@@ -184,6 +191,71 @@ async function sessionCookie() {
   return (await context.cookies(BASE)).find((c) => c.name === 'bootplane_session');
 }
 
+/** The page's layout at a phone's and a desktop's width: nothing wider than the window (tables
+ * scroll inside their box), checkboxes at their natural square size, every nav link on screen. */
+async function checkLayout(label) {
+  for (const width of [1440, 390]) {
+    await page.setViewportSize({ width, height: 900 });
+    const m = await page.evaluate(() => ({
+      scroll: document.documentElement.scrollWidth,
+      inner: window.innerWidth,
+      boxes: [...document.querySelectorAll('input[type="checkbox"]')].filter((e) => e.offsetParent)
+        .map((e) => { const r = e.getBoundingClientRect(); return [e.name, r.width, r.height]; }),
+      nav: [...document.querySelectorAll('header nav a')]
+        .map((a) => { const r = a.getBoundingClientRect(); return [a.textContent, r.left, r.right, r.width]; }),
+      // What sticks out, innermost first, to say why when the page is too wide.
+      wide: [...document.querySelectorAll('body *')]
+        .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5 && !e.closest('.scroll'))
+        .filter((e) => ![...e.children].some((c) => c.getBoundingClientRect().right > window.innerWidth + 0.5))
+        .slice(0, 3)
+        .map((e) => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''}.${[...e.classList].join('.')} (${Math.round(e.getBoundingClientRect().right)} px)`),
+    }));
+    assert.ok(m.scroll <= m.inner, `${label} at ${width} px: the page is ${m.scroll} px wide: ${m.wide.join(', ')}`);
+    for (const [name, w, h] of m.boxes) {
+      assert.ok(w >= 13 && h >= 13 && Math.abs(w - h) < 1, `${label} at ${width} px: checkbox ${name} is ${w}×${h} px`);
+    }
+    for (const [text, left, right, w] of m.nav) {
+      assert.ok(w > 0 && left >= 0 && right <= m.inner, `${label} at ${width} px: nav link ${text} at ${left}–${right} px`);
+    }
+    if (width === 390) { await shot(`${label}-390px`); }
+  }
+  await page.setViewportSize({ width: 1280, height: 800 });
+}
+
+/** Whether the element is wholly inside the window as it is scrolled now. */
+async function inViewport(locator) {
+  const box = await locator.boundingBox();
+  const height = await page.evaluate(() => window.innerHeight);
+  return box !== null && box.y >= 0 && box.y + box.height <= height;
+}
+
+/** A GET over HTTP that reads `pauseAfter` bytes, then calls `whilePaused` with the bytes read
+ * so far before it reads the rest; returns the whole body's length. */
+function slowGet(url, pauseAfter, whilePaused) {
+  return new Promise((resolve, reject) => {
+    http.get(url, (res) => {
+      if (res.statusCode !== 200) { reject(new Error(`GET ${url} answered ${res.statusCode}`)); res.resume(); return; }
+      let got = 0;
+      let paused = false;
+      res.on('data', (chunk) => {
+        got += chunk.length;
+        if (!paused && got >= pauseAfter) {
+          paused = true;
+          res.pause();
+          Promise.resolve(whilePaused(got)).then(() => res.resume(), (e) => { res.destroy(); reject(e); });
+        }
+      });
+      res.on('end', () => resolve(got));
+      res.on('error', reject);
+    }).on('error', reject);
+  });
+}
+
+/** The timeline row of `mac` on the open cluster page. */
+function timelineRow(mac) {
+  return page.locator(`#timeline tr[data-mac="${mac}"]`);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The steps
 
@@ -196,6 +268,7 @@ const workerName = `wk-e2e-${added.slice(-2)}`;
 const cpHost = 16 + crypto.randomInt(200);
 const workerHost = cpHost + 1;
 let tokenText = '';
+let configToken = '';
 
 step('a wrong password shows an error and starts no session', async () => {
   await page.goto(`${BASE}/login`);
@@ -260,6 +333,7 @@ step('a machine that network-boots appears in the open list without a reload', a
 step('assigning the machine changes its state on the detail page and in the list', async () => {
   await Promise.all([page.waitForURL(`${BASE}/ui/machines/${booted}`), page.click(`tr[data-mac="${booted}"] a`)]);
   assert.match(await page.locator('main h1 .state').innerText(), /^discovered/);
+  assert.doesNotMatch(await page.locator('main').innerText(), /since never/, 'a discovered machine waits "since never"');
   assert.match(await page.locator('.timeline').innerText(), /proxy-offer|discovered/i, 'the DHCP exchange is in the timeline');
   const form = page.locator(`form[action="/ui/machines/${booted}"]`);
   await form.locator('select[name="role"]').selectOption('controlplane');
@@ -316,12 +390,20 @@ step('bad values are refused with errors beside their fields', async () => {
   await page.goto(`${BASE}/ui`);
   form = page.locator('#add form');
   await form.locator('input[name="mac"]').fill('52:54:00:zz:00:01');
+  await form.locator('select[name="role"]').selectOption('worker');
   await form.locator('input[name="hostname"]').fill(workerName);
+  await form.locator('input[name="ip"]').fill('10.0.0.300/24');
   await Promise.all([page.waitForResponse((r) => r.request().method() === 'POST'), form.locator('button[type="submit"]').click()]);
   form = page.locator('#add form');
   const badMac = await fieldError(form, 'mac').innerText();
   assert.ok(badMac.includes('52:54:00:zz:00:01'), badMac);
   assert.match(badMac, /not a MAC address/i);
+  // Every field's error at once, not only the first.
+  assert.match(await fieldError(form, 'ip').innerText(), /not an IPv4 address/i, 'the bad address is not reported beside the bad MAC');
+  // The page opens at its top after the refused save: the banner saying so is in view.
+  assert.ok(await inViewport(page.locator('#refused')), 'the refusal banner is not in the viewport');
+  await form.locator('input[name="ip"]').fill('');
+  await form.locator('select[name="role"]').selectOption('unassigned');
   assert.equal(await form.locator('input[name="mac"]').inputValue(), '52:54:00:zz:00:01', 'the form forgot what was typed');
 
   await form.locator('input[name="mac"]').fill(added);
@@ -353,6 +435,8 @@ step('a worker added by MAC is assigned at once', async () => {
   assert.equal(await row.locator('.role').innerText(), 'worker');
   assert.match(await row.locator('.state').innerText(), /^assigned/);
   await shot('machines');
+  await page.locator('main').screenshot({ path: path.join(SHOTS, 'readme-machines.png') });
+  await checkLayout('machines');
 });
 
 step('with --config-access oauth a device code approved on its page opens that machine\'s config only', async () => {
@@ -385,6 +469,7 @@ step('with --config-access oauth a device code approved on its page opens that m
 
   const granted = await poll();
   assert.equal(granted.status, 200, JSON.stringify(granted.body));
+  configToken = granted.body.access_token;
   const config = await fetch(`${BASE}/config?mac=${added}`, { headers: { authorization: `Bearer ${granted.body.access_token}` } });
   const configText = await config.text();
   assert.equal(config.status, 200, configText);
@@ -400,6 +485,13 @@ step('an API token is shown once, works, and stops working when revoked', async 
   tokenText = (await page.locator('#new-token').innerText()).trim();
   assert.match(tokenText, /^bpt_\S{20,}$/);
   await shot('tokens-created');
+  // A copy button puts it on the clipboard.
+  const copy = page.locator('button[data-copy="#new-token"]');
+  assert.ok(await copy.isVisible(), 'no copy button for the new token');
+  await copy.click();
+  await page.waitForFunction(() => document.querySelector('button[data-copy]').textContent === 'Copied');
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), tokenText, 'the clipboard does not hold the token');
+  await checkLayout('tokens');
 
   const rows = (token) => fetch(`${BASE}/ui/machines/rows`, { headers: { Authorization: `Bearer ${token}` }, redirect: 'manual' });
   let response = await rows(tokenText);
@@ -436,6 +528,100 @@ step('the boot assets page offers the factory download and explains refused inpu
   await page.waitForLoadState();
   assert.match(await fieldError(page.locator('form[action="/ui/images"]'), 'version').innerText(), /v1\.11\.6/);
   await shot('images');
+
+  // A release download the server answers 404 for: its row shows at once, then "failed" (not
+  // "broken", which means a tampered file) with the reason, long URL and all, inside the page.
+  const failing = 'v1.12.11';
+  const addForm = page.locator('form[action="/ui/images"]');
+  await addForm.locator('select[name="source"]').selectOption('release');
+  await addForm.locator('input[name="version"]').fill(failing);
+  await Promise.all([page.waitForURL(/flash=started/), addForm.locator('button[type="submit"]').click()]);
+  const row = page.locator(`tr[data-asset="${failing}-amd64"]`);
+  assert.equal(await row.count(), 1, 'no row right after "Download started"');
+  await row.locator('.state', { hasText: 'failed' }).waitFor({ timeout: 20000 });
+  const reason = await row.locator('.field-error').innerText();
+  assert.match(reason, /^download failed: .*answered 404/, reason);
+  assert.equal(await row.locator('.state-asset-broken').count(), 0);
+  await shot('images-failed-download');
+  await checkLayout('images');
+});
+
+step('a refused patch says so in view at the top of the cluster page', async () => {
+  await page.goto(`${BASE}/ui/cluster`);
+  const form = page.locator('form[action="/ui/cluster/patches"]');
+  await form.locator('input[name="name"]').fill('broken-yaml');
+  await form.locator('textarea[name="body"]').fill('machine: [unclosed');
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => r.request().method() === 'POST'),
+    form.locator('button[value="save"]').click(),
+  ]);
+  assert.equal(response.status(), 422);
+  await page.waitForLoadState();
+  const banner = page.locator('#refused');
+  assert.ok(await inViewport(banner), 'the refusal banner is not in the viewport');
+  assert.match(await banner.innerText(), /Not saved/);
+  assert.match(await fieldError(page.locator('form[action="/ui/cluster/patches"]'), 'body').innerText(), /./);
+  await shot('cluster-patch-refused');
+  await checkLayout('cluster');
+});
+
+step('the boot timeline follows a boot live, step by step, and flags the machine that gets stuck', async () => {
+  await page.goto(`${BASE}/ui/cluster`);
+  const marker = crypto.randomUUID();
+  await page.evaluate((m) => { window.__bootplaneMarker = m; }, marker);
+  const row = timelineRow(added);
+  await row.waitFor();
+  const reached = (phase) => row.locator(`.seg-${phase}.reached`).waitFor({ timeout: 15000 });
+
+  // Firmware DHCP: a new boot starts (the config fetched in the step before belongs to the last one).
+  await sendDiscover(added);
+  await reached('dhcp');
+  await row.locator('.seg-config:not(.reached)').waitFor({ timeout: 15000 });
+  // iPXE's own DHCP request.
+  await sendDiscover(added, true);
+  await reached('ipxe');
+  // The script, then the kernel, through the real boot routes.
+  const script = await (await fetch(`${BASE}/machine.ipxe?mac=${added}`)).text();
+  const url = (word) => script.split('\n').find((l) => l.startsWith(`${word} `)).split(' ').find((t) => t.startsWith('http'));
+  assert.match(script, new RegExp(`booting Talos ${TALOS_VERSION.replaceAll('.', '\\.')}`), script);
+  await reached('script');
+  const kernel = await fetch(url('kernel'));
+  assert.equal(kernel.status, 200);
+  await kernel.arrayBuffer();
+  await reached('kernel');
+
+  // The initramfs, held partway: the row shows the bytes of the download in flight.
+  const total = await slowGet(url('initrd'), 1 << 20, async () => {
+    await reached('initramfs');
+    const transfer = row.locator('.transfer');
+    await transfer.waitFor({ timeout: 15000 });
+    assert.match(await transfer.innerText(), /initramfs [\d.]+ of [\d.]+ MB/);
+    const value = Number(await transfer.locator('progress').getAttribute('value'));
+    assert.ok(value >= 0 && value < 100, `progress ${value}`);
+    await page.locator('#timeline').screenshot({ path: path.join(SHOTS, 'timeline-download.png') });
+  });
+  if (INITRAMFS_BYTES) { assert.equal(total, INITRAMFS_BYTES, 'the initramfs arrived short'); }
+  await row.locator('.transfer').waitFor({ state: 'detached', timeout: 15000 });
+
+  // Talos fetches its config; its API never answers (nothing listens on the node's port 50000):
+  // the wait is spelled out, then the machine is flagged with the causes for that step.
+  assert.ok(configToken, 'no device token from the step before');
+  const config = await fetch(`${BASE}/config?mac=${added}`, { headers: { authorization: `Bearer ${configToken}` } });
+  assert.equal(config.status, 200);
+  await reached('config');
+  const host = lanHost(workerHost).split('/')[0].replaceAll('.', '\\.');
+  await row.locator('.wait-text', { hasText: new RegExp(`probing ${host}:50000 for .*: connection refused`) }).waitFor({ timeout: 20000 });
+  const flag = row.locator('.stuck-flag');
+  await flag.waitFor({ timeout: 30000 });
+  assert.match(await flag.innerText(), /stuck after config/);
+  assert.match(await flag.innerText(), /boot log/);
+  assert.ok(await row.evaluate((tr) => tr.classList.contains('stuck')), 'the stuck row is not marked');
+  // The cluster says which control planes it waits for.
+  assert.match(await page.locator('#timeline .wait-status').innerText(), new RegExp(`waiting for ${cpName}`));
+  assert.equal(await page.evaluate(() => window.__bootplaneMarker), marker, 'the page was reloaded');
+  await shot('timeline');
+  await page.locator('#timeline').screenshot({ path: path.join(SHOTS, 'readme-timeline.png') });
+  await checkLayout('cluster-timeline');
 });
 
 step('the kubeconfig downloads from the cluster page', async () => {
@@ -491,8 +677,16 @@ async function main() {
   try {
     context.setDefaultTimeout(10000);
     page = context.pages()[0] || (await context.newPage());
+    await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: BASE });
     const consoleErrors = [];
     page.on('pageerror', (e) => consoleErrors.push(String(e)));
+    // No page asks for something that is not there (a favicon, a stylesheet, a script).
+    page.on('response', (r) => {
+      if (r.status() === 404 && r.request().resourceType() !== 'document') { consoleErrors.push(`404 for ${r.url()}`); }
+    });
+    const icon = await context.request.get(`${BASE}/favicon.ico`);
+    assert.equal(icon.status(), 200, 'no favicon');
+    assert.match(icon.headers()['content-type'], /image\/svg\+xml/);
     for (const [i, { name, fn }] of steps.entries()) {
       if (failed) { console.log(`- skipped: ${name}`); continue; }
       const t0 = Date.now();

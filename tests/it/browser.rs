@@ -28,6 +28,9 @@ const NODE_LIMIT: Duration = Duration::from_secs(300);
 /// Whether the script fails when the cluster page has no kubeconfig download yet ("required") or
 /// only skips that step ("optional"); `BOOTPLANE_CLUSTER_PAGE` in the environment overrides it.
 const CLUSTER_PAGE: &str = "required";
+/// The initramfs of the simulated boot: large enough that a paused download is caught in flight
+/// (more than loopback's socket buffers hold).
+const INITRAMFS_BYTES: usize = 48 << 20;
 
 fn run_ok(cmd: &mut Command, what: &str) {
     let out = cmd
@@ -101,6 +104,36 @@ fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_do
         "bootplane cluster init",
     );
 
+    // Boot assets of the cluster's version, so the simulated boot gets its script, kernel and
+    // initramfs; the initramfs is large enough to be caught in flight.
+    let version = bootplane::config::DEFAULT_TALOS_VERSION;
+    let images_dir = data.path().join("images");
+    let kernel = data.path().join("vmlinuz-in");
+    let initramfs = data.path().join("initramfs-in");
+    fs::write(&kernel, vec![0x4b; 256 * 1024]).unwrap();
+    let mut big = vec![0u8; INITRAMFS_BYTES];
+    for (i, b) in big.iter_mut().enumerate() {
+        *b = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    }
+    fs::write(&initramfs, big).unwrap();
+    run_ok(
+        Command::new(BIN).args([
+            "images",
+            "add",
+            "--data-dir",
+            data_dir,
+            "--images-dir",
+            images_dir.to_str().unwrap(),
+            "--version",
+            version,
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initramfs",
+            initramfs.to_str().unwrap(),
+        ]),
+        "bootplane images add",
+    );
+
     let ports = ProxyPorts::free();
     let password = format!(
         "e2e-{}-{}",
@@ -111,9 +144,19 @@ fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_do
             .as_nanos()
     );
     let mut serve = ports.serve(data.path());
+    // Release downloads go to this appliance itself under a long path it answers 404 for: the
+    // boot assets page then shows a failed download whose reason holds a long URL.
+    let release_url = format!(
+        "http://{}/releases/download/{}",
+        ports.http_addr(),
+        "a-long-mirror-path-without-any-break-".repeat(4)
+    );
     serve
-        .args(["--images-dir", data.path().join("images").to_str().unwrap()])
+        .args(["--images-dir", images_dir.to_str().unwrap()])
         .args(["--config-access", "oauth"])
+        .args(["--release-url", &release_url])
+        // Boot step limits in hundredths: a machine is flagged as stuck within seconds.
+        .env("BOOTPLANE_TEST_STEP_LIMIT_MS_PER_SECOND", "10")
         .env("BOOTPLANE_ADMIN_PASSWORD", &password)
         // The default log level, as a user runs it.
         .env_remove("RUST_LOG")
@@ -131,6 +174,8 @@ fn web_ui_in_chromium_login_live_discovery_assignment_field_errors_tokens_and_do
         .env("BOOTPLANE_ADMIN_PASSWORD", &password)
         .env("BOOTPLANE_LAN", LAN)
         .env("BOOTPLANE_ENDPOINT", ENDPOINT)
+        .env("BOOTPLANE_TALOS_VERSION", version)
+        .env("BOOTPLANE_INITRAMFS_BYTES", INITRAMFS_BYTES.to_string())
         .env("BOOTPLANE_SCREENSHOTS", &screenshots)
         .env(
             "BOOTPLANE_CLUSTER_PAGE",
