@@ -305,10 +305,14 @@ async fn page(state: &AppState, op: &Operator, extras: Extras) -> Response {
     } else if !history.is_empty() {
         ("bootstrapping".to_string(), "booting")
     } else {
-        (
-            format!("waiting for control planes ({ready} of {needed} ready)"),
-            "assigned",
-        )
+        // Which control planes, and how many are missing (the timeline says why each waits).
+        let first = timeline.status.lines().next().unwrap_or_default();
+        let words = if first.is_empty() {
+            format!("waiting for control planes ({ready} of {needed} ready)")
+        } else {
+            first.to_string()
+        };
+        (words, "assigned")
     };
     let chrome = Chrome::of(op);
     let status_code = if extras.errors.is_empty() {
