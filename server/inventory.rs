@@ -283,13 +283,6 @@ where
     }
 }
 
-/// Which MAC bootplane's own DHCP server leased an IPv4 address to, until the lease ends.
-///
-/// This is evidence of who holds an address, so it is filled from one place only: an ACK of
-/// this server's full DHCP that binds the address (never from `ciaddr`, option 50, an INFORM or
-/// a proxyDHCP exchange, which the client writes itself). `/config` (`--config-access mac`), the
-/// push receivers and TFTP attribution read it; the host's neighbour table is the other source
-/// of evidence they accept.
 /// Boot asset downloads in flight, per machine (the `?mac=` of the asset URL, which is a
 /// claim: this is for the operator's timeline only, never evidence). The HTTP body holds the
 /// counter it adds to; once it is dropped (the transfer ended or broke) only this registry
@@ -353,6 +346,13 @@ impl Transfers {
     }
 }
 
+/// Which MAC bootplane's own DHCP server leased an IPv4 address to, until the lease ends.
+///
+/// This is evidence of who holds an address, so it is filled from one place only: an ACK of
+/// this server's full DHCP that binds the address (never from `ciaddr`, option 50, an INFORM or
+/// a proxyDHCP exchange, which the client writes itself). `/config` (`--config-access mac`), the
+/// push receivers and TFTP attribution read it; the host's neighbour table is the other source
+/// of evidence they accept.
 #[derive(Clone, Debug, Default)]
 pub struct Neighbours(Arc<RwLock<HashMap<Ipv4Addr, Leased>>>);
 

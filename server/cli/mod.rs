@@ -179,6 +179,7 @@ mod tests {
             }
         }
         argv.push(word);
+        assert!(hint.contains("'/srv/boot data'"), "{hint}");
         let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{hint}: {e}"));
         let Command::Images(ImagesCommand::Add(add)) = cli.command else {
             panic!("{hint} is no images add");
@@ -192,5 +193,21 @@ mod tests {
             PathBuf::from("/srv/images"),
             "{hint}"
         );
+        // The defaults (relative to where serve started) are named as absolute paths, so the
+        // command runs from any directory.
+        let interface = crate::net::InterfaceInfo {
+            name: "br0".into(),
+            index: 3,
+            cidr: "10.77.0.1/24".parse().unwrap(),
+            gateway: None,
+        };
+        let config = crate::config::Config::resolve(ServeOptions::default(), interface).unwrap();
+        let hint = config.images_add_command("v1.13.9", "amd64");
+        let data = std::path::absolute("./data").unwrap();
+        assert!(
+            hint.contains(&format!("--data-dir {}", data.display())),
+            "{hint}"
+        );
+        assert!(data.is_absolute());
     }
 }

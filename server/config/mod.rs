@@ -218,31 +218,35 @@ impl Config {
     }
 
     /// The `bootplane images add` command that fetches a version's release assets into the
-    /// database and images directory this `serve` uses (their flags only when not the
-    /// defaults), for start-up hints.
+    /// database and images directory this `serve` uses (as absolute paths, so it runs from any
+    /// directory; the release URL when not the default), quoted for a shell, for start-up hints.
     pub fn images_add_command(&self, version: &str, arch: &str) -> String {
-        fn quoted(path: &std::path::Path) -> String {
-            let text = path.display().to_string();
+        fn quoted(text: &str) -> String {
             if text
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c))
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+:@,=".contains(c))
             {
-                text
+                text.to_string()
             } else {
                 format!("'{}'", text.replace('\'', r"'\''"))
             }
         }
-        let mut command =
-            format!("bootplane images add --version {version} --arch {arch} --release");
+        fn absolute(path: &std::path::Path) -> String {
+            std::path::absolute(path)
+                .unwrap_or_else(|_| path.to_path_buf())
+                .display()
+                .to_string()
+        }
+        let mut command = format!(
+            "bootplane images add --version {} --arch {} --release",
+            quoted(version),
+            quoted(arch)
+        );
         if self.sources.release_url != DEFAULT_RELEASE_URL {
-            command += &format!(" --release-url {}", self.sources.release_url);
+            command += &format!(" --release-url {}", quoted(&self.sources.release_url));
         }
-        if self.data_dir != std::path::Path::new(DEFAULT_DATA_DIR) {
-            command += &format!(" --data-dir {}", quoted(&self.data_dir));
-        }
-        if self.boot.images_dir != std::path::Path::new(DEFAULT_IMAGES_DIR) {
-            command += &format!(" --images-dir {}", quoted(&self.boot.images_dir));
-        }
+        command += &format!(" --data-dir {}", quoted(&absolute(&self.data_dir)));
+        command += &format!(" --images-dir {}", quoted(&absolute(&self.boot.images_dir)));
         command
     }
 }

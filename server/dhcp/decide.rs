@@ -583,7 +583,15 @@ fn address_reply(
         .then(|| (a.ip, ctx.now_ms + i64::from(ctx.config.lease_secs) * 1000));
     Outcome {
         reply: Some(Reply { kind, msg }),
-        event: Some((kind.event(), detail(file.as_deref(), req.arch, Some(a.ip)))),
+        event: Some((kind.event(), {
+            let mut d = detail(file.as_deref(), req.arch, Some(a.ip));
+            // The operator's timeline says why this netboot client got no boot file.
+            if let Some(why) = &warn {
+                d.push_str(" not served: ");
+                d.push_str(why);
+            }
+            d
+        })),
         leased,
         warn,
         ..Outcome::default()

@@ -888,7 +888,10 @@ fn full_mode_unknown_arch_still_gets_an_address_without_boot_file() {
                 .opt(60, "PXEClient:Arch:00006:UNDI:003000"),
         )
     });
-    assert!(outcome.warn.is_some());
+    let why = outcome.warn.expect("a warning");
+    // The event says it too, for the operator's timeline.
+    let (_, detail) = outcome.event.expect("an event");
+    assert!(detail.ends_with(&format!(" not served: {why}")), "{detail}");
 }
 
 #[test]

@@ -192,6 +192,34 @@ fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1_000_000.0)
 }
 
+/// Whether an event is a DHCP exchange of the network boot (the firmware's or iPXE's): an
+/// address-only exchange (Talos taking or renewing its address in full mode, an ordinary
+/// client) names no boot file and no client architecture.
+fn is_boot_dhcp(event: &Event) -> bool {
+    matches!(
+        event.kind,
+        EventKind::DhcpOffer
+            | EventKind::DhcpAck
+            | EventKind::ProxyOffer
+            | EventKind::ProxyAck
+            | EventKind::NotServed
+    ) && (event.kind == EventKind::NotServed
+        || event.detail.contains("file=")
+        || event.detail.contains("arch="))
+}
+
+/// Why a boot DHCP exchange could not serve the machine, when it says (`not-served` events in
+/// proxy mode; a full-mode address reply with " not served: " in its detail).
+fn not_served_reason(event: &Event) -> Option<String> {
+    if event.kind == EventKind::NotServed {
+        return Some(event.detail.clone());
+    }
+    event
+        .detail
+        .split_once(" not served: ")
+        .map(|(_, why)| why.to_string())
+}
+
 /// The step an event shows a machine reached, if any. A DHCP exchange is iPXE's own when the
 /// boot file handed out is bootplane's script.
 fn phase_of(event: &Event) -> Option<Phase> {
@@ -201,6 +229,9 @@ fn phase_of(event: &Event) -> Option<Phase> {
         | EventKind::ProxyOffer
         | EventKind::ProxyAck
         | EventKind::NotServed => {
+            if !is_boot_dhcp(event) {
+                return None;
+            }
             if event.detail.contains("/boot.ipxe") {
                 Phase::Ipxe
             } else {
@@ -221,6 +252,14 @@ fn phase_of(event: &Event) -> Option<Phase> {
     })
 }
 
+/// A config request that got no config: refused, or not servable (device-flow requests and
+/// approvals are logged under the same kind and are no failure).
+fn config_failure(event: &Event) -> Option<String> {
+    (event.kind == EventKind::ConfigFetched
+        && (event.detail.starts_with("refused (") || event.detail.starts_with("not served (")))
+    .then(|| event.detail.clone())
+}
+
 /// The current boot of `machine` from its events (oldest first), at `now`.
 pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> BootTimeline {
     let mut marks: Vec<Mark> = Vec::new();
@@ -228,52 +267,91 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
     let mut not_served = None;
     // The latest config request that got no config, while none was served since.
     let mut config_refused: Option<String> = None;
+    // Talos pushes events all along: its newest one, not its first, is the last sign of life.
+    let mut last_talos = None;
     for event in events {
-        if event.kind == EventKind::ConfigFetched && !event.detail.starts_with("served ") {
-            config_refused = Some(event.detail.clone());
+        if let Some(why) = config_failure(event) {
+            config_refused = Some(why);
         }
         let Some(phase) = phase_of(event) else {
             continue;
         };
-        if phase == Phase::Config {
-            config_refused = None;
-        }
-        // A firmware DHCP request after later steps is a new boot.
-        if phase == Phase::Dhcp && marks.iter().any(|m| m.phase > Phase::Dhcp) {
+        // A network boot's DHCP exchange after later steps of this boot is a new boot (the
+        // firmware's, or an iPXE ROM's that starts at iPXE).
+        if matches!(phase, Phase::Dhcp | Phase::Ipxe)
+            && is_boot_dhcp(event)
+            && marks.iter().any(|m| m.phase > phase)
+        {
             marks.clear();
             last_script = None;
             not_served = None;
             config_refused = None;
+            last_talos = None;
         }
-        if phase == Phase::Dhcp {
-            not_served = (event.kind == EventKind::NotServed).then(|| event.detail.clone());
+        if is_boot_dhcp(event) {
+            not_served = not_served_reason(event);
         }
-        if phase == Phase::Script {
-            last_script = Some(event.detail.clone());
+        match phase {
+            Phase::Config => config_refused = None,
+            Phase::Script => last_script = Some(event.detail.clone()),
+            Phase::Talos => last_talos = Some(event.at),
+            _ => {}
         }
-        // The first time each step is reached in this boot; steps are never undone within it.
-        if !marks.iter().any(|m| m.phase >= phase) {
+        // The first time each step is reached in this boot; steps are never undone within it,
+        // and one that comes out of order (Talos's events start before it fetches its config)
+        // is kept in its place.
+        if !marks.iter().any(|m| m.phase == phase) {
             marks.push(Mark {
                 phase,
                 at: event.at,
             });
+            marks.sort_by_key(|m| m.phase);
         }
     }
     if machine.state == Lifecycle::Ready && !marks.iter().any(|m| m.phase == Phase::Ready) {
-        // Ready from an earlier boot (a disk hand-off since): nothing is awaited.
+        // Ready from an earlier boot, sent to its disk since: nothing is awaited, unless its
+        // Talos API has stayed silent since the hand-off for longer than a boot takes.
+        let scale = if live.ms_per_limit_second > 0 {
+            live.ms_per_limit_second
+        } else {
+            1000
+        };
+        let silent = live
+            .probe
+            .as_ref()
+            .filter(|p| now.saturating_sub(p.since_ms) > 600_i64.saturating_mul(scale));
+        let (wait, stuck) = match silent {
+            Some(p) => (
+                format!(
+                    "sent to its disk; probing {} for {}: {}",
+                    p.target,
+                    span(now.saturating_sub(p.since_ms)),
+                    p.last_error.as_deref().unwrap_or("no answer yet")
+                ),
+                Some(Stuck {
+                    after: Phase::Ready,
+                    for_ms: now.saturating_sub(p.since_ms),
+                    causes: vec![
+                        "it did not come back from its disk: see its console (a failed upgrade, a disk gone, or it boots another OS first)".into(),
+                    ],
+                }),
+            ),
+            None => ("ready".into(), None),
+        };
         return BootTimeline {
             marks,
-            wait: "ready".into(),
-            stuck: None,
+            wait,
+            stuck,
             transfer: None,
         };
     }
     let reached = marks.last().map(|m| m.phase);
-    let since = marks
-        .last()
-        .map(|m| m.at)
-        .or(machine.state_since)
-        .unwrap_or(now);
+    let since = match reached {
+        Some(Phase::Talos) => last_talos,
+        _ => marks.iter().map(|m| m.at).max(),
+    }
+    .or(machine.state_since)
+    .unwrap_or(now);
     let waited = now.saturating_sub(since);
     let scale = if live.ms_per_limit_second > 0 {
         live.ms_per_limit_second
@@ -293,6 +371,15 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
         .clone()
         .filter(|t| t.sent < t.total && matches!(reached, Some(Phase::Kernel | Phase::Initramfs)));
     let (wait, stuck) = match reached {
+        Some(Phase::Dhcp | Phase::Ipxe) if not_served.is_some() => {
+            let why = not_served.unwrap_or_default();
+            let stuck = Stuck {
+                after: reached.unwrap_or(Phase::Dhcp),
+                for_ms: waited,
+                causes: vec![format!("bootplane cannot serve it: {why}")],
+            };
+            (format!("not served: {why}"), Some(stuck))
+        }
         _ if machine.role == Role::Unassigned => (
             format!(
                 "waiting for a role: assign it, and it boots on within {} s",
@@ -303,7 +390,7 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
         None => {
             let wait = "waiting for its first network boot".to_string();
             // Assigned but never seen: the clock runs from the assignment.
-            let stuck = (waited > 600 * scale).then(|| Stuck {
+            let stuck = (waited > 600_i64.saturating_mul(scale)).then(|| Stuck {
                 after: Phase::Dhcp,
                 for_ms: waited,
                 causes: vec![
@@ -312,15 +399,6 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
                 ],
             });
             (wait, stuck)
-        }
-        Some(Phase::Dhcp) if not_served.is_some() => {
-            let why = not_served.unwrap_or_default();
-            let stuck = Stuck {
-                after: Phase::Dhcp,
-                for_ms: waited,
-                causes: vec![format!("bootplane cannot serve it: {why}")],
-            };
-            (format!("not served: {why}"), Some(stuck))
         }
         Some(Phase::Dhcp) => (
             format!(
@@ -390,7 +468,13 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
                     span(waited)
                 ),
             };
-            (wait, overdue(phase))
+            // A download still moving is not stuck, however slow the link.
+            let stuck = if transfer.is_some() {
+                None
+            } else {
+                overdue(phase)
+            };
+            (wait, stuck)
         }
         Some(phase @ (Phase::Config | Phase::Talos)) => {
             let wait = match &live.probe {
@@ -485,7 +569,7 @@ mod tests {
         let m = machine(Role::Worker, Lifecycle::ConfigServed);
         let mut events = boot_to_config();
         events.insert(
-            4,
+            3,
             ev(
                 4,
                 EventKind::ProxyAck,
@@ -606,6 +690,133 @@ mod tests {
         let t = timeline(&m, &events, &live(), T0 + 41_000);
         assert_eq!(t.marks.last().map(|m| m.phase), Some(Phase::Config));
         assert!(t.stuck.is_none());
+    }
+
+    #[test]
+    fn an_ipxe_rom_starts_a_new_boot_at_ipxe_and_an_address_only_exchange_is_no_boot() {
+        let m = machine(Role::Worker, Lifecycle::ConfigServed);
+        let mut events = boot_to_config();
+        // Talos taking its address from bootplane's full DHCP: no boot file, no architecture.
+        events.push(ev(40, EventKind::DhcpAck, "ip=10.0.0.50"));
+        let t = timeline(&m, &events, &live(), T0 + 41_000);
+        assert_eq!(
+            t.marks.len(),
+            6,
+            "an address-only exchange started a new boot"
+        );
+        // A VM whose NIC firmware is iPXE: its first exchange already names the script.
+        events.push(ev(
+            100,
+            EventKind::DhcpAck,
+            "file=http://10.0.0.1:8080/boot.ipxe ip=10.0.0.50",
+        ));
+        let t = timeline(&m, &events, &live(), T0 + 101_000);
+        assert_eq!(
+            t.marks,
+            vec![Mark {
+                phase: Phase::Ipxe,
+                at: T0 + 100_000
+            }]
+        );
+    }
+
+    #[test]
+    fn talos_events_before_the_config_keep_both_steps_and_time_runs_from_the_newest_event() {
+        let m = machine(Role::Worker, Lifecycle::ConfigServed);
+        let mut events = boot_to_config();
+        let config = events.pop().unwrap();
+        events.push(ev(20, EventKind::TalosEvent, "machine.SequenceEvent boot"));
+        events.push(config);
+        events.push(ev(700, EventKind::TalosEvent, "machine.PhaseEvent install"));
+        let t = timeline(&m, &events, &live(), T0 + 800_000);
+        let phases: Vec<Phase> = t.marks.iter().map(|m| m.phase).collect();
+        assert_eq!(&phases, &Phase::ALL[..7]);
+        assert!(t.stuck.is_none(), "a node still sending events was flagged");
+        let t = timeline(&m, &events, &live(), T0 + 1_301_000);
+        assert_eq!(t.stuck.map(|s| s.after), Some(Phase::Talos));
+    }
+
+    #[test]
+    fn an_unassigned_client_that_cannot_be_served_is_flagged_not_told_to_wait_for_a_role() {
+        let m = machine(Role::Unassigned, Lifecycle::Discovered);
+        let events = [ev(
+            0,
+            EventKind::NotServed,
+            "arm64 client, but ipxe-arm64.efi is not in /usr/lib/ipxe",
+        )];
+        let t = timeline(&m, &events, &live(), T0 + 1000);
+        assert!(t.wait.starts_with("not served: arm64"), "{}", t.wait);
+        assert!(t.stuck.is_some());
+        // Full mode: the address reply says it in its detail.
+        let events = [ev(0, EventKind::DhcpOffer, "arch=11 ip=10.0.0.60 not served: arm64 client, but ipxe-arm64.efi is not in /usr/lib/ipxe")];
+        let t = timeline(&m, &events, &live(), T0 + 1000);
+        assert!(t.wait.starts_with("not served: arm64"), "{}", t.wait);
+    }
+
+    #[test]
+    fn a_slow_download_still_moving_is_not_stuck() {
+        let m = machine(Role::Worker, Lifecycle::Booting);
+        let moving = Live {
+            transfer: Some(Transfer {
+                asset: "initramfs".into(),
+                sent: 1,
+                total: 2,
+                started_ms: T0 + 9000,
+            }),
+            ..live()
+        };
+        let t = timeline(&m, &boot_to_config()[..6], &moving, T0 + 9000 + 3_600_000);
+        assert!(t.stuck.is_none());
+        assert!(
+            t.wait.starts_with("downloading the initramfs"),
+            "{}",
+            t.wait
+        );
+    }
+
+    #[test]
+    fn device_flow_requests_are_no_config_failure() {
+        let m = machine(Role::Worker, Lifecycle::Booting);
+        let mut events = boot_to_config();
+        events.pop();
+        events.push(ev(
+            30,
+            EventKind::ConfigFetched,
+            "device flow: code ABCD-EFGH waits for an operator's approval",
+        ));
+        let t = timeline(&m, &events, &live(), T0 + 31_000);
+        assert!(!t.wait.starts_with("config not served"), "{}", t.wait);
+        assert!(t.stuck.is_none());
+    }
+
+    #[test]
+    fn an_installed_machine_is_sent_to_its_disk_and_a_ready_one_that_never_comes_back_is_flagged() {
+        let m = machine(Role::Worker, Lifecycle::Installed);
+        let events = [
+            ev(0, EventKind::DhcpAck, "file=ipxe.efi arch=7 ip=10.0.0.50"),
+            ev(3, EventKind::ScriptServed, "installed: disk hand-off exit"),
+        ];
+        let t = timeline(&m, &events, &live(), T0 + 3_600_000);
+        assert_eq!(t.wait, "sent to its disk (installed: disk hand-off exit)");
+        assert!(t.stuck.is_none());
+        let ready = machine(Role::Worker, Lifecycle::Ready);
+        let silent = Live {
+            probe: Some(ProbeView {
+                target: "10.0.0.50:50000".into(),
+                since_ms: T0 + 3000,
+                attempts: 600,
+                last_error: Some("connection refused".into()),
+            }),
+            ..live()
+        };
+        let t = timeline(&ready, &events, &silent, T0 + 3000 + 601_000);
+        assert!(
+            t.wait
+                .starts_with("sent to its disk; probing 10.0.0.50:50000"),
+            "{}",
+            t.wait
+        );
+        assert_eq!(t.stuck.map(|s| s.after), Some(Phase::Ready));
     }
 
     #[test]

@@ -14,7 +14,11 @@ use crate::ops::OpsError;
 use crate::state::AppState;
 
 /// Newest events read per machine to find its current boot.
-const EVENTS_PER_MACHINE: i64 = 200;
+const EVENTS_PER_MACHINE: i64 = 100;
+/// Machines without a role shown at most (the most recently seen, within the hour): anything
+/// on the LAN that network-boots becomes one, so they must not crowd out the cluster.
+const UNASSIGNED_SHOWN: usize = 20;
+const UNASSIGNED_RECENT_MS: i64 = 3_600_000;
 
 /// One step of a row's bar.
 #[derive(Clone, Debug)]
@@ -65,13 +69,20 @@ pub struct Booting {
 /// The cluster's machines (control planes, then workers, then unassigned; by name) with their
 /// current boots.
 pub async fn boots(state: &AppState, cluster: &str) -> Result<Vec<Booting>, OpsError> {
-    let mut machines: Vec<Machine> = state
+    let now = state.recorder.now_ms();
+    let (mut machines, mut unassigned): (Vec<Machine>, Vec<Machine>) = state
         .db
         .list_machines()
         .await?
         .into_iter()
         .filter(|m| m.cluster == cluster)
-        .collect();
+        .partition(|m| m.role != Role::Unassigned);
+    unassigned.retain(|m| {
+        m.last_seen
+            .is_some_and(|at| now - at < UNASSIGNED_RECENT_MS)
+    });
+    unassigned.sort_by_key(|m| std::cmp::Reverse(m.last_seen));
+    machines.extend(unassigned.into_iter().take(UNASSIGNED_SHOWN));
     let order = |r: Role| match r {
         Role::Controlplane => 0,
         Role::Worker => 1,
@@ -84,7 +95,6 @@ pub async fn boots(state: &AppState, cluster: &str) -> Result<Vec<Booting>, OpsE
             b.mac,
         ))
     });
-    let now = state.recorder.now_ms();
     let mut out = Vec::with_capacity(machines.len());
     for machine in machines {
         let events = state.db.events(machine.mac, EVENTS_PER_MACHINE).await?;
