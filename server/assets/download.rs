@@ -90,18 +90,13 @@ fn unreachable(url: &str, e: reqwest::Error) -> ImagesError {
     let ImagesError::Download { reason, .. } = transfer_error(url, e) else {
         return ImagesError::Internal("unexpected error shape".into());
     };
-    let lower = reason.to_ascii_lowercase();
-    let said = if lower.contains("dns") || lower.contains("lookup") || lower.contains("resolve") {
-        "no DNS answer for it (does this host have a resolver and a route to the internet?)"
-            .to_string()
-    } else if lower.contains("refused") {
-        "connection refused".to_string()
-    } else if lower.contains("unreachable") || lower.contains("no route") {
-        "no route to it".to_string()
-    } else if lower.contains("timed out") || lower.contains("timeout") {
-        "the connection timed out".to_string()
-    } else {
-        reason
+    let said = match crate::support::net_error::plain(&reason) {
+        Some("no DNS answer") => {
+            "no DNS answer for it (does this host have a resolver and a route to the internet?)"
+                .to_string()
+        }
+        Some(words) => words.to_string(),
+        None => reason,
     };
     ImagesError::Unreachable { host, reason: said }
 }

@@ -194,19 +194,11 @@ pub(super) async fn probe(inner: &Arc<Inner>, mac: Mac, bell: &Notify, cancel: &
     }
 }
 
-/// A probe failure as an operator reads it: the innermost cause of a transport error ("connection
-/// refused", "deadline has elapsed"), not tonic's wrapping of it.
+/// A probe failure as an operator reads it: the cause at the bottom of the transport error
+/// ("connection refused"), not tonic's wrapping of it; else the error itself, cut short.
 fn probe_error(error: &str) -> String {
-    let last = error.rsplit(": ").next().unwrap_or(error).trim();
-    let text = if last.is_empty() { error } else { last };
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("connection refused") {
-        "connection refused".into()
-    } else if lower.contains("timed out") || lower.contains("deadline") {
-        "timed out".into()
-    } else if lower.contains("no route") || lower.contains("unreachable") {
-        "no route to host".into()
-    } else {
-        error.chars().take(200).collect()
+    match crate::support::net_error::plain(error) {
+        Some(words) => words.to_string(),
+        None => error.chars().take(200).collect(),
     }
 }
