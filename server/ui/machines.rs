@@ -523,6 +523,9 @@ struct MachinePage {
     cluster: String,
     talos: String,
     boot_problem: Option<String>,
+    /// What its current boot waits for now, and the stuck flag with its causes.
+    boot_wait: String,
+    boot_stuck: Option<(String, Vec<String>)>,
     form: MachineForm,
     role_options: Vec<(&'static str, bool)>,
     handoff_options: Vec<(&'static str, bool)>,
@@ -589,6 +592,14 @@ async fn machine_page(
         Err(e) => return ops_error_page(&OpsError::Db(e)),
     };
     let now = state.recorder.now_ms();
+    // Its current boot as the cluster page's timeline reads it: what it waits for, and why it
+    // is stuck when it is.
+    let boot = crate::model::timeline::timeline(
+        &m,
+        &events,
+        &super::timeline::live_of(state, &m),
+        now,
+    );
     let config = match configs::rendered_config(&state.db, mac, extras.reveal).await {
         Ok(text) => Ok(text),
         Err(OpsError::Db(e)) => return ops_error_page(&OpsError::Db(e)),
@@ -619,6 +630,17 @@ async fn machine_page(
         StatusCode::OK
     };
     let page = MachinePage {
+        boot_wait: boot.wait.clone(),
+        boot_stuck: boot.stuck.as_ref().map(|st| {
+            (
+                format!(
+                    "stuck after {} for {}",
+                    st.after.label(),
+                    crate::model::timeline::span(st.for_ms)
+                ),
+                st.causes.clone(),
+            )
+        }),
         nav: "machines",
         user: chrome.user,
         csrf: chrome.csrf,

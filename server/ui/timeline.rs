@@ -98,16 +98,21 @@ pub async fn boots(state: &AppState, cluster: &str) -> Result<Vec<Booting>, OpsE
     let mut out = Vec::with_capacity(machines.len());
     for machine in machines {
         let events = state.db.events(machine.mac, EVENTS_PER_MACHINE).await?;
-        let live = Live {
-            transfer: state.transfers.get(machine.mac),
-            probe: state.orchestrator.probe_view(machine.mac),
-            ms_per_limit_second: state.config.ui.step_limit_ms_per_second,
-            retry_secs: state.config.boot.retry_secs,
-        };
-        let timeline = timeline::timeline(&machine, &events, &live, now);
+        let timeline = timeline::timeline(&machine, &events, &live_of(state, &machine), now);
         out.push(Booting { machine, timeline });
     }
     Ok(out)
+}
+
+/// What the timeline of `machine` reads besides its events: its download in flight, its
+/// running probe, the step-limit scale and the retry interval.
+pub fn live_of(state: &AppState, machine: &Machine) -> Live {
+    Live {
+        transfer: state.transfers.get(machine.mac),
+        probe: state.orchestrator.probe_view(machine.mac),
+        ms_per_limit_second: state.config.ui.step_limit_ms_per_second,
+        retry_secs: state.config.boot.retry_secs,
+    }
 }
 
 fn name(m: &Machine) -> String {

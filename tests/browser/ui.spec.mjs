@@ -621,6 +621,11 @@ step('the boot timeline follows a boot live, step by step, and flags the machine
   await shot('timeline');
   await page.locator('#timeline').screenshot({ path: path.join(SHOTS, 'readme-timeline.png') });
   await checkLayout('cluster-timeline');
+  // The machine's own page says the same.
+  await page.goto(`${BASE}/ui/machines/${added}`);
+  assert.match(await page.locator('.boot-wait').innerText(), new RegExp(`probing ${host}:50000 for .*: connection refused`));
+  assert.match(await page.locator('.boot-wait .stuck-flag').innerText(), /stuck after config/);
+  await checkLayout('machine-stuck');
   // The machines list as it reads now, for the README.
   await page.goto(`${BASE}/ui`);
   await page.locator('main').screenshot({ path: path.join(SHOTS, 'readme-machines.png') });
