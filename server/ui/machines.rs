@@ -594,12 +594,8 @@ async fn machine_page(
     let now = state.recorder.now_ms();
     // Its current boot as the cluster page's timeline reads it: what it waits for, and why it
     // is stuck when it is.
-    let boot = crate::model::timeline::timeline(
-        &m,
-        &events,
-        &super::timeline::live_of(state, &m),
-        now,
-    );
+    let boot =
+        crate::model::timeline::timeline(&m, &events, &super::timeline::live_of(state, &m), now);
     let config = match configs::rendered_config(&state.db, mac, extras.reveal).await {
         Ok(text) => Ok(text),
         Err(OpsError::Db(e)) => return ops_error_page(&OpsError::Db(e)),
