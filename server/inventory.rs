@@ -23,6 +23,9 @@ use crate::support::metrics::Metrics;
 pub struct Snapshot {
     pub by_mac: HashMap<Mac, Machine>,
     pub by_ip: HashMap<Ipv4Addr, Mac>,
+    /// Counts the snapshots this process has loaded: anything made from an older one (a
+    /// cached boot script) may be out of date.
+    pub generation: u64,
 }
 
 impl Snapshot {
@@ -35,7 +38,11 @@ impl Snapshot {
             }
             by_mac.insert(m.mac, m);
         }
-        Snapshot { by_mac, by_ip }
+        Snapshot {
+            by_mac,
+            by_ip,
+            generation: 0,
+        }
     }
 }
 
@@ -66,12 +73,13 @@ impl Inventory {
         self.snapshot().by_mac.get(mac).cloned()
     }
 
-    pub fn replace(&self, snapshot: Snapshot) {
-        let snapshot = Arc::new(snapshot);
-        match self.current.write() {
-            Ok(mut guard) => *guard = snapshot,
-            Err(poisoned) => *poisoned.into_inner() = snapshot,
-        }
+    pub fn replace(&self, mut snapshot: Snapshot) {
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        snapshot.generation = guard.generation.wrapping_add(1);
+        *guard = Arc::new(snapshot);
     }
 
     /// Reloads from the database now.

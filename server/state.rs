@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::db::Db;
 use crate::inventory::{Inventory, Neighbours, Recorder};
+use crate::model::Mac;
 use crate::support::metrics::Metrics;
 use crate::tftp::IpxeFiles;
 
@@ -30,6 +31,75 @@ pub struct AppState {
     pub devices: crate::auth::devices::DeviceFlow,
     /// Boot asset downloads in flight per machine, for the boot timeline.
     pub transfers: crate::inventory::Transfers,
+    /// Boot scripts as last rendered, per machine and iPXE build.
+    pub scripts: ScriptCache,
+}
+
+/// A boot script as rendered for one machine and iPXE build, with what it was made from.
+#[derive(Clone, Debug)]
+pub struct CachedScript {
+    /// The inventory snapshot (`Snapshot::generation`) and asset record writes
+    /// (`Images::records_written`) it was made under.
+    pub generation: (u64, u64),
+    /// When it was made, milliseconds since the Unix epoch.
+    pub made_ms: i64,
+    /// What it does, for the event log.
+    pub detail: String,
+    pub body: bytes::Bytes,
+    /// When a request for it was last recorded in the event log.
+    pub recorded_ms: i64,
+}
+
+/// Boot scripts by machine and iPXE build: a script changes only when its machine (or the
+/// cluster, or its boot assets) changes, so a machine asking again and again (a wait loop, a
+/// boot storm's retries) gets the same bytes without a render or a database round trip. An
+/// entry serves while the inventory snapshot (machines, their clusters' names and versions) and
+/// this process's asset records it was made from are current, and for at most
+/// [`SCRIPT_TTL_MS`]: the bound on what another process changes in the asset records.
+#[derive(Clone, Debug, Default)]
+pub struct ScriptCache(
+    Arc<std::sync::Mutex<std::collections::HashMap<(Mac, &'static str), CachedScript>>>,
+);
+
+/// How long a rendered boot script is served at most without looking again. Short enough that
+/// an asset record another process replaced counts before a machine's next retry (10 s by
+/// default); long enough that a rack asking all the time costs few renders.
+pub const SCRIPT_TTL_MS: i64 = 5000;
+/// A known machine's repeated script requests are logged at most this often.
+pub const SCRIPT_RECORD_EVERY_MS: i64 = 1000;
+/// Scripts kept at most (one per machine and build; a flood of made-up MACs stays bounded).
+const SCRIPT_CACHE_CAP: usize = 8192;
+
+impl ScriptCache {
+    /// The script for `mac` and `buildarch` if it is current, and whether this request should
+    /// be logged (the first in [`SCRIPT_RECORD_EVERY_MS`]).
+    pub fn get(
+        &self,
+        mac: Mac,
+        buildarch: &'static str,
+        generation: (u64, u64),
+        now: i64,
+    ) -> Option<(CachedScript, bool)> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.get_mut(&(mac, buildarch))?;
+        let age = now.saturating_sub(entry.made_ms);
+        if entry.generation != generation || !(0..SCRIPT_TTL_MS).contains(&age) {
+            return None;
+        }
+        let record = !(0..SCRIPT_RECORD_EVERY_MS).contains(&now.saturating_sub(entry.recorded_ms));
+        if record {
+            entry.recorded_ms = now;
+        }
+        Some((entry.clone(), record))
+    }
+
+    pub fn put(&self, mac: Mac, buildarch: &'static str, script: CachedScript) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SCRIPT_CACHE_CAP && !map.contains_key(&(mac, buildarch)) {
+            map.clear();
+        }
+        map.insert((mac, buildarch), script);
+    }
 }
 
 impl AppState {
@@ -37,5 +107,69 @@ impl AppState {
     pub fn changed(&self) {
         self.inventory.mark_changed();
         self.orchestrator.signal(crate::orchestrator::Signal::Kick);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(generation: (u64, u64), made_ms: i64) -> CachedScript {
+        CachedScript {
+            generation,
+            made_ms,
+            detail: "install Talos v1.13.9".into(),
+            body: bytes::Bytes::from_static(b"#!ipxe\n"),
+            recorded_ms: made_ms,
+        }
+    }
+
+    #[test]
+    fn a_script_serves_while_its_snapshot_and_assets_are_current_and_for_a_second_at_most() {
+        let cache = ScriptCache::default();
+        let mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        cache.put(mac, "x86_64", script((3, 7), 10_000));
+        assert!(cache.get(mac, "x86_64", (3, 7), 10_500).is_some());
+        assert!(
+            cache.get(mac, "i386", (3, 7), 10_500).is_none(),
+            "another build"
+        );
+        assert!(
+            cache.get(mac, "x86_64", (4, 7), 10_500).is_none(),
+            "a new snapshot"
+        );
+        assert!(
+            cache.get(mac, "x86_64", (3, 8), 10_500).is_none(),
+            "an asset written"
+        );
+        assert!(
+            cache
+                .get(mac, "x86_64", (3, 7), 10_000 + SCRIPT_TTL_MS)
+                .is_none(),
+            "older than its TTL"
+        );
+        assert!(
+            cache.get(mac, "x86_64", (3, 7), 9_000).is_none(),
+            "a clock that went back"
+        );
+    }
+
+    #[test]
+    fn repeated_requests_are_recorded_once_a_second() {
+        let cache = ScriptCache::default();
+        let mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        cache.put(mac, "x86_64", script((1, 1), 10_000));
+        let record = |now| cache.get(mac, "x86_64", (1, 1), now).map(|(_, r)| r);
+        assert_eq!(
+            record(10_100),
+            Some(false),
+            "the render itself was recorded"
+        );
+        assert_eq!(record(10_999), Some(false));
+        let mut late = script((1, 1), 10_500);
+        late.recorded_ms = 9_000;
+        cache.put(mac, "x86_64", late);
+        assert_eq!(record(10_600), Some(true));
+        assert_eq!(record(10_700), Some(false), "recorded just now");
     }
 }

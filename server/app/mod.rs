@@ -510,6 +510,7 @@ pub async fn run(
         ipxe_files,
         devices: crate::auth::devices::DeviceFlow::default(),
         transfers: crate::inventory::Transfers::default(),
+        scripts: crate::state::ScriptCache::default(),
     };
     drop(recorder);
     check_boot_files(&state).await;

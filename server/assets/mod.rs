@@ -128,6 +128,8 @@ pub struct Images {
     /// CLI) is seen within the TTL, a new record at once (absent records are not kept).
     /// `servable` never uses it: what goes out is checked against the database.
     records: Arc<Mutex<RecordCache>>,
+    /// Counts this process's writes to asset records: a boot script made before one is stale.
+    records_written: Arc<std::sync::atomic::AtomicU64>,
     /// What the appliance adds to every kernel command line, for the check of a schematic's
     /// arguments (`serve` sets its own; a process without them counts `Additions::offline`).
     additions: crate::talos::kernel::Additions,
@@ -142,6 +144,7 @@ impl Images {
             verified: Arc::default(),
             in_flight: Arc::default(),
             records: Arc::default(),
+            records_written: Arc::default(),
             additions: crate::talos::kernel::Additions::offline(),
         }
     }

@@ -89,6 +89,15 @@ impl Images {
         if let Ok(mut cache) = self.records.lock() {
             cache.clear();
         }
+        self.records_written
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many writes to asset records this process has made: a boot script made under an
+    /// older count may name assets that changed since.
+    pub fn records_written(&self) -> u64 {
+        self.records_written
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
