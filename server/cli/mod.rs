@@ -150,6 +150,15 @@ mod tests {
         );
     }
 
+    fn iface() -> crate::net::InterfaceInfo {
+        crate::net::InterfaceInfo {
+            name: "br0".into(),
+            index: 3,
+            cidr: "10.77.0.1/24".parse().unwrap(),
+            gateway: None,
+        }
+    }
+
     /// The start-up hint for missing boot assets is a command that runs as printed: it names
     /// a source, and the data and images directories `serve` was given.
     #[test]
@@ -159,13 +168,7 @@ mod tests {
             images_dir: Some("/srv/images".into()),
             ..Default::default()
         };
-        let interface = crate::net::InterfaceInfo {
-            name: "br0".into(),
-            index: 3,
-            cidr: "10.77.0.1/24".parse().unwrap(),
-            gateway: None,
-        };
-        let config = crate::config::Config::resolve(options, interface).unwrap();
+        let config = crate::config::Config::resolve(options, iface()).unwrap();
         let hint = config.images_add_command("v1.13.9", "amd64");
         // A shell's word splitting, for the quoting the hint uses.
         let mut argv = Vec::new();
@@ -195,13 +198,7 @@ mod tests {
         );
         // The defaults (relative to where serve started) are named as absolute paths, so the
         // command runs from any directory.
-        let interface = crate::net::InterfaceInfo {
-            name: "br0".into(),
-            index: 3,
-            cidr: "10.77.0.1/24".parse().unwrap(),
-            gateway: None,
-        };
-        let config = crate::config::Config::resolve(ServeOptions::default(), interface).unwrap();
+        let config = crate::config::Config::resolve(ServeOptions::default(), iface()).unwrap();
         let hint = config.images_add_command("v1.13.9", "amd64");
         let data = std::path::absolute("./data").unwrap();
         assert!(

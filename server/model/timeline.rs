@@ -164,6 +164,8 @@ pub struct BootTimeline {
     pub stuck: Option<Stuck>,
     /// A kernel or initramfs download in flight.
     pub transfer: Option<Transfer>,
+    /// Nothing is awaited from this boot: the machine is ready, or was sent to its disk.
+    pub settled: bool,
 }
 
 /// What the timeline is computed from besides the events.
@@ -175,6 +177,17 @@ pub struct Live {
     pub ms_per_limit_second: i64,
     /// How often a waiting machine asks again (its script's retry), in seconds.
     pub retry_secs: u32,
+}
+
+impl Live {
+    /// Milliseconds per second of a step's limit (1000 unless a test shortened it).
+    fn scale(&self) -> i64 {
+        if self.ms_per_limit_second > 0 {
+            self.ms_per_limit_second
+        } else {
+            1000
+        }
+    }
 }
 
 /// "8 min", "42 s", "2 h 5 min".
@@ -311,15 +324,10 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
     if machine.state == Lifecycle::Ready && !marks.iter().any(|m| m.phase == Phase::Ready) {
         // Ready from an earlier boot, sent to its disk since: nothing is awaited, unless its
         // Talos API has stayed silent since the hand-off for longer than a boot takes.
-        let scale = if live.ms_per_limit_second > 0 {
-            live.ms_per_limit_second
-        } else {
-            1000
-        };
         let silent = live
             .probe
             .as_ref()
-            .filter(|p| now.saturating_sub(p.since_ms) > 600_i64.saturating_mul(scale));
+            .filter(|p| now.saturating_sub(p.since_ms) > 600_i64.saturating_mul(live.scale()));
         let (wait, stuck) = match silent {
             Some(p) => (
                 format!(
@@ -343,6 +351,7 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
             wait,
             stuck,
             transfer: None,
+            settled: true,
         };
     }
     let reached = marks.last().map(|m| m.phase);
@@ -353,11 +362,7 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
     .or(machine.state_since)
     .unwrap_or(now);
     let waited = now.saturating_sub(since);
-    let scale = if live.ms_per_limit_second > 0 {
-        live.ms_per_limit_second
-    } else {
-        1000
-    };
+    let scale = live.scale();
     let overdue = |phase: Phase| -> Option<Stuck> {
         let (secs, causes) = phase.limit()?;
         (waited > secs.saturating_mul(scale)).then(|| Stuck {
@@ -370,6 +375,8 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
         .transfer
         .clone()
         .filter(|t| t.sent < t.total && matches!(reached, Some(Phase::Kernel | Phase::Initramfs)));
+    // Set where this boot awaits nothing more (sent to its disk).
+    let mut settled = reached == Some(Phase::Ready);
     let (wait, stuck) = match reached {
         Some(Phase::Dhcp | Phase::Ipxe) if not_served.is_some() => {
             let why = not_served.unwrap_or_default();
@@ -417,6 +424,7 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
         Some(Phase::Script) => {
             let detail = last_script.unwrap_or_default();
             if detail.starts_with("installed") {
+                settled = true;
                 (format!("sent to its disk ({detail})"), None)
             } else if detail.starts_with("boot assets") || detail.contains("too long") {
                 let stuck = Stuck {
@@ -509,6 +517,7 @@ pub fn timeline(machine: &Machine, events: &[Event], live: &Live, now: i64) -> B
         wait,
         stuck,
         transfer,
+        settled,
     }
 }
 
@@ -581,6 +590,7 @@ mod tests {
         assert_eq!(&phases, &Phase::ALL[..6]);
         assert_eq!(t.marks[1].at, T0 + 2000, "iPXE at the TFTP transfer");
         assert!(t.stuck.is_none());
+        assert!(!t.settled, "a boot in progress");
         assert!(
             t.wait.starts_with("waiting for the Talos API"),
             "{}",
@@ -799,6 +809,7 @@ mod tests {
         let t = timeline(&m, &events, &live(), T0 + 3_600_000);
         assert_eq!(t.wait, "sent to its disk (installed: disk hand-off exit)");
         assert!(t.stuck.is_none());
+        assert!(t.settled);
         let ready = machine(Role::Worker, Lifecycle::Ready);
         let silent = Live {
             probe: Some(ProbeView {
@@ -896,6 +907,7 @@ mod tests {
         let t = timeline(&m, &events, &live(), T0 + 3_600_000);
         assert_eq!(t.wait, "ready");
         assert!(t.stuck.is_none());
+        assert!(t.settled);
         assert_eq!(span(8 * 60_000 + 5_000), "8 min");
         assert_eq!(span(7_500_000), "2 h 5 min");
     }

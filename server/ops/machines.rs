@@ -37,18 +37,9 @@ pub async fn save_machine(
         }
         (None, false) => return Err(OpsError::NotFound(mac)),
         (Some(m), false) => m.clone(),
-        (None, true) => {
-            let mut m = Machine::discovered(mac);
-            if let Some(first) = db.get_cluster(None).await? {
-                m.cluster = first.name;
-            }
-            m
-        }
+        (None, true) => new_machine(db, mac).await?,
     };
-    let mut m = old.clone();
-    apply_machine_input(&mut m, input)?;
-    let others = db.list_machines().await?;
-    check_against_inventory(db, lan, &m, &others).await?;
+    let m = checked(db, lan, &old, input).await?;
 
     let mut reinstall = false;
     let was_serving_cp = old.role == Role::Controlplane
@@ -108,13 +99,31 @@ pub async fn check_new_machine(
     input: &MachineInput,
 ) -> Result<(), OpsError> {
     // A locally administered address no NIC ships with, so it matches no stored machine.
-    let mut m = Machine::discovered(Mac([0x02, 0, 0, 0, 0, 0]));
+    let placeholder = new_machine(db, Mac([0x02, 0, 0, 0, 0, 0])).await?;
+    checked(db, lan, &placeholder, input).await.map(|_| ())
+}
+
+/// A machine to add: nothing assigned yet, in the first cluster.
+async fn new_machine(db: &Db, mac: Mac) -> Result<Machine, OpsError> {
+    let mut m = Machine::discovered(mac);
     if let Some(first) = db.get_cluster(None).await? {
         m.cluster = first.name;
     }
+    Ok(m)
+}
+
+/// `old` with `input` applied, checked against every field rule and the inventory's rules.
+async fn checked(
+    db: &Db,
+    lan: Option<&Lan>,
+    old: &Machine,
+    input: &MachineInput,
+) -> Result<Machine, OpsError> {
+    let mut m = old.clone();
     apply_machine_input(&mut m, input)?;
     let others = db.list_machines().await?;
-    check_against_inventory(db, lan, &m, &others).await
+    check_against_inventory(db, lan, &m, &others).await?;
+    Ok(m)
 }
 
 /// Whether a change from `old` to `new` makes a diskless machine that Talos ran on install to

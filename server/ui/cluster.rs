@@ -296,7 +296,7 @@ async fn page(state: &AppState, op: &Operator, extras: Extras) -> Response {
         .count();
     let needed = if cluster.single_controlplane { 1 } else { 3 };
     let initialised = cluster.initialised_at.is_some();
-    let timeline = match super::timeline::rows(state, &cluster).await {
+    let timeline = match super::timeline::rows(state, &cluster, &machines).await {
         Ok(t) => t,
         Err(e) => return ops_error_page(&e),
     };

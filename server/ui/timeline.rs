@@ -66,16 +66,14 @@ pub struct Booting {
     pub timeline: BootTimeline,
 }
 
-/// The cluster's machines (control planes, then workers, then unassigned; by name) with their
-/// current boots.
-pub async fn boots(state: &AppState, cluster: &str) -> Result<Vec<Booting>, OpsError> {
+/// The cluster's machines among `all` (control planes, then workers, then unassigned; by name)
+/// with their current boots.
+async fn boots(state: &AppState, cluster: &str, all: &[Machine]) -> Result<Vec<Booting>, OpsError> {
     let now = state.recorder.now_ms();
-    let (mut machines, mut unassigned): (Vec<Machine>, Vec<Machine>) = state
-        .db
-        .list_machines()
-        .await?
-        .into_iter()
+    let (mut machines, mut unassigned): (Vec<Machine>, Vec<Machine>) = all
+        .iter()
         .filter(|m| m.cluster == cluster)
+        .cloned()
         .partition(|m| m.role != Role::Unassigned);
     unassigned.retain(|m| {
         m.last_seen
@@ -176,7 +174,7 @@ pub fn cluster_wait(boots: &[Booting], needed: usize, bootstrapped: bool) -> Str
 fn row(b: &Booting, now: i64) -> TimelineRow {
     let t = &b.timeline;
     let last = t.marks.len().checked_sub(1);
-    let running = !matches!(t.wait.as_str(), "ready") && !t.wait.starts_with("sent to its disk");
+    let running = !t.settled;
     let segments = Phase::ALL
         .iter()
         .map(|&phase| {
@@ -265,12 +263,13 @@ fn phase_class(phase: Phase) -> &'static str {
     }
 }
 
-/// The timeline's rows for `cluster`, and its status line.
+/// The timeline's rows for `cluster`, and its status line, from the inventory `machines`.
 pub async fn rows(
     state: &AppState,
     cluster: &crate::model::Cluster,
+    machines: &[Machine],
 ) -> Result<TimelineRows, OpsError> {
-    let boots = boots(state, &cluster.name).await?;
+    let boots = boots(state, &cluster.name, machines).await?;
     let needed = if cluster.single_controlplane { 1 } else { 3 };
     let now = state.recorder.now_ms();
     Ok(TimelineRows {
@@ -286,7 +285,16 @@ pub async fn ui_cluster_timeline_get(State(state): State<AppState>) -> Response 
         Ok(None) => return ops_error_page(&OpsError::Refused("no cluster is defined".into())),
         Err(e) => return ops_error_page(&OpsError::Db(e)),
     };
-    match rows(&state, &cluster).await {
+    // The in-memory snapshot, as the machines list's refresh reads it: a poll costs no machine
+    // query.
+    let machines: Vec<Machine> = state
+        .inventory
+        .snapshot()
+        .by_mac
+        .values()
+        .cloned()
+        .collect();
+    match rows(&state, &cluster, &machines).await {
         Ok(rows) => super::render_rows(&rows, ""),
         Err(e) => ops_error_page(&e),
     }
