@@ -150,6 +150,48 @@ pub struct Recorder {
     tx: mpsc::Sender<Entry>,
     clock: SharedClock,
     metrics: Metrics,
+    repeats: Arc<std::sync::Mutex<Repeats>>,
+}
+
+/// A DHCP sighting identical to the last one recorded for the same machine and kind, this
+/// recent, is not recorded again: firmware retransmits, and a client that renews or re-boots in a loop
+/// repeats itself many times a second, which would fill the event log with copies and keep the
+/// database writer (and the leases waiting behind it) busy.
+pub const REPEAT_QUIET_MS: i64 = 5_000;
+/// Machines the repeat filter remembers; past it, entries older than [`REPEAT_QUIET_MS`] go,
+/// and if that is not enough, all of them (a flood of random MACs costs bounded memory).
+const REPEATS_REMEMBERED: usize = 65_536;
+
+/// The last sighting recorded per (machine, kind): a hash of what it said and when.
+#[derive(Debug, Default)]
+struct Repeats {
+    last: HashMap<(Mac, EventKind), (u64, i64)>,
+}
+
+impl Repeats {
+    /// Whether `obs` repeats a sighting recorded less than [`REPEAT_QUIET_MS`] ago; if not, it
+    /// becomes the one to compare with.
+    fn is_repeat(&mut self, obs: &Observation) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&obs.detail, obs.arch, &obs.smbios_uuid, &obs.serial).hash(&mut hasher);
+        let said = hasher.finish();
+        let key = (obs.mac, obs.kind);
+        if let Some(&(last_said, at)) = self.last.get(&key) {
+            if last_said == said && (0..REPEAT_QUIET_MS).contains(&(obs.at - at)) {
+                return true;
+            }
+        }
+        if self.last.len() >= REPEATS_REMEMBERED && !self.last.contains_key(&key) {
+            self.last
+                .retain(|_, (_, at)| obs.at - *at < REPEAT_QUIET_MS);
+            if self.last.len() >= REPEATS_REMEMBERED {
+                self.last.clear();
+            }
+        }
+        self.last.insert(key, (said, obs.at));
+        false
+    }
 }
 
 impl Recorder {
@@ -161,7 +203,12 @@ impl Recorder {
         metrics: Metrics,
     ) -> (Recorder, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::channel(RECORDER_QUEUE);
-        let recorder = Recorder { tx, clock, metrics };
+        let recorder = Recorder {
+            tx,
+            clock,
+            metrics,
+            repeats: Arc::default(),
+        };
         (recorder, write_loop(db, rx))
     }
 
@@ -186,6 +233,22 @@ impl Recorder {
         });
     }
 
+    /// Queues a packet's sighting (DHCP) without waiting, unless it repeats one recorded
+    /// moments ago: firmware retransmits, clients in a boot loop or a flood repeat themselves.
+    pub fn observe_packet(&self, obs: Observation) {
+        let repeat = self
+            .repeats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_repeat(&obs);
+        if repeat {
+            self.metrics.events_repeated.inc();
+            return;
+        }
+        self.observe(obs);
+    }
+
+    /// Queues a sighting without waiting.
     pub fn observe(&self, obs: Observation) {
         if self.tx.try_send(Entry::Seen(obs)).is_err() {
             self.metrics.events_dropped.inc();
@@ -461,6 +524,50 @@ mod tests {
             smbios_uuid: None,
             serial: None,
         }
+    }
+
+    #[test]
+    fn a_repeated_sighting_is_recorded_once_per_quiet_period_and_any_change_is_recorded() {
+        let mut repeats = Repeats::default();
+        let a: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let b: Mac = "52:54:00:00:00:02".parse().unwrap();
+        assert!(!repeats.is_repeat(&seen(a, 1_000, Some(7))));
+        assert!(
+            repeats.is_repeat(&seen(a, 1_500, Some(7))),
+            "a retransmission"
+        );
+        assert!(
+            !repeats.is_repeat(&seen(b, 1_500, Some(7))),
+            "another machine"
+        );
+        assert!(
+            !repeats.is_repeat(&seen(a, 1_600, Some(0))),
+            "a change of architecture"
+        );
+        assert!(repeats.is_repeat(&seen(a, 1_700, Some(0))));
+        let mut ack = seen(a, 1_700, Some(0));
+        ack.kind = EventKind::DhcpAck;
+        assert!(!repeats.is_repeat(&ack), "another kind of event");
+        let mut other = seen(a, 1_800, Some(0));
+        other.detail = "file=ipxe.efi".into();
+        assert!(!repeats.is_repeat(&other), "another detail");
+        assert!(
+            !repeats.is_repeat(&seen(a, 1_800 + REPEAT_QUIET_MS, Some(0))),
+            "the quiet period is over"
+        );
+        // A clock that went back does not silence a machine.
+        assert!(!repeats.is_repeat(&seen(b, 0, Some(7))));
+    }
+
+    #[test]
+    fn a_flood_of_new_machines_keeps_the_repeat_filter_bounded() {
+        let mut repeats = Repeats::default();
+        for i in 0..(REPEATS_REMEMBERED as u64 * 2 + 10) {
+            let bytes = (i | 0x0200_0000_0000).to_be_bytes();
+            let mac = Mac([bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+            assert!(!repeats.is_repeat(&seen(mac, 1_000, None)));
+        }
+        assert!(repeats.last.len() <= REPEATS_REMEMBERED);
     }
 
     #[tokio::test]

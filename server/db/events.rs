@@ -54,41 +54,67 @@ impl Db {
             .await?
             .try_get(0)?;
         let mut discovered = false;
-        for obs in batch {
-            let mac = obs.mac.to_string();
-            let inserted = sqlx::query(
-                "INSERT INTO machines (mac, cluster_id, first_seen, last_seen, state_since)
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (mac) DO NOTHING",
-            )
-            .bind(&mac)
-            .bind(default_cluster)
-            .bind(obs.at)
-            .bind(obs.at)
-            .bind(obs.at)
-            .execute(&mut *tx)
-            .await?;
-            if inserted.rows_affected() == 1 {
-                discovered = true;
-                insert_event(&mut tx, obs.mac, obs.at, EventKind::Discovered, "").await?;
+        // A few multi-row statements per chunk instead of three statements per sighting: each
+        // statement is a round trip to SQLite's worker thread.
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let macs: Vec<String> = chunk.iter().map(|o| o.mac.to_string()).collect();
+            // 1. Which of these machines are new.
+            let sql = format!(
+                "SELECT mac FROM machines WHERE mac IN ({})",
+                vec!["?"; macs.len()].join(", ")
+            );
+            let mut known = sqlx::query(&sql);
+            for mac in &macs {
+                known = known.bind(mac);
             }
-            sqlx::query(
-                "UPDATE machines SET
-                    first_seen = COALESCE(first_seen, ?),
-                    last_seen = MAX(COALESCE(last_seen, 0), ?),
-                    last_arch = COALESCE(?, last_arch),
-                    smbios_uuid = COALESCE(?, smbios_uuid),
-                    serial = COALESCE(?, serial)
-                 WHERE mac = ?",
-            )
-            .bind(obs.at)
-            .bind(obs.at)
-            .bind(obs.arch.map(i64::from))
-            .bind(&obs.smbios_uuid)
-            .bind(&obs.serial)
-            .bind(&mac)
-            .execute(&mut *tx)
-            .await?;
-            insert_event(&mut tx, obs.mac, obs.at, obs.kind, &obs.detail).await?;
+            let known: std::collections::HashSet<String> = known
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()?;
+            let new: std::collections::HashSet<&str> = macs
+                .iter()
+                .map(String::as_str)
+                .filter(|mac| !known.contains(*mac))
+                .collect();
+            // 2. Unknown MACs become discovered machines; every sighting, in order, refreshes
+            //    its machine's last-seen facts.
+            let sql = format!(
+                "INSERT INTO machines (mac, cluster_id, first_seen, last_seen, state_since,
+                                       last_arch, smbios_uuid, serial)
+                 VALUES {} ON CONFLICT (mac) DO UPDATE SET
+                    first_seen = COALESCE(first_seen, excluded.first_seen),
+                    last_seen = MAX(COALESCE(last_seen, 0), excluded.last_seen),
+                    last_arch = COALESCE(excluded.last_arch, last_arch),
+                    smbios_uuid = COALESCE(excluded.smbios_uuid, smbios_uuid),
+                    serial = COALESCE(excluded.serial, serial)",
+                values(chunk.len(), 8)
+            );
+            let mut upsert = sqlx::query(&sql);
+            for (obs, mac) in chunk.iter().zip(&macs) {
+                upsert = upsert
+                    .bind(mac)
+                    .bind(default_cluster)
+                    .bind(obs.at)
+                    .bind(obs.at)
+                    .bind(obs.at)
+                    .bind(obs.arch.map(i64::from))
+                    .bind(&obs.smbios_uuid)
+                    .bind(&obs.serial);
+            }
+            upsert.execute(&mut *tx).await?;
+            // 3. The event log: a new machine's `discovered` before its first sighting.
+            let mut rows: Vec<(&str, i64, EventKind, &str)> = Vec::with_capacity(chunk.len() * 2);
+            let mut announced = std::collections::HashSet::new();
+            for (obs, mac) in chunk.iter().zip(&macs) {
+                if new.contains(mac.as_str()) && announced.insert(mac.as_str()) {
+                    rows.push((mac, obs.at, EventKind::Discovered, ""));
+                }
+                rows.push((mac, obs.at, obs.kind, &obs.detail));
+            }
+            discovered |= !new.is_empty();
+            insert_events(&mut tx, &rows).await?;
         }
         if discovered {
             prune_unclaimed(&mut tx, cap).await?;
@@ -155,6 +181,15 @@ async fn prune_unclaimed(
     Ok(())
 }
 
+/// Sightings per multi-row statement: 8 columns each, far under SQLite's 32,766 parameters.
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// `(?, ?, …), (?, ?, …), …`: `rows` groups of `columns` placeholders.
+fn values(rows: usize, columns: usize) -> String {
+    let group = format!("({})", vec!["?"; columns].join(", "));
+    vec![group; rows].join(", ")
+}
+
 pub(super) async fn insert_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     mac: Mac,
@@ -162,12 +197,29 @@ pub(super) async fn insert_event(
     kind: EventKind,
     detail: &str,
 ) -> Result<(), DbError> {
-    sqlx::query("INSERT INTO events (mac, at, kind, detail) VALUES (?, ?, ?, ?)")
-        .bind(mac.to_string())
-        .bind(at)
-        .bind(kind.as_str())
-        .bind(detail)
-        .execute(&mut **tx)
-        .await?;
+    insert_events(tx, &[(&mac.to_string(), at, kind, detail)]).await
+}
+
+/// The event log's one insert: `(mac, at, kind, detail)` rows in order, in one statement.
+async fn insert_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    rows: &[(&str, i64, EventKind, &str)],
+) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO events (mac, at, kind, detail) VALUES {}",
+        values(rows.len(), 4)
+    );
+    let mut insert = sqlx::query(&sql);
+    for (mac, at, kind, detail) in rows {
+        insert = insert
+            .bind(*mac)
+            .bind(*at)
+            .bind(kind.as_str())
+            .bind(*detail);
+    }
+    insert.execute(&mut **tx).await?;
     Ok(())
 }

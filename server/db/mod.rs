@@ -66,6 +66,33 @@ pub enum DbError {
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: SqlitePool,
+    /// One connection for every write transaction ([`Db::write_tx`]): writers queue for it in
+    /// turn, first come first served, instead of retrying SQLite's lock in its busy handler,
+    /// where a writer committing back to back (the event writer under a DHCP storm) could keep
+    /// another (the lease flush) waiting for seconds.
+    writer: SqlitePool,
+}
+
+/// The settings of both pools: at most `max` connections, each checked when it comes back.
+fn pool_options(max: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(max)
+        // A connection must come back out of every transaction. When the disk fills, SQLite
+        // rolls a transaction back itself and sqlx's own ROLLBACK then fails, so sqlx still
+        // counts the connection as inside one and refuses every later `BEGIN` on it (the
+        // pool would keep it for ever). Such a connection is closed (SQLite rolls back
+        // whatever is open) and the pool opens a fresh one when it needs it.
+        .after_release(|conn, _meta| {
+            Box::pin(async move {
+                // Ordered after the rollback a dropped transaction queued on this connection.
+                conn.ping().await?;
+                let clean = !conn.is_in_transaction();
+                if !clean {
+                    tracing::warn!("closing a database connection left inside a transaction");
+                }
+                Ok(clean)
+            })
+        })
 }
 
 impl Db {
@@ -87,28 +114,10 @@ impl Db {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            // A connection must come back out of every transaction. When the disk fills, SQLite
-            // rolls a transaction back itself and sqlx's own ROLLBACK then fails, so sqlx still
-            // counts the connection as inside one and refuses every later `BEGIN` on it (the
-            // pool would keep it for ever). Such a connection is closed (SQLite rolls back
-            // whatever is open) and the pool opens a fresh one when it needs it.
-            .after_release(|conn, _meta| {
-                Box::pin(async move {
-                    // Ordered after the rollback a dropped transaction queued on this connection.
-                    conn.ping().await?;
-                    let clean = !conn.is_in_transaction();
-                    if !clean {
-                        tracing::warn!("closing a database connection left inside a transaction");
-                    }
-                    Ok(clean)
-                })
-            })
-            .connect_with(options)
-            .await?;
+        let pool = pool_options(4).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Db { pool })
+        let writer = pool_options(1).connect_with(options).await?;
+        Ok(Db { pool, writer })
     }
 
     /// The counter triggers bump whenever a commit changes what `list_machines` returns, apart
@@ -123,8 +132,9 @@ impl Db {
     /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`), so a
     /// concurrent writer makes it wait out the busy timeout instead of failing with
     /// "database is locked" when a deferred transaction tries to upgrade its read lock.
+    /// It runs on the writer connection, so write transactions take turns in order.
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, DbError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// A connection whose next commits are durable on power loss: `synchronous=FULL` syncs
@@ -155,6 +165,7 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }

@@ -10,7 +10,7 @@ use super::leases::{LeaseTable, DECLINE_QUARANTINE_MS, OFFER_HOLD_MS};
 use super::wire::{self, ClientClass, Guid, Request, PXE_VENDOR_OPTS};
 use crate::config::{BootConfig, DhcpConfig, DhcpMode};
 use crate::inventory::Snapshot;
-use crate::model::{EventKind, Machine};
+use crate::model::{EventKind, Mac, Machine};
 
 pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;
@@ -422,7 +422,8 @@ fn full_discover(ctx: &Ctx<'_>, req: &Request, leases: &mut LeaseTable) -> Outco
         };
     };
     leases.offer(req.mac, assignment.ip, ctx.now_ms + OFFER_HOLD_MS);
-    address_reply(ctx, req, machine, ReplyKind::Offer, &assignment, true)
+    let lease = Some(ctx.now_ms + i64::from(ctx.config.lease_secs) * 1000);
+    address_reply(ctx, req, machine, ReplyKind::Offer, &assignment, lease)
 }
 
 fn full_request(ctx: &Ctx<'_>, req: &Request, leases: &mut LeaseTable) -> Outcome {
@@ -451,9 +452,22 @@ fn full_request(ctx: &Ctx<'_>, req: &Request, leases: &mut LeaseTable) -> Outcom
     match verdict {
         Ok(assignment) => {
             let hostname = assignment.hostname.clone().or(req.hostname.clone());
-            let expires = ctx.now_ms + i64::from(ctx.config.lease_secs) * 1000;
-            leases.bind(req.mac, assignment.ip, expires, hostname);
-            address_reply(ctx, req, machine, ReplyKind::Ack, &assignment, true)
+            let expires = match cached_lease(ctx, leases, req.mac, assignment.ip, &hostname) {
+                Some(expires) => expires,
+                None => {
+                    let expires = ctx.now_ms + i64::from(ctx.config.lease_secs) * 1000;
+                    leases.bind(req.mac, assignment.ip, expires, hostname);
+                    expires
+                }
+            };
+            address_reply(
+                ctx,
+                req,
+                machine,
+                ReplyKind::Ack,
+                &assignment,
+                Some(expires),
+            )
         }
         Err(why) => {
             let mut msg = wire::reply_skeleton(req, MessageType::Nak, ctx.server_ip);
@@ -523,7 +537,29 @@ fn full_inform(ctx: &Ctx<'_>, req: &Request, leases: &LeaseTable) -> Outcome {
     let assignment = expected(ctx, req, leases, machine)
         .filter(|a| a.ip == ip)
         .unwrap_or_else(|| pool_assignment(ctx, ip, machine));
-    address_reply(ctx, req, machine, ReplyKind::Ack, &assignment, false)
+    address_reply(ctx, req, machine, ReplyKind::Ack, &assignment, None)
+}
+
+/// Lease caching, as ISC Kea's `cache-threshold`: a client that renews a lease granted less
+/// than this fraction of its lifetime ago keeps it as it is, told the time it has left, and
+/// nothing is written. Firmware, iPXE and the booted OS each run DHCP within minutes of each
+/// other; a client stuck in a boot loop or a load test renews many times a second.
+pub const LEASE_CACHE_THRESHOLD: f64 = 0.25;
+
+/// The expiry of `mac`'s bound lease on `ip` if it can be handed back unchanged.
+fn cached_lease(
+    ctx: &Ctx<'_>,
+    leases: &LeaseTable,
+    mac: Mac,
+    ip: Ipv4Addr,
+    hostname: &Option<String>,
+) -> Option<i64> {
+    let lease = leases.get(&mac)?;
+    let lifetime_ms = i64::from(ctx.config.lease_secs) * 1000;
+    let left = lease.expires_at - ctx.now_ms;
+    let fresh = left as f64 >= (1.0 - LEASE_CACHE_THRESHOLD) * lifetime_ms as f64;
+    (lease.bound && lease.ip == ip && &lease.hostname == hostname && fresh && left <= lifetime_ms)
+        .then_some(lease.expires_at)
 }
 
 /// OFFER or ACK with an address (or, for INFORM, only the settings).
@@ -533,8 +569,9 @@ fn address_reply(
     machine: Option<&Machine>,
     kind: ReplyKind,
     a: &Assignment,
-    with_lease: bool,
+    lease_until: Option<i64>,
 ) -> Outcome {
+    let with_lease = lease_until.is_some();
     let msg_type = match kind {
         ReplyKind::Offer => MessageType::Offer,
         _ => MessageType::Ack,
@@ -557,8 +594,11 @@ fn address_reply(
     if let Some(hostname) = &a.hostname {
         opts.insert(DhcpOption::Hostname(hostname.clone()));
     }
-    if with_lease {
-        let secs = ctx.config.lease_secs;
+    if let Some(until) = lease_until {
+        // Whole seconds left, never more than configured (a cached lease has less).
+        let secs = u32::try_from(((until - ctx.now_ms) / 1000).max(1))
+            .unwrap_or(ctx.config.lease_secs)
+            .min(ctx.config.lease_secs);
         opts.insert(DhcpOption::AddressLeaseTime(secs));
         opts.insert(DhcpOption::Renewal(secs / 2));
         opts.insert(DhcpOption::Rebinding(secs / 8 * 7));
@@ -579,8 +619,9 @@ fn address_reply(
     }
     // An ACK that binds a lease is evidence of who holds the address; an INFORM's ACK only
     // answers what the client says it already has.
-    let leased = (kind == ReplyKind::Ack && with_lease)
-        .then(|| (a.ip, ctx.now_ms + i64::from(ctx.config.lease_secs) * 1000));
+    let leased = lease_until
+        .filter(|_| kind == ReplyKind::Ack)
+        .map(|until| (a.ip, until));
     Outcome {
         reply: Some(Reply { kind, msg }),
         event: Some((kind.event(), {

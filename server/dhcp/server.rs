@@ -226,7 +226,7 @@ impl Shared {
             deps.neighbours.forget(ip, req.mac);
         }
         if let Some((kind, detail)) = &outcome.event {
-            deps.recorder.observe(Observation {
+            deps.recorder.observe_packet(Observation {
                 mac: req.mac,
                 at: now,
                 kind: *kind,

@@ -1067,6 +1067,48 @@ fn renewal_extends_the_lease_and_is_unicast_to_the_client() {
 }
 
 #[test]
+fn a_renewal_soon_after_the_grant_keeps_the_lease_unwritten_with_the_time_left() {
+    let mut world = lease_world(Some("10.77.0.100-10.77.0.110"), vec![]);
+    let addr = obtain(&mut world, MAC);
+    assert_eq!(
+        world.leases.take_dirty().len(),
+        1,
+        "the new lease is written"
+    );
+    // 10 minutes into an hour: under a quarter of the lifetime.
+    world.clock.advance(600_000);
+    let renew = world.handle(
+        Via::Dhcp,
+        &fixtures::udhcpc(REQUEST, MAC).ciaddr(addr).bytes(),
+        SocketAddrV4::new(addr, 68),
+    );
+    let ack = renew.reply();
+    assert_eq!(ack.msg_type(), ACK);
+    assert_eq!(ack.yiaddr(), addr);
+    assert_eq!(
+        ack.opt(51),
+        Some(&3_000u32.to_be_bytes()[..]),
+        "the client is told the 50 minutes it has left"
+    );
+    assert_eq!(
+        ack.opt(58),
+        Some(&1_500u32.to_be_bytes()[..]),
+        "T1 half of it"
+    );
+    assert_eq!(renew.outcome.leased, Some((addr, T0 + 3_600_000)));
+    assert!(world.leases.take_dirty().is_empty(), "nothing to write");
+    // Past a quarter of the lifetime, the renewal extends the lease again and writes it.
+    world.clock.advance(300_001);
+    let renew = world.handle(
+        Via::Dhcp,
+        &fixtures::udhcpc(REQUEST, MAC).ciaddr(addr).bytes(),
+        SocketAddrV4::new(addr, 68),
+    );
+    assert_eq!(renew.reply().opt(51), Some(&3_600u32.to_be_bytes()[..]));
+    assert_eq!(world.leases.take_dirty().len(), 1);
+}
+
+#[test]
 fn expired_lease_is_reclaimed_by_another_client() {
     let mut world = lease_world(Some("10.77.0.100-10.77.0.100"), vec![]);
     let addr = obtain(&mut world, MAC);

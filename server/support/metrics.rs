@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Asset bytes the kernel sent straight from the page cache (`sendfile`).
     pub http_sendfile_bytes: Counter,
     pub events_dropped: Counter,
+    /// Sightings not recorded because they repeated one recorded moments before.
+    pub events_repeated: Counter,
     /// Kernel log lines received from nodes and queued for the boot log.
     pub kernel_log_lines: Counter,
     pub kernel_log_dropped: Family<ReasonLabel, Counter>,
@@ -147,6 +149,11 @@ impl Metrics {
             "http_sendfile_bytes",
             "Boot asset bytes sent over HTTP straight from the page cache (sendfile)",
             self.http_sendfile_bytes.clone(),
+        );
+        registry.register(
+            "events_repeated",
+            "Machine sightings not recorded because they repeated the last one within 5 s",
+            self.events_repeated.clone(),
         );
         registry.register(
             "events_dropped",

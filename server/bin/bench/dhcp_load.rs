@@ -234,6 +234,13 @@ pub async fn run(load: Load) -> Result<FlowResult> {
 
 /// The client socket: 0.0.0.0:68 on the client veth, broadcasts allowed, large buffers.
 fn client_socket(interface: &str) -> Result<UdpSocket> {
+    let std = std_client_socket(interface)?;
+    std.set_nonblocking(true)?;
+    Ok(UdpSocket::from_std(std)?)
+}
+
+/// [`client_socket`] for a blocking loop of its own.
+pub fn std_client_socket(interface: &str) -> Result<StdUdpSocket> {
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     sock.set_reuse_address(true)?;
     sock.set_broadcast(true)?;
@@ -243,9 +250,7 @@ fn client_socket(interface: &str) -> Result<UdpSocket> {
         .context("binding the DHCP client socket to the veth")?;
     sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT).into())
         .context("binding the DHCP client port 68")?;
-    sock.set_nonblocking(true)?;
-    let std: StdUdpSocket = sock.into();
-    Ok(UdpSocket::from_std(std)?)
+    Ok(sock.into())
 }
 
 /// One transaction in flight.
@@ -469,7 +474,7 @@ fn take_reply(
 }
 
 /// A BOOTREPLY for `mac`, decoded.
-fn decode_reply(bytes: &[u8], mac: &[u8; 6]) -> Option<Message> {
+pub fn decode_reply(bytes: &[u8], mac: &[u8; 6]) -> Option<Message> {
     if bytes.len() < MIN_BOOTP_LEN || bytes.get(CHADDR_START..CHADDR_START + 6) != Some(mac) {
         return None;
     }
@@ -605,24 +610,37 @@ pub fn rate(r: &FlowResult) -> String {
     })
 }
 
-/// The two rows every DHCP load gets, bootplane (`a`) beside dnsmasq (`b`) with the load
-/// generator's ceiling against the trivial responder (`c`): its rate in `unit`, and its reply
-/// latency p50 / p99; plus a finding when bootplane came near the generator's ceiling. Returns
-/// bootplane's rate as a ratio to dnsmasq's and its p99.
+/// The two rows every DHCP load gets, bootplane (`a`) beside a reference (`b`, named `name`)
+/// with the load generator's ceiling against the trivial responder (`c`) and another server's
+/// result (`also`) in the notes: its rate in `unit`, and its reply latency p50 / p99; plus a
+/// finding when bootplane came near the generator's ceiling. Returns bootplane's rate as a
+/// ratio to the reference's and its p99.
 pub fn flow_rows(
     report: &mut crate::report::Report,
     label: &str,
     unit: &str,
     [a, b, c]: [&FlowResult; 3],
+    name: &str,
+    also: Option<(&str, &FlowResult)>,
 ) -> (Option<f64>, Option<Duration>) {
     use crate::report::{latency_row, Row};
     use crate::stats::{fmt_latency, fmt_ratio};
 
+    let also_text = also.map_or(String::new(), |(who, r)| {
+        let mut l = r.reply_latency.clone();
+        format!(
+            "; {who} {} ({}, reply p50 / p99 {} / {})",
+            rate(r),
+            r.outcome(),
+            fmt_latency(l.percentile(50.0)),
+            fmt_latency(l.percentile(99.0))
+        )
+    });
     report.row(
         Row::new(format!("{label}: {unit}"), rate(a))
-            .reference(format!("dnsmasq {}", rate(b)), fmt_ratio(a.per_sec(), b.per_sec()))
+            .reference(format!("{name} {}", rate(b)), fmt_ratio(a.per_sec(), b.per_sec()))
             .notes(format!(
-                "bootplane {}; dnsmasq {}; generator ceiling (trivial responder) {} ({}), generator CPU {:.2} s vs {:.2} s at the ceiling",
+                "bootplane {}; {name} {}{also_text}; generator ceiling (trivial responder) {} ({}), generator CPU {:.2} s vs {:.2} s at the ceiling",
                 a.outcome(),
                 b.outcome(),
                 rate(c),
@@ -641,13 +659,11 @@ pub fn flow_rows(
         &mut al,
         &mut bl,
     );
-    report.row(
-        row.notes(format!(
-            "each request to its reply; ratio as speed (dnsmasq p99 / bootplane p99); trivial responder {} / {}",
-            fmt_latency(cl.percentile(50.0)),
-            fmt_latency(cl.percentile(99.0))
-        )),
-    );
+    report.row(row.notes(format!(
+        "each request to its reply; reference {name}; ratio as speed ({name} p99 / bootplane p99); trivial responder {} / {}",
+        fmt_latency(cl.percentile(50.0)),
+        fmt_latency(cl.percentile(99.0))
+    )));
     if let (Some(ours), Some(ceil)) = (a.per_sec(), c.per_sec()) {
         if ours >= 0.8 * ceil {
             report.finding(format!(

@@ -28,6 +28,8 @@
 //! not stop cleanly.
 
 mod dhcp_load;
+mod dhcp_open;
+mod dhcp_runs;
 mod files;
 mod full_dhcp;
 mod http_assets;

@@ -44,9 +44,13 @@ pub struct Cli {
     /// [default: 3; smoke: 1]
     #[arg(long)]
     http_rounds: Option<usize>,
-    /// Boot storm sizes, comma-separated [default: 50,200; smoke: 4]
+    /// Boot storm sizes, comma-separated [default: 50,200,1000; smoke: 4]
     #[arg(long, value_delimiter = ',')]
     storm: Vec<usize>,
+    /// Open-loop DHCP loads: run this one rate (exchanges started per second) against each
+    /// server instead of searching for the highest it sustains
+    #[arg(long)]
+    dhcp_rate: Option<u32>,
     /// Keep the temporary directory (server logs, databases, configs) and print its path
     #[arg(long)]
     pub keep_temp: bool,
@@ -85,6 +89,11 @@ pub struct Params {
     pub tftp_each: usize,
     pub tftp_big_bytes: usize,
     pub storm_sizes: Vec<usize>,
+    /// Each step of an open-loop DHCP rate search lasts this long.
+    pub rate_window: Duration,
+    pub rate_plan: crate::dhcp_open::Plan,
+    /// A DHCP storm still unfinished after this long is given up.
+    pub dhcp_storm_give_up: Duration,
     pub storm_kernel_bytes: usize,
     pub storm_initramfs_bytes: usize,
     pub blast_bytes: u64,
@@ -132,7 +141,34 @@ impl Params {
             tftp_clients: pick(16, 4),
             tftp_each: pick(8, 1),
             tftp_big_bytes: pick(20, 2) * 1_000_000,
-            storm_sizes: list(&cli.storm, &[50, 200], &[4]),
+            storm_sizes: list(&cli.storm, &[50, 200, 1000], &[4]),
+            rate_window: Duration::from_secs(pick(4, 1) as u64),
+            // Doubling from 2,000/s, then three bisections (to within 1/16 of the rate); a
+            // smoke run tries one low rate per server, a check that the loop works.
+            rate_plan: if let Some(r) = cli.dhcp_rate {
+                let r = r.max(1);
+                crate::dhcp_open::Plan {
+                    start: r,
+                    max: r,
+                    bisections: 0,
+                    min: r,
+                }
+            } else if smoke {
+                crate::dhcp_open::Plan {
+                    start: 500,
+                    max: 500,
+                    bisections: 0,
+                    min: 500,
+                }
+            } else {
+                crate::dhcp_open::Plan {
+                    start: 2_000,
+                    max: 512_000,
+                    bisections: 3,
+                    min: 125,
+                }
+            },
+            dhcp_storm_give_up: Duration::from_secs(pick(120, 30) as u64),
             storm_kernel_bytes: pick(16, 1) * 1_000_000,
             storm_initramfs_bytes: pick(80, 3) * 1_000_000,
             blast_bytes: pick(2_000, 200) as u64 * 1_000_000,
@@ -165,9 +201,13 @@ impl Params {
             (
                 "DHCP".into(),
                 format!(
-                    "{} distinct PXE clients per load (half BIOS arch 0, half x64 UEFI arch 7), {} in flight, broadcast from port 68 on one client thread",
+                    "{} distinct PXE clients per load (half BIOS arch 0, half x64 UEFI arch 7), broadcast from port 68 on one client thread; closed loop: {} in flight; open loop (ISC's perfdhcp method): the clients take turns at a fixed rate, {} s per step, a fresh server per step, an exchange unanswered within 1 s is missed, a rate passes with at most 2.5% of each kind missed, doubling from {}/s then {} bisections; DHCP storm: every client at once, RFC 2131 back-off (4, 8, 16 s …), given up after {} s",
                     fmt_count(self.macs as f64),
-                    self.in_flight
+                    self.in_flight,
+                    self.rate_window.as_secs_f64(),
+                    fmt_count(f64::from(self.rate_plan.start)),
+                    self.rate_plan.bisections,
+                    self.dhcp_storm_give_up.as_secs(),
                 ),
             ),
             (
@@ -228,7 +268,7 @@ mod tests {
         let p = Params::from_cli(&Cli::try_parse_from(["bootplane-bench"]).unwrap());
         assert_eq!(p.macs, 10_000);
         assert_eq!(p.http_clients, vec![8, 50]);
-        assert_eq!(p.storm_sizes, vec![50, 200]);
+        assert_eq!(p.storm_sizes, vec![50, 200, 1000]);
         assert_eq!(p.script_connections, 64);
         assert_eq!(p.tftp_clients, 16);
     }
