@@ -41,12 +41,6 @@ pub fn bind(port: u16, interface: &InterfaceInfo) -> Result<UdpSocket, DhcpError
             "cannot bind the DHCP socket to its interface; filtering by interface index instead");
     }
     enable_pktinfo(&sock).map_err(setup)?;
-    // Our own broadcast replies need not come back to this host: without this, Linux loops a
-    // copy of each into the local stack (skb clone, routing, socket lookup), which costs about
-    // as much as the reply itself under a DHCP storm.
-    if let Err(e) = setsockopt(&sock, sockopt::IpMulticastLoop, &false) {
-        tracing::debug!(port, error = %e, "cannot turn off the loopback of broadcasts");
-    }
     let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
     sock.bind(&addr.into())
         .map_err(|source| DhcpError::from_bind(port, source))?;

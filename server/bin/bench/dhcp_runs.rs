@@ -125,6 +125,7 @@ pub async fn rate_search(
     let mut marks: Vec<(u32, bool)> = Vec::new();
     let mut search = Search::default();
     let mut peak_kib = 0;
+    let mut generator_max = f64::INFINITY;
     while let Some(rate) = dhcp_open::next_rate(plan, &marks) {
         let step_dir = dir.join(format!("{}-{rate}", which.name()));
         let (step, usage) = one_step(ctx, which, flow, &step_dir, rate)
@@ -134,22 +135,21 @@ pub async fn rate_search(
         let _ = std::fs::remove_dir_all(&step_dir);
         peak_kib = peak_kib.max(usage.peak_kib);
         eprintln!("  {}: {}", which.name(), step.describe());
+        // A step the generator could not keep on schedule says nothing about the server: the
+        // search goes on below it as after a failure, and remembers the generator's limit.
+        let pass = step.passes() && step.on_schedule();
         if !step.on_schedule() {
-            // The generator, not the server, fell behind: the step says nothing either way.
-            search.generator_limited = true;
-            search.steps.push(step);
-            break;
+            generator_max = generator_max.min(step.achieved);
         }
-        let pass = step.passes();
         if pass && search.best.as_ref().is_none_or(|b| b.rate < step.rate) {
             search.best = Some(step.clone());
         }
         marks.push((rate, pass));
         search.steps.push(step);
     }
-    if marks.last().is_some_and(|m| m.1 && m.0 >= plan.max) {
-        search.generator_limited = true;
-    }
+    let best = search.rate().unwrap_or(0.0);
+    search.generator_limited =
+        (marks.last().is_some_and(|m| m.1 && m.0 >= plan.max)) || best >= 0.9 * generator_max;
     Ok(RateRun { search, peak_kib })
 }
 
