@@ -158,39 +158,57 @@ pub struct Recorder {
 /// repeats itself many times a second, which would fill the event log with copies and keep the
 /// database writer (and the leases waiting behind it) busy.
 pub const REPEAT_QUIET_MS: i64 = 5_000;
-/// Machines the repeat filter remembers; past it, entries older than [`REPEAT_QUIET_MS`] go,
-/// and if that is not enough, all of them (a flood of random MACs costs bounded memory).
+/// Keys the repeat filter holds per generation: a flood of new MACs costs bounded memory and
+/// constant time per packet (the older generation is dropped whole).
 const REPEATS_REMEMBERED: usize = 65_536;
 
-/// The last sighting recorded per (machine, kind): a hash of what it said and when.
+type RepeatKey = (Mac, EventKind);
+
+/// The last sighting recorded per (machine, kind): a hash of what it said and when. Two
+/// generations: entries move to `older` when a new one starts (every [`REPEAT_QUIET_MS`], or
+/// sooner when `current` is full), and `older` is dropped then, so every entry lives at least
+/// one quiet period unless a flood fills a generation first.
 #[derive(Debug, Default)]
 struct Repeats {
-    last: HashMap<(Mac, EventKind), (u64, i64)>,
+    current: HashMap<RepeatKey, (u64, i64)>,
+    older: HashMap<RepeatKey, (u64, i64)>,
+    /// When `current` started.
+    since: i64,
 }
 
 impl Repeats {
-    /// Whether `obs` repeats a sighting recorded less than [`REPEAT_QUIET_MS`] ago; if not, it
-    /// becomes the one to compare with.
-    fn is_repeat(&mut self, obs: &Observation) -> bool {
+    fn said(obs: &Observation) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&obs.detail, obs.arch, &obs.smbios_uuid, &obs.serial).hash(&mut hasher);
-        let said = hasher.finish();
+        hasher.finish()
+    }
+
+    /// Whether `obs` repeats a sighting recorded less than [`REPEAT_QUIET_MS`] ago; if not, it
+    /// becomes the one to compare with.
+    fn is_repeat(&mut self, obs: &Observation) -> bool {
+        let said = Self::said(obs);
         let key = (obs.mac, obs.kind);
-        if let Some(&(last_said, at)) = self.last.get(&key) {
+        let last = self.current.get(&key).or_else(|| self.older.get(&key));
+        if let Some(&(last_said, at)) = last {
             if last_said == said && (0..REPEAT_QUIET_MS).contains(&(obs.at - at)) {
                 return true;
             }
         }
-        if self.last.len() >= REPEATS_REMEMBERED && !self.last.contains_key(&key) {
-            self.last
-                .retain(|_, (_, at)| obs.at - *at < REPEAT_QUIET_MS);
-            if self.last.len() >= REPEATS_REMEMBERED {
-                self.last.clear();
-            }
+        let aged = !(0..REPEAT_QUIET_MS).contains(&(obs.at - self.since));
+        if aged || self.current.len() >= REPEATS_REMEMBERED {
+            self.older = std::mem::take(&mut self.current);
+            self.since = obs.at;
         }
-        self.last.insert(key, (said, obs.at));
+        self.current.insert(key, (said, obs.at));
         false
+    }
+
+    /// Forgets `obs` (it could not be queued): the next identical sighting is recorded.
+    fn forget(&mut self, obs: &Observation) {
+        let key = (obs.mac, obs.kind);
+        self.current.remove(&key);
+        self.older.remove(&key);
     }
 }
 
@@ -236,16 +254,21 @@ impl Recorder {
     /// Queues a packet's sighting (DHCP) without waiting, unless it repeats one recorded
     /// moments ago: firmware retransmits, clients in a boot loop or a flood repeat themselves.
     pub fn observe_packet(&self, obs: Observation) {
-        let repeat = self
-            .repeats
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_repeat(&obs);
-        if repeat {
+        let repeats = || {
+            self.repeats
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if repeats().is_repeat(&obs) {
             self.metrics.events_repeated.inc();
             return;
         }
-        self.observe(obs);
+        if let Err(e) = self.tx.try_send(Entry::Seen(obs)) {
+            if let Entry::Seen(obs) = e.into_inner() {
+                repeats().forget(&obs);
+            }
+            self.metrics.events_dropped.inc();
+        }
     }
 
     /// Queues a sighting without waiting.
@@ -567,7 +590,8 @@ mod tests {
             let mac = Mac([bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
             assert!(!repeats.is_repeat(&seen(mac, 1_000, None)));
         }
-        assert!(repeats.last.len() <= REPEATS_REMEMBERED);
+        assert!(repeats.current.len() <= REPEATS_REMEMBERED);
+        assert!(repeats.older.len() <= REPEATS_REMEMBERED);
     }
 
     #[tokio::test]

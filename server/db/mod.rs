@@ -141,8 +141,10 @@ impl Db {
     /// the WAL at each commit (the pool's `NORMAL` leaves the last commits to the next
     /// checkpoint). For the records a second Bootstrap depends on: the target of a generation,
     /// the call mark, the outcome, the generation counter. Give it back with [`Db::relax`].
+    /// It is the writer connection, so these records wait their turn behind other writes
+    /// instead of retrying SQLite's lock.
     async fn durable_conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, DbError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer.acquire().await?;
         sqlx::query("PRAGMA synchronous = FULL")
             .execute(&mut *conn)
             .await?;

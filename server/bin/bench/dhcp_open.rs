@@ -32,6 +32,8 @@ pub const MAX_MISSED: f64 = 0.025;
 pub const DEADLINE: Duration = Duration::from_secs(1);
 /// How long a blocking receive waits before the loop looks at its send schedule again.
 const POLL: Duration = Duration::from_micros(200);
+/// Replies read in a row before the loop looks at its send schedule again.
+const MAX_DRAIN: usize = 64;
 /// The generator counts as behind (the step says nothing about the server) when it started
 /// fewer exchanges than this fraction of the schedule.
 const MIN_ON_SCHEDULE: f64 = 0.98;
@@ -160,8 +162,7 @@ pub async fn step(load: OpenLoad) -> Result<Step> {
 
 fn run_step(load: &OpenLoad) -> Result<Step> {
     let socket = std_client_socket(&load.interface)?;
-    socket.set_nonblocking(false)?;
-    socket.set_read_timeout(Some(POLL))?;
+    socket.set_nonblocking(true)?;
     let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
     let pxe = SocketAddrV4::new(SERVER_IP, PXE_PORT);
     let population = load.clients.len().max(1);
@@ -204,40 +205,40 @@ fn run_step(load: &OpenLoad) -> Result<Step> {
             sent += 1;
             last_send = at;
         }
-        match socket.recv_from(&mut buf) {
-            Ok((n, _)) => {
-                let at = Instant::now();
-                if let Some((number, offered, server)) = take(
-                    load,
-                    &buf[..n],
-                    xid_base,
-                    at,
-                    &mut txns,
-                    &mut first,
-                    &mut second,
-                ) {
-                    let index = load.clients.start + number % population;
-                    let xid = xid_base.wrapping_add(number as u32);
-                    let bytes = encode_request(
-                        MessageType::Request,
-                        index,
-                        xid,
-                        Ipv4Addr::UNSPECIFIED,
-                        Some((offered, server)),
-                        false,
-                    )?;
-                    second.sent += 1;
-                    let _ = socket.send_to(&bytes, broadcast);
-                    txns[number].second_at = Some(at);
-                    pending.push_back((number, true, at));
-                }
+        // Wait (at most `POLL`) for a reply, then read every reply waiting, up to a bound so
+        // the send schedule is looked at again soon.
+        wait_readable(&socket, POLL)?;
+        for _ in 0..MAX_DRAIN {
+            let n = match socket.recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e).context("receiving replies"),
+            };
+            let at = Instant::now();
+            if let Some((number, offered, server)) = take(
+                load,
+                &buf[..n],
+                xid_base,
+                at,
+                &mut txns,
+                &mut first,
+                &mut second,
+            ) {
+                let index = load.clients.start + number % population;
+                let xid = xid_base.wrapping_add(number as u32);
+                let bytes = encode_request(
+                    MessageType::Request,
+                    index,
+                    xid,
+                    Ipv4Addr::UNSPECIFIED,
+                    Some((offered, server)),
+                    false,
+                )?;
+                second.sent += 1;
+                let _ = socket.send_to(&bytes, broadcast);
+                txns[number].second_at = Some(at);
+                pending.push_back((number, true, at));
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e).context("receiving replies"),
         }
         let now = Instant::now();
         while let Some(&(number, is_second, at)) = pending.front() {
@@ -278,6 +279,17 @@ fn run_step(load: &OpenLoad) -> Result<Step> {
     })
 }
 
+/// Waits until `socket` has something to read or `limit` passed (ppoll: sub-millisecond).
+fn wait_readable(socket: &UdpSocket, limit: Duration) -> Result<()> {
+    use nix::poll::{ppoll, PollFd, PollFlags};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+    match ppoll(&mut fds, Some(limit.into()), None) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(e).context("waiting for replies"),
+    }
+}
+
 /// Checks one reply; `Some((number, offered, server))` when a Dora OFFER asks for a REQUEST.
 fn take(
     load: &OpenLoad,
@@ -305,6 +317,13 @@ fn take(
         (&mut txn.first, txn.first_at, &mut *first)
     };
     let sent_at = sent_at?;
+    if *state == 0 && at.saturating_duration_since(sent_at) > DEADLINE {
+        // Past its deadline, though the deadline sweep has not reached it yet.
+        *state = 2;
+        exchanges.missed += 1;
+        exchanges.late += 1;
+        return None;
+    }
     match *state {
         0 => {}
         2 => {

@@ -299,6 +299,13 @@ fn storm_rows(ctx: &mut Ctx, storms: &[(Storm, Usage)]) {
         dnsmasq.outcome(),
         dnsmasq_usage.cpu_secs,
     );
+    let rmem = std::fs::read_to_string("/proc/sys/net/core/rmem_default")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    ctx.report.finding(format!(
+        "{label}: bootplane asks the kernel for an 8 MiB receive buffer per DHCP socket; Kea and dnsmasq have no setting for theirs and run with the system default (net.core.rmem_default = {}), so what a burst overflows waits for its client's retransmission 4 s later: much of the ratio is that design choice",
+        rmem.map_or("?".into(), |b| format!("{} KiB", b / 1024))
+    ));
     ctx.report.row(
         Row::new(format!("{label}: time"), time(ours))
             .reference(
@@ -334,6 +341,10 @@ fn rate_rows(ctx: &mut Ctx, searches: &[RateRun]) {
         &ceiling.search,
         RATE_TARGET,
     );
+    ctx.report.finding(format!(
+        "{label}: as in ISC's method, the clients take turns, so past the first {} exchanges of a step a DORA renews a lease its client got moments before: both servers hand such a lease back unwritten (Kea's cache-threshold, bootplane's lease caching), and bootplane logs such a repeated sighting once per 5 s; the lease fill above measures new leases",
+        fmt_count(ctx.params.macs as f64)
+    ));
 }
 
 /// A sustained-rate row and its target (≥ `target`× the reference).

@@ -83,6 +83,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
         for which in [
             DhcpServer::Bootplane(DhcpMode::Proxy),
             DhcpServer::dnsmasq_proxy(),
+            DhcpServer::Responder("dhcp-proxy"),
         ] {
             eprintln!(
                 "proxyDHCP: open-loop {flow:?} rate search, {}",
@@ -115,7 +116,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     }
     let peak = searches
         .iter()
-        .step_by(2)
+        .step_by(3)
         .map(|r| r.peak_kib)
         .max()
         .unwrap_or(0);
