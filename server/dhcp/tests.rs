@@ -1041,16 +1041,21 @@ fn offered_address_is_held_for_the_client_it_was_offered_to() {
     );
 }
 
+/// A RENEWING client's REQUEST, unicast from its leased address.
+fn renewal(world: &mut World, addr: Ipv4Addr) -> Handled {
+    world.handle(
+        Via::Dhcp,
+        &fixtures::udhcpc(REQUEST, MAC).ciaddr(addr).bytes(),
+        SocketAddrV4::new(addr, 68),
+    )
+}
+
 #[test]
 fn renewal_extends_the_lease_and_is_unicast_to_the_client() {
     let mut world = lease_world(Some("10.77.0.100-10.77.0.110"), vec![]);
     let addr = obtain(&mut world, MAC);
     world.clock.advance(1_800_000);
-    let renew = world.handle(
-        Via::Dhcp,
-        &fixtures::udhcpc(REQUEST, MAC).ciaddr(addr).bytes(),
-        SocketAddrV4::new(addr, 68),
-    );
+    let renew = renewal(&mut world, addr);
     let ack = renew.reply();
     assert_eq!(ack.msg_type(), ACK);
     assert_eq!(ack.yiaddr(), addr);
@@ -1077,11 +1082,7 @@ fn a_renewal_soon_after_the_grant_keeps_the_lease_unwritten_with_the_time_left()
     );
     // 10 minutes into an hour: under a quarter of the lifetime.
     world.clock.advance(600_000);
-    let renew = world.handle(
-        Via::Dhcp,
-        &fixtures::udhcpc(REQUEST, MAC).ciaddr(addr).bytes(),
-        SocketAddrV4::new(addr, 68),
-    );
+    let renew = renewal(&mut world, addr);
     let ack = renew.reply();
     assert_eq!(ack.msg_type(), ACK);
     assert_eq!(ack.yiaddr(), addr);
@@ -1099,11 +1100,7 @@ fn a_renewal_soon_after_the_grant_keeps_the_lease_unwritten_with_the_time_left()
     assert!(world.leases.take_dirty().is_empty(), "nothing to write");
     // Past a quarter of the lifetime, the renewal extends the lease again and writes it.
     world.clock.advance(300_001);
-    let renew = world.handle(
-        Via::Dhcp,
-        &fixtures::udhcpc(REQUEST, MAC).ciaddr(addr).bytes(),
-        SocketAddrV4::new(addr, 68),
-    );
+    let renew = renewal(&mut world, addr);
     assert_eq!(renew.reply().opt(51), Some(&3_600u32.to_be_bytes()[..]));
     assert_eq!(world.leases.take_dirty().len(), 1);
 }
@@ -1119,11 +1116,7 @@ fn expired_lease_is_reclaimed_by_another_client() {
     world.clock.advance(3_600_001);
     assert_eq!(obtain(&mut world, OTHER_MAC), addr);
     // The first client's renewal is now refused.
-    let renew = world.handle(
-        Via::Dhcp,
-        &fixtures::udhcpc(REQUEST, MAC).ciaddr(addr).bytes(),
-        SocketAddrV4::new(addr, 68),
-    );
+    let renew = renewal(&mut world, addr);
     assert_eq!(renew.reply().msg_type(), NAK);
 }
 

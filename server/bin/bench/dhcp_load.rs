@@ -130,6 +130,28 @@ pub fn encode_request(
     Ok(bytes)
 }
 
+/// The message a transaction of `flow` starts with, and where it goes: a proxyDHCP REQUEST
+/// to the boot-server port, otherwise a broadcast DISCOVER.
+pub fn first_request(flow: Flow, index: usize, xid: u32) -> Result<(Vec<u8>, SocketAddrV4)> {
+    Ok(match flow {
+        Flow::ProxyRequest => (
+            encode_request(MessageType::Request, index, xid, CLIENT_IP, None, true)?,
+            SocketAddrV4::new(SERVER_IP, PXE_PORT),
+        ),
+        _ => (
+            encode_request(
+                MessageType::Discover,
+                index,
+                xid,
+                Ipv4Addr::UNSPECIFIED,
+                None,
+                false,
+            )?,
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT),
+        ),
+    })
+}
+
 /// How a load went.
 #[derive(Debug, Default)]
 pub struct FlowResult {
@@ -267,7 +289,6 @@ struct Txn {
 async fn drive(load: &Load) -> Result<FlowResult> {
     let socket = client_socket(&load.interface)?;
     let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT);
-    let pxe = SocketAddrV4::new(SERVER_IP, PXE_PORT);
     let xid_base: u32 = rand::random();
     let n = load.clients.len();
     let mut result = FlowResult {
@@ -287,16 +308,7 @@ async fn drive(load: &Load) -> Result<FlowResult> {
             next += 1;
             let index = load.clients[slot];
             let xid = xid_base.wrapping_add(slot as u32);
-            let (kind, dest, ciaddr, boot_item) = match load.flow {
-                Flow::ProxyRequest => (MessageType::Request, pxe, CLIENT_IP, true),
-                _ => (
-                    MessageType::Discover,
-                    broadcast,
-                    Ipv4Addr::UNSPECIFIED,
-                    false,
-                ),
-            };
-            let bytes = encode_request(kind, index, xid, ciaddr, None, boot_item)?;
+            let (bytes, dest) = first_request(load.flow, index, xid)?;
             let now = Instant::now();
             result.started += 1;
             if socket.send_to(&bytes, dest).await.is_err() {

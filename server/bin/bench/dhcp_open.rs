@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
 
 use crate::dhcp_load::{
-    client_mac, decode_reply, encode_request, std_client_socket, Flow, PXE_PORT,
+    client_mac, decode_reply, encode_request, first_request, std_client_socket, Flow,
 };
 use crate::netns::{CLIENT_IP, SERVER_IP};
 use crate::stats::Latencies;
@@ -30,10 +30,8 @@ use crate::sys::thread_cpu_secs;
 pub const MAX_MISSED: f64 = 0.025;
 /// An exchange answered later than this is missed (perfdhcp's default drop time).
 pub const DEADLINE: Duration = Duration::from_secs(1);
-/// How long a blocking receive waits before the loop looks at its send schedule again.
+/// The longest the loop waits for a reply before it looks at its send schedule again.
 const POLL: Duration = Duration::from_micros(200);
-/// Replies read in a row before the loop looks at its send schedule again.
-const MAX_DRAIN: usize = 64;
 /// The generator counts as behind (the step says nothing about the server) when it started
 /// fewer exchanges than this fraction of the schedule.
 const MIN_ON_SCHEDULE: f64 = 0.98;
@@ -162,9 +160,9 @@ pub async fn step(load: OpenLoad) -> Result<Step> {
 
 fn run_step(load: &OpenLoad) -> Result<Step> {
     let socket = std_client_socket(&load.interface)?;
-    socket.set_nonblocking(true)?;
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(POLL))?;
     let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
-    let pxe = SocketAddrV4::new(SERVER_IP, PXE_PORT);
     let population = load.clients.len().max(1);
     let total = (f64::from(load.rate) * load.window.as_secs_f64()).round() as usize;
     let xid_base: u32 = rand::random();
@@ -186,16 +184,7 @@ fn run_step(load: &OpenLoad) -> Result<Step> {
         while sent < due.min(total) {
             let index = load.clients.start + sent % population;
             let xid = xid_base.wrapping_add(sent as u32);
-            let (kind, dest, ciaddr, item) = match load.flow {
-                Flow::ProxyRequest => (MessageType::Request, pxe, CLIENT_IP, true),
-                _ => (
-                    MessageType::Discover,
-                    broadcast,
-                    Ipv4Addr::UNSPECIFIED,
-                    false,
-                ),
-            };
-            let bytes = encode_request(kind, index, xid, ciaddr, None, item)?;
+            let (bytes, dest) = first_request(load.flow, index, xid)?;
             let at = Instant::now();
             first.sent += 1;
             // A failed send is an exchange that cannot be answered: it stays pending and misses.
@@ -205,15 +194,21 @@ fn run_step(load: &OpenLoad) -> Result<Step> {
             sent += 1;
             last_send = at;
         }
-        // Wait (at most `POLL`) for a reply, then read every reply waiting, up to a bound so
-        // the send schedule is looked at again soon.
-        wait_readable(&socket, POLL)?;
-        for _ in 0..MAX_DRAIN {
-            let n = match socket.recv_from(&mut buf) {
-                Ok((n, _)) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e).context("receiving replies"),
-            };
+        // One reply per turn (waiting at most `POLL` for it), then the send schedule again: a
+        // turn costs a receive and a clock read, so replies are read as they come.
+        let received = match socket.recv_from(&mut buf) {
+            Ok((n, _)) => Some(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => return Err(e).context("receiving replies"),
+        };
+        if let Some(n) = received {
             let at = Instant::now();
             if let Some((number, offered, server)) = take(
                 load,
@@ -277,17 +272,6 @@ fn run_step(load: &OpenLoad) -> Result<Step> {
         achieved,
         client_cpu_secs: 0.0,
     })
-}
-
-/// Waits until `socket` has something to read or `limit` passed (ppoll: sub-millisecond).
-fn wait_readable(socket: &UdpSocket, limit: Duration) -> Result<()> {
-    use nix::poll::{ppoll, PollFd, PollFlags};
-    use std::os::fd::AsFd;
-    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
-    match ppoll(&mut fds, Some(limit.into()), None) {
-        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
-        Err(e) => Err(e).context("waiting for replies"),
-    }
 }
 
 /// Checks one reply; `Some((number, offered, server))` when a Dora OFFER asks for a REQUEST.
