@@ -24,7 +24,7 @@ pub const DEFAULT_KERNEL_LOG_PORT: u16 = 4001;
 /// Kernel log lines kept per machine; older lines are trimmed.
 pub const DEFAULT_BOOT_LOG_LINES: u32 = 5000;
 /// HTTP connections open at once, in all (keep it below the process's file descriptor limit).
-pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 512;
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 2048;
 /// HTTP connections open at once from one client address.
 pub const DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 /// Seconds a client has to send a whole request head (also how long a kept-alive connection

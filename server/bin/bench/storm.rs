@@ -48,6 +48,61 @@ const MACHINE_LIMIT: Duration = Duration::from_secs(180);
 const DHCP_RETRY: Duration = Duration::from_secs(1);
 const DHCP_TRIES: u32 = 8;
 
+/// Raises the neighbour table's limits (net.ipv4.neigh.default.gc_thresh1-3, host-wide: the
+/// table is shared by every network namespace) to hold `entries`, and puts them back when
+/// dropped. Without it, a storm of a thousand machines overflows the table and their packets are
+/// dropped ("neighbor table overflow" in the kernel log), a failure of the bench, not the servers.
+struct NeighbourRoom {
+    /// A process in the host's network namespace: the bench's outer process.
+    host: u32,
+    /// (sysctl key, value before).
+    saved: Vec<(String, String)>,
+}
+
+impl NeighbourRoom {
+    fn make(host: u32, entries: usize) -> Self {
+        let mut saved = Vec::new();
+        for (name, want) in [
+            ("gc_thresh3", entries),
+            ("gc_thresh2", entries / 2),
+            ("gc_thresh1", entries / 4),
+        ] {
+            let key = format!("net.ipv4.neigh.default.{name}");
+            let Some(old) = host_sysctl(host, &["-n", &key]) else {
+                continue;
+            };
+            if old.parse::<usize>().is_ok_and(|v| v < want)
+                && host_sysctl(host, &["-w", &format!("{key}={want}")]).is_some()
+            {
+                saved.push((key, old));
+            }
+        }
+        NeighbourRoom { host, saved }
+    }
+}
+
+/// `sysctl ARGS` in the network namespace of process `host` (this process runs in the bench's
+/// client namespace, where the neighbour table's limits are not visible); its output, trimmed.
+fn host_sysctl(host: u32, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("nsenter")
+        .args(["--target", &host.to_string(), "--net", "sysctl"])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl Drop for NeighbourRoom {
+    fn drop(&mut self) {
+        // Lowered in the reverse order of raising: thresh1, thresh2, thresh3.
+        for (key, old) in self.saved.iter().rev() {
+            let _ = host_sysctl(self.host, &["-w", &format!("{key}={old}")]);
+        }
+    }
+}
+
 /// The static address of storm machine `i`: 10.99.2.1 on (outside the DHCP pool).
 pub fn storm_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 99, 2 + (i / 250) as u8, 1 + (i % 250) as u8)
@@ -102,6 +157,9 @@ pub async fn run(ctx: &mut Ctx, link_mb_s: Option<f64>) -> Result<()> {
     let sizes = ctx.params.storm_sizes.clone();
     let total: usize = sizes.iter().sum();
     let all = machines(total);
+    // Each machine has an address of its own, so each needs a neighbour (ARP) entry on both
+    // sides; Linux's neighbour table is one for every namespace, 1,024 entries by default.
+    let _room = NeighbourRoom::make(ctx.names.id, 4 * total + 1024);
     ctx.names
         .add_client_addresses(&all.iter().map(|m| m.1).collect::<Vec<_>>())?;
     let dir = ctx.scratch.join("storm");
