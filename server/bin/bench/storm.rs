@@ -473,6 +473,11 @@ impl DhcpHub {
             if let Ok(Ok(reply)) = tokio::time::timeout(DHCP_RETRY, rx).await {
                 let msg = Message::decode(&mut Decoder::new(&reply))
                     .map_err(|e| anyhow::anyhow!("undecodable DHCP reply: {e}"))?;
+                // A late OFFER (to a DISCOVER sent again) while the REQUEST waits for its ACK is
+                // stale, as firmware treats it: ask again.
+                if want == MessageType::Ack && msg.opts().msg_type() == Some(MessageType::Offer) {
+                    continue;
+                }
                 if msg.opts().msg_type() != Some(want) {
                     bail!(
                         "DHCP answered {:?}, expected {want:?}",
