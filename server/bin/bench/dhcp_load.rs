@@ -451,10 +451,7 @@ fn take_reply(
     }
     result.reply_latency.push(now - txn.sent_at);
     if load.flow == Flow::Dora && txn.step == 0 {
-        let server = match msg.opts().get(OptionCode::ServerIdentifier) {
-            Some(DhcpOption::ServerIdentifier(s)) => *s,
-            _ => SERVER_IP,
-        };
+        let server = server_id(&msg);
         outstanding.insert(
             xid,
             Txn {
@@ -483,6 +480,14 @@ fn take_reply(
     result.txn_latency.push(now - txn.started);
     result.elapsed = now.saturating_duration_since(start);
     None
+}
+
+/// The server a reply names (option 54), else the bench's server address.
+pub fn server_id(msg: &Message) -> Ipv4Addr {
+    match msg.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(s)) => *s,
+        _ => SERVER_IP,
+    }
 }
 
 /// A BOOTREPLY for `mac`, decoded.

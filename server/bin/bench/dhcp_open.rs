@@ -17,12 +17,12 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+use dhcproto::v4::MessageType;
 
 use crate::dhcp_load::{
-    client_mac, decode_reply, encode_request, first_request, std_client_socket, Flow,
+    client_mac, decode_reply, encode_request, first_request, server_id, std_client_socket, Flow,
 };
-use crate::netns::{CLIENT_IP, SERVER_IP};
+use crate::netns::CLIENT_IP;
 use crate::stats::Latencies;
 use crate::sys::thread_cpu_secs;
 
@@ -340,10 +340,7 @@ fn take(
     exchanges.latency.push(at - sent_at);
     if load.flow == Flow::Dora && !is_second {
         txn.offered = Some(yiaddr);
-        let server = match msg.opts().get(OptionCode::ServerIdentifier) {
-            Some(DhcpOption::ServerIdentifier(s)) => *s,
-            _ => SERVER_IP,
-        };
+        let server = server_id(&msg);
         return Some((number, yiaddr, server));
     }
     None
@@ -630,10 +627,7 @@ fn run_storm(interface: &str, range: std::ops::Range<usize>, give_up: Duration) 
         let at = Instant::now();
         let next = match (clients[client].phase, kind) {
             (Phase::Discover, Some(MessageType::Offer)) if !msg.yiaddr().is_unspecified() => {
-                let server = match msg.opts().get(OptionCode::ServerIdentifier) {
-                    Some(DhcpOption::ServerIdentifier(s)) => *s,
-                    _ => SERVER_IP,
-                };
+                let server = server_id(&msg);
                 Phase::Request {
                     offered: msg.yiaddr(),
                     server,

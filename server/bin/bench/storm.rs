@@ -24,7 +24,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, Barrier};
 
-use crate::dhcp_load::{client_mac, encode_request};
+use crate::dhcp_load::{client_mac, encode_request, first_request, server_id, Flow};
 use crate::http_client::{download_verified_from, get_small_from};
 use crate::memory::{Meter, Usage};
 use crate::netns::SERVER_IP;
@@ -493,19 +493,9 @@ impl DhcpHub {
     /// DISCOVER → OFFER → REQUEST → ACK for client `index`; the address leased.
     async fn dora(&self, index: usize) -> Result<Ipv4Addr> {
         let xid: u32 = rand::random();
-        let discover = encode_request(
-            MessageType::Discover,
-            index,
-            xid,
-            Ipv4Addr::UNSPECIFIED,
-            None,
-            false,
-        )?;
+        let (discover, _) = first_request(Flow::Dora, index, xid)?;
         let offer = self.exchange(xid, &discover, MessageType::Offer).await?;
-        let server = match offer.opts().get(dhcproto::v4::OptionCode::ServerIdentifier) {
-            Some(dhcproto::v4::DhcpOption::ServerIdentifier(s)) => *s,
-            _ => SERVER_IP,
-        };
+        let server = server_id(&offer);
         let request = encode_request(
             MessageType::Request,
             index,
