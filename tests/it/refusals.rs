@@ -547,23 +547,31 @@ async fn a_boot_is_never_given_a_cut_command_line() {
     let app = Appliance::start().await;
     app.add_assets(1000, 1000);
     let mac: bootplane::model::Mac = MAC.parse().unwrap();
-    let (ok, out) = cli(
-        app.data.path(),
-        &[
-            "machines",
-            "add",
-            "--mac",
-            MAC,
-            "--role",
-            "worker",
-            "--hostname",
-            "w-1",
-            "--ip",
-            "127.0.0.31/8",
-        ],
-    )
-    .await;
-    assert!(ok, "{out}");
+    // A probe machine polls until the record counts; the machine under test asks only then,
+    // so its one script is the refusal and its state shows what a refusal does to it.
+    const PROBE: &str = "52:54:00:aa:00:02";
+    for (mac, name, ip) in [
+        (PROBE, "w-probe", "127.0.0.32/8"),
+        (MAC, "w-1", "127.0.0.31/8"),
+    ] {
+        let (ok, out) = cli(
+            app.data.path(),
+            &[
+                "machines",
+                "add",
+                "--mac",
+                mac,
+                "--role",
+                "worker",
+                "--hostname",
+                name,
+                "--ip",
+                ip,
+            ],
+        )
+        .await;
+        assert!(ok, "{out}");
+    }
     // Assets recorded afterwards (by another process) with a schematic too long for it.
     record_long_assets(&app, kit::VERSION).await;
     // Another process's record counts within the script cache's bound (a record read and a
@@ -571,21 +579,30 @@ async fn a_boot_is_never_given_a_cut_command_line() {
     let limit =
         std::time::Duration::from_millis((bootplane::state::SCRIPT_TTL_MS as u64) + 1000 + 2000);
     let started = std::time::Instant::now();
-    let script = loop {
-        let r = reqwest::get(app.url(&format!("/machine.ipxe?mac={MAC}&arch=x86_64")))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let script = r.text().await.unwrap();
+    let script_for = |mac: &'static str| {
+        let url = app.url(&format!("/machine.ipxe?mac={mac}&arch=x86_64"));
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.text().await.unwrap()
+        }
+    };
+    loop {
+        let script = script_for(PROBE).await;
         if !script.lines().any(|l| l.starts_with("kernel ")) {
-            break script;
+            break;
         }
         assert!(
             started.elapsed() < limit,
             "a kernel is still booted after {limit:?}: {script}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    }
+    let script = script_for(MAC).await;
+    assert!(
+        !script.lines().any(|l| l.starts_with("kernel ")),
+        "{script}"
+    );
     assert!(
         script.contains("the kernel command line would be") && script.contains(LIMIT_TEXT),
         "{script}"
