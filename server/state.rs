@@ -33,6 +33,8 @@ pub struct AppState {
     pub transfers: crate::inventory::Transfers,
     /// Boot scripts as last rendered, per machine and iPXE build.
     pub scripts: ScriptCache,
+    /// Clusters' parsed config materials, while the database's `materials_version` stands.
+    pub materials: crate::ops::materials::MaterialsCache,
 }
 
 /// A boot script as rendered for one machine and iPXE build, with what it was made from.

@@ -511,6 +511,7 @@ pub async fn run(
         devices: crate::auth::devices::DeviceFlow::default(),
         transfers: crate::inventory::Transfers::default(),
         scripts: crate::state::ScriptCache::default(),
+        materials: crate::ops::materials::MaterialsCache::default(),
     };
     drop(recorder);
     check_boot_files(&state).await;

@@ -316,7 +316,8 @@ async fn boot_config_get(
         );
         return Err(BootError::Forbidden);
     }
-    let loaded = match materials::load_cluster(&state.db, Some(&m.cluster)).await {
+    let loaded = match materials::load_cluster_cached(&state.db, &state.materials, &m.cluster).await
+    {
         Ok(loaded) => loaded,
         Err(MaterialsError::NotInitialised(name)) => {
             state.recorder.event(

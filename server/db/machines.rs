@@ -28,6 +28,30 @@ impl Db {
         rows.iter().map(machine_from_row).collect()
     }
 
+    /// The names of the clusters that have an assigned machine.
+    pub async fn assigned_cluster_names(&self) -> Result<Vec<String>, DbError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT c.name FROM machines m JOIN clusters c ON c.id = m.cluster_id
+             WHERE m.role != 'unassigned' ORDER BY c.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("name").map_err(DbError::from))
+            .collect()
+    }
+
+    /// The control planes of `cluster` (what a bootstrap decision reads, not the workers).
+    pub async fn list_control_planes(&self, cluster: &str) -> Result<Vec<Machine>, DbError> {
+        let rows = sqlx::query(&format!(
+            "{MACHINE_SELECT} WHERE c.name = ? AND m.role = 'controlplane' ORDER BY m.hostname, m.mac"
+        ))
+        .bind(cluster)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(machine_from_row).collect()
+    }
+
     pub async fn get_machine(&self, mac: Mac) -> Result<Option<Machine>, DbError> {
         let row = sqlx::query(&format!("{MACHINE_SELECT} WHERE m.mac = ?"))
             .bind(mac.to_string())

@@ -129,6 +129,15 @@ impl Db {
         Ok(row.try_get::<i64, _>(0)?)
     }
 
+    /// The counter every change to a config's materials moves (clusters, patches, asset
+    /// records, appliance facts; see migration 0013), in any process.
+    pub async fn materials_version(&self) -> Result<i64, DbError> {
+        let row = sqlx::query("SELECT version FROM materials_version WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
     /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`), so a
     /// concurrent writer makes it wait out the busy timeout instead of failing with
     /// "database is locked" when a deferred transaction tries to upgrade its read lock.

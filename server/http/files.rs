@@ -1,12 +1,14 @@
-//! Sending boot files over HTTP: the verified boot assets from short-lived memory maps of an
-//! open file, the iPXE binaries from the in-memory copy TFTP serves too.
+//! Sending boot files over HTTP: the verified boot assets from one memory map of each open
+//! file, the iPXE binaries from the in-memory copy TFTP serves too.
 //!
 //! A response body is a stream of `Bytes` that hyper hands to the connection as they are, so
-//! a chunk of an asset reaches the socket as the memory map made of it; the connection
+//! a chunk of an asset reaches the socket as a slice of the file's memory map; the connection
 //! (`zerocopy`) recognises the map and has the kernel send that file range with `sendfile`,
 //! from the page cache, with no copy through this process and no blocking-pool thread per
-//! chunk. Each chunk maps only its own slice of the file and unmaps when it was sent; its
-//! pages are never touched by this process, so they add nothing to its RSS.
+//! chunk. An open file is mapped once, when it is opened, and unmapped when the last response
+//! sending it ends (a map and an unmap per chunk cost a tenth of the server's CPU in a boot
+//! storm: every unmap flushes the other cores' TLBs). Its pages are never touched by this
+//! process, so the map adds nothing to its RSS.
 //!
 //! An asset file is opened once per inode and the open file is shared by every response: the
 //! images directory replaces files by renaming new ones into place, so a response that
@@ -37,8 +39,9 @@ use futures::Stream;
 use super::zerocopy::Regions;
 use crate::support::metrics::Metrics;
 
-/// Bytes mapped per body chunk: big enough that the per-chunk map and unmap cost nothing next
-/// to copying it, small enough that many parallel transfers keep little mapped.
+/// Bytes per body chunk (a slice of the asset's map, sent with one `sendfile`): big enough
+/// that the per-chunk work costs nothing next to sending it, small enough that one fast
+/// client yields to the others often (`YIELD_EVERY`).
 pub const CHUNK: usize = 256 << 10;
 
 /// Bytes a response sends before it lets other tasks run: a transfer to a fast client would
@@ -71,18 +74,40 @@ impl FileId {
     }
 }
 
-/// An open asset file, shared by the responses that send it.
-#[derive(Debug)]
+/// An open asset file and its memory map, shared by the responses that send it.
 pub struct OpenAsset {
     file: Arc<File>,
     id: FileId,
-    /// Where this asset's chunk maps are recorded for `sendfile` (the connections' registry
-    /// once the asset is in [`OpenAssets`]).
+    /// The whole file, read-only and shared; `None` for an empty file (nothing to map).
+    map: Option<memmap2::Mmap>,
+    /// Where the map is recorded for `sendfile` (the connections' registry once the asset is
+    /// in [`OpenAssets`]).
     regions: Regions,
 }
 
+impl std::fmt::Debug for OpenAsset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAsset")
+            .field("id", &self.id)
+            .field("mapped", &self.map.as_ref().map(|m| m.len()))
+            .finish()
+    }
+}
+
+impl Drop for OpenAsset {
+    fn drop(&mut self) {
+        // Forgotten before the map goes (the fields drop after this), so no connection sends
+        // from an address reused later.
+        if let Some(map) = &self.map {
+            self.regions.remove(map.as_ptr() as usize);
+        }
+    }
+}
+
 impl OpenAsset {
-    /// Opens `path`; the open file must be a regular file and the one the path names now.
+    /// Opens and maps `path`; the open file must be a regular file and the one the path
+    /// names now.
+    #[allow(unsafe_code)]
     pub fn open(path: &Path) -> io::Result<OpenAsset> {
         let file = File::open(path)?;
         let meta = file.metadata()?;
@@ -93,9 +118,21 @@ impl OpenAsset {
         if FileId::at(path)? != id {
             return Err(io::Error::other("replaced while being opened"));
         }
+        let len = to_usize(id.len)?;
+        // SAFETY: a mapping is undefined behaviour only if the file changes underneath it.
+        // Asset files are never written in place: downloads go to a `.part` file that is
+        // renamed into place, so this inode's contents stay as they were verified. The bytes
+        // are never read by this process, only passed to the kernel (sendfile from the file,
+        // or writev), which answers a short count or EFAULT rather than raising SIGBUS should
+        // an operator truncate the file in place anyway.
+        let map = match len {
+            0 => None,
+            len => Some(unsafe { memmap2::MmapOptions::new().len(len).map(&file)? }),
+        };
         Ok(OpenAsset {
             file: Arc::new(file),
             id,
+            map,
             regions: Regions::default(),
         })
     }
@@ -135,9 +172,14 @@ impl OpenAssets {
         open.get(path).filter(|a| a.id == id).cloned()
     }
 
-    /// Keeps `asset` as the open file for `path` (responses using an older one keep theirs).
+    /// Keeps `asset` as the open file for `path` (responses using an older one keep theirs),
+    /// its map recorded for `sendfile` until the last of them drops it.
     pub fn insert(&self, path: PathBuf, mut asset: OpenAsset) -> Arc<OpenAsset> {
         asset.regions = self.regions.clone();
+        if let Some(map) = &asset.map {
+            self.regions
+                .insert(map.as_ptr() as usize, map.len(), Arc::clone(&asset.file), 0);
+        }
         let asset = Arc::new(asset);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.insert(path, Arc::clone(&asset));
@@ -186,51 +228,36 @@ fn to_usize(n: u64) -> io::Result<usize> {
     usize::try_from(n).map_err(io::Error::other)
 }
 
-/// Maps bytes `start..end` of `asset` (read-only, shared) as `Bytes`, recorded for `sendfile`
-/// while alive; unmapped when dropped.
-#[allow(unsafe_code)]
-fn map_chunk(asset: &OpenAsset, start: u64, end: u64) -> io::Result<Bytes> {
-    let len = to_usize(end.saturating_sub(start))?;
-    // SAFETY: a mapping is undefined behaviour only if the file changes underneath it. Asset
-    // files are never written in place: downloads go to a `.part` file that is renamed into
-    // place, so this inode's contents stay as they were verified. The bytes are never read
-    // by this process, only passed to the kernel (sendfile from the file, or writev), which
-    // answers a short count or EFAULT rather than raising SIGBUS should an operator truncate
-    // the file in place anyway.
-    let map = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(start)
-            .len(len)
-            .map(&*asset.file)?
-    };
-    asset.regions.insert(
-        map.as_ptr() as usize,
-        map.len(),
-        Arc::clone(&asset.file),
-        start,
-    );
+/// Bytes `start..end` of `asset` as a slice of its map, which it keeps alive.
+fn map_chunk(asset: &Arc<OpenAsset>, start: u64, end: u64) -> io::Result<Bytes> {
+    let (start, end) = (to_usize(start)?, to_usize(end)?);
+    let len = asset.map.as_ref().map_or(0, |m| m.len());
+    if start > end || end > len {
+        return Err(io::Error::other("range outside the asset"));
+    }
+    if start == end {
+        return Ok(Bytes::new());
+    }
     Ok(Bytes::from_owner(MappedChunk {
-        map,
-        regions: asset.regions.clone(),
+        asset: Arc::clone(asset),
+        start,
+        end,
     }))
 }
 
-/// A chunk's memory map, recorded in `regions` until it is unmapped.
+/// A slice of an open asset's map, alive as long as a response holds it.
 struct MappedChunk {
-    map: memmap2::Mmap,
-    regions: Regions,
+    asset: Arc<OpenAsset>,
+    start: usize,
+    end: usize,
 }
 
 impl AsRef<[u8]> for MappedChunk {
     fn as_ref(&self) -> &[u8] {
-        &self.map
-    }
-}
-
-impl Drop for MappedChunk {
-    fn drop(&mut self) {
-        // Forgotten before the map goes, so no connection sends from an address reused later.
-        self.regions.remove(self.map.as_ptr() as usize);
+        match &self.asset.map {
+            Some(map) => &map[self.start..self.end],
+            None => &[],
+        }
     }
 }
 
@@ -414,6 +441,11 @@ mod tests {
         }
         assert_eq!(sent, data);
         assert_eq!(&source.chunk(5, 9).unwrap()[..], &data[5..9]);
+        // One map per open file, however many chunks are out, recorded where the connections
+        // look, and forgotten only when the last chunk and the asset itself are gone.
+        let chunks: Vec<Bytes> = (0..10).map(|i| source.chunk(i, i + 100).unwrap()).collect();
+        assert_eq!(open.regions().alive(), 1);
+        assert!(source.chunk(0, source.len() + 1).is_err());
         // Replaced by a rename: the path names a new file; the old one stays readable.
         let next = dir.path().join(".vmlinuz-amd64.part");
         std::fs::write(&next, b"new").unwrap();
@@ -421,5 +453,10 @@ mod tests {
         assert!(open.get(&path).is_none());
         assert!(!asset.still_at(&path));
         assert_eq!(&source.chunk(0, 3).unwrap()[..], &data[..3]);
+        drop((source, asset, open.open.lock().unwrap().clear()));
+        assert_eq!(open.regions().alive(), 1, "chunks still out");
+        assert_eq!(&chunks[9][..], &data[9..109]);
+        drop(chunks);
+        assert_eq!(open.regions().alive(), 0);
     }
 }

@@ -2,6 +2,7 @@
 //! patches, machines) into machine configs and operator credentials.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::db::{Db, DbError};
@@ -136,6 +137,52 @@ pub async fn load_cluster(db: &Db, name: Option<&str>) -> Result<LoadedCluster, 
         secrets,
         patches,
     })
+}
+
+/// Clusters' loaded materials as last read, by name, with the `materials_version` they were
+/// read under: parsing a secrets bundle (its CA keys checked against their certificates) costs
+/// more than rendering a config, and a boot storm fetches a config per machine.
+#[derive(Clone, Debug, Default)]
+pub struct MaterialsCache(Arc<std::sync::Mutex<std::collections::HashMap<String, Versioned>>>);
+
+/// Loaded materials and the `materials_version` they were read under.
+type Versioned = (i64, Arc<LoadedCluster>);
+
+/// Clusters kept at most (a name per cluster; a bound, not a working set).
+const MATERIALS_CACHE_CAP: usize = 64;
+
+impl MaterialsCache {
+    fn get(&self, name: &str, version: i64) -> Option<Arc<LoadedCluster>> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(name)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, loaded)| Arc::clone(loaded))
+    }
+
+    fn put(&self, name: &str, version: i64, loaded: Arc<LoadedCluster>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MATERIALS_CACHE_CAP && !map.contains_key(name) {
+            map.clear();
+        }
+        map.insert(name.to_string(), (version, loaded));
+    }
+}
+
+/// [`load_cluster`] for the cluster `name`, from `cache` while nothing it was read from
+/// changed (in any process): the version is read first, so materials read under an older one
+/// are never kept under a newer one.
+pub async fn load_cluster_cached(
+    db: &Db,
+    cache: &MaterialsCache,
+    name: &str,
+) -> Result<Arc<LoadedCluster>, MaterialsError> {
+    let version = db.materials_version().await?;
+    if let Some(loaded) = cache.get(name, version) {
+        return Ok(loaded);
+    }
+    let loaded = Arc::new(load_cluster(db, Some(name)).await?);
+    cache.put(name, version, Arc::clone(&loaded));
+    Ok(loaded)
 }
 
 fn parse_patches(records: &[PatchRecord]) -> Result<Vec<(PatchRecord, Patch)>, MaterialsError> {
@@ -483,5 +530,52 @@ mod tests {
         let err = check_cluster(&cluster, &secrets, &records, &[m]).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("w-1") && msg.contains("network"), "{msg}");
+    }
+
+    /// A cluster's materials are parsed once while nothing they come from changes; a change
+    /// written by another process (another handle on the same file) counts at the next load.
+    #[tokio::test]
+    async fn cached_materials_serve_until_another_process_changes_the_cluster_or_its_patches() {
+        use crate::ops::{cluster, patches};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let input = cluster::ClusterInput {
+            endpoint: Some("https://10.0.0.10:6443".into()),
+            nameservers: Some("none".into()),
+            ..Default::default()
+        };
+        cluster::init_cluster(&db, &input, 1).await.unwrap();
+        let name = db.get_cluster(None).await.unwrap().unwrap().name;
+        let cache = MaterialsCache::default();
+        let first = load_cluster_cached(&db, &cache, &name).await.unwrap();
+        let again = load_cluster_cached(&db, &cache, &name).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "loaded twice with nothing changed"
+        );
+
+        let other = Db::open(dir.path()).await.unwrap();
+        let changed = cluster::ClusterInput {
+            dns_domain: Some("lab.internal".into()),
+            ..Default::default()
+        };
+        cluster::update_cluster(&other, &changed, 2).await.unwrap();
+        let after = load_cluster_cached(&db, &cache, &name).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &after));
+        assert_eq!(after.cluster.dns_domain, "lab.internal");
+
+        let patch = patches::PatchInput {
+            scope: "cluster".into(),
+            mac: None,
+            name: "somaxconn".into(),
+            body: "machine:\n  sysctls:\n    net.core.somaxconn: \"65535\"\n".into(),
+        };
+        patches::save_patch(&other, &patch, 3).await.unwrap();
+        let patched = load_cluster_cached(&db, &cache, &name).await.unwrap();
+        assert_eq!(patched.patches.len(), 1);
+        assert!(Arc::ptr_eq(
+            &patched,
+            &load_cluster_cached(&db, &cache, &name).await.unwrap()
+        ));
     }
 }

@@ -1,7 +1,6 @@
 //! The bootstrap decision: when every control plane of a generation is up, one target is
 //! chosen, persisted, marked and called, once.
 
-use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -14,12 +13,8 @@ use super::etcd::{etcd_lost, forget_stale_member, refused_before_starting};
 use super::{api_for, lock, node_addr, Inner, Signal};
 
 pub(super) async fn evaluate_all(inner: &Arc<Inner>, cancel: &CancellationToken) {
-    let clusters = match inner.db.list_assigned_machines().await {
-        Ok(machines) => machines
-            .into_iter()
-            .map(|m| m.cluster)
-            .collect::<HashSet<_>>(),
-        Err(_) => return,
+    let Ok(clusters) = inner.db.assigned_cluster_names().await else {
+        return;
     };
     for cluster in clusters {
         // `evaluating` maps a cluster under evaluation to whether another pass was asked for
@@ -80,7 +75,7 @@ pub(super) async fn evaluate(inner: &Arc<Inner>, cluster_name: &str) -> Result<(
         return Ok(());
     }
     let machines = db
-        .list_assigned_machines()
+        .list_control_planes(&cluster.name)
         .await
         .map_err(|e| e.to_string())?;
     let cps = control_planes(&machines, &cluster.name);

@@ -172,28 +172,39 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Signal>, cancel: Cancella
             s = rx.recv() => s,
             _ = tokio::time::sleep(inner.settings.tick) => Some(Signal::Kick),
         };
-        match signal {
-            None => return,
-            Some(Signal::ConfigServed(mac)) | Some(Signal::HandedOff(mac)) => {
-                start_probe(&inner, mac, &cancel);
-            }
-            Some(Signal::SignOfLife(mac)) => {
-                let bell = lock(&inner.probing).get(&mac).cloned();
-                match bell {
-                    Some(bell) => bell.notify_one(),
-                    None => start_probe(&inner, mac, &cancel),
-                }
-                // A probe that succeeds kicks the evaluation itself.
-                continue;
-            }
-            Some(Signal::Reinstalled(_)) => {
-                // Handled by the evaluation below, which removes a control plane's stale
-                // etcd member through a healthy control plane (or starts a new generation
-                // when none is left).
-            }
-            Some(Signal::Kick) => {}
+        let Some(signal) = signal else { return };
+        let mut evaluate = handle_signal(&inner, signal, &cancel);
+        // Signals that queued meanwhile (a boot storm's configs served) share one evaluation:
+        // each one's own work is done, the clusters are looked at once.
+        while let Ok(signal) = rx.try_recv() {
+            evaluate |= handle_signal(&inner, signal, &cancel);
         }
-        evaluate_all(&inner, &cancel).await;
+        if evaluate {
+            evaluate_all(&inner, &cancel).await;
+        }
+    }
+}
+
+/// Does what `signal` asks for itself; whether the clusters should be evaluated after it.
+fn handle_signal(inner: &Arc<Inner>, signal: Signal, cancel: &CancellationToken) -> bool {
+    match signal {
+        Signal::ConfigServed(mac) | Signal::HandedOff(mac) => {
+            start_probe(inner, mac, cancel);
+            true
+        }
+        Signal::SignOfLife(mac) => {
+            let bell = lock(&inner.probing).get(&mac).cloned();
+            match bell {
+                Some(bell) => bell.notify_one(),
+                None => start_probe(inner, mac, cancel),
+            }
+            // A probe that succeeds kicks the evaluation itself.
+            false
+        }
+        // Handled by the evaluation, which removes a control plane's stale etcd member
+        // through a healthy control plane (or starts a new generation when none is left).
+        Signal::Reinstalled(_) => true,
+        Signal::Kick => true,
     }
 }
 
