@@ -54,7 +54,6 @@ async fn serve(args: bootplane::cli::ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.options, args.config.as_deref())?;
     init_tracing(config.log_format);
     app::raise_open_files_limit();
-    app::tune_allocator();
     let db = Db::open(&config.data_dir)
         .await
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
@@ -62,8 +61,23 @@ async fn serve(args: bootplane::cli::ServeArgs) -> anyhow::Result<()> {
     app::run(config, db, clock::system(), listeners, shutdown_signal()).await
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before any thread exists, so every thread gets its heap under the tuned limits.
+    app::tune_allocator();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bootplane: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run_command())
+}
+
+async fn run_command() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(*args).await,
