@@ -82,6 +82,19 @@ fn parse_mac(text: &str) -> Result<Mac, BootError> {
         .map_err(|e: crate::model::MacError| BootError::BadRequest(e.to_string()))
 }
 
+/// Reads `query` as the boot handlers read theirs (`/machine.ipxe`, `/config`), for the
+/// fuzzer: whatever the bytes, an answer or a refusal, never a panic.
+#[cfg(feature = "testkit")]
+pub fn read_query(query: &[u8]) -> bool {
+    let machine = serde_urlencoded::from_bytes::<scripts::MachineQuery>(query)
+        .ok()
+        .map(|q| q.read().is_ok());
+    let config = serde_urlencoded::from_bytes::<ConfigQuery>(query)
+        .ok()
+        .map(|q| parse_mac(&q.mac).is_ok());
+    machine == Some(true) || config == Some(true)
+}
+
 /// A plain file name: no separators, no leading dot.
 fn plain_name(name: &str) -> bool {
     !name.is_empty()

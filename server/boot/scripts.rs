@@ -104,6 +104,25 @@ pub(super) struct MachineQuery {
     arch: Option<String>,
 }
 
+/// What a machine's script request says, checked: the only way the handler reads its query.
+pub(super) struct Asked {
+    mac: Mac,
+    buildarch: &'static str,
+    uuid: Option<String>,
+    serial: Option<String>,
+}
+
+impl MachineQuery {
+    pub(super) fn read(self) -> Result<Asked, BootError> {
+        Ok(Asked {
+            mac: parse_mac(&self.mac)?,
+            buildarch: ipxe_buildarch(self.arch.as_deref())?,
+            uuid: clean_ident(self.uuid),
+            serial: clean_ident(self.serial),
+        })
+    }
+}
+
 /// Keeps only what a SMBIOS UUID or serial may sensibly contain.
 fn clean_ident(value: Option<String>) -> Option<String> {
     value
@@ -140,8 +159,12 @@ pub(super) async fn boot_machine_get(
     Query(q): Query<MachineQuery>,
 ) -> Result<Response, BootError> {
     let from = from.map(|Extension(ConnectInfo(addr))| addr);
-    let mac = parse_mac(&q.mac)?;
-    let buildarch = ipxe_buildarch(q.arch.as_deref())?;
+    let Asked {
+        mac,
+        buildarch,
+        uuid,
+        serial,
+    } = q.read()?;
     // The snapshot generation is read before the machine, so a script made from a row that
     // changes meanwhile is dropped with the snapshot that the change brings.
     let generation = (
@@ -157,8 +180,8 @@ pub(super) async fn boot_machine_get(
                 kind: EventKind::ScriptServed,
                 detail: hit.detail.clone(),
                 arch: None,
-                smbios_uuid: clean_ident(q.uuid),
-                serial: clean_ident(q.serial),
+                smbios_uuid: uuid,
+                serial,
             });
         }
         state.metrics.http_sent("script", hit.body.len() as u64);
@@ -275,8 +298,8 @@ pub(super) async fn boot_machine_get(
         kind: EventKind::ScriptServed,
         detail: detail.clone(),
         arch: None,
-        smbios_uuid: clean_ident(q.uuid),
-        serial: clean_ident(q.serial),
+        smbios_uuid: uuid,
+        serial,
     });
     // Only scripts that boot Talos or wait for a role are reused: one that says assets are
     // missing is made again at every request, so assets added by another process (the CLI)

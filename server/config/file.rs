@@ -82,10 +82,15 @@ pub fn read_file(path: &Path) -> Result<ServeOptions, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let file: FileOptions = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    parse_text(&text).map_err(|message| ConfigError::Parse {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+        message,
+    })
+}
+
+/// The options a config file's text sets, or why it is refused.
+pub fn parse_text(text: &str) -> Result<ServeOptions, String> {
+    let file: FileOptions = toml::from_str(text).map_err(|e| e.to_string())?;
     Ok(file.into())
 }
 

@@ -8,7 +8,7 @@
 
 mod args;
 mod defaults;
-mod file;
+pub(crate) mod file;
 mod load;
 mod values;
 

@@ -21,11 +21,11 @@ use crate::inventory::{Inventory, Neighbours, Recorder};
 use crate::net::InterfaceInfo;
 use crate::support::metrics::Metrics;
 
-mod decide;
-mod leases;
+pub(crate) mod decide;
+pub(crate) mod leases;
 mod server;
 mod socket;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod fixtures;

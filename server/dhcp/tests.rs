@@ -1656,3 +1656,56 @@ mod udp {
         assert!(matches!(err, crate::dhcp::DhcpError::InUse { .. }), "{err}");
     }
 }
+
+/// The fuzzer's DHCP seeds (tests/fuzz/seeds/dhcp) are these fixtures: each firmware's
+/// DISCOVER then REQUEST (for its static address when it has one), for a known and an unknown
+/// MAC, in each mode and on each port, framed as `testkit::fuzz::dhcp` reads its input.
+/// `BOOTPLANE_WRITE_FUZZ_SEEDS=1` writes them; otherwise the committed ones must match.
+#[test]
+fn fuzz_seeds_are_the_firmware_fixtures() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/seeds/dhcp");
+    type Firmware = fn(u8, [u8; 6]) -> Packet;
+    let firmware: [(&str, Firmware); 6] = [
+        ("ipxe-bios", fixtures::ipxe_bios),
+        ("ovmf-pxe", fixtures::ovmf_pxe),
+        ("ipxe-efi", fixtures::ipxe_efi),
+        ("ovmf-http", fixtures::ovmf_http),
+        ("arm64-pxe", fixtures::arm64_pxe),
+        ("udhcpc", fixtures::udhcpc),
+    ];
+    // node-3 of the fuzz inventory (10.77.0.13), and a MAC it does not know.
+    let macs = [
+        ("known", [0x52, 0x54, 0, 0x77, 0, 3], Some(ip(13))),
+        ("unknown", [0x52, 0x54, 0, 0x77, 0, 0x99], None),
+    ];
+    let mut expected = std::collections::BTreeMap::new();
+    for (name, make) in firmware {
+        for (who, mac, addr) in macs {
+            let discover = make(DISCOVER, mac).bytes();
+            let mut request = make(REQUEST, mac).server(ADVERTISE);
+            if let Some(addr) = addr {
+                request = request.requested(addr);
+            }
+            let request = request.bytes();
+            for selector in 0u8..4 {
+                let mut seed = vec![selector];
+                for packet in [&discover, &request] {
+                    seed.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+                    seed.extend_from_slice(packet);
+                }
+                expected.insert(format!("{name}-{who}-{selector}"), seed);
+            }
+        }
+    }
+    if std::env::var_os("BOOTPLANE_WRITE_FUZZ_SEEDS").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, seed) in &expected {
+            std::fs::write(dir.join(name), seed).unwrap();
+        }
+    }
+    for (name, seed) in &expected {
+        let committed = std::fs::read(dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e} (BOOTPLANE_WRITE_FUZZ_SEEDS=1 writes it)"));
+        assert_eq!(&committed, seed, "{name} differs from its fixture");
+    }
+}

@@ -16,7 +16,7 @@
 mod files;
 mod server;
 mod transfer;
-mod wire;
+pub(crate) mod wire;
 
 use std::io;
 

@@ -22,25 +22,25 @@ pub(super) const ERR_ILLEGAL: u16 = 4;
 
 /// What the server settled for one read request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Negotiated {
-    pub(super) blksize: u16,
-    pub(super) window: u16,
-    pub(super) timeout: Duration,
+pub(crate) struct Negotiated {
+    pub(crate) blksize: u16,
+    pub(crate) window: u16,
+    pub(crate) timeout: Duration,
     /// Options acknowledged in the OACK, in order; empty means no OACK.
-    pub(super) oack: Vec<(&'static str, String)>,
+    pub(crate) oack: Vec<(&'static str, String)>,
 }
 
 /// A read or write request: the file name, and the options asked for.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Request {
-    pub(super) write: bool,
-    pub(super) path: String,
-    pub(super) mode: String,
-    pub(super) options: Vec<(String, String)>,
+pub(crate) struct Request {
+    pub(crate) write: bool,
+    pub(crate) path: String,
+    pub(crate) mode: String,
+    pub(crate) options: Vec<(String, String)>,
 }
 
 /// Parses RRQ/WRQ bytes; `None` for anything else or anything malformed.
-pub(super) fn parse_request(packet: &[u8]) -> Option<Request> {
+pub(crate) fn parse_request(packet: &[u8]) -> Option<Request> {
     let opcode = u16::from_be_bytes([*packet.first()?, *packet.get(1)?]);
     let write = match opcode {
         OP_RRQ => false,
@@ -76,7 +76,7 @@ pub(super) fn parse_request(packet: &[u8]) -> Option<Request> {
 /// Settles blksize (RFC 2348), tsize and timeout (2349) and windowsize (7440) within the
 /// limits; options out of their ranges (a timeout over [`MAX_TIMEOUT`] too: RFC 2349 wants
 /// the granted value to be the one asked), and unknown ones, are left out of the OACK.
-pub(super) fn negotiate(
+pub(crate) fn negotiate(
     options: &[(String, String)],
     size: u64,
     block_limit: u16,
@@ -122,7 +122,7 @@ pub(super) fn error_packet(code: u16, message: &str) -> Vec<u8> {
     p
 }
 
-pub(super) fn oack_packet(options: &[(&str, String)]) -> Vec<u8> {
+pub(crate) fn oack_packet(options: &[(&str, String)]) -> Vec<u8> {
     let mut p = OP_OACK.to_be_bytes().to_vec();
     for (name, value) in options {
         p.extend_from_slice(name.as_bytes());

@@ -20,6 +20,7 @@ mod bounds;
 mod browser;
 mod evidence;
 mod firmware_e2e;
+mod fuzz;
 mod images;
 mod orchestrator;
 mod refusals;
