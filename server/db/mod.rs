@@ -129,6 +129,16 @@ impl Db {
         Ok(row.try_get::<i64, _>(0)?)
     }
 
+    /// SQLite's own check of the file (`PRAGMA integrity_check`): "ok", or what is damaged.
+    pub async fn integrity_check(&self) -> Result<String, DbError> {
+        let rows = sqlx::query("PRAGMA integrity_check")
+            .fetch_all(&self.pool)
+            .await?;
+        let lines: Result<Vec<String>, _> =
+            rows.iter().map(|r| r.try_get::<String, _>(0)).collect();
+        Ok(lines?.join("\n"))
+    }
+
     /// The counter every change to a config's materials moves (clusters, patches, asset
     /// records, appliance facts; see migration 0013), in any process.
     pub async fn materials_version(&self) -> Result<i64, DbError> {

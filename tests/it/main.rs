@@ -18,6 +18,7 @@ mod architecture;
 mod boot_http;
 mod bounds;
 mod browser;
+mod crash;
 mod evidence;
 mod firmware_e2e;
 mod fuzz;
