@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,31 +40,10 @@ fn free_port() -> u16 {
 }
 
 fn start(dirs: &Path, http_port: u16, run: usize) -> tokio::process::Child {
-    let tftp_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let log = std::fs::File::create(dirs.join(format!("serve-{run}.log"))).unwrap();
-    tokio::process::Command::new(kit::BIN)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dirs.join("data"))
-        .args(["--dhcp-mode", "off", "--interface", "lo"])
-        .args(["--advertise-ip", "127.0.0.1", "--http-bind", "127.0.0.1"])
-        .args(["--http-port", &http_port.to_string()])
-        .args(["--tftp-port", &tftp_port.to_string()])
-        .args(["--events-port", "off", "--kernel-log-port", "off"])
-        .args(["--https-port", "off"])
-        .arg("--ipxe-dir")
-        .arg(dirs.join("ipxe"))
-        .arg("--images-dir")
-        .arg(dirs.join("images"))
+    kit::serve_command(dirs, http_port)
         .env("BOOTPLANE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(log)
-        .kill_on_drop(true)
         .spawn()
         .unwrap()
 }

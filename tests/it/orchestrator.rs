@@ -9,7 +9,6 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::kit::{self, Appliance, VERSION};
@@ -749,11 +748,7 @@ struct Serve {
 impl Serve {
     /// Starts `bootplane serve` and waits until /healthz answers.
     async fn start(w: &World, dirs: &Path, http_port: u16, extra: &[&str], crash: bool) -> Serve {
-        let tftp_port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        assert_eq!(w.data_dir, dirs.join("data"));
         let n = std::fs::read_dir(dirs)
             .unwrap()
             .filter(|e| {
@@ -762,30 +757,13 @@ impl Serve {
             })
             .count();
         let log = dirs.join(format!("serve-{n}.log"));
-        let mut cmd = tokio::process::Command::new(kit::BIN);
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(&w.data_dir)
-            .args(["--dhcp-mode", "off", "--interface", "lo"])
-            .args(["--advertise-ip", "127.0.0.1", "--http-bind", "127.0.0.1"])
-            .args(["--http-port", &http_port.to_string()])
-            .args(["--tftp-port", &tftp_port.to_string()])
-            .args(["--talos-api-port", &w.lab.port.to_string()])
+        let mut cmd = kit::serve_command(dirs, http_port);
+        cmd.args(["--talos-api-port", &w.lab.port.to_string()])
             .args(["--config-access", "any", "--talos-version", VERSION])
-            // Fixed default ports would collide with other appliances on this host.
-            .args(["--events-port", "off", "--kernel-log-port", "off"])
-            .args(["--https-port", "off"])
-            .arg("--ipxe-dir")
-            .arg(dirs.join("ipxe"))
-            .arg("--images-dir")
-            .arg(dirs.join("images"))
             .args(extra)
             .env_remove("BOOTPLANE_TEST_CRASH_BEFORE_BOOTSTRAP_CALL")
             .env("BOOTPLANE_LOG", "info,bootplane=debug,sqlx=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true);
+            .stderr(std::fs::File::create(&log).unwrap());
         if crash {
             cmd.env("BOOTPLANE_TEST_CRASH_BEFORE_BOOTSTRAP_CALL", "1");
         }
