@@ -5,8 +5,8 @@
 
 use std::sync::OnceLock;
 
-fn chosen() -> fn(&[u8]) {
-    static TARGET: OnceLock<fn(&[u8])> = OnceLock::new();
+fn chosen() -> fn(&[u8]) -> bool {
+    static TARGET: OnceLock<fn(&[u8]) -> bool> = OnceLock::new();
     *TARGET.get_or_init(|| {
         let name = std::env::var("BOOTPLANE_FUZZ_TARGET").unwrap_or_default();
         match bootplane::testkit::fuzz::target(&name) {
@@ -26,4 +26,6 @@ fn chosen() -> fn(&[u8]) {
     })
 }
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| chosen()(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    chosen()(data);
+});

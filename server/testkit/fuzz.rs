@@ -22,7 +22,9 @@ use crate::inventory::Snapshot;
 use crate::model::{EfiBinary, Mac, Machine, Role};
 
 /// A target: its name (also its seed folder under `tests/fuzz/seeds/`) and its entry point.
-pub type Target = (&'static str, fn(&[u8]));
+/// A target returns whether the input got past its parser (a test checks that every target
+/// accepts some of its seeds: a target that refused everything would fuzz nothing).
+pub type Target = (&'static str, fn(&[u8]) -> bool);
 
 /// Every target, in the order `scripts/fuzz` runs them.
 pub const TARGETS: &[Target] = &[
@@ -37,7 +39,7 @@ pub const TARGETS: &[Target] = &[
 ];
 
 /// The target named `name`.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<fn(&[u8]) -> bool> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
@@ -131,8 +133,8 @@ fn dhcp_world() -> &'static DhcpWorld {
 /// of datagrams (a two-byte length before each; the first byte picks the mode and port), all
 /// answered from one lease table, so offers, requests, declines and releases meet leases
 /// earlier datagrams made.
-pub fn dhcp(data: &[u8]) {
-    dhcp_replies(data);
+pub fn dhcp(data: &[u8]) -> bool {
+    dhcp_replies(data) > 0
 }
 
 /// [`dhcp`], counting the replies sent.
@@ -187,10 +189,10 @@ pub fn dhcp_replies(data: &[u8]) -> usize {
 }
 
 /// A TFTP request as the listener reads it, and the options negotiated for it.
-pub fn tftp(data: &[u8]) {
+pub fn tftp(data: &[u8]) -> bool {
     use crate::tftp::wire::{negotiate, oack_packet, parse_request, MAX_TIMEOUT};
     let Some(request) = parse_request(data) else {
-        return;
+        return false;
     };
     let _ = crate::tftp::resolve_request(std::path::Path::new(&request.path));
     let n = negotiate(
@@ -204,28 +206,33 @@ pub fn tftp(data: &[u8]) {
     assert!((1..=16).contains(&n.window), "windowsize {}", n.window);
     assert!(n.timeout <= MAX_TIMEOUT, "timeout {:?}", n.timeout);
     let _ = oack_packet(&n.oack);
+    true
 }
 
 /// The query strings of `/machine.ipxe` and `/config`.
-pub fn boot_query(data: &[u8]) {
-    let _ = crate::boot::read_query(data);
+pub fn boot_query(data: &[u8]) -> bool {
+    crate::boot::read_query(data)
 }
 
 /// One kernel-log line as Talos sends it (`talos.logging.kernel=`).
-pub fn kernel_log(data: &[u8]) {
+pub fn kernel_log(data: &[u8]) -> bool {
     let mac = Mac([0x52, 0x54, 0, 0x77, 0, 1]);
-    let _ = crate::receivers::kmsg::parse_line(mac, T0, data);
+    crate::receivers::kmsg::parse_line(mac, T0, data).is_ok()
 }
 
 /// One event-sink message (`talos.events.sink=`): the gRPC request body, then its payload.
-pub fn event_sink(data: &[u8]) {
+pub fn event_sink(data: &[u8]) -> bool {
     use prost::Message as _;
     let Ok(event) = crate::talos::api::pb::events::EventRequest::decode(data) else {
-        return;
+        return false;
     };
-    if let Ok(news) = crate::receivers::sink::NodeNews::decode(event.data.as_ref()) {
-        let _ = news.kind();
-        let _ = news.summary();
+    match crate::receivers::sink::NodeNews::decode(event.data.as_ref()) {
+        Ok(news) => {
+            let _ = news.kind();
+            let _ = news.summary();
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -241,40 +248,43 @@ fn base_documents() -> &'static Vec<serde_json::Value> {
 }
 
 /// A config patch (strategic merge or RFC 6902) parsed and applied to a rendered config.
-pub fn patch(data: &[u8]) {
+pub fn patch(data: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(data) else {
-        return;
+        return false;
     };
     let Ok(patch) = crate::talos::patch::Patch::parse(text) else {
-        return;
+        return false;
     };
     let mut docs = base_documents().clone();
-    if crate::talos::patch::apply(&mut docs, &patch).is_ok() {
+    let applied = crate::talos::patch::apply(&mut docs, &patch).is_ok();
+    if applied {
         assert!(
             docs.iter().all(serde_json::Value::is_object),
             "a patch left a document that is not a mapping"
         );
     } else {
+        // `apply`'s contract: on error the documents are left as they were.
         assert_eq!(
             &docs,
             base_documents(),
             "a refused patch changed the documents"
         );
     }
+    applied
 }
 
 /// A `secrets.yaml` as the import reads it.
-pub fn secrets(data: &[u8]) {
+pub fn secrets(data: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(data) else {
-        return;
+        return false;
     };
-    let _ = crate::talos::secrets::SecretsBundle::from_yaml(text);
+    crate::talos::secrets::SecretsBundle::from_yaml(text).is_ok()
 }
 
 /// The TOML config file.
-pub fn config_file(data: &[u8]) {
+pub fn config_file(data: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(data) else {
-        return;
+        return false;
     };
-    let _ = crate::config::file::parse_text(text);
+    crate::config::file::parse_text(text).is_ok()
 }

@@ -203,10 +203,13 @@ fn every_target_has_committed_seeds_made_from_the_fixtures() {
     }
 }
 
-/// Every committed seed and regression input, through its target: none may panic.
+/// Every committed seed and regression input, through its target: none may panic, and every
+/// target accepts some of its seeds (one that refused them all would fuzz nothing past its
+/// first check).
 #[test]
 fn every_seed_and_regression_runs_through_its_target() {
     let mut ran = 0;
+    let mut accepted: BTreeMap<String, usize> = BTreeMap::new();
     for kind in ["seeds", "regressions"] {
         let Ok(targets) = std::fs::read_dir(fuzz_dir().join(kind)) else {
             continue;
@@ -220,9 +223,18 @@ fn every_seed_and_regression_runs_through_its_target() {
                 let bytes = std::fs::read(&path).unwrap();
                 let outcome = std::panic::catch_unwind(|| run(&bytes));
                 assert!(outcome.is_ok(), "{} panicked its target", path.display());
+                if kind == "seeds" && outcome.unwrap() {
+                    *accepted.entry(name.clone()).or_default() += 1;
+                }
                 ran += 1;
             }
         }
+    }
+    for (t, _) in TARGETS {
+        assert!(
+            accepted.get(*t).copied().unwrap_or(0) > 0,
+            "target {t} accepted none of its seeds: {accepted:?}"
+        );
     }
     assert!(ran >= TARGETS.len(), "only {ran} inputs ran");
 }
