@@ -32,17 +32,9 @@ impl Rng {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(dirs: &Path, http_port: u16, run: usize) -> tokio::process::Child {
     let log = std::fs::File::create(dirs.join(format!("serve-{run}.log"))).unwrap();
-    kit::serve_command(dirs, http_port)
+    kit::served::serve_without_dhcp(dirs, http_port)
         .env("BOOTPLANE_LOG", "warn")
         .stderr(log)
         .spawn()
@@ -102,7 +94,7 @@ async fn sigkill_at_random_moments_loses_no_committed_row_and_no_event() {
     // No connection of the test's stays open while the appliance runs: after each kill it is
     // the restarted appliance that finds the file as the kill left it and recovers it.
     db.close().await;
-    let http_port = free_port();
+    let http_port = kit::served::free_tcp_port();
     let base = format!("http://127.0.0.1:{http_port}");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

@@ -757,7 +757,7 @@ impl Serve {
             })
             .count();
         let log = dirs.join(format!("serve-{n}.log"));
-        let mut cmd = kit::serve_command(dirs, http_port);
+        let mut cmd = kit::served::serve_without_dhcp(dirs, http_port);
         cmd.args(["--talos-api-port", &w.lab.port.to_string()])
             .args(["--config-access", "any", "--talos-version", VERSION])
             .args(extra)

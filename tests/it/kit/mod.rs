@@ -28,35 +28,6 @@ pub const ADMIN_PASSWORD: &str = "test-admin-password";
 /// The appliance's real binary, as Cargo built it for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_bootplane");
 
-/// `bootplane serve` (the real binary) on loopback with DHCP, HTTPS and the node receivers
-/// off, its data, iPXE and images directories under `dirs` (`data/`, `ipxe/`, `images/`), HTTP
-/// on `http_port` and TFTP on a free port; callers add their own flags, environment and output.
-pub fn serve_command(dirs: &std::path::Path, http_port: u16) -> tokio::process::Command {
-    let tftp_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free UDP port: {e}"));
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(dirs.join("data"))
-        .args(["--dhcp-mode", "off", "--interface", "lo"])
-        .args(["--advertise-ip", "127.0.0.1", "--http-bind", "127.0.0.1"])
-        .args(["--http-port", &http_port.to_string()])
-        .args(["--tftp-port", &tftp_port.to_string()])
-        // Fixed default ports would collide with other appliances on this host.
-        .args(["--events-port", "off", "--kernel-log-port", "off"])
-        .args(["--https-port", "off"])
-        .arg("--ipxe-dir")
-        .arg(dirs.join("ipxe"))
-        .arg("--images-dir")
-        .arg(dirs.join("images"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
 /// Deterministic pseudo-random bytes, so a corrupted byte anywhere is noticed.
 pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2_654_435_761).max(1);

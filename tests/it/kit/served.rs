@@ -63,20 +63,47 @@ impl ProxyPorts {
     /// event sink, kernel log receiver, HTTPS or router advertisements (their fixed default
     /// ports would collide with other appliances on this host). The caller adds the rest.
     pub fn serve(&self, data_dir: &Path) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--dhcp-mode", "proxy", "--interface", "lo"])
-            .args(["--advertise-ip", "127.0.0.1", "--http-bind", "127.0.0.1"])
-            .args(["--http-port", &self.http.to_string()])
+        let mut cmd = serve_on_loopback(data_dir, self.http, self.tftp);
+        cmd.args(["--dhcp-mode", "proxy"])
             .args(["--dhcp-port", &self.dhcp.to_string()])
             .args(["--pxe-port", &self.pxe.to_string()])
-            .args(["--tftp-port", &self.tftp.to_string()])
-            .args(["--ipv6-ra", "off", "--events-port", "off"])
-            .args(["--kernel-log-port", "off", "--https-port", "off"]);
+            .args(["--ipv6-ra", "off"]);
         cmd
     }
+}
+
+/// `bootplane serve` on `data_dir` and `lo`, HTTP and TFTP on the given ports, with no event
+/// sink, kernel log receiver or HTTPS (their fixed default ports would collide with other
+/// appliances on this host). The caller adds the DHCP mode and the rest.
+fn serve_on_loopback(data_dir: &Path, http: u16, tftp: u16) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--interface", "lo"])
+        .args(["--advertise-ip", "127.0.0.1", "--http-bind", "127.0.0.1"])
+        .args(["--http-port", &http.to_string()])
+        .args(["--tftp-port", &tftp.to_string()])
+        .args(["--events-port", "off", "--kernel-log-port", "off"])
+        .args(["--https-port", "off"]);
+    cmd
+}
+
+/// `bootplane serve` with DHCP off, its data, iPXE and images directories under `dirs`
+/// (`data/`, `ipxe/`, `images/`), HTTP on `http_port`, TFTP on a free port, as a tokio process
+/// killed when dropped; callers add their own flags, environment and output.
+pub fn serve_without_dhcp(dirs: &Path, http_port: u16) -> tokio::process::Command {
+    let mut cmd = serve_on_loopback(&dirs.join("data"), http_port, free_udp_port(&[]));
+    cmd.args(["--dhcp-mode", "off"])
+        .arg("--ipxe-dir")
+        .arg(dirs.join("ipxe"))
+        .arg("--images-dir")
+        .arg(dirs.join("images"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    cmd
 }
 
 /// A running `bootplane serve`; its output goes to `log`.
