@@ -40,6 +40,9 @@ pub struct Metrics {
     pub dhcp_leases: Gauge,
     pub tftp_transfers: Family<ResultLabel, Counter>,
     pub tftp_bytes: Counter,
+    /// TFTP packets (DATA or OACK) sent again: after silence, or when a windowed client asked
+    /// for the window again.
+    pub tftp_resent: Counter,
     pub http_bytes: Family<AssetLabel, Counter>,
     /// Asset bytes the kernel sent straight from the page cache (`sendfile`).
     pub http_sendfile_bytes: Counter,
@@ -139,6 +142,11 @@ impl Metrics {
             "tftp_bytes",
             "Bytes read from files served over TFTP",
             self.tftp_bytes.clone(),
+        );
+        registry.register(
+            "tftp_resent_packets",
+            "TFTP DATA and OACK packets sent again (after silence, or a window asked for again)",
+            self.tftp_resent.clone(),
         );
         registry.register(
             "http_bytes",

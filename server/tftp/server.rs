@@ -321,4 +321,95 @@ mod tests {
         cancel.cancel();
         task.await.unwrap().unwrap();
     }
+
+    /// A client that acknowledges the block before the window for every block it gets out of
+    /// order (as OVMF's does), losing the first block of seven windows: each loss is answered by
+    /// one resend of the window, not one per such ACK, and the transfer goes on to the end.
+    #[tokio::test]
+    async fn repeated_acks_of_a_lost_window_bring_one_resend_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("ipxe.efi"), &data).unwrap();
+        let db = crate::db::Db::open(dir.path()).await.unwrap();
+        let metrics = Metrics::default();
+        let clock: crate::support::clock::SharedClock =
+            Arc::new(crate::support::clock::SystemClock);
+        let (recorder, _writer) = Recorder::new(db, clock, metrics.clone());
+        let handler = TftpHandler::new(
+            IpxeFiles::new(dir.path().to_path_buf()),
+            recorder,
+            Neighbours::default(),
+            metrics.clone(),
+        );
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(handler, server, 1468, 8, cancel.clone()));
+        let client = TokioUdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client
+            .send_to(
+                b"\x00\x01ipxe.efi\x00octet\x00blksize\x001000\x00windowsize\x008\x00",
+                addr,
+            )
+            .await
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let started = std::time::Instant::now();
+        let (_, peer) = client.recv_from(&mut buf).await.unwrap();
+        client.send_to(b"\x00\x04\x00\x00", peer).await.unwrap();
+        // The first block of windows 2 to 8 is lost once.
+        let mut lose: Vec<u16> = (1..8).map(|w| w * 8 + 1).collect();
+        let (mut got, mut next, mut in_window) = (Vec::new(), 1u16, 0);
+        loop {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(10), client.recv_from(&mut buf))
+                .await
+                .expect("the server stopped sending")
+                .unwrap();
+            let block = u16::from_be_bytes([buf[2], buf[3]]);
+            if let Some(at) = lose.iter().position(|b| *b == block) {
+                lose.remove(at);
+                continue;
+            }
+            if block != next {
+                let before = next - 1;
+                client
+                    .send_to(&[0, 4, (before >> 8) as u8, before as u8], peer)
+                    .await
+                    .unwrap();
+                continue;
+            }
+            got.extend_from_slice(&buf[4..n]);
+            next += 1;
+            in_window += 1;
+            let last = n - 4 < 1000;
+            if last || in_window == 8 {
+                in_window = 0;
+                client
+                    .send_to(&[0, 4, (block >> 8) as u8, block as u8], peer)
+                    .await
+                    .unwrap();
+            }
+            if last {
+                break;
+            }
+        }
+        assert_eq!(got, data);
+        assert!(
+            started.elapsed() < RETRANSMIT_AFTER,
+            "{:?}",
+            started.elapsed()
+        );
+        // Seven losses, one window of 8 sent again for each.
+        let mut resent = 0;
+        for _ in 0..100 {
+            resent = metrics.tftp_resent.get();
+            if resent > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(resent, 7 * 8);
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+    }
 }

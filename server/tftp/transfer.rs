@@ -176,10 +176,12 @@ fn acked(base: u64, end: u64, n: u16) -> Option<u64> {
 /// (RFC 7440). An ACK inside the window slides it to there at once; with windows of several
 /// blocks, an ACK of the block before the window (the client missed its start) resends it
 /// at once; silence resends it after the timeout.
+/// Packets sent again are counted in `resent`.
 async fn send_file(
     sock: &TokioUdpSocket,
     transfer: &Transfer,
     oack: Option<Vec<u8>>,
+    resent: &mut u64,
 ) -> Result<(), &'static str> {
     let mut recv_buf = [0u8; 516];
     let io_err = |_| "socket error";
@@ -188,6 +190,9 @@ async fn send_file(
         'oack: loop {
             if sends == MAX_SENDS {
                 return Err("no acknowledgement of the options");
+            }
+            if sends > 0 {
+                *resent += 1;
             }
             sends += 1;
             sock.send(&oack).await.map_err(io_err)?;
@@ -218,13 +223,15 @@ async fn send_file(
         if sends == MAX_SENDS {
             return Err("the client stopped acknowledging");
         }
-        sends += 1;
         let end = blocks.min(base + window - 1);
-        for index in base..=end {
-            transfer.data_packet(index, &mut packet);
-            sock.send(&packet).await.map_err(io_err)?;
+        if sends > 0 {
+            *resent += end + 1 - base;
         }
-        let deadline = tokio::time::Instant::now() + transfer.timeout;
+        sends += 1;
+        send_window(sock, transfer, base, end, &mut packet).await?;
+        let mut deadline = tokio::time::Instant::now() + transfer.timeout;
+        // The window was asked for again (an ACK of the block before it) this round.
+        let mut echoed = false;
         loop {
             match await_reply(sock, deadline, &mut recv_buf)
                 .await
@@ -233,7 +240,17 @@ async fn send_file(
                 Reply::Ack(n) => {
                     transfer.heard.store(true, Ordering::Relaxed);
                     match acked(base, end, n) {
-                        Some(0) if window > 1 => break,
+                        // The client missed the window's start: send the window again at once,
+                        // once per round. A windowed client acknowledges each block it gets
+                        // out of order, so one lost block brings several such ACKs; answering
+                        // each would multiply the traffic and, counted as rounds without
+                        // progress, end a transfer that is moving.
+                        Some(0) if window > 1 && !echoed => {
+                            echoed = true;
+                            *resent += end + 1 - base;
+                            send_window(sock, transfer, base, end, &mut packet).await?;
+                            deadline = tokio::time::Instant::now() + transfer.timeout;
+                        }
                         Some(k) if k > 0 => {
                             base += k;
                             sends = 0;
@@ -247,6 +264,21 @@ async fn send_file(
                 Reply::Gone => return Err("the client gave up"),
             }
         }
+    }
+    Ok(())
+}
+
+/// Sends DATA blocks `base..=end`.
+async fn send_window(
+    sock: &TokioUdpSocket,
+    transfer: &Transfer,
+    base: u64,
+    end: u64,
+    packet: &mut Vec<u8>,
+) -> Result<(), &'static str> {
+    for index in base..=end {
+        transfer.data_packet(index, packet);
+        sock.send(packet).await.map_err(|_| "socket error")?;
     }
     Ok(())
 }
@@ -306,7 +338,9 @@ pub(super) async fn serve_request(
         timeout: n.timeout,
         heard,
     };
-    let result = send_file(&sock, &transfer, oack).await;
+    let mut resent = 0;
+    let result = send_file(&sock, &transfer, oack, &mut resent).await;
+    handler.metrics.tftp_resent.inc_by(resent);
     handler.finished(&transfer, client, result);
 }
 
@@ -343,8 +377,11 @@ mod tests {
             heard: Arc::default(),
         };
         let started = tokio::time::Instant::now();
-        let result = send_file(&server, &transfer, None).await;
+        let mut resent = 0;
+        let result = send_file(&server, &transfer, None, &mut resent).await;
         assert_eq!(result, Err("the client stopped acknowledging"));
+        // Every send after the first is counted as sent again.
+        assert_eq!(resent, u64::from(MAX_SENDS) - 1);
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{:?}",
