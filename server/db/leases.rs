@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
 use crate::model::Mac;
 
@@ -36,12 +36,15 @@ impl Db {
             .collect()
     }
 
-    /// Writes lease changes in one transaction; `None` for a MAC deletes its lease.
+    /// Writes lease changes in one transaction; `None` for a MAC deletes its lease. Committed
+    /// durably ([`Db::durable_conn`]): the DHCP server sends an ACK only after the binding it
+    /// announces is written here, and a power cut after that must not lose it.
     pub async fn save_leases(&self, changes: &[(Mac, Option<LeaseRow>)]) -> Result<(), DbError> {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write_tx().await?;
+        let mut conn = self.durable_conn().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         for (mac, lease) in changes {
             sqlx::query("DELETE FROM leases WHERE mac = ?")
                 .bind(mac.to_string())
@@ -65,6 +68,7 @@ impl Db {
             }
         }
         tx.commit().await?;
+        Self::relax(conn).await;
         Ok(())
     }
 }

@@ -159,7 +159,8 @@ impl Db {
     /// A connection whose next commits are durable on power loss: `synchronous=FULL` syncs
     /// the WAL at each commit (the pool's `NORMAL` leaves the last commits to the next
     /// checkpoint). For the records a second Bootstrap depends on: the target of a generation,
-    /// the call mark, the outcome, the generation counter. Give it back with [`Db::relax`].
+    /// the call mark, the outcome, the generation counter; and for the DHCP leases an ACK
+    /// announces. Give it back with [`Db::relax`].
     /// It is the writer connection, so these records wait their turn behind other writes
     /// instead of retrying SQLite's lock.
     async fn durable_conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, DbError> {

@@ -2,6 +2,8 @@
 //!
 //! Offers are held briefly and never persisted; bound leases are marked dirty when they change
 //! so the flusher writes them (or deletes their row) without the hot path touching SQLite.
+//! Each change is numbered, and the table knows up to which number its changes are committed
+//! durably, so an ACK can wait for the write of the binding it announces (`unwritten`).
 //! Expired leases stay in the table so a returning client gets its old address back, but any
 //! other client may reclaim the address.
 
@@ -35,6 +37,12 @@ pub struct LeaseTable {
     by_ip: HashMap<Ipv4Addr, Mac>,
     declined: HashMap<Ipv4Addr, i64>,
     dirty: HashSet<Mac>,
+    /// How many changes of bound leases were made (the number of the latest).
+    changes: u64,
+    /// Every change numbered up to this one is committed durably.
+    durable: u64,
+    /// The number of each MAC's latest change not known to be durable yet.
+    unwritten: HashMap<Mac, u64>,
     /// Where the next pool scan starts, so allocation is O(1) while the pool has room.
     cursor: u64,
 }
@@ -141,7 +149,7 @@ impl LeaseTable {
                 bound: true,
             },
         );
-        self.dirty.insert(mac);
+        self.changed(mac);
     }
 
     /// Drops an offer `mac` did not take (it chose another server). Bindings stay.
@@ -187,6 +195,34 @@ impl LeaseTable {
         self.dirty.extend(macs);
     }
 
+    /// The number of the latest change: a flush that took the dirty set under the same lock
+    /// writes every change up to it.
+    pub fn latest_change(&self) -> u64 {
+        self.changes
+    }
+
+    /// Every change up to `change` is committed durably.
+    pub fn mark_durable(&mut self, change: u64) {
+        self.durable = self.durable.max(change);
+        let durable = self.durable;
+        self.unwritten.retain(|_, n| *n > durable);
+    }
+
+    /// The change of `mac`'s lease a reply must wait for: `Some(n)` until every change up to
+    /// `n` is committed durably, `None` when what the table holds for `mac` is on disk.
+    pub fn unwritten(&self, mac: &Mac) -> Option<u64> {
+        self.unwritten
+            .get(mac)
+            .copied()
+            .filter(|n| *n > self.durable)
+    }
+
+    fn changed(&mut self, mac: Mac) {
+        self.dirty.insert(mac);
+        self.changes += 1;
+        self.unwritten.insert(mac, self.changes);
+    }
+
     /// Bound, unexpired leases (the `dhcp_leases` gauge).
     pub fn active(&self, now: i64) -> usize {
         self.by_mac
@@ -211,7 +247,7 @@ impl LeaseTable {
             if old.ip != lease.ip {
                 self.by_ip.remove(&old.ip);
                 if old.bound {
-                    self.dirty.insert(mac);
+                    self.changed(mac);
                 }
             }
         }
@@ -223,7 +259,7 @@ impl LeaseTable {
         if let Some(old) = self.by_mac.remove(&mac) {
             self.by_ip.remove(&old.ip);
             if old.bound {
-                self.dirty.insert(mac);
+                self.changed(mac);
             }
         }
     }
@@ -258,6 +294,32 @@ mod tests {
         let dirty: HashMap<_, _> = t.take_dirty().into_iter().collect();
         assert_eq!(dirty[&mac(1)], None);
         assert_eq!(dirty[&mac(3)].as_ref().unwrap().ip, a);
+    }
+
+    #[test]
+    fn a_change_is_unwritten_until_the_flush_that_took_it_is_durable() {
+        let mut t = LeaseTable::default();
+        t.bind(mac(1), ip(1), 100, None);
+        let first = t.unwritten(&mac(1)).expect("a new binding is not on disk");
+        let (taken, upto) = (t.take_dirty(), t.latest_change());
+        assert_eq!(taken.len(), 1);
+        // A change made while that write is in flight is not covered by it.
+        t.bind(mac(2), ip(2), 100, None);
+        assert_eq!(t.unwritten(&mac(1)), Some(first), "taken is not written");
+        t.mark_durable(upto);
+        assert_eq!(t.unwritten(&mac(1)), None);
+        assert!(t.unwritten(&mac(2)).is_some());
+        // A renewal that moves the expiry waits for its own write again.
+        t.bind(mac(1), ip(1), 200, None);
+        assert!(t.unwritten(&mac(1)).is_some());
+        // A failed write put back keeps them unwritten; the next durable flush covers both.
+        let taken = t.take_dirty();
+        t.mark_dirty(taken.into_iter().map(|(mac, _)| mac));
+        assert!(t.unwritten(&mac(1)).is_some());
+        let (taken, upto) = (t.take_dirty(), t.latest_change());
+        assert_eq!(taken.len(), 2);
+        t.mark_durable(upto);
+        assert_eq!((t.unwritten(&mac(1)), t.unwritten(&mac(2))), (None, None));
     }
 
     #[test]

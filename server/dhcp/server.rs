@@ -1,5 +1,16 @@
 //! The receive loops (one per socket) and the lease flusher.
+//!
+//! An ACK announces a binding the client will use for the whole lease, so it goes out only
+//! once that binding is committed durably (`synchronous=FULL`): otherwise a crash or a power
+//! cut right after the ACK loses the lease, and the restarted server may give the address to
+//! another machine while its first holder still uses it (RFC 2131 §3.1, step 4: the server
+//! "commits the binding for the client to persistent storage and responds with a DHCPACK").
+//! The receive loops never wait for it: an ACK
+//! whose binding is still unwritten is held, the flusher is woken at once (group commit: every
+//! binding decided while one write runs goes in the next), and the loop sends the held ACKs
+//! when the flusher reports them durable.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -8,6 +19,7 @@ use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket as TokioUdpSocket;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -22,15 +34,95 @@ use crate::db::Observation;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Packets handled before a receive loop yields to the runtime.
 const BURST: usize = 256;
+/// Most ACKs waiting for their binding's write; past it the oldest is dropped (the client
+/// retransmits its REQUEST).
+const MAX_HELD: usize = 4096;
+/// An ACK whose binding is not durable within this long is dropped: the client has sent its
+/// REQUEST again by then (RFC 2131 clients retransmit after 4 s), and that one is answered.
+const HOLD_LIMIT_MS: i64 = 4_000;
 
 struct Shared {
     deps: DhcpDeps,
     leases: Mutex<LeaseTable>,
+    /// ACKs waiting until their binding is durable, oldest first.
+    held: Mutex<VecDeque<Held>>,
+    /// Wakes the flusher when an ACK waits.
+    flush_now: Notify,
+    /// The number of the latest lease change committed durably (`LeaseTable::mark_durable`).
+    durable: watch::Sender<u64>,
+}
+
+/// A reply that waits for the durable write of lease change `change`.
+struct Held {
+    via: Via,
+    change: u64,
+    reply: Reply,
+    at_ms: i64,
+}
+
+/// A reply and how it leaves: its source address and interface.
+struct Reply {
+    out: Outgoing,
+    source: Option<Ipv4Addr>,
+    ifindex: u32,
 }
 
 impl Shared {
     fn leases(&self) -> MutexGuard<'_, LeaseTable> {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn held(&self) -> MutexGuard<'_, VecDeque<Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `reply` until lease change `change` is durable and wakes the flusher.
+    fn hold(&self, via: Via, change: u64, reply: Reply) {
+        let at_ms = self.deps.recorder.now_ms();
+        let dropped = {
+            let mut held = self.held();
+            held.push_back(Held {
+                via,
+                change,
+                reply,
+                at_ms,
+            });
+            held.len() > MAX_HELD && held.pop_front().is_some()
+        };
+        if dropped {
+            self.deps.metrics.dhcp_drop("ack-not-durable");
+        }
+        self.flush_now.notify_one();
+    }
+
+    /// The held replies of `via` whose binding is durable now.
+    fn released(&self, via: Via) -> Vec<Reply> {
+        let durable = *self.durable.borrow();
+        let mut held = self.held();
+        let mut out = Vec::new();
+        let mut kept = VecDeque::with_capacity(held.len());
+        for h in held.drain(..) {
+            if h.via == via && h.change <= durable {
+                out.push(h.reply);
+            } else {
+                kept.push_back(h);
+            }
+        }
+        *held = kept;
+        out
+    }
+
+    /// Drops held replies older than `HOLD_LIMIT_MS` (their writes keep failing).
+    fn expire_held(&self, now: i64) {
+        let before = {
+            let mut held = self.held();
+            let before = held.len();
+            held.retain(|h| now - h.at_ms < HOLD_LIMIT_MS);
+            before - held.len()
+        };
+        for _ in 0..before {
+            self.deps.metrics.dhcp_drop("ack-not-durable");
+        }
     }
 }
 
@@ -53,6 +145,9 @@ pub async fn run(deps: DhcpDeps, sockets: DhcpSockets, cancel: CancellationToken
     let shared = Arc::new(Shared {
         deps,
         leases: Mutex::new(leases),
+        held: Mutex::new(VecDeque::new()),
+        flush_now: Notify::new(),
+        durable: watch::Sender::new(0),
     });
     let mut loops = JoinSet::new();
     let listeners = [
@@ -71,35 +166,49 @@ pub async fn run(deps: DhcpDeps, sockets: DhcpSockets, cancel: CancellationToken
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => flush(&shared).await,
+            () = shared.flush_now.notified() => flush(&shared).await,
         }
     }
     while loops.join_next().await.is_some() {}
+    // ACKs still held are not sent: their clients ask again and the next start answers.
     flush(&shared).await;
     tracing::info!("dhcp stopped; leases flushed");
 }
 
-/// Writes dirty leases in one transaction; on failure they stay dirty for the next round.
+/// Writes dirty leases in one durable transaction, then lets the ACKs that waited for them
+/// go; on failure they stay dirty for the next round and their ACKs keep waiting.
 async fn flush(shared: &Shared) {
     let now = shared.deps.recorder.now_ms();
-    let (changes, active) = {
+    shared.expire_held(now);
+    let (changes, upto, active) = {
         let mut leases = shared.leases();
         leases.sweep(now);
-        (leases.take_dirty(), leases.active(now))
+        (
+            leases.take_dirty(),
+            leases.latest_change(),
+            leases.active(now),
+        )
     };
     shared
         .deps
         .metrics
         .dhcp_leases
         .set(i64::try_from(active).unwrap_or(i64::MAX));
-    if changes.is_empty() {
-        return;
+    if !changes.is_empty() {
+        if let Err(e) = shared.deps.db.save_leases(&changes).await {
+            tracing::error!(error = %e, leases = changes.len(), "cannot store DHCP leases; will retry");
+            shared
+                .leases()
+                .mark_dirty(changes.into_iter().map(|(mac, _)| mac));
+            return;
+        }
     }
-    if let Err(e) = shared.deps.db.save_leases(&changes).await {
-        tracing::error!(error = %e, leases = changes.len(), "cannot store DHCP leases; will retry");
-        shared
-            .leases()
-            .mark_dirty(changes.into_iter().map(|(mac, _)| mac));
-    }
+    shared.leases().mark_durable(upto);
+    shared.durable.send_if_modified(|durable| {
+        let moved = upto > *durable;
+        *durable = (*durable).max(upto);
+        moved
+    });
 }
 
 async fn serve(shared: Arc<Shared>, sock: UdpSocket, via: Via, cancel: CancellationToken) {
@@ -119,9 +228,19 @@ async fn serve(shared: Arc<Shared>, sock: UdpSocket, via: Via, cancel: Cancellat
     };
     let mut buf = vec![0u8; 4096];
     let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
+    let mut durable = shared.durable.subscribe();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
+            changed = durable.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                for reply in shared.released(via) {
+                    shared.send(&sock, &reply).await;
+                }
+                continue;
+            }
             ready = sock.readable() => if let Err(e) = ready {
                 tracing::error!(error = %e, "dhcp socket failed");
                 return;
@@ -141,14 +260,22 @@ async fn serve(shared: Arc<Shared>, sock: UdpSocket, via: Via, cancel: Cancellat
                 }
             };
             let packet = &buf[..rx.len.min(buf.len())];
-            if let Some((out, source, ifindex)) = shared.handle(via, packet, &rx) {
-                if let Err(e) = send(&sock, &out, source, ifindex).await {
-                    shared.deps.metrics.dhcp_drop("send-error");
-                    tracing::warn!(error = %e, dest = ?out.dest, "cannot send DHCP reply");
-                }
+            match shared.handle(via, packet, &rx) {
+                Some((reply, None)) => shared.send(&sock, &reply).await,
+                Some((reply, Some(change))) => shared.hold(via, change, reply),
+                None => {}
             }
         }
         tokio::task::yield_now().await;
+    }
+}
+
+impl Shared {
+    async fn send(&self, sock: &TokioUdpSocket, reply: &Reply) {
+        if let Err(e) = send(sock, &reply.out, reply.source, reply.ifindex).await {
+            self.deps.metrics.dhcp_drop("send-error");
+            tracing::warn!(error = %e, dest = ?reply.out.dest, "cannot send DHCP reply");
+        }
     }
 }
 
@@ -175,14 +302,15 @@ async fn send(
 }
 
 impl Shared {
-    /// Parses, decides and records one packet; returns the reply to send, its source address
-    /// and interface. Never waits: the lease lock is held for microseconds.
+    /// Parses, decides and records one packet; returns the reply to send and, for an ACK
+    /// whose binding is not durable yet, the lease change it must wait for. Never waits: the
+    /// lease lock is held for microseconds.
     fn handle(
         &self,
         via: Via,
         packet: &[u8],
         rx: &socket::Received,
-    ) -> Option<(Outgoing, Option<Ipv4Addr>, u32)> {
+    ) -> Option<(Reply, Option<u64>)> {
         let deps = &self.deps;
         let iface = deps.interface.index;
         if rx.ifindex != 0 && iface != 0 && rx.ifindex != iface {
@@ -212,9 +340,12 @@ impl Shared {
             via,
         };
         let decided = catch_unwind(AssertUnwindSafe(|| {
-            decide::respond(&ctx, &req, rx.src, &mut self.leases())
+            let mut leases = self.leases();
+            let (outcome, outgoing) = decide::respond(&ctx, &req, rx.src, &mut leases);
+            let unwritten = leases.unwritten(&req.mac);
+            (outcome, outgoing, unwritten)
         }));
-        let Ok((outcome, outgoing)) = decided else {
+        let Ok((outcome, outgoing, unwritten)) = decided else {
             deps.metrics.dhcp_drop("internal-error");
             tracing::error!(kind = ?req.kind, "dhcp decision panicked; packet dropped");
             return None;
@@ -265,6 +396,12 @@ impl Shared {
             _ => tracing::debug!(reply = out.kind.label(), dest = ?out.dest, detail, "reply"),
         }
         let ifindex = if rx.ifindex != 0 { rx.ifindex } else { iface };
-        Some((out, Some(server_ip), ifindex))
+        let wait = unwritten.filter(|_| out.kind == ReplyKind::Ack);
+        let reply = Reply {
+            out,
+            source: Some(server_ip),
+            ifindex,
+        };
+        Some((reply, wait))
     }
 }

@@ -1464,6 +1464,48 @@ mod udp {
         app.stop().await;
     }
 
+    /// An ACK promises the client its address for the lease: it goes out only once the
+    /// binding is written, so a crash right after it cannot lose the lease.
+    #[tokio::test]
+    async fn an_ack_goes_out_only_after_its_binding_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let clock: SharedClock = ManualClock::new(T0);
+        let app = start(&db, DhcpMode::Full, clock).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Several clients one after another, so a flush that merely happened to run between
+        // the REQUEST and the check does not pass the test by luck.
+        for n in 0..10u8 {
+            let mac = [0x52, 0x54, 0x00, 0x10, 0x01, n];
+            let offer = exchange(
+                &client,
+                app.dhcp_port,
+                fixtures::ipxe_efi(DISCOVER, mac).xid(u32::from(n) * 2 + 1),
+            )
+            .await;
+            assert_eq!(offer.msg_type(), OFFER);
+            let ack = exchange(
+                &client,
+                app.dhcp_port,
+                fixtures::ipxe_efi(REQUEST, mac)
+                    .xid(u32::from(n) * 2 + 2)
+                    .requested(offer.yiaddr())
+                    .server(Ipv4Addr::LOCALHOST),
+            )
+            .await;
+            assert_eq!(ack.msg_type(), ACK);
+            let leases = db.load_leases().await.unwrap();
+            assert!(
+                leases
+                    .iter()
+                    .any(|l| l.mac == Mac(mac) && l.ip == ack.yiaddr()),
+                "client {n}: ACKed {} before its lease was written: {leases:?}",
+                ack.yiaddr()
+            );
+        }
+        app.stop().await;
+    }
+
     #[tokio::test]
     async fn run_answers_proxy_discover_on_67_and_request_on_4011() {
         let dir = tempfile::tempdir().unwrap();

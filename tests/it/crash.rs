@@ -21,15 +21,29 @@ use serde_json::json;
 use crate::kit;
 
 /// xorshift64*: a seeded stream of kill times and MACs, so a failing run can be replayed.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+}
+
+/// The campaign's size and seed: `BOOTPLANE_CRASH_RUNS` (10 by default) and
+/// `BOOTPLANE_CRASH_SEED` (from the clock by default).
+pub(crate) fn campaign() -> (usize, u64) {
+    let runs: usize = std::env::var("BOOTPLANE_CRASH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let seed: u64 = std::env::var("BOOTPLANE_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| (kit::now_ms() as u64) | 1);
+    (runs, seed)
 }
 
 fn start(dirs: &Path, http_port: u16, run: usize) -> tokio::process::Child {
@@ -72,14 +86,7 @@ async fn all_events(db: &Db) -> BTreeMap<Mac, Vec<Event>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_no_committed_row_and_no_event() {
-    let runs: usize = std::env::var("BOOTPLANE_CRASH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
-    let seed: u64 = std::env::var("BOOTPLANE_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| (kit::now_ms() as u64) | 1);
+    let (runs, seed) = campaign();
     eprintln!("crash injection: {runs} runs, BOOTPLANE_CRASH_SEED={seed}");
     let _turn = kit::turns::shared_async().await;
     let dirs = tempfile::tempdir().unwrap();

@@ -19,6 +19,7 @@ mod boot_http;
 mod bounds;
 mod browser;
 mod crash;
+mod crash_power;
 mod evidence;
 mod firmware_e2e;
 mod fuzz;

@@ -24,11 +24,11 @@ use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-const CLUSTER: &str = "lab";
+pub(crate) const CLUSTER: &str = "lab";
 /// Indexes into `Lab::nodes`.
-const CP1: usize = 0;
-const CP2: usize = 1;
-const CP3: usize = 2;
+pub(crate) const CP1: usize = 0;
+pub(crate) const CP2: usize = 1;
+pub(crate) const CP3: usize = 2;
 const W1: usize = 3;
 
 /// The orchestrator re-evaluates every cluster at least this often without any signal;
@@ -38,12 +38,12 @@ fn tick_and_a_bit() -> Duration {
 }
 
 /// A node: its machine record's identity and the Talos double that answers for it.
-struct Node {
-    name: &'static str,
-    mac: Mac,
-    ip: Ipv4Addr,
+pub(crate) struct Node {
+    pub(crate) name: &'static str,
+    pub(crate) mac: Mac,
+    pub(crate) ip: Ipv4Addr,
     role: Role,
-    double: TalosDouble,
+    pub(crate) double: TalosDouble,
     /// Where the double is served (the test's runtime unless the test needs it apart).
     rt: Handle,
     /// The double's server while it runs (a lock, so one node can reboot while the test
@@ -68,7 +68,7 @@ impl Node {
     }
 
     /// The node's Talos API goes away (it is powered off, or its disk no longer boots).
-    async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let server = self.server.lock().unwrap().take();
         if let Some((stop, task)) = server {
             let _ = stop.send(());
@@ -98,15 +98,15 @@ impl Node {
 }
 
 /// Three control-plane doubles and one worker double on 127.0.`net`.x, one shared port.
-struct Lab {
+pub(crate) struct Lab {
     net: u8,
-    port: u16,
+    pub(crate) port: u16,
     store: EtcdStore,
-    nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Node>,
 }
 
 impl Lab {
-    fn new(net: u8) -> Lab {
+    pub(crate) fn new(net: u8) -> Lab {
         Lab::new_on(net, Handle::current())
     }
 
@@ -159,7 +159,7 @@ impl Lab {
     }
 
     /// Every call of `method` that reached any double, with the node's name.
-    fn calls_of(&self, method: &str) -> Vec<(&'static str, CallRecord)> {
+    pub(crate) fn calls_of(&self, method: &str) -> Vec<(&'static str, CallRecord)> {
         self.nodes
             .iter()
             .flat_map(|n| n.double.calls_of(method).into_iter().map(|c| (n.name, c)))
@@ -245,7 +245,7 @@ struct World {
 
 /// Initialises the cluster through the database (with the shared bundle, so the doubles and
 /// bootplane trust the same OS CA) and adds the lab's machines with their static addresses.
-async fn provision(db: &Db, lab: &Lab) {
+pub(crate) async fn provision(db: &Db, lab: &Lab) {
     let machines: Vec<Machine> = lab.nodes.iter().map(Node::machine).collect();
     let machines: Vec<&Machine> = machines.iter().collect();
     kit::init_lab_cluster(db, Some(CLUSTER), lab.net, &machines).await;

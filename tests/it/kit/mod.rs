@@ -1,14 +1,16 @@
 //! The harness kit every feature module uses: a running appliance in process (`Appliance`,
 //! `app::run` on loopback ephemeral ports with temporary directories), the real binary
 //! (`served`), HTTP clients and sessions (`http`), DHCP packets (`dhcp`), the Talos side
-//! (`talos`: one secrets bundle, a cluster the Talos doubles trust), and turns on the CPU for
-//! the heavy tests (`turns`). The network-namespace and QEMU lab lives with its only user,
+//! (`talos`: one secrets bundle, a cluster the Talos doubles trust), a disk that loses what was
+//! not fsynced when the power is cut (`powercut`, a FUSE layer), and turns on the CPU for the
+//! heavy tests (`turns`). The network-namespace and QEMU lab lives with its only user,
 //! `firmware_e2e`.
 #![allow(dead_code)]
 
 mod appliance;
 pub mod dhcp;
 pub mod http;
+pub mod powercut;
 pub mod served;
 pub mod talos;
 pub mod turns;
