@@ -5,10 +5,11 @@
 //! cut right after the ACK loses the lease, and the restarted server may give the address to
 //! another machine while its first holder still uses it (RFC 2131 §3.1, step 4: the server
 //! "commits the binding for the client to persistent storage and responds with a DHCPACK").
-//! The receive loops never wait for it: an ACK
-//! whose binding is still unwritten is held, the flusher is woken at once (group commit: every
-//! binding decided while one write runs goes in the next), and the loop sends the held ACKs
-//! when the flusher reports them durable.
+//! The receive loops never wait for it: an ACK whose binding is still unwritten is held, the
+//! flusher is woken at once (group commit: every binding decided while one write runs goes in
+//! the next), and the loop sends the held ACKs when the flusher reports them durable. An ACK
+//! held longer than `HOLD_LIMIT_MS` (the writes keep failing) is dropped and counted
+//! (`bootplane_dhcp_dropped_total{reason="ack-not-durable"}`); the client asks again.
 
 use std::collections::VecDeque;
 use std::io;
