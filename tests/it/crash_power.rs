@@ -274,8 +274,7 @@ async fn power_cut_under_full_dhcp_load_loses_no_acked_lease() {
     if !may_mount() {
         return;
     }
-    let (runs, seed) = campaign();
-    eprintln!("power cuts under DHCP load: {runs} cuts, BOOTPLANE_CRASH_SEED={seed}");
+    let (runs, seed) = campaign("power cuts under DHCP load");
     let _turn = kit::turns::shared_async().await;
     let mut disk = Disk::new();
     let http_port = served::free_tcp_port();
@@ -284,7 +283,13 @@ async fn power_cut_under_full_dhcp_load_loses_no_acked_lease() {
     // Room for every client of the campaign: no address is ever reclaimed from another MAC.
     let pool = "127.1.0.1-127.3.255.254";
     let start = |disk: &Disk, run: usize| {
-        served::serve_full_dhcp(disk.dirs.path(), http_port, dhcp_port, pool)
+        served::serve_full_dhcp(
+            disk.dirs.path(),
+            http_port,
+            dhcp_port,
+            served::free_udp_port(&[dhcp_port]),
+            pool,
+        )
             .env("BOOTPLANE_LOG", "warn")
             .stderr(disk.log("serve", run))
             .spawn()
@@ -397,9 +402,8 @@ async fn power_cut_after_the_bootstrap_mark_or_call_never_bootstraps_twice() {
     if !may_mount() {
         return;
     }
-    let (runs, seed) = campaign();
+    let (runs, seed) = campaign("power cuts around the bootstrap");
     let runs = (runs / 2).max(2);
-    eprintln!("power cuts around the bootstrap: {runs} cuts, BOOTPLANE_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let (mut marks, mut calls) = (0, 0);
     for run in 0..runs {

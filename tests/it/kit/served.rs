@@ -93,44 +93,40 @@ fn serve_on_loopback(data_dir: &Path, http: u16, tftp: u16) -> Command {
 /// (`data/`, `ipxe/`, `images/`), HTTP on `http_port`, TFTP on a free port, as a tokio process
 /// killed when dropped; callers add their own flags, environment and output.
 pub fn serve_without_dhcp(dirs: &Path, http_port: u16) -> tokio::process::Command {
-    serve_in(dirs, http_port, &["--dhcp-mode", "off"])
+    serve_in(dirs, http_port, &[], |cmd| {
+        cmd.args(["--dhcp-mode", "off"]);
+    })
 }
 
-/// `bootplane serve` as the LAN's DHCP server on `lo` (full mode, subnet 127.0.0.0/8, leases
-/// from `pool`, DHCP on `dhcp_port`, the PXE port on a free one, no router advertisements),
-/// otherwise as [`serve_without_dhcp`].
+/// `bootplane serve` as the segment's DHCP server (full mode) on `lo`, handing out `pool`
+/// (`START-END`) on `dhcp_port` (the PXE boot server on `pxe_port`); directories, HTTP and TFTP
+/// as `serve_without_dhcp`.
 pub fn serve_full_dhcp(
     dirs: &Path,
     http_port: u16,
     dhcp_port: u16,
+    pxe_port: u16,
     pool: &str,
 ) -> tokio::process::Command {
-    let pxe = free_udp_port(&[dhcp_port]).to_string();
-    let dhcp = dhcp_port.to_string();
-    serve_in(
-        dirs,
-        http_port,
-        &[
-            "--dhcp-mode",
-            "full",
-            "--dhcp-port",
-            &dhcp,
-            "--pxe-port",
-            &pxe,
-            "--dhcp-subnet",
-            "127.0.0.0/8",
-            "--dhcp-pool",
-            pool,
-            "--ipv6-ra",
-            "off",
-        ],
-    )
+    serve_in(dirs, http_port, &[dhcp_port, pxe_port], |cmd| {
+        cmd.args(["--dhcp-mode", "full"])
+            .args(["--dhcp-port", &dhcp_port.to_string()])
+            .args(["--pxe-port", &pxe_port.to_string()])
+            .args(["--dhcp-pool", pool])
+            .args(["--ipv6-ra", "off"]);
+    })
 }
 
-fn serve_in(dirs: &Path, http_port: u16, dhcp: &[&str]) -> tokio::process::Command {
-    let mut cmd = serve_on_loopback(&dirs.join("data"), http_port, free_udp_port(&[]));
-    cmd.args(dhcp)
-        .arg("--ipxe-dir")
+/// The common part: directories under `dirs`, TFTP on a free port other than `taken`.
+fn serve_in(
+    dirs: &Path,
+    http_port: u16,
+    taken: &[u16],
+    dhcp: impl FnOnce(&mut Command),
+) -> tokio::process::Command {
+    let mut cmd = serve_on_loopback(&dirs.join("data"), http_port, free_udp_port(taken));
+    dhcp(&mut cmd);
+    cmd.arg("--ipxe-dir")
         .arg(dirs.join("ipxe"))
         .arg("--images-dir")
         .arg(dirs.join("images"))

@@ -6,8 +6,14 @@
 //! kill (read just before it) is still there unchanged, SQLite's integrity check passes, and the
 //! appliance serves again. The process must end by the kill alone, and no save may be refused.
 //!
-//! `BOOTPLANE_CRASH_RUNS=N` sets the number of kills (10 by default, what CI runs;
-//! `scripts/crash --runs 100` runs a campaign); `BOOTPLANE_CRASH_SEED` replays one.
+//! The same harness kills the appliance under two more loads: full-DHCP lease writes
+//! (`leases`) and boot asset downloads (`assets`).
+//!
+//! `BOOTPLANE_CRASH_RUNS=N` sets the number of kills of each scenario (10 by default, what CI
+//! runs; `scripts/crash --runs 100` runs a campaign); `BOOTPLANE_CRASH_SEED` replays one.
+
+mod assets;
+mod leases;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,11 +36,25 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+
+    /// A stream whose first numbers are already well mixed, whatever the seed (a small seed
+    /// such as 777 starts xorshift with runs of alike numbers): the seed through splitmix64.
+    fn new(seed: u64) -> Rng {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    /// A number in `0..n`, from the stream's high bits.
+    fn below(&mut self, n: u64) -> u64 {
+        (self.next() >> 32) % n.max(1)
+    }
 }
 
-/// The campaign's size and seed: `BOOTPLANE_CRASH_RUNS` (10 by default) and
-/// `BOOTPLANE_CRASH_SEED` (from the clock by default).
-pub(crate) fn campaign() -> (usize, u64) {
+/// The campaign's kills and seed (`BOOTPLANE_CRASH_RUNS`, `BOOTPLANE_CRASH_SEED`), printed so a
+/// failing campaign can be replayed.
+pub(crate) fn campaign(scenario: &str) -> (usize, u64) {
     let runs: usize = std::env::var("BOOTPLANE_CRASH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -43,7 +63,21 @@ pub(crate) fn campaign() -> (usize, u64) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| (kit::now_ms() as u64) | 1);
+    eprintln!("{scenario}: {runs} runs, BOOTPLANE_CRASH_SEED={seed}");
     (runs, seed)
+}
+
+/// Kills `child` with SIGKILL and fails unless that is what ended it: anything else (a panic,
+/// an abort under the load) is the appliance failing alone.
+async fn kill(child: &mut tokio::process::Child, run: usize, seed: u64) {
+    use std::os::unix::process::ExitStatusExt as _;
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "run {run} (seed {seed}): not our SIGKILL: {status}"
+    );
 }
 
 fn start(dirs: &Path, http_port: u16, run: usize) -> tokio::process::Child {
@@ -86,8 +120,7 @@ async fn all_events(db: &Db) -> BTreeMap<Mac, Vec<Event>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_no_committed_row_and_no_event() {
-    let (runs, seed) = campaign();
-    eprintln!("crash injection: {runs} runs, BOOTPLANE_CRASH_SEED={seed}");
+    let (runs, seed) = campaign("crash injection");
     let _turn = kit::turns::shared_async().await;
     let dirs = tempfile::tempdir().unwrap();
     for d in ["data", "ipxe", "images"] {
@@ -205,17 +238,7 @@ async fn sigkill_at_random_moments_loses_no_committed_row_and_no_event() {
         let db = Db::open(&data).await.unwrap();
         let before_events = all_events(&db).await;
         db.close().await;
-        child.start_kill().unwrap();
-        let status = child.wait().await.unwrap();
-        {
-            use std::os::unix::process::ExitStatusExt as _;
-            // Anything else (a panic, an abort under the load) is the appliance failing alone.
-            assert_eq!(
-                status.signal(),
-                Some(9),
-                "run {run}: not our SIGKILL: {status}"
-            );
-        }
+        kill(&mut child, run, seed).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for task in load {
             if task.await.unwrap() {
