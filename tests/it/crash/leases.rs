@@ -27,10 +27,16 @@ use super::{campaign, kill, wait_healthy, Rng};
 use crate::kit;
 
 /// The dynamic pool: one allocation scan covers it (the appliance looks at 65,536 addresses at
-/// most), and a campaign of 100 kills binds fewer than it holds.
+/// most).
 const POOL: &str = "127.64.0.1-127.64.255.254";
-/// New leases per run at most (then the clients only renew), so 100 runs fit in the pool.
-const NEW_PER_RUN: u32 = 400;
+/// New leases in a whole campaign at most, below the pool's 65,534 addresses.
+const NEW_IN_ALL: usize = 60_000;
+/// New leases per run at most (then the clients only renew): 400, fewer in a campaign so long
+/// that 400 a run would not fit in the pool.
+const NEW_PER_RUN: usize = 400;
+/// The lease time: 30 days, so no lease ends during a campaign, however long (a lease that
+/// ended could rightly go to another MAC).
+const LEASE_SECS: &str = "2592000";
 /// Clients asking at once.
 const CLIENTS: u64 = 4;
 /// How long a client waits for an answer before it asks again.
@@ -41,7 +47,7 @@ const OLDER_SAMPLE: usize = 100;
 /// Everything the appliance answered, over all runs, and what broke the rules.
 #[derive(Default)]
 struct Ledger {
-    /// The address each MAC was ACKed (a lease lasts an hour: none ends during a campaign).
+    /// The address each MAC was ACKed (no lease ends during a campaign: `LEASE_SECS`).
     held: BTreeMap<Mac, Ipv4Addr>,
     holder: HashMap<Ipv4Addr, Mac>,
     /// Leases bound in the current run, in order.
@@ -305,6 +311,7 @@ fn start(dirs: &Path, ports: (u16, u16, u16), run: usize) -> tokio::process::Chi
     let (http, dhcp, pxe) = ports;
     let log = std::fs::File::create(dirs.join(format!("serve-{run}.log"))).unwrap();
     kit::served::serve_full_dhcp(dirs, http, dhcp, pxe, POOL)
+        .args(["--dhcp-lease-time", LEASE_SECS])
         .env("BOOTPLANE_LOG", "warn")
         .stderr(log)
         .spawn()
@@ -337,10 +344,11 @@ async fn sigkill_under_dhcp_load_loses_no_acked_lease_and_never_gives_one_twice(
     let mut child = start(dirs.path(), ports, 0);
     wait_healthy(&http, &base, &mut child).await;
     let started = Instant::now();
+    let new_per_run = (NEW_IN_ALL / runs.max(1)).clamp(1, NEW_PER_RUN) as u32;
     for run in 0..runs {
         ledger.lock().unwrap().this_run.clear();
         let stop = Arc::new(AtomicBool::new(false));
-        let new_left = Arc::new(AtomicU32::new(NEW_PER_RUN));
+        let new_left = Arc::new(AtomicU32::new(new_per_run));
         let mut clients = Vec::new();
         for _ in 0..CLIENTS {
             let client = Client::new(server, rng.next()).await;
