@@ -75,7 +75,8 @@ pub enum ApiError {
     #[error("node unreachable: {0}")]
     Unreachable(String),
     /// The node answered but cannot do it yet (FailedPrecondition, Unavailable,
-    /// DeadlineExceeded, or no answer within the call timeout). Retry later.
+    /// DeadlineExceeded), or gave no answer: none within the call timeout, or the connection
+    /// broke once the call was on its way (the node may have acted on it). Retry later.
     #[error("node not ready: {0}")]
     NotReady(String),
     /// Authentication or authorisation failed: the node's certificate is not from the OS CA,
@@ -448,6 +449,14 @@ fn classify_status(
     }
     let message = status.message().to_string();
     let what = format!("{method} on {node}: {message}");
+    // A status the node never sent: the client made it when the connection broke after the
+    // call went out (tonic's "transport error", with the cause as its source). No answer, as
+    // with a timeout: the node may have acted on the call.
+    if status.code() == Code::Unknown && std::error::Error::source(status).is_some() {
+        return ApiError::NotReady(format!(
+            "{method} on {node}: the connection broke before an answer ({message})"
+        ));
+    }
     match status.code() {
         Code::FailedPrecondition if message.contains(WORKER_BOOTSTRAP_MESSAGE) => ApiError::Rpc {
             code: Code::FailedPrecondition,

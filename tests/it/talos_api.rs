@@ -1,5 +1,5 @@
 //! The Talos API client against Talos node doubles (in process, on loopback aliases
-//! 127.0.0.1-3 and ephemeral ports, and once as the real `bootplane-talos-double` binary):
+//! 127.0.0.1-4 and ephemeral ports, and once as the real `bootplane-talos-double` binary):
 //! calls, status codes, and the mutual-TLS checks in both directions.
 
 use std::net::{IpAddr, SocketAddr};
@@ -701,4 +701,42 @@ async fn the_double_binary_serves_three_nodes_sharing_etcd() {
             .unwrap();
         assert!(status.success(), "graceful exit on SIGTERM: {status:?}");
     }
+}
+
+/// A Bootstrap that reached the node but whose connection broke before the answer may have
+/// started etcd: the error says so (retryable, not a refusal, not "never reached the node").
+#[tokio::test]
+async fn a_connection_cut_after_the_request_left_is_an_unknown_outcome() {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.4:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The node's own TLS (the cluster's OS CA, its address): it reads the whole request, then
+    // its connection goes away (power cut, crash) before any answer.
+    let node = TalosDouble::new(
+        bundle(),
+        DoubleConfig::new("cut", NodeRole::Controlplane, addr),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(node.tls_config());
+    let (got_tx, got) = tokio::sync::oneshot::channel::<usize>();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The HTTP/2 preface, the client's settings, then the request's HEADERS and DATA:
+        // the request's path is in the HEADERS (HPACK may compress it, so wait for the
+        // frames after the preface rather than for the text).
+        while seen.len() < 24 + 60 {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the client hung up first");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let _ = got_tx.send(seen.len());
+        drop(tls);
+    });
+    let err = api().bootstrap(addr).await.unwrap_err();
+    let read = got.await.expect("the request reached the node");
+    println!("after the node read {read} bytes: {err:?}");
+    assert!(matches!(err, ApiError::NotReady(_)), "{err:?}");
 }
