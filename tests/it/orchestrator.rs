@@ -29,7 +29,7 @@ pub(crate) const CLUSTER: &str = "lab";
 pub(crate) const CP1: usize = 0;
 pub(crate) const CP2: usize = 1;
 pub(crate) const CP3: usize = 2;
-const W1: usize = 3;
+pub(crate) const W1: usize = 3;
 
 /// The orchestrator re-evaluates every cluster at least this often without any signal;
 /// waiting a little longer than this shows what a re-evaluation does (or does not do).
@@ -80,7 +80,7 @@ impl Node {
     }
 
     /// The node's Talos API answers again, on the same address and port.
-    async fn restart(&self, port: u16) {
+    pub(crate) async fn restart(&self, port: u16) {
         assert!(self.server.lock().unwrap().is_none());
         let listener = std::net::TcpListener::bind((self.ip, port)).unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -101,7 +101,7 @@ impl Node {
 pub(crate) struct Lab {
     net: u8,
     pub(crate) port: u16,
-    store: EtcdStore,
+    pub(crate) store: EtcdStore,
     pub(crate) nodes: Vec<Node>,
 }
 
@@ -112,6 +112,15 @@ impl Lab {
 
     /// The doubles served on `rt`.
     fn new_on(net: u8, rt: Handle) -> Lab {
+        Lab::assemble(net, rt, |_| {})
+    }
+
+    /// The doubles served on this runtime, each set up by `customise` too.
+    pub(crate) fn new_with(net: u8, customise: impl Fn(&mut DoubleConfig)) -> Lab {
+        Lab::assemble(net, Handle::current(), customise)
+    }
+
+    fn assemble(net: u8, rt: Handle, customise: impl Fn(&mut DoubleConfig)) -> Lab {
         let plan: [(&'static str, u8, Role); 4] = [
             ("cp1", 11, Role::Controlplane),
             ("cp2", 12, Role::Controlplane),
@@ -133,6 +142,7 @@ impl Lab {
             };
             let mut config = DoubleConfig::new(name, node_role, (ip, port).into());
             config.etcd = store.clone();
+            customise(&mut config);
             let double = TalosDouble::new(kit::cached_bundle(), config).unwrap();
             let node = Node {
                 name,
@@ -154,7 +164,7 @@ impl Lab {
         }
     }
 
-    fn cps(&self) -> &[Node] {
+    pub(crate) fn cps(&self) -> &[Node] {
         &self.nodes[CP1..=CP3]
     }
 
@@ -232,12 +242,12 @@ impl SideRuntime {
 
 /// A cluster under test: the appliance (or the database of a bootplane process), the
 /// doubles, and how to reach the appliance over HTTP.
-struct World {
-    lab: Lab,
-    db: Db,
-    data_dir: PathBuf,
-    base: String,
-    http: reqwest::Client,
+pub(crate) struct World {
+    pub(crate) lab: Lab,
+    pub(crate) db: Db,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
     app: Option<Appliance>,
     /// Nodes whose address bootplane's DHCP has bound to their MAC (`World::lease`).
     leased: std::sync::Mutex<std::collections::HashSet<usize>>,
@@ -252,6 +262,28 @@ pub(crate) async fn provision(db: &Db, lab: &Lab) {
 }
 
 impl World {
+    /// A world for the real binary (`Serve`): `data/`, `ipxe/` and `images/` under `dirs`, the
+    /// cluster and the lab's machines in the database, and a free HTTP port for the appliance.
+    pub(crate) async fn for_binary(lab: Lab, dirs: &Path) -> (World, u16) {
+        let data_dir = dirs.join("data");
+        for d in ["data", "ipxe", "images"] {
+            std::fs::create_dir_all(dirs.join(d)).unwrap();
+        }
+        let db = Db::open(&data_dir).await.unwrap();
+        provision(&db, &lab).await;
+        let http_port = kit::served::free_tcp_port();
+        let w = World {
+            lab,
+            db,
+            data_dir,
+            base: format!("http://127.0.0.1:{http_port}"),
+            http: reqwest::Client::new(),
+            app: None,
+            leased: Default::default(),
+        };
+        (w, http_port)
+    }
+
     /// The appliance in process, probing the lab's port, with `customise` applied.
     async fn start(net: u8, customise: impl FnOnce(&mut bootplane::config::ServeOptions)) -> World {
         World::start_on(Lab::new(net), customise).await
@@ -301,14 +333,14 @@ impl World {
     }
 
     /// An HTTP client whose requests leave from node `i`'s own address.
-    fn client_of(&self, i: usize) -> reqwest::Client {
+    pub(crate) fn client_of(&self, i: usize) -> reqwest::Client {
         reqwest::Client::builder()
             .local_address(Some(self.node(i).ip.into()))
             .build()
             .unwrap()
     }
 
-    fn node(&self, i: usize) -> &Node {
+    pub(crate) fn node(&self, i: usize) -> &Node {
         &self.lab.nodes[i]
     }
 
@@ -451,7 +483,7 @@ impl World {
     }
 
     /// Runs the real `bootplane` CLI on this world's database.
-    async fn cli(&self, args: &[&str]) -> String {
+    pub(crate) async fn cli(&self, args: &[&str]) -> String {
         let out = tokio::process::Command::new(kit::BIN)
             .args(args)
             .arg("--data-dir")
@@ -470,7 +502,7 @@ impl World {
     }
 
     /// Machines, their events, every RPC each double received, etcd members, bootstraps.
-    async fn dump(&self) -> String {
+    pub(crate) async fn dump(&self) -> String {
         let mut s = String::new();
         for n in &self.lab.nodes {
             let m = self.db.get_machine(n.mac).await.ok().flatten();
@@ -529,7 +561,7 @@ fn position(events: &[Event], what: &str, pred: impl Fn(&Event) -> bool) -> usiz
         .unwrap_or_else(|| panic!("no {what} event in {events:#?}"))
 }
 
-fn is_install_script(body: &str) -> bool {
+pub(crate) fn is_install_script(body: &str) -> bool {
     body.contains("\nkernel ") && body.contains("talos.config=")
 }
 
@@ -738,8 +770,8 @@ async fn adopts_a_cluster_whose_etcd_already_runs() {
 // ---- the real binary, killed between marking the call and making it --------------------------
 
 /// A `bootplane serve` process on loopback.
-struct Serve {
-    child: tokio::process::Child,
+pub(crate) struct Serve {
+    pub(crate) child: tokio::process::Child,
     log: PathBuf,
     /// Held while the process runs: heavy tests wait for it (`kit::turns`).
     _turn: kit::turns::Shared,
@@ -747,7 +779,13 @@ struct Serve {
 
 impl Serve {
     /// Starts `bootplane serve` and waits until /healthz answers.
-    async fn start(w: &World, dirs: &Path, http_port: u16, extra: &[&str], crash: bool) -> Serve {
+    pub(crate) async fn start(
+        w: &World,
+        dirs: &Path,
+        http_port: u16,
+        extra: &[&str],
+        crash: bool,
+    ) -> Serve {
         assert_eq!(w.data_dir, dirs.join("data"));
         let n = std::fs::read_dir(dirs)
             .unwrap()
@@ -791,7 +829,7 @@ impl Serve {
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -820,28 +858,8 @@ impl Serve {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_marking_and_calling_never_bootstraps_twice() {
-    let lab = Lab::new(45);
     let dirs = tempfile::tempdir().unwrap();
-    let data_dir = dirs.path().join("data");
-    for d in ["data", "ipxe", "images"] {
-        std::fs::create_dir_all(dirs.path().join(d)).unwrap();
-    }
-    let db = Db::open(&data_dir).await.unwrap();
-    provision(&db, &lab).await;
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let w = World {
-        lab,
-        db,
-        data_dir,
-        base: format!("http://127.0.0.1:{http_port}"),
-        http: reqwest::Client::new(),
-        app: None,
-        leased: Default::default(),
-    };
+    let (w, http_port) = World::for_binary(Lab::new(45), dirs.path()).await;
 
     // Run 1, with the hook: the process exits right after marking the Bootstrap call.
     let mut serve = Serve::start(&w, dirs.path(), http_port, &[], true).await;

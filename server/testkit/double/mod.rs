@@ -22,6 +22,10 @@
 //! | Bootstrap | worker | FailedPrecondition `bootstrap can only be performed on a control plane node` |
 //! | Bootstrap | etcd not empty | AlreadyExists `etcd data directory is not empty` |
 //! | Bootstrap | otherwise | OK; etcd `bootstrapped`, a new cluster with this node its sole member |
+//!
+//! A Bootstrap takes effect (and is recorded) when it arrives; its answer can be held back
+//! ([`TalosDouble::set_bootstrap_answer_delay`]), as Talos answers only once etcd has started,
+//! so a test can lose the answer of a call that did take effect.
 //! | EtcdMemberList, EtcdRemoveMemberByID | worker | Unimplemented `… is only available on control plane nodes` |
 //! | EtcdMemberList, EtcdRemoveMemberByID | etcd empty | FailedPrecondition `etcd is not running on this node` |
 //! | EtcdRemoveMemberByID | unknown ID | NotFound `etcdserver: member not found` |
@@ -222,6 +226,8 @@ struct NodeState {
     booting: Booting,
     etcd: EtcdState,
     embedded_error: Option<EmbeddedError>,
+    /// How long a Bootstrap's answer is held back after it took effect.
+    bootstrap_answer_delay: Duration,
     calls: Vec<CallRecord>,
     tls_rejections: Vec<TlsRejection>,
 }
@@ -256,6 +262,7 @@ impl TalosDouble {
                     booting,
                     etcd: EtcdState::Empty,
                     embedded_error: None,
+                    bootstrap_answer_delay: Duration::ZERO,
                     calls: Vec::new(),
                     tls_rejections: Vec::new(),
                 }),
@@ -315,6 +322,18 @@ impl TalosDouble {
     /// Every RPC received so far, oldest first.
     pub fn calls(&self) -> Vec<CallRecord> {
         self.node.lock().calls.clone()
+    }
+
+    /// The RPCs received at or after `from_ms` (milliseconds since the Unix epoch), oldest
+    /// first: cheap enough to poll every millisecond.
+    pub fn calls_since(&self, from_ms: i64) -> Vec<CallRecord> {
+        self.node
+            .lock()
+            .calls
+            .iter()
+            .filter(|c| c.at_ms >= from_ms)
+            .cloned()
+            .collect()
     }
 
     /// The calls of one method (e.g. `Bootstrap`).
@@ -379,6 +398,12 @@ impl TalosDouble {
             },
         };
         self.node.persist(&st);
+    }
+
+    /// Holds back the answer to every later Bootstrap for `delay` after it took effect (Talos
+    /// answers once etcd has started): a client that goes away meanwhile never hears of it.
+    pub fn set_bootstrap_answer_delay(&self, delay: Duration) {
+        self.node.lock().bootstrap_answer_delay = delay;
     }
 
     /// Embeds (or, with `None`, stops embedding) a per-node error in replies.

@@ -103,7 +103,7 @@ impl MachineService for DoubleService {
         req: Request<m::BootstrapRequest>,
     ) -> Result<Response<m::BootstrapResponse>, Status> {
         let method = "Bootstrap";
-        self.node.handle(
+        let answer = self.node.handle(
             method,
             peer(&req),
             allowed_roles(method),
@@ -134,7 +134,12 @@ impl MachineService for DoubleService {
                     messages: vec![m::Bootstrap { metadata: None }],
                 })
             },
-        )
+        );
+        let delay = self.node.lock().bootstrap_answer_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        answer
     }
 
     async fn etcd_member_list(

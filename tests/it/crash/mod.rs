@@ -6,13 +6,16 @@
 //! kill (read just before it) is still there unchanged, SQLite's integrity check passes, and the
 //! appliance serves again. The process must end by the kill alone, and no save may be refused.
 //!
-//! The same harness kills the appliance under two more loads: full-DHCP lease writes
-//! (`leases`) and boot asset downloads (`assets`).
+//! The same harness kills the appliance under three more loads: full-DHCP lease writes
+//! (`leases`), boot asset downloads (`assets`), and the bootstrap sequence against Talos
+//! doubles across cluster wipes and new generations (`bootstrap`, one kill per generation).
 //!
 //! `BOOTPLANE_CRASH_RUNS=N` sets the number of kills of each scenario (10 by default, what CI
-//! runs; `scripts/crash --runs 100` runs a campaign); `BOOTPLANE_CRASH_SEED` replays one.
+//! runs, 4 generations for `bootstrap`; `scripts/crash --runs 100` runs a campaign);
+//! `BOOTPLANE_CRASH_SEED` replays one.
 
 mod assets;
+mod bootstrap;
 mod leases;
 
 use std::collections::BTreeMap;
@@ -80,6 +83,22 @@ async fn kill(child: &mut tokio::process::Child, run: usize, seed: u64) {
     );
 }
 
+/// `BOOTPLANE_CRASH_RUNS`, else `default`.
+fn runs(default: usize) -> usize {
+    std::env::var("BOOTPLANE_CRASH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `BOOTPLANE_CRASH_SEED`, else one from the clock.
+fn seed() -> u64 {
+    std::env::var("BOOTPLANE_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| (kit::now_ms() as u64) | 1)
+}
+
 fn start(dirs: &Path, http_port: u16, run: usize) -> tokio::process::Child {
     let log = std::fs::File::create(dirs.join(format!("serve-{run}.log"))).unwrap();
     kit::served::serve_without_dhcp(dirs, http_port)
@@ -105,6 +124,34 @@ async fn wait_healthy(http: &reqwest::Client, base: &str, child: &mut tokio::pro
     }
 }
 
+/// Closes `db` (the last handle to it), and waits until this process holds no file of
+/// `data_dir` open: sqlx's `close` can return with a connection still open, closed only when the
+/// pool is dropped. A connection of the test's still open at a kill spares the restarted
+/// appliance its own recovery of the file: SQLite then trusts the shared index the killed process
+/// left, and a commit the kill cut short (written, never returned) is dropped where a recovery
+/// keeps it, so the state the test read from the files would not be the one the appliance sees.
+async fn close_fully(db: Db, data_dir: &Path) {
+    db.close().await;
+    drop(db);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open: Vec<_> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|target| target.starts_with(data_dir))
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the test's database connections stay open: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Every machine's events, oldest first (ties in a fixed order).
 async fn all_events(db: &Db) -> BTreeMap<Mac, Vec<Event>> {
     let mut out = BTreeMap::new();
@@ -116,6 +163,34 @@ async fn all_events(db: &Db) -> BTreeMap<Mac, Vec<Event>> {
         out.insert(m.mac, events);
     }
     out
+}
+
+/// Events in `before` that `after` lacks, per machine: the log only ever grows, so after a
+/// restart every event once committed is still there unchanged. Compared as multisets, since
+/// events committed later may sort anywhere among them.
+fn lost_events(
+    before: &BTreeMap<Mac, Vec<Event>>,
+    after: &BTreeMap<Mac, Vec<Event>>,
+) -> Vec<(Mac, i64, String, String)> {
+    fn count(list: &[Event]) -> BTreeMap<(i64, &str, &str), usize> {
+        let mut n = BTreeMap::new();
+        for e in list {
+            *n.entry((e.at, e.kind.as_str(), e.detail.as_str()))
+                .or_default() += 1;
+        }
+        n
+    }
+    let mut lost = Vec::new();
+    for (mac, events) in before {
+        let now = after.get(mac).map(Vec::as_slice).unwrap_or(&[]);
+        let is = count(now);
+        for ((at, kind, detail), n) in count(events) {
+            if is.get(&(at, kind, detail)).copied().unwrap_or(0) < n {
+                lost.push((*mac, at, kind.to_string(), detail.to_string()));
+            }
+        }
+    }
+    lost
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +208,7 @@ async fn sigkill_at_random_moments_loses_no_committed_row_and_no_event() {
         .unwrap();
     // No connection of the test's stays open while the appliance runs: after each kill it is
     // the restarted appliance that finds the file as the kill left it and recovers it.
-    db.close().await;
+    close_fully(db, &data).await;
     let http_port = kit::served::free_tcp_port();
     let base = format!("http://127.0.0.1:{http_port}");
     let http = reqwest::Client::builder()
@@ -237,7 +312,7 @@ async fn sigkill_at_random_moments_loses_no_committed_row_and_no_event() {
         // kill, with the load still running: all of it must be there after the restart.
         let db = Db::open(&data).await.unwrap();
         let before_events = all_events(&db).await;
-        db.close().await;
+        close_fully(db, &data).await;
         kill(&mut child, run, seed).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for task in load {
@@ -275,28 +350,12 @@ async fn sigkill_at_random_moments_loses_no_committed_row_and_no_event() {
             );
         }
         let after_events = all_events(&db).await;
-        db.close().await;
-        for (mac, events) in &before_events {
-            // As multisets: events committed after the snapshot may sort anywhere among them.
-            fn count(list: &[Event]) -> BTreeMap<(i64, &str, &str), usize> {
-                let mut n = BTreeMap::new();
-                for e in list {
-                    *n.entry((e.at, e.kind.as_str(), e.detail.as_str()))
-                        .or_default() += 1;
-                }
-                n
-            }
-            let now = after_events.get(mac).map(Vec::as_slice).unwrap_or(&[]);
-            let (was, is) = (count(events), count(now));
-            let missing: Vec<_> = was
-                .iter()
-                .filter(|(key, n)| is.get(*key).copied().unwrap_or(0) < **n)
-                .collect();
-            assert!(
-                missing.is_empty(),
-                "run {run} (seed {seed}): {mac}'s committed events changed or went missing: {missing:?}"
-            );
-        }
+        close_fully(db, &data).await;
+        let missing = lost_events(&before_events, &after_events);
+        assert!(
+            missing.is_empty(),
+            "run {run} (seed {seed}): committed events changed or went missing: {missing:?}"
+        );
     }
     child.start_kill().unwrap();
     let saved = saved.lock().unwrap().len();
