@@ -290,10 +290,10 @@ async fn power_cut_under_full_dhcp_load_loses_no_acked_lease() {
             served::free_udp_port(&[dhcp_port]),
             pool,
         )
-            .env("BOOTPLANE_LOG", "warn")
-            .stderr(disk.log("serve", run))
-            .spawn()
-            .unwrap()
+        .env("BOOTPLANE_LOG", "warn")
+        .stderr(disk.log("serve", run))
+        .spawn()
+        .unwrap()
     };
     let mut rng = Rng(seed);
     // Every lease ACKed before a cut, over the whole campaign, both ways.

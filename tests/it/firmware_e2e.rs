@@ -21,10 +21,11 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::Ordering;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::kit::{self, turns};
+use crate::kit::{self, impair, turns};
 
 const TALOS_VERSION: &str = "v1.13.9";
 /// Talos's JSON schema of that line (Talos's file unchanged; see its README).
@@ -163,6 +164,141 @@ fn proxy_dhcp_beside_site_router() {
     }
     problems.extend(configs_are_distinct(&vms, &outcomes));
     lab.finish(problems);
+}
+
+/// The bad links `boots_complete_on_a_bad_link` boots through: `BOOTPLANE_FAULTS` names them,
+/// comma-separated (`clean`, the same path with nothing done to it, for comparison; `loss`,
+/// `delay`, `reorder`; or `all`); CI runs `loss` alone.
+fn fault_profiles() -> Vec<(&'static str, impair::Profile)> {
+    let all = [
+        ("clean", impair::Profile::CLEAN),
+        (
+            "loss",
+            impair::Profile {
+                loss: 0.10,
+                ..impair::Profile::CLEAN
+            },
+        ),
+        (
+            "delay",
+            impair::Profile {
+                delay: Duration::from_millis(100),
+                ..impair::Profile::CLEAN
+            },
+        ),
+        (
+            "reorder",
+            impair::Profile {
+                reorder: 0.25,
+                hold: Duration::from_millis(20),
+                ..impair::Profile::CLEAN
+            },
+        ),
+    ];
+    let wanted = std::env::var("BOOTPLANE_FAULTS").unwrap_or_else(|_| "loss".into());
+    all.into_iter()
+        .filter(|(name, _)| wanted.split(',').any(|w| w == "all" || w == *name))
+        .collect()
+}
+
+/// Real firmware through a bad link (the kernel here has no netem, so `kit::impair` makes one
+/// in user space between each VM and the bridge): 10% of the frames lost each way, or 100 ms
+/// added each way, or a quarter of the frames held back 20 ms so later ones overtake them.
+/// SeaBIOS + iPXE (DHCP, then HTTP) and OVMF's own PXE (DHCP, TFTP of iPXE, then iPXE's DHCP
+/// and HTTP) must each still boot to the marker with their own config, as on a clean LAN; the
+/// figures (time to the marker, frames lost and overtaken, what the appliance sent again) are
+/// printed for the campaign's note.
+#[test]
+fn boots_complete_on_a_bad_link() {
+    let Some(_serial) = e2e_enabled() else { return };
+    for (fault, profile) in fault_profiles() {
+        let test: &'static str = match fault {
+            "clean" => "bad_link_clean",
+            "loss" => "bad_link_loss",
+            "delay" => "bad_link_delay",
+            _ => "bad_link_reorder",
+        };
+        let mut lab = Lab::new(test);
+        lab.impair = Some(profile);
+        lab.deadline = Duration::from_secs(600);
+        let ns = lab.namespace("bad");
+        lab.bridge(&ns, "10.79.0.1/24");
+        let lan = Lan {
+            subnet: "10.79.0.0/24",
+            gateway: "10.79.0.1",
+            vip: "10.79.0.10",
+            dns: Some("10.79.0.1"),
+            appliance: Some("10.79.0.1"),
+        };
+        #[rustfmt::skip]
+        let vms = [
+            Vm { name: "bios", firmware: Firmware::SeaBios, mac: "52:54:00:e2:03:01",
+                 hostname: "cp-1", role: Role::Controlplane, ip: "10.79.0.11" },
+            Vm { name: "uefi-pxe", firmware: Firmware::OvmfPxe, mac: "52:54:00:e2:03:02",
+                 hostname: "worker-1", role: Role::Worker, ip: "10.79.0.12" },
+        ];
+        for vm in &vms {
+            lab.register(vm, &lan);
+        }
+        lab.init_cluster(lan.vip);
+        lab.serve(
+            &ns,
+            "10.79.0.1",
+            &[
+                "--dhcp-mode",
+                "full",
+                "--dhcp-subnet",
+                "10.79.0.0/24",
+                "--dhcp-pool",
+                "10.79.0.100-10.79.0.199",
+                "--dhcp-router",
+                "10.79.0.1",
+                "--dhcp-dns",
+                "10.79.0.1",
+            ],
+        );
+        let tcp_before = lab.tcp_retransmitted();
+        let outcomes = lab.boot_all(&ns, &vms);
+        let mut problems = Vec::new();
+        for (vm, outcome) in vms.iter().zip(&outcomes) {
+            problems.extend(lab.check_vm(vm, outcome, DhcpMode::Full, &lan));
+        }
+        problems.extend(configs_are_distinct(&vms, &outcomes));
+        // The link did what it was asked to: a fault that never happened proves nothing.
+        for (name, link) in &lab.impairers {
+            println!(
+                "[{test}] {name}: to the VM {}; from the VM {}",
+                link.to_vm.text(),
+                link.from_vm.text()
+            );
+            let (lost, overtaken) = (
+                link.to_vm.lost.load(Ordering::Relaxed) + link.from_vm.lost.load(Ordering::Relaxed),
+                link.to_vm.overtaken.load(Ordering::Relaxed)
+                    + link.from_vm.overtaken.load(Ordering::Relaxed),
+            );
+            if (profile.loss > 0.0 && lost == 0) || (profile.reorder > 0.0 && overtaken == 0) {
+                problems.push(format!(
+                    "{name}: the bad link lost {lost} and reordered {overtaken} frames"
+                ));
+            }
+        }
+        let metrics = lab.metrics(&ns);
+        let resent: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("bootplane_tftp_resent_packets")
+                    || l.starts_with("bootplane_dhcp_replies")
+            })
+            .collect();
+        println!(
+            "[{test}] appliance: {}; TCP segments sent again: {}",
+            resent.join(", "),
+            lab.tcp_retransmitted()
+                .zip(tcp_before)
+                .map_or("n/a".into(), |(a, b)| (a - b).to_string())
+        );
+        lab.finish(problems);
+    }
 }
 
 fn in_router_range(ip: &str) -> bool {
@@ -329,6 +465,11 @@ struct Lab {
     images_dir: PathBuf,
     http_base: String,
     taps: usize,
+    /// From power-on to marker.
+    deadline: Duration,
+    /// A bad link between each VM and the bridge, when the scenario wants one.
+    impair: Option<impair::Profile>,
+    impairers: Vec<(&'static str, impair::Impairer)>,
 }
 
 impl Lab {
@@ -358,6 +499,9 @@ impl Lab {
             images_dir,
             http_base: String::new(),
             taps: 0,
+            deadline: BOOT_DEADLINE,
+            impair: None,
+            impairers: Vec::new(),
         };
         lab.add_boot_assets();
         lab
@@ -844,8 +988,18 @@ impl Lab {
         let started = Instant::now();
         for (i, vm) in vms.iter().enumerate() {
             let tap = self.tap(ns);
+            let netdev = match self.impair {
+                None => format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+                Some(profile) => {
+                    let link = impair::Impairer::start(ns, &tap, profile, 0x5eed + i as u64)
+                        .unwrap_or_else(|e| panic!("starting the bad link for {}: {e}", vm.name));
+                    let netdev = link.netdev("net0");
+                    self.impairers.push((vm.name, link));
+                    netdev
+                }
+            };
             let serial = self.artifacts.join(format!("{}.serial", vm.name));
-            let argv = self.qemu_argv(i, vm, &tap, &serial, accel);
+            let argv = self.qemu_argv(i, vm, &netdev, &serial, accel);
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             let index = self.spawn_in(ns, &format!("qemu-{}", vm.name), &argv);
             running.push((index, serial));
@@ -891,8 +1045,8 @@ impl Lab {
                     Some(format!(
                         "bootplane exited ({status}) while the VM was booting"
                     ))
-                } else if elapsed > BOOT_DEADLINE {
-                    Some(format!("no marker within {} s", BOOT_DEADLINE.as_secs()))
+                } else if elapsed > self.deadline {
+                    Some(format!("no marker within {} s", self.deadline.as_secs()))
                 } else {
                     None
                 };
@@ -936,7 +1090,15 @@ impl Lab {
         outcomes
     }
 
-    fn qemu_argv(&self, i: usize, vm: &Vm, tap: &str, serial: &Path, accel: &str) -> Vec<String> {
+    /// QEMU's command line; `netdev` is the NIC's `-netdev` value (a tap, or a bad link's UDP).
+    fn qemu_argv(
+        &self,
+        i: usize,
+        vm: &Vm,
+        netdev: &str,
+        serial: &Path,
+        accel: &str,
+    ) -> Vec<String> {
         let machine = match vm.firmware {
             Firmware::SeaBios => "pc",
             Firmware::OvmfPxe => "q35",
@@ -962,7 +1124,7 @@ impl Lab {
             "-serial",
             &format!("file:{}", serial.display()),
             "-netdev",
-            &format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+            netdev,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -1206,6 +1368,29 @@ impl Lab {
             }
             sleep(Duration::from_millis(500));
         }
+    }
+
+    /// The appliance's `/metrics`, fetched from inside `ns`.
+    fn metrics(&self, ns: &str) -> String {
+        let url = format!("{}/metrics", self.http_base);
+        run_timeout(
+            &[
+                "ip", "netns", "exec", ns, "busybox", "wget", "-q", "-O", "-", &url,
+            ],
+            Duration::from_secs(10),
+        )
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
+    }
+
+    /// TCP segments the appliance's network namespace has sent again (`RetransSegs`).
+    fn tcp_retransmitted(&self) -> Option<u64> {
+        let pid = self.procs[self.bootplane?].child.id();
+        let snmp = fs::read_to_string(format!("/proc/{pid}/net/snmp")).ok()?;
+        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+        let (names, values) = (tcp.next()?, tcp.next()?);
+        let at = names.split_whitespace().position(|n| n == "RetransSegs")?;
+        values.split_whitespace().nth(at)?.parse().ok()
     }
 
     /// Fails the test with every problem found, after saving `machines list --json`.

@@ -16,7 +16,8 @@
 //! - HTTP ([`http_assets`], [`http_scripts`]): a large file to 8 and 50 clients, per-machine
 //!   iPXE scripts over 64 connections;
 //! - boot storm ([`storm`]): N machines through the whole chain at once;
-//! - memory and CPU of every server per scenario ([`memory`]).
+//! - memory and CPU of every server per scenario ([`memory`]);
+//! - faults ([`faults`], only when asked): the storm under packet loss and through a restart.
 //!
 //! DHCP loads are also run against a trivial responder to show the generator's own ceiling.
 //! The namespaces are removed when the bench ends, fails or is interrupted (SIGINT/SIGTERM);
@@ -30,6 +31,7 @@
 mod dhcp_load;
 mod dhcp_open;
 mod dhcp_runs;
+mod faults;
 mod files;
 mod full_dhcp;
 mod http_assets;
@@ -314,6 +316,9 @@ async fn run(cli: &Cli, names: Names) -> Result<Report> {
     }
     if ctx.params.runs(Scenario::Storm) {
         storm::run(&mut ctx, link_rate).await?;
+    }
+    if ctx.params.runs(Scenario::Faults) {
+        faults::run(&mut ctx).await?;
     }
     memory_targets(&mut ctx.report, &ctx.usage);
     account.note(&mut ctx.report, &facts, load_before);

@@ -25,7 +25,7 @@ pub struct Cli {
     /// bench runs through `cargo run`]
     #[arg(long)]
     pub bootplane: Option<PathBuf>,
-    /// Scenarios to run, comma-separated [default: all]
+    /// Scenarios to run, comma-separated [default: all but faults]
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Scenario>,
     /// Distinct DHCP clients per load [default: 10000; smoke: 300]
@@ -70,6 +70,8 @@ pub enum Scenario {
     Tftp,
     Http,
     Storm,
+    /// The storm under packet loss and through a restart (not in the default run).
+    Faults,
 }
 
 /// Everything that shapes the load, fixed before anything starts.
@@ -89,6 +91,9 @@ pub struct Params {
     pub tftp_each: usize,
     pub tftp_big_bytes: usize,
     pub storm_sizes: Vec<usize>,
+    /// Machines of the fault storms, and the pool clients beside the restart.
+    pub fault_machines: usize,
+    pub fault_pool_clients: usize,
     /// Each step of an open-loop DHCP rate search lasts this long.
     pub rate_window: Duration,
     pub rate_plan: crate::dhcp_open::Plan,
@@ -142,6 +147,8 @@ impl Params {
             tftp_each: pick(8, 1),
             tftp_big_bytes: pick(20, 2) * 1_000_000,
             storm_sizes: list(&cli.storm, &[50, 200, 1000], &[4]),
+            fault_machines: pick(50, 10),
+            fault_pool_clients: pick(100, 20),
             rate_window: Duration::from_secs(pick(4, 1) as u64),
             // Doubling from 2,000/s, then three bisections (to within 1/16 of the rate); a
             // smoke run tries one low rate per server, a check that the loop works.
@@ -240,6 +247,13 @@ impl Params {
                     mb(self.storm_initramfs_bytes)
                 ),
             ),
+            (
+                "faults".into(),
+                format!(
+                    "{} storm machines (up to 3 boots each, a second apart) under 5% random loss each way (nftables at the ingress of each veth end), then through a SIGTERM and a restart, beside {} pool clients taking leases",
+                    self.fault_machines, self.fault_pool_clients
+                ),
+            ),
         ]
     }
 }
@@ -278,5 +292,15 @@ mod tests {
         let cli = Cli::try_parse_from(["bootplane-bench", "--only", "http,tftp"]).unwrap();
         let p = Params::from_cli(&cli);
         assert!(p.runs(Scenario::Http) && p.runs(Scenario::Tftp) && !p.runs(Scenario::Storm));
+    }
+
+    #[test]
+    fn faults_run_only_when_asked() {
+        let all = Params::from_cli(&Cli::try_parse_from(["bootplane-bench"]).unwrap());
+        assert!(!all.runs(Scenario::Faults));
+        let cli = Cli::try_parse_from(["bootplane-bench", "--smoke", "--only", "faults"]).unwrap();
+        let p = Params::from_cli(&cli);
+        assert!(p.runs(Scenario::Faults) && !p.runs(Scenario::Storm));
+        assert_eq!((p.fault_machines, p.fault_pool_clients), (10, 20));
     }
 }

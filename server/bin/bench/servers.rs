@@ -174,35 +174,54 @@ pub struct Appliance {
     guard: Guard,
 }
 
+/// Puts the boot assets in with `bootplane images add` and assigns the machines.
+async fn prepare(binary: &Path, setup: &ApplianceSetup) -> Result<()> {
+    let data = setup.root.join("data");
+    let images = setup.root.join("images");
+    for dir in [&data, &images] {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    run_cli(
+        binary,
+        &[
+            "images".as_ref(),
+            "add".as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--images-dir".as_ref(),
+            images.as_os_str(),
+            "--version".as_ref(),
+            TALOS_VERSION.as_ref(),
+            "--kernel".as_ref(),
+            setup.kernel.as_os_str(),
+            "--initramfs".as_ref(),
+            setup.initramfs.as_os_str(),
+        ],
+    )?;
+    if !setup.machines.is_empty() {
+        assign_machines(binary, &data, &setup.machines).await?;
+    }
+    Ok(())
+}
+
 impl Appliance {
     /// Puts the boot assets in with `bootplane images add`, assigns the machines, starts
     /// `bootplane serve` in the server namespace and waits for `/healthz`.
     pub async fn start(binary: &Path, names: &Names, setup: &ApplianceSetup) -> Result<Self> {
+        prepare(binary, setup).await?;
+        Self::launch(binary, names, setup, "bootplane.log").await
+    }
+
+    /// Starts `bootplane serve` on a data directory [`Appliance::start`] prepared (again, after
+    /// a stop), its output to `log` in the setup's root, and waits for `/healthz`.
+    pub async fn launch(
+        binary: &Path,
+        names: &Names,
+        setup: &ApplianceSetup,
+        log: &str,
+    ) -> Result<Self> {
         let data = setup.root.join("data");
         let images = setup.root.join("images");
-        for dir in [&data, &images] {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        run_cli(
-            binary,
-            &[
-                "images".as_ref(),
-                "add".as_ref(),
-                "--data-dir".as_ref(),
-                data.as_os_str(),
-                "--images-dir".as_ref(),
-                images.as_os_str(),
-                "--version".as_ref(),
-                TALOS_VERSION.as_ref(),
-                "--kernel".as_ref(),
-                setup.kernel.as_os_str(),
-                "--initramfs".as_ref(),
-                setup.initramfs.as_os_str(),
-            ],
-        )?;
-        if !setup.machines.is_empty() {
-            assign_machines(binary, &data, &setup.machines).await?;
-        }
         let mut cmd = names.in_server(binary);
         cmd.arg("serve")
             .arg("--data-dir")
@@ -237,7 +256,7 @@ impl Appliance {
         // No log line per packet or request, as dnsmasq runs with quiet-dhcp and nginx without
         // an access log: warnings and errors only (the bench reports those).
         cmd.env("BOOTPLANE_LOG", APPLIANCE_LOG);
-        let mut guard = Guard::spawn("bootplane", cmd, setup.root.join("bootplane.log"))?;
+        let mut guard = Guard::spawn("bootplane", cmd, setup.root.join(log))?;
         wait_http(&mut guard, http_addr(), "/healthz", Some(200)).await?;
         Ok(Self { guard })
     }

@@ -20,7 +20,10 @@ const ERROR: u16 = 5;
 const OACK: u16 = 6;
 /// Silence after which the last packet is sent again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
-const RETRIES: u32 = 6;
+/// Silences in a row before the transfer is given up: 12 s, as long as a server waiting 2 s
+/// for each of its 6 sends keeps a transfer (a lost resend must not end a transfer that a
+/// firmware client would see through).
+const RETRIES: u32 = 24;
 
 /// Options asked for in the read request.
 #[derive(Debug, Clone, Copy)]

@@ -2,14 +2,15 @@
 //! `app::run` on loopback ephemeral ports with temporary directories), the real binary
 //! (`served`), HTTP clients and sessions (`http`), DHCP packets (`dhcp`), the Talos side
 //! (`talos`: one secrets bundle, a cluster the Talos doubles trust), a disk that loses what was
-//! not fsynced when the power is cut (`powercut`, a FUSE layer), and turns on the CPU for the
-//! heavy tests (`turns`). The network-namespace and QEMU lab lives with its only user,
-//! `firmware_e2e`.
+//! not fsynced when the power is cut (`powercut`, a FUSE layer), a bad link between a VM and a
+//! lab bridge (`impair`), and turns on the CPU for the heavy tests (`turns`). The
+//! network-namespace and QEMU lab lives with its only user, `firmware_e2e`.
 #![allow(dead_code)]
 
 mod appliance;
 pub mod dhcp;
 pub mod http;
+pub mod impair;
 pub mod powercut;
 pub mod served;
 pub mod talos;
