@@ -339,10 +339,7 @@ fn start(dirs: &Path, http_port: u16, release: SocketAddr, run: usize) -> tokio:
 async fn sigkill_during_an_asset_download_never_serves_a_partial_file() {
     let (runs, seed) = campaign("crash injection (assets)");
     let _turn = kit::turns::shared_async().await;
-    let dirs = tempfile::tempdir().unwrap();
-    for d in ["data", "ipxe", "images"] {
-        std::fs::create_dir_all(dirs.path().join(d)).unwrap();
-    }
+    let dirs = super::scratch();
     let images = dirs.path().join("images");
     let db = Db::open(&dirs.path().join("data")).await.unwrap();
     let (_, token) = bootplane::auth::create_token(&db, "crash", None, kit::now_ms())

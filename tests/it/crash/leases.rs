@@ -322,10 +322,7 @@ fn start(dirs: &Path, ports: (u16, u16, u16), run: usize) -> tokio::process::Chi
 async fn sigkill_under_dhcp_load_loses_no_acked_lease_and_never_gives_one_twice() {
     let (runs, seed) = campaign("crash injection (leases)");
     let _turn = kit::turns::shared_async().await;
-    let dirs = tempfile::tempdir().unwrap();
-    for d in ["data", "ipxe", "images"] {
-        std::fs::create_dir_all(dirs.path().join(d)).unwrap();
-    }
+    let dirs = super::scratch();
     let data = dirs.path().join("data");
     let http_port = kit::served::free_tcp_port();
     let dhcp_port = kit::served::free_udp_port(&[]);

@@ -99,6 +99,16 @@ fn seed() -> u64 {
         .unwrap_or_else(|| (kit::now_ms() as u64) | 1)
 }
 
+/// A temporary directory with the appliance's `data/`, `ipxe/` and `images/` in it, as
+/// `kit::served::serve_without_dhcp` and `serve_full_dhcp` expect.
+fn scratch() -> tempfile::TempDir {
+    let dirs = tempfile::tempdir().unwrap();
+    for d in ["data", "ipxe", "images"] {
+        std::fs::create_dir_all(dirs.path().join(d)).unwrap();
+    }
+    dirs
+}
+
 fn start(dirs: &Path, http_port: u16, run: usize) -> tokio::process::Child {
     let log = std::fs::File::create(dirs.join(format!("serve-{run}.log"))).unwrap();
     kit::served::serve_without_dhcp(dirs, http_port)
@@ -197,10 +207,7 @@ fn lost_events(
 async fn sigkill_at_random_moments_loses_no_committed_row_and_no_event() {
     let (runs, seed) = campaign("crash injection");
     let _turn = kit::turns::shared_async().await;
-    let dirs = tempfile::tempdir().unwrap();
-    for d in ["data", "ipxe", "images"] {
-        std::fs::create_dir_all(dirs.path().join(d)).unwrap();
-    }
+    let dirs = scratch();
     let data = dirs.path().join("data");
     let db = Db::open(&data).await.unwrap();
     let (_, token) = bootplane::auth::create_token(&db, "crash", None, kit::now_ms())
