@@ -18,9 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bootplane::db::Db;
 use bootplane::model::Mac;
-use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, UnknownOption};
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use super::{campaign, kill, wait_healthy, Rng};
@@ -110,17 +109,7 @@ fn packet(kind: MessageType, mac: Mac, xid: u32, ask: Ask<'_>) -> Vec<u8> {
     let opts = msg.opts_mut();
     opts.insert(DhcpOption::MessageType(kind));
     if ask.pxe {
-        opts.insert(DhcpOption::ClassIdentifier(
-            b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
-        ));
-        opts.insert(DhcpOption::Unknown(UnknownOption::new(
-            93.into(),
-            vec![0, 7],
-        )));
-        opts.insert(DhcpOption::Unknown(UnknownOption::new(
-            97.into(),
-            [0u8; 17].to_vec(),
-        )));
+        kit::dhcp::insert_pxe_options(opts);
     }
     if let Some(ip) = ask.requested {
         opts.insert(DhcpOption::RequestedIpAddress(ip));
@@ -368,12 +357,7 @@ async fn sigkill_under_dhcp_load_loses_no_acked_lease_and_never_gives_one_twice(
         wait_healthy(&http, &base, &mut child).await;
         // The file as the restarted appliance recovered it, before any packet reaches it: every
         // ACKed lease must be there (a forgotten one, asked for again, could be bound anew).
-        let db = Db::open(&data).await.unwrap();
-        assert_eq!(
-            db.integrity_check().await.unwrap(),
-            "ok",
-            "run {run} (seed {seed}): the database is damaged"
-        );
+        let db = super::reopen_checked(&data, run, seed).await;
         let rows = db.load_leases().await.unwrap();
         db.close().await;
         let stored: HashMap<Mac, Ipv4Addr> = rows.iter().map(|r| (r.mac, r.ip)).collect();

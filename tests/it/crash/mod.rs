@@ -109,6 +109,18 @@ fn scratch() -> tempfile::TempDir {
     dirs
 }
 
+/// The database the restarted appliance recovered, opened by the test; SQLite's integrity
+/// check must pass.
+async fn reopen_checked(data: &Path, run: usize, seed: u64) -> Db {
+    let db = Db::open(data).await.unwrap();
+    assert_eq!(
+        db.integrity_check().await.unwrap(),
+        "ok",
+        "run {run} (seed {seed}): the database is damaged"
+    );
+    db
+}
+
 fn start(dirs: &Path, http_port: u16, run: usize) -> tokio::process::Child {
     let log = std::fs::File::create(dirs.join(format!("serve-{run}.log"))).unwrap();
     kit::served::serve_without_dhcp(dirs, http_port)
@@ -331,12 +343,7 @@ async fn sigkill_at_random_moments_loses_no_committed_row_and_no_event() {
         // The appliance starts again on what the kill left; then the invariants.
         child = start(dirs.path(), http_port, run + 1);
         wait_healthy(&http, &base, &mut child).await;
-        let db = Db::open(&data).await.unwrap();
-        assert_eq!(
-            db.integrity_check().await.unwrap(),
-            "ok",
-            "run {run} (seed {seed}): the database is damaged"
-        );
+        let db = reopen_checked(&data, run, seed).await;
         let machines: BTreeMap<Mac, bootplane::model::Machine> = db
             .list_machines()
             .await

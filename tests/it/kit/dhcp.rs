@@ -9,7 +9,7 @@ pub fn pxe_packet(
     ciaddr: Ipv4Addr,
     requested: Option<Ipv4Addr>,
 ) -> Vec<u8> {
-    use dhcproto::v4::{DhcpOption, Message, Opcode, UnknownOption};
+    use dhcproto::v4::{DhcpOption, Message, Opcode};
     use dhcproto::{Encodable, Encoder};
     let mut msg = Message::default();
     msg.set_opcode(Opcode::BootRequest)
@@ -18,6 +18,19 @@ pub fn pxe_packet(
         .set_ciaddr(ciaddr);
     let opts = msg.opts_mut();
     opts.insert(DhcpOption::MessageType(kind));
+    insert_pxe_options(opts);
+    if let Some(ip) = requested {
+        opts.insert(DhcpOption::RequestedIpAddress(ip));
+    }
+    let mut buf = Vec::new();
+    msg.encode(&mut Encoder::new(&mut buf)).unwrap();
+    buf
+}
+
+/// What UEFI x64 PXE firmware says of itself: options 60 (`PXEClient:Arch:00007…`), 93
+/// (architecture 7) and 97 (a zero client UUID).
+pub fn insert_pxe_options(opts: &mut dhcproto::v4::DhcpOptions) {
+    use dhcproto::v4::{DhcpOption, UnknownOption};
     opts.insert(DhcpOption::ClassIdentifier(
         b"PXEClient:Arch:00007:UNDI:003016".to_vec(),
     ));
@@ -29,12 +42,6 @@ pub fn pxe_packet(
         97.into(),
         [0u8; 17].to_vec(),
     )));
-    if let Some(ip) = requested {
-        opts.insert(DhcpOption::RequestedIpAddress(ip));
-    }
-    let mut buf = Vec::new();
-    msg.encode(&mut Encoder::new(&mut buf)).unwrap();
-    buf
 }
 
 pub async fn send(to: SocketAddr, packet: &[u8]) {
