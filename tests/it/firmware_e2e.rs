@@ -87,22 +87,7 @@ fn full_dhcp_bios_and_uefi_ovmf_pxe() {
         lab.register(vm, &lan);
     }
     lab.init_cluster(lan.vip);
-    lab.serve(
-        &ns,
-        "10.77.0.1",
-        &[
-            "--dhcp-mode",
-            "full",
-            "--dhcp-subnet",
-            "10.77.0.0/24",
-            "--dhcp-pool",
-            "10.77.0.100-10.77.0.199",
-            "--dhcp-router",
-            "10.77.0.1",
-            "--dhcp-dns",
-            "10.77.0.1",
-        ],
-    );
+    lab.serve_full_dhcp(&ns, &lan, "10.77.0.100-10.77.0.199");
 
     let outcomes = lab.boot_all(&ns, &vms);
     let mut problems = Vec::new();
@@ -241,22 +226,7 @@ fn boots_complete_on_a_bad_link() {
             lab.register(vm, &lan);
         }
         lab.init_cluster(lan.vip);
-        lab.serve(
-            &ns,
-            "10.79.0.1",
-            &[
-                "--dhcp-mode",
-                "full",
-                "--dhcp-subnet",
-                "10.79.0.0/24",
-                "--dhcp-pool",
-                "10.79.0.100-10.79.0.199",
-                "--dhcp-router",
-                "10.79.0.1",
-                "--dhcp-dns",
-                "10.79.0.1",
-            ],
-        );
+        lab.serve_full_dhcp(&ns, &lan, "10.79.0.100-10.79.0.199");
         let tcp_before = lab.tcp_retransmitted();
         let outcomes = lab.boot_all(&ns, &vms);
         let mut problems = Vec::new();
@@ -978,6 +948,28 @@ impl Lab {
             "[{}] bootplane up after {:.1} s",
             self.test,
             started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Starts `bootplane serve` in `ns` as the LAN's DHCP server: the appliance at `lan`'s
+    /// gateway, which is also the router and nameserver it hands out, leases from `pool`.
+    fn serve_full_dhcp(&mut self, ns: &str, lan: &Lan, pool: &str) {
+        let dns = lan.dns.unwrap_or(lan.gateway);
+        self.serve(
+            ns,
+            lan.gateway,
+            &[
+                "--dhcp-mode",
+                "full",
+                "--dhcp-subnet",
+                lan.subnet,
+                "--dhcp-pool",
+                pool,
+                "--dhcp-router",
+                lan.gateway,
+                "--dhcp-dns",
+                dns,
+            ],
         );
     }
 
