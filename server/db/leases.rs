@@ -43,30 +43,43 @@ impl Db {
         if changes.is_empty() {
             return Ok(());
         }
+        // The whole batch travels as one JSON parameter, so a commit of hundreds of leases is
+        // three statements on the database thread, not three per lease. The batch holds one
+        // change per MAC and the bound addresses are unique (the lease table's invariant), so
+        // deleting every row of a changed MAC or a newly bound address, then inserting the
+        // bindings, leaves what the per-lease order would.
+        let batch = serde_json::Value::Array(
+            changes
+                .iter()
+                .map(|(mac, lease)| {
+                    serde_json::json!({
+                        "mac": mac.to_string(),
+                        "ip": lease.as_ref().map(|l| l.ip.to_string()),
+                        "expires_at": lease.as_ref().map(|l| l.expires_at),
+                        "hostname": lease.as_ref().and_then(|l| l.hostname.clone()),
+                    })
+                })
+                .collect(),
+        )
+        .to_string();
         let mut conn = self.durable_conn().await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        for (mac, lease) in changes {
-            sqlx::query("DELETE FROM leases WHERE mac = ?")
-                .bind(mac.to_string())
-                .execute(&mut *tx)
-                .await?;
-            if let Some(lease) = lease {
-                // A stale row may still hold the address under another MAC.
-                sqlx::query("DELETE FROM leases WHERE ip = ?")
-                    .bind(lease.ip.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO leases (mac, ip, expires_at, hostname) VALUES (?, ?, ?, ?)",
-                )
-                .bind(lease.mac.to_string())
-                .bind(lease.ip.to_string())
-                .bind(lease.expires_at)
-                .bind(&lease.hostname)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        sqlx::query(
+            "DELETE FROM leases
+             WHERE mac IN (SELECT value ->> 'mac' FROM json_each(?1))
+                OR ip IN (SELECT value ->> 'ip' FROM json_each(?1) WHERE value ->> 'ip' IS NOT NULL)",
+        )
+        .bind(&batch)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO leases (mac, ip, expires_at, hostname)
+             SELECT value ->> 'mac', value ->> 'ip', value ->> 'expires_at', value ->> 'hostname'
+             FROM json_each(?1) WHERE value ->> 'ip' IS NOT NULL",
+        )
+        .bind(&batch)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Self::relax(conn).await;
         Ok(())

@@ -298,6 +298,72 @@ async fn leases_persist_and_steal_stale_addresses() {
 }
 
 #[tokio::test]
+async fn one_lease_batch_swaps_moves_and_releases_like_the_table_does() {
+    let (dir, db) = fresh().await;
+    let lease = |n: u32, ip: u32, host: Option<&str>| LeaseRow {
+        mac: mac(&format!(
+            "52:54:00:{:02x}:{:02x}:{:02x}",
+            n >> 16,
+            (n >> 8) & 0xff,
+            n & 0xff
+        )),
+        ip: Ipv4Addr::from(0x0a00_0000 + ip),
+        expires_at: i64::from(n) * 7,
+        hostname: host.map(str::to_owned),
+    };
+    // Thousands in one commit, as a storm's group commit carries.
+    let first: Vec<LeaseRow> = (1..=3000).map(|n| lease(n, n, None)).collect();
+    let batch: Vec<_> = first.iter().map(|l| (l.mac, Some(l.clone()))).collect();
+    db.save_leases(&batch).await.unwrap();
+    assert_eq!(db.load_leases().await.unwrap().len(), 3000);
+    // In one batch: 1 and 2 swap addresses, 3 is released and its address goes to a new MAC
+    // (9,001), 4 keeps its address with a new expiry and a hostname with a quote in it.
+    let changed = vec![
+        (
+            first[0].mac,
+            Some(LeaseRow {
+                ip: first[1].ip,
+                ..first[0].clone()
+            }),
+        ),
+        (
+            first[1].mac,
+            Some(LeaseRow {
+                ip: first[0].ip,
+                ..first[1].clone()
+            }),
+        ),
+        (first[2].mac, None),
+        (lease(9001, 3, None).mac, Some(lease(9001, 3, None))),
+        (
+            first[3].mac,
+            Some(LeaseRow {
+                expires_at: 99,
+                ..lease(4, 4, Some("node \"4\""))
+            }),
+        ),
+    ];
+    db.save_leases(&changed).await.unwrap();
+    db.close().await;
+    let db = Db::open(dir.path()).await.unwrap();
+    let stored = db.load_leases().await.unwrap();
+    assert_eq!(stored.len(), 3000, "one released, one new");
+    let find = |m: Mac| stored.iter().find(|l| l.mac == m).cloned();
+    assert_eq!(find(first[0].mac).unwrap().ip, first[1].ip);
+    assert_eq!(find(first[1].mac).unwrap().ip, first[0].ip);
+    assert_eq!(find(first[2].mac), None);
+    assert_eq!(find(lease(9001, 3, None).mac), Some(lease(9001, 3, None)));
+    assert_eq!(
+        find(first[3].mac),
+        Some(LeaseRow {
+            expires_at: 99,
+            ..lease(4, 4, Some("node \"4\""))
+        })
+    );
+    assert_eq!(find(first[2999].mac), Some(first[2999].clone()));
+}
+
+#[tokio::test]
 async fn remove_keeps_history() {
     let (_dir, db) = fresh().await;
     let m = assigned("52:54:00:00:00:01", "cp-1", "10.0.0.11/24");

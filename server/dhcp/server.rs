@@ -7,9 +7,12 @@
 //! "commits the binding for the client to persistent storage and responds with a DHCPACK").
 //! The receive loops never wait for it: an ACK whose binding is still unwritten is held, the
 //! flusher is woken at once (group commit: every binding decided while one write runs goes in
-//! the next), and the loop sends the held ACKs when the flusher reports them durable. An ACK
-//! held longer than `HOLD_LIMIT_MS` (the writes keep failing) is dropped and counted
-//! (`bootplane_dhcp_dropped_total{reason="ack-not-durable"}`); the client asks again.
+//! the next), and the loop sends the held ACKs when the flusher reports them durable. While
+//! `MAX_HELD` ACKs wait, the loops read no more: the requests behind them wait in the socket's
+//! receive buffer (a storm of new clients is answered a commit later, not dropped and asked
+//! again 4 s later). An ACK held longer than `HOLD_LIMIT_MS` (the writes keep failing) is
+//! dropped and counted (`bootplane_dhcp_dropped_total{reason="ack-not-durable"}`); the client
+//! asks again.
 
 use std::collections::VecDeque;
 use std::io;
@@ -35,8 +38,10 @@ use crate::db::Observation;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Packets handled before a receive loop yields to the runtime.
 const BURST: usize = 256;
-/// Most ACKs waiting for their binding's write; past it the oldest is dropped (the client
-/// retransmits its REQUEST).
+/// Most ACKs waiting for their binding's write: with this many held, the receive loops stop
+/// reading until a commit lets some go (a burst then waits in the kernel's receive buffer).
+/// A burst in progress may go past it by at most `BURST`; past twice this, the oldest is
+/// dropped (the client retransmits its REQUEST).
 const MAX_HELD: usize = 4096;
 /// An ACK whose binding is not durable within this long is dropped: the client has sent its
 /// REQUEST again by then (RFC 2131 clients retransmit after 4 s), and that one is answered.
@@ -88,12 +93,17 @@ impl Shared {
                 reply,
                 at_ms,
             });
-            held.len() > MAX_HELD && held.pop_front().is_some()
+            held.len() > 2 * MAX_HELD && held.pop_front().is_some()
         };
         if dropped {
             self.deps.metrics.dhcp_drop("ack-not-durable");
         }
         self.flush_now.notify_one();
+    }
+
+    /// Enough ACKs wait for a commit that the receive loops read no more until it lands.
+    fn holding_enough(&self) -> bool {
+        self.held().len() >= MAX_HELD
     }
 
     /// The held replies of `via` whose binding is durable now.
@@ -231,6 +241,7 @@ async fn serve(shared: Arc<Shared>, sock: UdpSocket, via: Via, cancel: Cancellat
     let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
     let mut durable = shared.durable.subscribe();
     loop {
+        let full = shared.holding_enough();
         tokio::select! {
             _ = cancel.cancelled() => return,
             changed = durable.changed() => {
@@ -242,12 +253,18 @@ async fn serve(shared: Arc<Shared>, sock: UdpSocket, via: Via, cancel: Cancellat
                 }
                 continue;
             }
-            ready = sock.readable() => if let Err(e) = ready {
+            // Full: wait for a commit (above), or for the flusher's next round to expire
+            // what its failing writes hold.
+            () = tokio::time::sleep(FLUSH_EVERY), if full => continue,
+            ready = sock.readable(), if !full => if let Err(e) = ready {
                 tracing::error!(error = %e, "dhcp socket failed");
                 return;
             },
         }
         for _ in 0..BURST {
+            if shared.holding_enough() {
+                break;
+            }
             let received = sock.try_io(Interest::READABLE, || {
                 socket::recv(&sock, &mut buf, &mut cmsg)
             });

@@ -17,7 +17,7 @@ use crate::net::InterfaceInfo;
 
 /// Receive buffer asked for, so bursts of thousands of DISCOVERs queue instead of dropping.
 /// The kernel caps it at `net.core.rmem_max`.
-const RECV_BUFFER: usize = 8 << 20;
+const RECV_BUFFER: usize = 16 << 20;
 
 /// Binds `0.0.0.0:port` (binding the interface address would miss 255.255.255.255 broadcasts),
 /// tied to `interface` with SO_BINDTODEVICE.

@@ -456,6 +456,8 @@ pub struct Storm {
     pub wrong: usize,
     pub gave_up: bool,
     pub client_cpu_secs: f64,
+    /// Where packets were lost meanwhile (kernel counters, the server's own drop counters).
+    pub lost: Vec<String>,
 }
 
 impl Storm {

@@ -197,15 +197,109 @@ pub async fn storm(ctx: &Ctx, which: &DhcpServer, dir: &Path) -> Result<(Storm, 
     warm_up(ctx, Flow::Dora).await?;
     let meter = Meter::start(server.pid(), Duration::ZERO).await?;
     let mark = meter.mark();
-    let storm = dhcp_open::storm(
+    let before = Drops::read(ctx);
+    let mut storm = dhcp_open::storm(
         ctx.names.client_if.clone(),
         0..ctx.params.macs,
         ctx.params.dhcp_storm_give_up,
     )
     .await?;
     let usage = meter.since(mark);
+    storm.lost = Drops::read(ctx).since(&before);
+    if let Running::Appliance(appliance) = &server {
+        storm
+            .lost
+            .extend(appliance.metrics(&["bootplane_dhcp_dropped_total"]).await?);
+    }
     server
         .finish()
         .with_context(|| format!("{} after the DHCP storm", which.name()))?;
     Ok((storm, usage))
+}
+
+/// Where a storm's packets were lost on the way: the kernel's counters of both namespaces
+/// (UDP datagrams dropped for a full receive buffer) and of the machine (frames dropped from a
+/// CPU's input backlog, which a veth's frames pass through).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Drops {
+    server_rcvbuf: u64,
+    client_rcvbuf: u64,
+    backlog: u64,
+}
+
+impl Drops {
+    fn read(ctx: &Ctx) -> Self {
+        let rcvbuf = |mut cmd: std::process::Command| {
+            cmd.arg("/proc/net/snmp")
+                .output()
+                .ok()
+                .and_then(|o| udp_rcvbuf_errors(&String::from_utf8_lossy(&o.stdout)))
+                .unwrap_or(0)
+        };
+        Drops {
+            server_rcvbuf: rcvbuf(ctx.names.in_server("cat")),
+            client_rcvbuf: rcvbuf(ctx.names.in_client("cat")),
+            backlog: std::fs::read_to_string("/proc/net/softnet_stat")
+                .map(|t| softnet_dropped(&t))
+                .unwrap_or(0),
+        }
+    }
+
+    /// What moved since `before`, as report lines (none when nothing was dropped).
+    fn since(&self, before: &Drops) -> Vec<String> {
+        [
+            (
+                "server receive buffer full (UDP RcvbufErrors)",
+                self.server_rcvbuf,
+                before.server_rcvbuf,
+            ),
+            (
+                "client receive buffer full (UDP RcvbufErrors)",
+                self.client_rcvbuf,
+                before.client_rcvbuf,
+            ),
+            (
+                "input backlog full (softnet_stat dropped)",
+                self.backlog,
+                before.backlog,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, now, then)| now > then)
+        .map(|(what, now, then)| format!("{what} {}", now - then))
+        .collect()
+    }
+}
+
+/// The `RcvbufErrors` column of the `Udp:` lines of /proc/net/snmp.
+fn udp_rcvbuf_errors(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (header, values) = (udp.next()?, udp.next()?);
+    let column = header
+        .split_whitespace()
+        .position(|h| h == "RcvbufErrors")?;
+    values.split_whitespace().nth(column)?.parse().ok()
+}
+
+/// The second column (frames dropped, hexadecimal) of /proc/net/softnet_stat, summed over CPUs.
+fn softnet_dropped(stat: &str) -> u64 {
+    stat.lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|d| u64::from_str_radix(d, 16).ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_drop_counters_are_read_by_column() {
+        let snmp = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 10 0 7 12 5 0\n";
+        assert_eq!(udp_rcvbuf_errors(snmp), Some(5));
+        assert_eq!(udp_rcvbuf_errors("Tcp: A\nTcp: 1\n"), None);
+        let softnet = "0000a000 0000000f 00000000\n00000001 00000010 00000000\n";
+        assert_eq!(softnet_dropped(softnet), 31);
+    }
 }

@@ -141,7 +141,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<()> {
     storm_rows(ctx, &storms);
     rate_rows(ctx, &searches);
     ctx.report.finding(format!(
-        "full DHCP: leases on disk (warm-up clients included): bootplane {} while running (0.6 s after the load; SQLite, meant to be written in batches every 200 ms) and {} after it stopped, Kea {} (memfile, appended per lease), dnsmasq {} (lease file, rewritten on every change); dnsmasq runs with no-ping and quiet-dhcp (no ICMP probe before an offer, no log line per packet), its best case",
+        "full DHCP: leases on disk (warm-up clients included): bootplane {} while running (0.6 s after the load; SQLite, each binding committed durably before its ACK) and {} after it stopped, Kea {} (memfile, appended per lease), dnsmasq {} (lease file, rewritten on every change); dnsmasq runs with no-ping and quiet-dhcp (no ICMP probe before an offer, no log line per packet), its best case",
         ours_running.map_or("?".into(), |n| fmt_count(n as f64)),
         ours_stopped.map_or("?".into(), |n| fmt_count(n as f64)),
         kea_persisted.map_or("?".into(), |n| fmt_count(n as f64)),
@@ -299,11 +299,19 @@ fn storm_rows(ctx: &mut Ctx, storms: &[(Storm, Usage)]) {
         dnsmasq.outcome(),
         dnsmasq_usage.cpu_secs,
     );
+    for (who, s) in [("bootplane", ours), ("Kea", kea), ("dnsmasq", dnsmasq)] {
+        if !s.lost.is_empty() {
+            ctx.report.finding(format!(
+                "{label}: lost during {who}'s storm: {}",
+                s.lost.join(", ")
+            ));
+        }
+    }
     let rmem = std::fs::read_to_string("/proc/sys/net/core/rmem_default")
         .ok()
         .and_then(|t| t.trim().parse::<u64>().ok());
     ctx.report.finding(format!(
-        "{label}: bootplane asks the kernel for an 8 MiB receive buffer per DHCP socket; Kea and dnsmasq have no setting for theirs and run with the system default (net.core.rmem_default = {}), so what a burst overflows waits for its client's retransmission 4 s later: much of the ratio is that design choice",
+        "{label}: bootplane asks the kernel for a 16 MiB receive buffer per DHCP socket and, while 4,096 ACKs wait for their commit, leaves the rest of a burst there; Kea and dnsmasq have no setting for theirs and run with the system default (net.core.rmem_default = {}), and Kea drops what overflows its own packet queue, so what a burst overflows waits for its client's retransmission 4 s later: much of the ratio is that design choice",
         rmem.map_or("?".into(), |b| format!("{} KiB", b / 1024))
     ));
     ctx.report.row(
