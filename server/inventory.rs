@@ -101,15 +101,16 @@ impl Inventory {
     /// stamps) cause no reload. Polls driven by the counter are spaced at least ten times the
     /// last reload's duration apart, so reloading a large inventory during a storm of
     /// discoveries takes at most a tenth of a core.
+    /// Each poll reads `materials_version` too, which counts its moves ([`Db::materials_moves`]).
     pub async fn watch(self, db: Db, poll: Duration, cancel: CancellationToken) {
-        let mut last_version = db.inventory_version().await.ok();
+        let mut last_version = db.change_versions().await.ok().map(|v| v.0);
         let mut wait = poll;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.changed.notified() => {}
                 _ = tokio::time::sleep(wait) => {
-                    let version = db.inventory_version().await.ok();
+                    let version = db.change_versions().await.ok().map(|v| v.0);
                     if version == last_version {
                         wait = poll;
                         continue;

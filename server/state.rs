@@ -40,9 +40,10 @@ pub struct AppState {
 /// A boot script as rendered for one machine and iPXE build, with what it was made from.
 #[derive(Clone, Debug)]
 pub struct CachedScript {
-    /// The inventory snapshot (`Snapshot::generation`) and asset record writes
-    /// (`Images::records_written`) it was made under.
-    pub generation: (u64, u64),
+    /// What it was made under: the inventory snapshot (`Snapshot::generation`), this
+    /// process's asset record writes (`Images::records_written`) and the moves of the
+    /// database's materials counter (`Db::materials_moves`: any process's asset record write).
+    pub generation: (u64, u64, u64),
     /// When it was made, milliseconds since the Unix epoch.
     pub made_ms: i64,
     /// What it does, for the event log.
@@ -56,17 +57,18 @@ pub struct CachedScript {
 /// cluster, or its boot assets) changes, so a machine asking again and again (a wait loop, a
 /// boot storm's retries) gets the same bytes without a render or a database round trip. An
 /// entry serves while the inventory snapshot (machines, their clusters' names and versions) and
-/// this process's asset records it was made from are current, and for at most
-/// [`SCRIPT_TTL_MS`]: the bound on what another process changes in the asset records.
+/// the asset records it was made from are current (this process's writes count at once,
+/// another's once the inventory watcher's next poll sees the materials counter move), and for
+/// at most [`SCRIPT_TTL_MS`]: a safety net, not a freshness bound.
 #[derive(Clone, Debug, Default)]
 pub struct ScriptCache(
     Arc<std::sync::Mutex<std::collections::HashMap<(Mac, &'static str), CachedScript>>>,
 );
 
-/// How long a rendered boot script is served at most without looking again. Short enough that
-/// an asset record another process replaced counts before a machine's next retry (10 s by
-/// default); long enough that a rack asking all the time costs few renders.
-pub const SCRIPT_TTL_MS: i64 = 5000;
+/// How long a rendered boot script is served at most without looking again, should a change
+/// slip past the counters (a render costs a few database reads: a thousand machines asking all
+/// the time cost a thousand renders a minute).
+pub const SCRIPT_TTL_MS: i64 = 60_000;
 /// A known machine's repeated script requests are logged at most this often.
 pub const SCRIPT_RECORD_EVERY_MS: i64 = 1000;
 /// Scripts kept at most (one per machine and build; a flood of made-up MACs stays bounded).
@@ -79,7 +81,7 @@ impl ScriptCache {
         &self,
         mac: Mac,
         buildarch: &'static str,
-        generation: (u64, u64),
+        generation: (u64, u64, u64),
         now: i64,
     ) -> Option<(CachedScript, bool)> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -116,7 +118,7 @@ impl AppState {
 mod tests {
     use super::*;
 
-    fn script(generation: (u64, u64), made_ms: i64) -> CachedScript {
+    fn script(generation: (u64, u64, u64), made_ms: i64) -> CachedScript {
         CachedScript {
             generation,
             made_ms,

@@ -8,9 +8,13 @@ use crate::db::DbError;
 use crate::talos::Arch;
 
 /// Asset records by (version, arch), with when they were read.
-pub(super) type RecordCache = HashMap<(String, &'static str), (Instant, Option<Asset>)>;
+/// Asset records by version and arch: when each was read, under which
+/// [`crate::db::Db::materials_moves`] count, and the record.
+pub(super) type RecordCache = HashMap<(String, &'static str), (Instant, u64, Option<Asset>)>;
 
-/// How long a boot script may use an asset record read earlier.
+/// How long a boot script may use an asset record read earlier. A record read before a move
+/// of the materials counter (any process's write to asset records, seen within one inventory
+/// poll) is not used at all.
 pub const RECORD_CACHE_TTL: Duration = Duration::from_secs(1);
 
 impl Images {
@@ -31,9 +35,10 @@ impl Images {
         arch: Arch,
     ) -> Result<Option<Asset>, ImagesError> {
         let key = (version.to_string(), arch.as_str());
+        let moves = self.db.materials_moves();
         if let Ok(cache) = self.records.lock() {
-            if let Some((at, record)) = cache.get(&key) {
-                if at.elapsed() < RECORD_CACHE_TTL {
+            if let Some((at, seen, record)) = cache.get(&key) {
+                if at.elapsed() < RECORD_CACHE_TTL && *seen == moves {
                     return Ok(record.clone());
                 }
             }
@@ -42,7 +47,7 @@ impl Images {
         // No record is not kept: assets an operator adds from the CLI count at once.
         if record.is_some() {
             if let Ok(mut cache) = self.records.lock() {
-                cache.insert(key, (Instant::now(), record.clone()));
+                cache.insert(key, (Instant::now(), moves, record.clone()));
             }
         }
         Ok(record)

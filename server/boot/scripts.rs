@@ -170,6 +170,7 @@ pub(super) async fn boot_machine_get(
     let generation = (
         state.inventory.snapshot().generation,
         state.images.records_written(),
+        state.db.materials_moves(),
     );
     let now = state.recorder.now_ms();
     if let Some((hit, record)) = state.scripts.get(mac, buildarch, generation, now) {

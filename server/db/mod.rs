@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -71,6 +72,16 @@ pub struct Db {
     /// where a writer committing back to back (the event writer under a DHCP storm) could keep
     /// another (the lease flush) waiting for seconds.
     writer: SqlitePool,
+    /// What [`Db::change_versions`] last read of `materials_version`, and how often it has
+    /// seen it move: shared by every clone, so in-memory copies of materials (asset records,
+    /// boot scripts) can tell they predate another process's write.
+    materials: Arc<MaterialsSeen>,
+}
+
+#[derive(Debug, Default)]
+struct MaterialsSeen {
+    version: std::sync::atomic::AtomicI64,
+    moves: std::sync::atomic::AtomicU64,
 }
 
 /// The settings of both pools: at most `max` connections, each checked when it comes back.
@@ -117,7 +128,11 @@ impl Db {
         let pool = pool_options(4).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let writer = pool_options(1).connect_with(options).await?;
-        Ok(Db { pool, writer })
+        Ok(Db {
+            pool,
+            writer,
+            materials: Arc::default(),
+        })
     }
 
     /// The counter triggers bump whenever a commit changes what `list_machines` returns, apart
@@ -127,6 +142,33 @@ impl Db {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    /// Both change counters in one read: `inventory_version` and `materials_version`. A
+    /// materials version other than the last one read counts as a move
+    /// ([`Db::materials_moves`]).
+    pub async fn change_versions(&self) -> Result<(i64, i64), DbError> {
+        use std::sync::atomic::Ordering;
+        let row = sqlx::query(
+            "SELECT (SELECT version FROM inventory_version WHERE id = 1),
+                    (SELECT version FROM materials_version WHERE id = 1)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let versions = (row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?);
+        if self.materials.version.swap(versions.1, Ordering::AcqRel) != versions.1 {
+            self.materials.moves.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(versions)
+    }
+
+    /// How often [`Db::change_versions`] has seen `materials_version` move (the first read
+    /// counts as one). Whatever was read from materials (clusters, patches, asset records,
+    /// appliance facts) under an older count may predate a write, this process's or another's.
+    pub fn materials_moves(&self) -> u64 {
+        self.materials
+            .moves
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// SQLite's own check of the file (`PRAGMA integrity_check`): "ok", or what is damaged.

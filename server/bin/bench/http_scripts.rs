@@ -85,7 +85,7 @@ pub async fn run(
         Row::new(format!("{label}: requests/s"), rate(&ours))
             .reference(format!("nginx {}", rate(&theirs)), fmt_ratio(ours.per_sec(), theirs.per_sec()))
             .notes(format!(
-                "bootplane renders a machine's script when it changed (or every 5 s at most) and sends it from its cache otherwise, logging each machine's requests once a second; nginx sends the same bytes from static files (so it is close to a trivial responder); {} and {} requests, client CPU {:.2} s and {:.2} s",
+                "bootplane renders a machine's script when it changed (or every 60 s at most) and sends it from its cache otherwise, logging each machine's requests once a second; nginx sends the same bytes from static files (so it is close to a trivial responder); {} and {} requests, client CPU {:.2} s and {:.2} s",
                 fmt_count(ours.requests as f64),
                 fmt_count(theirs.requests as f64),
                 ours.client_cpu_secs,
