@@ -514,7 +514,7 @@ pub async fn run(
         },
         &cancel,
     );
-    let state = AppState {
+    let state = AppState::new(crate::state::AppStateInner {
         config: Arc::clone(&config),
         db: db.clone(),
         inventory: inventory.clone(),
@@ -530,7 +530,7 @@ pub async fn run(
         transfers: crate::inventory::Transfers::default(),
         scripts: crate::state::ScriptCache::default(),
         materials: crate::ops::materials::MaterialsCache::default(),
-    };
+    });
     drop(recorder);
     check_boot_files(&state).await;
     for warning in config.startup_warnings() {

@@ -1,5 +1,7 @@
 //! Prometheus metrics, one registry per running appliance.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -32,9 +34,21 @@ pub struct RefusedLabel {
     pub reason: &'static str,
 }
 
-/// Every counter the appliance exports. Cheap to clone (counters are `Arc`s inside).
+/// Every counter the appliance exports. Cheap to clone: one reference count for all of them.
 #[derive(Clone, Debug, Default)]
-pub struct Metrics {
+pub struct Metrics(Arc<Counters>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Counters;
+
+    fn deref(&self) -> &Counters {
+        &self.0
+    }
+}
+
+/// What [`Metrics`] holds.
+#[derive(Debug, Default)]
+pub struct Counters {
     pub dhcp_replies: Family<KindLabel, Counter>,
     pub dhcp_dropped: Family<ReasonLabel, Counter>,
     pub dhcp_leases: Gauge,
