@@ -220,7 +220,7 @@ impl Params {
             (
                 "TFTP".into(),
                 format!(
-                    "ipxe.efi to {} parallel clients × {} each; one {} MB file to one client; blksize 1468, tsize",
+                    "ipxe.efi to {} parallel clients (each from an address of its own) × {} each; one {} MB file to one client; blksize 1468, tsize",
                     self.tftp_clients,
                     self.tftp_each,
                     mb(self.tftp_big_bytes)

@@ -2,6 +2,8 @@
 //! in lock-step and with windowsize (RFC 7440); bootplane beside dnsmasq and tftpd-hpa serving
 //! the same directory, driven by the same client, every byte verified.
 
+use std::net::Ipv4Addr;
+
 use anyhow::Result;
 
 use crate::memory::{Meter, Usage};
@@ -31,9 +33,11 @@ async fn drive(ctx: &Ctx) -> Loads {
         blksize: BLKSIZE,
         windowsize: None,
     };
+    // Each parallel client from an address of its own, as machines are: bootplane serves at
+    // most 8 transfers at once to one address.
     let parallel = tftp_client::parallel(
         SERVER_IP,
-        CLIENT_IP,
+        &parallel_clients(p.tftp_clients),
         "ipxe.efi",
         lockstep,
         ctx.files.ipxe_efi.clone(),
@@ -44,7 +48,7 @@ async fn drive(ctx: &Ctx) -> Loads {
     let single = |opts| {
         tftp_client::parallel(
             SERVER_IP,
-            CLIENT_IP,
+            &[CLIENT_IP],
             BIG_TFTP_FILE,
             opts,
             ctx.files.big_tftp.clone(),
@@ -65,7 +69,16 @@ async fn drive(ctx: &Ctx) -> Loads {
     }
 }
 
+/// The parallel clients' addresses (10.99.1.1 on, outside the storm's and the pool's ranges).
+fn parallel_clients(n: usize) -> Vec<Ipv4Addr> {
+    (0..n.clamp(1, 250))
+        .map(|i| Ipv4Addr::new(10, 99, 1, 1 + i as u8))
+        .collect()
+}
+
 pub async fn run(ctx: &mut Ctx) -> Result<()> {
+    ctx.names
+        .add_client_addresses(&parallel_clients(ctx.params.tftp_clients))?;
     let dir = ctx.scratch.join("tftp");
     eprintln!("TFTP: bootplane");
     let setup = ctx.small_appliance(&dir, DhcpMode::Off);

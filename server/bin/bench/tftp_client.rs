@@ -239,10 +239,11 @@ impl TftpLoad {
     }
 }
 
-/// `clients` parallel clients, each reading `file` `each` times in a row.
+/// `clients` parallel clients, each reading `file` `each` times in a row, client `c` from
+/// `locals[c % locals.len()]`.
 pub async fn parallel(
     server: Ipv4Addr,
-    local: Ipv4Addr,
+    locals: &[Ipv4Addr],
     file: &str,
     opts: Options,
     expected: Arc<Vec<u8>>,
@@ -251,7 +252,8 @@ pub async fn parallel(
 ) -> TftpLoad {
     let barrier = Arc::new(Barrier::new(clients + 1));
     let mut tasks = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    for c in 0..clients {
+        let local = locals[c % locals.len()];
         let (barrier, expected, file) = (barrier.clone(), expected.clone(), file.to_string());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
