@@ -443,9 +443,17 @@ fn classify_status(
     tls_failure: &TlsFailureSlot,
 ) -> ApiError {
     // A TLS alert after the handshake (TLS 1.3: the node refusing our certificate) shows up
-    // as a broken connection; the wrapped stream saw what it was.
+    // as a broken connection; the wrapped stream saw what it was. A refused certificate means
+    // the node acted on nothing; any other TLS failure once the call may have left (a record
+    // no key decrypts, a reset mid-session) leaves its outcome unknown, as a cut connection
+    // does: not "unreachable", which would let the caller send it again at once.
     if let Some(e) = tls_failure.take() {
-        return e;
+        return match e {
+            ApiError::Denied(_) => e,
+            other => ApiError::NotReady(format!(
+                "{method} on {node}: the TLS session broke before an answer ({other})"
+            )),
+        };
     }
     let message = status.message().to_string();
     let what = format!("{method} on {node}: {message}");

@@ -740,3 +740,43 @@ async fn a_connection_cut_after_the_request_left_is_an_unknown_outcome() {
     println!("after the node read {read} bytes: {err:?}");
     assert!(matches!(err, ApiError::NotReady(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_broken_tls_session_after_the_request_left_is_an_unknown_outcome() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.5:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The node's own TLS; it reads the whole request, then what comes back is not a record its
+    // session key made (a middlebox, a corrupted answer): the client's TLS fails mid-call.
+    let node = TalosDouble::new(
+        bundle(),
+        DoubleConfig::new("garbled", NodeRole::Controlplane, addr),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(node.tls_config());
+    let (got_tx, got) = tokio::sync::oneshot::channel::<usize>();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while seen.len() < 24 + 60 {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the client hung up first");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let _ = got_tx.send(seen.len());
+        let (mut tcp, _) = tls.into_inner();
+        // A TLS 1.3 application-data record whose contents no key decrypts.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        record.extend_from_slice(&[0x5a; 32]);
+        tcp.write_all(&record).await.unwrap();
+        // Keep the connection open: the failure must come from the record, not a hang-up.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let err = api().bootstrap(addr).await.unwrap_err();
+    let read = got.await.expect("the request reached the node");
+    println!("after the node read {read} bytes: {err:?}");
+    // The node may have acted on the request: the outcome is unknown, not "never sent".
+    assert!(matches!(err, ApiError::NotReady(_)), "{err:?}");
+}
