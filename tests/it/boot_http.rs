@@ -571,3 +571,103 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
     );
     app.stop().await;
 }
+
+/// README, Run it: "Stop it with Ctrl-C or SIGTERM: it stops answering, finishes HTTP
+/// downloads in flight …". A kernel download (sent with sendfile) read slowly while the real
+/// binary gets SIGTERM arrives whole, and the process then exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_lets_an_asset_download_in_flight_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dirs = tempfile::tempdir().unwrap();
+    for d in ["data", "ipxe", "images", "src"] {
+        std::fs::create_dir_all(dirs.path().join(d)).unwrap();
+    }
+    let kernel: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let (kernel_file, initramfs_file) = (dirs.path().join("src/k"), dirs.path().join("src/i"));
+    std::fs::write(&kernel_file, &kernel).unwrap();
+    std::fs::write(&initramfs_file, b"initramfs").unwrap();
+    let added = std::process::Command::new(kit::BIN)
+        .args(["images", "add", "--data-dir"])
+        .arg(dirs.path().join("data"))
+        .arg("--images-dir")
+        .arg(dirs.path().join("images"))
+        .args(["--version", VERSION, "--kernel"])
+        .arg(&kernel_file)
+        .arg("--initramfs")
+        .arg(&initramfs_file)
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let port = kit::served::free_tcp_port();
+    let log = dirs.path().join("serve.log");
+    let mut child = kit::served::serve_without_dhcp(dirs.path(), port)
+        .env("BOOTPLANE_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while kit::served::http_get(addr, "/healthz").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A client that reads slowly through a small receive buffer, so most of the file is still
+    // to be sent when the stop begins.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 << 10).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let mut conn = tokio::net::TcpStream::from_std(sock.into()).unwrap();
+    conn.write_all(
+        format!("GET /assets/{VERSION}/vmlinuz-amd64 HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    while got.len() < (1 << 20) {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    // Go on reading slowly while the appliance stops.
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        let n = conn.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let body = &got[head_end..];
+    assert_eq!(
+        body.len(),
+        kernel.len(),
+        "the download was cut by the stop:\n{head}"
+    );
+    assert!(body == &kernel[..], "the body differs from the file");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("still running after the download ended")
+        .unwrap();
+    assert!(
+        status.success(),
+        "{status}:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}
