@@ -703,18 +703,22 @@ async fn the_double_binary_serves_three_nodes_sharing_etcd() {
     }
 }
 
-/// A Bootstrap that reached the node but whose connection broke before the answer may have
-/// started etcd: the error says so (retryable, not a refusal, not "never reached the node").
-#[tokio::test]
-async fn a_connection_cut_after_the_request_left_is_an_unknown_outcome() {
+/// A node with its own TLS (the cluster's OS CA, its address) at `ip`, which reads a whole
+/// request, says how many bytes it read, then hands its session to `then` instead of answering.
+async fn node_that_reads_the_request<F, Fut>(
+    ip: &str,
+    then: F,
+) -> (SocketAddr, tokio::sync::oneshot::Receiver<usize>)
+where
+    F: FnOnce(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     use tokio::io::AsyncReadExt;
-    let listener = TcpListener::bind("127.0.0.4:0").await.unwrap();
+    let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    // The node's own TLS (the cluster's OS CA, its address): it reads the whole request, then
-    // its connection goes away (power cut, crash) before any answer.
     let node = TalosDouble::new(
         bundle(),
-        DoubleConfig::new("cut", NodeRole::Controlplane, addr),
+        DoubleConfig::new("reader", NodeRole::Controlplane, addr),
     )
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(node.tls_config());
@@ -733,39 +737,30 @@ async fn a_connection_cut_after_the_request_left_is_an_unknown_outcome() {
             seen.extend_from_slice(&buf[..n]);
         }
         let _ = got_tx.send(seen.len());
-        drop(tls);
+        then(tls).await;
     });
+    (addr, got)
+}
+
+/// A Bootstrap that reached the node but whose connection broke before the answer may have
+/// started etcd: the error says so (retryable, not a refusal, not "never reached the node").
+#[tokio::test]
+async fn a_connection_cut_after_the_request_left_is_an_unknown_outcome() {
+    // Its connection goes away (power cut, crash) before any answer.
+    let (addr, got) =
+        node_that_reads_the_request("127.0.0.4", |tls| async move { drop(tls) }).await;
     let err = api().bootstrap(addr).await.unwrap_err();
     let read = got.await.expect("the request reached the node");
     println!("after the node read {read} bytes: {err:?}");
     assert!(matches!(err, ApiError::NotReady(_)), "{err:?}");
 }
 
+/// The same when what comes back is not a record the session's key made (a middlebox, a
+/// corrupted answer): the client's TLS fails mid-call, and the node may have acted on it.
 #[tokio::test]
 async fn a_broken_tls_session_after_the_request_left_is_an_unknown_outcome() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.5:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // The node's own TLS; it reads the whole request, then what comes back is not a record its
-    // session key made (a middlebox, a corrupted answer): the client's TLS fails mid-call.
-    let node = TalosDouble::new(
-        bundle(),
-        DoubleConfig::new("garbled", NodeRole::Controlplane, addr),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(node.tls_config());
-    let (got_tx, got) = tokio::sync::oneshot::channel::<usize>();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = acceptor.accept(tcp).await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while seen.len() < 24 + 60 {
-            let n = tls.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the client hung up first");
-            seen.extend_from_slice(&buf[..n]);
-        }
-        let _ = got_tx.send(seen.len());
+    use tokio::io::AsyncWriteExt;
+    let (addr, got) = node_that_reads_the_request("127.0.0.5", |tls| async move {
         let (mut tcp, _) = tls.into_inner();
         // A TLS 1.3 application-data record whose contents no key decrypts.
         let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
@@ -773,10 +768,11 @@ async fn a_broken_tls_session_after_the_request_left_is_an_unknown_outcome() {
         tcp.write_all(&record).await.unwrap();
         // Keep the connection open: the failure must come from the record, not a hang-up.
         tokio::time::sleep(Duration::from_secs(5)).await;
-    });
+    })
+    .await;
     let err = api().bootstrap(addr).await.unwrap_err();
     let read = got.await.expect("the request reached the node");
     println!("after the node read {read} bytes: {err:?}");
-    // The node may have acted on the request: the outcome is unknown, not "never sent".
+    // The outcome is unknown, not "never sent".
     assert!(matches!(err, ApiError::NotReady(_)), "{err:?}");
 }
