@@ -88,6 +88,9 @@ struct MaterialsSeen {
 fn pool_options(max: u32) -> SqlitePoolOptions {
     SqlitePoolOptions::new()
         .max_connections(max)
+        // SQLite is a file in this process: a connection does not go stale the way a network
+        // one does, and testing it costs a round trip to its worker thread per query.
+        .test_before_acquire(false)
         // A connection must come back out of every transaction. When the disk fills, SQLite
         // rolls a transaction back itself and sqlx's own ROLLBACK then fails, so sqlx still
         // counts the connection as inside one and refuses every later `BEGIN` on it (the
@@ -95,7 +98,12 @@ fn pool_options(max: u32) -> SqlitePoolOptions {
         // whatever is open) and the pool opens a fresh one when it needs it.
         .after_release(|conn, _meta| {
             Box::pin(async move {
-                // Ordered after the rollback a dropped transaction queued on this connection.
+                // The worker keeps the depth: zero means every transaction on this connection
+                // ended. Otherwise a dropped transaction's rollback may still be queued: the
+                // ping is ordered after it.
+                if !conn.is_in_transaction() {
+                    return Ok(true);
+                }
                 conn.ping().await?;
                 let clean = !conn.is_in_transaction();
                 if !clean {

@@ -286,9 +286,7 @@ async fn restart(ctx: &mut Ctx, machines: &[(String, Ipv4Addr)]) -> Result<()> {
 /// The fault storms' machines: up to [`BOOTS`] boots, TFTP as OVMF asks for it (blksize 1468,
 /// windowsize 4).
 fn plan(ctx: &Ctx) -> Plan {
-    let mut plan = Plan::bootplane(ctx, BOOTS);
-    plan.tftp_window = Some(4);
-    plan
+    Plan::bootplane(ctx, BOOTS)
 }
 
 /// Pool clients `range` each take a lease (DORA with retransmission), one every 20 ms.

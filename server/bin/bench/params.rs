@@ -241,7 +241,7 @@ impl Params {
             (
                 "boot storm".into(),
                 format!(
-                    "N = {:?}; iPXE binary by TFTP, kernel {} MB, initramfs {} MB, scripts and config by HTTP",
+                    "N = {:?}; iPXE binary by TFTP asking blksize 1468 and windowsize 4 as OVMF does, kernel {} MB, initramfs {} MB, scripts and config by HTTP",
                     self.storm_sizes,
                     mb(self.storm_kernel_bytes),
                     mb(self.storm_initramfs_bytes)

@@ -1,7 +1,7 @@
 //! Scenario: a boot storm. N simulated machines start at once, each walking the whole chain
 //! as firmware and iPXE do: full DHCP (DISCOVER → OFFER → REQUEST → ACK of its assigned
-//! address), TFTP of the iPXE binary, `/boot.ipxe`, its own script, the kernel and initramfs
-//! the script names, and its config. Each machine's traffic comes from its leased address (the
+//! address), TFTP of the iPXE binary (blksize 1468, windowsize 4, as OVMF asks),
+//! `/boot.ipxe`, its own script, the kernel and initramfs the script names, and its config. Each machine's traffic comes from its leased address (the
 //! bench adds the addresses to the client veth), so bootplane's default `/config` check (the
 //! requester must hold the machine's lease) stays on. Every byte is verified.
 //!
@@ -50,6 +50,8 @@ const DHCP_RETRY: Duration = Duration::from_secs(1);
 const DHCP_TRIES: u32 = 8;
 /// Between a failed boot and the next one.
 const REBOOT_PAUSE: Duration = Duration::from_secs(1);
+/// The TFTP `windowsize` UEFI firmware (OVMF) asks for with `blksize 1468`.
+pub const OVMF_WINDOW: u16 = 4;
 
 /// Raises the neighbour table's limits (net.ipv4.neigh.default.gc_thresh1-3, host-wide: the
 /// table is shared by every network namespace) to hold `entries`, and puts them back when
@@ -133,8 +135,8 @@ pub struct Plan {
     /// Boots a machine may take: a machine whose chain fails starts again from DHCP, as
     /// firmware does when a boot fails (1: no second chance, as in the speed runs).
     pub boots: u32,
-    /// The TFTP `windowsize` the machines ask for (OVMF asks for 4; none in the speed runs,
-    /// as dnsmasq ignores it).
+    /// The TFTP `windowsize` the machines ask for: [`OVMF_WINDOW`], as UEFI firmware does
+    /// (dnsmasq does not grant it, so its machines go block by block).
     pub tftp_window: Option<u16>,
     ipxe_efi: Arc<Vec<u8>>,
     kernel: Arc<Vec<u8>>,
@@ -221,7 +223,7 @@ pub async fn run(ctx: &mut Ctx, link_mb_s: Option<f64>) -> Result<()> {
     let static_plan = Arc::new(Plan {
         surface: Surface::Static,
         boots: 1,
-        tftp_window: None,
+        tftp_window: Some(OVMF_WINDOW),
         ipxe_efi: plan.ipxe_efi.clone(),
         kernel: plan.kernel.clone(),
         initramfs: plan.initramfs.clone(),
@@ -282,7 +284,7 @@ impl Plan {
         Plan {
             surface: Surface::Bootplane,
             boots,
-            tftp_window: None,
+            tftp_window: Some(OVMF_WINDOW),
             ipxe_efi: ctx.files.ipxe_efi.clone(),
             kernel: ctx.files.storm_kernel_bytes.clone(),
             initramfs: ctx.files.storm_initramfs_bytes.clone(),
