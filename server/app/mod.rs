@@ -358,6 +358,24 @@ async fn check_boot_files(state: &AppState) {
     }
 }
 
+/// Runs `task` on a thread and single-threaded runtime of its own, so it waits for no task of
+/// the shared runtime. The task must end on `run`'s cancellation: the shared runtime waits for
+/// the thread when it shuts down.
+fn spawn_on_own_thread(
+    name: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(task),
+            Err(e) => tracing::error!(error = %e, "the {name} server cannot start its runtime"),
+        }
+    })
+}
+
 /// What the push receivers borrow from `run` while they are spawned.
 struct ReceiverDeps<'a> {
     inventory: &'a Inventory,
@@ -483,30 +501,21 @@ pub async fn run(
         .ra
         .map(|socket| tokio::spawn(ra::run(socket, config.interface.clone(), cancel.clone())));
 
-    let dhcp_task =
-        listeners.dhcp.map(|sockets| {
-            let deps = DhcpDeps {
-                config: config.dhcp.clone(),
-                boot: config.boot.clone(),
-                interface: config.interface.clone(),
-                inventory: inventory.clone(),
-                recorder: recorder.clone(),
-                neighbours: neighbours.clone(),
-                metrics: metrics.clone(),
-                db: db.clone(),
-            };
-            let cancel = cancel.clone();
-            // Its own thread and runtime: a DHCP reply waits for no other task. On the shared
-            // runtime a packet could queue behind an inventory reload or a connection's sendfile
-            // (proxyDHCP p99 1.28 ms -> 696 µs in one bench run, 10,000 new clients).
-            tokio::task::spawn_blocking(move || match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime.block_on(dhcp::run(deps, sockets, cancel)),
-                Err(e) => tracing::error!(error = %e, "dhcp server cannot start its runtime"),
-            })
-        });
+    let dhcp_task = listeners.dhcp.map(|sockets| {
+        let deps = DhcpDeps {
+            config: config.dhcp.clone(),
+            boot: config.boot.clone(),
+            interface: config.interface.clone(),
+            inventory: inventory.clone(),
+            recorder: recorder.clone(),
+            neighbours: neighbours.clone(),
+            metrics: metrics.clone(),
+            db: db.clone(),
+        };
+        // On the shared runtime a packet could queue behind an inventory reload or a
+        // connection's sendfile (proxyDHCP p99 1.28 ms -> 696 µs in one bench run).
+        spawn_on_own_thread("dhcp", dhcp::run(deps, sockets, cancel.clone()))
+    });
 
     let (orchestrator, orchestrator_task) = crate::orchestrator::spawn(
         db.clone(),

@@ -128,7 +128,7 @@ async fn restart(ctx: &mut Ctx, machines: &[(String, Ipv4Addr)]) -> Result<()> {
     let setup = storm::appliance_setup(ctx, &ctx.scratch.join("faults-restart"), machines);
     let mut bootplane = Appliance::start(&ctx.binary, &ctx.names, &setup).await?;
     let tally = Arc::new(Tally::default());
-    let plan = Arc::new(plan(ctx));
+    let plan = Arc::new(Plan::bootplane(ctx, BOOTS));
     let storm_task = {
         let (plan, machines, tally) = (plan.clone(), machines.to_vec(), tally.clone());
         tokio::spawn(async move { storm::storm(plan, &machines, tally).await })
@@ -281,12 +281,6 @@ async fn restart(ctx: &mut Ctx, machines: &[(String, Ipv4Addr)]) -> Result<()> {
     }
     failures(ctx, &label, &result);
     Ok(())
-}
-
-/// The fault storms' machines: up to [`BOOTS`] boots, TFTP as OVMF asks for it (blksize 1468,
-/// windowsize 4).
-fn plan(ctx: &Ctx) -> Plan {
-    Plan::bootplane(ctx, BOOTS)
 }
 
 /// Pool clients `range` each take a lease (DORA with retransmission), one every 20 ms.

@@ -1,9 +1,10 @@
 //! Scenario: a boot storm. N simulated machines start at once, each walking the whole chain
 //! as firmware and iPXE do: full DHCP (DISCOVER → OFFER → REQUEST → ACK of its assigned
 //! address), TFTP of the iPXE binary (blksize 1468, windowsize 4, as OVMF asks),
-//! `/boot.ipxe`, its own script, the kernel and initramfs the script names, and its config. Each machine's traffic comes from its leased address (the
-//! bench adds the addresses to the client veth), so bootplane's default `/config` check (the
-//! requester must hold the machine's lease) stays on. Every byte is verified.
+//! `/boot.ipxe`, its own script, the kernel and initramfs the script names, and its config.
+//! Each machine's traffic comes from its leased address (the bench adds the addresses to the
+//! client veth), so bootplane's default `/config` check (the requester must hold the machine's
+//! lease) stays on. Every byte is verified.
 //!
 //! bootplane serves it all; the reference is dnsmasq (DHCP with the same static addresses, and
 //! TFTP) beside nginx serving the same scripts and configs as static files. The time until the
@@ -50,8 +51,9 @@ const DHCP_RETRY: Duration = Duration::from_secs(1);
 const DHCP_TRIES: u32 = 8;
 /// Between a failed boot and the next one.
 const REBOOT_PAUSE: Duration = Duration::from_secs(1);
-/// The TFTP `windowsize` UEFI firmware (OVMF) asks for with `blksize 1468`.
-pub const OVMF_WINDOW: u16 = 4;
+/// The TFTP `windowsize` every storm machine asks for with `blksize 1468`, as UEFI firmware
+/// (OVMF) does; dnsmasq does not grant it, so its machines go block by block.
+const OVMF_WINDOW: u16 = 4;
 
 /// Raises the neighbour table's limits (net.ipv4.neigh.default.gc_thresh1-3, host-wide: the
 /// table is shared by every network namespace) to hold `entries`, and puts them back when
@@ -135,9 +137,6 @@ pub struct Plan {
     /// Boots a machine may take: a machine whose chain fails starts again from DHCP, as
     /// firmware does when a boot fails (1: no second chance, as in the speed runs).
     pub boots: u32,
-    /// The TFTP `windowsize` the machines ask for: [`OVMF_WINDOW`], as UEFI firmware does
-    /// (dnsmasq does not grant it, so its machines go block by block).
-    pub tftp_window: Option<u16>,
     ipxe_efi: Arc<Vec<u8>>,
     kernel: Arc<Vec<u8>>,
     initramfs: Arc<Vec<u8>>,
@@ -223,7 +222,6 @@ pub async fn run(ctx: &mut Ctx, link_mb_s: Option<f64>) -> Result<()> {
     let static_plan = Arc::new(Plan {
         surface: Surface::Static,
         boots: 1,
-        tftp_window: Some(OVMF_WINDOW),
         ipxe_efi: plan.ipxe_efi.clone(),
         kernel: plan.kernel.clone(),
         initramfs: plan.initramfs.clone(),
@@ -284,7 +282,6 @@ impl Plan {
         Plan {
             surface: Surface::Bootplane,
             boots,
-            tftp_window: Some(OVMF_WINDOW),
             ipxe_efi: ctx.files.ipxe_efi.clone(),
             kernel: ctx.files.storm_kernel_bytes.clone(),
             initramfs: ctx.files.storm_initramfs_bytes.clone(),
@@ -430,7 +427,7 @@ async fn walk(plan: &Plan, hub: &DhcpHub, mac: &str, ip: Ipv4Addr, tally: &Tally
         "ipxe.efi",
         Options {
             blksize: 1468,
-            windowsize: plan.tftp_window,
+            windowsize: Some(OVMF_WINDOW),
         },
         &plan.ipxe_efi,
     )
