@@ -26,6 +26,9 @@ pub struct TftpHandler {
     recorder: Recorder,
     neighbours: Neighbours,
     metrics: Metrics,
+    /// Cleared when the kernel refuses a segmented send (see [`send_window`]): later windows
+    /// go block by block.
+    segmenting: Arc<AtomicBool>,
 }
 
 impl TftpHandler {
@@ -40,6 +43,7 @@ impl TftpHandler {
             recorder,
             neighbours,
             metrics,
+            segmenting: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -110,6 +114,8 @@ struct Transfer {
     /// Set at the client's first acknowledgement: a transfer never heard from gives way when
     /// every slot is taken (see `run`).
     heard: Arc<AtomicBool>,
+    /// Whether a window may leave in segmented sends (the handler's switch).
+    segmenting: Arc<AtomicBool>,
 }
 
 impl Transfer {
@@ -120,11 +126,16 @@ impl Transfer {
 
     /// Writes DATA packet `index` (1-based, not wrapped) into `buf`.
     fn data_packet(&self, index: u64, buf: &mut Vec<u8>) {
+        buf.clear();
+        self.append_data_packet(index, buf);
+    }
+
+    /// Appends DATA packet `index` (1-based, not wrapped) to `buf`.
+    fn append_data_packet(&self, index: u64, buf: &mut Vec<u8>) {
         let size = u64::from(self.blksize);
         let len = self.data.len() as u64;
         let start = (index.saturating_sub(1) * size).min(len);
         let end = (start + size).min(len);
-        buf.clear();
         buf.extend_from_slice(&OP_DATA.to_be_bytes());
         // Block numbers wrap at 2^16 (files over 32 MiB with 512-byte blocks).
         buf.extend_from_slice(&((index & 0xffff) as u16).to_be_bytes());
@@ -268,7 +279,18 @@ async fn send_file(
     Ok(())
 }
 
-/// Sends DATA blocks `base..=end`.
+/// Most datagrams one segmented send carries (the kernel's `UDP_MAX_SEGMENTS` before Linux 6.9).
+const MAX_SEGMENTS: u64 = 64;
+
+/// Most bytes one UDP send over IPv4 carries.
+const MAX_UDP_PAYLOAD: u64 = 65_507;
+
+/// Sends DATA blocks `base..=end`. Where it can, it hands the kernel several blocks in one
+/// segmented send (UDP generic segmentation offload, `UDP_SEGMENT`): the blocks still leave as
+/// separate datagrams, each exactly as a block-by-block send makes it, for one trip through the
+/// socket layer instead of one per block. A kernel or route that refuses (no checksum offload,
+/// a path MTU below the block size, an old kernel) turns segmenting off for the handler, and the
+/// blocks go one by one.
 async fn send_window(
     sock: &TokioUdpSocket,
     transfer: &Transfer,
@@ -276,9 +298,52 @@ async fn send_window(
     end: u64,
     packet: &mut Vec<u8>,
 ) -> Result<(), &'static str> {
-    for index in base..=end {
-        transfer.data_packet(index, packet);
+    let segment = usize::from(transfer.blksize) + 4;
+    let per_send = MAX_SEGMENTS.min(MAX_UDP_PAYLOAD / segment as u64);
+    let mut next = base;
+    while next <= end {
+        let last = end.min(next + per_send.max(1) - 1);
+        if last > next && transfer.segmenting.load(Ordering::Relaxed) {
+            packet.clear();
+            for index in next..=last {
+                transfer.append_data_packet(index, packet);
+            }
+            match send_segmented(sock, packet, segment).await {
+                Ok(()) => {
+                    next = last + 1;
+                    continue;
+                }
+                Err(e) => {
+                    if transfer.segmenting.swap(false, Ordering::Relaxed) {
+                        tracing::info!(error = %e,
+                            "the kernel refuses segmented UDP sends; tftp blocks go one by one");
+                    }
+                }
+            }
+        }
+        transfer.data_packet(next, packet);
         sock.send(packet).await.map_err(|_| "socket error")?;
+        next += 1;
+    }
+    Ok(())
+}
+
+/// Sends `datagrams` (each `segment` bytes, the last possibly shorter) with one `sendmsg`
+/// carrying `UDP_SEGMENT`.
+async fn send_segmented(sock: &TokioUdpSocket, datagrams: &[u8], segment: usize) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let size = u16::try_from(segment).map_err(io::Error::other)?;
+    let sent = sock
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+            let iov = [io::IoSlice::new(datagrams)];
+            sendmsg::<SockaddrIn>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+                .map_err(io::Error::from)
+        })
+        .await?;
+    if sent != datagrams.len() {
+        return Err(io::Error::other("segmented send cut short"));
     }
     Ok(())
 }
@@ -337,6 +402,7 @@ pub(super) async fn serve_request(
         window: n.window,
         timeout: n.timeout,
         heard,
+        segmenting: Arc::clone(&handler.segmenting),
     };
     let mut resent = 0;
     let result = send_file(&sock, &transfer, oack, &mut resent).await;
@@ -375,6 +441,7 @@ mod tests {
             window: n.window,
             timeout: n.timeout,
             heard: Arc::default(),
+            segmenting: Arc::new(AtomicBool::new(true)),
         };
         let started = tokio::time::Instant::now();
         let mut resent = 0;
@@ -393,6 +460,73 @@ mod tests {
             sends += 1;
         }
         assert_eq!(sends, MAX_SENDS);
+    }
+
+    /// Sets `SO_NO_CHECK` on `sock`: Linux then refuses segmented sends on it (EINVAL), as it
+    /// does on a route without checksum offload.
+    #[allow(unsafe_code)]
+    fn refuse_segmenting(sock: &std::net::UdpSocket) {
+        use std::os::fd::AsRawFd;
+        let one: nix::libc::c_int = 1;
+        // SAFETY: a valid socket and a c_int option value of the size passed.
+        let rc = unsafe {
+            nix::libc::setsockopt(
+                sock.as_raw_fd(),
+                nix::libc::SOL_SOCKET,
+                nix::libc::SO_NO_CHECK,
+                (&one as *const nix::libc::c_int).cast(),
+                std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+
+    /// A window leaves as one datagram per block, byte for byte what block-by-block sending
+    /// makes, the file's short last block included, whether the kernel segments it or refuses
+    /// to (then the handler's switch is off and the blocks go one by one).
+    #[tokio::test]
+    async fn a_window_arrives_as_one_datagram_per_block_segmented_or_not() {
+        for refused in [false, true] {
+            let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            server.connect(client.local_addr().unwrap()).unwrap();
+            if refused {
+                refuse_segmenting(&server);
+            }
+            server.set_nonblocking(true).unwrap();
+            let server = TokioUdpSocket::from_std(server).unwrap();
+            let data: Vec<u8> = (0..1468 * 5 + 100).map(|i| (i % 251) as u8).collect();
+            let transfer = Transfer {
+                data: Bytes::from(data),
+                name: "ipxe.efi".into(),
+                mac: None,
+                blksize: 1468,
+                window: 4,
+                timeout: Duration::from_secs(1),
+                heard: Arc::default(),
+                segmenting: Arc::new(AtomicBool::new(true)),
+            };
+            let mut packet = Vec::new();
+            send_window(&server, &transfer, 1, 4, &mut packet)
+                .await
+                .unwrap();
+            send_window(&server, &transfer, 5, 6, &mut packet)
+                .await
+                .unwrap();
+            assert_eq!(transfer.segmenting.load(Ordering::Relaxed), !refused);
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 2000];
+            for index in 1..=6u64 {
+                let n = client.recv(&mut buf).unwrap();
+                let mut want = Vec::new();
+                transfer.data_packet(index, &mut want);
+                assert_eq!(&buf[..n], &want[..], "block {index}, refused: {refused}");
+            }
+            client.set_nonblocking(true).unwrap();
+            assert!(client.recv(&mut buf).is_err(), "a datagram too many");
+        }
     }
 
     #[test]
