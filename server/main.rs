@@ -50,9 +50,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(args: bootplane::cli::ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(args.options, args.config.as_deref())?;
-    init_tracing(config.log_format);
+async fn serve(config: Config) -> anyhow::Result<()> {
     app::raise_open_files_limit();
     let db = Db::open(&config.data_dir)
         .await
@@ -64,38 +62,24 @@ async fn serve(args: bootplane::cli::ServeArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     // Before any thread exists, so every thread gets its heap under the tuned limits.
     app::tune_allocator();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("bootplane: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(run_command())
-}
-
-async fn run_command() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve(*args).await,
-        Command::Machines(cmd) => {
+    let result = match Cli::parse().command {
+        Command::Serve(args) => Config::load(args.options, args.config.as_deref())
+            .map_err(anyhow::Error::from)
+            .and_then(|config| {
+                init_tracing(config.log_format);
+                on_runtime(Some(config.worker_threads), serve(config))
+            }),
+        Command::Machines(cmd) => on_runtime(None, async move {
             let clock = clock::SystemClock;
-            bootplane::cli::machines(cmd, &clock, &mut std::io::stdout().lock())
-                .await
-                .map_err(anyhow::Error::from)
-        }
-        Command::Images(cmd) => bootplane::cli::images(cmd, &mut std::io::stdout().lock())
-            .await
-            .map_err(anyhow::Error::from),
-        Command::Cluster(cmd) => {
+            bootplane::cli::machines(cmd, &clock, &mut std::io::stdout().lock()).await
+        }),
+        Command::Images(cmd) => on_runtime(None, async move {
+            bootplane::cli::images(cmd, &mut std::io::stdout().lock()).await
+        }),
+        Command::Cluster(cmd) => on_runtime(None, async move {
             let clock = clock::SystemClock;
-            bootplane::cli::cluster(cmd, &clock, &mut std::io::stdout().lock())
-                .await
-                .map_err(anyhow::Error::from)
-        }
+            bootplane::cli::cluster(cmd, &clock, &mut std::io::stdout().lock()).await
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,4 +88,24 @@ async fn run_command() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `task` to its end on a multi-threaded runtime of `workers` threads (tokio's default,
+/// one per CPU, when `None`): `serve` sizes its runtime from its settings.
+fn on_runtime<E>(
+    workers: Option<usize>,
+    task: impl std::future::Future<Output = Result<(), E>>,
+) -> anyhow::Result<()>
+where
+    anyhow::Error: From<E>,
+{
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(runtime.block_on(task)?)
 }

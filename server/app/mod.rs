@@ -564,6 +564,7 @@ pub async fn run(
         advertise = %config.boot.advertise_ip,
         http = %listeners.http.local_addr()?,
         dhcp_mode = %config.dhcp.mode,
+        worker_threads = config.worker_threads,
         "bootplane serving"
     );
     let stop = cancel.child_token();

@@ -57,6 +57,7 @@ macro_rules! option_names {
             kernel_log_port,
             boot_log_lines,
             log_format,
+            worker_threads,
             admin_password,
             secure_cookies
         )
@@ -197,6 +198,9 @@ pub struct ServeOptions {
     /// Log format: text or json [default: text]
     #[arg(long, env = "BOOTPLANE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Threads of the runtime serving HTTP, TFTP and the background work (DHCP has a thread of its own) [default: half the CPUs, at least 1]
+    #[arg(long, env = "BOOTPLANE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Password of the web UI's admin account: set on first start, and reset to this when it differs [default: generated on first start and printed once in the log]
     #[arg(long, env = "BOOTPLANE_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<Secret>,

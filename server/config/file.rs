@@ -60,6 +60,7 @@ pub struct FileOptions {
     pub kernel_log_port: Option<PortSetting>,
     pub boot_log_lines: Option<u32>,
     pub log_format: Option<LogFormat>,
+    pub worker_threads: Option<usize>,
     pub admin_password: Option<Secret>,
     pub secure_cookies: Option<bool>,
 }

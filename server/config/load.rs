@@ -83,6 +83,12 @@ impl Config {
         if window == 0 {
             return Err(invalid("--tftp-window-limit must be at least 1".into()));
         }
+        let worker_threads = o.worker_threads.unwrap_or_else(default_worker_threads);
+        if !(1..=MAX_WORKER_THREADS).contains(&worker_threads) {
+            return Err(invalid(format!(
+                "--worker-threads must be 1 to {MAX_WORKER_THREADS}"
+            )));
+        }
         let http_port = o.http_port.unwrap_or(DEFAULT_HTTP_PORT);
         let http = HttpLimits {
             max_connections: o
@@ -279,6 +285,7 @@ impl Config {
                 }
             },
             log_format: o.log_format.unwrap_or(LogFormat::Text),
+            worker_threads,
         };
         // Operator arguments that leave no machine a command line Talos receives whole.
         config

@@ -197,6 +197,8 @@ pub struct Config {
     pub boot: BootConfig,
     pub orchestrator: OrchestratorSettings,
     pub log_format: LogFormat,
+    /// Threads of the async runtime `serve` runs on.
+    pub worker_threads: usize,
 }
 
 impl Config {
