@@ -58,10 +58,36 @@ impl From<DbError> for ServeError {
 
 impl Images {
     /// The file to serve for `/assets/<version>/<file>`, verified against its record first.
+    /// The record comes from the boot scripts' short-lived cache (a boot storm asks for the
+    /// same two files hundreds of times a second); a file that does not match a cached record
+    /// is checked again against the stored one before it is taken out of service, so a record
+    /// another process replaced a moment ago never condemns the file it now names.
     pub async fn servable(&self, version: &str, file: &str) -> Result<PathBuf, ServeError> {
+        match self.servable_under(version, file, true).await? {
+            Some(path) => Ok(path),
+            None => self
+                .servable_under(version, file, false)
+                .await?
+                .ok_or(ServeError::Unservable(Unservable::Missing)),
+        }
+    }
+
+    /// [`Images::servable`] with the record from the cache (`cached`) or the database;
+    /// `Ok(None)` when a cached record does not match the file (ask again with the stored one).
+    async fn servable_under(
+        &self,
+        version: &str,
+        file: &str,
+        cached: bool,
+    ) -> Result<Option<PathBuf>, ServeError> {
         let arch = arch_of_file(file).ok_or(ServeError::Unservable(Unservable::Missing))?;
         let path = self.dir.join(version).join(file);
-        let asset = match self.db.get_image(version, arch).await? {
+        let record = if cached {
+            self.boot_record(version, arch).await?
+        } else {
+            self.db.get_image(version, arch).await?
+        };
+        let asset = match record {
             Some(a) => a,
             None => match self.adopt(version, arch).await? {
                 Some(a) => a,
@@ -94,12 +120,15 @@ impl Images {
         let lock = self.lock_for(format!("verify {}", path.display()));
         let _guard = lock.lock().await;
         if let Err(reason) = self.check_file(&path, want).await? {
+            if cached {
+                return Ok(None);
+            }
             self.mark_broken(version, arch, &reason).await?;
             tracing::error!(version, file, reason = %reason,
                 "boot asset failed verification before serving: out of service");
             return Err(ServeError::Unservable(Unservable::OutOfService(reason)));
         }
-        Ok(path)
+        Ok(Some(path))
     }
 
     /// Whether a machine of `arch` can boot `version`: what the install script needs to know.
@@ -128,5 +157,68 @@ impl Images {
         } else {
             Ok(Availability::Missing(missing))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::files::hash_file;
+    use super::super::{Asset, AssetFile, AssetSource};
+    use super::*;
+    use crate::db::Db;
+
+    /// Writes `kernel` and `initramfs` for `v` and stores their record straight in the
+    /// database, as another process (the CLI) does: this process's cache is not told.
+    async fn put_from_elsewhere(db: &Db, dir: &std::path::Path, v: &str, kernel: &[u8]) {
+        let arch = Arch::Amd64;
+        std::fs::create_dir_all(dir.join(v)).unwrap();
+        let mut files = Vec::new();
+        let initrd: &[u8] = b"initrd";
+        for (name, body) in [("vmlinuz-amd64", kernel), ("initramfs-amd64.xz", initrd)] {
+            let path = dir.join(v).join(name);
+            std::fs::write(&path, body).unwrap();
+            files.push(AssetFile {
+                origin: format!("http://f/{name}"),
+                digest: Some(hash_file(path).await.unwrap()),
+            });
+        }
+        let initramfs = files.pop().unwrap();
+        let kernel = files.pop().unwrap();
+        let asset = Asset {
+            version: v.into(),
+            arch,
+            source: AssetSource::Release,
+            kernel,
+            initramfs,
+            kernel_args: Vec::new(),
+            state: AssetState::Ready,
+            updated_at: 1,
+        };
+        db.put_image(&asset).await.unwrap();
+    }
+
+    /// A file and record another process replaced a moment ago are served, though this
+    /// process still holds the old record; a file that matches no record is taken out of
+    /// service.
+    #[tokio::test]
+    async fn a_record_replaced_elsewhere_never_condemns_its_new_file() {
+        let data = tempfile::tempdir().unwrap();
+        let db = Db::open(data.path()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Images::new(dir.path().to_path_buf(), db.clone());
+        let v = "v1.13.9";
+        put_from_elsewhere(&db, dir.path(), v, b"kernel one").await;
+        assert!(store.servable(v, "vmlinuz-amd64").await.is_ok());
+        put_from_elsewhere(&db, dir.path(), v, b"kernel number two").await;
+        assert!(store.servable(v, "vmlinuz-amd64").await.is_ok());
+        let stored = db.get_image(v, Arch::Amd64).await.unwrap().unwrap();
+        assert_eq!(stored.state, AssetState::Ready);
+        std::fs::write(dir.path().join(v).join("vmlinuz-amd64"), b"tampered").unwrap();
+        assert!(matches!(
+            store.servable(v, "vmlinuz-amd64").await,
+            Err(ServeError::Unservable(Unservable::OutOfService(_)))
+        ));
+        let stored = db.get_image(v, Arch::Amd64).await.unwrap().unwrap();
+        assert!(matches!(stored.state, AssetState::Broken(_)), "{stored:?}");
     }
 }

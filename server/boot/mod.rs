@@ -383,7 +383,7 @@ async fn boot_config_get(
             .await
             .map_err(|e| BootError::Internal(e.to_string()))?;
     }
-    state.orchestrator.signal(Signal::ConfigServed(mac));
+    state.orchestrator.signal(Signal::ConfigServed(mac, m.role));
     Ok((
         [(
             header::CONTENT_TYPE,

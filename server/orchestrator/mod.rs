@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
 use crate::inventory::Recorder;
-use crate::model::{Lifecycle, Mac};
+use crate::model::{Lifecycle, Mac, Role};
 use crate::ops::materials;
 use crate::support::clock::SharedClock;
 use crate::talos::api::TalosApi;
@@ -37,8 +37,10 @@ pub use crate::config::OrchestratorSettings as Settings;
 /// What other subsystems tell the orchestrator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
-    /// A machine fetched its config: start probing its Talos API.
-    ConfigServed(Mac),
+    /// A machine fetched its config: start probing its Talos API. A control plane's fetch has
+    /// the clusters evaluated too (a reinstalled one's stale etcd member must go before it
+    /// joins); a worker's changes nothing the evaluation looks at.
+    ConfigServed(Mac, Role),
     /// An installed machine was sent to its disk: probe it to see it come back.
     HandedOff(Mac),
     /// A machine is being reinstalled (wiped, or by the operator).
@@ -188,7 +190,11 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Signal>, cancel: Cancella
 /// Does what `signal` asks for itself; whether the clusters should be evaluated after it.
 fn handle_signal(inner: &Arc<Inner>, signal: Signal, cancel: &CancellationToken) -> bool {
     match signal {
-        Signal::ConfigServed(mac) | Signal::HandedOff(mac) => {
+        Signal::ConfigServed(mac, role) => {
+            start_probe(inner, mac, cancel);
+            role == Role::Controlplane
+        }
+        Signal::HandedOff(mac) => {
             start_probe(inner, mac, cancel);
             true
         }
