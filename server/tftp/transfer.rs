@@ -226,7 +226,6 @@ async fn send_file(
     }
     let blocks = transfer.blocks();
     let window = u64::from(transfer.window.max(1));
-    let mut packet = Vec::with_capacity(usize::from(transfer.blksize) + 4);
     // The first block not acknowledged yet (1-based, unwrapped).
     let mut base: u64 = 1;
     let mut sends = 0;
@@ -239,7 +238,7 @@ async fn send_file(
             *resent += end + 1 - base;
         }
         sends += 1;
-        send_window(sock, transfer, base, end, &mut packet).await?;
+        send_window(sock, transfer, base, end).await?;
         let mut deadline = tokio::time::Instant::now() + transfer.timeout;
         // The window was asked for again (an ACK of the block before it) this round.
         let mut echoed = false;
@@ -259,7 +258,7 @@ async fn send_file(
                         Some(0) if window > 1 && !echoed => {
                             echoed = true;
                             *resent += end + 1 - base;
-                            send_window(sock, transfer, base, end, &mut packet).await?;
+                            send_window(sock, transfer, base, end).await?;
                             deadline = tokio::time::Instant::now() + transfer.timeout;
                         }
                         Some(k) if k > 0 => {
@@ -290,15 +289,16 @@ const MAX_UDP_PAYLOAD: u64 = 65_507;
 /// separate datagrams, each exactly as a block-by-block send makes it, for one trip through the
 /// socket layer instead of one per block. A kernel or route that refuses (no checksum offload,
 /// a path MTU below the block size, an old kernel) turns segmenting off for the handler, and the
-/// blocks go one by one.
+/// blocks go one by one. The packets are built in a buffer of this call's own, freed when it
+/// returns: a thousand transfers waiting for their ACKs hold none.
 async fn send_window(
     sock: &TokioUdpSocket,
     transfer: &Transfer,
     base: u64,
     end: u64,
-    packet: &mut Vec<u8>,
 ) -> Result<(), &'static str> {
     let segment = usize::from(transfer.blksize) + 4;
+    let mut packet = Vec::new();
     let per_send = MAX_SEGMENTS.min(MAX_UDP_PAYLOAD / segment as u64);
     let mut next = base;
     while next <= end {
@@ -306,9 +306,9 @@ async fn send_window(
         if last > next && transfer.segmenting.load(Ordering::Relaxed) {
             packet.clear();
             for index in next..=last {
-                transfer.append_data_packet(index, packet);
+                transfer.append_data_packet(index, &mut packet);
             }
-            match send_segmented(sock, packet, segment).await {
+            match send_segmented(sock, &packet, segment).await {
                 Ok(()) => {
                     next = last + 1;
                     continue;
@@ -321,8 +321,8 @@ async fn send_window(
                 }
             }
         }
-        transfer.data_packet(next, packet);
-        sock.send(packet).await.map_err(|_| "socket error")?;
+        transfer.data_packet(next, &mut packet);
+        sock.send(&packet).await.map_err(|_| "socket error")?;
         next += 1;
     }
     Ok(())
@@ -506,13 +506,8 @@ mod tests {
                 heard: Arc::default(),
                 segmenting: Arc::new(AtomicBool::new(true)),
             };
-            let mut packet = Vec::new();
-            send_window(&server, &transfer, 1, 4, &mut packet)
-                .await
-                .unwrap();
-            send_window(&server, &transfer, 5, 6, &mut packet)
-                .await
-                .unwrap();
+            send_window(&server, &transfer, 1, 4).await.unwrap();
+            send_window(&server, &transfer, 5, 6).await.unwrap();
             assert_eq!(transfer.segmenting.load(Ordering::Relaxed), !refused);
             client
                 .set_read_timeout(Some(Duration::from_secs(2)))
