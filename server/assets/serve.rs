@@ -58,36 +58,36 @@ impl From<DbError> for ServeError {
 
 impl Images {
     /// The file to serve for `/assets/<version>/<file>`, verified against its record first.
-    /// The record comes from the boot scripts' short-lived cache (a boot storm asks for the
-    /// same two files hundreds of times a second); a file that does not match a cached record
-    /// is checked again against the stored one before it is taken out of service, so a record
-    /// another process replaced a moment ago never condemns the file it now names.
+    /// A boot storm asks for the same two files hundreds of times a second: a file already
+    /// verified, unchanged on disk, against a ready record in the boot scripts' short-lived
+    /// cache goes out without a database read. Anything else (no cached record, one not ready,
+    /// a file not verified against it) is decided on the stored record, so a file is hashed
+    /// and taken out of service only against what the database holds now. The cache lets a
+    /// ready file be served for up to a second after another process took its record out of
+    /// service ([`super::RECORD_CACHE_TTL`]); this process's own writes count at once.
     pub async fn servable(&self, version: &str, file: &str) -> Result<PathBuf, ServeError> {
-        match self.servable_under(version, file, true).await? {
-            Some(path) => Ok(path),
-            None => self
-                .servable_under(version, file, false)
-                .await?
-                .ok_or(ServeError::Unservable(Unservable::Missing)),
-        }
-    }
-
-    /// [`Images::servable`] with the record from the cache (`cached`) or the database;
-    /// `Ok(None)` when a cached record does not match the file (ask again with the stored one).
-    async fn servable_under(
-        &self,
-        version: &str,
-        file: &str,
-        cached: bool,
-    ) -> Result<Option<PathBuf>, ServeError> {
         let arch = arch_of_file(file).ok_or(ServeError::Unservable(Unservable::Missing))?;
         let path = self.dir.join(version).join(file);
-        let record = if cached {
-            self.boot_record(version, arch).await?
-        } else {
-            self.db.get_image(version, arch).await?
-        };
-        let asset = match record {
+        if let Some(asset) = self.boot_record(version, arch).await? {
+            let want = if file == arch.kernel_file() {
+                &asset.kernel
+            } else {
+                &asset.initramfs
+            };
+            if let (AssetState::Ready, Some(want)) = (&asset.state, &want.digest) {
+                if self.still_verified(&path, &want.sha256) {
+                    return Ok(path);
+                }
+            }
+        }
+        self.servable_stored(version, file).await
+    }
+
+    /// [`Images::servable`] on the stored record.
+    async fn servable_stored(&self, version: &str, file: &str) -> Result<PathBuf, ServeError> {
+        let arch = arch_of_file(file).ok_or(ServeError::Unservable(Unservable::Missing))?;
+        let path = self.dir.join(version).join(file);
+        let asset = match self.db.get_image(version, arch).await? {
             Some(a) => a,
             None => match self.adopt(version, arch).await? {
                 Some(a) => a,
@@ -120,15 +120,12 @@ impl Images {
         let lock = self.lock_for(format!("verify {}", path.display()));
         let _guard = lock.lock().await;
         if let Err(reason) = self.check_file(&path, want).await? {
-            if cached {
-                return Ok(None);
-            }
             self.mark_broken(version, arch, &reason).await?;
             tracing::error!(version, file, reason = %reason,
                 "boot asset failed verification before serving: out of service");
             return Err(ServeError::Unservable(Unservable::OutOfService(reason)));
         }
-        Ok(Some(path))
+        Ok(path)
     }
 
     /// Whether a machine of `arch` can boot `version`: what the install script needs to know.

@@ -30,7 +30,7 @@ impl Images {
     }
 
     /// Whether `path` was verified this run against `sha256` and has not changed since.
-    fn still_verified(&self, path: &Path, sha256: &str) -> bool {
+    pub(super) fn still_verified(&self, path: &Path, sha256: &str) -> bool {
         let Ok(meta) = std::fs::metadata(path) else {
             return false;
         };

@@ -26,9 +26,6 @@ pub struct TftpHandler {
     recorder: Recorder,
     neighbours: Neighbours,
     metrics: Metrics,
-    /// Cleared when the kernel refuses a segmented send (see [`send_window`]): later windows
-    /// go block by block.
-    segmenting: Arc<AtomicBool>,
 }
 
 impl TftpHandler {
@@ -43,7 +40,6 @@ impl TftpHandler {
             recorder,
             neighbours,
             metrics,
-            segmenting: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -114,8 +110,9 @@ struct Transfer {
     /// Set at the client's first acknowledgement: a transfer never heard from gives way when
     /// every slot is taken (see `run`).
     heard: Arc<AtomicBool>,
-    /// Whether a window may leave in segmented sends (the handler's switch).
-    segmenting: Arc<AtomicBool>,
+    /// Whether a window may leave in segmented sends: the socket takes `UDP_SEGMENT`, and no
+    /// segmented send of this transfer was refused yet.
+    segmenting: AtomicBool,
 }
 
 impl Transfer {
@@ -287,10 +284,11 @@ const MAX_UDP_PAYLOAD: u64 = 65_507;
 /// Sends DATA blocks `base..=end`. Where it can, it hands the kernel several blocks in one
 /// segmented send (UDP generic segmentation offload, `UDP_SEGMENT`): the blocks still leave as
 /// separate datagrams, each exactly as a block-by-block send makes it, for one trip through the
-/// socket layer instead of one per block. A kernel or route that refuses (no checksum offload,
-/// a path MTU below the block size, an old kernel) turns segmenting off for the handler, and the
-/// blocks go one by one. The packets are built in a buffer of this call's own, freed when it
-/// returns: a thousand transfers waiting for their ACKs hold none.
+/// socket layer instead of one per block. When the kernel refuses one ([`refuses_segmenting`]:
+/// no checksum offload on the route, a block too big for the path MTU), this transfer goes
+/// block by block from then on; any other error ends it as before. The packets are built in a
+/// buffer of this call's own, freed when it returns: a thousand transfers waiting for their
+/// ACKs hold none.
 async fn send_window(
     sock: &TokioUdpSocket,
     transfer: &Transfer,
@@ -298,11 +296,11 @@ async fn send_window(
     end: u64,
 ) -> Result<(), &'static str> {
     let segment = usize::from(transfer.blksize) + 4;
-    let mut packet = Vec::new();
-    let per_send = MAX_SEGMENTS.min(MAX_UDP_PAYLOAD / segment as u64);
+    let per_send = MAX_SEGMENTS.min(MAX_UDP_PAYLOAD / segment as u64).max(1);
+    let mut packet = Vec::with_capacity(segment * per_send.min(end + 1 - base) as usize);
     let mut next = base;
     while next <= end {
-        let last = end.min(next + per_send.max(1) - 1);
+        let last = end.min(next + per_send - 1);
         if last > next && transfer.segmenting.load(Ordering::Relaxed) {
             packet.clear();
             for index in next..=last {
@@ -313,12 +311,12 @@ async fn send_window(
                     next = last + 1;
                     continue;
                 }
-                Err(e) => {
-                    if transfer.segmenting.swap(false, Ordering::Relaxed) {
-                        tracing::info!(error = %e,
-                            "the kernel refuses segmented UDP sends; tftp blocks go one by one");
-                    }
+                Err(e) if refuses_segmenting(&e) => {
+                    transfer.segmenting.store(false, Ordering::Relaxed);
+                    tracing::debug!(file = %transfer.name, blksize = transfer.blksize, error = %e,
+                        "segmented UDP send refused; this transfer goes block by block");
                 }
+                Err(_) => return Err("socket error"),
             }
         }
         transfer.data_packet(next, &mut packet);
@@ -326,6 +324,22 @@ async fn send_window(
         next += 1;
     }
     Ok(())
+}
+
+/// Whether a failed segmented send was the kernel refusing segmentation itself (the blocks
+/// can still go one by one), rather than a socket error that would fail those too.
+fn refuses_segmenting(e: &io::Error) -> bool {
+    use nix::libc;
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EIO | libc::EMSGSIZE | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+    )
+}
+
+/// Whether `sock` takes segmented sends: Linux knows `UDP_SEGMENT` since 4.18 (an older kernel
+/// would ignore the control message and send one oversized datagram).
+fn can_segment(sock: &TokioUdpSocket) -> bool {
+    nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::UdpGsoSegment).is_ok()
 }
 
 /// Sends `datagrams` (each `segment` bytes, the last possibly shorter) with one `sendmsg`
@@ -402,7 +416,7 @@ pub(super) async fn serve_request(
         window: n.window,
         timeout: n.timeout,
         heard,
-        segmenting: Arc::clone(&handler.segmenting),
+        segmenting: AtomicBool::new(can_segment(&sock)),
     };
     let mut resent = 0;
     let result = send_file(&sock, &transfer, oack, &mut resent).await;
@@ -441,7 +455,7 @@ mod tests {
             window: n.window,
             timeout: n.timeout,
             heard: Arc::default(),
-            segmenting: Arc::new(AtomicBool::new(true)),
+            segmenting: AtomicBool::new(true),
         };
         let started = tokio::time::Instant::now();
         let mut resent = 0;
@@ -482,8 +496,9 @@ mod tests {
     }
 
     /// A window leaves as one datagram per block, byte for byte what block-by-block sending
-    /// makes, the file's short last block included, whether the kernel segments it or refuses
-    /// to (then the handler's switch is off and the blocks go one by one).
+    /// makes, whether the kernel segments it (in sends of at most 44 blocks of 1468 bytes) or
+    /// refuses to (then the transfer goes block by block). The file is an exact multiple of
+    /// the block size, so its last block is empty.
     #[tokio::test]
     async fn a_window_arrives_as_one_datagram_per_block_segmented_or_not() {
         for refused in [false, true] {
@@ -495,25 +510,29 @@ mod tests {
             }
             server.set_nonblocking(true).unwrap();
             let server = TokioUdpSocket::from_std(server).unwrap();
-            let data: Vec<u8> = (0..1468 * 5 + 100).map(|i| (i % 251) as u8).collect();
+            let supported = can_segment(&server);
+            let data: Vec<u8> = (0..1468 * 50).map(|i| (i % 251) as u8).collect();
             let transfer = Transfer {
                 data: Bytes::from(data),
                 name: "ipxe.efi".into(),
                 mac: None,
                 blksize: 1468,
-                window: 4,
+                window: 64,
                 timeout: Duration::from_secs(1),
                 heard: Arc::default(),
-                segmenting: Arc::new(AtomicBool::new(true)),
+                segmenting: AtomicBool::new(supported),
             };
-            send_window(&server, &transfer, 1, 4).await.unwrap();
-            send_window(&server, &transfer, 5, 6).await.unwrap();
-            assert_eq!(transfer.segmenting.load(Ordering::Relaxed), !refused);
+            assert_eq!(transfer.blocks(), 51);
+            send_window(&server, &transfer, 1, 51).await.unwrap();
+            assert_eq!(
+                transfer.segmenting.load(Ordering::Relaxed),
+                supported && !refused
+            );
             client
                 .set_read_timeout(Some(Duration::from_secs(2)))
                 .unwrap();
             let mut buf = [0u8; 2000];
-            for index in 1..=6u64 {
+            for index in 1..=51u64 {
                 let n = client.recv(&mut buf).unwrap();
                 let mut want = Vec::new();
                 transfer.data_packet(index, &mut want);
@@ -522,6 +541,36 @@ mod tests {
             client.set_nonblocking(true).unwrap();
             assert!(client.recv(&mut buf).is_err(), "a datagram too many");
         }
+    }
+
+    /// A send that fails for another reason (here the client's port is closed) ends the
+    /// transfer as a socket error, as block-by-block sending did; it is not taken for a
+    /// refusal to segment.
+    #[tokio::test]
+    async fn a_socket_error_is_not_taken_for_a_refusal_to_segment() {
+        let server = TokioUdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let gone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.connect(gone.local_addr().unwrap()).await.unwrap();
+        drop(gone);
+        let supported = can_segment(&server);
+        let transfer = Transfer {
+            data: Bytes::from(vec![7u8; 1468 * 8]),
+            name: "ipxe.efi".into(),
+            mac: None,
+            blksize: 1468,
+            window: 4,
+            timeout: Duration::from_secs(1),
+            heard: Arc::default(),
+            segmenting: AtomicBool::new(supported),
+        };
+        // The first window goes out; the port unreachable it brings back fails the next send.
+        send_window(&server, &transfer, 1, 4).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            send_window(&server, &transfer, 5, 8).await,
+            Err("socket error")
+        );
+        assert_eq!(transfer.segmenting.load(Ordering::Relaxed), supported);
     }
 
     #[test]
