@@ -2,9 +2,18 @@
 
 use std::path::PathBuf;
 
-use super::{arch_of_file, AssetState, Images, ImagesError};
+use super::{arch_of_file, Asset, AssetFile, AssetState, Images, ImagesError};
 use crate::db::DbError;
 use crate::talos::Arch;
+
+/// The record of `file`, one of `asset`'s two files (the kernel, else the initramfs).
+fn named<'a>(asset: &'a Asset, file: &str) -> &'a AssetFile {
+    if file == asset.arch.kernel_file() {
+        &asset.kernel
+    } else {
+        &asset.initramfs
+    }
+}
 
 /// Why `/assets/` will not serve a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,24 +78,23 @@ impl Images {
         let arch = arch_of_file(file).ok_or(ServeError::Unservable(Unservable::Missing))?;
         let path = self.dir.join(version).join(file);
         if let Some(asset) = self.boot_record(version, arch).await? {
-            let want = if file == arch.kernel_file() {
-                &asset.kernel
-            } else {
-                &asset.initramfs
-            };
-            if let (AssetState::Ready, Some(want)) = (&asset.state, &want.digest) {
+            if let (AssetState::Ready, Some(want)) = (&asset.state, &named(&asset, file).digest) {
                 if self.still_verified(&path, &want.sha256) {
                     return Ok(path);
                 }
             }
         }
-        self.servable_stored(version, file).await
+        self.servable_stored(version, file, arch, path).await
     }
 
     /// [`Images::servable`] on the stored record.
-    async fn servable_stored(&self, version: &str, file: &str) -> Result<PathBuf, ServeError> {
-        let arch = arch_of_file(file).ok_or(ServeError::Unservable(Unservable::Missing))?;
-        let path = self.dir.join(version).join(file);
+    async fn servable_stored(
+        &self,
+        version: &str,
+        file: &str,
+        arch: Arch,
+        path: PathBuf,
+    ) -> Result<PathBuf, ServeError> {
         let asset = match self.db.get_image(version, arch).await? {
             Some(a) => a,
             None => match self.adopt(version, arch).await? {
@@ -107,12 +115,7 @@ impl Images {
                 )))
             }
         }
-        let want = if file == arch.kernel_file() {
-            &asset.kernel
-        } else {
-            &asset.initramfs
-        };
-        let Some(want) = &want.digest else {
+        let Some(want) = &named(&asset, file).digest else {
             return Err(ServeError::Unservable(Unservable::OutOfService(
                 "no digest recorded".into(),
             )));
@@ -160,7 +163,7 @@ impl Images {
 #[cfg(test)]
 mod tests {
     use super::super::files::hash_file;
-    use super::super::{Asset, AssetFile, AssetSource};
+    use super::super::AssetSource;
     use super::*;
     use crate::db::Db;
 
