@@ -295,8 +295,9 @@ async fn metrics_get(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Says at start-up which boot files are missing: iPXE binaries per architecture they would
 /// serve, and Talos assets per version and arch that assigned machines would boot (each
-/// machine's pinned version, else its cluster's, else `--talos-version`).
-async fn check_boot_files(state: &AppState) {
+/// machine's pinned version, else its cluster's, else `--talos-version`). Returns those
+/// versions.
+async fn check_boot_files(state: &AppState) -> Vec<String> {
     let boot = &state.config.boot;
     let mut ipxe = vec![
         ("BIOS", "undionly.kpxe".to_string()),
@@ -344,7 +345,11 @@ async fn check_boot_files(state: &AppState) {
             .unwrap_or_else(|| boot.talos_version.clone());
         wanted.insert((version, "amd64"), crate::talos::Arch::Amd64);
     }
+    let mut versions: Vec<String> = Vec::new();
     for ((version, _), arch) in wanted {
+        if !versions.contains(&version) {
+            versions.push(version.clone());
+        }
         match state.images.availability(&version, arch).await {
             Ok(a) => {
                 if let Some(problem) = a.problem(&version, arch) {
@@ -356,6 +361,23 @@ async fn check_boot_files(state: &AppState) {
             Err(e) => tracing::warn!(version = %version, error = %e, "cannot check boot assets"),
         }
     }
+    versions
+}
+
+/// Compiles, on a blocking thread, the config schema of each Talos line that `versions` name,
+/// so the first machine to fetch its config does not wait for it (tens of milliseconds).
+fn warm_config_schemas(versions: &[String]) {
+    let mut contracts: Vec<crate::talos::config::Contract> = versions
+        .iter()
+        .filter_map(|v| crate::talos::config::Contract::of(v).ok())
+        .collect();
+    contracts.sort();
+    contracts.dedup();
+    tokio::task::spawn_blocking(move || {
+        for contract in contracts {
+            crate::talos::config::warm_schema(contract);
+        }
+    });
 }
 
 /// Runs `task` on a thread and single-threaded runtime of its own, so it waits for no task of
@@ -555,7 +577,8 @@ pub async fn run(
         materials: crate::ops::materials::MaterialsCache::default(),
     });
     drop(recorder);
-    check_boot_files(&state).await;
+    let versions = check_boot_files(&state).await;
+    warm_config_schemas(&versions);
     for warning in config.startup_warnings() {
         tracing::warn!("{warning}");
     }

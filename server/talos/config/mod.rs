@@ -44,7 +44,7 @@ pub use kubernetes::{
 };
 pub use node::BOOT_LINK;
 pub use report::REPORT_LOG_NAME;
-pub use validate::validate;
+pub use validate::{validate, warm as warm_schema};
 
 /// Talos versions whose config contract bootplane renders.
 pub const SUPPORTED: &[(u32, u32)] = &[(1, 8), (1, 9), (1, 10), (1, 11), (1, 12), (1, 13), (1, 14)];

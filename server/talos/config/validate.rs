@@ -20,17 +20,23 @@ const SCHEMA_V1_14: &str = include_str!("../schema/config.schema.v1.14.0-rc.1.js
 /// fixtures) and the config loader use `UnattendedInstallConfig`.
 const KIND_ALIASES: &[(&str, &str)] = &[("UnattendedInstall", "UnattendedInstallConfig")];
 
-/// One Talos line's schema, split per document kind.
+/// One Talos line's schema, split per document kind. Each kind's validator is compiled the
+/// first time a document of that kind is checked: a line's schema names dozens of kinds
+/// (89 in v1.14), each compiled against the whole schema, while a cluster renders a handful.
 struct Validators {
-    pub(super) v1alpha1: jsonschema::Validator,
-    /// Each kind in the schema's `oneOf` against its own definition.
-    pub(super) kinds: HashMap<String, jsonschema::Validator>,
+    /// The schema, with the kind aliases added.
+    root: Value,
+    v1alpha1: Compiled,
+    /// Each kind in the schema's `oneOf` against its own definition (`$ref`).
+    kinds: HashMap<String, (String, Compiled)>,
     /// The whole schema, for a document whose kind the schema does not name.
-    pub(super) any_document: jsonschema::Validator,
+    any_document: Compiled,
 }
 
+type Compiled = OnceLock<Result<jsonschema::Validator, String>>;
+
 impl Validators {
-    pub(super) fn build(text: &str) -> Result<Validators, String> {
+    fn build(text: &str) -> Result<Validators, String> {
         let mut root: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let definitions = root
             .get_mut("$defs")
@@ -46,15 +52,6 @@ impl Validators {
                 }
             }
         }
-        let root = root;
-        let for_definition = |reference: &str| {
-            let mut schema = root.clone();
-            if let Some(obj) = schema.as_object_mut() {
-                obj.remove("oneOf");
-                obj.insert("$ref".into(), json!(reference));
-            }
-            jsonschema::validator_for(&schema).map_err(|e| e.to_string())
-        };
         let mut kinds = HashMap::new();
         let references = root
             .get("oneOf")
@@ -73,15 +70,56 @@ impl Validators {
                 .flatten()
                 .filter_map(Value::as_str);
             for kind in names {
-                kinds.insert(kind.to_string(), for_definition(reference)?);
+                kinds.insert(kind.to_string(), (reference.to_string(), OnceLock::new()));
             }
         }
-        Ok(Validators {
-            v1alpha1: for_definition("#/$defs/v1alpha1.Config")?,
+        let validators = Validators {
+            root,
+            v1alpha1: OnceLock::new(),
             kinds,
-            any_document: jsonschema::validator_for(&root).map_err(|e| e.to_string())?,
+            any_document: OnceLock::new(),
+        };
+        // The v1alpha1 definition is checked in every config: a schema that cannot compile
+        // it fails here, once, not at the first render.
+        validators.v1alpha1()?;
+        Ok(validators)
+    }
+
+    fn v1alpha1(&self) -> Result<&jsonschema::Validator, String> {
+        compiled(&self.v1alpha1, || {
+            self.for_definition("#/$defs/v1alpha1.Config")
         })
     }
+
+    /// The validator of `kind`'s definition, or `None` for a kind the schema does not name.
+    fn kind(&self, kind: &str) -> Option<Result<&jsonschema::Validator, String>> {
+        let (reference, cell) = self.kinds.get(kind)?;
+        Some(compiled(cell, || self.for_definition(reference)))
+    }
+
+    fn any_document(&self) -> Result<&jsonschema::Validator, String> {
+        compiled(&self.any_document, || {
+            jsonschema::validator_for(&self.root).map_err(|e| e.to_string())
+        })
+    }
+
+    /// The whole schema with its `oneOf` replaced by `reference`, so `$ref`s inside the
+    /// definition resolve as they do in the schema.
+    fn for_definition(&self, reference: &str) -> Result<jsonschema::Validator, String> {
+        let mut schema = self.root.clone();
+        if let Some(obj) = schema.as_object_mut() {
+            obj.remove("oneOf");
+            obj.insert("$ref".into(), json!(reference));
+        }
+        jsonschema::validator_for(&schema).map_err(|e| e.to_string())
+    }
+}
+
+fn compiled(
+    cell: &Compiled,
+    compile: impl FnOnce() -> Result<jsonschema::Validator, String>,
+) -> Result<&jsonschema::Validator, String> {
+    cell.get_or_init(compile).as_ref().map_err(Clone::clone)
 }
 
 /// The validators of the schema of `contract`'s line (built once).
@@ -98,7 +136,20 @@ fn validators(contract: Contract) -> Result<&'static Validators, RenderError> {
     };
     cell.get_or_init(|| Validators::build(text))
         .as_ref()
-        .map_err(|e| RenderError::Invalid(format!("schema failed to load: {e}")))
+        .map_err(schema_failed)
+}
+
+fn schema_failed(e: impl std::fmt::Display) -> RenderError {
+    RenderError::Invalid(format!("schema failed to load: {e}"))
+}
+
+/// Loads `contract`'s schema and compiles its machine-config validator ahead of the first
+/// render (tens of milliseconds), so the first machine to fetch its config does not wait for
+/// it. Safe to call from any thread, any number of times.
+pub fn warm(contract: Contract) {
+    if let Err(e) = validators(contract) {
+        tracing::error!(error = %e, line = contract.line(), "config schema did not load");
+    }
 }
 
 /// Checks each document against the schema of `contract`'s Talos line (the v1alpha1 document
@@ -121,16 +172,17 @@ pub fn validate(docs: &[Value], role: Role, contract: Contract) -> Result<(), Re
             }
         }
         let validator = match kind_of(&doc) {
-            _ if is_v1alpha1 => &validators.v1alpha1,
-            Some(kind) => validators.kinds.get(kind).ok_or_else(|| {
+            _ if is_v1alpha1 => validators.v1alpha1(),
+            Some(kind) => validators.kind(kind).ok_or_else(|| {
                 RenderError::Invalid(format!(
                     "document {}: Talos {} has no {kind} document",
                     i + 1,
                     contract.line()
                 ))
             })?,
-            None => &validators.any_document,
-        };
+            None => validators.any_document(),
+        }
+        .map_err(schema_failed)?;
         let errors: Vec<String> = validator
             .iter_errors(&doc)
             .take(5)
@@ -372,4 +424,44 @@ fn talos_rules(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kinds compile on first use, so a kind no render has used yet must compile too: every
+    /// kind of every line's schema, and the whole-schema fallback.
+    #[test]
+    fn every_kind_of_every_line_compiles() {
+        for contract in [
+            Contract::V1_8,
+            Contract::V1_12,
+            Contract::V1_13,
+            Contract::V1_14,
+        ] {
+            let validators = validators(contract).expect("schema loads");
+            assert!(validators.v1alpha1().is_ok(), "{contract:?} v1alpha1");
+            assert!(
+                validators.any_document().is_ok(),
+                "{contract:?} any document"
+            );
+            for kind in validators.kinds.keys() {
+                let compiled = validators.kind(kind).expect("listed kind");
+                assert!(
+                    compiled.is_ok(),
+                    "{contract:?} {kind}: {:?}",
+                    compiled.err()
+                );
+            }
+            if contract >= Contract::V1_12 {
+                assert!(validators.kind("HostnameConfig").is_some(), "{contract:?}");
+            }
+            assert!(validators.kind("NoSuchConfig").is_none());
+        }
+        assert!(validators(Contract::V1_14)
+            .expect("v1.14 loads")
+            .kind("UnattendedInstallConfig")
+            .is_some());
+    }
 }
