@@ -374,6 +374,14 @@ fn appliance_binary(given: Option<&Path>) -> Result<PathBuf> {
 fn build_appliance(cargo: &std::ffi::OsStr, release: bool) -> Result<()> {
     let mut cmd = std::process::Command::new(cargo);
     cmd.args(["build", "--bin", "bootplane"]);
+    // `cargo run` gave this process the package's variables (CARGO_MANIFEST_DIR, CARGO_PKG_*, …).
+    // Build scripts that watch them (ring's does) would see them change from the outer build
+    // and rebuild their crate and everything above it, twice per bench run.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(set_by_cargo_run) {
+            cmd.env_remove(key);
+        }
+    }
     if release {
         cmd.arg("--release");
     }
@@ -387,6 +395,16 @@ fn build_appliance(cargo: &std::ffi::OsStr, release: bool) -> Result<()> {
         bail!("building the appliance failed ({status}); see cargo's output above");
     }
     Ok(())
+}
+
+/// A variable `cargo run` sets for the program it runs, not one the user set for cargo.
+fn set_by_cargo_run(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            key,
+            "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+        )
 }
 
 pub fn mac_text(mac: [u8; 6]) -> String {
