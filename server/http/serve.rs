@@ -119,6 +119,7 @@ async fn serve_with<L, P, F, Io>(
             router
                 .clone()
                 .map_request(move |mut request: axum::http::Request<Incoming>| {
+                    detach(&mut request);
                     request.extensions_mut().insert(ConnectInfo(peer));
                     if over_tls {
                         request.extensions_mut().insert(OverTls);
@@ -160,4 +161,110 @@ async fn serve_with<L, P, F, Io>(
     drop(stop);
     drop(closing);
     all_closed.closed().await;
+}
+
+/// Copies the request's target and header values out of hyper's read buffer, which they share
+/// when parsed. While any of them lives (a handler holds its request for as long as it runs),
+/// hyper cannot reuse that buffer: the read it makes during every response (to notice the
+/// client going away) takes a fresh 8 KiB one, so each connection would hold two. The copies
+/// share one allocation of their own, the size of the request's head.
+fn detach<B>(request: &mut axum::http::Request<B>) {
+    use axum::http::{HeaderValue, Uri};
+    // The target as the request line had it: origin form (`/path?query`, nearly every
+    // request), else absolute form, rebuilt whole.
+    let (copy, target_len) = {
+        let uri = request.uri();
+        let absolute;
+        let target: &[u8] = match uri.path_and_query() {
+            Some(target) if uri.scheme().is_none() && uri.authority().is_none() => {
+                target.as_str().as_bytes()
+            }
+            _ => {
+                absolute = uri.to_string();
+                absolute.as_bytes()
+            }
+        };
+        let values: usize = request.headers().values().map(|v| v.len()).sum();
+        let mut copy = bytes::BytesMut::with_capacity(target.len() + values);
+        copy.extend_from_slice(target);
+        for value in request.headers().values() {
+            copy.extend_from_slice(value.as_bytes());
+        }
+        (copy.freeze(), target.len())
+    };
+    if let Ok(uri) = Uri::from_maybe_shared(copy.slice(..target_len)) {
+        *request.uri_mut() = uri;
+    }
+    let mut at = target_len;
+    for value in request.headers_mut().values_mut() {
+        let end = at + value.len();
+        if let Ok(mut detached) = HeaderValue::from_maybe_shared(copy.slice(at..end)) {
+            detached.set_sensitive(value.is_sensitive());
+            *value = detached;
+        }
+        at = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderValue, Request, Uri};
+    use bytes::Bytes;
+
+    /// A request parsed the way hyper parses one: its target and header values are slices of
+    /// one shared buffer (the connection's read buffer).
+    fn parsed(head: &Bytes) -> Request<()> {
+        let text = std::str::from_utf8(head).expect("ascii");
+        let at = |s: &str| {
+            let start = text.find(s).expect("in head");
+            head.slice(start..start + s.len())
+        };
+        let mut request = Request::new(());
+        *request.uri_mut() =
+            Uri::from_maybe_shared(at("/machine.ipxe?mac=52:54:00:12:34:56")).expect("origin form");
+        let value = |s: &str| HeaderValue::from_maybe_shared(at(s)).expect("value");
+        request.headers_mut().insert("host", value("10.0.0.1:8080"));
+        let mut cookie = value("bootplane_session=abc");
+        cookie.set_sensitive(true);
+        request.headers_mut().insert("cookie", cookie);
+        request
+    }
+
+    const HEAD: &str = "GET /machine.ipxe?mac=52:54:00:12:34:56 HTTP/1.1\r\nHost: 10.0.0.1:8080\r\nCookie: bootplane_session=abc\r\n\r\n";
+
+    #[test]
+    fn a_detached_request_holds_no_part_of_the_read_buffer() {
+        let head = Bytes::from(HEAD.as_bytes().to_vec());
+        let mut request = parsed(&head);
+        assert!(
+            !head.is_unique(),
+            "the fixture shares the buffer as hyper's parse does"
+        );
+        detach(&mut request);
+        assert!(
+            head.is_unique(),
+            "the request still holds a slice of the read buffer"
+        );
+        assert_eq!(request.uri().path(), "/machine.ipxe");
+        assert_eq!(request.uri().query(), Some("mac=52:54:00:12:34:56"));
+        assert_eq!(request.headers()["host"], "10.0.0.1:8080");
+        let cookie = &request.headers()["cookie"];
+        assert_eq!(cookie, "bootplane_session=abc");
+        assert!(cookie.is_sensitive());
+    }
+
+    #[test]
+    fn an_absolute_form_target_keeps_its_scheme_and_authority() {
+        let mut request = Request::new(());
+        *request.uri_mut() = "http://10.0.0.1:8080/boot.ipxe?x=1".parse().expect("uri");
+        detach(&mut request);
+        assert_eq!(request.uri().scheme_str(), Some("http"));
+        assert_eq!(
+            request.uri().authority().map(|a| a.as_str()),
+            Some("10.0.0.1:8080")
+        );
+        assert_eq!(request.uri().path(), "/boot.ipxe");
+        assert_eq!(request.uri().query(), Some("x=1"));
+    }
 }
