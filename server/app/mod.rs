@@ -364,8 +364,9 @@ async fn check_boot_files(state: &AppState) -> Vec<String> {
     versions
 }
 
-/// Compiles, on a blocking thread, the config schema of each Talos line that `versions` name,
-/// so the first machine to fetch its config does not wait for it (tens of milliseconds).
+/// Loads, on a blocking thread, the config schema of each Talos line that `versions` name and
+/// compiles its machine-config validator, so the first machine to fetch its config does not
+/// wait for that (tens of milliseconds).
 fn warm_config_schemas(versions: &[String]) {
     let mut contracts: Vec<crate::talos::config::Contract> = versions
         .iter()

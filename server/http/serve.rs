@@ -198,9 +198,14 @@ fn detach<B>(request: &mut axum::http::Request<B>) {
     let mut at = target_len;
     for value in request.headers_mut().values_mut() {
         let end = at + value.len();
-        if let Ok(mut detached) = HeaderValue::from_maybe_shared(copy.slice(at..end)) {
-            detached.set_sensitive(value.is_sensitive());
-            *value = detached;
+        match HeaderValue::from_maybe_shared(copy.slice(at..end)) {
+            // The same bytes, or the value stays as it was: `values` and `values_mut` walk
+            // the map in one order, but nothing else here rests on that.
+            Ok(mut detached) if detached.as_bytes() == value.as_bytes() => {
+                detached.set_sensitive(value.is_sensitive());
+                *value = detached;
+            }
+            _ => {}
         }
         at = end;
     }
@@ -252,6 +257,51 @@ mod tests {
         let cookie = &request.headers()["cookie"];
         assert_eq!(cookie, "bootplane_session=abc");
         assert!(cookie.is_sensitive());
+    }
+
+    #[test]
+    fn every_value_of_a_repeated_header_keeps_its_place() {
+        let head = Bytes::from(b"a1 b c2 a3 \x80obs".to_vec());
+        let value = |range: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(head.slice(range)).expect("value")
+        };
+        let mut request = Request::new(());
+        request.headers_mut().append("accept", value(0..2));
+        request.headers_mut().insert("x-b", value(3..4));
+        request.headers_mut().insert("x-empty", value(4..4));
+        request.headers_mut().append("x-c", value(5..7));
+        request.headers_mut().append("accept", value(8..10));
+        request.headers_mut().insert("x-obs", value(11..15));
+        let before: Vec<(String, Vec<u8>)> = request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        detach(&mut request);
+        let after: Vec<(String, Vec<u8>)> = request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(before, after);
+        assert!(head.is_unique(), "a value still holds the read buffer");
+        let accept: Vec<&[u8]> = request
+            .headers()
+            .get_all("accept")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(accept, [b"a1".as_slice(), b"a3".as_slice()]);
+    }
+
+    #[test]
+    fn authority_form_and_asterisk_targets_survive() {
+        for target in ["10.0.0.1:443", "*"] {
+            let mut request = Request::new(());
+            *request.uri_mut() = target.parse().expect("uri");
+            detach(&mut request);
+            assert_eq!(request.uri().to_string(), target);
+        }
     }
 
     #[test]

@@ -397,7 +397,8 @@ fn build_appliance(cargo: &std::ffi::OsStr, release: bool) -> Result<()> {
     Ok(())
 }
 
-/// A variable `cargo run` sets for the program it runs, not one the user set for cargo.
+/// A variable `cargo run` sets for the program it runs (the package's, `OUT_DIR`), or one cargo
+/// sets only for rustc; not one the user set for cargo (`CARGO_TARGET_DIR`, `CARGO_PROFILE_*`).
 fn set_by_cargo_run(key: &str) -> bool {
     key.starts_with("CARGO_PKG_")
         || key.starts_with("CARGO_MANIFEST_")
@@ -417,6 +418,29 @@ pub fn mac_text(mac: [u8; 6]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_cargo_run_set_is_kept_from_the_nested_build() {
+        for key in [
+            "CARGO_PKG_NAME",
+            "CARGO_MANIFEST_DIR",
+            "OUT_DIR",
+            "CARGO_CRATE_NAME",
+        ] {
+            assert!(set_by_cargo_run(key), "{key}");
+        }
+        for key in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "CARGO_INCREMENTAL",
+            "CARGO_BUILD_JOBS",
+            "RUSTFLAGS",
+        ] {
+            assert!(!set_by_cargo_run(key), "{key}");
+        }
+    }
 
     #[test]
     fn macs_print_colon_separated() {
