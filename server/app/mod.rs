@@ -296,7 +296,7 @@ async fn metrics_get(State(state): State<AppState>) -> impl IntoResponse {
 /// Says at start-up which boot files are missing: iPXE binaries per architecture they would
 /// serve, and Talos assets per version and arch that assigned machines would boot (each
 /// machine's pinned version, else its cluster's, else `--talos-version`). Returns those
-/// versions.
+/// versions (once per arch).
 async fn check_boot_files(state: &AppState) -> Vec<String> {
     let boot = &state.config.boot;
     let mut ipxe = vec![
@@ -345,11 +345,9 @@ async fn check_boot_files(state: &AppState) -> Vec<String> {
             .unwrap_or_else(|| boot.talos_version.clone());
         wanted.insert((version, "amd64"), crate::talos::Arch::Amd64);
     }
-    let mut versions: Vec<String> = Vec::new();
+    let mut versions = Vec::new();
     for ((version, _), arch) in wanted {
-        if !versions.contains(&version) {
-            versions.push(version.clone());
-        }
+        versions.push(version.clone());
         match state.images.availability(&version, arch).await {
             Ok(a) => {
                 if let Some(problem) = a.problem(&version, arch) {

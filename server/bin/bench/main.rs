@@ -420,7 +420,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_what_cargo_run_set_is_kept_from_the_nested_build() {
+    fn the_nested_build_drops_only_what_cargo_run_set() {
         for key in [
             "CARGO_PKG_NAME",
             "CARGO_MANIFEST_DIR",
