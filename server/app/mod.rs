@@ -387,6 +387,10 @@ fn spawn_on_own_thread(
     task: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_blocking(move || {
+        // Named after its server, so `top -H`, `perf` and /proc tell the threads apart.
+        if let Ok(n) = std::ffi::CString::new(name) {
+            let _ = nix::sys::prctl::set_name(&n);
+        }
         match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -1,6 +1,8 @@
 //! What was seen on the network and what bootplane did: discovery from sightings, the
 //! append-only event log, and the cap on machines nobody claimed.
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::Row;
 
 use crate::model::{Event, EventKind, Mac};
@@ -53,31 +55,21 @@ impl Db {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-        let mut discovered = false;
-        // A few multi-row statements per chunk instead of three statements per sighting: each
+        let macs: Vec<String> = batch.iter().map(|o| o.mac.to_string()).collect();
+        // 1. Which of these machines are new, and which of the new ones the cap would prune
+        //    at once: those are neither stored nor logged.
+        let new = new_macs(&mut tx, &macs).await?;
+        let pruned_at_once = outranked(batch, &macs, &new, cap);
+        let kept: Vec<(&Observation, &String)> = batch
+            .iter()
+            .zip(&macs)
+            .filter(|(_, mac)| !pruned_at_once.contains(mac.as_str()))
+            .collect();
+        let discovered = new.len() > pruned_at_once.len();
+        // A few multi-row statements per chunk instead of two statements per sighting: each
         // statement is a round trip to SQLite's worker thread.
-        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-            let macs: Vec<String> = chunk.iter().map(|o| o.mac.to_string()).collect();
-            // 1. Which of these machines are new.
-            let sql = format!(
-                "SELECT mac FROM machines WHERE mac IN ({})",
-                vec!["?"; macs.len()].join(", ")
-            );
-            let mut known = sqlx::query(&sql);
-            for mac in &macs {
-                known = known.bind(mac);
-            }
-            let known: std::collections::HashSet<String> = known
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| row.try_get::<String, _>(0))
-                .collect::<Result<_, _>>()?;
-            let new: std::collections::HashSet<&str> = macs
-                .iter()
-                .map(String::as_str)
-                .filter(|mac| !known.contains(*mac))
-                .collect();
+        let mut announced = HashSet::new();
+        for chunk in kept.chunks(ROWS_PER_STATEMENT) {
             // 2. Unknown MACs become discovered machines; every sighting, in order, refreshes
             //    its machine's last-seen facts.
             let sql = format!(
@@ -92,9 +84,9 @@ impl Db {
                 values(chunk.len(), 8)
             );
             let mut upsert = sqlx::query(&sql);
-            for (obs, mac) in chunk.iter().zip(&macs) {
+            for (obs, mac) in chunk {
                 upsert = upsert
-                    .bind(mac)
+                    .bind(mac.as_str())
                     .bind(default_cluster)
                     .bind(obs.at)
                     .bind(obs.at)
@@ -106,14 +98,12 @@ impl Db {
             upsert.execute(&mut *tx).await?;
             // 3. The event log: a new machine's `discovered` before its first sighting.
             let mut rows: Vec<(&str, i64, EventKind, &str)> = Vec::with_capacity(chunk.len() * 2);
-            let mut announced = std::collections::HashSet::new();
-            for (obs, mac) in chunk.iter().zip(&macs) {
+            for (obs, mac) in chunk {
                 if new.contains(mac.as_str()) && announced.insert(mac.as_str()) {
                     rows.push((mac, obs.at, EventKind::Discovered, ""));
                 }
                 rows.push((mac, obs.at, obs.kind, &obs.detail));
             }
-            discovered |= !new.is_empty();
             insert_events(&mut tx, &rows).await?;
         }
         if discovered {
@@ -164,22 +154,97 @@ impl Db {
 }
 
 /// Keeps the `cap` unclaimed machines seen most recently; the rest go, their events with them.
-async fn prune_unclaimed(
+/// Runs after every batch that discovered a machine, so under a flood of invented MACs it must
+/// stay cheap: a count bounds the work first, and the machines to drop are chosen once (one
+/// sort), then deleted by MAC from each table.
+pub(super) async fn prune_unclaimed(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     cap: i64,
 ) -> Result<(), DbError> {
-    let doomed = format!(
+    // Every unclaimed machine is unassigned and discovered: at most `cap` of those, none to prune.
+    let candidates: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM machines WHERE role = 'unassigned' AND state = 'discovered'",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    if candidates <= cap {
+        return Ok(());
+    }
+    let doomed: Vec<String> = sqlx::query_scalar(&format!(
         "{UNCLAIMED} ORDER BY m.last_seen DESC, m.first_seen DESC, m.mac LIMIT -1 OFFSET ?"
-    );
-    // The same machines each time: deleting their events removes no `changed` event.
-    for table in ["events", "boot_log", "machines"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE mac IN ({doomed})"))
-            .bind(cap)
-            .execute(&mut **tx)
-            .await?;
+    ))
+    .bind(cap)
+    .fetch_all(&mut **tx)
+    .await?;
+    for chunk in doomed.chunks(MACS_PER_DELETE) {
+        let list = vec!["?"; chunk.len()].join(", ");
+        for table in ["events", "boot_log", "machines"] {
+            let sql = format!("DELETE FROM {table} WHERE mac IN ({list})");
+            let mut delete = sqlx::query(&sql);
+            for mac in chunk {
+                delete = delete.bind(mac);
+            }
+            delete.execute(&mut **tx).await?;
+        }
     }
     Ok(())
 }
+
+/// The MACs among `macs` that no machine has yet.
+async fn new_macs<'m>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    macs: &'m [String],
+) -> Result<HashSet<&'m str>, DbError> {
+    let mut new: HashSet<&str> = macs.iter().map(String::as_str).collect();
+    let distinct: Vec<&str> = new.iter().copied().collect();
+    for chunk in distinct.chunks(MACS_PER_DELETE) {
+        let sql = format!(
+            "SELECT mac FROM machines WHERE mac IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut known = sqlx::query_scalar::<_, String>(&sql);
+        for mac in chunk {
+            known = known.bind(*mac);
+        }
+        for mac in known.fetch_all(&mut **tx).await? {
+            new.remove(mac.as_str());
+        }
+    }
+    Ok(new)
+}
+
+/// The new MACs of a batch that [`prune_unclaimed`] would delete as soon as they were stored:
+/// all but the `cap` that rank first by its order (seen last, first seen last, MAC). Each of
+/// those is outranked by `cap` machines that are new, so unclaimed, whatever the table held.
+/// A flood of invented MACs thus costs at most `cap` inserts a batch, not one per MAC.
+fn outranked<'m>(
+    batch: &[Observation],
+    macs: &'m [String],
+    new: &HashSet<&'m str>,
+    cap: i64,
+) -> HashSet<&'m str> {
+    let keep = usize::try_from(cap).unwrap_or(0);
+    if new.len() <= keep {
+        return HashSet::new();
+    }
+    // Per new MAC: (last seen, first seen) as the upsert would store them.
+    let mut seen: HashMap<&str, (i64, i64)> = HashMap::with_capacity(new.len());
+    for (obs, mac) in batch.iter().zip(macs) {
+        if new.contains(mac.as_str()) {
+            seen.entry(mac.as_str())
+                .and_modify(|(last, _)| *last = (*last).max(obs.at))
+                .or_insert((obs.at, obs.at));
+        }
+    }
+    let mut ranked: Vec<(&str, (i64, i64))> = seen.into_iter().collect();
+    ranked.sort_unstable_by(|(a, (a_last, a_first)), (b, (b_last, b_first))| {
+        b_last.cmp(a_last).then(b_first.cmp(a_first)).then(a.cmp(b))
+    });
+    ranked.into_iter().skip(keep).map(|(mac, _)| mac).collect()
+}
+
+/// MACs per lookup or pruning `DELETE`: far under SQLite's 32,766 parameters.
+const MACS_PER_DELETE: usize = 1000;
 
 /// Sightings per multi-row statement: 8 columns each, far under SQLite's 32,766 parameters.
 const ROWS_PER_STATEMENT: usize = 200;

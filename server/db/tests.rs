@@ -275,6 +275,75 @@ async fn a_flood_of_new_macs_keeps_at_most_the_cap() {
     assert!(machines.iter().all(|m| m.last_seen >= Some(50)));
 }
 
+/// Each machine's MAC and how many events it has, in MAC order.
+async fn machines_and_events(db: &Db) -> Vec<(Mac, usize)> {
+    let mut out = Vec::new();
+    for m in db.list_machines().await.unwrap() {
+        out.push((m.mac, db.events(m.mac, 100).await.unwrap().len()));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn new_machines_the_cap_would_prune_at_once_are_never_stored() {
+    // A flood with ties in time (so the MAC decides) and repeated sightings (so a machine's
+    // last sighting, not its first, ranks it).
+    let flood: Vec<Observation> = (0..2_500i64)
+        .map(|i| {
+            let n = (i * 7_919) % 1_250;
+            let b = n.to_be_bytes();
+            seen_at(Mac([2, 0, 1, b[5], b[6], b[7]]), 1_000 + i / 9)
+        })
+        .collect();
+    let (_one, skipping) = fresh().await;
+    skipping.record_capped(&flood, 5).await.unwrap();
+    // The same batch stored whole, then pruned: what the cap means.
+    let (_two, storing) = fresh().await;
+    storing.record_capped(&flood, i64::MAX).await.unwrap();
+    assert_eq!(storing.list_machines().await.unwrap().len(), 1_250);
+    let mut tx = storing.write_tx().await.unwrap();
+    super::events::prune_unclaimed(&mut tx, 5).await.unwrap();
+    tx.commit().await.unwrap();
+    let kept = machines_and_events(&skipping).await;
+    assert_eq!(kept.len(), 5);
+    assert_eq!(kept, machines_and_events(&storing).await);
+    // Two sightings each, after the `discovered` event.
+    assert!(kept.iter().all(|(_, events)| *events == 3), "{kept:?}");
+}
+
+#[tokio::test]
+async fn a_cut_of_thousands_of_unclaimed_machines_takes_their_events_too() {
+    let (_dir, db) = fresh().await;
+    // More stored strangers than one pruning DELETE names: the cut spans several.
+    let flood: Vec<Observation> = (0..2_500i64)
+        .map(|i| {
+            let b = i.to_be_bytes();
+            seen_at(Mac([2, 0, 2, b[5], b[6], b[7]]), 1_000 + i)
+        })
+        .collect();
+    db.record_capped(&flood, i64::MAX).await.unwrap();
+    let newcomer = seen_at(mac("02:00:03:00:00:01"), 9_000);
+    db.record_capped(std::slice::from_ref(&newcomer), 3)
+        .await
+        .unwrap();
+    let left: Vec<Mac> = machines_and_events(&db)
+        .await
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
+    let mut want = vec![flood[2_498].mac, flood[2_499].mac, newcomer.mac];
+    want.sort();
+    assert_eq!(left, want);
+    for obs in [&flood[0], &flood[1_200], &flood[2_497]] {
+        assert!(
+            db.events(obs.mac, 10).await.unwrap().is_empty(),
+            "{}",
+            obs.mac
+        );
+    }
+}
+
 #[tokio::test]
 async fn leases_persist_and_steal_stale_addresses() {
     let (dir, db) = fresh().await;
