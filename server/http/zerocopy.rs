@@ -606,4 +606,72 @@ mod tests {
         assert_eq!(&got[200_005..], b":tail");
         assert_eq!(sent.get(), 200_000);
     }
+
+    #[tokio::test]
+    async fn short_sends_resume_where_they_stopped_once_the_reader_makes_room() {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        let contents: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+        file.write_all(&contents).unwrap();
+        let stand_in = vec![0u8; contents.len()];
+        let sent = Counter::default();
+        let regions = Regions::counting(sent.clone());
+        regions.insert(
+            stand_in.as_ptr() as usize,
+            stand_in.len(),
+            Arc::new(file),
+            0,
+        );
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A reader that takes little at a time, so the sender's small buffer fills again and
+        // again: most sends stop short and must wait for room.
+        let reader = tokio::spawn(async move {
+            let mut peer = TcpStream::connect(addr).await.unwrap();
+            let mut got = Vec::new();
+            let mut piece = vec![0u8; 16 << 10];
+            loop {
+                let n = peer.read(&mut piece).await.unwrap();
+                if n == 0 {
+                    return got;
+                }
+                got.extend_from_slice(&piece[..n]);
+                tokio::task::yield_now().await;
+            }
+        });
+        let (inner, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&inner)
+            .set_send_buffer_size(64 << 10)
+            .unwrap();
+        let mut stream = ZeroCopyStream {
+            inner,
+            regions,
+            idle: None,
+            _slot: None,
+        };
+        let mut writes = 0;
+        let mut rest: &[u8] = &stand_in;
+        let sending = async {
+            while !rest.is_empty() {
+                let n = stream.write(rest).await.unwrap();
+                assert!(n > 0 && n <= MAX_SENDFILE);
+                rest = &rest[n..];
+                writes += 1;
+            }
+            stream.shutdown().await.unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(60), sending)
+            .await
+            .expect("the sender waited for room that never came");
+        drop(stream);
+        let got = reader.await.unwrap();
+        assert!(
+            writes > 10,
+            "the sends never stopped short ({writes} writes)"
+        );
+        assert_eq!(got.len(), contents.len());
+        assert!(got == contents, "bytes lost, repeated or out of order");
+        assert_eq!(sent.get(), contents.len() as u64);
+    }
 }
