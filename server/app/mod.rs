@@ -387,7 +387,9 @@ fn spawn_on_own_thread(
     task: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_blocking(move || {
-        // Named after its server, so `top -H`, `perf` and /proc tell the threads apart.
+        // Named after its server while it runs, so `top -H`, `perf` and /proc tell the
+        // threads apart; the pool's name comes back when it ends.
+        let pooled = nix::sys::prctl::get_name().ok();
         if let Ok(n) = std::ffi::CString::new(name) {
             let _ = nix::sys::prctl::set_name(&n);
         }
@@ -397,6 +399,9 @@ fn spawn_on_own_thread(
         {
             Ok(runtime) => runtime.block_on(task),
             Err(e) => tracing::error!(error = %e, "the {name} server cannot start its runtime"),
+        }
+        if let Some(pooled) = pooled {
+            let _ = nix::sys::prctl::set_name(&pooled);
         }
     })
 }

@@ -59,13 +59,14 @@ impl Db {
         // 1. Which of these machines are new, and which of the new ones the cap would prune
         //    at once: those are neither stored nor logged.
         let new = new_macs(&mut tx, &macs).await?;
-        let pruned_at_once = outranked(batch, &macs, &new, cap);
+        let claimed = claimed_before(&mut tx, &new).await?;
+        let pruned_at_once = outranked(batch, &macs, &new, &claimed, cap);
         let kept: Vec<(&Observation, &String)> = batch
             .iter()
             .zip(&macs)
             .filter(|(_, mac)| !pruned_at_once.contains(mac.as_str()))
             .collect();
-        let discovered = new.len() > pruned_at_once.len();
+        let discovered = !new.is_empty();
         // A few multi-row statements per chunk instead of two statements per sighting: each
         // statement is a round trip to SQLite's worker thread.
         let mut announced = HashSet::new();
@@ -176,7 +177,7 @@ pub(super) async fn prune_unclaimed(
     .bind(cap)
     .fetch_all(&mut **tx)
     .await?;
-    for chunk in doomed.chunks(MACS_PER_DELETE) {
+    for chunk in doomed.chunks(MACS_PER_STATEMENT) {
         let list = vec!["?"; chunk.len()].join(", ");
         for table in ["events", "boot_log", "machines"] {
             let sql = format!("DELETE FROM {table} WHERE mac IN ({list})");
@@ -197,7 +198,7 @@ async fn new_macs<'m>(
 ) -> Result<HashSet<&'m str>, DbError> {
     let mut new: HashSet<&str> = macs.iter().map(String::as_str).collect();
     let distinct: Vec<&str> = new.iter().copied().collect();
-    for chunk in distinct.chunks(MACS_PER_DELETE) {
+    for chunk in distinct.chunks(MACS_PER_STATEMENT) {
         let sql = format!(
             "SELECT mac FROM machines WHERE mac IN ({})",
             vec!["?"; chunk.len()].join(", ")
@@ -213,25 +214,57 @@ async fn new_macs<'m>(
     Ok(new)
 }
 
+/// The MACs among `new` that an operator touched before (a machine removed from the inventory
+/// keeps its events, its `changed` ones among them): stored again, they are claimed, never
+/// pruned, so they are never skipped either.
+async fn claimed_before<'m>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    new: &HashSet<&'m str>,
+) -> Result<HashSet<&'m str>, DbError> {
+    let mut claimed = HashSet::new();
+    let listed: Vec<&str> = new.iter().copied().collect();
+    for chunk in listed.chunks(MACS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT DISTINCT mac FROM events WHERE kind = 'changed' AND mac IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut found = sqlx::query_scalar::<_, String>(&sql);
+        for mac in chunk {
+            found = found.bind(*mac);
+        }
+        for mac in found.fetch_all(&mut **tx).await? {
+            if let Some(m) = new.get(mac.as_str()) {
+                claimed.insert(*m);
+            }
+        }
+    }
+    Ok(claimed)
+}
+
 /// The new MACs of a batch that [`prune_unclaimed`] would delete as soon as they were stored:
-/// all but the `cap` that rank first by its order (seen last, first seen last, MAC). Each of
-/// those is outranked by `cap` machines that are new, so unclaimed, whatever the table held.
-/// A flood of invented MACs thus costs at most `cap` inserts a batch, not one per MAC.
+/// of the new MACs nobody claimed before, all but the `cap` that rank first by its order (seen
+/// last, first seen last, MAC). Each of those is outranked by `cap` machines that are new and
+/// unclaimed, whatever the table held, so skipping it stores the machines and new events that
+/// storing and pruning would leave. A flood of invented MACs thus costs at most `cap` inserts
+/// a batch, not one per MAC.
 fn outranked<'m>(
     batch: &[Observation],
     macs: &'m [String],
     new: &HashSet<&'m str>,
+    claimed: &HashSet<&'m str>,
     cap: i64,
 ) -> HashSet<&'m str> {
-    let keep = usize::try_from(cap).unwrap_or(0);
-    if new.len() <= keep {
+    let keep = usize::try_from(cap.max(0)).unwrap_or(usize::MAX);
+    let unclaimed = new.len().saturating_sub(claimed.len());
+    if unclaimed <= keep {
         return HashSet::new();
     }
-    // Per new MAC: (last seen, first seen) as the upsert would store them.
-    let mut seen: HashMap<&str, (i64, i64)> = HashMap::with_capacity(new.len());
+    // Per unclaimed new MAC: (last seen, first seen) as the upsert would store them.
+    let mut seen: HashMap<&str, (i64, i64)> = HashMap::with_capacity(unclaimed);
     for (obs, mac) in batch.iter().zip(macs) {
-        if new.contains(mac.as_str()) {
-            seen.entry(mac.as_str())
+        let mac = mac.as_str();
+        if new.contains(mac) && !claimed.contains(mac) {
+            seen.entry(mac)
                 .and_modify(|(last, _)| *last = (*last).max(obs.at))
                 .or_insert((obs.at, obs.at));
         }
@@ -244,7 +277,7 @@ fn outranked<'m>(
 }
 
 /// MACs per lookup or pruning `DELETE`: far under SQLite's 32,766 parameters.
-const MACS_PER_DELETE: usize = 1000;
+const MACS_PER_STATEMENT: usize = 1000;
 
 /// Sightings per multi-row statement: 8 columns each, far under SQLite's 32,766 parameters.
 const ROWS_PER_STATEMENT: usize = 200;

@@ -297,7 +297,10 @@ async fn new_machines_the_cap_would_prune_at_once_are_never_stored() {
         })
         .collect();
     let (_one, skipping) = fresh().await;
+    let before = skipping.inventory_version().await.unwrap();
     skipping.record_capped(&flood, 5).await.unwrap();
+    // One insert per machine kept and nothing deleted: the others were never stored.
+    assert_eq!(skipping.inventory_version().await.unwrap() - before, 5);
     // The same batch stored whole, then pruned: what the cap means.
     let (_two, storing) = fresh().await;
     storing.record_capped(&flood, i64::MAX).await.unwrap();
@@ -310,6 +313,33 @@ async fn new_machines_the_cap_would_prune_at_once_are_never_stored() {
     assert_eq!(kept, machines_and_events(&storing).await);
     // Two sightings each, after the `discovered` event.
     assert!(kept.iter().all(|(_, events)| *events == 3), "{kept:?}");
+}
+
+#[tokio::test]
+async fn a_removed_machine_that_boots_again_in_a_flood_is_kept() {
+    let (_dir, db) = fresh().await;
+    // An operator added and then removed it: its `changed` events stay, so it is claimed.
+    let returning = Machine::discovered(mac("02:00:04:00:00:01"));
+    db.add_machine(&returning, 1).await.unwrap();
+    db.remove_machine(returning.mac, 2).await.unwrap();
+    // It boots again amid strangers, seen before all of them: last by the cap's order.
+    let mut flood = vec![seen_at(returning.mac, 100)];
+    flood.extend((0..50i64).map(|i| {
+        let b = i.to_be_bytes();
+        seen_at(Mac([2, 0, 5, b[5], b[6], b[7]]), 200 + i)
+    }));
+    db.record_capped(&flood, 3).await.unwrap();
+    let left: Vec<Mac> = machines_and_events(&db)
+        .await
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
+    let mut want = vec![returning.mac, flood[48].mac, flood[49].mac, flood[50].mac];
+    want.sort();
+    assert_eq!(
+        left, want,
+        "the claimed machine was dropped or took a stranger's place"
+    );
 }
 
 #[tokio::test]

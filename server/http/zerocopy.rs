@@ -579,7 +579,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let reader = tokio::spawn(async move {
-            let mut peer = TcpStream::connect(addr).await.unwrap();
+            // A fixed receive buffer: autotuning would let the reader take more per turn
+            // on some hosts than on others.
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(64 << 10).unwrap();
+            let mut peer = socket.connect(addr).await.unwrap();
             let mut got = Vec::new();
             peer.read_to_end(&mut got).await.unwrap();
             got
