@@ -178,9 +178,9 @@ pub(super) async fn prune_unclaimed(
     .fetch_all(&mut **tx)
     .await?;
     for chunk in doomed.chunks(MACS_PER_STATEMENT) {
-        let list = vec!["?"; chunk.len()].join(", ");
+        let list = values(1, chunk.len());
         for table in ["events", "boot_log", "machines"] {
-            let sql = format!("DELETE FROM {table} WHERE mac IN ({list})");
+            let sql = format!("DELETE FROM {table} WHERE mac IN {list}");
             let mut delete = sqlx::query(&sql);
             for mac in chunk {
                 delete = delete.bind(mac);
@@ -196,22 +196,9 @@ async fn new_macs<'m>(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     macs: &'m [String],
 ) -> Result<HashSet<&'m str>, DbError> {
-    let mut new: HashSet<&str> = macs.iter().map(String::as_str).collect();
-    let distinct: Vec<&str> = new.iter().copied().collect();
-    for chunk in distinct.chunks(MACS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT mac FROM machines WHERE mac IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut known = sqlx::query_scalar::<_, String>(&sql);
-        for mac in chunk {
-            known = known.bind(*mac);
-        }
-        for mac in known.fetch_all(&mut **tx).await? {
-            new.remove(mac.as_str());
-        }
-    }
-    Ok(new)
+    let all: HashSet<&str> = macs.iter().map(String::as_str).collect();
+    let known = among(tx, "SELECT mac FROM machines WHERE mac IN", &all).await?;
+    Ok(all.difference(&known).copied().collect())
 }
 
 /// The MACs among `new` that an operator touched before (a machine removed from the inventory
@@ -221,24 +208,32 @@ async fn claimed_before<'m>(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     new: &HashSet<&'m str>,
 ) -> Result<HashSet<&'m str>, DbError> {
-    let mut claimed = HashSet::new();
-    let listed: Vec<&str> = new.iter().copied().collect();
+    let query = "SELECT DISTINCT mac FROM events WHERE kind = 'changed' AND mac IN";
+    among(tx, query, new).await
+}
+
+/// The MACs of `macs` that `query` (a statement ending in `mac IN`, completed here with a
+/// list of placeholders) returns, asked a chunk at a time.
+async fn among<'m>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    query: &str,
+    macs: &HashSet<&'m str>,
+) -> Result<HashSet<&'m str>, DbError> {
+    let mut found = HashSet::new();
+    let listed: Vec<&str> = macs.iter().copied().collect();
     for chunk in listed.chunks(MACS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT DISTINCT mac FROM events WHERE kind = 'changed' AND mac IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut found = sqlx::query_scalar::<_, String>(&sql);
+        let sql = format!("{query} {}", values(1, chunk.len()));
+        let mut select = sqlx::query_scalar::<_, String>(&sql);
         for mac in chunk {
-            found = found.bind(*mac);
+            select = select.bind(*mac);
         }
-        for mac in found.fetch_all(&mut **tx).await? {
-            if let Some(m) = new.get(mac.as_str()) {
-                claimed.insert(*m);
+        for mac in select.fetch_all(&mut **tx).await? {
+            if let Some(m) = macs.get(mac.as_str()) {
+                found.insert(*m);
             }
         }
     }
-    Ok(claimed)
+    Ok(found)
 }
 
 /// The new MACs of a batch that [`prune_unclaimed`] would delete as soon as they were stored:
