@@ -152,6 +152,8 @@ pub struct Recorder {
     clock: SharedClock,
     metrics: Metrics,
     repeats: Arc<std::sync::Mutex<Repeats>>,
+    /// Wakes the writer from gathering sightings: news is waited for.
+    news_queued: Arc<Notify>,
 }
 
 /// A DHCP sighting identical to the last one recorded for the same machine and kind, this
@@ -222,13 +224,15 @@ impl Recorder {
         metrics: Metrics,
     ) -> (Recorder, impl std::future::Future<Output = ()>) {
         let (tx, rx) = mpsc::channel(RECORDER_QUEUE);
+        let news_queued = Arc::new(Notify::new());
         let recorder = Recorder {
             tx,
             clock,
             metrics,
             repeats: Arc::default(),
+            news_queued: news_queued.clone(),
         };
-        (recorder, write_loop(db, rx))
+        (recorder, write_loop(db, rx, news_queued))
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -292,25 +296,47 @@ impl Recorder {
         if self.tx.send(Entry::News(event, done)).await.is_err() {
             return false;
         }
+        self.news_queued.notify_one();
         stored.await.unwrap_or(false)
     }
 }
 
-async fn write_loop(db: Db, mut rx: mpsc::Receiver<Entry>) {
+/// How long sightings gather before they are written together, normally.
+const GATHER: Duration = Duration::from_millis(20);
+/// How long they gather after a batch of at least [`FLOOD_BATCH`]: under a flood (a storm of
+/// new machines, or of invented MACs) each transaction then covers more sightings, and the
+/// cap on unclaimed machines ([`crate::db::DISCOVERED_CAP`]) lets fewer of the new ones be
+/// stored (and pruned again) per second. News written at once is not held back.
+const FLOOD_GATHER: Duration = Duration::from_millis(250);
+const FLOOD_BATCH: usize = 256;
+/// Entries per transaction at most.
+const MAX_BATCH: usize = RECORDER_QUEUE;
+
+async fn write_loop(db: Db, mut rx: mpsc::Receiver<Entry>, news_queued: Arc<Notify>) {
     let mut batch = Vec::with_capacity(512);
+    let mut gather = GATHER;
     while rx.recv_many(&mut batch, 512).await > 0 {
         // Give a burst of sightings a moment to gather into one transaction; news someone
-        // waits for (a `/config` answer, a probe's report-in) is written at once.
+        // waits for (a `/config` answer, a probe's report-in) is written at once, and cuts
+        // the gathering short when it arrives meanwhile.
         let waited_for = batch.iter().any(|e| matches!(e, Entry::News(..)));
         if !waited_for {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::select! {
+                () = tokio::time::sleep(gather) => {}
+                () = news_queued.notified() => {}
+            }
         }
-        while batch.len() < 4096 {
+        while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(entry) => batch.push(entry),
                 Err(_) => break,
             }
         }
+        gather = if batch.len() >= FLOOD_BATCH {
+            FLOOD_GATHER
+        } else {
+            GATHER
+        };
         // In queue order: each run of sightings, then each run of news, as one write.
         let mut entries = batch.drain(..).peekable();
         while let Some(first) = entries.next() {
@@ -593,6 +619,60 @@ mod tests {
         }
         assert!(repeats.current.len() <= REPEATS_REMEMBERED);
         assert!(repeats.older.len() <= REPEATS_REMEMBERED);
+    }
+
+    /// A MAC per number, locally administered.
+    fn nth_mac(i: u32) -> Mac {
+        let b = i.to_be_bytes();
+        Mac([0x02, 0x00, b[0], b[1], b[2], b[3]])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn news_is_written_at_once_while_a_flood_of_sightings_gathers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let clock = crate::support::clock::system();
+        let (recorder, writer) = Recorder::new(db.clone(), clock, Metrics::default());
+        let writer = tokio::spawn(writer);
+        // A flood: the batch it makes sets the writer gathering for FLOOD_GATHER.
+        let flood = u32::try_from(FLOOD_BATCH).unwrap() + 10;
+        for i in 0..flood {
+            recorder.observe_packet(seen(nth_mac(i), recorder.now_ms(), None));
+        }
+        let mut stored = 0;
+        for _ in 0..400 {
+            stored = db.list_machines().await.unwrap().len();
+            if stored == flood as usize {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stored, flood as usize, "the flood was stored");
+        // A sighting starts the long gathering; news queued behind it ends it.
+        let late = nth_mac(flood);
+        recorder.observe_packet(seen(late, recorder.now_ms(), None));
+        // The writer takes the sighting alone and starts gathering.
+        tokio::time::sleep(FLOOD_GATHER / 10).await;
+        let asked = std::time::Instant::now();
+        assert!(recorder.news(late, EventKind::ConfigFetched, "").await);
+        let waited = asked.elapsed();
+        assert!(
+            waited < FLOOD_GATHER / 2,
+            "news waited {waited:?} for the sightings to gather"
+        );
+        let events = db.events(late, 10).await.unwrap();
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::Discovered,
+                EventKind::DhcpOffer,
+                EventKind::ConfigFetched
+            ],
+            "the sighting queued first is written with it, before it"
+        );
+        drop(recorder);
+        writer.await.unwrap();
     }
 
     #[tokio::test]
