@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -293,8 +294,16 @@ impl Recorder {
             detail: detail.into(),
         };
         let (done, stored) = oneshot::channel();
-        if self.tx.send(Entry::News(event, done)).await.is_err() {
-            return false;
+        match self.tx.try_send(Entry::News(event, done)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(entry)) => {
+                // Wake the writer from any gathering, so it makes room now.
+                self.news_queued.notify_one();
+                if self.tx.send(entry).await.is_err() {
+                    return false;
+                }
+            }
         }
         self.news_queued.notify_one();
         stored.await.unwrap_or(false)
@@ -309,8 +318,10 @@ const GATHER: Duration = Duration::from_millis(20);
 /// stored (and pruned again) per second. News written at once is not held back.
 const FLOOD_GATHER: Duration = Duration::from_millis(250);
 const FLOOD_BATCH: usize = 256;
-/// Entries per transaction at most.
-const MAX_BATCH: usize = RECORDER_QUEUE;
+/// Entries per transaction at most: one write of sightings holds the writer connection, which
+/// the lease flush (and the ACKs held for it) shares, for a bounded time. A queue already
+/// holding this many is written at once, without gathering.
+const MAX_BATCH: usize = 4096;
 
 async fn write_loop(db: Db, mut rx: mpsc::Receiver<Entry>, news_queued: Arc<Notify>) {
     let mut batch = Vec::with_capacity(512);
@@ -320,7 +331,8 @@ async fn write_loop(db: Db, mut rx: mpsc::Receiver<Entry>, news_queued: Arc<Noti
         // waits for (a `/config` answer, a probe's report-in) is written at once, and cuts
         // the gathering short when it arrives meanwhile.
         let waited_for = batch.iter().any(|e| matches!(e, Entry::News(..)));
-        if !waited_for {
+        let backed_up = batch.len() + rx.len() >= MAX_BATCH;
+        if !waited_for && !backed_up {
             tokio::select! {
                 () = tokio::time::sleep(gather) => {}
                 () = news_queued.notified() => {}
@@ -377,6 +389,12 @@ async fn write_loop(db: Db, mut rx: mpsc::Receiver<Entry>, news_queued: Arc<Noti
                     }
                 }
             }
+        }
+        // News that came in with a batch (not during a gathering) left a wake-up behind, which
+        // would cut the next gathering short for nothing. With the queue empty, no news is
+        // waiting for it.
+        if rx.is_empty() {
+            let _ = news_queued.notified().now_or_never();
         }
     }
 }
@@ -633,12 +651,13 @@ mod tests {
         let db = Db::open(dir.path()).await.unwrap();
         let clock = crate::support::clock::system();
         let (recorder, writer) = Recorder::new(db.clone(), clock, Metrics::default());
-        let writer = tokio::spawn(writer);
-        // A flood: the batch it makes sets the writer gathering for FLOOD_GATHER.
+        // A flood, queued before the writer starts so that it is one batch: after it the
+        // writer gathers for FLOOD_GATHER.
         let flood = u32::try_from(FLOOD_BATCH).unwrap() + 10;
         for i in 0..flood {
             recorder.observe_packet(seen(nth_mac(i), recorder.now_ms(), None));
         }
+        let writer = tokio::spawn(writer);
         let mut stored = 0;
         for _ in 0..400 {
             stored = db.list_machines().await.unwrap().len();

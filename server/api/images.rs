@@ -81,9 +81,6 @@ pub fn view(a: Asset, progress: Option<Progress>) -> ImageView {
         AssetSource::Local => ("local", None),
         AssetSource::Found => ("found", None),
     };
-    // The record and the downloads in flight are read one after the other: a download that
-    // just finished may still be in flight, and its progress belongs to no ready asset.
-    let progress = progress.filter(|_| matches!(a.state, AssetState::Downloading));
     ImageView {
         version: a.version,
         arch: a.arch.as_str().into(),
@@ -118,7 +115,7 @@ pub async fn images_list_get(State(state): State<AppState>) -> ApiResult<Json<Ve
         assets
             .into_iter()
             .map(|a| {
-                let p = state.images.progress(&a.version, a.arch);
+                let p = state.images.progress_of(&a);
                 view(a, p)
             })
             .collect(),

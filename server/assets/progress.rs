@@ -128,6 +128,16 @@ impl Images {
         map.get(&flight_key(version, arch)).cloned()
     }
 
+    /// The progress to show beside `asset`'s record: none unless the record says it is
+    /// downloading. The record and the downloads in flight are read one after the other, and
+    /// a download that just ended is still in flight for a moment.
+    pub fn progress_of(&self, asset: &super::Asset) -> Option<Progress> {
+        if !matches!(asset.state, AssetState::Downloading) {
+            return None;
+        }
+        self.progress(&asset.version, asset.arch)
+    }
+
     /// Checks what can be refused at once (the input, another source in service), then runs
     /// `add` in the background. A second call for an asset in flight starts nothing and says
     /// so; its progress shows in `progress`.

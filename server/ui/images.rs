@@ -61,7 +61,7 @@ fn image_row(state: &AppState, a: &Asset, now: i64) -> ImageRow {
         AssetSource::Local => ("local files".into(), a.kernel.origin.clone()),
         AssetSource::Found => ("found on disk".into(), a.kernel.origin.clone()),
     };
-    let progress = state.images.progress(&a.version, a.arch).map(|p| {
+    let progress = state.images.progress_of(a).map(|p| {
         let total = p.total.unwrap_or(0);
         let words = if p.file.is_empty() {
             "starting".to_string()
