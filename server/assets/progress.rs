@@ -128,11 +128,12 @@ impl Images {
         map.get(&flight_key(version, arch)).cloned()
     }
 
-    /// The progress to show beside `asset`'s record: none unless the record says it is
-    /// downloading. The record and the downloads in flight are read one after the other, and
-    /// a download that just ended is still in flight for a moment.
+    /// The progress to show beside `asset`'s record: that of its download in flight, unless
+    /// the record says ready. The record and the downloads in flight are read one after the
+    /// other, and a download that just finished is still in flight for a moment; a broken
+    /// record keeps its reason beside the progress of the add that will replace it.
     pub fn progress_of(&self, asset: &super::Asset) -> Option<Progress> {
-        if !matches!(asset.state, AssetState::Downloading) {
+        if matches!(asset.state, AssetState::Ready) {
             return None;
         }
         self.progress(&asset.version, asset.arch)
