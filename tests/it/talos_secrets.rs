@@ -44,6 +44,13 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// An issue time a minute ago, for certificates whose chain `openssl verify` checks against
+/// the system clock: a leaf valid from exactly now fails as "not yet valid" if the clock steps
+/// back by a second (a VM's clock can) before openssl runs.
+fn a_minute_ago() -> SystemTime {
+    SystemTime::now() - Duration::from_secs(60)
+}
+
 fn now_secs() -> (SystemTime, i64) {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -744,7 +751,7 @@ fn talosctl_format_bundle_imports_and_exports_byte_for_byte() {
     // Credentials from an adopted cluster chain to its own (openssl-made) CAs.
     let out = TempDir::new().unwrap();
     let d = out.path();
-    let (crt, _) = bundle.talos_client_cert(SystemTime::now()).unwrap();
+    let (crt, _) = bundle.talos_client_cert(a_minute_ago()).unwrap();
     let crt = write(d, "talos-client.crt", &crt);
     let os_ca = write(d, "os-ca.crt", bundle.os_ca().crt_pem());
     let verify = openssl(&[
@@ -756,7 +763,7 @@ fn talosctl_format_bundle_imports_and_exports_byte_for_byte() {
         p(&crt),
     ]);
     assert!(verify.trim().ends_with(": OK"), "{verify}");
-    let (crt, _) = bundle.admin_kubeconfig_cert(SystemTime::now()).unwrap();
+    let (crt, _) = bundle.admin_kubeconfig_cert(a_minute_ago()).unwrap();
     let crt = write(d, "admin.crt", &crt);
     let k8s_ca = write(d, "k8s-ca.crt", bundle.k8s_ca().crt_pem());
     let verify = openssl(&[
@@ -789,7 +796,7 @@ fn older_and_kubeadm_style_bundles_import_and_sign_with_their_own_key_types() {
     assert_eq!(bundle.to_yaml(), f.yaml);
 
     let d = f.dir.path();
-    let (crt, key) = bundle.admin_kubeconfig_cert(SystemTime::now()).unwrap();
+    let (crt, key) = bundle.admin_kubeconfig_cert(a_minute_ago()).unwrap();
     assert!(
         key.starts_with("-----BEGIN RSA PRIVATE KEY-----\n"),
         "key follows the CA type"
