@@ -294,16 +294,11 @@ impl Recorder {
             detail: detail.into(),
         };
         let (done, stored) = oneshot::channel();
-        match self.tx.try_send(Entry::News(event, done)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(entry)) => {
-                // Wake the writer from any gathering, so it makes room now.
-                self.news_queued.notify_one();
-                if self.tx.send(entry).await.is_err() {
-                    return false;
-                }
-            }
+        // Wake the writer from any gathering before waiting for room in a full queue, and
+        // again once the news is in it.
+        self.news_queued.notify_one();
+        if self.tx.send(Entry::News(event, done)).await.is_err() {
+            return false;
         }
         self.news_queued.notify_one();
         stored.await.unwrap_or(false)
@@ -630,10 +625,8 @@ mod tests {
     #[test]
     fn a_flood_of_new_machines_keeps_the_repeat_filter_bounded() {
         let mut repeats = Repeats::default();
-        for i in 0..(REPEATS_REMEMBERED as u64 * 2 + 10) {
-            let bytes = (i | 0x0200_0000_0000).to_be_bytes();
-            let mac = Mac([bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
-            assert!(!repeats.is_repeat(&seen(mac, 1_000, None)));
+        for i in 0..(REPEATS_REMEMBERED as u32 * 2 + 10) {
+            assert!(!repeats.is_repeat(&seen(nth_mac(i), 1_000, None)));
         }
         assert!(repeats.current.len() <= REPEATS_REMEMBERED);
         assert!(repeats.older.len() <= REPEATS_REMEMBERED);
